@@ -1,0 +1,27 @@
+"""The interface the operator UI and operators' scripts call. These names are fixed."""
+
+from api_hooks.errors import (
+    InvalidTenantId,
+    InvalidTenantName,
+    TenantError,
+    TenantExists,
+    TenantNotFound,
+)
+from api_hooks.tenants import (
+    create_tenant,
+    request_provisioning,
+    tenant_influxdb_status,
+    validate_tenant_id,
+)
+
+__all__ = [
+    "InvalidTenantId",
+    "InvalidTenantName",
+    "TenantError",
+    "TenantExists",
+    "TenantNotFound",
+    "create_tenant",
+    "request_provisioning",
+    "tenant_influxdb_status",
+    "validate_tenant_id",
+]

@@ -1,0 +1,23 @@
+"""Errors the operator UI catches from ``api_hooks``."""
+
+from __future__ import annotations
+
+
+class TenantError(Exception):
+    """Base of every error raised by the tenant hooks."""
+
+
+class InvalidTenantId(TenantError, ValueError):
+    """The tenant id breaks a naming rule; the message names the rule."""
+
+
+class InvalidTenantName(TenantError, ValueError):
+    """The tenant's display name is empty, too long or not text."""
+
+
+class TenantExists(TenantError):
+    """A tenant with this id already exists."""
+
+
+class TenantNotFound(TenantError, LookupError):
+    """No tenant has this id."""

@@ -1,0 +1,104 @@
+"""The operator HTTP routes, as a FastAPI router the platform's UI can mount.
+
+The UI passes its own auth dependency (e.g. its ``require_operator_admin``); the standalone
+app in ``api_hooks.app`` passes ``bearer_token_auth(OPERATOR_TOKEN)``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, status
+from pydantic import BaseModel, ConfigDict
+
+from api_hooks.errors import InvalidTenantId, InvalidTenantName, TenantExists, TenantNotFound
+from api_hooks.tenants import (
+    CreatedTenant,
+    InfluxDBStatus,
+    create_tenant,
+    request_provisioning,
+    tenant_influxdb_status,
+    validate_tenant_id,
+)
+
+
+class CreateTenantBody(BaseModel):
+    """Body of ``POST /operator/tenants``; unknown fields and non-string values are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tenant_id: str
+    name: str
+
+
+class TenantStats(BaseModel):
+    """Body of ``GET /operator/tenants/{tenant_id}/stats``."""
+
+    tenant_id: str
+    influxdb: dict[str, Any]
+
+
+class RetryAccepted(BaseModel):
+    """Body of ``POST /operator/tenants/{tenant_id}/influxdb/retry``."""
+
+    tenant_id: str
+    queued: bool
+
+
+def bearer_token_auth(expected_token: str) -> Callable[[str | None], None]:
+    """An auth dependency accepting ``Authorization: Bearer <expected_token>`` only."""
+    expected = expected_token.encode()
+
+    def require_operator_token(
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
+        scheme, _, supplied = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            supplied.strip().encode(), expected
+        ):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                detail="operator token required: Authorization: Bearer <OPERATOR_TOKEN>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return require_operator_token
+
+
+def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
+    """The ``/operator`` routes, every one behind ``require_operator``."""
+    router = APIRouter(prefix="/operator", dependencies=[Depends(require_operator)])
+
+    @router.post("/tenants", status_code=status.HTTP_201_CREATED)
+    def post_tenant(body: CreateTenantBody) -> CreatedTenant:
+        try:
+            return create_tenant(body.tenant_id, body.name)
+        except (InvalidTenantId, InvalidTenantName) as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+        except TenantExists as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+
+    @router.get("/tenants/{tenant_id}/stats")
+    def get_tenant_stats(tenant_id: str, live: bool = True) -> TenantStats:
+        influxdb: InfluxDBStatus = _lookup(tenant_influxdb_status, tenant_id, live)
+        return TenantStats(tenant_id=tenant_id, influxdb=dict(influxdb))
+
+    @router.post("/tenants/{tenant_id}/influxdb/retry", status_code=status.HTTP_202_ACCEPTED)
+    def post_retry(tenant_id: str) -> RetryAccepted:
+        queued: bool = _lookup(request_provisioning, tenant_id)
+        return RetryAccepted(tenant_id=tenant_id, queued=queued)
+
+    return router
+
+
+def _lookup(function: Callable[..., Any], tenant_id: str, *args: Any) -> Any:
+    try:
+        validate_tenant_id(tenant_id)
+        return function(tenant_id, *args)
+    except InvalidTenantId as exc:
+        # A malformed id cannot name a tenant: answer as for any unknown tenant, with the rule.
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no such tenant: {exc}") from exc
+    except TenantNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc

@@ -1,0 +1,205 @@
+"""What the operator UI calls: create a tenant, ask for (re-)provisioning, read its status.
+
+Requests never wait for InfluxDB: ``create_tenant`` commits the tenant as ``pending`` and
+enqueues the provisioning task; ``tenant_influxdb_status`` bounds its live check by a short
+timeout and never raises for InfluxDB's sake.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
+
+from api_hooks.errors import InvalidTenantId, InvalidTenantName, TenantExists, TenantNotFound
+from worker.db import get_engine
+from worker.influxdb import shared_client
+from worker.models import ProvisioningState, tenants
+from worker.settings import get_settings
+from worker.tasks import enqueue_provisioning
+
+TENANT_ID_MAX_LENGTH = 54  # "telemetry_" + 54 = 64 bytes, the portable InfluxDB name limit
+TENANT_NAME_MAX_LENGTH = 200
+_TENANT_ID_FIRST = re.compile(r"[A-Za-z0-9]")
+_TENANT_ID_REST = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class QueueStatus(TypedDict):
+    """The provisioning part of ``create_tenant``'s answer."""
+
+    state: str
+    queued: bool
+    database: str
+
+
+class CreatedTenant(TypedDict):
+    """What ``create_tenant`` returns."""
+
+    tenant_id: str
+    name: str
+    status: str
+    influxdb: QueueStatus
+
+
+class LiveStatus(TypedDict):
+    """What InfluxDB says right now; ``error`` explains a ``None``."""
+
+    exists: bool | None
+    telemetry_count: int | None
+    error: str | None
+    latency_ms: float
+
+
+class InfluxDBStatus(TypedDict):
+    """Provisioning state from Postgres plus, optionally, a live check of InfluxDB."""
+
+    database: str
+    state: str
+    attempts: int
+    last_error: str | None
+    error_reason: str | None
+    next_attempt_at: str | None
+    provisioned_at: str | None
+    updated_at: str | None
+    live: LiveStatus | None
+
+
+def validate_tenant_id(tenant_id: object) -> str:
+    """Return ``tenant_id`` if it may name a tenant; raise InvalidTenantId naming the rule."""
+    if not isinstance(tenant_id, str):
+        raise InvalidTenantId("tenant_id must be a string")
+    if not tenant_id:
+        raise InvalidTenantId("tenant_id must not be empty")
+    if len(tenant_id) > TENANT_ID_MAX_LENGTH:
+        raise InvalidTenantId(
+            f"tenant_id must be at most {TENANT_ID_MAX_LENGTH} characters (got {len(tenant_id)})"
+        )
+    if not _TENANT_ID_FIRST.fullmatch(tenant_id[0]):
+        raise InvalidTenantId("tenant_id must start with an ASCII letter or digit")
+    if not _TENANT_ID_REST.fullmatch(tenant_id):
+        raise InvalidTenantId(
+            "tenant_id may contain only ASCII letters, digits, '_' and '-' "
+            "(pattern ^[A-Za-z0-9][A-Za-z0-9_-]*$)"
+        )
+    return tenant_id
+
+
+def validate_tenant_name(name: object) -> str:
+    """Return the stripped display name; raise InvalidTenantName when it is unusable."""
+    if not isinstance(name, str):
+        raise InvalidTenantName("name must be a string")
+    stripped = name.strip()
+    if not stripped:
+        raise InvalidTenantName("name must not be empty")
+    if len(stripped) > TENANT_NAME_MAX_LENGTH:
+        raise InvalidTenantName(f"name must be at most {TENANT_NAME_MAX_LENGTH} characters")
+    if any(ord(ch) < 32 for ch in stripped):
+        raise InvalidTenantName("name must not contain control characters")
+    return stripped
+
+
+def create_tenant(tenant_id: str, name: str) -> CreatedTenant:
+    """Store the tenant as ``pending`` and enqueue its provisioning; never waits for InfluxDB.
+
+    If the broker is down the tenant is still created and ``influxdb.queued`` is False: the
+    reconciler enqueues it later. Raises InvalidTenantId, InvalidTenantName, TenantExists.
+    """
+    tenant_id = validate_tenant_id(tenant_id)
+    name = validate_tenant_name(name)
+    try:
+        with get_engine().begin() as conn:
+            conn.execute(
+                insert(tenants).values(
+                    tenant_id=tenant_id,
+                    name=name,
+                    status="active",
+                    influxdb_state=ProvisioningState.PENDING,
+                )
+            )
+    except IntegrityError as exc:
+        raise TenantExists(f"tenant {tenant_id!r} already exists") from exc
+    # Only after the commit: a worker must find the row the message names.
+    queued = enqueue_provisioning(tenant_id)
+    return {
+        "tenant_id": tenant_id,
+        "name": name,
+        "status": "created",
+        "influxdb": {
+            "state": ProvisioningState.PENDING.value,
+            "queued": queued,
+            "database": get_settings().database_name(tenant_id),
+        },
+    }
+
+
+def request_provisioning(tenant_id: str) -> bool:
+    """Enqueue provisioning again (an operator's retry); True when the message was published.
+
+    A ``failed`` tenant is reset to ``pending`` with its attempts cleared, so it gets a full
+    set of attempts; a provisioned one is only re-verified. Raises TenantNotFound.
+    """
+    tenant_id = validate_tenant_id(tenant_id)
+    with get_engine().begin() as conn:
+        state = conn.execute(
+            select(tenants.c.influxdb_state)
+            .where(tenants.c.tenant_id == tenant_id)
+            .with_for_update()
+        ).scalar()
+        if state is None:
+            raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+        if state == ProvisioningState.FAILED:
+            conn.execute(
+                update(tenants)
+                .where(tenants.c.tenant_id == tenant_id)
+                .values(
+                    influxdb_state=ProvisioningState.PENDING,
+                    influxdb_attempts=0,
+                    influxdb_next_attempt_at=None,
+                    influxdb_updated_at=datetime.now().astimezone(),
+                )
+            )
+    return enqueue_provisioning(tenant_id)
+
+
+def tenant_influxdb_status(tenant_id: str, live: bool = True) -> InfluxDBStatus:
+    """Provisioning state from Postgres and, with ``live``, a bounded check of InfluxDB.
+
+    The live check waits at most the configured LIVE_CHECK_TIMEOUT (default 2 s) and never
+    raises: a slow or failing InfluxDB shows up in ``live.error``. Raises TenantNotFound.
+    """
+    tenant_id = validate_tenant_id(tenant_id)
+    settings = get_settings()
+    with get_engine().connect() as conn:
+        row = conn.execute(select(tenants).where(tenants.c.tenant_id == tenant_id)).first()
+    if row is None:
+        raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+    database = settings.database_name(tenant_id)
+    live_status: LiveStatus | None = None
+    if live:
+        check = shared_client().live_check(
+            database, settings.influxdb_telemetry_table, settings.live_check_timeout
+        )
+        live_status = {
+            "exists": check.exists,
+            "telemetry_count": check.telemetry_count,
+            "error": check.error,
+            "latency_ms": check.latency_ms,
+        }
+    return {
+        "database": database,
+        "state": row.influxdb_state,
+        "attempts": row.influxdb_attempts,
+        "last_error": row.influxdb_last_error,
+        "error_reason": row.influxdb_error_reason,
+        "next_attempt_at": _iso(row.influxdb_next_attempt_at),
+        "provisioned_at": _iso(row.influxdb_provisioned_at),
+        "updated_at": _iso(row.influxdb_updated_at),
+        "live": live_status,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None

@@ -1,0 +1,54 @@
+"""Celery configuration: plain lowercase settings, schedules and routes in this one place.
+
+Values come from ``worker.settings`` (the environment), so the worker, beat, Flower and the
+operator API all agree. Why each reliability setting is what it is:
+
+- late acks + reject on worker lost: a task whose worker dies is delivered again, not lost;
+- prefetch 1: a slow InfluxDB call does not hold other tenants' messages hostage;
+- visibility timeout > 2 x (backoff cap + hard time limit), checked in settings: Redis does not
+  re-deliver a retry that is still waiting out its backoff in the worker;
+- results ignored: Postgres, not the result backend, says whether a tenant is provisioned.
+"""
+
+from worker.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+broker_connection_retry_on_startup = True
+broker_connection_timeout = _settings.broker_publish_timeout
+broker_transport_options = {
+    "visibility_timeout": _settings.broker_visibility_timeout,
+    # Bound how long publishing may block when Redis is down or blackholed.
+    "socket_connect_timeout": _settings.broker_publish_timeout,
+    "socket_timeout": max(_settings.broker_publish_timeout, 5.0),
+}
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True
+result_backend = None
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_soft_time_limit = _settings.task_soft_time_limit
+task_time_limit = _settings.task_time_limit
+
+# Flower and `celery events` need these to show tasks.
+worker_send_task_events = True
+task_send_sent_event = True
+
+timezone = "UTC"
+enable_utc = True
+imports = ("worker.tasks",)
+
+beat_schedule = {
+    "reconcile-tenants": {
+        "task": "worker.tasks.reconcile_tenants",
+        "schedule": _settings.reconcile_interval_seconds,
+        # A run that could not start within its interval is dropped, not piled up.
+        "options": {"expires": _settings.reconcile_interval_seconds},
+    },
+}

@@ -1,0 +1,30 @@
+"""The Celery application; configuration lives in the top-level ``celeryconfig`` module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, worker_process_init
+
+from worker.logs import configure_logging
+from worker.settings import get_settings
+
+app = Celery("tenant_provisioner")
+app.config_from_object("celeryconfig")
+
+
+@setup_logging.connect
+def _use_our_logging(**_: Any) -> None:
+    # Connecting this signal stops Celery from installing its own (unredacted) handlers.
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.secrets())
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    # Connections and HTTP pools opened before the fork belong to the parent.
+    from worker import db, influxdb  # noqa: PLC0415 - imported late to keep start-up light
+
+    db.get_engine()
+    influxdb.reset_shared_client()

@@ -1,0 +1,72 @@
+"""The two error families of provisioning, each with the reason code stored in Postgres.
+
+Third-party exceptions (requests, HTTP statuses) are converted into these at the boundary, in
+``worker.influxdb``. The task decides retry or stop from the family alone:
+
+- ``TransientError``: the same call may succeed later; retried with capped, jittered backoff.
+- ``PermanentError``: retrying the same call cannot succeed; the reason is recorded, we stop.
+"""
+
+from __future__ import annotations
+
+
+class ProvisioningError(Exception):
+    """Base of every error the provisioning pipeline knows how to classify."""
+
+    reason: str = "internal_error"
+
+
+class TransientError(ProvisioningError):
+    """A failure worth retrying: the same request may succeed later."""
+
+
+class PermanentError(ProvisioningError):
+    """A failure that retrying the same request cannot fix; recorded, never retried."""
+
+
+class InfluxDBUnreachable(TransientError):
+    """The connection to InfluxDB failed (refused, reset, DNS)."""
+
+    reason = "unreachable"
+
+
+class InfluxDBTimeout(TransientError):
+    """InfluxDB did not connect or answer within the configured timeout."""
+
+    reason = "timeout"
+
+
+class InfluxDBServerError(TransientError):
+    """InfluxDB answered with a 5xx status (e.g. a full WAL buffer)."""
+
+    reason = "server_error"
+
+
+class InfluxDBBadResponse(TransientError):
+    """InfluxDB answered a success status with a body we cannot understand."""
+
+    reason = "bad_response"
+
+
+class InvalidDatabaseName(PermanentError):
+    """InfluxDB rejected the database name (400 on create)."""
+
+    reason = "invalid_name"
+
+
+class InfluxDBUnauthorized(PermanentError):
+    """InfluxDB rejected our token (401) or the Authorization header (400)."""
+
+    reason = "unauthorized"
+
+
+class DatabaseLimitReached(PermanentError):
+    """The server already holds its maximum number of databases (422): a capacity problem."""
+
+    reason = "database_limit"
+
+
+class InfluxDBRejected(PermanentError):
+    """InfluxDB refused the request with an unexpected 4xx: retrying sends the same request."""
+
+    reason = "rejected"

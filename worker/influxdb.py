@@ -1,0 +1,311 @@
+"""InfluxDB 3 HTTP client: the only module that talks to InfluxDB.
+
+It follows the contract in ``../shared/influxdb3-api.md`` (InfluxDB 3 Core, v3 API). Every
+third-party failure is converted here into the families of ``worker.errors``, with the token
+removed from every message. Error bodies are plain text or JSON, never trusted to be either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from worker.errors import (
+    DatabaseLimitReached,
+    InfluxDBBadResponse,
+    InfluxDBRejected,
+    InfluxDBServerError,
+    InfluxDBTimeout,
+    InfluxDBUnauthorized,
+    InfluxDBUnreachable,
+    InvalidDatabaseName,
+    ProvisioningError,
+)
+from worker.redaction import redact
+from worker.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+INTERNAL_DATABASE = "_internal"
+MARKER_MEASUREMENT = "_init"
+_MAX_ERROR_TEXT = 300
+
+# Live checks run here so that a hanging server cannot hold the caller past its deadline.
+_live_check_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="influxdb-live-check")
+
+
+@dataclass(frozen=True)
+class LiveCheck:
+    """What InfluxDB says about one tenant database right now."""
+
+    exists: bool | None
+    telemetry_count: int | None
+    error: str | None
+    latency_ms: float
+
+
+class InfluxDB3Client:
+    """A pooled, timeout-bounded client for the InfluxDB 3 endpoints the worker uses."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        pool_size: int = 16,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._token = token
+        self._timeout = (connect_timeout, read_timeout)
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+        self.calls = 0  # requests sent, for the reconciler's cost summary
+        self._calls_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InfluxDB3Client:
+        """A client configured from ``settings``."""
+        return cls(
+            settings.influxdb_url,
+            settings.influxdb_token,
+            connect_timeout=settings.influxdb_connect_timeout,
+            read_timeout=settings.influxdb_read_timeout,
+        )
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._session.close()
+
+    # -- databases ------------------------------------------------------------------------
+
+    def ensure_database(self, name: str, retention_period: str | None = None) -> bool:
+        """Create ``name`` unless it exists: True when created now, False when it was there."""
+        body: dict[str, str] = {"db": name}
+        if retention_period:
+            body["retention_period"] = retention_period
+        response = self._send("POST", "/api/v3/configure/database", json_body=body)
+        if response.status_code in (200, 201, 204):
+            return True
+        if response.status_code == 409:
+            return False
+        raise self._classify(response, "create database")
+
+    def list_databases(self) -> list[str]:
+        """Names of the active databases, ``_internal`` left out."""
+        response = self._send("GET", "/api/v3/configure/database", params={"format": "json"})
+        if response.status_code != 200:
+            raise self._classify(response, "list databases")
+        payload = self._json(response, "list databases")
+        if not isinstance(payload, list):
+            raise InfluxDBBadResponse("list databases: expected a JSON array")
+        names: list[str] = []
+        for entry in payload:
+            name = entry.get("iox::database") if isinstance(entry, dict) else None
+            if not isinstance(name, str):
+                raise InfluxDBBadResponse("list databases: entry without 'iox::database'")
+            if name != INTERNAL_DATABASE:
+                names.append(name)
+        return names
+
+    def write_marker(self, database: str, tenant_id: str, timestamp_ns: int) -> None:
+        """Write ``_init,tenant=<id> initialized=1i <ts>``; a fixed ts makes re-runs overwrite."""
+        line = f"{MARKER_MEASUREMENT},tenant={tenant_id} initialized=1i {timestamp_ns}"
+        response = self._send(
+            "POST",
+            "/api/v3/write_lp",
+            params={"db": database, "precision": "ns"},
+            data=line.encode(),
+            headers={"Content-Type": "text/plain; charset=utf-8"},
+        )
+        if response.status_code not in (200, 204):
+            raise self._classify(response, "write marker")
+
+    def query(
+        self, database: str, sql: str, *, timeout: tuple[float, float] | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows of ``sql`` on ``database`` as JSON objects."""
+        response = self._send(
+            "GET",
+            "/api/v3/query_sql",
+            params={"db": database, "q": sql, "format": "json"},
+            timeout=timeout,
+        )
+        if response.status_code != 200:
+            raise self._classify(response, "query")
+        rows = self._json(response, "query")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise InfluxDBBadResponse("query: expected a JSON array of objects")
+        return rows
+
+    def count_rows(
+        self, database: str, table: str, *, timeout: tuple[float, float] | None = None
+    ) -> int | None:
+        """Rows in ``table``: 0 when the table is missing, None when the database is missing."""
+        quoted = '"' + table.replace('"', '""') + '"'
+        try:
+            sql = f"SELECT COUNT(*) AS count FROM {quoted}"  # noqa: S608 - a quoted identifier
+            rows = self.query(database, sql, timeout=timeout)
+        except _DatabaseNotFound:
+            return None
+        except _TableNotFound:
+            return 0
+        count = rows[0].get("count") if rows else 0
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise InfluxDBBadResponse("query: COUNT(*) did not return an integer")
+        return count
+
+    def live_check(self, database: str, table: str, timeout: float) -> LiveCheck:
+        """Does ``database`` exist and how many rows has ``table``; never raises, never waits
+        much longer than ``timeout`` seconds."""
+        started = time.monotonic()
+
+        def elapsed_ms() -> float:
+            return round((time.monotonic() - started) * 1000, 1)
+
+        future = _live_check_pool.submit(
+            self.count_rows, database, table, timeout=(timeout, timeout)
+        )
+        try:
+            count = future.result(timeout=timeout)
+        except FutureTimeout:
+            future.cancel()
+            return LiveCheck(None, None, f"timeout: no answer within {timeout:g}s", elapsed_ms())
+        except ProvisioningError as exc:
+            return LiveCheck(None, None, f"{exc.reason}: {exc}", elapsed_ms())
+        except Exception as exc:  # the live check must never break the stats page
+            logger.exception("live check of %s failed unexpectedly", database)
+            error = redact(f"internal_error: {type(exc).__name__}", self._secrets())
+            return LiveCheck(None, None, error, elapsed_ms())
+        return LiveCheck(count is not None, count, None, elapsed_ms())
+
+    # -- transport ------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: dict[str, str] | None = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: tuple[float, float] | None = None,
+    ) -> requests.Response:
+        with self._calls_lock:
+            self.calls += 1
+        try:
+            return self._session.request(
+                method,
+                self.url + path,
+                params=params,
+                json=json_body,
+                data=data,
+                headers=headers,
+                timeout=timeout or self._timeout,
+            )
+        except (requests.ConnectTimeout, requests.ReadTimeout) as exc:
+            kind = "connect" if isinstance(exc, requests.ConnectTimeout) else "read"
+            limit = (timeout or self._timeout)[0 if kind == "connect" else 1]
+            raise InfluxDBTimeout(f"{method} {path}: {kind} timeout after {limit:g}s") from exc
+        except requests.RequestException as exc:
+            raise InfluxDBUnreachable(
+                f"{method} {path}: {self._describe_connection_error(exc)}"
+            ) from exc
+
+    def _classify(self, response: requests.Response, action: str) -> ProvisioningError:
+        status = response.status_code
+        message = f"{action}: HTTP {status}: {self._error_text(response)}"
+        lowered = message.lower()
+        if status == 401 or (status == 400 and "authoriz" in lowered):
+            return InfluxDBUnauthorized(message)
+        if status >= 500:
+            return InfluxDBServerError(message)
+        if status == 422 and "limit" in lowered:
+            return DatabaseLimitReached(message)
+        if action == "query" and status == 404 and "database not found" in lowered:
+            return _DatabaseNotFound(message)
+        if action == "query" and status == 400 and "not found" in lowered and "table" in lowered:
+            return _TableNotFound(message)
+        if action == "create database" and status == 400 and "serde" not in lowered:
+            return InvalidDatabaseName(message)
+        return InfluxDBRejected(message)
+
+    def _error_text(self, response: requests.Response) -> str:
+        text = response.content[:4096].decode("utf-8", errors="replace").strip()
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+            text = payload["error"]
+        text = " ".join(text.split()) or "(empty body)"
+        if len(text) > _MAX_ERROR_TEXT:
+            text = text[:_MAX_ERROR_TEXT] + "..."
+        return redact(text, self._secrets())
+
+    def _json(self, response: requests.Response, action: str) -> Any:
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            raise InfluxDBBadResponse(f"{action}: response is not JSON") from None
+
+    def _describe_connection_error(self, exc: requests.RequestException) -> str:
+        # Walk to the root cause: "Connection refused" beats a urllib3 pool repr.
+        root: BaseException = exc
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__  # type: ignore[assignment]
+        text = str(root) or type(root).__name__
+        if "refused" in text.lower():
+            text = "connection refused"
+        elif "reset" in text.lower():
+            text = "connection reset by peer"
+        elif "aborted" in text.lower() or "remote end closed" in text.lower():
+            text = "connection closed without a response"
+        text = text[:_MAX_ERROR_TEXT]
+        return redact(f"{type(exc).__name__}: {text}", self._secrets())
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self._token,) if self._token else ()
+
+
+class _DatabaseNotFound(InfluxDBRejected):
+    """A query named a database that does not exist (404)."""
+
+
+class _TableNotFound(InfluxDBRejected):
+    """A query named a table that does not exist yet (400)."""
+
+
+_shared: InfluxDB3Client | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_client() -> InfluxDB3Client:
+    """This process's client, built from the settings on first use (pooled connections)."""
+    global _shared  # noqa: PLW0603 - one pooled client per process, by design
+    with _shared_lock:
+        if _shared is None:
+            _shared = InfluxDB3Client.from_settings(get_settings())
+        return _shared
+
+
+def reset_shared_client() -> None:
+    """Forget the shared client (after a fork its pooled sockets belong to the parent)."""
+    global _shared  # noqa: PLW0603
+    with _shared_lock:
+        _shared = None

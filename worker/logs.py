@@ -1,0 +1,75 @@
+"""One log format for worker, beat, API and CLI: context on every line, secrets never.
+
+Each line carries ``tenant_id`` and ``task_id`` when known (from ``extra=`` or from the
+``log_context`` around a task run), and the whole formatted line - traceback included - passes
+through ``redact`` with every secret of the settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from worker.redaction import redact
+
+LOG_FORMAT = (
+    "%(asctime)s %(levelname)s %(processName)s %(name)s "
+    "[tenant_id=%(tenant_id)s task_id=%(task_id)s] %(message)s"
+)
+_CONTEXT_FIELDS = ("tenant_id", "task_id")
+_context: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039
+
+
+@contextmanager
+def log_context(**fields: str | None) -> Iterator[None]:
+    """Attach ``fields`` (tenant_id, task_id) to every log line inside the block."""
+    merged = {**_context.get(), **{k: v for k, v in fields.items() if v}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Fills tenant_id / task_id from the record's extras or the current log_context."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _context.get()
+        for field in _CONTEXT_FIELDS:
+            if not getattr(record, field, None):
+                setattr(record, field, context.get(field, "-"))
+        return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats as usual, then removes every secret from the finished line."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__(LOG_FORMAT)
+        self._secrets = tuple(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self._secrets)
+
+
+def configure_logging(level: str, secrets: Iterable[str]) -> None:
+    """Route every logger through one redacting, context-aware handler on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(RedactingFormatter(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Libraries that install their own handlers: make them use ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "tornado"):
+        library_logger = logging.getLogger(name)
+        library_logger.handlers.clear()
+        library_logger.propagate = True
+    for noisy in ("urllib3", "kombu", "amqp"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,60 @@
+"""The Postgres schema the worker owns: the ``tenants`` table and its provisioning columns.
+
+Postgres is the source of truth for "is tenant X provisioned?"; Celery results are not kept.
+The migration in ``migrations/versions`` creates exactly this (or adds it to the UI's table).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import CheckConstraint, DateTime, Index, Integer, Table, Text, func, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class ProvisioningState(enum.StrEnum):
+    """Where a tenant's InfluxDB database stands; exactly one at a time."""
+
+    PENDING = "pending"  # owed work: waiting for (or re-queued to) a worker
+    PROVISIONING = "provisioning"  # a worker is inside the InfluxDB calls now
+    RETRYING = "retrying"  # the last attempt failed transiently; next at influxdb_next_attempt_at
+    PROVISIONED = "provisioned"  # database created and the _init marker written
+    FAILED = "failed"  # permanent error or attempts exhausted; an operator retry restarts it
+
+
+STATES = tuple(s.value for s in ProvisioningState)
+STATE_CHECK = "influxdb_state IN (" + ", ".join(f"'{s}'" for s in STATES) + ")"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint(STATE_CHECK, name="ck_tenants_influxdb_state"),
+        Index("ix_tenants_influxdb_state", "influxdb_state", "tenant_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'active'"))
+    created_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    influxdb_state: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    influxdb_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    influxdb_last_error: Mapped[str | None] = mapped_column(Text)
+    influxdb_error_reason: Mapped[str | None] = mapped_column(Text)
+    influxdb_next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    influxdb_enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    influxdb_provisioned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    influxdb_updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+tenants = cast(Table, Tenant.__table__)
