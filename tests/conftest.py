@@ -1,0 +1,242 @@
+"""Shared fixtures: real Postgres, real Redis, a real Celery worker process, the InfluxDB stand-in.
+
+Each test run gets its own Postgres database (created here, dropped at the end) and its own
+Redis DB number (TEST_REDIS_DB, default 11); nothing else on the servers is touched. The
+settings are chosen before anything imports ``worker``, and are the worker process's too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
+INFLUX_TOKEN = "influx-test-token-" + secrets.token_hex(8)
+OPERATOR_TOKEN = "operator-test-token-" + secrets.token_hex(8)
+TEST_DATABASE = f"tp_test_{os.getpid()}_{secrets.token_hex(3)}"
+
+# Fast, small settings so retries and limits show within seconds. The worker inherits them.
+TEST_ENV = {
+    "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DATABASE}",
+    "CELERY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
+    "INFLUXDB_TOKEN": INFLUX_TOKEN,
+    "OPERATOR_TOKEN": OPERATOR_TOKEN,
+    "INFLUXDB_CONNECT_TIMEOUT": "0.5",
+    "INFLUXDB_READ_TIMEOUT": "1.5",
+    "LIVE_CHECK_TIMEOUT": "0.5",
+    "PROVISION_BACKOFF_BASE_SECONDS": "0.2",
+    "PROVISION_BACKOFF_CAP_SECONDS": "1.0",
+    "PROVISION_MAX_ATTEMPTS": "6",
+    "PROVISION_SOFT_TIME_LIMIT": "10",
+    "PROVISION_TIME_LIMIT": "15",
+    "CELERY_VISIBILITY_TIMEOUT": "60",
+    "RECONCILE_INTERVAL_SECONDS": "2",
+    "LOG_LEVEL": "INFO",
+}
+os.environ.update(TEST_ENV)
+for _inherited in ("INFLUXDB_TOKEN_FILE", "OPERATOR_TOKEN_FILE", "INFLUXDB_URL"):
+    os.environ.pop(_inherited, None)
+
+from influxdb3_standin import StandIn  # noqa: E402
+
+STANDIN = StandIn(token=INFLUX_TOKEN, database_limit=5).start()
+os.environ["INFLUXDB_URL"] = STANDIN.url
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, what: str = ""
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def new_tenant_id(prefix: str = "t") -> str:
+    """A tenant id no other test uses, so leftovers of one test never touch another."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    """A fresh Postgres database migrated to head with Alembic; dropped after the run."""
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
+    try:
+        migrated = subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert migrated.returncode == 0, migrated.stderr
+        yield TEST_DATABASE
+    finally:
+        from worker.db import get_engine  # noqa: PLC0415
+
+        get_engine().dispose()
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[redis.Redis]:
+    """Our own Redis DB, emptied before and after the run."""
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def worker_process(database: str, broker: redis.Redis, tmp_path_factory: pytest.TempPathFactory):
+    """A real ``celery -A worker worker`` process (prefork, 4 children) for the whole run."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    process = start_worker(log_path, concurrency=4, name="test-worker")
+    yield WorkerHandle(process, log_path)
+    stop_process(process)
+
+
+class WorkerHandle:
+    """The running worker process and its log file."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def start_worker(
+    log_path: Path, *, concurrency: int, name: str, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a Celery worker from the repo root and wait until it is ready."""
+    env = {**os.environ, **(extra_env or {})}
+    log_file = log_path.open("ab")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            f"--hostname={name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log_file.close()
+    deadline = time.monotonic() + 30
+    while "ready." not in log_path.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            pytest.fail(f"worker did not start:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.1)
+    return process
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a process group we started, escalating to SIGKILL."""
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+@pytest.fixture
+def influx() -> Iterator[StandIn]:
+    """The InfluxDB stand-in, empty and healthy at the start of each test."""
+    STANDIN.reset()
+    STANDIN.set_token(INFLUX_TOKEN)
+    STANDIN.set_database_limit(5)
+    yield STANDIN
+    STANDIN.set_outage(False)
+    STANDIN.set_hang(False)
+    STANDIN.reset()
+
+
+@pytest.fixture
+def db(database: str) -> Iterator[psycopg.Connection[Any]]:
+    """A direct connection to the test database, for Given / Then steps; tenants emptied."""
+    with psycopg.connect(
+        f"postgresql://postgres@127.0.0.1:5432/{database}", autocommit=True
+    ) as conn:
+        conn.execute("TRUNCATE tenants")
+        yield conn
+
+
+@pytest.fixture
+def api(db: psycopg.Connection[Any]) -> Iterator[Any]:
+    """The operator API in-process (FastAPI TestClient), with the operator token set."""
+    from fastapi.testclient import TestClient  # noqa: PLC0415
+
+    from api_hooks.app import create_app  # noqa: PLC0415
+
+    with TestClient(create_app()) as client:
+        client.headers["Authorization"] = f"Bearer {OPERATOR_TOKEN}"
+        yield client
+
+
+def tenant_row(conn: psycopg.Connection[Any], tenant_id: str) -> dict[str, Any] | None:
+    """The tenant's row as a dict, or None."""
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return cur.execute("SELECT * FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+
+
+def wait_for_state(
+    conn: psycopg.Connection[Any], tenant_id: str, state: str, timeout: float = 20.0
+) -> dict[str, Any]:
+    """Wait until the tenant reaches ``state``; return its row."""
+
+    def reached() -> dict[str, Any] | None:
+        row = tenant_row(conn, tenant_id)
+        return row if row and row["influxdb_state"] == state else None
+
+    return wait_for(reached, timeout, what=f"{tenant_id} to be {state}")
+
+
+@pytest.fixture
+def paused_worker(worker_process: WorkerHandle, broker: redis.Redis) -> Iterator[redis.Redis]:
+    """The worker stops consuming the queue, so what the API publishes stays visible in Redis."""
+    from worker import app  # noqa: PLC0415
+
+    name = wait_for(lambda: next(iter(app.control.ping(timeout=1.0)[0]), None), what="ping")
+    app.control.cancel_consumer("celery", destination=[name], reply=True)
+    broker.delete("celery")
+    yield broker
+    broker.delete("celery")
+    app.control.add_consumer("celery", destination=[name], reply=True)

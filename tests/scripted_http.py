@@ -1,0 +1,51 @@
+"""A tiny HTTP server that answers whatever status and body a test scripts.
+
+It stands for an InfluxDB (or a proxy in front of one) that answers garbage, which the
+stand-in, following the contract, never does.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class ScriptedServer:
+    """Answers every request with ``status`` and ``body`` (settable between requests)."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.body = b""
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                scripted.requests.append((self.command, self.path, dict(self.headers)))
+                self.send_response(scripted.status)
+                self.send_header("Content-Length", str(len(scripted.body)))
+                self.end_headers()
+                self.wfile.write(scripted.body)
+
+            do_GET = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def answer(self, status: int, body: bytes | str) -> None:
+        self.status = status
+        self.body = body.encode() if isinstance(body, str) else body
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

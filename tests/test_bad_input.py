@@ -1,0 +1,86 @@
+"""Bad input gets a clear error and changes nothing: no row stored, no message queued."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import new_tenant_id
+
+INVALID_TENANT_IDS = [
+    ("", "must not be empty"),
+    ("-starts-with-dash", "must start with an ASCII letter or digit"),
+    ("_starts_with_underscore", "must start with an ASCII letter or digit"),
+    ("has space", "may contain only"),
+    ("comma,breaks,line,protocol", "may contain only"),
+    ("equals=sign", "may contain only"),
+    ("new\nline", "may contain only"),
+    ("dot.ted", "may contain only"),
+    ("slash/ed", "may contain only"),
+    ("uni-cödé", "may contain only"),
+    ("a" * 55, "at most 54 characters"),
+]
+
+
+def queued(broker) -> int:
+    return broker.llen("celery")
+
+
+def test_valid_tenant_is_queued_while_the_worker_is_paused(api, db, paused_worker):
+    # The control case: it shows that the checks below would see a queued message.
+    response = api.post("/operator/tenants", json={"tenant_id": new_tenant_id(), "name": "ok"})
+    assert response.status_code == 201
+    assert queued(paused_worker) == 1
+
+
+@pytest.mark.parametrize(("tenant_id", "rule"), INVALID_TENANT_IDS)
+def test_invalid_tenant_id_is_refused_and_changes_nothing(api, db, paused_worker, tenant_id, rule):
+    # When the operator submits an invalid tenant id
+    response = api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "x"})
+
+    # Then the answer is 422 naming the rule that broke
+    assert response.status_code == 422
+    assert rule in response.json()["detail"]
+
+    # And nothing was stored and nothing was queued
+    assert db.execute("SELECT count(*) FROM tenants").fetchone() == (0,)
+    assert queued(paused_worker) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "missing id"},
+        {"tenant_id": "missing-name"},
+        {"tenant_id": 42, "name": "not a string"},
+        {"tenant_id": "ok", "name": None},
+        {"tenant_id": "ok", "name": "   "},
+        {"tenant_id": "ok", "name": "x" * 201},
+        {"tenant_id": "ok", "name": "x", "unexpected": True},
+        ["tenant_id", "name"],
+    ],
+)
+def test_malformed_create_requests_are_refused(api, db, paused_worker, body):
+    response = api.post("/operator/tenants", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"]
+    assert db.execute("SELECT count(*) FROM tenants").fetchone() == (0,)
+    assert queued(paused_worker) == 0
+
+
+def test_body_that_is_not_json_is_refused(api, db, paused_worker):
+    response = api.post(
+        "/operator/tenants", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert db.execute("SELECT count(*) FROM tenants").fetchone() == (0,)
+    assert queued(paused_worker) == 0
+
+
+def test_duplicate_tenant_is_409_and_queues_nothing_more(api, db, paused_worker):
+    tenant_id = new_tenant_id()
+    assert api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "a"}).is_success
+    response = api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "b"})
+    assert response.status_code == 409
+    assert "already exists" in response.json()["detail"]
+    assert db.execute("SELECT name FROM tenants").fetchall() == [("a",)]
+    assert queued(paused_worker) == 1

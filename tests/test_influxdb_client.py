@@ -1,0 +1,150 @@
+"""The InfluxDB client against the stand-in over HTTP, and against a server answering garbage."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import INFLUX_TOKEN
+from tests.scripted_http import ScriptedServer
+from worker.errors import (
+    DatabaseLimitReached,
+    InfluxDBBadResponse,
+    InfluxDBRejected,
+    InfluxDBServerError,
+    InfluxDBTimeout,
+    InfluxDBUnauthorized,
+    InfluxDBUnreachable,
+    InvalidDatabaseName,
+    PermanentError,
+    TransientError,
+)
+from worker.influxdb import InfluxDB3Client
+
+
+@pytest.fixture
+def client(influx):
+    client = InfluxDB3Client(influx.url, INFLUX_TOKEN, connect_timeout=0.5, read_timeout=1.0)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def scripted():
+    server = ScriptedServer()
+    yield server
+    server.close()
+
+
+def test_ensure_database_creates_then_finds_it(client, influx):
+    assert client.ensure_database("telemetry_a") is True
+    assert client.ensure_database("telemetry_a") is False
+    assert client.list_databases() == ["telemetry_a"]
+    assert influx.create_calls("telemetry_a") == 2
+
+
+def test_limit_is_a_permanent_capacity_error_and_409_wins_over_it(client, influx):
+    for i in range(5):
+        client.ensure_database(f"db{i}")
+    with pytest.raises(DatabaseLimitReached, match="exceed limit of 5"):
+        client.ensure_database("db5")
+    assert client.ensure_database("db0") is False  # existence is checked before the limit
+
+
+def test_invalid_name_and_wrong_token_are_permanent(client, influx):
+    with pytest.raises(InvalidDatabaseName, match="invalid character"):
+        client.ensure_database("bad name")
+    influx.set_token("another")
+    with pytest.raises(InfluxDBUnauthorized) as raised:
+        client.list_databases()
+    assert INFLUX_TOKEN not in str(raised.value)
+
+
+def test_outage_hang_and_5xx_are_transient(client, influx):
+    influx.set_outage(True)
+    with pytest.raises(InfluxDBUnreachable, match="connection refused"):
+        client.list_databases()
+    influx.set_outage(False)
+    influx.set_hang(True)
+    started = time.monotonic()
+    with pytest.raises(InfluxDBTimeout, match="read timeout after 1s"):
+        client.ensure_database("x")
+    assert time.monotonic() - started < 2.5
+    influx.set_hang(False)
+    influx.set_faults(error_rate=1.0)
+    with pytest.raises(InfluxDBServerError, match="HTTP 5"):
+        client.ensure_database("x")
+
+
+def test_marker_write_and_row_count(client, influx):
+    client.ensure_database("telemetry_t")
+    client.write_marker("telemetry_t", "t", 1_700_000_000_000_000_000)
+    client.write_marker("telemetry_t", "t", 1_700_000_000_000_000_000)
+    assert client.count_rows("telemetry_t", "_init") == 1
+    assert client.count_rows("telemetry_t", "telemetry") == 0  # table missing
+    assert client.count_rows("telemetry_missing", "telemetry") is None  # database missing
+
+
+def test_live_check_never_raises_and_is_bounded(client, influx):
+    client.ensure_database("telemetry_live")
+    assert client.live_check("telemetry_live", "telemetry", 1.0).exists is True
+    influx.set_hang(True)
+    started = time.monotonic()
+    check = client.live_check("telemetry_live", "telemetry", 0.3)
+    assert time.monotonic() - started < 1.0
+    assert check.exists is None
+    assert check.error is not None
+    assert check.error.startswith("timeout")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "family", "reason"),
+    [
+        (200, "<html>proxy says hi</html>", TransientError, "bad_response"),
+        (200, '{"not": "a list"}', TransientError, "bad_response"),
+        (200, '[{"name": "x"}]', TransientError, "bad_response"),
+        (502, "<html>Bad Gateway</html>", TransientError, "server_error"),
+        (503, "", TransientError, "server_error"),
+        (418, "I'm a teapot", PermanentError, "rejected"),
+        (401, "not json at all", PermanentError, "unauthorized"),
+        (404, "", PermanentError, "rejected"),
+    ],
+)
+def test_unexpected_answers_map_to_a_family_and_reason(scripted, status, body, family, reason):
+    scripted.answer(status, body)
+    client = InfluxDB3Client(scripted.url, "secret-token-123456", read_timeout=1.0)
+    with pytest.raises(family) as raised:
+        client.list_databases()
+    assert raised.value.reason == reason
+    assert "secret-token-123456" not in str(raised.value)
+
+
+def test_error_bodies_are_cut_and_redacted(scripted):
+    scripted.answer(500, "token secret-token-123456 leaked " + "x" * 5000)
+    client = InfluxDB3Client(scripted.url, "secret-token-123456")
+    with pytest.raises(InfluxDBServerError) as raised:
+        client.ensure_database("x")
+    message = str(raised.value)
+    assert "secret-token-123456" not in message
+    assert len(message) < 400
+
+
+def test_no_token_means_no_authorization_header(scripted):
+    scripted.answer(200, "[]")
+    InfluxDB3Client(scripted.url).list_databases()
+    InfluxDB3Client(scripted.url, "tok-abcdef").list_databases()
+    assert "Authorization" not in scripted.requests[0][2]
+    assert scripted.requests[1][2]["Authorization"] == "Bearer tok-abcdef"
+
+
+def test_415_and_unknown_4xx_are_rejections(scripted):
+    scripted.answer(415, "unacceptable content-type, expected: application/json")
+    with pytest.raises(InfluxDBRejected):
+        InfluxDB3Client(scripted.url).ensure_database("x")
+    scripted.answer(400, '{"error": "serde json error: bad"}')
+    with pytest.raises(InfluxDBRejected) as raised:
+        InfluxDB3Client(scripted.url).ensure_database("x")
+    assert not isinstance(raised.value, InvalidDatabaseName)
+    assert isinstance(raised.value, InfluxDBRejected)
+    assert not isinstance(raised.value, InfluxDBBadResponse)
