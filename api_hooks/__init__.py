@@ -9,6 +9,7 @@ from api_hooks.errors import (
 )
 from api_hooks.tenants import (
     create_tenant,
+    list_tenants,
     request_provisioning,
     tenant_influxdb_status,
     validate_tenant_id,
@@ -21,6 +22,7 @@ __all__ = [
     "TenantExists",
     "TenantNotFound",
     "create_tenant",
+    "list_tenants",
     "request_provisioning",
     "tenant_influxdb_status",
     "validate_tenant_id",

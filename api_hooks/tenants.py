@@ -17,7 +17,7 @@ from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 from api_hooks.errors import InvalidTenantId, InvalidTenantName, TenantExists, TenantNotFound
 from worker.db import get_engine
 from worker.influxdb import shared_client
-from worker.models import ProvisioningState, tenants
+from worker.models import STATES, ProvisioningState, tenants
 from worker.settings import get_settings
 from worker.tasks import enqueue_provisioning
 
@@ -65,6 +65,17 @@ class InfluxDBStatus(TypedDict):
     provisioned_at: str | None
     updated_at: str | None
     live: LiveStatus | None
+
+
+class TenantSummary(TypedDict):
+    """One line of ``list_tenants``."""
+
+    tenant_id: str
+    name: str
+    state: str
+    attempts: int
+    error_reason: str | None
+    updated_at: str | None
 
 
 def validate_tenant_id(tenant_id: object) -> str:
@@ -162,6 +173,35 @@ def request_provisioning(tenant_id: str) -> bool:
                 )
             )
     return enqueue_provisioning(tenant_id)
+
+
+def list_tenants(state: str | None = None, limit: int = 100) -> list[TenantSummary]:
+    """Tenants ordered by id, optionally only those in ``state``; ValueError for a bad state."""
+    if state is not None and state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)} (got {state!r})")
+    query = select(
+        tenants.c.tenant_id,
+        tenants.c.name,
+        tenants.c.influxdb_state,
+        tenants.c.influxdb_attempts,
+        tenants.c.influxdb_error_reason,
+        tenants.c.influxdb_updated_at,
+    ).order_by(tenants.c.tenant_id)
+    if state is not None:
+        query = query.where(tenants.c.influxdb_state == state)
+    with get_engine().connect() as conn:
+        rows = conn.execute(query.limit(limit)).all()
+    return [
+        {
+            "tenant_id": row.tenant_id,
+            "name": row.name,
+            "state": row.influxdb_state,
+            "attempts": row.influxdb_attempts,
+            "error_reason": row.influxdb_error_reason,
+            "updated_at": _iso(row.influxdb_updated_at),
+        }
+        for row in rows
+    ]
 
 
 def tenant_influxdb_status(tenant_id: str, live: bool = True) -> InfluxDBStatus:

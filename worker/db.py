@@ -6,8 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, create_engine, text
 
 from worker.settings import get_settings
 
@@ -33,7 +32,24 @@ def get_engine() -> Engine:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    with Session(get_engine(), expire_on_commit=False) as session, session.begin():
-        yield session
+def advisory_lock(conn: Connection, key: int) -> Iterator[bool]:
+    """Hold a session-level Postgres advisory lock for the block; yields False if it is taken.
+
+    The lock belongs to the Postgres session, not a transaction: it outlives the commits made
+    inside the block, and Postgres frees it by itself if the process dies or the connection is
+    cut - a crashed holder never blocks anyone for long.
+    """
+    acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+    conn.commit()
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            try:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+            except Exception:
+                # Never hand a pooled connection back while it may still hold the lock.
+                conn.invalidate()
+                raise

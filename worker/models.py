@@ -10,7 +10,19 @@ import enum
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import CheckConstraint, DateTime, Index, Integer, Table, Text, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    Identity,
+    Index,
+    Integer,
+    Table,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -58,3 +70,40 @@ class Tenant(Base):
 
 
 tenants = cast(Table, Tenant.__table__)
+
+
+class ProvisioningAttempt(Base):
+    """One InfluxDB attempt of the provisioning task, as it ended."""
+
+    __tablename__ = "provisioning_attempts"
+    __table_args__ = (Index("ix_provisioning_attempts_tenant", "tenant_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str] = mapped_column(Text)  # provisioned | retrying | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ReconcileStats(Base):
+    """Running totals of the reconciler and its last run (a single row, id 1)."""
+
+    __tablename__ = "reconcile_stats"
+    __table_args__ = (CheckConstraint("id = 1", name="ck_reconcile_stats_single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    runs_total: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    requeued_total: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    drift_total: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    stuck_total: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    last_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_duration_seconds: Mapped[float | None] = mapped_column(Float)
+    last_scanned: Mapped[int | None] = mapped_column(BigInteger)
+    last_influxdb_calls: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+provisioning_attempts = cast(Table, ProvisioningAttempt.__table__)
+reconcile_stats = cast(Table, ReconcileStats.__table__)

@@ -1,7 +1,8 @@
 """Provisioning one tenant's InfluxDB database: the logic behind the Celery task.
 
 ``provision_tenant`` is idempotent ("ensure", not "create") and safe to run concurrently: a
-session-level Postgres advisory lock per tenant lets exactly one run talk to InfluxDB, and every
+session-level Postgres advisory lock per tenant lets exactly one run talk to InfluxDB (Postgres
+frees it if the process dies or its connection is cut), and every
 state change is committed as it happens, so operators see ``provisioning`` while it is under way.
 It knows nothing of Celery: it returns an ``Outcome`` and the task maps that to retry or stop.
 """
@@ -11,18 +12,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.engine import Row
 
+from worker.db import advisory_lock
 from worker.errors import PermanentError, ProvisioningError, TransientError
 from worker.influxdb import InfluxDB3Client
-from worker.models import ProvisioningState, tenants
+from worker.models import ProvisioningState, provisioning_attempts, tenants
 from worker.redaction import redact
 from worker.settings import Settings
 
@@ -76,30 +77,6 @@ def advisory_lock_key(tenant_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-@contextmanager
-def tenant_lock(conn: Connection, tenant_id: str) -> Iterator[bool]:
-    """Hold the tenant's advisory lock for the block; yields False when another run holds it.
-
-    The lock belongs to the Postgres session, so it outlives our commits and is freed by
-    Postgres itself if this process dies or its connection is cut.
-    """
-    key = advisory_lock_key(tenant_id)
-    acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
-    conn.commit()
-    try:
-        yield acquired
-    finally:
-        if acquired:
-            try:
-                conn.rollback()
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-            except Exception:
-                # Never hand a pooled connection back while it may still hold the lock.
-                conn.invalidate()
-                raise
-
-
 def provision_tenant(
     conn: Connection,
     tenant_id: str,
@@ -110,7 +87,7 @@ def provision_tenant(
     rng: random.Random | None = None,
 ) -> Outcome:
     """Ensure the tenant's database exists and holds the ``_init`` marker; record every step."""
-    with tenant_lock(conn, tenant_id) as acquired:
+    with advisory_lock(conn, advisory_lock_key(tenant_id)) as acquired:
         if not acquired:
             logger.info(
                 "another run holds the tenant; nothing to do", extra={"tenant_id": tenant_id}
@@ -151,84 +128,113 @@ def _attempt(
     rng: random.Random | None,
 ) -> Outcome:
     tenant_id = row.tenant_id
-    attempt = row.influxdb_attempts + 1
-    context = {"tenant_id": tenant_id, "attempt": attempt}
-    _record(
-        conn,
-        tenant_id,
-        influxdb_state=ProvisioningState.PROVISIONING,
-        influxdb_attempts=attempt,
-        influxdb_updated_at=clock(),
-    )
+    attempt = _AttemptRecord(conn, tenant_id, row.influxdb_attempts + 1, settings, clock)
+    context = {"tenant_id": tenant_id, "attempt": attempt.number}
     try:
         created = client.ensure_database(database)
         client.write_marker(database, tenant_id, marker_timestamp_ns(row.created_at))
     except PermanentError as exc:
-        _record_failure(conn, tenant_id, exc.reason, str(exc), settings, clock)
+        attempt.fail(exc.reason, str(exc))
         logger.error("provisioning failed permanently: %s", exc, extra=context)
-        return Outcome("failed", tenant_id, attempt, exc.reason)
+        return Outcome("failed", tenant_id, attempt.number, exc.reason)
     except Exception as exc:
-        reason = exc.reason if isinstance(exc, TransientError) else "internal_error"
-        message = str(exc) if isinstance(exc, TransientError) else _describe_unexpected(exc)
-        if not isinstance(exc, TransientError):
+        if isinstance(exc, TransientError):
+            reason, message = exc.reason, str(exc)
+        else:  # a bug or a surprise: still recorded, still bounded by max attempts
             logger.exception("unexpected error while provisioning", extra=context)
-        if attempt >= settings.max_attempts:
-            message = f"gave up after {attempt} attempts: {message}"
-            _record_failure(conn, tenant_id, reason, message, settings, clock)
+            reason, message = "internal_error", f"unexpected {type(exc).__name__}"
+        if attempt.number >= settings.max_attempts:
+            message = f"gave up after {attempt.number} attempts: {message}"
+            attempt.fail(reason, message)
             logger.error("provisioning failed: %s", message, extra=context)
-            return Outcome("failed", tenant_id, attempt, reason)
+            return Outcome("failed", tenant_id, attempt.number, reason)
         delay = next_backoff(
-            attempt, settings.backoff_base_seconds, settings.backoff_cap_seconds, rng
+            attempt.number, settings.backoff_base_seconds, settings.backoff_cap_seconds, rng
         )
-        now = clock()
-        _record(
-            conn,
-            tenant_id,
-            influxdb_state=ProvisioningState.RETRYING,
-            influxdb_error_reason=reason,
-            influxdb_last_error=_clean(message, settings),
-            influxdb_next_attempt_at=now + timedelta(seconds=delay),
-            influxdb_updated_at=now,
-        )
+        attempt.retry_later(reason, message, delay)
         logger.warning(
-            "attempt failed (%s), retrying in %.1fs: %s", reason, delay, exc, extra=context
+            "attempt failed (%s), retrying in %.1fs: %s", reason, delay, message, extra=context
         )
-        return Outcome("retrying", tenant_id, attempt, reason, retry_in=delay)
+        return Outcome("retrying", tenant_id, attempt.number, reason, retry_in=delay)
 
-    now = clock()
-    _record(
-        conn,
-        tenant_id,
-        influxdb_state=ProvisioningState.PROVISIONED,
-        influxdb_provisioned_at=now,
-        influxdb_updated_at=now,
-        influxdb_last_error=None,
-        influxdb_error_reason=None,
-        influxdb_next_attempt_at=None,
-    )
+    attempt.succeed()
     logger.info(
         "provisioned %s (%s)", database, "created" if created else "already existed", extra=context
     )
-    return Outcome("provisioned", tenant_id, attempt)
+    return Outcome("provisioned", tenant_id, attempt.number)
 
 
-def _describe_unexpected(exc: BaseException) -> str:
-    # The class name is safe to store; an arbitrary exception text may not be.
-    return f"unexpected {type(exc).__name__}"
+class _AttemptRecord:
+    """One attempt as Postgres sees it: ``provisioning`` from the start, then one outcome
+    committed together with its row in the attempt log."""
 
+    def __init__(
+        self, conn: Connection, tenant_id: str, number: int, settings: Settings, clock: Clock
+    ) -> None:
+        self._conn, self._tenant_id, self.number = conn, tenant_id, number
+        self._settings, self._clock = settings, clock
+        self._started = clock()
+        _record(
+            conn,
+            tenant_id,
+            influxdb_state=ProvisioningState.PROVISIONING,
+            influxdb_attempts=number,
+            influxdb_updated_at=self._started,
+        )
 
-def _record_failure(
-    conn: Connection, tenant_id: str, reason: str, message: str, settings: Settings, clock: Clock
-) -> None:
-    _record(
-        conn,
-        tenant_id,
-        influxdb_state=ProvisioningState.FAILED,
-        influxdb_error_reason=reason,
-        influxdb_last_error=_clean(message, settings),
-        influxdb_next_attempt_at=None,
-        influxdb_updated_at=clock(),
-    )
+    def succeed(self) -> None:
+        now = self._clock()
+        self._finish(
+            "provisioned",
+            None,
+            now,
+            influxdb_state=ProvisioningState.PROVISIONED,
+            influxdb_provisioned_at=now,
+            influxdb_last_error=None,
+            influxdb_error_reason=None,
+            influxdb_next_attempt_at=None,
+        )
+
+    def retry_later(self, reason: str, message: str, delay: float) -> None:
+        now = self._clock()
+        self._finish(
+            "retrying",
+            reason,
+            now,
+            influxdb_state=ProvisioningState.RETRYING,
+            influxdb_error_reason=reason,
+            influxdb_last_error=_clean(message, self._settings),
+            influxdb_next_attempt_at=now + timedelta(seconds=delay),
+        )
+
+    def fail(self, reason: str, message: str) -> None:
+        self._finish(
+            "failed",
+            reason,
+            self._clock(),
+            influxdb_state=ProvisioningState.FAILED,
+            influxdb_error_reason=reason,
+            influxdb_last_error=_clean(message, self._settings),
+            influxdb_next_attempt_at=None,
+        )
+
+    def _finish(self, outcome: str, reason: str | None, now: datetime, **values: Any) -> None:
+        self._conn.execute(
+            update(tenants)
+            .where(tenants.c.tenant_id == self._tenant_id)
+            .values(influxdb_updated_at=now, **values)
+        )
+        self._conn.execute(
+            insert(provisioning_attempts).values(
+                tenant_id=self._tenant_id,
+                attempt=self.number,
+                started_at=self._started,
+                finished_at=now,
+                outcome=outcome,
+                reason=reason,
+            )
+        )
+        self._conn.commit()
 
 
 def _clean(message: str, settings: Settings) -> str:

@@ -41,6 +41,7 @@ class Settings:
     influxdb_token: str | None = field(default=None, repr=False)
     influxdb_database_prefix: str = "telemetry_"
     influxdb_telemetry_table: str = "telemetry"
+    influxdb_database_limit: int = 5
     influxdb_connect_timeout: float = 3.0
     influxdb_read_timeout: float = 10.0
     live_check_timeout: float = 2.0
@@ -70,6 +71,7 @@ class Settings:
             influxdb_token=reader.secret("INFLUXDB_TOKEN", "INFLUXDB_TOKEN_FILE"),
             influxdb_database_prefix=reader.text("INFLUXDB_DATABASE_PREFIX", "telemetry_"),
             influxdb_telemetry_table=reader.text("INFLUXDB_TELEMETRY_TABLE", "telemetry"),
+            influxdb_database_limit=reader.number("INFLUXDB_DATABASE_LIMIT", int, 5, minimum=1),
             influxdb_connect_timeout=reader.number(
                 "INFLUXDB_CONNECT_TIMEOUT", float, 3.0, minimum=0.1
             ),

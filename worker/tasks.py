@@ -22,6 +22,7 @@ from worker.influxdb import shared_client
 from worker.logs import log_context
 from worker.models import tenants
 from worker.provisioning import next_backoff, provision_tenant
+from worker.reconcile import reconcile
 from worker.redaction import redact
 from worker.settings import get_settings
 
@@ -58,18 +59,36 @@ def provision_tenant_influxdb(self: Task, tenant_id: str) -> dict[str, Any]:
         return asdict(outcome)
 
 
+@app.task(name=RECONCILE_TASK, acks_late=False)
+def reconcile_tenants() -> dict[str, Any]:
+    """Re-enqueue owed work and repair drift; one summary per run (see worker.reconcile)."""
+    summary = reconcile(get_engine(), shared_client(), get_settings(), publish_provisioning)
+    return summary.as_dict()
+
+
+def publish_provisioning(tenant_id: str) -> bool:
+    """Publish one provisioning message without retrying; True when the broker took it."""
+    try:
+        provision_tenant_influxdb.apply_async(args=(tenant_id,), retry=False)
+    except Exception as exc:
+        message = redact(f"{type(exc).__name__}: {exc}", get_settings().secrets())
+        logger.warning(
+            "could not queue provisioning, the reconciler will: %s",
+            message,
+            extra={"tenant_id": tenant_id},
+        )
+        return False
+    return True
+
+
 def enqueue_provisioning(tenant_id: str) -> bool:
-    """Publish a provisioning message; True when the broker took it.
+    """Publish a provisioning message and record when; True when the broker took it.
 
     Never raises for a broker problem: the tenant is already committed as owed work, and the
     reconciler re-enqueues whatever was not queued.
     """
     with log_context(tenant_id=tenant_id):
-        try:
-            provision_tenant_influxdb.apply_async(args=(tenant_id,), retry=False)
-        except Exception as exc:
-            message = redact(f"{type(exc).__name__}: {exc}", get_settings().secrets())
-            logger.warning("could not queue provisioning, the reconciler will: %s", message)
+        if not publish_provisioning(tenant_id):
             return False
         try:
             with get_engine().begin() as conn:

@@ -1,0 +1,246 @@
+"""Operator CLI: ``python -m worker COMMAND`` (``--help`` on any command).
+
+Exit codes: 0 ok; 1 InfluxDB problem (unreachable, token rejected, or no room left);
+2 bad usage or input; 3 unknown tenant; 4 the broker did not take a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+EXIT_OK = 0
+EXIT_INFLUXDB = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_NOT_QUEUED = 4
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one operator command; return its exit code."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "flower" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "flower":
+        return _flower(extra)  # never imports our settings: Flower does that itself
+
+    from worker.logs import configure_logging  # noqa: PLC0415
+    from worker.settings import SettingsError, get_settings  # noqa: PLC0415
+
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging("WARNING" if args.command != "reconcile" else "INFO", settings.secrets())
+    handler = {
+        "status": _status,
+        "list": _list,
+        "retry": _retry,
+        "reconcile": _reconcile,
+        "check-influxdb": _check_influxdb,
+    }[args.command]
+    return handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker", description="Operate tenant provisioning."
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = commands.add_parser("status", help="a tenant's provisioning state and live check")
+    status.add_argument("tenant_id")
+    status.add_argument("--no-live", action="store_true", help="skip the InfluxDB live check")
+    listing = commands.add_parser("list", help="tenants and their states")
+    listing.add_argument("--state", help="only tenants in this state (e.g. failed)")
+    listing.add_argument("--limit", type=int, default=100)
+    retry = commands.add_parser("retry", help="re-enqueue one tenant, or all in a state")
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("tenant_id", nargs="?")
+    target.add_argument("--state", help="every tenant in this state (e.g. failed)")
+    commands.add_parser("reconcile", help="run one reconcile now and print its summary")
+    commands.add_parser("check-influxdb", help="reachability, token, databases used vs limit")
+    commands.add_parser(
+        "flower",
+        help="start Flower (requires FLOWER_BASIC_AUTH unless FLOWER_UNAUTHENTICATED_DEV=1)",
+        add_help=False,
+    )
+    return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    from api_hooks import InvalidTenantId, TenantNotFound, tenant_influxdb_status  # noqa: PLC0415
+
+    try:
+        status = tenant_influxdb_status(args.tenant_id, live=not args.no_live)
+    except InvalidTenantId as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except TenantNotFound as exc:
+        return _fail(str(exc), EXIT_NOT_FOUND)
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    lines = {k: v for k, v in status.items() if k != "live"}
+    lines.update({f"live.{k}": v for k, v in (status["live"] or {}).items()})
+    width = max(len(k) for k in lines)
+    for key, value in lines.items():
+        print(f"{key:<{width}}  {'-' if value is None else value}")
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    from api_hooks import list_tenants  # noqa: PLC0415
+
+    try:
+        rows = list_tenants(args.state, args.limit)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(rows, ["tenant_id", "name", "state", "attempts", "error_reason", "updated_at"])
+    return EXIT_OK
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from api_hooks import (  # noqa: PLC0415
+        InvalidTenantId,
+        TenantNotFound,
+        list_tenants,
+        request_provisioning,
+    )
+
+    if args.tenant_id:
+        ids = [args.tenant_id]
+    else:
+        try:
+            ids = [row["tenant_id"] for row in list_tenants(args.state, limit=1_000_000)]
+        except ValueError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+    queued: list[str] = []
+    not_queued: list[str] = []
+    for tenant_id in ids:
+        try:
+            (queued if request_provisioning(tenant_id) else not_queued).append(tenant_id)
+        except InvalidTenantId as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        except TenantNotFound as exc:
+            return _fail(str(exc), EXIT_NOT_FOUND)
+    if args.json:
+        _print_json({"queued": queued, "not_queued": not_queued})
+    else:
+        print(f"queued {len(queued)} tenant(s)" + (f": {', '.join(queued)}" if ids else ""))
+        if not_queued:
+            print(f"NOT queued (broker unavailable): {', '.join(not_queued)}", file=sys.stderr)
+    return EXIT_NOT_QUEUED if not_queued else EXIT_OK
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from worker.db import get_engine  # noqa: PLC0415
+    from worker.influxdb import shared_client  # noqa: PLC0415
+    from worker.reconcile import reconcile  # noqa: PLC0415
+    from worker.settings import get_settings  # noqa: PLC0415
+    from worker.tasks import publish_provisioning  # noqa: PLC0415
+
+    summary = reconcile(get_engine(), shared_client(), get_settings(), publish_provisioning)
+    result = summary.as_dict()
+    if args.json:
+        _print_json(result)
+    elif not summary.ran:
+        print("another reconcile run holds the lock; nothing done")
+    else:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            print(f"{key:<{width}}  {'-' if value is None else value}")
+    return EXIT_NOT_QUEUED if summary.not_queued else EXIT_OK
+
+
+def _check_influxdb(args: argparse.Namespace) -> int:
+    from worker.errors import InfluxDBUnauthorized, ProvisioningError  # noqa: PLC0415
+    from worker.influxdb import InfluxDB3Client  # noqa: PLC0415
+    from worker.settings import get_settings  # noqa: PLC0415
+
+    settings = get_settings()
+    client = InfluxDB3Client.from_settings(settings)
+    report: dict[str, Any] = {
+        "url": settings.influxdb_url,
+        "token_configured": settings.influxdb_token is not None,
+        "reachable": False,
+        "token_accepted": False,
+        "databases_used": None,
+        "database_limit": settings.influxdb_database_limit,
+        "tenant_databases": None,
+        "free_slots": None,
+        "error": None,
+    }
+    try:
+        databases = client.list_databases()
+        report.update(reachable=True, token_accepted=True)
+    except InfluxDBUnauthorized as exc:
+        report.update(reachable=True, error=f"{exc.reason}: {exc}")
+    except ProvisioningError as exc:
+        report["error"] = f"{exc.reason}: {exc}"
+    else:
+        used = len(databases)
+        report.update(
+            databases_used=used,
+            tenant_databases=sum(
+                d.startswith(settings.influxdb_database_prefix) for d in databases
+            ),
+            free_slots=max(0, settings.influxdb_database_limit - used),
+        )
+    finally:
+        client.close()
+    healthy = report["token_accepted"] and (report["free_slots"] or 0) > 0
+    if args.json:
+        _print_json({**report, "ok": healthy})
+    else:
+        for key, value in report.items():
+            print(f"{key:<17} {'-' if value is None else value}")
+        if report["token_accepted"] and not report["free_slots"]:
+            print("FULL: no database slot left for a new tenant", file=sys.stderr)
+    return EXIT_OK if healthy else EXIT_INFLUXDB
+
+
+def _flower(extra: list[str]) -> int:
+    # Flower shows every task and its arguments: never serve it open by accident.
+    if (
+        not os.environ.get("FLOWER_BASIC_AUTH")
+        and os.environ.get("FLOWER_UNAUTHENTICATED_DEV") != "1"
+    ):
+        return _fail(
+            "refusing to start Flower without authentication: set FLOWER_BASIC_AUTH=user:password "
+            "(or FLOWER_UNAUTHENTICATED_DEV=1 on a development machine)",
+            EXIT_USAGE,
+        )
+    command = [sys.executable, "-m", "celery", "-A", "worker", "flower", *extra]
+    os.execv(sys.executable, command)  # noqa: S606 - replaces this process, argv is ours
+    return EXIT_OK  # pragma: no cover - execv does not return
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _print_table(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> None:
+    cells = [[("-" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row_cells in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row_cells, widths, strict=True)))
+    print(f"({len(rows)} tenant(s))")
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

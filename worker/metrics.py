@@ -1,0 +1,104 @@
+"""Prometheus metrics of our own, read from Postgres at scrape time.
+
+They answer "are we stuck?", which Flower cannot: Flower keeps task history in memory only,
+while these come from the source of truth and survive restarts of every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+
+from worker.models import STATES, ProvisioningState, provisioning_attempts, reconcile_stats, tenants
+
+PREFIX = "tenant_provisioner"
+_IN_PROGRESS = (
+    ProvisioningState.PENDING,
+    ProvisioningState.PROVISIONING,
+    ProvisioningState.RETRYING,
+)
+
+
+class ProvisioningCollector(Collector):
+    """Collects tenant, attempt and reconcile metrics with three small queries per scrape."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        with self._engine.connect() as conn:
+            by_state: dict[str, int] = dict(
+                conn.execute(
+                    select(tenants.c.influxdb_state, func.count()).group_by(
+                        tenants.c.influxdb_state
+                    )
+                ).all()
+            )
+            oldest = conn.execute(
+                select(func.min(tenants.c.created_at)).where(
+                    tenants.c.influxdb_state.in_(_IN_PROGRESS)
+                )
+            ).scalar()
+            attempts = conn.execute(
+                select(
+                    provisioning_attempts.c.outcome,
+                    provisioning_attempts.c.reason,
+                    func.count(),
+                ).group_by(provisioning_attempts.c.outcome, provisioning_attempts.c.reason)
+            ).all()
+            stats = conn.execute(select(reconcile_stats)).first()
+
+        states = GaugeMetricFamily(
+            f"{PREFIX}_tenants", "Tenants by InfluxDB provisioning state.", labels=["state"]
+        )
+        for state in STATES:
+            states.add_metric([state], by_state.get(state, 0))
+        yield states
+
+        age = 0.0
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            age = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        yield GaugeMetricFamily(
+            f"{PREFIX}_oldest_unprovisioned_age_seconds",
+            "Age of the oldest tenant pending, provisioning or retrying (0 when none).",
+            value=age,
+        )
+
+        by_reason = CounterMetricFamily(
+            f"{PREFIX}_provisioning_attempts",
+            "Provisioning attempts by outcome and reason (reason 'none' on success).",
+            labels=["outcome", "reason"],
+        )
+        for outcome, reason, count in attempts:
+            by_reason.add_metric([outcome, reason or "none"], count)
+        yield by_reason
+
+        if stats is None:
+            return
+        for name, column, help_text in (
+            ("reconcile_runs", stats.runs_total, "Reconcile runs that took the lock."),
+            ("reconcile_requeued", stats.requeued_total, "Tenants re-enqueued by the reconciler."),
+            ("reconcile_drift", stats.drift_total, "Provisioned tenants found without database."),
+            ("reconcile_stuck", stats.stuck_total, "Attempts found abandoned by a dead worker."),
+        ):
+            yield CounterMetricFamily(f"{PREFIX}_{name}", help_text, value=column)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_reconcile_last_duration_seconds",
+            "Wall time of the last reconcile run.",
+            value=stats.last_duration_seconds or 0.0,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_reconcile_last_run_timestamp_seconds",
+            "When the last reconcile run started (Unix time; 0 before the first).",
+            value=stats.last_started_at.timestamp() if stats.last_started_at else 0.0,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_reconcile_last_scanned",
+            "Tenants read by the last reconcile run.",
+            value=stats.last_scanned or 0,
+        )
