@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,6 +74,13 @@ def wait_for(
         time.sleep(interval)
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def new_tenant_id(prefix: str = "t") -> str:
     """A tenant id no other test uses, so leftovers of one test never touch another."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -114,18 +122,26 @@ def broker() -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def worker_process(database: str, broker: redis.Redis, tmp_path_factory: pytest.TempPathFactory):
     """A real ``celery -A worker worker`` process (prefork, 4 children) for the whole run."""
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = start_worker(log_path, concurrency=4, name="test-worker")
-    yield WorkerHandle(process, log_path)
-    stop_process(process)
+    handle = WorkerHandle(tmp_path_factory.mktemp("worker") / "worker.log")
+    handle.start()
+    yield handle
+    handle.stop()
 
 
 class WorkerHandle:
-    """The running worker process and its log file."""
+    """The session's worker process (stoppable and restartable) and its log file."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.process = process
+    def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = start_worker(self.log_path, concurrency=4, name="test-worker")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -137,6 +153,7 @@ def start_worker(
     """Start a Celery worker from the repo root and wait until it is ready."""
     env = {**os.environ, **(extra_env or {})}
     log_file = log_path.open("ab")
+    ready_before = log_path.read_text(errors="replace").count("ready.")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -159,7 +176,7 @@ def start_worker(
     )
     log_file.close()
     deadline = time.monotonic() + 30
-    while "ready." not in log_path.read_text(errors="replace"):
+    while log_path.read_text(errors="replace").count("ready.") <= ready_before:
         if process.poll() is not None or time.monotonic() > deadline:
             stop_process(process)
             pytest.fail(f"worker did not start:\n{log_path.read_text(errors='replace')}")
@@ -241,3 +258,49 @@ def paused_worker(worker_process: WorkerHandle, broker: redis.Redis) -> Iterator
     yield broker
     broker.delete("celery")
     app.control.add_consumer("celery", destination=[name], reply=True)
+
+
+@pytest.fixture
+def beat(database: str, broker: redis.Redis, tmp_path: Path) -> Iterator[Path]:
+    """A real ``celery -A worker beat`` process (reconcile every 2 s); yields its log path."""
+    log_path = tmp_path / "beat.log"
+    process = start_beat(log_path, tmp_path / "schedule")
+    yield log_path
+    stop_process(process)
+
+
+def start_beat(log_path: Path, schedule: Path) -> subprocess.Popen[bytes]:
+    """Start a beat process and wait until it runs."""
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "beat",
+                "--loglevel=DEBUG",
+                f"--schedule={schedule}",
+                "--max-interval=1",
+            ],
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_for(
+        lambda: process.poll() is not None or "beat: Starting" in log_path.read_text(),
+        what="beat to start",
+    )
+    assert process.poll() is None, log_path.read_text()
+    return process
+
+
+def reconcile_stats(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The reconciler's running totals."""
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        row = cur.execute("SELECT * FROM reconcile_stats").fetchone()
+    assert row is not None
+    return row

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import requests
 
-from tests.conftest import OPERATOR_TOKEN, ROOT, new_tenant_id, stop_process, tenant_row, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import (
+    OPERATOR_TOKEN,
+    ROOT,
+    free_port,
+    new_tenant_id,
+    stop_process,
+    tenant_row,
+    wait_for,
+)
 
 
 def test_api_process_creates_tenant_when_redis_is_down(db, influx, tmp_path):

@@ -1,0 +1,231 @@
+"""What operators use: Flower with auth, the CLI with exit codes, /metrics, and the log format."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import requests
+
+from tests.conftest import (
+    INFLUX_TOKEN,
+    OPERATOR_TOKEN,
+    ROOT,
+    free_port,
+    new_tenant_id,
+    stop_process,
+    wait_for,
+    wait_for_state,
+)
+
+FLOWER_AUTH = ("ops", "flower-pass-" + OPERATOR_TOKEN[-6:])
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_flower_refuses_to_start_without_authentication():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "flower", "--port=1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "FLOWER_BASIC_AUTH" in result.stderr
+
+
+def test_flower_shows_provisioning_tasks_to_authenticated_operators_only(
+    api, db, influx, worker_process, tmp_path
+):
+    # Given a real Flower process with basic auth
+    port = free_port()
+    log_path = tmp_path / "flower.log"
+    with log_path.open("wb") as log:
+        flower = subprocess.Popen(
+            [sys.executable, "-m", "worker", "flower", "--address=127.0.0.1", f"--port={port}"],
+            cwd=ROOT,
+            env={**os.environ, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(f"{base}/healthcheck"), what="Flower to listen")
+        # Events are pub/sub without history: wait until Flower hears the worker's heartbeats.
+        wait_for(
+            lambda: requests.get(f"{base}/api/workers", auth=FLOWER_AUTH, timeout=5).json(),
+            what="Flower to see the worker",
+        )
+
+        # When a tenant is provisioned
+        tenant_id = new_tenant_id("flower")
+        api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "Seen"})
+        wait_for_state(db, tenant_id, "provisioned")
+
+        # Then an authenticated operator sees the task, named, with the tenant id as argument
+        def provisioning_task() -> dict | None:
+            tasks = requests.get(f"{base}/api/tasks", auth=FLOWER_AUTH, timeout=5).json()
+            return next((t for t in tasks.values() if tenant_id in (t.get("args") or "")), None)
+
+        task = wait_for(provisioning_task, what="the task in Flower")
+        assert task["name"] == "worker.tasks.provision_tenant_influxdb"
+        assert task["args"] == f"('{tenant_id}',)"
+        assert task["state"] == "SUCCESS"
+
+        # And anyone else gets 401, on the API and the dashboard alike
+        assert requests.get(f"{base}/api/tasks", timeout=5).status_code == 401
+        assert (
+            requests.get(f"{base}/api/tasks", auth=("ops", "wrong"), timeout=5).status_code == 401
+        )
+        assert requests.get(f"{base}/", timeout=5).status_code == 401
+
+        # And Flower's own /metrics works for the operator
+        metrics = requests.get(f"{base}/metrics", auth=FLOWER_AUTH, timeout=5)
+        assert metrics.status_code == 200
+        assert "flower_events_total" in metrics.text
+
+        # And no token is shown anywhere
+        everything = requests.get(f"{base}/api/tasks", auth=FLOWER_AUTH, timeout=5).text
+        assert INFLUX_TOKEN not in everything
+        assert OPERATOR_TOKEN not in everything
+    finally:
+        stop_process(flower)
+    assert FLOWER_AUTH[1] not in log_path.read_text()
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=0.5)
+    except requests.ConnectionError:
+        return False
+    return True
+
+
+def test_cli_status_list_and_exit_codes(api, db, influx, worker_process):
+    tenant_id = new_tenant_id("cli")
+    api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "Cli"})
+    wait_for_state(db, tenant_id, "provisioned")
+
+    status = cli("--json", "status", tenant_id)
+    assert status.returncode == 0, status.stderr
+    body = json.loads(status.stdout)
+    assert body["state"] == "provisioned"
+    assert body["live"]["exists"] is True
+
+    human = cli("status", tenant_id)
+    assert re.search(r"^state\s+provisioned$", human.stdout, re.MULTILINE)
+    assert re.search(r"^live\.exists\s+True$", human.stdout, re.MULTILINE)
+
+    listed = cli("list", "--state", "provisioned")
+    assert listed.returncode == 0
+    assert tenant_id in listed.stdout
+    assert listed.stdout.splitlines()[0].split()[:3] == ["TENANT_ID", "NAME", "STATE"]
+
+    assert cli("status", "nobody-here").returncode == 3
+    assert cli("status", "not valid!").returncode == 2
+    bad_state = cli("list", "--state", "sleeping")
+    assert bad_state.returncode == 2
+    assert "must be one of" in bad_state.stderr
+
+
+def test_cli_retry_by_state_requeues_failed_tenants(api, db, influx, worker_process):
+    # Given two tenants failed because InfluxDB rejected our token
+    influx.set_token("rotated-elsewhere")
+    tenant_ids = [new_tenant_id("retry") for _ in range(2)]
+    for tenant_id in tenant_ids:
+        api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "r"})
+    for tenant_id in tenant_ids:
+        wait_for_state(db, tenant_id, "failed")
+
+    # When the token is fixed and the operator retries every failed tenant
+    influx.set_token(INFLUX_TOKEN)
+    result = cli("--json", "retry", "--state", "failed")
+
+    # Then both are queued again and end provisioned
+    assert result.returncode == 0, result.stderr
+    assert sorted(json.loads(result.stdout)["queued"]) == sorted(tenant_ids)
+    for tenant_id in tenant_ids:
+        wait_for_state(db, tenant_id, "provisioned")
+
+
+def test_check_influxdb_reports_databases_used_against_the_limit(influx):
+    influx.create_database("telemetry_one")
+    ok = cli("--json", "check-influxdb")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["reachable"] is True
+    assert report["token_accepted"] is True
+    assert report["databases_used"] == 1
+    assert report["database_limit"] == 5
+    assert report["free_slots"] == 4
+
+    for i in range(4):
+        influx.create_database(f"other_{i}")
+    full = cli("check-influxdb")
+    assert full.returncode == 1
+    assert re.search(r"^databases_used\s+5$", full.stdout, re.MULTILINE)
+    assert "FULL" in full.stderr
+
+    influx.set_token("not-ours")
+    rejected = json.loads(cli("--json", "check-influxdb").stdout)
+    assert rejected["reachable"] is True
+    assert rejected["token_accepted"] is False
+    assert INFLUX_TOKEN not in json.dumps(rejected)
+
+    influx.set_outage(True)
+    down = cli("--json", "check-influxdb")
+    assert down.returncode == 1
+    assert json.loads(down.stdout)["error"].startswith("unreachable")
+
+
+def test_metrics_count_tenants_by_state_and_attempts_by_reason(api, db, influx, worker_process):
+    # Given one provisioned tenant and one that failed on capacity
+    influx.set_database_limit(1)
+    first, second = new_tenant_id("m"), new_tenant_id("m")
+    api.post("/operator/tenants", json={"tenant_id": first, "name": "a"})
+    wait_for_state(db, first, "provisioned")
+    api.post("/operator/tenants", json={"tenant_id": second, "name": "b"})
+    wait_for_state(db, second, "failed")
+
+    # Then /metrics (no operator token needed) counts them
+    api.headers.pop("Authorization")
+    text = api.get("/metrics").text
+    assert 'tenant_provisioner_tenants{state="provisioned"} 1.0' in text
+    assert 'tenant_provisioner_tenants{state="failed"} 1.0' in text
+    assert 'tenant_provisioner_tenants{state="pending"} 0.0' in text
+    assert "tenant_provisioner_oldest_unprovisioned_age_seconds 0.0" in text
+    assert re.search(
+        r'tenant_provisioner_provisioning_attempts_total\{outcome="failed",'
+        r'reason="database_limit"\} [1-9]',
+        text,
+    )
+
+
+def test_worker_log_lines_carry_tenant_and_task_ids_and_no_secrets(api, db, influx, worker_process):
+    tenant_id = new_tenant_id("log")
+    api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "Logged"})
+    wait_for_state(db, tenant_id, "provisioned")
+    log = worker_process.log()
+    line = next(ln for ln in log.splitlines() if "provisioned telemetry_" + tenant_id in ln)
+    assert f"tenant_id={tenant_id}" in line
+    assert re.search(r"task_id=[0-9a-f-]{36}", line)
+    assert INFLUX_TOKEN not in log
+    assert OPERATOR_TOKEN not in log

@@ -1,0 +1,223 @@
+"""The reconciler: lost messages, dead workers and drift, with real beat and worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+
+from tests.conftest import (
+    ROOT,
+    TEST_ENV,
+    new_tenant_id,
+    reconcile_stats,
+    start_worker,
+    tenant_row,
+    wait_for,
+    wait_for_state,
+)
+from worker import app
+from worker.db import get_engine
+from worker.influxdb import InfluxDB3Client
+from worker.reconcile import RECONCILE_LOCK_KEY, reconcile
+from worker.settings import get_settings
+from worker.tasks import publish_provisioning
+
+INTERVAL = float(TEST_ENV["RECONCILE_INTERVAL_SECONDS"])
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_drift_is_repaired_within_one_interval_and_counted(api, db, influx, worker_process, beat):
+    # Given a provisioned tenant
+    tenant_id = new_tenant_id()
+    api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "Drifter"})
+    wait_for_state(db, tenant_id, "provisioned")
+    database = f"telemetry_{tenant_id}"
+    drift_before = reconcile_stats(db)["drift_total"]
+
+    # When someone deletes its database behind the worker's back
+    influx.delete_database(database)
+    deleted_at = time.monotonic()
+
+    # Then within one reconcile interval (plus the run itself) it is provisioned again
+    def provisioned_again() -> bool:
+        stats = api.get(f"/operator/tenants/{tenant_id}/stats").json()["influxdb"]
+        return stats["state"] == "provisioned" and stats["live"]["exists"] is True
+
+    wait_for(provisioned_again, timeout=INTERVAL * 2 + 3, what="drift repaired")
+    print(f"drift repaired after {time.monotonic() - deleted_at:.1f}s (interval {INTERVAL}s)")
+    assert database in influx.databases()
+    assert influx.create_calls(database) == 2
+
+    # And the drift is counted in /metrics
+    assert reconcile_stats(db)["drift_total"] == drift_before + 1
+    metrics = api.get("/metrics").text
+    assert f"tenant_provisioner_reconcile_drift_total {drift_before + 1}.0" in metrics
+    row = tenant_row(db, tenant_id)
+    assert row["influxdb_attempts"] == 2
+
+
+def test_flushed_broker_loses_no_tenant(api, db, influx, broker, worker_process, beat):
+    # Given 50 tenants queued in Redis while the worker is down (and room for 50 databases)
+    influx.set_database_limit(100)
+    worker_process.stop()
+    tenant_ids = [new_tenant_id("flush") for _ in range(50)]
+    for tenant_id in tenant_ids:
+        assert api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "q"}).is_success
+    assert broker.llen("celery") >= 50
+
+    # When the broker's Redis database is flushed (every message lost) and the worker returns
+    broker.flushdb()
+    flushed_at = time.monotonic()
+    worker_process.start()
+
+    # Then all 50 end provisioned within two reconcile intervals (plus the work itself)
+    def all_provisioned() -> bool:
+        (count,) = db.execute(
+            "SELECT count(*) FROM tenants WHERE influxdb_state = 'provisioned'"
+        ).fetchone()
+        return count == 50
+
+    wait_for(all_provisioned, timeout=INTERVAL * 2 + 8, what="all 50 provisioned")
+    print(f"50 flushed tenants provisioned after {time.monotonic() - flushed_at:.1f}s")
+    assert sorted(influx.databases()) == sorted(f"telemetry_{t}" for t in tenant_ids)
+
+
+def test_sigkilled_worker_is_recovered_by_the_reconciler(
+    api, db, influx, paused_worker, tmp_path, beat
+):
+    # Given a second worker whose InfluxDB calls are slow, so tenants sit in "provisioning"
+    influx.set_latency(3.0)
+    stuck_before = reconcile_stats(db)["stuck_total"]
+    victim = start_worker(tmp_path / "victim.log", concurrency=2, name="victim")
+    tenant_ids = [new_tenant_id("kill") for _ in range(2)]
+    for tenant_id in tenant_ids:
+        api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "k"})
+    for tenant_id in tenant_ids:
+        wait_for_state(db, tenant_id, "provisioning")
+
+    # When that worker is killed with SIGKILL, children and all
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=10)
+    influx.set_latency(0)
+    name = next(n for r in app.control.ping(timeout=1.0) for n in r if n.startswith("test-worker"))
+    app.control.add_consumer("celery", destination=[name], reply=True)
+
+    # Then the reconciler finds them stuck after the task time limit and they end provisioned
+    time_limit = float(TEST_ENV["PROVISION_TIME_LIMIT"])
+    for tenant_id in tenant_ids:
+        row = wait_for_state(db, tenant_id, "provisioned", timeout=time_limit + INTERVAL * 2 + 10)
+        assert row["influxdb_state"] == "provisioned"
+    assert reconcile_stats(db)["stuck_total"] == stuck_before + 2
+    for tenant_id in tenant_ids:
+        assert f"telemetry_{tenant_id}" in influx.databases()
+
+
+def test_overlapping_reconcile_runs_are_a_no_op(db, influx, worker_process):
+    # Given another reconcile run holds the lock (as a second beat's run would)
+    with psycopg.connect(db.info.dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (RECONCILE_LOCK_KEY,))
+        runs_before = reconcile_stats(db)["runs_total"]
+
+        # When a reconcile starts, it does nothing and says so
+        skipped = cli("--json", "reconcile")
+        assert skipped.returncode == 0, skipped.stderr
+        assert json.loads(skipped.stdout)["ran"] is False
+        assert reconcile_stats(db)["runs_total"] == runs_before
+
+    # And once the holder's session ends (as when its process dies), a run goes ahead
+    ran = cli("--json", "reconcile")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["ran"] is True
+    assert reconcile_stats(db)["runs_total"] == runs_before + 1
+
+
+def test_two_concurrent_runs_never_overlap(db, influx):
+    # Given a slow InfluxDB list call, two reconcile runs started together
+    influx.set_latency(1.0)
+    settings = get_settings()
+    results = []
+
+    def run() -> None:
+        client = InfluxDB3Client.from_settings(settings)
+        results.append(reconcile(get_engine(), client, settings, publish_provisioning))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then exactly one ran, and InfluxDB saw exactly one list call
+    assert sorted(r.ran for r in results) == [False, True]
+    assert influx.request_count("GET", "/api/v3/configure/database") == 1
+
+
+def test_one_influxdb_call_per_run_whatever_the_tenant_count(db, influx, paused_worker):
+    # Given 1,200 provisioned tenants (more than two batches), one database missing
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_provisioned_at) "
+        "SELECT 'bulk-' || lpad(i::text, 5, '0'), 'bulk', 'provisioned', now() - interval '1h' "
+        "FROM generate_series(1, 1200) AS i"
+    )
+    for i in range(1, 5):
+        influx.create_database(f"telemetry_bulk-{i:05d}")
+
+    # When one reconcile runs (the worker is paused: the owed tenants wait in the queue)
+    result = cli("--json", "reconcile")
+
+    # Then it scanned them all with one InfluxDB call and found the missing ones as drift
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["scanned"] == 1200
+    assert summary["influxdb_calls"] == 1
+    assert influx.request_count() == 1
+    assert summary["drift"] == 1196
+    assert summary["requeued"] == 1196
+    (pending,) = db.execute(
+        "SELECT count(*) FROM tenants WHERE influxdb_state = 'pending' AND "
+        "influxdb_error_reason = 'drift'"
+    ).fetchone()
+    assert pending == 1196
+
+
+def test_never_queued_tenant_is_enqueued_by_the_reconciler(db, influx, worker_process):
+    # Given a tenant stored pending whose message never reached the broker
+    tenant_id = new_tenant_id("lost")
+    db.execute("INSERT INTO tenants (tenant_id, name) VALUES (%s, 'lost')", (tenant_id,))
+
+    # When a reconcile runs, it is enqueued and provisioned
+    result = cli("--json", "reconcile")
+    assert json.loads(result.stdout)["requeued"] == 1
+    wait_for_state(db, tenant_id, "provisioned")
+
+
+def test_reconcile_survives_influxdb_down_and_still_requeues(db, influx, paused_worker):
+    # Given InfluxDB is down and a tenant was never queued
+    influx.set_outage(True)
+    db.execute("INSERT INTO tenants (tenant_id, name) VALUES ('down-1', 'x')")
+
+    # When a reconcile runs
+    summary = json.loads(cli("--json", "reconcile").stdout)
+
+    # Then it reports the InfluxDB error, judges no drift, and still re-enqueues owed work
+    assert summary["ran"] is True
+    assert summary["influxdb_error"].startswith("unreachable")
+    assert summary["drift"] == 0
+    assert summary["requeued"] == 1
