@@ -10,6 +10,15 @@ operator API all agree. Why each reliability setting is what it is:
 - results ignored: Postgres, not the result backend, says whether a tenant is provisioned.
 """
 
+from kombu.entity import Exchange, Queue
+
+from worker.queues import (
+    ALL_QUEUES,
+    MAINTENANCE_QUEUE,
+    PROVISION_TASK,
+    PROVISIONING_QUEUE,
+    RECONCILE_TASK,
+)
 from worker.settings import get_settings
 
 _settings = get_settings()
@@ -22,6 +31,8 @@ broker_transport_options = {
     # Bound how long publishing may block when Redis is down or blackholed.
     "socket_connect_timeout": _settings.broker_publish_timeout,
     "socket_timeout": max(_settings.broker_publish_timeout, 5.0),
+    # Poll the queues in the order of task_queues (see below), not round robin.
+    "queue_order_strategy": "priority",
 }
 
 task_serializer = "json"
@@ -40,13 +51,28 @@ task_time_limit = _settings.task_time_limit
 worker_send_task_events = True
 task_send_sent_event = True
 
+# Three queues, all consumed by every worker, polled in priority order: the reconciler first
+# (it must not expire behind a backlog), then the task's own retries (so their delays stay what
+# the backoff says, and started work finishes before new work starts), then new work. A retry
+# is an ETA message the worker holds until due, so retries never starve new work for long.
+task_default_queue = PROVISIONING_QUEUE
+# Each queue with its own exchange and routing key: a Queue without them inherits the default
+# exchange and key, and a message for one queue would be copied into all three.
+task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL_QUEUES
+)
+task_routes = {
+    PROVISION_TASK: {"queue": PROVISIONING_QUEUE},
+    RECONCILE_TASK: {"queue": MAINTENANCE_QUEUE},
+}
+
 timezone = "UTC"
 enable_utc = True
 imports = ("worker.tasks",)
 
 beat_schedule = {
     "reconcile-tenants": {
-        "task": "worker.tasks.reconcile_tenants",
+        "task": RECONCILE_TASK,
         "schedule": _settings.reconcile_interval_seconds,
         # A run that could not start within its interval is dropped, not piled up.
         "options": {"expires": _settings.reconcile_interval_seconds},

@@ -7,11 +7,12 @@ app in ``api_hooks.app`` passes ``bearer_token_auth(OPERATOR_TOKEN)``.
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, status
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
+from pydantic import BaseModel
 
 from api_hooks.errors import InvalidTenantId, InvalidTenantName, TenantExists, TenantNotFound
 from api_hooks.tenants import (
@@ -21,16 +22,41 @@ from api_hooks.tenants import (
     request_provisioning,
     tenant_influxdb_status,
     validate_tenant_id,
+    validate_tenant_name,
 )
 
+CREATE_FIELDS = ("tenant_id", "name")
 
-class CreateTenantBody(BaseModel):
-    """Body of ``POST /operator/tenants``; unknown fields and non-string values are refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+async def create_tenant_body(request: Request) -> dict[str, object]:
+    """The body of ``POST /operator/tenants``: a JSON object with exactly tenant_id and name.
 
-    tenant_id: str
-    name: str
+    Parsed here, not by a pydantic model, so every malformed body gets a 422 with a plain
+    message from the router itself - also when the UI mounts it in an app without our error
+    handlers (FastAPI's default handler fails on bodies such as ``Infinity``).
+    """
+    raw = await request.body()
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError:
+        raise _unprocessable('body must be JSON: {"tenant_id": ..., "name": ...}') from None
+    if not isinstance(data, dict):
+        raise _unprocessable("body must be a JSON object with tenant_id and name")
+    missing = [f for f in CREATE_FIELDS if f not in data]
+    unknown = sorted(set(data) - set(CREATE_FIELDS))
+    if missing:
+        raise _unprocessable(f"missing field(s): {', '.join(missing)}")
+    if unknown:
+        raise _unprocessable(f"unknown field(s): {', '.join(unknown)[:200]}")
+    return data
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _unprocessable(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=message)
 
 
 class TenantStats(BaseModel):
@@ -72,11 +98,14 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
     router = APIRouter(prefix="/operator", dependencies=[Depends(require_operator)])
 
     @router.post("/tenants", status_code=status.HTTP_201_CREATED)
-    def post_tenant(body: CreateTenantBody) -> CreatedTenant:
+    def post_tenant(
+        body: Annotated[dict[str, object], Depends(create_tenant_body)],
+    ) -> CreatedTenant:
         try:
-            return create_tenant(body.tenant_id, body.name)
+            tenant_id = validate_tenant_id(body["tenant_id"])
+            return create_tenant(tenant_id, validate_tenant_name(body["name"]))
         except (InvalidTenantId, InvalidTenantName) as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+            raise _unprocessable(str(exc)) from exc
         except TenantExists as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
 

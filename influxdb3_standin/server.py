@@ -513,6 +513,7 @@ class StandIn:
         self._databases: dict[str, _Database] = {}
         self._deleted: dict[str, _Database] = {}
         self._create_calls: Counter[str] = Counter()
+        self._created: Counter[str] = Counter()  # creates answered 200, by name
         self._create_calls_total = 0
         self._requests: Counter[tuple[str, str]] = Counter()
         self._switches = _Switches()
@@ -705,6 +706,11 @@ class StandIn:
         with self._lock:
             return self._create_calls_total if name is None else self._create_calls[name]
 
+    def creations(self, name: str) -> int:
+        """How many create requests for ``name`` were answered 200 (a new database)."""
+        with self._lock:
+            return self._created[name]
+
     def request_count(self, method: str | None = None, path: str | None = None) -> int:
         """Requests received (faulted ones included, /_standin/* excluded), filtered."""
         with self._lock:
@@ -749,6 +755,7 @@ class StandIn:
             self._databases.clear()
             self._deleted.clear()
             self._create_calls.clear()
+            self._created.clear()
             self._create_calls_total = 0
             self._requests.clear()
             self._connections_accepted = 0
@@ -942,6 +949,7 @@ class StandIn:
             if len(self._databases) >= self._database_limit:
                 raise _limit_error(self._database_limit)
             self._databases[name] = _Database(name, retention_seconds)
+            self._created[name] += 1
         return _Response(200)
 
     def _count_create_call(self, body: bytes) -> None:

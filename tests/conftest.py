@@ -55,6 +55,7 @@ for _inherited in ("INFLUXDB_TOKEN_FILE", "OPERATOR_TOKEN_FILE", "INFLUXDB_URL")
     os.environ.pop(_inherited, None)
 
 from influxdb3_standin import StandIn  # noqa: E402
+from worker.queues import ALL_QUEUES, PROVISIONING_QUEUE  # noqa: E402
 
 STANDIN = StandIn(token=INFLUX_TOKEN, database_limit=5).start()
 os.environ["INFLUXDB_URL"] = STANDIN.url
@@ -253,11 +254,13 @@ def paused_worker(worker_process: WorkerHandle, broker: redis.Redis) -> Iterator
     from worker import app  # noqa: PLC0415
 
     name = wait_for(lambda: next(iter(app.control.ping(timeout=1.0)[0]), None), what="ping")
-    app.control.cancel_consumer("celery", destination=[name], reply=True)
-    broker.delete("celery")
+    for queue in ALL_QUEUES:
+        app.control.cancel_consumer(queue, destination=[name], reply=True)
+    broker.delete(*ALL_QUEUES)
     yield broker
-    broker.delete("celery")
-    app.control.add_consumer("celery", destination=[name], reply=True)
+    broker.delete(*ALL_QUEUES)
+    for queue in ALL_QUEUES:
+        app.control.add_consumer(queue, destination=[name], reply=True)
 
 
 @pytest.fixture
@@ -269,7 +272,9 @@ def beat(database: str, broker: redis.Redis, tmp_path: Path) -> Iterator[Path]:
     stop_process(process)
 
 
-def start_beat(log_path: Path, schedule: Path) -> subprocess.Popen[bytes]:
+def start_beat(
+    log_path: Path, schedule: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a beat process and wait until it runs."""
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
@@ -285,7 +290,7 @@ def start_beat(log_path: Path, schedule: Path) -> subprocess.Popen[bytes]:
                 "--max-interval=1",
             ],
             cwd=ROOT,
-            env=dict(os.environ),
+            env={**os.environ, **(extra_env or {})},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -298,9 +303,48 @@ def start_beat(log_path: Path, schedule: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+def queued(broker: redis.Redis) -> int:
+    """Messages waiting in the provisioning queue."""
+    return int(broker.llen(PROVISIONING_QUEUE))
+
+
 def reconcile_stats(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """The reconciler's running totals."""
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         row = cur.execute("SELECT * FROM reconcile_stats").fetchone()
     assert row is not None
     return row
+
+
+@pytest.fixture
+def custom_worker(
+    worker_process: WorkerHandle, tmp_path: Path
+) -> Iterator[Callable[..., WorkerHandle]]:
+    """Replace the session worker by one with other settings (e.g. more attempts) for a test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(concurrency: int = 4, **env: str) -> WorkerHandle:
+        worker_process.stop()
+        handle = WorkerHandle(tmp_path / f"custom-worker-{len(started)}.log")
+        handle.process = start_worker(
+            handle.log_path, concurrency=concurrency, name=f"custom{len(started)}", extra_env=env
+        )
+        started.append(handle.process)
+        return handle
+
+    yield start
+    for process in started:
+        stop_process(process)
+    if worker_process.process is None:
+        worker_process.start()
+
+
+@pytest.fixture
+def report(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
+    """Print a line of a drill's story to the terminal, even when output is captured."""
+
+    def say(line: str) -> None:
+        with capsys.disabled():
+            print(f"    [drill] {line}")
+
+    return say

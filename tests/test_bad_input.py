@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import new_tenant_id
+from tests.conftest import new_tenant_id, queued
 
 INVALID_TENANT_IDS = [
     ("", "must not be empty"),
@@ -19,10 +19,6 @@ INVALID_TENANT_IDS = [
     ("uni-cödé", "may contain only"),
     ("a" * 55, "at most 54 characters"),
 ]
-
-
-def queued(broker) -> int:
-    return broker.llen("celery")
 
 
 def test_valid_tenant_is_queued_while_the_worker_is_paused(api, db, paused_worker):

@@ -16,6 +16,7 @@ from tests.conftest import (
     ROOT,
     TEST_ENV,
     new_tenant_id,
+    queued,
     reconcile_stats,
     start_worker,
     tenant_row,
@@ -25,6 +26,7 @@ from tests.conftest import (
 from worker import app
 from worker.db import get_engine
 from worker.influxdb import InfluxDB3Client
+from worker.queues import ALL_QUEUES
 from worker.reconcile import RECONCILE_LOCK_KEY, reconcile
 from worker.settings import get_settings
 from worker.tasks import publish_provisioning
@@ -80,7 +82,7 @@ def test_flushed_broker_loses_no_tenant(api, db, influx, broker, worker_process,
     tenant_ids = [new_tenant_id("flush") for _ in range(50)]
     for tenant_id in tenant_ids:
         assert api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "q"}).is_success
-    assert broker.llen("celery") >= 50
+    assert queued(broker) >= 50
 
     # When the broker's Redis database is flushed (every message lost) and the worker returns
     broker.flushdb()
@@ -117,7 +119,8 @@ def test_sigkilled_worker_is_recovered_by_the_reconciler(
     victim.wait(timeout=10)
     influx.set_latency(0)
     name = next(n for r in app.control.ping(timeout=1.0) for n in r if n.startswith("test-worker"))
-    app.control.add_consumer("celery", destination=[name], reply=True)
+    for queue in ALL_QUEUES:
+        app.control.add_consumer(queue, destination=[name], reply=True)
 
     # Then the reconciler finds them stuck after the task time limit and they end provisioned
     time_limit = float(TEST_ENV["PROVISION_TIME_LIMIT"])

@@ -253,6 +253,8 @@ class InfluxDB3Client:
             payload = None
         if isinstance(payload, dict) and isinstance(payload.get("error"), str):
             text = payload["error"]
+        # Bodies may hold anything (NUL included, which Postgres text refuses): keep it printable.
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
         text = " ".join(text.split()) or "(empty body)"
         if len(text) > _MAX_ERROR_TEXT:
             text = text[:_MAX_ERROR_TEXT] + "..."

@@ -238,7 +238,7 @@ class _AttemptRecord:
 
 
 def _clean(message: str, settings: Settings) -> str:
-    message = redact(message, settings.secrets())
+    message = redact(message, settings.secrets()).replace("\x00", "")
     return message if len(message) <= _MAX_STORED_ERROR else message[:_MAX_STORED_ERROR] + "..."
 
 

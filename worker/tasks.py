@@ -22,14 +22,12 @@ from worker.influxdb import shared_client
 from worker.logs import log_context
 from worker.models import tenants
 from worker.provisioning import next_backoff, provision_tenant
+from worker.queues import PROVISION_TASK, RECONCILE_TASK, RETRY_QUEUE
 from worker.reconcile import reconcile
 from worker.redaction import redact
 from worker.settings import get_settings
 
 logger = logging.getLogger(__name__)
-
-PROVISION_TASK = "worker.tasks.provision_tenant_influxdb"
-RECONCILE_TASK = "worker.tasks.reconcile_tenants"
 
 
 @app.task(bind=True, name=PROVISION_TASK, max_retries=None, acks_late=True)
@@ -53,9 +51,9 @@ def provision_tenant_influxdb(self: Task, tenant_id: str) -> dict[str, Any]:
                 retries, settings.backoff_base_seconds, settings.backoff_cap_seconds
             )
             logger.warning("database error, retrying in %.1fs: %s", delay, type(exc).__name__)
-            raise self.retry(countdown=delay, exc=exc) from exc
+            raise self.retry(countdown=delay, exc=exc, queue=RETRY_QUEUE) from exc
         if outcome.retry_in is not None:
-            raise self.retry(countdown=outcome.retry_in)
+            raise self.retry(countdown=outcome.retry_in, queue=RETRY_QUEUE)
         return asdict(outcome)
 
 
