@@ -14,6 +14,7 @@ from kombu.entity import Exchange, Queue
 
 from worker.queues import (
     ALL_QUEUES,
+    DEPROVISION_TASK,
     MAINTENANCE_QUEUE,
     PROVISION_TASK,
     PROVISIONING_QUEUE,
@@ -63,6 +64,7 @@ task_queues = tuple(
 )
 task_routes = {
     PROVISION_TASK: {"queue": PROVISIONING_QUEUE},
+    DEPROVISION_TASK: {"queue": PROVISIONING_QUEUE},
     RECONCILE_TASK: {"queue": MAINTENANCE_QUEUE},
 }
 

@@ -1,6 +1,7 @@
 """The interface the operator UI and operators' scripts call. These names are fixed."""
 
 from api_hooks.errors import (
+    InvalidRetentionPeriod,
     InvalidTenantId,
     InvalidTenantName,
     TenantError,
@@ -9,6 +10,7 @@ from api_hooks.errors import (
 )
 from api_hooks.tenants import (
     create_tenant,
+    delete_tenant,
     list_tenants,
     request_provisioning,
     tenant_influxdb_status,
@@ -16,12 +18,14 @@ from api_hooks.tenants import (
 )
 
 __all__ = [
+    "InvalidRetentionPeriod",
     "InvalidTenantId",
     "InvalidTenantName",
     "TenantError",
     "TenantExists",
     "TenantNotFound",
     "create_tenant",
+    "delete_tenant",
     "list_tenants",
     "request_provisioning",
     "tenant_influxdb_status",

@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     settings = get_settings()
-    configure_logging(settings.log_level, settings.secrets())
+    configure_logging(settings.log_level)
     from api_hooks.app import app  # noqa: PLC0415 - after logging, so start-up errors are formatted
 
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=True)

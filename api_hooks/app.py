@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from api_hooks.router import bearer_token_auth, operator_router
 from worker.db import get_engine
 from worker.metrics import ProvisioningCollector
+from worker.nodes import shared_pool
 from worker.settings import Settings, SettingsError, get_settings
 
 
@@ -23,7 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     application.include_router(operator_router(bearer_token_auth(settings.operator_token)))
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProvisioningCollector(get_engine()))
+    registry.register(ProvisioningCollector(get_engine(), shared_pool()))
 
     @application.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

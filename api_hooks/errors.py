@@ -15,6 +15,10 @@ class InvalidTenantName(TenantError, ValueError):
     """The tenant's display name is empty, too long or not text."""
 
 
+class InvalidRetentionPeriod(TenantError, ValueError):
+    """The retention period is not a duration InfluxDB accepts (e.g. 30d, 12h)."""
+
+
 class TenantExists(TenantError):
     """A tenant with this id already exists."""
 

@@ -14,22 +14,33 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
 from pydantic import BaseModel
 
-from api_hooks.errors import InvalidTenantId, InvalidTenantName, TenantExists, TenantNotFound
+from api_hooks.errors import (
+    InvalidRetentionPeriod,
+    InvalidTenantId,
+    InvalidTenantName,
+    TenantExists,
+    TenantNotFound,
+)
 from api_hooks.tenants import (
     CreatedTenant,
+    DeletedTenant,
     InfluxDBStatus,
     create_tenant,
+    delete_tenant,
     request_provisioning,
     tenant_influxdb_status,
+    validate_retention_period,
     validate_tenant_id,
     validate_tenant_name,
 )
 
 CREATE_FIELDS = ("tenant_id", "name")
+OPTIONAL_FIELDS = ("retention_period",)
 
 
 async def create_tenant_body(request: Request) -> dict[str, object]:
-    """The body of ``POST /operator/tenants``: a JSON object with exactly tenant_id and name.
+    """The body of ``POST /operator/tenants``: a JSON object with tenant_id and name, and
+    optionally retention_period.
 
     Parsed here, not by a pydantic model, so every malformed body gets a 422 with a plain
     message from the router itself - also when the UI mounts it in an app without our error
@@ -43,7 +54,7 @@ async def create_tenant_body(request: Request) -> dict[str, object]:
     if not isinstance(data, dict):
         raise _unprocessable("body must be a JSON object with tenant_id and name")
     missing = [f for f in CREATE_FIELDS if f not in data]
-    unknown = sorted(set(data) - set(CREATE_FIELDS))
+    unknown = sorted(set(data) - set(CREATE_FIELDS) - set(OPTIONAL_FIELDS))
     if missing:
         raise _unprocessable(f"missing field(s): {', '.join(missing)}")
     if unknown:
@@ -103,8 +114,10 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
     ) -> CreatedTenant:
         try:
             tenant_id = validate_tenant_id(body["tenant_id"])
-            return create_tenant(tenant_id, validate_tenant_name(body["name"]))
-        except (InvalidTenantId, InvalidTenantName) as exc:
+            name = validate_tenant_name(body["name"])
+            retention = validate_retention_period(body.get("retention_period"))
+            return create_tenant(tenant_id, name, retention)
+        except (InvalidTenantId, InvalidTenantName, InvalidRetentionPeriod) as exc:
             raise _unprocessable(str(exc)) from exc
         except TenantExists as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
@@ -113,6 +126,11 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
     def get_tenant_stats(tenant_id: str, live: bool = True) -> TenantStats:
         influxdb: InfluxDBStatus = _lookup(tenant_influxdb_status, tenant_id, live)
         return TenantStats(tenant_id=tenant_id, influxdb=dict(influxdb))
+
+    @router.delete("/tenants/{tenant_id}", status_code=status.HTTP_202_ACCEPTED)
+    def delete_tenant_route(tenant_id: str) -> DeletedTenant:
+        deleted: DeletedTenant = _lookup(delete_tenant, tenant_id)
+        return deleted
 
     @router.post("/tenants/{tenant_id}/influxdb/retry", status_code=status.HTTP_202_ACCEPTED)
     def post_retry(tenant_id: str) -> RetryAccepted:

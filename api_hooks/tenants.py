@@ -14,12 +14,19 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
-from api_hooks.errors import InvalidTenantId, InvalidTenantName, TenantExists, TenantNotFound
+from api_hooks.errors import (
+    InvalidRetentionPeriod,
+    InvalidTenantId,
+    InvalidTenantName,
+    TenantExists,
+    TenantNotFound,
+)
 from worker.db import get_engine
-from worker.influxdb import shared_client
 from worker.models import STATES, ProvisioningState, tenants
-from worker.settings import get_settings
-from worker.tasks import enqueue_provisioning
+from worker.nodes import shared_pool
+from worker.queues import Job
+from worker.settings import RETENTION_PERIOD, get_settings
+from worker.tasks import enqueue
 
 TENANT_ID_MAX_LENGTH = 54  # "telemetry_" + 54 = 64 bytes, the portable InfluxDB name limit
 TENANT_NAME_MAX_LENGTH = 200
@@ -28,11 +35,18 @@ _TENANT_ID_REST = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class QueueStatus(TypedDict):
-    """The provisioning part of ``create_tenant``'s answer."""
+    """The provisioning part of ``create_tenant``'s and ``delete_tenant``'s answers."""
 
     state: str
     queued: bool
     database: str
+
+
+class DeletedTenant(TypedDict):
+    """What ``delete_tenant`` returns."""
+
+    tenant_id: str
+    influxdb: QueueStatus
 
 
 class CreatedTenant(TypedDict):
@@ -57,6 +71,8 @@ class InfluxDBStatus(TypedDict):
     """Provisioning state from Postgres plus, optionally, a live check of InfluxDB."""
 
     database: str
+    node: str | None
+    retention_period: str | None
     state: str
     attempts: int
     last_error: str | None
@@ -73,6 +89,7 @@ class TenantSummary(TypedDict):
     tenant_id: str
     name: str
     state: str
+    node: str | None
     attempts: int
     error_reason: str | None
     updated_at: str | None
@@ -112,14 +129,29 @@ def validate_tenant_name(name: object) -> str:
     return stripped
 
 
-def create_tenant(tenant_id: str, name: str) -> CreatedTenant:
+def validate_retention_period(retention_period: object) -> str | None:
+    """Return the retention period (None: the default); raise InvalidRetentionPeriod."""
+    if retention_period is None:
+        return get_settings().influxdb_retention_period
+    if not isinstance(retention_period, str) or not RETENTION_PERIOD.match(retention_period):
+        raise InvalidRetentionPeriod(
+            "retention_period must be a duration such as 30d, 12h, 1w or 1d12h "
+            "(a positive number followed by s, m, h, d or w, repeated)"
+        )
+    return retention_period
+
+
+def create_tenant(tenant_id: str, name: str, retention_period: str | None = None) -> CreatedTenant:
     """Store the tenant as ``pending`` and enqueue its provisioning; never waits for InfluxDB.
 
-    If the broker is down the tenant is still created and ``influxdb.queued`` is False: the
-    reconciler enqueues it later. Raises InvalidTenantId, InvalidTenantName, TenantExists.
+    ``retention_period`` (e.g. ``"30d"``) is passed when the database is created; None takes
+    INFLUXDB_RETENTION_PERIOD (unset: keep data forever). If the broker is down the tenant is
+    still created and ``influxdb.queued`` is False: the reconciler enqueues it later.
+    Raises InvalidTenantId, InvalidTenantName, InvalidRetentionPeriod, TenantExists.
     """
     tenant_id = validate_tenant_id(tenant_id)
     name = validate_tenant_name(name)
+    retention = validate_retention_period(retention_period)
     try:
         with get_engine().begin() as conn:
             conn.execute(
@@ -128,12 +160,13 @@ def create_tenant(tenant_id: str, name: str) -> CreatedTenant:
                     name=name,
                     status="active",
                     influxdb_state=ProvisioningState.PENDING,
+                    influxdb_retention_period=retention,
                 )
             )
     except IntegrityError as exc:
         raise TenantExists(f"tenant {tenant_id!r} already exists") from exc
     # Only after the commit: a worker must find the row the message names.
-    queued = enqueue_provisioning(tenant_id)
+    queued = enqueue(tenant_id, Job.PROVISION)
     return {
         "tenant_id": tenant_id,
         "name": name,
@@ -172,7 +205,42 @@ def request_provisioning(tenant_id: str) -> bool:
                     influxdb_updated_at=datetime.now().astimezone(),
                 )
             )
-    return enqueue_provisioning(tenant_id)
+    return enqueue(tenant_id, Job.PROVISION)
+
+
+def delete_tenant(tenant_id: str) -> DeletedTenant:
+    """Start deprovisioning: the tenant goes to ``deprovisioning`` at once, a task soft-deletes
+    its database and then removes the tenant, freeing its node slot and its id.
+
+    Idempotent: deleting a tenant already being deleted queues the work again. If the broker
+    is down, ``influxdb.queued`` is False and the reconciler finishes it. Raises TenantNotFound.
+    """
+    tenant_id = validate_tenant_id(tenant_id)
+    with get_engine().begin() as conn:
+        found = conn.execute(
+            update(tenants)
+            .where(tenants.c.tenant_id == tenant_id)
+            .values(
+                influxdb_state=ProvisioningState.DEPROVISIONING,
+                influxdb_attempts=0,
+                influxdb_error_reason=None,
+                influxdb_last_error=None,
+                influxdb_next_attempt_at=None,
+                influxdb_updated_at=datetime.now().astimezone(),
+            )
+            .returning(tenants.c.tenant_id)
+        ).first()
+    if found is None:
+        raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+    queued = enqueue(tenant_id, Job.DEPROVISION)
+    return {
+        "tenant_id": tenant_id,
+        "influxdb": {
+            "state": ProvisioningState.DEPROVISIONING.value,
+            "queued": queued,
+            "database": get_settings().database_name(tenant_id),
+        },
+    }
 
 
 def list_tenants(state: str | None = None, limit: int = 100) -> list[TenantSummary]:
@@ -183,6 +251,7 @@ def list_tenants(state: str | None = None, limit: int = 100) -> list[TenantSumma
         tenants.c.tenant_id,
         tenants.c.name,
         tenants.c.influxdb_state,
+        tenants.c.influxdb_node,
         tenants.c.influxdb_attempts,
         tenants.c.influxdb_error_reason,
         tenants.c.influxdb_updated_at,
@@ -196,6 +265,7 @@ def list_tenants(state: str | None = None, limit: int = 100) -> list[TenantSumma
             "tenant_id": row.tenant_id,
             "name": row.name,
             "state": row.influxdb_state,
+            "node": row.influxdb_node,
             "attempts": row.influxdb_attempts,
             "error_reason": row.influxdb_error_reason,
             "updated_at": _iso(row.influxdb_updated_at),
@@ -219,17 +289,11 @@ def tenant_influxdb_status(tenant_id: str, live: bool = True) -> InfluxDBStatus:
     database = settings.database_name(tenant_id)
     live_status: LiveStatus | None = None
     if live:
-        check = shared_client().live_check(
-            database, settings.influxdb_telemetry_table, settings.live_check_timeout
-        )
-        live_status = {
-            "exists": check.exists,
-            "telemetry_count": check.telemetry_count,
-            "error": check.error,
-            "latency_ms": check.latency_ms,
-        }
+        live_status = _live_check(row.influxdb_node, database)
     return {
         "database": database,
+        "node": row.influxdb_node,
+        "retention_period": row.influxdb_retention_period,
         "state": row.influxdb_state,
         "attempts": row.influxdb_attempts,
         "last_error": row.influxdb_last_error,
@@ -238,6 +302,26 @@ def tenant_influxdb_status(tenant_id: str, live: bool = True) -> InfluxDBStatus:
         "provisioned_at": _iso(row.influxdb_provisioned_at),
         "updated_at": _iso(row.influxdb_updated_at),
         "live": live_status,
+    }
+
+
+def _live_check(node_name: str | None, database: str) -> LiveStatus:
+    settings = get_settings()
+    pool = shared_pool()
+    nodes = pool.nodes()
+    # A tenant not placed yet can only be on the server of a pool of one.
+    node = pool.node(node_name) if node_name else (nodes[0] if len(nodes) == 1 else None)
+    if node is None:
+        why = f"node {node_name} is not configured" if node_name else "not placed on a node yet"
+        return {"exists": None, "telemetry_count": None, "error": why, "latency_ms": 0.0}
+    check = pool.client(node).live_check(
+        database, settings.influxdb_telemetry_table, settings.live_check_timeout
+    )
+    return {
+        "exists": check.exists,
+        "telemetry_count": check.telemetry_count,
+        "error": check.error,
+        "latency_ms": check.latency_ms,
     }
 
 

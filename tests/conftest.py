@@ -214,7 +214,7 @@ def db(database: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(
         f"postgresql://postgres@127.0.0.1:5432/{database}", autocommit=True
     ) as conn:
-        conn.execute("TRUNCATE tenants")
+        conn.execute("TRUNCATE tenants, influxdb_nodes")
         yield conn
 
 

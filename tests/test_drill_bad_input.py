@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,9 +15,9 @@ from hypothesis import strategies as st
 from tests.conftest import queued
 from tests.scripted_http import ScriptedServer
 from worker.db import get_engine
-from worker.influxdb import InfluxDB3Client
+from worker.nodes import NodePool
 from worker.provisioning import provision_tenant
-from worker.settings import get_settings
+from worker.settings import NodeConfig, get_settings
 
 pytestmark = pytest.mark.drill
 
@@ -140,26 +141,27 @@ def scripted():
 
 def test_any_influxdb_answer_ends_in_a_recorded_outcome(db, scripted, report):
     outcomes: dict[str, int] = {}
+    node = NodeConfig("scripted", scripted.url, "prop-token-abcdef", database_limit=5)
+    settings = replace(get_settings(), influxdb_nodes=(node,), influxdb_read_timeout=2.0)
+    pool = NodePool(settings)
 
     @PROPERTY
     @given(status=STATUSES, body=RESPONSE_BODIES)
     def check(status: int, body: bytes) -> None:
         # Given a tenant owed work and an "InfluxDB" answering this status and body to all
-        db.execute("TRUNCATE tenants")
+        db.execute("TRUNCATE tenants, influxdb_nodes")
         db.execute("INSERT INTO tenants (tenant_id, name) VALUES ('prop', 'p')")
         scripted.answer(status, body)
-        client = InfluxDB3Client(scripted.url, "prop-token-abcdef", read_timeout=2.0)
 
         # When the provisioning logic runs, it returns an outcome instead of raising
         with get_engine().connect() as conn:
-            outcome = provision_tenant(conn, "prop", client, get_settings())
-        client.close()
+            outcome = provision_tenant(conn, "prop", pool, settings)
 
         # Then the row holds that outcome, with a reason whenever it did not succeed
         state, reason, last_error = db.execute(
             "SELECT influxdb_state, influxdb_error_reason, influxdb_last_error FROM tenants"
         ).fetchone()
-        assert outcome.result in ("provisioned", "retrying", "failed")
+        assert outcome.result in ("provisioned", "retrying", "failed", "waiting_for_capacity")
         assert state == outcome.result
         if outcome.result == "provisioned":
             assert reason is None

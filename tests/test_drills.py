@@ -39,11 +39,11 @@ from tests.conftest import (
 )
 from worker import app
 from worker.db import get_engine
-from worker.influxdb import InfluxDB3Client
+from worker.nodes import NodePool
 from worker.queues import PROVISIONING_QUEUE
 from worker.reconcile import reconcile
 from worker.settings import get_settings
-from worker.tasks import provision_tenant_influxdb, publish_provisioning
+from worker.tasks import provision_tenant_influxdb, publish
 
 pytestmark = pytest.mark.drill
 
@@ -51,8 +51,9 @@ INTERVAL = float(TEST_ENV["RECONCILE_INTERVAL_SECONDS"])
 BASE = float(TEST_ENV["PROVISION_BACKOFF_BASE_SECONDS"])
 CAP = float(TEST_ENV["PROVISION_BACKOFF_CAP_SECONDS"])
 TIME_LIMIT = float(TEST_ENV["PROVISION_TIME_LIMIT"])
-# Enough attempts to ride out the drills' faults; the backoff itself stays the tests' (cap 1 s).
-PATIENT = {"PROVISION_MAX_ATTEMPTS": "100"}
+# Enough attempts to ride out the drills' faults (the backoff itself stays the tests', cap 1 s),
+# and a server with room for every tenant of a drill.
+PATIENT = {"PROVISION_MAX_ATTEMPTS": "100", "INFLUXDB_DATABASE_LIMIT": "1000"}
 
 
 def create(api: Any, tenant_ids: list[str]) -> None:
@@ -92,7 +93,7 @@ def test_worker_killed_inside_the_influxdb_call(api, db, influx, custom_worker, 
     # Given a worker whose InfluxDB calls take 2 s, and 12 tenants being onboarded
     influx.set_database_limit(100)
     influx.set_latency(2.0)
-    victim = custom_worker(concurrency=4)
+    victim = custom_worker(concurrency=4, **PATIENT)
     tenant_ids = [new_tenant_id("kill") for _ in range(12)]
     create(api, tenant_ids)
     wait_for(lambda: count_in_state(db, tenant_ids, "provisioning") >= 3, what="calls in flight")
@@ -105,7 +106,7 @@ def test_worker_killed_inside_the_influxdb_call(api, db, influx, custom_worker, 
     influx.set_latency(0.0)
 
     # Then a new worker and the reconciler bring every tenant to provisioned
-    custom_worker(concurrency=4)
+    custom_worker(concurrency=4, **PATIENT)
     beat = start_beat(tmp_path / "beat.log", tmp_path / "schedule")
     try:
         took = wait_all_provisioned(db, tenant_ids, timeout=TIME_LIMIT + 4 * INTERVAL + 20)
@@ -351,8 +352,7 @@ def test_duplicate_storm_reaches_influxdb_once(db, influx, worker_process, repor
     summaries = []
 
     def reconciler() -> None:
-        client = InfluxDB3Client.from_settings(settings)
-        summaries.append(reconcile(get_engine(), client, settings, publish_provisioning))
+        summaries.append(reconcile(get_engine(), NodePool(settings), settings, publish))
 
     threads = [threading.Thread(target=reconciler) for _ in range(2)]
     for thread in threads:

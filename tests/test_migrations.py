@@ -22,6 +22,8 @@ PROVISIONING_COLUMNS = {
     "influxdb_enqueued_at",
     "influxdb_provisioned_at",
     "influxdb_updated_at",
+    "influxdb_node",
+    "influxdb_retention_period",
 }
 
 

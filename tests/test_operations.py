@@ -170,22 +170,23 @@ def test_check_influxdb_reports_databases_used_against_the_limit(influx):
     influx.create_database("telemetry_one")
     ok = cli("--json", "check-influxdb")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    report = json.loads(ok.stdout)
-    assert report["reachable"] is True
-    assert report["token_accepted"] is True
-    assert report["databases_used"] == 1
-    assert report["database_limit"] == 5
-    assert report["free_slots"] == 4
+    (node,) = json.loads(ok.stdout)["nodes"]
+    assert node["node"] == "default"
+    assert node["reachable"] is True
+    assert node["token_accepted"] is True
+    assert node["databases_used"] == 1
+    assert node["database_limit"] == 5
+    assert node["free_slots"] == 4
 
     for i in range(4):
         influx.create_database(f"other_{i}")
     full = cli("check-influxdb")
     assert full.returncode == 1
-    assert re.search(r"^databases_used\s+5$", full.stdout, re.MULTILINE)
+    assert re.search(r"^default\s+True\s+True\s+5\s+5\s+0\s", full.stdout, re.MULTILINE)
     assert "FULL" in full.stderr
 
     influx.set_token("not-ours")
-    rejected = json.loads(cli("--json", "check-influxdb").stdout)
+    (rejected,) = json.loads(cli("--json", "check-influxdb").stdout)["nodes"]
     assert rejected["reachable"] is True
     assert rejected["token_accepted"] is False
     assert INFLUX_TOKEN not in json.dumps(rejected)
@@ -193,30 +194,34 @@ def test_check_influxdb_reports_databases_used_against_the_limit(influx):
     influx.set_outage(True)
     down = cli("--json", "check-influxdb")
     assert down.returncode == 1
-    assert json.loads(down.stdout)["error"].startswith("unreachable")
+    assert json.loads(down.stdout)["nodes"][0]["error"].startswith("unreachable")
 
 
 def test_metrics_count_tenants_by_state_and_attempts_by_reason(api, db, influx, worker_process):
-    # Given one provisioned tenant and one that failed on capacity
+    # Given one provisioned tenant and one refused by a server fuller than we knew (422)
     influx.set_database_limit(1)
     first, second = new_tenant_id("m"), new_tenant_id("m")
     api.post("/operator/tenants", json={"tenant_id": first, "name": "a"})
     wait_for_state(db, first, "provisioned")
     api.post("/operator/tenants", json={"tenant_id": second, "name": "b"})
-    wait_for_state(db, second, "failed")
+    wait_for_state(db, second, "waiting_for_capacity")
 
     # Then /metrics (no operator token needed) counts them
     api.headers.pop("Authorization")
     text = api.get("/metrics").text
     assert 'tenant_provisioner_tenants{state="provisioned"} 1.0' in text
-    assert 'tenant_provisioner_tenants{state="failed"} 1.0' in text
+    assert 'tenant_provisioner_tenants{state="waiting_for_capacity"} 1.0' in text
     assert 'tenant_provisioner_tenants{state="pending"} 0.0' in text
-    assert "tenant_provisioner_oldest_unprovisioned_age_seconds 0.0" in text
+    assert re.search(r"tenant_provisioner_oldest_unprovisioned_age_seconds 0\.\d+", text)
     assert re.search(
-        r'tenant_provisioner_provisioning_attempts_total\{outcome="failed",'
+        r'tenant_provisioner_provisioning_attempts_total\{outcome="node_full",'
         r'reason="database_limit"\} [1-9]',
         text,
     )
+    # And per node: one tenant on the default node, marked full by its 422
+    assert 'tenant_provisioner_node_tenants{node="default"} 1.0' in text
+    assert 'tenant_provisioner_node_full{node="default"} 1.0' in text
+    assert 'tenant_provisioner_node_database_limit{node="default"} 5.0' in text
 
 
 def test_worker_log_lines_carry_tenant_and_task_ids_and_no_secrets(api, db, influx, worker_process):

@@ -160,7 +160,7 @@ def test_influxdb_down_at_creation_retries_then_provisions(api, db, influx, work
     assert f"telemetry_{tenant_id}" in influx.databases()
 
 
-def test_sixth_tenant_on_a_full_server_fails_with_database_limit(api, db, influx, worker_process):
+def test_sixth_tenant_on_a_full_server_waits_for_capacity(api, db, influx, worker_process):
     # Given a Core server with its 5 databases used by 5 tenants
     first_five = [new_tenant_id() for _ in range(5)]
     for tenant_id in first_five:
@@ -172,14 +172,17 @@ def test_sixth_tenant_on_a_full_server_fails_with_database_limit(api, db, influx
     sixth = new_tenant_id()
     api.post("/operator/tenants", json={"tenant_id": sixth, "name": "one too many"})
 
-    # Then it fails at once with the capacity reason, and is not retried
-    row = wait_for_state(db, sixth, "failed")
+    # Then it waits for capacity with the reason: no attempt, no call to the full server
+    row = wait_for_state(db, sixth, "waiting_for_capacity")
     assert row["influxdb_error_reason"] == "database_limit"
-    assert row["influxdb_attempts"] == 1
-    assert "exceed limit of 5" in row["influxdb_last_error"]
-    time.sleep(1.5)  # longer than the test backoff cap: a retry would have happened by now
-    assert tenant_row(db, sixth)["influxdb_attempts"] == 1
-    assert influx.create_calls(f"telemetry_{sixth}") == 1
+    assert "no InfluxDB node has room" in row["influxdb_last_error"]
+    assert row["influxdb_attempts"] == 0
+    assert row["influxdb_node"] is None
+    time.sleep(1.5)  # longer than the test backoff cap: a retry loop would show by now
+    row = tenant_row(db, sixth)
+    assert row["influxdb_state"] == "waiting_for_capacity"
+    assert row["influxdb_attempts"] == 0
+    assert influx.create_calls(f"telemetry_{sixth}") == 0
     assert len(influx.databases()) == 5
 
 

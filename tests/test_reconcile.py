@@ -19,17 +19,18 @@ from tests.conftest import (
     queued,
     reconcile_stats,
     start_worker,
+    stop_process,
     tenant_row,
     wait_for,
     wait_for_state,
 )
 from worker import app
 from worker.db import get_engine
-from worker.influxdb import InfluxDB3Client
+from worker.nodes import NodePool
 from worker.queues import ALL_QUEUES
 from worker.reconcile import RECONCILE_LOCK_KEY, reconcile
 from worker.settings import get_settings
-from worker.tasks import publish_provisioning
+from worker.tasks import publish
 
 INTERVAL = float(TEST_ENV["RECONCILE_INTERVAL_SECONDS"])
 
@@ -75,10 +76,11 @@ def test_drift_is_repaired_within_one_interval_and_counted(api, db, influx, work
     assert row["influxdb_attempts"] == 2
 
 
-def test_flushed_broker_loses_no_tenant(api, db, influx, broker, worker_process, beat):
+def test_flushed_broker_loses_no_tenant(api, db, influx, broker, custom_worker, beat):
     # Given 50 tenants queued in Redis while the worker is down (and room for 50 databases)
+    roomy = {"INFLUXDB_DATABASE_LIMIT": "100"}
     influx.set_database_limit(100)
-    worker_process.stop()
+    stop_process(custom_worker(**roomy).process)
     tenant_ids = [new_tenant_id("flush") for _ in range(50)]
     for tenant_id in tenant_ids:
         assert api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "q"}).is_success
@@ -87,7 +89,7 @@ def test_flushed_broker_loses_no_tenant(api, db, influx, broker, worker_process,
     # When the broker's Redis database is flushed (every message lost) and the worker returns
     broker.flushdb()
     flushed_at = time.monotonic()
-    worker_process.start()
+    custom_worker(**roomy)
 
     # Then all 50 end provisioned within two reconcile intervals (plus the work itself)
     def all_provisioned() -> bool:
@@ -158,8 +160,7 @@ def test_two_concurrent_runs_never_overlap(db, influx):
     results = []
 
     def run() -> None:
-        client = InfluxDB3Client.from_settings(settings)
-        results.append(reconcile(get_engine(), client, settings, publish_provisioning))
+        results.append(reconcile(get_engine(), NodePool(settings), settings, publish))
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:
@@ -173,7 +174,8 @@ def test_two_concurrent_runs_never_overlap(db, influx):
 
 
 def test_one_influxdb_call_per_run_whatever_the_tenant_count(db, influx, paused_worker):
-    # Given 1,200 provisioned tenants (more than two batches), one database missing
+    # Given 1,200 provisioned tenants from before the node pool (no node recorded, more than
+    # two batches), of which only 4 still have a database
     db.execute(
         "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_provisioned_at) "
         "SELECT 'bulk-' || lpad(i::text, 5, '0'), 'bulk', 'provisioned', now() - interval '1h' "
@@ -185,12 +187,19 @@ def test_one_influxdb_call_per_run_whatever_the_tenant_count(db, influx, paused_
     # When one reconcile runs (the worker is paused: the owed tenants wait in the queue)
     result = cli("--json", "reconcile")
 
-    # Then it scanned them all with one InfluxDB call and found the missing ones as drift
+    # Then it scanned them all with one InfluxDB call, adopted the 4 found on the node and
+    # found the missing ones as drift
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["scanned"] == 1200
     assert summary["influxdb_calls"] == 1
     assert influx.request_count() == 1
+    assert summary["adopted"] == 4
+    (adopted,) = db.execute(
+        "SELECT count(*) FROM tenants WHERE influxdb_node = 'default' "
+        "AND influxdb_state = 'provisioned'"
+    ).fetchone()
+    assert adopted == 4
     assert summary["drift"] == 1196
     assert summary["requeued"] == 1196
     (pending,) = db.execute(
@@ -221,6 +230,6 @@ def test_reconcile_survives_influxdb_down_and_still_requeues(db, influx, paused_
 
     # Then it reports the InfluxDB error, judges no drift, and still re-enqueues owed work
     assert summary["ran"] is True
-    assert summary["influxdb_error"].startswith("unreachable")
+    assert summary["influxdb_error"].startswith("default: unreachable")
     assert summary["drift"] == 0
     assert summary["requeued"] == 1

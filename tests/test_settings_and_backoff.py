@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -69,3 +70,59 @@ def test_redaction_removes_known_secrets_headers_and_url_passwords():
     assert "abcdefgh1234" not in cleaned
     assert "hunter2" not in cleaned
     assert "s3cr3t-value" not in cleaned
+
+
+def test_influxdb_url_alone_is_a_pool_of_one():
+    settings = Settings.from_env({"INFLUXDB_URL": "http://influx:8181", "INFLUXDB_TOKEN": "tok"})
+    (node,) = settings.default_nodes()
+    assert (node.name, node.url, node.token, node.database_limit) == (
+        "default",
+        "http://influx:8181",
+        "tok",
+        5,
+    )
+
+
+def test_nodes_json_with_token_files(tmp_path):
+    token = tmp_path / "t"
+    token.write_text("node-secret-1\n")
+    nodes = json.dumps(
+        [
+            {"name": "core-1", "url": "http://a:8181", "token_file": str(token)},
+            {"name": "ent-1", "url": "https://b:8181/", "database_limit": 100},
+        ]
+    )
+    settings = Settings.from_env({"INFLUXDB_NODES": nodes})
+    first, second = settings.default_nodes()
+    assert (first.name, first.token, first.database_limit) == ("core-1", "node-secret-1", 5)
+    assert (second.url, second.token, second.database_limit) == ("https://b:8181", None, 100)
+    assert "node-secret-1" in settings.secrets()
+    assert "node-secret-1" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("[]", "non-empty JSON list"),
+        ('[{"url": "http://a"}]', r"INFLUXDB_NODES\[0\]: name"),
+        ('[{"name": "a", "url": "ftp://a"}]', r"INFLUXDB_NODES\[0\].url"),
+        ('[{"name": "a", "url": "http://a", "database_limit": 0}]', "database_limit"),
+        ('[{"name": "a", "url": "http://a", "colour": "red"}]', "unknown key"),
+        ('[{"name": "a", "url": "http://a"}, {"name": "a", "url": "http://b"}]', "unique"),
+    ],
+)
+def test_bad_node_pools_fail_fast_with_the_place(nodes, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({"INFLUXDB_NODES": nodes})
+
+
+def test_retention_and_hard_delete_settings_are_validated():
+    assert (
+        Settings.from_env({"INFLUXDB_RETENTION_PERIOD": "30d"}).influxdb_retention_period == "30d"
+    )
+    with pytest.raises(SettingsError, match="INFLUXDB_RETENTION_PERIOD"):
+        Settings.from_env({"INFLUXDB_RETENTION_PERIOD": "a month"})
+    with pytest.raises(SettingsError, match="INFLUXDB_HARD_DELETE_AT"):
+        Settings.from_env({"INFLUXDB_HARD_DELETE_AT": "soon"})
+    assert Settings.from_env({"INFLUXDB_HARD_DELETE_AT": "now"}).influxdb_hard_delete_at == "now"

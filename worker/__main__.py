@@ -33,17 +33,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from worker.settings import SettingsError, get_settings  # noqa: PLC0415
 
     try:
-        settings = get_settings()
+        get_settings()  # fail fast, with the variable named, before anything else
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging("WARNING" if args.command != "reconcile" else "INFO", settings.secrets())
+    configure_logging("WARNING" if args.command != "reconcile" else "INFO")
     handler = {
         "status": _status,
         "list": _list,
         "retry": _retry,
         "reconcile": _reconcile,
         "check-influxdb": _check_influxdb,
+        "nodes": _nodes,
     }[args.command]
     return handler(args)
 
@@ -65,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("tenant_id", nargs="?")
     target.add_argument("--state", help="every tenant in this state (e.g. failed)")
     commands.add_parser("reconcile", help="run one reconcile now and print its summary")
-    commands.add_parser("check-influxdb", help="reachability, token, databases used vs limit")
+    commands.add_parser(
+        "check-influxdb", help="per node: reachability, token, databases used vs limit"
+    )
+    commands.add_parser("nodes", help="the node pool: slots used and free, marked full, seen")
     commands.add_parser(
         "flower",
         help="start Flower (requires FLOWER_BASIC_AUTH unless FLOWER_UNAUTHENTICATED_DEV=1)",
@@ -143,12 +147,12 @@ def _retry(args: argparse.Namespace) -> int:
 
 def _reconcile(args: argparse.Namespace) -> int:
     from worker.db import get_engine  # noqa: PLC0415
-    from worker.influxdb import shared_client  # noqa: PLC0415
+    from worker.nodes import shared_pool  # noqa: PLC0415
     from worker.reconcile import reconcile  # noqa: PLC0415
     from worker.settings import get_settings  # noqa: PLC0415
-    from worker.tasks import publish_provisioning  # noqa: PLC0415
+    from worker.tasks import publish  # noqa: PLC0415
 
-    summary = reconcile(get_engine(), shared_client(), get_settings(), publish_provisioning)
+    summary = reconcile(get_engine(), shared_pool(), get_settings(), publish)
     result = summary.as_dict()
     if args.json:
         _print_json(result)
@@ -163,49 +167,82 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 def _check_influxdb(args: argparse.Namespace) -> int:
     from worker.errors import InfluxDBUnauthorized, ProvisioningError  # noqa: PLC0415
-    from worker.influxdb import InfluxDB3Client  # noqa: PLC0415
+    from worker.nodes import shared_pool  # noqa: PLC0415
     from worker.settings import get_settings  # noqa: PLC0415
 
-    settings = get_settings()
-    client = InfluxDB3Client.from_settings(settings)
-    report: dict[str, Any] = {
-        "url": settings.influxdb_url,
-        "token_configured": settings.influxdb_token is not None,
-        "reachable": False,
-        "token_accepted": False,
-        "databases_used": None,
-        "database_limit": settings.influxdb_database_limit,
-        "tenant_databases": None,
-        "free_slots": None,
-        "error": None,
-    }
-    try:
-        databases = client.list_databases()
-        report.update(reachable=True, token_accepted=True)
-    except InfluxDBUnauthorized as exc:
-        report.update(reachable=True, error=f"{exc.reason}: {exc}")
-    except ProvisioningError as exc:
-        report["error"] = f"{exc.reason}: {exc}"
-    else:
-        used = len(databases)
-        report.update(
-            databases_used=used,
-            tenant_databases=sum(
-                d.startswith(settings.influxdb_database_prefix) for d in databases
-            ),
-            free_slots=max(0, settings.influxdb_database_limit - used),
-        )
-    finally:
-        client.close()
-    healthy = report["token_accepted"] and (report["free_slots"] or 0) > 0
+    prefix = get_settings().influxdb_database_prefix
+    pool = shared_pool()
+    reports: list[dict[str, Any]] = []
+    for node in pool.nodes():
+        report: dict[str, Any] = {
+            "node": node.name,
+            "url": node.url,
+            "token_configured": node.token is not None,
+            "reachable": False,
+            "token_accepted": False,
+            "databases_used": None,
+            "database_limit": node.database_limit,
+            "tenant_databases": None,
+            "free_slots": None,
+            "error": None,
+        }
+        try:
+            databases = pool.client(node).list_databases()
+        except InfluxDBUnauthorized as exc:
+            report.update(reachable=True, error=f"{exc.reason}: {exc}")
+        except ProvisioningError as exc:
+            report["error"] = f"{exc.reason}: {exc}"
+        else:
+            report.update(
+                reachable=True,
+                token_accepted=True,
+                databases_used=len(databases),
+                tenant_databases=sum(d.startswith(prefix) for d in databases),
+                free_slots=max(0, node.database_limit - len(databases)),
+            )
+        reports.append(report)
+    all_answer = all(r["token_accepted"] for r in reports)
+    free = sum(r["free_slots"] or 0 for r in reports)
+    healthy = all_answer and free > 0
     if args.json:
-        _print_json({**report, "ok": healthy})
+        _print_json({"ok": healthy, "free_slots": free, "nodes": reports})
     else:
-        for key, value in report.items():
-            print(f"{key:<17} {'-' if value is None else value}")
-        if report["token_accepted"] and not report["free_slots"]:
-            print("FULL: no database slot left for a new tenant", file=sys.stderr)
+        columns = ["node", "reachable", "token_accepted", "databases_used", "database_limit"]
+        _print_table(reports, [*columns, "free_slots", "error"], noun="node")
+        if all_answer and not free:
+            print("FULL: no database slot left for a new tenant on any node", file=sys.stderr)
     return EXIT_OK if healthy else EXIT_INFLUXDB
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    from sqlalchemy import select  # noqa: PLC0415
+
+    from worker.db import get_engine  # noqa: PLC0415
+    from worker.models import influxdb_nodes  # noqa: PLC0415
+    from worker.nodes import shared_pool  # noqa: PLC0415
+    from worker.placement import usage  # noqa: PLC0415
+
+    with get_engine().connect() as conn:
+        slots = usage(conn, shared_pool().nodes())
+        seen = {r.name: r for r in conn.execute(select(influxdb_nodes)).all()}
+    rows = [
+        {
+            "node": u.node.name,
+            "url": u.node.url,
+            "database_limit": u.node.database_limit,
+            "tenants": u.used,
+            "free": u.free,
+            "full": u.full,
+            "observed_databases": getattr(seen.get(u.node.name), "observed_databases", None),
+            "observed_at": getattr(seen.get(u.node.name), "observed_at", None),
+        }
+        for u in slots
+    ]
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(rows, list(rows[0]) if rows else ["node"], noun="node")
+    return EXIT_OK
 
 
 def _flower(extra: list[str]) -> int:
@@ -228,13 +265,15 @@ def _print_json(value: object) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def _print_table(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> None:
+def _print_table(
+    rows: Sequence[Mapping[str, Any]], columns: list[str], noun: str = "tenant"
+) -> None:
     cells = [[("-" if row[c] is None else str(row[c])) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row_cells in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row_cells, widths, strict=True)))
-    print(f"({len(rows)} tenant(s))")
+    print(f"({len(rows)} {noun}(s))")
 
 
 def _fail(message: str, code: int) -> int:

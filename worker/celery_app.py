@@ -18,13 +18,12 @@ app.config_from_object("celeryconfig")
 def _use_our_logging(**_: Any) -> None:
     # Connecting this signal stops Celery from installing its own (unredacted) handlers.
     settings = get_settings()
-    configure_logging(settings.log_level, settings.secrets())
+    configure_logging(settings.log_level)
 
 
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
-    # Connections and HTTP pools opened before the fork belong to the parent.
-    from worker import db, influxdb  # noqa: PLC0415 - imported late to keep start-up light
+    # Connections opened before the fork belong to the parent (the pool and engine check pids).
+    from worker import db  # noqa: PLC0415 - imported late to keep start-up light
 
     db.get_engine()
-    influxdb.reset_shared_client()

@@ -31,7 +31,6 @@ from worker.errors import (
     ProvisioningError,
 )
 from worker.redaction import redact
-from worker.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +76,6 @@ class InfluxDB3Client:
         self.calls = 0  # requests sent, for the reconciler's cost summary
         self._calls_lock = threading.Lock()
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> InfluxDB3Client:
-        """A client configured from ``settings``."""
-        return cls(
-            settings.influxdb_url,
-            settings.influxdb_token,
-            connect_timeout=settings.influxdb_connect_timeout,
-            read_timeout=settings.influxdb_read_timeout,
-        )
-
     def close(self) -> None:
         """Close pooled connections."""
         self._session.close()
@@ -104,6 +93,18 @@ class InfluxDB3Client:
         if response.status_code == 409:
             return False
         raise self._classify(response, "create database")
+
+    def delete_database(self, name: str, hard_delete_at: str | None = None) -> bool:
+        """Soft-delete ``name``: True when deleted now, False when it was not there (404)."""
+        params = {"db": name}
+        if hard_delete_at:
+            params["hard_delete_at"] = hard_delete_at
+        response = self._send("DELETE", "/api/v3/configure/database", params=params)
+        if response.status_code in (200, 204):
+            return True
+        if response.status_code == 404:
+            return False
+        raise self._classify(response, "delete database")
 
     def list_databases(self) -> list[str]:
         """Names of the active databases, ``_internal`` left out."""
@@ -291,23 +292,3 @@ class _DatabaseNotFound(InfluxDBRejected):
 
 class _TableNotFound(InfluxDBRejected):
     """A query named a table that does not exist yet (400)."""
-
-
-_shared: InfluxDB3Client | None = None
-_shared_lock = threading.Lock()
-
-
-def shared_client() -> InfluxDB3Client:
-    """This process's client, built from the settings on first use (pooled connections)."""
-    global _shared  # noqa: PLW0603 - one pooled client per process, by design
-    with _shared_lock:
-        if _shared is None:
-            _shared = InfluxDB3Client.from_settings(get_settings())
-        return _shared
-
-
-def reset_shared_client() -> None:
-    """Forget the shared client (after a fork its pooled sockets belong to the parent)."""
-    global _shared  # noqa: PLW0603
-    with _shared_lock:
-        _shared = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -48,15 +48,23 @@ class ContextFilter(logging.Filter):
 class RedactingFormatter(logging.Formatter):
     """Formats as usual, then removes every secret from the finished line."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
         super().__init__(LOG_FORMAT)
-        self._secrets = tuple(secrets)
+        self._secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record), self._secrets)
+        return redact(super().format(record), self._secrets())
 
 
-def configure_logging(level: str, secrets: Iterable[str]) -> None:
+def current_secrets() -> tuple[str, ...]:
+    """The settings' secrets and the node pool's tokens (a nodes file may add some later)."""
+    from worker.nodes import shared_pool  # noqa: PLC0415 - the pool comes after logging
+    from worker.settings import get_settings  # noqa: PLC0415
+
+    return get_settings().secrets() + shared_pool().secrets()
+
+
+def configure_logging(level: str, secrets: Callable[[], Iterable[str]] = current_secrets) -> None:
     """Route every logger through one redacting, context-aware handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())

@@ -13,21 +13,32 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
-from worker.models import STATES, ProvisioningState, provisioning_attempts, reconcile_stats, tenants
+from worker.models import (
+    STATES,
+    ProvisioningState,
+    influxdb_nodes,
+    provisioning_attempts,
+    reconcile_stats,
+    tenants,
+)
+from worker.nodes import NodePool
+from worker.placement import NodeUsage, usage
 
 PREFIX = "tenant_provisioner"
 _IN_PROGRESS = (
     ProvisioningState.PENDING,
     ProvisioningState.PROVISIONING,
     ProvisioningState.RETRYING,
+    ProvisioningState.WAITING_FOR_CAPACITY,
 )
 
 
 class ProvisioningCollector(Collector):
     """Collects tenant, attempt and reconcile metrics with three small queries per scrape."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, pool: NodePool) -> None:
         self._engine = engine
+        self._pool = pool
 
     def collect(self) -> Iterator[Metric]:
         with self._engine.connect() as conn:
@@ -51,6 +62,14 @@ class ProvisioningCollector(Collector):
                 ).group_by(provisioning_attempts.c.outcome, provisioning_attempts.c.reason)
             ).all()
             stats = conn.execute(select(reconcile_stats)).first()
+            slots = usage(conn, self._pool.nodes())
+            observed = dict(
+                conn.execute(
+                    select(influxdb_nodes.c.name, influxdb_nodes.c.observed_databases)
+                ).all()
+            )
+
+        yield from _node_metrics(slots, observed)
 
         states = GaugeMetricFamily(
             f"{PREFIX}_tenants", "Tenants by InfluxDB provisioning state.", labels=["state"]
@@ -65,7 +84,7 @@ class ProvisioningCollector(Collector):
             age = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
         yield GaugeMetricFamily(
             f"{PREFIX}_oldest_unprovisioned_age_seconds",
-            "Age of the oldest tenant pending, provisioning or retrying (0 when none).",
+            "Age of the oldest tenant not provisioned yet, failed ones aside (0 when none).",
             value=age,
         )
 
@@ -102,3 +121,32 @@ class ProvisioningCollector(Collector):
             "Tenants read by the last reconcile run.",
             value=stats.last_scanned or 0,
         )
+
+
+def _node_metrics(slots: list[NodeUsage], observed: dict[str, int | None]) -> Iterator[Metric]:
+    families = {
+        "tenants": GaugeMetricFamily(
+            f"{PREFIX}_node_tenants", "Tenants holding a slot on the node.", labels=["node"]
+        ),
+        "limit": GaugeMetricFamily(
+            f"{PREFIX}_node_database_limit", "The node's database limit.", labels=["node"]
+        ),
+        "full": GaugeMetricFamily(
+            f"{PREFIX}_node_full",
+            "1 while the node is marked full (it answered 422).",
+            labels=["node"],
+        ),
+        "observed": GaugeMetricFamily(
+            f"{PREFIX}_node_observed_databases",
+            "Databases the last reconcile saw on the node (-1: not seen yet).",
+            labels=["node"],
+        ),
+    }
+    for slot in slots:
+        name = slot.node.name
+        families["tenants"].add_metric([name], slot.used)
+        families["limit"].add_metric([name], slot.node.database_limit)
+        families["full"].add_metric([name], 1 if slot.full else 0)
+        seen = observed.get(name)
+        families["observed"].add_metric([name], -1 if seen is None else seen)
+    yield from families.values()

@@ -34,6 +34,8 @@ class ProvisioningState(enum.StrEnum):
     RETRYING = "retrying"  # the last attempt failed transiently; next at influxdb_next_attempt_at
     PROVISIONED = "provisioned"  # database created and the _init marker written
     FAILED = "failed"  # permanent error or attempts exhausted; an operator retry restarts it
+    WAITING_FOR_CAPACITY = "waiting_for_capacity"  # no server has room; the reconciler places it
+    DEPROVISIONING = "deprovisioning"  # deletion asked for; the row goes when the database does
 
 
 STATES = tuple(s.value for s in ProvisioningState)
@@ -49,6 +51,7 @@ class Tenant(Base):
     __table_args__ = (
         CheckConstraint(STATE_CHECK, name="ck_tenants_influxdb_state"),
         Index("ix_tenants_influxdb_state", "influxdb_state", "tenant_id"),
+        Index("ix_tenants_influxdb_node", "influxdb_node"),
     )
 
     tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -67,6 +70,8 @@ class Tenant(Base):
     influxdb_updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+    influxdb_node: Mapped[str | None] = mapped_column(Text)  # holds a slot there while set
+    influxdb_retention_period: Mapped[str | None] = mapped_column(Text)
 
 
 tenants = cast(Table, Tenant.__table__)
@@ -107,3 +112,17 @@ class ReconcileStats(Base):
 
 provisioning_attempts = cast(Table, ProvisioningAttempt.__table__)
 reconcile_stats = cast(Table, ReconcileStats.__table__)
+
+
+class InfluxDBNode(Base):
+    """What we learned about one InfluxDB server (its configuration lives in settings)."""
+
+    __tablename__ = "influxdb_nodes"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    full_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # from a 422
+    observed_databases: Mapped[int | None] = mapped_column(Integer)  # at the last reconcile
+    observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+influxdb_nodes = cast(Table, InfluxDBNode.__table__)

@@ -21,11 +21,13 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.engine import Row
 
 from worker.db import advisory_lock
-from worker.errors import PermanentError, ProvisioningError, TransientError
+from worker.errors import DatabaseLimitReached, PermanentError, ProvisioningError, TransientError
 from worker.influxdb import InfluxDB3Client
 from worker.models import ProvisioningState, provisioning_attempts, tenants
+from worker.nodes import NodePool
+from worker.placement import mark_full, place_tenant
 from worker.redaction import redact
-from worker.settings import Settings
+from worker.settings import NodeConfig, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ def utcnow() -> datetime:
 class Outcome:
     """What one run did; ``retry_in`` is set when the caller should run it again later."""
 
-    # provisioned | already_provisioned | retrying | failed | busy | skipped | not_found
+    # provisioned | already_provisioned | retrying | failed | waiting_for_capacity
+    # | deprovisioned | busy | skipped | not_found
     result: str
     tenant_id: str
     attempt: int | None = None
@@ -80,31 +83,36 @@ def advisory_lock_key(tenant_id: str) -> int:
 def provision_tenant(
     conn: Connection,
     tenant_id: str,
-    client: InfluxDB3Client,
+    pool: NodePool,
     settings: Settings,
     *,
     clock: Clock = utcnow,
     rng: random.Random | None = None,
 ) -> Outcome:
-    """Ensure the tenant's database exists and holds the ``_init`` marker; record every step."""
+    """Ensure the tenant's database exists on its node and holds the ``_init`` marker,
+    placing the tenant on a node with room first; record every step."""
     with advisory_lock(conn, advisory_lock_key(tenant_id)) as acquired:
         if not acquired:
-            logger.info(
-                "another run holds the tenant; nothing to do", extra={"tenant_id": tenant_id}
-            )
+            logger.info("another run holds the tenant; nothing to do")
             return Outcome("busy", tenant_id)
-        row = _load(conn, tenant_id)
+        row = load_tenant(conn, tenant_id)
         if row is None:
             logger.warning("tenant does not exist; nothing to do", extra={"tenant_id": tenant_id})
             return Outcome("not_found", tenant_id)
-        database = settings.database_name(tenant_id)
         state = row.influxdb_state
-        if state == ProvisioningState.FAILED:
-            # Only an operator retry (which resets the state to pending) restarts a failed tenant.
+        if state in (ProvisioningState.FAILED, ProvisioningState.DEPROVISIONING):
+            # A failed tenant waits for an operator retry (which resets it to pending); one
+            # being deleted belongs to the deprovisioning task.
             return Outcome("skipped", tenant_id, reason=row.influxdb_error_reason)
-        if state == ProvisioningState.PROVISIONED and _still_exists(client, database, tenant_id):
+        node = pool.node(row.influxdb_node) if row.influxdb_node else None
+        database = settings.database_name(tenant_id)
+        if (
+            state == ProvisioningState.PROVISIONED
+            and node is not None
+            and _still_exists(pool.client(node), database, tenant_id)
+        ):
             return Outcome("already_provisioned", tenant_id)
-        return _attempt(conn, row, database, client, settings, clock, rng)
+        return _provision(conn, row, node, database, pool, settings, clock, rng)
 
 
 def _still_exists(client: InfluxDB3Client, database: str, tenant_id: str) -> bool:
@@ -118,28 +126,63 @@ def _still_exists(client: InfluxDB3Client, database: str, tenant_id: str) -> boo
         return True
 
 
-def _attempt(
+def _provision(
     conn: Connection,
     row: Row[Any],
+    node: NodeConfig | None,
     database: str,
-    client: InfluxDB3Client,
+    pool: NodePool,
     settings: Settings,
     clock: Clock,
     rng: random.Random | None,
 ) -> Outcome:
     tenant_id = row.tenant_id
-    attempt = _AttemptRecord(conn, tenant_id, row.influxdb_attempts + 1, settings, clock)
+    attempts = row.influxdb_attempts
+    refused: set[str] = set()  # nodes that answered 422 in this run: each is tried once
+    while True:
+        if node is None:
+            name = place_tenant(conn, tenant_id, pool.nodes(), exclude=refused)
+            node = pool.node(name) if name else None
+            if node is None:
+                return _wait_for_capacity(conn, tenant_id, len(pool.nodes()), clock)
+        attempts += 1
+        attempt = _AttemptRecord(conn, tenant_id, attempts, settings, clock)
+        try:
+            outcome = _attempt(attempt, row, node, database, pool, settings, rng)
+        except DatabaseLimitReached as exc:
+            # Our count said there was room, the node disagrees: believe the node, move on.
+            mark_full(conn, node.name, clock())
+            attempt.move_off_node(exc.reason, f"node {node.name}: {exc}")
+            refused.add(node.name)
+            node = None
+            continue
+        return outcome
+
+
+def _attempt(
+    attempt: _AttemptRecord,
+    row: Row[Any],
+    node: NodeConfig,
+    database: str,
+    pool: NodePool,
+    settings: Settings,
+    rng: random.Random | None,
+) -> Outcome:
+    tenant_id = row.tenant_id
     context = {"tenant_id": tenant_id, "attempt": attempt.number}
+    client = pool.client(node)
     try:
-        created = client.ensure_database(database)
+        created = client.ensure_database(database, row.influxdb_retention_period)
         client.write_marker(database, tenant_id, marker_timestamp_ns(row.created_at))
+    except DatabaseLimitReached:
+        raise
     except PermanentError as exc:
-        attempt.fail(exc.reason, str(exc))
+        attempt.fail(exc.reason, f"node {node.name}: {exc}")
         logger.error("provisioning failed permanently: %s", exc, extra=context)
         return Outcome("failed", tenant_id, attempt.number, exc.reason)
     except Exception as exc:
         if isinstance(exc, TransientError):
-            reason, message = exc.reason, str(exc)
+            reason, message = exc.reason, f"node {node.name}: {exc}"
         else:  # a bug or a surprise: still recorded, still bounded by max attempts
             logger.exception("unexpected error while provisioning", extra=context)
             reason, message = "internal_error", f"unexpected {type(exc).__name__}"
@@ -159,9 +202,30 @@ def _attempt(
 
     attempt.succeed()
     logger.info(
-        "provisioned %s (%s)", database, "created" if created else "already existed", extra=context
+        "provisioned %s on node %s (%s)",
+        database,
+        node.name,
+        "created" if created else "already existed",
+        extra=context,
     )
     return Outcome("provisioned", tenant_id, attempt.number)
+
+
+def _wait_for_capacity(conn: Connection, tenant_id: str, nodes: int, clock: Clock) -> Outcome:
+    # Capacity is a state, not a retry loop: the reconciler places waiting tenants, oldest
+    # first, when a node is added or a slot frees.
+    update_tenant(
+        conn,
+        tenant_id,
+        influxdb_state=ProvisioningState.WAITING_FOR_CAPACITY,
+        influxdb_node=None,
+        influxdb_error_reason="database_limit",
+        influxdb_last_error=f"no InfluxDB node has room (all {nodes} at their database limit)",
+        influxdb_next_attempt_at=None,
+        influxdb_updated_at=clock(),
+    )
+    logger.warning("no node has room; waiting for capacity", extra={"tenant_id": tenant_id})
+    return Outcome("waiting_for_capacity", tenant_id, reason="database_limit")
 
 
 class _AttemptRecord:
@@ -174,7 +238,7 @@ class _AttemptRecord:
         self._conn, self._tenant_id, self.number = conn, tenant_id, number
         self._settings, self._clock = settings, clock
         self._started = clock()
-        _record(
+        update_tenant(
             conn,
             tenant_id,
             influxdb_state=ProvisioningState.PROVISIONING,
@@ -203,8 +267,19 @@ class _AttemptRecord:
             now,
             influxdb_state=ProvisioningState.RETRYING,
             influxdb_error_reason=reason,
-            influxdb_last_error=_clean(message, self._settings),
+            influxdb_last_error=clean_error(message, self._settings),
             influxdb_next_attempt_at=now + timedelta(seconds=delay),
+        )
+
+    def move_off_node(self, reason: str, message: str) -> None:
+        """The node refused the database (422): give its slot back; placement goes on."""
+        self._finish(
+            "node_full",
+            reason,
+            self._clock(),
+            influxdb_node=None,
+            influxdb_error_reason=reason,
+            influxdb_last_error=clean_error(message, self._settings),
         )
 
     def fail(self, reason: str, message: str) -> None:
@@ -214,7 +289,7 @@ class _AttemptRecord:
             self._clock(),
             influxdb_state=ProvisioningState.FAILED,
             influxdb_error_reason=reason,
-            influxdb_last_error=_clean(message, self._settings),
+            influxdb_last_error=clean_error(message, self._settings),
             influxdb_next_attempt_at=None,
         )
 
@@ -237,17 +312,20 @@ class _AttemptRecord:
         self._conn.commit()
 
 
-def _clean(message: str, settings: Settings) -> str:
+def clean_error(message: str, settings: Settings) -> str:
+    """``message`` fit for storage: secrets removed, no NUL, bounded length."""
     message = redact(message, settings.secrets()).replace("\x00", "")
     return message if len(message) <= _MAX_STORED_ERROR else message[:_MAX_STORED_ERROR] + "..."
 
 
-def _load(conn: Connection, tenant_id: str) -> Row[Any] | None:
+def load_tenant(conn: Connection, tenant_id: str) -> Row[Any] | None:
+    """The tenant's row (committed read), or None."""
     row = conn.execute(select(tenants).where(tenants.c.tenant_id == tenant_id)).first()
     conn.commit()
     return row
 
 
-def _record(conn: Connection, tenant_id: str, **values: Any) -> None:
+def update_tenant(conn: Connection, tenant_id: str, **values: Any) -> None:
+    """Set ``values`` on the tenant's row and commit: every state change is durable at once."""
     conn.execute(update(tenants).where(tenants.c.tenant_id == tenant_id).values(**values))
     conn.commit()

@@ -1,9 +1,19 @@
 """Task and queue names, shared by the tasks and celeryconfig (which must not import tasks)."""
 
+import enum
+
 PROVISION_TASK = "worker.tasks.provision_tenant_influxdb"
+DEPROVISION_TASK = "worker.tasks.deprovision_tenant_influxdb"
 RECONCILE_TASK = "worker.tasks.reconcile_tenants"
 
 PROVISIONING_QUEUE = "provisioning"  # new work: created tenants, operator retries, requeues
 RETRY_QUEUE = "provisioning-retry"  # the task's own backoff retries
 MAINTENANCE_QUEUE = "maintenance"  # the reconciler
 ALL_QUEUES = (MAINTENANCE_QUEUE, RETRY_QUEUE, PROVISIONING_QUEUE)  # in priority order
+
+
+class Job(enum.StrEnum):
+    """What a queued message asks a worker to do for a tenant."""
+
+    PROVISION = "provision"
+    DEPROVISION = "deprovision"

@@ -4,15 +4,20 @@ Redis can lose messages, workers die mid-attempt, someone deletes a database by 
 
 1. takes a Postgres advisory lock (two beats by mistake: the second run is a no-op; a run that
    dies frees the lock with its connection);
-2. lists InfluxDB's databases once - never one InfluxDB call per tenant;
+2. re-reads the node pool and lists each node's databases once - one InfluxDB call per node,
+   never one per tenant - recording what it saw (a node seen with room is no longer "full");
 3. reads ``tenants`` in keyset-paginated batches and, per batch, under
    ``FOR UPDATE SKIP LOCKED``, marks what is owed:
    - ``pending`` never queued, or queued longer ago than the requeue grace (message lost),
    - ``retrying`` whose next attempt is overdue by the grace (the retry message was lost),
    - ``provisioning`` for longer than the task's hard time limit (the worker died): ``stuck``,
-   - ``provisioned`` whose database is gone from InfluxDB: ``drift``, back to ``pending``;
-4. publishes those after the batch commits, and records when;
-5. logs one summary line and stores totals for ``/metrics``.
+   - ``provisioned`` whose database is gone from its node: ``drift``, back to ``pending``
+     (a provisioned tenant without a node, from before the pool, adopts the node that has it),
+   - ``deprovisioning`` not queued within the grace (an interrupted deletion);
+4. moves the oldest ``waiting_for_capacity`` tenants back to ``pending``, as many as the pool
+   has free slots (a node was added, or a slot freed);
+5. publishes all of those after their transaction commits, and records when;
+6. logs one summary line and stores totals for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from worker.db import advisory_lock
 from worker.errors import ProvisioningError
-from worker.influxdb import InfluxDB3Client
 from worker.models import ProvisioningState, reconcile_stats, tenants
+from worker.nodes import NodePool
+from worker.placement import record_observation, usage
 from worker.provisioning import Clock, utcnow
+from worker.queues import Job
 from worker.redaction import redact
 from worker.settings import Settings
 
@@ -39,7 +46,8 @@ logger = logging.getLogger(__name__)
 # Any constant distinct from the per-tenant keys (those are 64-bit hashes).
 RECONCILE_LOCK_KEY = 0x7465_6E61_6E74  # "tenant"
 
-Publish = Callable[[str], bool]
+Publish = Callable[[str, Job], bool]
+Owed = tuple[str, Job]
 
 
 @dataclass
@@ -52,6 +60,10 @@ class ReconcileSummary:
     drift: int = 0
     stuck: int = 0
     failed: int = 0  # tenants in the failed state: they need an operator
+    waiting: int = 0  # tenants waiting for capacity at the start of the run
+    unwaited: int = 0  # waiting tenants sent back to provisioning (room appeared)
+    deprovisioning: int = 0  # interrupted deletions queued again
+    adopted: int = 0  # provisioned tenants without a node, matched to the node holding them
     not_queued: int = 0  # owed work the broker did not take this time
     influxdb_calls: int = 0
     duration_seconds: float = 0.0
@@ -67,7 +79,7 @@ class ReconcileSummary:
 
 def reconcile(
     engine: Engine,
-    client: InfluxDB3Client,
+    pool: NodePool,
     settings: Settings,
     publish: Publish,
     *,
@@ -79,17 +91,21 @@ def reconcile(
         if not acquired:
             logger.info("reconcile skipped: another run holds the lock")
             return ReconcileSummary(ran=False)
-        summary = _run(engine, client, settings, publish, clock)
+        summary = _run(engine, pool, settings, publish, clock)
     summary.duration_seconds = round(time.monotonic() - started, 3)
     _store(engine, summary, clock)
     logger.info(
-        "reconcile: scanned=%d requeued=%d drift=%d stuck=%d failed=%d not_queued=%d "
-        "influxdb_calls=%d duration=%.3fs%s",
+        "reconcile: scanned=%d requeued=%d drift=%d stuck=%d failed=%d waiting=%d unwaited=%d "
+        "deprovisioning=%d adopted=%d not_queued=%d influxdb_calls=%d duration=%.3fs%s",
         summary.scanned,
         summary.requeued,
         summary.drift,
         summary.stuck,
         summary.failed,
+        summary.waiting,
+        summary.unwaited,
+        summary.deprovisioning,
+        summary.adopted,
         summary.not_queued,
         summary.influxdb_calls,
         summary.duration_seconds,
@@ -99,21 +115,31 @@ def reconcile(
 
 
 def _run(
-    engine: Engine, client: InfluxDB3Client, settings: Settings, publish: Publish, clock: Clock
+    engine: Engine, pool: NodePool, settings: Settings, publish: Publish, clock: Clock
 ) -> ReconcileSummary:
     summary = ReconcileSummary()
+    nodes = pool.nodes()
     listed_at = clock()
-    calls_before = client.calls
-    existing: set[str] | None
-    try:
-        existing = set(client.list_databases())
-    except ProvisioningError as exc:
-        # Without the list we cannot judge drift; owed work is still re-enqueued.
-        existing = None
-        summary.influxdb_error = redact(f"{exc.reason}: {exc}", settings.secrets())
-    summary.influxdb_calls = client.calls - calls_before
+    existing: dict[str, set[str] | None] = {}
+    errors: list[str] = []
+    with engine.connect() as conn:
+        for node in nodes:
+            client = pool.client(node)
+            calls_before = client.calls
+            try:
+                names = client.list_databases()
+            except ProvisioningError as exc:
+                # Without the list we cannot judge drift there; owed work is still re-enqueued.
+                existing[node.name] = None
+                errors.append(f"{node.name}: {exc.reason}: {exc}")
+            else:
+                existing[node.name] = set(names)
+                record_observation(conn, node, len(names), clock())
+            summary.influxdb_calls += client.calls - calls_before
+    if errors:
+        summary.influxdb_error = redact("; ".join(errors), settings.secrets() + pool.secrets())
 
-    broker_up = True
+    sender = _Sender(publish, summary, clock)
     last_id = ""
     with engine.connect() as conn:
         while True:
@@ -123,19 +149,64 @@ def _run(
             last_id = batch[-1].tenant_id
             summary.scanned += len(batch)
             summary.failed += sum(r.influxdb_state == ProvisioningState.FAILED for r in batch)
+            summary.waiting += sum(
+                r.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY for r in batch
+            )
             owed = _claim_owed(conn, batch, existing, listed_at, settings, clock, summary)
             conn.commit()  # state changes are durable before any message goes out
-            if owed and broker_up:
-                published = [tenant_id for tenant_id in owed if publish(tenant_id)]
-                if len(published) < len(owed):
-                    broker_up = False  # do not wait out a publish timeout per tenant
-                _mark_enqueued(conn, published, clock())
-                summary.requeued += len(published)
-                summary.requeued_ids.extend(published)
-                summary.not_queued += len(owed) - len(published)
-            else:
-                summary.not_queued += len(owed)
+            sender.send(conn, owed)
+        unwaited = _unwait(conn, pool, clock)
+        summary.unwaited = len(unwaited)
+        sender.send(conn, [(tenant_id, Job.PROVISION) for tenant_id in unwaited])
     return summary
+
+
+class _Sender:
+    """Publishes owed work after its batch commits; stops trying once the broker fails."""
+
+    def __init__(self, publish: Publish, summary: ReconcileSummary, clock: Clock) -> None:
+        self._publish, self._summary, self._clock = publish, summary, clock
+        self._broker_up = True
+
+    def send(self, conn: Connection, owed: list[Owed]) -> None:
+        if not owed:
+            return
+        if not self._broker_up:  # do not wait out a publish timeout per tenant
+            self._summary.not_queued += len(owed)
+            return
+        published = [tenant_id for tenant_id, job in owed if self._publish(tenant_id, job)]
+        self._broker_up = len(published) == len(owed)
+        _mark_enqueued(conn, published, self._clock())
+        self._summary.requeued += len(published)
+        self._summary.requeued_ids.extend(published)
+        self._summary.not_queued += len(owed) - len(published)
+
+
+def _unwait(conn: Connection, pool: NodePool, clock: Clock) -> list[str]:
+    """Send the oldest waiting tenants back to pending, as many as there are free slots."""
+    free = sum(u.free for u in usage(conn, pool.nodes()))
+    conn.commit()
+    if free <= 0:
+        return []
+    oldest = (
+        select(tenants.c.tenant_id)
+        .where(tenants.c.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY)
+        .order_by(tenants.c.created_at, tenants.c.tenant_id)
+        .limit(free)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    moved = conn.execute(
+        update(tenants)
+        .where(
+            tenants.c.tenant_id.in_(oldest),
+            tenants.c.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY,
+        )
+        .values(influxdb_state=ProvisioningState.PENDING, influxdb_updated_at=clock())
+        .returning(tenants.c.tenant_id, tenants.c.created_at)
+    ).all()
+    conn.commit()
+    return [row.tenant_id for row in sorted(moved, key=lambda r: (r.created_at, r.tenant_id))]
 
 
 def _next_batch(conn: Connection, after: str, size: int) -> list[Any]:
@@ -147,6 +218,8 @@ def _next_batch(conn: Connection, after: str, size: int) -> list[Any]:
             tenants.c.influxdb_next_attempt_at,
             tenants.c.influxdb_updated_at,
             tenants.c.influxdb_provisioned_at,
+            tenants.c.influxdb_node,
+            tenants.c.influxdb_error_reason,
         )
         .where(tenants.c.tenant_id > after)
         .order_by(tenants.c.tenant_id)
@@ -159,41 +232,42 @@ def _next_batch(conn: Connection, after: str, size: int) -> list[Any]:
 def _claim_owed(
     conn: Connection,
     batch: list[Any],
-    existing: set[str] | None,
+    existing: dict[str, set[str] | None],
     listed_at: datetime,
     settings: Settings,
     clock: Clock,
     summary: ReconcileSummary,
-) -> list[str]:
-    """Mark the batch's owed tenants under row locks; return the ids to publish."""
+) -> list[Owed]:
+    """Mark the batch's owed tenants under row locks; return what to publish."""
     now = clock()
     grace = timedelta(seconds=settings.reconcile_requeue_after_seconds)
     stuck_after = now - timedelta(seconds=settings.task_time_limit)
     drifted: list[str] = []
     stuck: list[str] = []
-    owed: list[str] = []
+    owed: list[Owed] = []
+    adopted: list[dict[str, str]] = []
     for row in batch:
-        state = row.influxdb_state
-        if state == ProvisioningState.PENDING:
-            if row.influxdb_enqueued_at is None or row.influxdb_enqueued_at < now - grace:
-                owed.append(row.tenant_id)
-        elif state == ProvisioningState.RETRYING:
-            due = row.influxdb_next_attempt_at
-            requeued = row.influxdb_enqueued_at
-            if (due is None or due < now - grace) and (requeued is None or requeued < now - grace):
-                owed.append(row.tenant_id)
-        elif state == ProvisioningState.PROVISIONING:
-            if row.influxdb_updated_at < stuck_after:
-                stuck.append(row.tenant_id)
-        elif (
-            state == ProvisioningState.PROVISIONED
-            and existing is not None
-            and row.influxdb_provisioned_at is not None
-            and row.influxdb_provisioned_at < listed_at  # provisioned before we looked
-            and settings.database_name(row.tenant_id) not in existing
-        ):
+        finding = _finding(row, existing, listed_at, now, grace, stuck_after, settings)
+        if finding is not None and finding.startswith("adopt:"):
+            adopted.append({"id": row.tenant_id, "node": finding.removeprefix("adopt:")})
+        elif finding == "drift":
             drifted.append(row.tenant_id)
+        elif finding == "stuck":
+            stuck.append(row.tenant_id)
+        elif finding == "deprovision":
+            owed.append((row.tenant_id, Job.DEPROVISION))
+            summary.deprovisioning += 1
+        elif finding == "provision":
+            owed.append((row.tenant_id, Job.PROVISION))
 
+    if adopted:
+        conn.execute(
+            update(tenants)
+            .where(tenants.c.tenant_id == bindparam("id"), tenants.c.influxdb_node.is_(None))
+            .values(influxdb_node=bindparam("node")),
+            adopted,
+        )
+        summary.adopted += len(adopted)
     if drifted:
         moved = _move_to_pending(
             conn,
@@ -205,7 +279,7 @@ def _claim_owed(
             now=now,
         )
         summary.drift += len(moved)
-        owed.extend(moved)
+        owed.extend((tenant_id, Job.PROVISION) for tenant_id in moved)
     if stuck:
         moved = _move_to_pending(
             conn,
@@ -217,8 +291,45 @@ def _claim_owed(
             now=now,
         )
         summary.stuck += len(moved)
-        owed.extend(moved)
+        owed.extend((tenant_id, Job.PROVISION) for tenant_id in moved)
     return owed
+
+
+def _finding(
+    row: Any,
+    existing: dict[str, set[str] | None],
+    listed_at: datetime,
+    now: datetime,
+    grace: timedelta,
+    stuck_after: datetime,
+    settings: Settings,
+) -> str | None:
+    """What the reconciler owes one tenant: provision, deprovision, stuck, drift,
+    adopt:<node>, or nothing."""
+    state = row.influxdb_state
+    queued_long_ago = row.influxdb_enqueued_at is None or row.influxdb_enqueued_at < now - grace
+    due = row.influxdb_next_attempt_at
+    if state == ProvisioningState.PENDING:
+        return "provision" if queued_long_ago else None
+    if state == ProvisioningState.RETRYING:
+        return "provision" if queued_long_ago and (due is None or due < now - grace) else None
+    if state == ProvisioningState.DEPROVISIONING:
+        return "deprovision" if queued_long_ago and (due is None or due < now) else None
+    if state == ProvisioningState.PROVISIONING:
+        return "stuck" if row.influxdb_updated_at < stuck_after else None
+    if state != ProvisioningState.PROVISIONED or row.influxdb_provisioned_at is None:
+        return None
+    if row.influxdb_provisioned_at >= listed_at:
+        return None  # provisioned after we looked: the lists cannot tell
+    database = settings.database_name(row.tenant_id)
+    if row.influxdb_node is None:
+        holders = [name for name, seen in existing.items() if seen and database in seen]
+        if len(holders) == 1:
+            return f"adopt:{holders[0]}"
+        all_listed = bool(existing) and all(seen is not None for seen in existing.values())
+        return "drift" if not holders and all_listed else None
+    seen = existing.get(row.influxdb_node)
+    return "drift" if seen is not None and database not in seen else None
 
 
 def _move_to_pending(
@@ -263,7 +374,13 @@ def _mark_enqueued(conn: Connection, tenant_ids: list[str], now: datetime) -> No
         update(tenants)
         .where(
             tenants.c.tenant_id.in_(bindparam("ids", expanding=True)),
-            tenants.c.influxdb_state.in_([ProvisioningState.PENDING, ProvisioningState.RETRYING]),
+            tenants.c.influxdb_state.in_(
+                [
+                    ProvisioningState.PENDING,
+                    ProvisioningState.RETRYING,
+                    ProvisioningState.DEPROVISIONING,
+                ]
+            ),
         )
         .values(influxdb_enqueued_at=now),
         {"ids": tenant_ids},

@@ -7,6 +7,7 @@ code base reads ``os.environ`` for configuration. The README lists every variabl
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -27,8 +28,63 @@ DEFAULT_INFLUXDB_URL = "http://127.0.0.1:8181"
 _INFLUX_NAME_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# InfluxDB durations as the configure API takes them: e.g. 30d, 12h, 1w, 90m, 1d12h.
+RETENTION_PERIOD = re.compile(r"^(?:[1-9][0-9]{0,8}(?:s|m|h|d|w))+$")
+_HARD_DELETE = re.compile(
+    r"^(now|never|default|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))$"
+)
+
+
 class SettingsError(ValueError):
     """A configuration variable is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One InfluxDB server of the pool."""
+
+    name: str
+    url: str
+    token: str | None = field(default=None, repr=False)
+    database_limit: int = 5
+
+
+def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
+    """Nodes from JSON: ``[{"name", "url", "token"? | "token_file"?, "database_limit"?}]``.
+
+    ``source`` names the variable or file in every error message.
+    """
+    try:
+        entries = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"{source}: not valid JSON ({exc})") from None
+    if not isinstance(entries, list) or not entries:
+        raise SettingsError(f"{source}: must be a non-empty JSON list of nodes")
+    nodes: list[NodeConfig] = []
+    for index, entry in enumerate(entries):
+        where = f"{source}[{index}]"
+        if not isinstance(entry, dict):
+            raise SettingsError(f"{where}: must be an object with name and url")
+        unknown = set(entry) - {"name", "url", "token", "token_file", "database_limit"}
+        if unknown:
+            raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        name, url, limit = entry.get("name"), entry.get("url"), entry.get("database_limit", 5)
+        if not isinstance(name, str) or not _NODE_NAME.match(name):
+            raise SettingsError(f"{where}: name must match {_NODE_NAME.pattern}")
+        if not isinstance(url, str):
+            raise SettingsError(f"{where}: url must be a string")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise SettingsError(f"{where}: database_limit must be a positive integer")
+        token_env = {
+            k: str(v) for k, v in (("T", entry.get("token")), ("F", entry.get("token_file"))) if v
+        }
+        token = _Reader(token_env).secret("T", "F") if token_env else None
+        nodes.append(NodeConfig(name, _http_url(url, f"{where}.url"), token, limit))
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"{source}: node names must be unique")
+    return tuple(nodes)
 
 
 @dataclass(frozen=True)
@@ -42,6 +98,10 @@ class Settings:
     influxdb_database_prefix: str = "telemetry_"
     influxdb_telemetry_table: str = "telemetry"
     influxdb_database_limit: int = 5
+    influxdb_nodes: tuple[NodeConfig, ...] = ()
+    influxdb_nodes_file: str | None = None
+    influxdb_retention_period: str | None = None
+    influxdb_hard_delete_at: str | None = None
     influxdb_connect_timeout: float = 3.0
     influxdb_read_timeout: float = 10.0
     live_check_timeout: float = 2.0
@@ -64,6 +124,13 @@ class Settings:
         env = os.environ if environ is None else environ
         reader = _Reader(env)
         interval = reader.number("RECONCILE_INTERVAL_SECONDS", float, 60.0, minimum=1.0)
+        nodes_json = env.get("INFLUXDB_NODES", "").strip()
+        nodes_file = env.get("INFLUXDB_NODES_FILE", "").strip() or None
+        if nodes_json and nodes_file:
+            raise SettingsError("set either INFLUXDB_NODES or INFLUXDB_NODES_FILE, not both")
+        nodes = parse_nodes(nodes_json, "INFLUXDB_NODES") if nodes_json else ()
+        if nodes_file:
+            nodes = read_nodes_file(nodes_file)
         settings = cls(
             database_url=_psycopg_url(reader.text("DATABASE_URL", DEFAULT_DATABASE_URL)),
             broker_url=reader.text("CELERY_BROKER_URL", DEFAULT_BROKER_URL),
@@ -72,6 +139,14 @@ class Settings:
             influxdb_database_prefix=reader.text("INFLUXDB_DATABASE_PREFIX", "telemetry_"),
             influxdb_telemetry_table=reader.text("INFLUXDB_TELEMETRY_TABLE", "telemetry"),
             influxdb_database_limit=reader.number("INFLUXDB_DATABASE_LIMIT", int, 5, minimum=1),
+            influxdb_nodes=nodes,
+            influxdb_nodes_file=nodes_file,
+            influxdb_retention_period=reader.pattern(
+                "INFLUXDB_RETENTION_PERIOD", RETENTION_PERIOD, "a duration such as 30d or 12h"
+            ),
+            influxdb_hard_delete_at=reader.pattern(
+                "INFLUXDB_HARD_DELETE_AT", _HARD_DELETE, "now, never, default or an RFC 3339 time"
+            ),
             influxdb_connect_timeout=reader.number(
                 "INFLUXDB_CONNECT_TIMEOUT", float, 3.0, minimum=0.1
             ),
@@ -136,6 +211,16 @@ class Settings:
                 "PROVISION_TIME_LIMIT, or Redis re-delivers waiting retries"
             )
 
+    def default_nodes(self) -> tuple[NodeConfig, ...]:
+        """The pool at start-up: INFLUXDB_NODES[_FILE], else INFLUXDB_URL as a pool of one."""
+        if self.influxdb_nodes:
+            return self.influxdb_nodes
+        return (
+            NodeConfig(
+                "default", self.influxdb_url, self.influxdb_token, self.influxdb_database_limit
+            ),
+        )
+
     def database_name(self, tenant_id: str) -> str:
         """The InfluxDB database that belongs to ``tenant_id``."""
         return f"{self.influxdb_database_prefix}{tenant_id}"
@@ -143,6 +228,7 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of logs and stored errors."""
         values = [self.influxdb_token, self.operator_token]
+        values += [node.token for node in self.influxdb_nodes]
         for url in (self.database_url, self.broker_url):
             try:
                 values.append(make_url(url).password)
@@ -158,6 +244,12 @@ class _Reader:
     def text(self, name: str, default: str) -> str:
         value = self._env.get(name, "").strip()
         return value or default
+
+    def pattern(self, name: str, regex: re.Pattern[str], what: str) -> str | None:
+        value = self._env.get(name, "").strip()
+        if value and not regex.match(value):
+            raise SettingsError(f"{name} must be {what} (got {value!r})")
+        return value or None
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default).upper()
@@ -205,10 +297,19 @@ def _psycopg_url(url: str) -> str:
     )
 
 
-def _http_url(url: str) -> str:
+def _http_url(url: str, name: str = "INFLUXDB_URL") -> str:
     if not url.startswith(("http://", "https://")):
-        raise SettingsError(f"INFLUXDB_URL must start with http:// or https:// (got {url!r})")
+        raise SettingsError(f"{name} must start with http:// or https:// (got {url!r})")
     return url.rstrip("/")
+
+
+def read_nodes_file(path: str) -> tuple[NodeConfig, ...]:
+    """Nodes from the JSON file at ``path`` (INFLUXDB_NODES_FILE)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"INFLUXDB_NODES_FILE: cannot read {path}: {exc.strerror}") from None
+    return parse_nodes(text, f"INFLUXDB_NODES_FILE ({path})")
 
 
 @functools.cache

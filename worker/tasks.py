@@ -1,13 +1,14 @@
 """Celery tasks: thin wrappers that open a connection, call one service, map the outcome.
 
 Arguments are tenant ids only - never ORM objects, clients or secrets - because Flower shows
-task arguments to operators. The logic lives in ``worker.provisioning`` and
-``worker.reconcile``.
+task arguments to operators. The logic lives in ``worker.provisioning``,
+``worker.deprovisioning`` and ``worker.reconcile``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -18,11 +19,12 @@ from sqlalchemy.exc import DBAPIError
 
 from worker.celery_app import app
 from worker.db import get_engine
-from worker.influxdb import shared_client
+from worker.deprovisioning import deprovision_tenant
 from worker.logs import log_context
 from worker.models import tenants
-from worker.provisioning import next_backoff, provision_tenant
-from worker.queues import PROVISION_TASK, RECONCILE_TASK, RETRY_QUEUE
+from worker.nodes import shared_pool
+from worker.provisioning import Outcome, next_backoff, provision_tenant
+from worker.queues import DEPROVISION_TASK, PROVISION_TASK, RECONCILE_TASK, RETRY_QUEUE, Job
 from worker.reconcile import reconcile
 from worker.redaction import redact
 from worker.settings import get_settings
@@ -33,45 +35,57 @@ logger = logging.getLogger(__name__)
 @app.task(bind=True, name=PROVISION_TASK, max_retries=None, acks_late=True)
 def provision_tenant_influxdb(self: Task, tenant_id: str) -> dict[str, Any]:
     """Ensure the tenant's InfluxDB database; retry transient failures with backoff."""
+    return _run(self, tenant_id, provision_tenant)
+
+
+@app.task(bind=True, name=DEPROVISION_TASK, max_retries=None, acks_late=True)
+def deprovision_tenant_influxdb(self: Task, tenant_id: str) -> dict[str, Any]:
+    """Delete a deleted tenant's database, then the tenant; retry transient failures."""
+    return _run(self, tenant_id, deprovision_tenant)
+
+
+def _run(task: Task, tenant_id: str, service: Callable[..., Outcome]) -> dict[str, Any]:
     settings = get_settings()
-    with log_context(tenant_id=str(tenant_id), task_id=self.request.id):
+    with log_context(tenant_id=str(tenant_id), task_id=task.request.id):
         if not isinstance(tenant_id, str):
             logger.error("ignoring a message whose tenant id is not a string")
             return {"result": "not_found"}
         try:
             with get_engine().connect() as conn:
-                outcome = provision_tenant(conn, tenant_id, shared_client(), settings)
+                outcome = service(conn, tenant_id, shared_pool(), settings)
         except DBAPIError as exc:
             # Postgres went away mid-run: we cannot even record it. Retry a few times; beyond
             # that the reconciler finds the tenant stuck and re-enqueues it.
-            retries = self.request.retries + 1
+            retries = task.request.retries + 1
             if retries >= settings.max_attempts:
                 raise
             delay = next_backoff(
                 retries, settings.backoff_base_seconds, settings.backoff_cap_seconds
             )
             logger.warning("database error, retrying in %.1fs: %s", delay, type(exc).__name__)
-            raise self.retry(countdown=delay, exc=exc, queue=RETRY_QUEUE) from exc
+            raise task.retry(countdown=delay, exc=exc, queue=RETRY_QUEUE) from exc
         if outcome.retry_in is not None:
-            raise self.retry(countdown=outcome.retry_in, queue=RETRY_QUEUE)
+            raise task.retry(countdown=outcome.retry_in, queue=RETRY_QUEUE)
         return asdict(outcome)
 
 
 @app.task(name=RECONCILE_TASK, acks_late=False)
 def reconcile_tenants() -> dict[str, Any]:
     """Re-enqueue owed work and repair drift; one summary per run (see worker.reconcile)."""
-    summary = reconcile(get_engine(), shared_client(), get_settings(), publish_provisioning)
+    summary = reconcile(get_engine(), shared_pool(), get_settings(), publish)
     return summary.as_dict()
 
 
-def publish_provisioning(tenant_id: str) -> bool:
-    """Publish one provisioning message without retrying; True when the broker took it."""
+def publish(tenant_id: str, job: Job = Job.PROVISION) -> bool:
+    """Publish one message for ``job`` without retrying; True when the broker took it."""
+    task = deprovision_tenant_influxdb if job is Job.DEPROVISION else provision_tenant_influxdb
     try:
-        provision_tenant_influxdb.apply_async(args=(tenant_id,), retry=False)
+        task.apply_async(args=(tenant_id,), retry=False)
     except Exception as exc:
         message = redact(f"{type(exc).__name__}: {exc}", get_settings().secrets())
         logger.warning(
-            "could not queue provisioning, the reconciler will: %s",
+            "could not queue %s, the reconciler will: %s",
+            job.value,
             message,
             extra={"tenant_id": tenant_id},
         )
@@ -79,14 +93,14 @@ def publish_provisioning(tenant_id: str) -> bool:
     return True
 
 
-def enqueue_provisioning(tenant_id: str) -> bool:
-    """Publish a provisioning message and record when; True when the broker took it.
+def enqueue(tenant_id: str, job: Job = Job.PROVISION) -> bool:
+    """Publish a message for ``job`` and record when; True when the broker took it.
 
     Never raises for a broker problem: the tenant is already committed as owed work, and the
     reconciler re-enqueues whatever was not queued.
     """
     with log_context(tenant_id=tenant_id):
-        if not publish_provisioning(tenant_id):
+        if not publish(tenant_id, job):
             return False
         try:
             with get_engine().begin() as conn:

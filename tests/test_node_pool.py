@@ -1,0 +1,290 @@
+"""Outgrowing one server: capacity-aware placement over a pool of stand-in nodes, retention,
+and deprovisioning - with real worker and beat processes reading a nodes file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from influxdb3_standin import StandIn
+from tests.conftest import (
+    INFLUX_TOKEN,
+    ROOT,
+    TEST_ENV,
+    new_tenant_id,
+    start_beat,
+    stop_process,
+    tenant_row,
+    wait_for,
+    wait_for_state,
+)
+
+INTERVAL = float(TEST_ENV["RECONCILE_INTERVAL_SECONDS"])
+
+
+class Pool:
+    """Stand-in nodes plus the nodes file that the worker, beat and CLI read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.nodes: dict[str, StandIn] = {}
+        self.limits: dict[str, int] = {}
+
+    def add(self, name: str, limit: int = 5) -> StandIn:
+        node = StandIn(token=INFLUX_TOKEN, database_limit=limit).start()
+        self.nodes[name] = node
+        self.limits[name] = limit
+        self.write()
+        return node
+
+    def write(self) -> None:
+        entries = [
+            {"name": n, "url": s.url, "token": INFLUX_TOKEN, "database_limit": self.limits[n]}
+            for n, s in self.nodes.items()
+        ]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries))
+        tmp.replace(self.path)  # atomic: a reader never sees half a file
+
+    def env(self) -> dict[str, str]:
+        return {"INFLUXDB_NODES_FILE": str(self.path)}
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[Pool]:
+    nodes = Pool(tmp_path / "nodes.json")
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture
+def pool_processes(pool: Pool, custom_worker, tmp_path: Path) -> Iterator[None]:
+    """A worker and a beat that read the pool's nodes file (call after adding nodes)."""
+    custom_worker(concurrency=4, **pool.env())
+    beat = start_beat(tmp_path / "beat.log", tmp_path / "schedule", pool.env())
+    yield
+    stop_process(beat)
+
+
+def cli(pool: Pool, *args: str) -> Any:
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "--json", *args],
+        cwd=ROOT,
+        env={**os.environ, **pool.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def states(db: Any, tenant_ids: list[str]) -> dict[str, int]:
+    rows = db.execute(
+        "SELECT influxdb_state, count(*) FROM tenants WHERE tenant_id = ANY(%s) GROUP BY 1",
+        (tenant_ids,),
+    ).fetchall()
+    return dict(rows)
+
+
+def assert_never_refused(pool: Pool) -> None:
+    # Every create call made a database: no node ever had to answer 422, none holds too many.
+    for name, node in pool.nodes.items():
+        created = sum(node.creations(d) for d in node.databases())
+        assert node.create_calls() == created, f"{name} refused a create"
+        assert len(node.databases()) <= pool.limits[name]
+
+
+def test_three_full_nodes_then_a_fourth(api, db, pool, report, request):
+    # Given three Core-like nodes with room for 5 databases each
+    for name in ("node-a", "node-b", "node-c"):
+        pool.add(name, limit=5)
+    request.getfixturevalue("pool_processes")
+
+    # When 20 tenants are created at once
+    tenant_ids = [new_tenant_id("pool") for _ in range(20)]
+    for tenant_id in tenant_ids:
+        assert api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "p"}).is_success
+
+    # Then 15 are provisioned, 5 per node, and 5 wait for capacity (neither failed nor retrying)
+    wait_for(
+        lambda: states(db, tenant_ids) == {"provisioned": 15, "waiting_for_capacity": 5},
+        timeout=30,
+        what="15 provisioned and 5 waiting",
+    )
+    for node in pool.nodes.values():
+        assert len(node.databases()) == 5
+    assert_never_refused(pool)
+    waiting = db.execute(
+        "SELECT max(influxdb_attempts) FROM tenants WHERE influxdb_state = 'waiting_for_capacity'"
+    ).fetchone()
+    assert waiting == (0,)
+    report("injected: 20 tenants onto 3 nodes of limit 5; verified 5+5+5 placed, 5 waiting")
+
+    # When a fourth node is added to the nodes file (no restart of anything)
+    added_at = time.monotonic()
+    pool.add("node-d", limit=5)
+
+    # Then all 20 are provisioned within one reconcile interval (plus the work itself)
+    wait_for(
+        lambda: states(db, tenant_ids) == {"provisioned": 20},
+        timeout=INTERVAL + 5,
+        what="all 20 provisioned",
+    )
+    took = time.monotonic() - added_at
+    assert len(pool.nodes["node-d"].databases()) == 5
+    assert_never_refused(pool)
+    nodes = {n["node"]: n for n in cli(pool, "nodes")}
+    assert {n: nodes[n]["tenants"] for n in nodes} == dict.fromkeys(pool.nodes, 5)
+    report(f"verified: node-d added, all 20 provisioned {took:.1f}s later; no node over limit")
+
+
+def test_a_node_filled_by_hand_answers_422_and_the_tenant_lands_elsewhere(
+    api, db, pool, request, report
+):
+    # Given two nodes, the first (least used, first by name) filled by hand outside the worker
+    by_hand = pool.add("alpha", limit=5)
+    pool.add("beta", limit=5)
+    for i in range(5):
+        by_hand.create_database(f"manual_{i}")
+    request.getfixturevalue("pool_processes")
+
+    # When a tenant is created
+    tenant_id = new_tenant_id("hand")
+    api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "h"})
+
+    # Then the 422 from alpha is handled: alpha is marked full, the tenant lands on beta
+    row = wait_for_state(db, tenant_id, "provisioned")
+    assert row["influxdb_node"] == "beta"
+    assert f"telemetry_{tenant_id}" in pool.nodes["beta"].databases()
+    assert by_hand.create_calls(f"telemetry_{tenant_id}") == 1
+    outcomes = db.execute(
+        "SELECT outcome, reason FROM provisioning_attempts WHERE tenant_id = %s ORDER BY attempt",
+        (tenant_id,),
+    ).fetchall()
+    assert outcomes == [("node_full", "database_limit"), ("provisioned", None)]
+    nodes = {n["node"]: n for n in cli(pool, "nodes")}
+    assert nodes["alpha"]["full"] is True
+    assert nodes["beta"]["tenants"] == 1
+
+    # And the next tenant goes straight to beta, without asking alpha again
+    second = new_tenant_id("hand")
+    api.post("/operator/tenants", json={"tenant_id": second, "name": "h"})
+    assert wait_for_state(db, second, "provisioned")["influxdb_node"] == "beta"
+    assert by_hand.create_calls() == 1
+    report("injected: node alpha filled by hand; verified 422 handled, tenants placed on beta")
+
+
+def test_deleting_a_tenant_frees_its_slot_for_the_next_and_its_id(api, db, pool, request, report):
+    # Given a node with room for two tenants, two provisioned and a third waiting
+    node = pool.add("solo", limit=2)
+    request.getfixturevalue("pool_processes")
+    first, second, third = (new_tenant_id("del") for _ in range(3))
+    for tenant_id in (first, second):
+        api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "d"})
+        wait_for_state(db, tenant_id, "provisioned")
+    api.post("/operator/tenants", json={"tenant_id": third, "name": "d"})
+    wait_for_state(db, third, "waiting_for_capacity")
+
+    # When the first tenant is deleted
+    response = api.delete(f"/operator/tenants/{first}")
+    assert response.status_code == 202
+    assert response.json()["influxdb"]["state"] == "deprovisioning"
+
+    # Then its database is soft-deleted on its node and the tenant is gone
+    wait_for(lambda: tenant_row(db, first) is None, what="the tenant row to go")
+    assert f"telemetry_{first}" not in node.databases()
+    deleted = node.state()["deleted_databases"]
+    assert any(name.startswith(f"telemetry_{first}-") for name in deleted)
+
+    # And the freed slot goes to the waiting tenant (reconciler), within an interval
+    row = wait_for_state(db, third, "provisioned", timeout=INTERVAL + 5)
+    assert row["influxdb_node"] == "solo"
+    assert sorted(node.databases()) == sorted([f"telemetry_{second}", f"telemetry_{third}"])
+
+    # And the deleted id can be created again (it waits: the node is full again)
+    again = api.post("/operator/tenants", json={"tenant_id": first, "name": "back"})
+    assert again.status_code == 201
+    wait_for_state(db, first, "waiting_for_capacity")
+    assert api.delete("/operator/tenants/nobody").status_code == 404
+    report("verified: delete soft-deleted the database, freed the slot, and freed the id")
+
+
+def test_deleting_when_the_database_is_already_gone_treats_404_as_done(
+    api, db, influx, worker_process
+):
+    tenant_id = new_tenant_id("gone")
+    api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "g"})
+    wait_for_state(db, tenant_id, "provisioned")
+    influx.delete_database(f"telemetry_{tenant_id}")  # behind our back
+
+    assert api.delete(f"/operator/tenants/{tenant_id}").status_code == 202
+    wait_for(lambda: tenant_row(db, tenant_id) is None, what="the tenant row to go")
+    outcome = db.execute(
+        "SELECT outcome FROM provisioning_attempts WHERE tenant_id = %s ORDER BY id DESC LIMIT 1",
+        (tenant_id,),
+    ).fetchone()
+    assert outcome == ("deprovisioned",)
+
+
+def test_interrupted_deletion_is_finished_by_the_reconciler(api, db, influx, paused_worker):
+    # Given a tenant marked deprovisioning whose message never reached a worker
+    tenant_id = new_tenant_id("int")
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node) "
+        "VALUES (%s, 'i', 'deprovisioning', 'default')",
+        (tenant_id,),
+    )
+    influx.create_database(f"telemetry_{tenant_id}")
+
+    # When a reconcile runs, it queues the deletion again
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "--json", "reconcile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    summary = json.loads(result.stdout)
+    assert summary["deprovisioning"] == 1
+    assert summary["requeued"] == 1
+    raw = paused_worker.lrange("provisioning", 0, -1)
+    assert len(raw) == 1
+    assert json.loads(raw[0])["headers"]["task"] == "worker.tasks.deprovision_tenant_influxdb"
+
+
+def test_retention_period_is_passed_at_creation_and_validated(api, db, influx, worker_process):
+    tenant_id = new_tenant_id("ret")
+    created = api.post(
+        "/operator/tenants", json={"tenant_id": tenant_id, "name": "r", "retention_period": "30d"}
+    )
+    assert created.status_code == 201
+    wait_for_state(db, tenant_id, "provisioned")
+    retention = influx.state()["retention_seconds"][f"telemetry_{tenant_id}"]
+    assert retention == 30 * 86400
+    stats = api.get(f"/operator/tenants/{tenant_id}/stats").json()["influxdb"]
+    assert stats["retention_period"] == "30d"
+    assert stats["node"] == "default"
+
+    for bad in ("thirty days", "0d", "30", "-1h", 30):
+        response = api.post(
+            "/operator/tenants",
+            json={"tenant_id": new_tenant_id("ret"), "name": "r", "retention_period": bad},
+        )
+        assert response.status_code == 422, bad
+        assert "retention_period" in response.json()["detail"]
+    assert db.execute("SELECT count(*) FROM tenants").fetchone() == (1,)
