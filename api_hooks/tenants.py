@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
@@ -26,7 +26,7 @@ from worker.models import STATES, ProvisioningState, tenants
 from worker.nodes import shared_pool
 from worker.queues import Job
 from worker.settings import RETENTION_PERIOD, get_settings
-from worker.tasks import enqueue
+from worker.tasks import enqueue, publish
 
 TENANT_ID_MAX_LENGTH = 54  # "telemetry_" + 54 = 64 bytes, the portable InfluxDB name limit
 TENANT_NAME_MAX_LENGTH = 200
@@ -161,12 +161,24 @@ def create_tenant(tenant_id: str, name: str, retention_period: str | None = None
                     status="active",
                     influxdb_state=ProvisioningState.PENDING,
                     influxdb_retention_period=retention,
+                    # Recorded as queued before the publish, to spare the request a second
+                    # commit. Safe: if this process dies before publishing, the reconciler
+                    # treats the message as lost once the requeue grace has passed.
+                    influxdb_enqueued_at=func.now(),
                 )
             )
     except IntegrityError as exc:
         raise TenantExists(f"tenant {tenant_id!r} already exists") from exc
     # Only after the commit: a worker must find the row the message names.
-    queued = enqueue(tenant_id, Job.PROVISION)
+    queued = publish(tenant_id, Job.PROVISION)
+    if not queued:
+        # "Never queued" is the reconciler's cue to enqueue it at its next run.
+        with get_engine().begin() as conn:
+            conn.execute(
+                update(tenants)
+                .where(tenants.c.tenant_id == tenant_id)
+                .values(influxdb_enqueued_at=None)
+            )
     return {
         "tenant_id": tenant_id,
         "name": name,

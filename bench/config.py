@@ -1,0 +1,114 @@
+"""Where a benchmark run lives (its database, Redis DB, ports, tokens) and how big it is.
+
+Nothing here imports ``worker``: ``bench.__main__`` applies :data:`BENCH_ENV` to the process
+environment before the settings are first read, and every process the run starts inherits it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+REDIS_DB = 12  # ours alone; the test suite uses 11
+DATABASE = f"tp_bench_{secrets.token_hex(4)}"
+PG_DSN = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
+INFLUXDB_TOKEN = "apiv3_bench_" + secrets.token_hex(12)
+OPERATOR_TOKEN = "operator-bench-" + secrets.token_hex(12)
+LIVE_CHECK_TIMEOUT = 2.0
+RAISED_DATABASE_LIMIT = 100_000
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+STANDIN_PORT = free_port()
+STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
+
+# The code's defaults everywhere else (timeouts, backoff, time limits): those are what we measure.
+BENCH_ENV = {
+    "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}",
+    "CELERY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
+    "INFLUXDB_URL": STANDIN_URL,
+    "INFLUXDB_TOKEN": INFLUXDB_TOKEN,
+    "INFLUXDB_DATABASE_LIMIT": str(RAISED_DATABASE_LIMIT),
+    "OPERATOR_TOKEN": OPERATOR_TOKEN,
+    "LIVE_CHECK_TIMEOUT": f"{LIVE_CHECK_TIMEOUT:g}",
+    "LOG_LEVEL": "INFO",
+}
+# Inherited settings would make a run differ from the documented one.
+_INHERITED_PREFIXES = ("CELERY_", "INFLUXDB_", "PROVISION_", "RECONCILE_", "FLOWER_")
+_INHERITED_NAMES = ("DATABASE_URL", "OPERATOR_TOKEN", "OPERATOR_TOKEN_FILE", "LIVE_CHECK_TIMEOUT")
+
+
+def apply_environment() -> None:
+    """Make this process (and so every child) use the run's settings only."""
+    for name in list(os.environ):
+        if name.startswith(_INHERITED_PREFIXES) or name in _INHERITED_NAMES:
+            del os.environ[name]
+    os.environ.update(BENCH_ENV)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many requests, tenants and tasks each benchmark uses."""
+
+    latency_requests: int  # per approach and InfluxDB condition
+    latency_inline_slow_requests: int  # the inline approach at 200 ms latency
+    latency_inline_blackholed_requests: int  # each of these waits out the 10 s timeout
+    latency_warmup_requests: int
+    onboarding_tenants: int
+    onboarding_concurrencies: tuple[int, ...]
+    reconcile_tenants: tuple[int, ...]
+    reconcile_runs: int  # per size; the table shows the median
+    stats_healthy_requests: int
+    stats_hanging_requests: int  # each of these waits out LIVE_CHECK_TIMEOUT
+    memory_tasks: int
+    pool_tenants: int  # the node pool: tenants over
+    pool_nodes: int  # ... this many stand-in nodes
+    pool_node_limit: int  # ... each holding at most this many databases
+
+
+FULL = Sizes(
+    latency_requests=1000,
+    latency_inline_slow_requests=1000,
+    latency_inline_blackholed_requests=20,
+    latency_warmup_requests=20,
+    onboarding_tenants=2000,
+    onboarding_concurrencies=(4, 8),
+    reconcile_tenants=(1_000, 10_000, 100_000),
+    reconcile_runs=3,
+    stats_healthy_requests=1000,
+    stats_hanging_requests=25,
+    memory_tasks=10_000,
+    pool_tenants=10_000,
+    pool_nodes=100,
+    pool_node_limit=100,
+)
+
+QUICK = Sizes(
+    latency_requests=20,
+    latency_inline_slow_requests=10,
+    latency_inline_blackholed_requests=1,
+    latency_warmup_requests=5,
+    onboarding_tenants=80,
+    onboarding_concurrencies=(4, 8),
+    reconcile_tenants=(1_000, 5_000),
+    reconcile_runs=1,
+    stats_healthy_requests=50,
+    stats_hanging_requests=1,
+    memory_tasks=200,
+    pool_tenants=200,
+    pool_nodes=10,
+    pool_node_limit=20,
+)

@@ -1,0 +1,304 @@
+"""The real processes a benchmark runs against, and the run's own Postgres database and Redis DB.
+
+Every process is started in its own session and stopped by process group (SIGTERM, then SIGKILL),
+also when a benchmark fails; logs go to the run's work directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+import requests
+
+from bench import config
+
+
+def say(message: str) -> None:
+    """Progress goes to stderr; stdout is the report."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """Stop a process we started: SIGTERM to it (a Celery worker then stops its own pool), and
+    SIGKILL to its whole process group if it is still there after ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        # Not reaped yet, so the group id is still ours: the pool children go too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def running(
+    argv: list[str], log_path: Path, ready: Callable[[], bool], what: str, timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``argv`` from the repository root, wait until ``ready()``, stop it on exit."""
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            argv,
+            cwd=config.ROOT,
+            env=dict(os.environ),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def started() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode}; see {log_path}")
+            return ready()
+
+        wait_until(started, timeout, what)
+        yield process
+    finally:
+        stop_process(process)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=0.5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _serve_argv(module: str, port: int) -> list[str]:
+    return [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
+
+
+@contextlib.contextmanager
+def http_server(module: str, workdir: Path) -> Iterator[str]:
+    """``python -m <module> --port P`` (the operator API or the inline baseline); its base URL."""
+    port = config.free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = workdir / f"{module.replace('.', '_')}.log"
+    with running(_serve_argv(module, port), log_path, lambda: _http_ok(f"{base}/healthz"), module):
+        yield base
+
+
+@dataclass
+class Worker:
+    """A running ``celery -A worker worker`` (prefork) process."""
+
+    process: subprocess.Popen[bytes]
+    hostname: str
+    concurrency: int
+
+    def pool_pids(self) -> list[int]:
+        """Pids of the pool processes (children of the main worker process)."""
+        children = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == self.process.pid:
+                children.append(int(entry.name))
+        return sorted(children)
+
+
+_worker_starts = 0
+
+
+@contextlib.contextmanager
+def celery_worker(workdir: Path, concurrency: int) -> Iterator[Worker]:
+    """A real worker process, started the way tests/conftest.py does; ready when it says so."""
+    global _worker_starts  # noqa: PLW0603 - one log file per start, numbered
+    _worker_starts += 1
+    hostname = f"bench-worker-{_worker_starts}@{os.uname().nodename}"
+    log_path = workdir / f"worker-{_worker_starts}-c{concurrency}.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "--pool=prefork",
+        f"--concurrency={concurrency}",
+        f"--hostname={hostname}",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+
+    def ready() -> bool:
+        return log_path.exists() and "ready." in log_path.read_text(errors="replace")
+
+    with running(argv, log_path, ready, f"celery worker (concurrency {concurrency})") as process:
+        worker = Worker(process, hostname, concurrency)
+        wait_until(lambda: len(worker.pool_pids()) >= concurrency, 30, "the worker's pool")
+        yield worker
+
+
+class StandInProcess:
+    """``python -m influxdb3_standin`` in its own process, driven by its /_standin/* switches.
+
+    A separate process, as InfluxDB is: its request handling does not share a GIL with the
+    benchmark's client.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._control = requests.Session()
+
+    def switches(self, **values: Any) -> dict[str, Any]:
+        response = self._control.post(f"{self.url}/_standin/switches", json=values, timeout=5)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def reset(self) -> None:
+        """Empty, healthy, with the raised database limit (reset keeps the limit, set it anyway)."""
+        self._control.post(f"{self.url}/_standin/reset", timeout=5).raise_for_status()
+        self.switches(database_limit=config.RAISED_DATABASE_LIMIT)
+
+    def request_count(self) -> int:
+        """API requests received so far (control requests excluded)."""
+        response = self._control.get(f"{self.url}/_standin/state", timeout=10)
+        response.raise_for_status()
+        return sum(response.json()["requests"].values())
+
+    def write_lines(self, database: str, lines: str) -> None:
+        """Write line protocol through the API (creates the database, as InfluxDB 3 does)."""
+        response = self._control.post(
+            f"{self.url}/api/v3/write_lp",
+            params={"db": database},
+            data=lines.encode(),
+            headers={"Authorization": f"Bearer {config.INFLUXDB_TOKEN}"},
+            timeout=5,
+        )
+        response.raise_for_status()
+
+
+@contextlib.contextmanager
+def standin_process(workdir: Path) -> Iterator[StandInProcess]:
+    token_file = workdir / "influxdb_token"
+    token_file.write_text(config.INFLUXDB_TOKEN)
+    token_file.chmod(0o600)
+    argv = [
+        sys.executable,
+        "-m",
+        "influxdb3_standin",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(config.STANDIN_PORT),
+        "--token-file",
+        str(token_file),
+        "--database-limit",
+        str(config.RAISED_DATABASE_LIMIT),
+    ]
+    ready_url = f"{config.STANDIN_URL}/_standin/state"
+    with running(argv, workdir / "standin.log", lambda: _http_ok(ready_url), "the stand-in"):
+        yield StandInProcess(config.STANDIN_URL)
+
+
+# --------------------------------------------------------------------------------------------
+# Postgres and Redis of the run
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bench_database() -> Iterator[None]:
+    """Create the run's database, migrate it with Alembic; drop it at the end."""
+    with psycopg.connect(config.PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{config.DATABASE}"')
+    try:
+        migrated = subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=config.ROOT,
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        if migrated.returncode != 0:
+            raise RuntimeError(f"alembic upgrade head failed:\n{migrated.stderr}")
+        yield
+    finally:
+        from worker.db import get_engine  # noqa: PLC0415 - only if the settings are ours
+
+        get_engine().dispose()
+        with psycopg.connect(config.PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{config.DATABASE}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def bench_redis() -> Iterator[redis.Redis]:
+    """Redis DB 12, emptied before and after the run (and between phases)."""
+    client = redis.Redis(host=config.REDIS_HOST, port=config.REDIS_PORT, db=config.REDIS_DB)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@dataclass
+class Context:
+    """What every benchmark gets: the run's services, sizes and a connection for checks."""
+
+    workdir: Path
+    standin: StandInProcess
+    broker: redis.Redis
+    db: psycopg.Connection[Any]
+
+    def fresh_state(self) -> None:
+        """No tenants, no queued messages, an empty healthy stand-in. Call with no worker up."""
+        self.db.execute("TRUNCATE tenants, provisioning_attempts, influxdb_nodes")
+        self.broker.flushdb()
+        self.standin.reset()
+
+    def count(self, sql: str, *params: Any) -> int:
+        row = self.db.execute(sql, params).fetchone()
+        return int(row[0]) if row else 0
+
+    def settled(self) -> int:
+        """Tenants whose provisioning has ended, either way."""
+        return self.count(
+            "SELECT count(*) FROM tenants WHERE influxdb_state IN ('provisioned', 'failed')"
+        )
+
+    def states(self) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT influxdb_state, count(*) FROM tenants GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        return dict(rows)
