@@ -108,7 +108,8 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
     else:
-        _print_table(rows, ["tenant_id", "name", "state", "attempts", "error_reason", "updated_at"])
+        columns = ["tenant_id", "name", "state", "node", "attempts", "error_reason", "updated_at"]
+        _print_table(rows, columns)
     return EXIT_OK
 
 
