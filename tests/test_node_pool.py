@@ -288,3 +288,26 @@ def test_retention_period_is_passed_at_creation_and_validated(api, db, influx, w
         assert response.status_code == 422, bad
         assert "retention_period" in response.json()["detail"]
     assert db.execute("SELECT count(*) FROM tenants").fetchone() == (1,)
+
+
+def test_deleting_a_tenant_while_it_is_being_provisioned_wins(api, db, influx, worker_process):
+    # Given a tenant whose provisioning is inside a slow InfluxDB call
+    influx.set_latency(1.0)
+    tenant_id = new_tenant_id("race")
+    api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "r"})
+    wait_for_state(db, tenant_id, "provisioning")
+
+    # When the operator deletes it right then (the provisioning run holds the tenant's lock)
+    assert api.delete(f"/operator/tenants/{tenant_id}").status_code == 202
+
+    # Then the provisioning run does not bring it back: the tenant and its database go
+    wait_for(lambda: tenant_row(db, tenant_id) is None, timeout=30, what="the tenant row to go")
+    assert f"telemetry_{tenant_id}" not in influx.databases()
+    outcomes = [
+        row[0]
+        for row in db.execute(
+            "SELECT outcome FROM provisioning_attempts WHERE tenant_id = %s ORDER BY id",
+            (tenant_id,),
+        )
+    ]
+    assert outcomes[-1] == "deprovisioned"

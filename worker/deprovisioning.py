@@ -48,7 +48,9 @@ def deprovision_tenant(
     """Delete the tenant's database (if any), then the tenant; record failures for retry."""
     with advisory_lock(conn, advisory_lock_key(tenant_id)) as acquired:
         if not acquired:
-            return Outcome("busy", tenant_id)
+            # A provisioning run is in flight; it will not undo the deletion (see
+            # provisioning._NOT_BEING_DELETED), and we try again once it is done.
+            return Outcome("busy", tenant_id, retry_in=settings.backoff_base_seconds)
         row = load_tenant(conn, tenant_id)
         if row is None:
             return Outcome("not_found", tenant_id)  # already deprovisioned

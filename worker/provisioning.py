@@ -55,6 +55,15 @@ class Outcome:
     retry_in: float | None = None
 
 
+# Guards every write of the provisioning path: once the operator asked for deletion (without
+# waiting for our lock), nothing here may turn the tenant back into a live one.
+_NOT_BEING_DELETED = tenants.c.influxdb_state != ProvisioningState.DEPROVISIONING
+
+
+class TenantBeingDeleted(Exception):
+    """The tenant was moved to ``deprovisioning`` while a provisioning run held it."""
+
+
 def next_backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(attempt-1))].
 
@@ -146,7 +155,10 @@ def _provision(
             if node is None:
                 return _wait_for_capacity(conn, tenant_id, len(pool.nodes()), clock)
         attempts += 1
-        attempt = _AttemptRecord(conn, tenant_id, attempts, settings, clock)
+        try:
+            attempt = _AttemptRecord(conn, tenant_id, attempts, settings, clock)
+        except TenantBeingDeleted:
+            return Outcome("skipped", tenant_id, reason="deprovisioning")
         try:
             outcome = _attempt(attempt, row, node, database, pool, settings, rng)
         except DatabaseLimitReached as exc:
@@ -214,16 +226,19 @@ def _attempt(
 def _wait_for_capacity(conn: Connection, tenant_id: str, nodes: int, clock: Clock) -> Outcome:
     # Capacity is a state, not a retry loop: the reconciler places waiting tenants, oldest
     # first, when a node is added or a slot frees.
-    update_tenant(
-        conn,
-        tenant_id,
-        influxdb_state=ProvisioningState.WAITING_FOR_CAPACITY,
-        influxdb_node=None,
-        influxdb_error_reason="database_limit",
-        influxdb_last_error=f"no InfluxDB node has room (all {nodes} at their database limit)",
-        influxdb_next_attempt_at=None,
-        influxdb_updated_at=clock(),
+    conn.execute(
+        update(tenants)
+        .where(tenants.c.tenant_id == tenant_id, _NOT_BEING_DELETED)
+        .values(
+            influxdb_state=ProvisioningState.WAITING_FOR_CAPACITY,
+            influxdb_node=None,
+            influxdb_error_reason="database_limit",
+            influxdb_last_error=f"no InfluxDB node has room (all {nodes} at their limit)",
+            influxdb_next_attempt_at=None,
+            influxdb_updated_at=clock(),
+        )
     )
+    conn.commit()
     logger.warning("no node has room; waiting for capacity", extra={"tenant_id": tenant_id})
     return Outcome("waiting_for_capacity", tenant_id, reason="database_limit")
 
@@ -238,13 +253,18 @@ class _AttemptRecord:
         self._conn, self._tenant_id, self.number = conn, tenant_id, number
         self._settings, self._clock = settings, clock
         self._started = clock()
-        update_tenant(
-            conn,
-            tenant_id,
-            influxdb_state=ProvisioningState.PROVISIONING,
-            influxdb_attempts=number,
-            influxdb_updated_at=self._started,
-        )
+        started = conn.execute(
+            update(tenants)
+            .where(tenants.c.tenant_id == tenant_id, _NOT_BEING_DELETED)
+            .values(
+                influxdb_state=ProvisioningState.PROVISIONING,
+                influxdb_attempts=number,
+                influxdb_updated_at=self._started,
+            )
+        ).rowcount
+        conn.commit()
+        if not started:
+            raise TenantBeingDeleted(tenant_id)
 
     def succeed(self) -> None:
         now = self._clock()
@@ -294,9 +314,10 @@ class _AttemptRecord:
         )
 
     def _finish(self, outcome: str, reason: str | None, now: datetime, **values: Any) -> None:
+        # A deletion asked for meanwhile wins: the outcome goes to the attempt log only.
         self._conn.execute(
             update(tenants)
-            .where(tenants.c.tenant_id == self._tenant_id)
+            .where(tenants.c.tenant_id == self._tenant_id, _NOT_BEING_DELETED)
             .values(influxdb_updated_at=now, **values)
         )
         self._conn.execute(
