@@ -311,3 +311,27 @@ def test_deleting_a_tenant_while_it_is_being_provisioned_wins(api, db, influx, w
         )
     ]
     assert outcomes[-1] == "deprovisioned"
+
+
+def test_a_provisioned_tenant_without_a_node_is_located_not_created_again(api, db, pool, request):
+    # Given two nodes, and a tenant provisioned before the pool existed: no node recorded,
+    # its database on the second node
+    pool.add("alpha", limit=5)
+    beta = pool.add("beta", limit=5)
+    tenant_id = new_tenant_id("old")
+    beta.create_database(f"telemetry_{tenant_id}")
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_attempts, "
+        "influxdb_provisioned_at) VALUES (%s, 'old', 'provisioned', 1, now())",
+        (tenant_id,),
+    )
+    request.getfixturevalue("pool_processes")
+
+    # When an operator asks to provision it again
+    assert api.post(f"/operator/tenants/{tenant_id}/influxdb/retry").status_code == 202
+
+    # Then the worker finds it on beta and records that, creating nothing anywhere
+    wait_for(lambda: tenant_row(db, tenant_id)["influxdb_node"] == "beta", what="the node")
+    assert tenant_row(db, tenant_id)["influxdb_state"] == "provisioned"
+    assert pool.nodes["alpha"].create_calls() == 0
+    assert beta.create_calls() == 0

@@ -200,6 +200,7 @@ def test_rejected_token_fails_as_unauthorized_and_no_token_is_stored(
     row = wait_for_state(db, tenant_id, "failed")
     assert row["influxdb_error_reason"] == "unauthorized"
     assert row["influxdb_attempts"] == 1
+    assert row["influxdb_node"] is None  # the create was refused: no slot is held
 
     # And no token text is stored anywhere in the row, nor in the worker's log
     for value in row.values():

@@ -25,7 +25,16 @@ def get_engine() -> Engine:
             pool_pre_ping=True,  # survive Postgres restarts and terminated backends
             pool_size=5,
             max_overflow=5,
-            connect_args={"connect_timeout": 5, "application_name": "tenant-provisioner"},
+            connect_args={
+                "connect_timeout": 5,
+                "application_name": "tenant-provisioner",
+                # A worker host that vanishes (power loss, partition) holds its tenants'
+                # advisory locks until Postgres notices: keepalives make that about a minute.
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            },
         )
         _engine_pid = os.getpid()
     return _engine

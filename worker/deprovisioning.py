@@ -27,6 +27,7 @@ from worker.provisioning import (
     advisory_lock_key,
     clean_error,
     load_tenant,
+    locate_database,
     next_backoff,
     update_tenant,
     utcnow,
@@ -60,8 +61,11 @@ def deprovision_tenant(
         database = settings.database_name(tenant_id)
         started = clock()
         attempt = row.influxdb_attempts + 1
-        if row.influxdb_node is not None:
-            node = pool.node(row.influxdb_node)
+        node = pool.node(row.influxdb_node) if row.influxdb_node else None
+        if row.influxdb_node is None:
+            # Never placed - or placed before the pool existed: look before forgetting it.
+            node = locate_database(conn, tenant_id, database, pool)
+        if row.influxdb_node is not None or node is not None:
             try:
                 if node is None:
                     raise _NodeGone(f"node {row.influxdb_node} is no longer configured")

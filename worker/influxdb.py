@@ -234,8 +234,10 @@ class InfluxDB3Client:
         lowered = message.lower()
         if status == 401 or (status == 400 and "authoriz" in lowered):
             return InfluxDBUnauthorized(message)
-        if status >= 500:
+        if status >= 500 or status in (408, 429):  # 408/429: a proxy in front, try later
             return InfluxDBServerError(message)
+        if 200 <= status < 300:
+            return InfluxDBBadResponse(message)
         if status == 422 and "limit" in lowered:
             return DatabaseLimitReached(message)
         if action == "query" and status == 404 and "database not found" in lowered:

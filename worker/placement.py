@@ -39,10 +39,11 @@ class NodeUsage:
 
 def usage(conn: Connection, nodes: Iterable[NodeConfig]) -> list[NodeUsage]:
     """Slots used and free per configured node (no lock: for reports and estimates)."""
+    nodes = list(nodes)
     used: dict[str, int] = dict(
         conn.execute(
             select(tenants.c.influxdb_node, func.count())
-            .where(tenants.c.influxdb_node.is_not(None))
+            .where(tenants.c.influxdb_node.in_([n.name for n in nodes]))
             .group_by(tenants.c.influxdb_node)
         ).all()
     )

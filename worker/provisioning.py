@@ -115,13 +115,32 @@ def provision_tenant(
             return Outcome("skipped", tenant_id, reason=row.influxdb_error_reason)
         node = pool.node(row.influxdb_node) if row.influxdb_node else None
         database = settings.database_name(tenant_id)
-        if (
-            state == ProvisioningState.PROVISIONED
-            and node is not None
-            and _still_exists(pool.client(node), database, tenant_id)
-        ):
-            return Outcome("already_provisioned", tenant_id)
+        if state == ProvisioningState.PROVISIONED:
+            if node is None:
+                # Provisioned before the pool existed, or its node left the pool: find where
+                # the database is rather than creating a second one somewhere else.
+                node = locate_database(conn, tenant_id, database, pool)
+            if node is not None and _still_exists(pool.client(node), database, tenant_id):
+                return Outcome("already_provisioned", tenant_id)
         return _provision(conn, row, node, database, pool, settings, clock, rng)
+
+
+def locate_database(
+    conn: Connection, tenant_id: str, database: str, pool: NodePool
+) -> NodeConfig | None:
+    """The node holding ``database`` (one list call per node), recorded as the tenant's node."""
+    for candidate in pool.nodes():
+        try:
+            found = database in pool.client(candidate).list_databases()
+        except ProvisioningError:
+            continue
+        if found:
+            update_tenant(conn, tenant_id, influxdb_node=candidate.name)
+            logger.info(
+                "found the database on node %s", candidate.name, extra={"tenant_id": tenant_id}
+            )
+            return candidate
+    return None
 
 
 def _still_exists(client: InfluxDB3Client, database: str, tenant_id: str) -> bool:
@@ -183,13 +202,15 @@ def _attempt(
     tenant_id = row.tenant_id
     context = {"tenant_id": tenant_id, "attempt": attempt.number}
     client = pool.client(node)
+    created: bool | None = None  # None until the node confirmed the database exists
     try:
         created = client.ensure_database(database, row.influxdb_retention_period)
         client.write_marker(database, tenant_id, marker_timestamp_ns(row.created_at))
     except DatabaseLimitReached:
         raise
     except PermanentError as exc:
-        attempt.fail(exc.reason, f"node {node.name}: {exc}")
+        # A refused create leaves nothing on the node: give the slot back.
+        attempt.fail(exc.reason, f"node {node.name}: {exc}", release_slot=created is None)
         logger.error("provisioning failed permanently: %s", exc, extra=context)
         return Outcome("failed", tenant_id, attempt.number, exc.reason)
     except Exception as exc:
@@ -302,11 +323,13 @@ class _AttemptRecord:
             influxdb_last_error=clean_error(message, self._settings),
         )
 
-    def fail(self, reason: str, message: str) -> None:
+    def fail(self, reason: str, message: str, release_slot: bool = False) -> None:
+        released: dict[str, Any] = {"influxdb_node": None} if release_slot else {}
         self._finish(
             "failed",
             reason,
             self._clock(),
+            **released,
             influxdb_state=ProvisioningState.FAILED,
             influxdb_error_reason=reason,
             influxdb_last_error=clean_error(message, self._settings),

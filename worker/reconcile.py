@@ -6,8 +6,9 @@ Redis can lose messages, workers die mid-attempt, someone deletes a database by 
    dies frees the lock with its connection);
 2. re-reads the node pool and lists each node's databases once - one InfluxDB call per node,
    never one per tenant - recording what it saw (a node seen with room is no longer "full");
-3. reads ``tenants`` in keyset-paginated batches and, per batch, under
-   ``FOR UPDATE SKIP LOCKED``, marks what is owed:
+3. reads ``tenants`` in keyset-paginated batches and, per batch, finds what is owed (state
+   changes - drift, stuck, waiting - are made under ``FOR UPDATE SKIP LOCKED`` and re-check
+   the state; re-publishing needs no lock, the per-tenant lock makes duplicates harmless):
    - ``pending`` never queued, or queued longer ago than the requeue grace (message lost),
    - ``retrying`` whose next attempt is overdue by the grace (the retry message was lost),
    - ``provisioning`` for longer than the task's hard time limit (the worker died): ``stuck``,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,7 +41,7 @@ from worker.placement import record_observation, usage
 from worker.provisioning import Clock, utcnow
 from worker.queues import Job
 from worker.redaction import redact
-from worker.settings import Settings
+from worker.settings import NodeConfig, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -122,20 +124,19 @@ def _run(
     listed_at = clock()
     existing: dict[str, set[str] | None] = {}
     errors: list[str] = []
+    # All nodes at once: a few hanging servers cost one timeout, not one each.
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(nodes)))) as listing:
+        lists = list(listing.map(lambda node: _list_node(pool, node), nodes))
     with engine.connect() as conn:
-        for node in nodes:
-            client = pool.client(node)
-            calls_before = client.calls
-            try:
-                names = client.list_databases()
-            except ProvisioningError as exc:
+        for node, (names, error) in zip(nodes, lists, strict=True):
+            summary.influxdb_calls += 1
+            if names is None:
                 # Without the list we cannot judge drift there; owed work is still re-enqueued.
                 existing[node.name] = None
-                errors.append(f"{node.name}: {exc.reason}: {exc}")
+                errors.append(f"{node.name}: {error}")
             else:
                 existing[node.name] = set(names)
                 record_observation(conn, node, len(names), clock())
-            summary.influxdb_calls += client.calls - calls_before
     if errors:
         summary.influxdb_error = redact("; ".join(errors), settings.secrets() + pool.secrets())
 
@@ -159,6 +160,13 @@ def _run(
         summary.unwaited = len(unwaited)
         sender.send(conn, [(tenant_id, Job.PROVISION) for tenant_id in unwaited])
     return summary
+
+
+def _list_node(pool: NodePool, node: NodeConfig) -> tuple[list[str] | None, str | None]:
+    try:
+        return pool.client(node).list_databases(), None
+    except ProvisioningError as exc:
+        return None, f"{exc.reason}: {exc}"
 
 
 class _Sender:
@@ -277,6 +285,7 @@ def _claim_owed(
             reason="drift",
             message="database missing in InfluxDB; provisioning it again",
             now=now,
+            reset_attempts=True,  # a new provisioning effort, with all its attempts
         )
         summary.drift += len(moved)
         owed.extend((tenant_id, Job.PROVISION) for tenant_id in moved)
@@ -289,6 +298,7 @@ def _claim_owed(
             reason="worker_lost",
             message="attempt did not finish within the task time limit; re-queued",
             now=now,
+            reset_attempts=False,
         )
         summary.stuck += len(moved)
         owed.extend((tenant_id, Job.PROVISION) for tenant_id in moved)
@@ -314,7 +324,7 @@ def _finding(
     if state == ProvisioningState.RETRYING:
         return "provision" if queued_long_ago and (due is None or due < now - grace) else None
     if state == ProvisioningState.DEPROVISIONING:
-        return "deprovision" if queued_long_ago and (due is None or due < now) else None
+        return "deprovision" if queued_long_ago and (due is None or due < now - grace) else None
     if state == ProvisioningState.PROVISIONING:
         return "stuck" if row.influxdb_updated_at < stuck_after else None
     if state != ProvisioningState.PROVISIONED or row.influxdb_provisioned_at is None:
@@ -341,6 +351,7 @@ def _move_to_pending(
     reason: str,
     message: str,
     now: datetime,
+    reset_attempts: bool,
 ) -> list[str]:
     # Re-check the state under the row lock: a worker may have moved the tenant since we read.
     locked = (
@@ -361,6 +372,7 @@ def _move_to_pending(
             influxdb_error_reason=reason,
             influxdb_last_error=message,
             influxdb_updated_at=now,
+            **({"influxdb_attempts": 0} if reset_attempts else {}),
         )
         .returning(tenants.c.tenant_id)
     ).scalars()

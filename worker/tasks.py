@@ -65,11 +65,20 @@ def _run(task: Task, tenant_id: str, service: Callable[..., Outcome]) -> dict[st
             logger.warning("database error, retrying in %.1fs: %s", delay, type(exc).__name__)
             raise task.retry(countdown=delay, exc=exc, queue=RETRY_QUEUE) from exc
         if outcome.retry_in is not None:
-            raise task.retry(countdown=outcome.retry_in, queue=RETRY_QUEUE)
+            countdown = outcome.retry_in
+            if outcome.result == "busy":  # wait for the lock holder, longer each time
+                countdown = next_backoff(
+                    task.request.retries + 1,
+                    settings.backoff_base_seconds,
+                    settings.backoff_cap_seconds,
+                )
+            raise task.retry(countdown=countdown, queue=RETRY_QUEUE)
         return asdict(outcome)
 
 
-@app.task(name=RECONCILE_TASK, acks_late=False)
+# Its own time limits: one run lists every node (in parallel, each bounded by the client's
+# timeouts) and scans every tenant; the provisioning limits are sized for one tenant.
+@app.task(name=RECONCILE_TASK, acks_late=False, soft_time_limit=300, time_limit=330)
 def reconcile_tenants() -> dict[str, Any]:
     """Re-enqueue owed work and repair drift; one summary per run (see worker.reconcile)."""
     summary = reconcile(get_engine(), shared_pool(), get_settings(), publish)
