@@ -18,6 +18,7 @@ from tests.conftest import (
     new_tenant_id,
     queued,
     reconcile_stats,
+    start_beat,
     start_worker,
     stop_process,
     tenant_row,
@@ -233,3 +234,31 @@ def test_reconcile_survives_influxdb_down_and_still_requeues(db, influx, paused_
     assert summary["influxdb_error"].startswith("default: unreachable")
     assert summary["drift"] == 0
     assert summary["requeued"] == 1
+
+
+def test_two_beat_processes_never_run_reconciles_at_once(db, influx, worker_process, tmp_path):
+    # Given two beat processes by mistake, and list calls slower than the interval, so their
+    # runs would overlap without the lock
+    influx.set_latency(INTERVAL + 0.5)
+    runs_before = reconcile_stats(db)["runs_total"]
+    skip_line = "reconcile skipped: another run holds the lock"
+    skipped_before = worker_process.log().count(skip_line)
+    beats = [start_beat(tmp_path / f"beat{i}.log", tmp_path / f"schedule{i}") for i in range(2)]
+    try:
+        time.sleep(4 * INTERVAL)
+    finally:
+        for beat in beats:
+            stop_process(beat)
+    time.sleep(INTERVAL + 1)  # the last run finishes
+    influx.set_latency(0)
+
+    # Then both beats sent runs, some found the lock taken and did nothing, and InfluxDB saw
+    # exactly one list call per run that went ahead
+    sent = sum((tmp_path / f"beat{i}.log").read_text().count("Sending due task") for i in range(2))
+    ran = reconcile_stats(db)["runs_total"] - runs_before
+    skipped = worker_process.log().count(skip_line) - skipped_before
+    assert all((tmp_path / f"beat{i}.log").read_text().count("Sending due task") for i in (0, 1))
+    assert skipped >= 1
+    assert ran >= 1
+    assert ran + skipped <= sent
+    assert influx.request_count("GET", "/api/v3/configure/database") == ran
