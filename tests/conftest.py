@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -348,3 +349,25 @@ def report(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
             print(f"    [drill] {line}")
 
     return say
+
+
+def concurrent_reconciles(count: int) -> list[Any]:
+    """Run ``count`` reconcile runs at once in threads (as overlapping beats would)."""
+    from worker.db import get_engine  # noqa: PLC0415
+    from worker.nodes import NodePool  # noqa: PLC0415
+    from worker.reconcile import reconcile  # noqa: PLC0415
+    from worker.settings import get_settings  # noqa: PLC0415
+    from worker.tasks import publish  # noqa: PLC0415
+
+    settings = get_settings()
+    summaries: list[Any] = []
+
+    def run() -> None:
+        summaries.append(reconcile(get_engine(), NodePool(settings), settings, publish))
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return summaries

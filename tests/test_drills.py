@@ -28,6 +28,7 @@ from tests.conftest import (
     OPERATOR_TOKEN,
     ROOT,
     TEST_ENV,
+    concurrent_reconciles,
     free_port,
     new_tenant_id,
     start_beat,
@@ -38,12 +39,8 @@ from tests.conftest import (
     wait_for_state,
 )
 from worker import app
-from worker.db import get_engine
-from worker.nodes import NodePool
 from worker.queues import PROVISIONING_QUEUE
-from worker.reconcile import reconcile
-from worker.settings import get_settings
-from worker.tasks import provision_tenant_influxdb, publish
+from worker.tasks import provision_tenant_influxdb
 
 pytestmark = pytest.mark.drill
 
@@ -348,17 +345,7 @@ def test_duplicate_storm_reaches_influxdb_once(db, influx, worker_process, repor
     # When 50 provisioning tasks and two reconcilers run for it at once
     for _ in range(50):
         provision_tenant_influxdb.delay(tenant_id)
-    settings = get_settings()
-    summaries = []
-
-    def reconciler() -> None:
-        summaries.append(reconcile(get_engine(), NodePool(settings), settings, publish))
-
-    threads = [threading.Thread(target=reconciler) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    summaries = concurrent_reconciles(2)
     report("injected: 50 concurrent tasks + 2 concurrent reconcilers for one tenant")
 
     # Then exactly one create call reaches InfluxDB

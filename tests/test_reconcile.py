@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import psycopg
@@ -15,6 +14,7 @@ import psycopg
 from tests.conftest import (
     ROOT,
     TEST_ENV,
+    concurrent_reconciles,
     new_tenant_id,
     queued,
     reconcile_stats,
@@ -26,12 +26,8 @@ from tests.conftest import (
     wait_for_state,
 )
 from worker import app
-from worker.db import get_engine
-from worker.nodes import NodePool
 from worker.queues import ALL_QUEUES
-from worker.reconcile import RECONCILE_LOCK_KEY, reconcile
-from worker.settings import get_settings
-from worker.tasks import publish
+from worker.reconcile import RECONCILE_LOCK_KEY
 
 INTERVAL = float(TEST_ENV["RECONCILE_INTERVAL_SECONDS"])
 
@@ -157,17 +153,7 @@ def test_overlapping_reconcile_runs_are_a_no_op(db, influx, worker_process):
 def test_two_concurrent_runs_never_overlap(db, influx):
     # Given a slow InfluxDB list call, two reconcile runs started together
     influx.set_latency(1.0)
-    settings = get_settings()
-    results = []
-
-    def run() -> None:
-        results.append(reconcile(get_engine(), NodePool(settings), settings, publish))
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = concurrent_reconciles(2)
 
     # Then exactly one ran, and InfluxDB saw exactly one list call
     assert sorted(r.ran for r in results) == [False, True]
