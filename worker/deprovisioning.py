@@ -50,7 +50,7 @@ def deprovision_tenant(
     with advisory_lock(conn, advisory_lock_key(tenant_id)) as acquired:
         if not acquired:
             # A provisioning run is in flight; it will not undo the deletion (see
-            # provisioning._NOT_BEING_DELETED), and we try again once it is done.
+            # provisioning._set_unless_deleted), and we try again once it is done.
             return Outcome("busy", tenant_id, retry_in=settings.backoff_base_seconds)
         row = load_tenant(conn, tenant_id)
         if row is None:

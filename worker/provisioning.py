@@ -2,8 +2,8 @@
 
 ``provision_tenant`` is idempotent ("ensure", not "create") and safe to run concurrently: a
 session-level Postgres advisory lock per tenant lets exactly one run talk to InfluxDB (Postgres
-frees it if the process dies or its connection is cut), and every
-state change is committed as it happens, so operators see ``provisioning`` while it is under way.
+frees it if the process dies or its connection is cut), and every state change is committed as
+it happens, so operators see ``provisioning`` while it is under way.
 It knows nothing of Celery: it returns an ``Outcome`` and the task maps that to retry or stop.
 """
 
@@ -55,9 +55,19 @@ class Outcome:
     retry_in: float | None = None
 
 
-# Guards every write of the provisioning path: once the operator asked for deletion (without
-# waiting for our lock), nothing here may turn the tenant back into a live one.
-_NOT_BEING_DELETED = tenants.c.influxdb_state != ProvisioningState.DEPROVISIONING
+def _set_unless_deleted(conn: Connection, tenant_id: str, **values: Any) -> bool:
+    """Every write of the provisioning path: once the operator asked for deletion (without
+    waiting for our lock), nothing here may turn the tenant back into a live one. Does not
+    commit; False when the tenant is being deleted."""
+    updated = conn.execute(
+        update(tenants)
+        .where(
+            tenants.c.tenant_id == tenant_id,
+            tenants.c.influxdb_state != ProvisioningState.DEPROVISIONING,
+        )
+        .values(**values)
+    )
+    return bool(updated.rowcount)
 
 
 class TenantBeingDeleted(Exception):
@@ -119,8 +129,9 @@ def provision_tenant(
             if node is None:
                 # Provisioned before the pool existed, or its node left the pool: find where
                 # the database is rather than creating a second one somewhere else.
-                node = locate_database(conn, tenant_id, database, pool)
-            if node is not None and _still_exists(pool.client(node), database, tenant_id):
+                if locate_database(conn, tenant_id, database, pool) is not None:
+                    return Outcome("already_provisioned", tenant_id)
+            elif _still_exists(pool.client(node), database, tenant_id):
                 return Outcome("already_provisioned", tenant_id)
         return _provision(conn, row, node, database, pool, settings, clock, rng)
 
@@ -247,17 +258,15 @@ def _attempt(
 def _wait_for_capacity(conn: Connection, tenant_id: str, nodes: int, clock: Clock) -> Outcome:
     # Capacity is a state, not a retry loop: the reconciler places waiting tenants, oldest
     # first, when a node is added or a slot frees.
-    conn.execute(
-        update(tenants)
-        .where(tenants.c.tenant_id == tenant_id, _NOT_BEING_DELETED)
-        .values(
-            influxdb_state=ProvisioningState.WAITING_FOR_CAPACITY,
-            influxdb_node=None,
-            influxdb_error_reason="database_limit",
-            influxdb_last_error=f"no InfluxDB node has room (all {nodes} at their limit)",
-            influxdb_next_attempt_at=None,
-            influxdb_updated_at=clock(),
-        )
+    _set_unless_deleted(
+        conn,
+        tenant_id,
+        influxdb_state=ProvisioningState.WAITING_FOR_CAPACITY,
+        influxdb_node=None,
+        influxdb_error_reason="database_limit",
+        influxdb_last_error=f"no InfluxDB node has room (all {nodes} at their limit)",
+        influxdb_next_attempt_at=None,
+        influxdb_updated_at=clock(),
     )
     conn.commit()
     logger.warning("no node has room; waiting for capacity", extra={"tenant_id": tenant_id})
@@ -274,15 +283,13 @@ class _AttemptRecord:
         self._conn, self._tenant_id, self.number = conn, tenant_id, number
         self._settings, self._clock = settings, clock
         self._started = clock()
-        started = conn.execute(
-            update(tenants)
-            .where(tenants.c.tenant_id == tenant_id, _NOT_BEING_DELETED)
-            .values(
-                influxdb_state=ProvisioningState.PROVISIONING,
-                influxdb_attempts=number,
-                influxdb_updated_at=self._started,
-            )
-        ).rowcount
+        started = _set_unless_deleted(
+            conn,
+            tenant_id,
+            influxdb_state=ProvisioningState.PROVISIONING,
+            influxdb_attempts=number,
+            influxdb_updated_at=self._started,
+        )
         conn.commit()
         if not started:
             raise TenantBeingDeleted(tenant_id)
@@ -338,11 +345,7 @@ class _AttemptRecord:
 
     def _finish(self, outcome: str, reason: str | None, now: datetime, **values: Any) -> None:
         # A deletion asked for meanwhile wins: the outcome goes to the attempt log only.
-        self._conn.execute(
-            update(tenants)
-            .where(tenants.c.tenant_id == self._tenant_id, _NOT_BEING_DELETED)
-            .values(influxdb_updated_at=now, **values)
-        )
+        _set_unless_deleted(self._conn, self._tenant_id, influxdb_updated_at=now, **values)
         self._conn.execute(
             insert(provisioning_attempts).values(
                 tenant_id=self._tenant_id,
