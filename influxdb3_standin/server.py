@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -1148,19 +1149,21 @@ class StandIn:
             payload = _load_json_object(request.body)
             outage_seconds = self._apply_switches(payload)
             after: Callable[[], None] | None = None
+            answer = _json_ok(self.state())
             if outage_seconds is not None:
                 seconds = outage_seconds
+                # This connection closes with its answer (FIN after the body), so the outage,
+                # which tears connections down, cannot cut the answer short under load.
+                answer = dataclasses.replace(answer, headers=(("Connection", "close"),))
 
                 def after() -> None:
-                    # Only once the answer is out: the outage closes this connection too.
-                    threading.Thread(
-                        target=self._timed_outage,
-                        args=(seconds,),
-                        name="influxdb3-standin-outage",
-                        daemon=True,
-                    ).start()
+                    # A moment's grace, too, for the client to read the answer off the wire.
+                    timer = threading.Timer(0.1, self._timed_outage, args=(seconds,))
+                    timer.name = "influxdb3-standin-outage"
+                    timer.daemon = True
+                    timer.start()
 
-            return _json_ok(self.state()), after
+            return answer, after
         return _text(404, "Not found"), None
 
     def _apply_switches(self, payload: dict[str, Any]) -> float | None:

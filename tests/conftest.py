@@ -255,8 +255,7 @@ def paused_worker(worker_process: WorkerHandle, broker: redis.Redis) -> Iterator
     from worker import app  # noqa: PLC0415
 
     name = wait_for(lambda: next(iter(app.control.ping(timeout=1.0)[0]), None), what="ping")
-    for queue in ALL_QUEUES:
-        app.control.cancel_consumer(queue, destination=[name], reply=True)
+    stop_consuming(name, ALL_QUEUES)
     broker.delete(*ALL_QUEUES)
     yield broker
     broker.delete(*ALL_QUEUES)
@@ -371,3 +370,14 @@ def concurrent_reconciles(count: int) -> list[Any]:
     for thread in threads:
         thread.join()
     return summaries
+
+
+def stop_consuming(worker_name: str, queues: tuple[str, ...]) -> None:
+    """Make the worker stop taking messages from ``queues`` - for real, see below."""
+    from worker import app  # noqa: PLC0415
+
+    for queue in queues:
+        app.control.cancel_consumer(queue, destination=[worker_name], reply=True)
+    # The worker's blocking pop that was already waiting (Redis BRPOP, 1 s) can still take one
+    # message after the cancel is acknowledged: let it time out first.
+    time.sleep(1.5)

@@ -33,6 +33,7 @@ from tests.conftest import (
     new_tenant_id,
     start_beat,
     start_worker,
+    stop_consuming,
     stop_process,
     tenant_row,
     wait_for,
@@ -368,7 +369,7 @@ def test_no_secret_anywhere_after_a_full_run(api, db, influx, worker_process, br
     wait_for_state(db, tenant_denied, "failed")
     # ... and one whose message waits in Redis while the worker does not consume
     name = next(iter(app.control.ping(timeout=1.0)[0]))
-    app.control.cancel_consumer(PROVISIONING_QUEUE, destination=[name], reply=True)
+    stop_consuming(name, (PROVISIONING_QUEUE,))
     try:
         create(api, [waiting])
         raw = broker.lrange(PROVISIONING_QUEUE, 0, -1)
