@@ -92,23 +92,16 @@ _PRECISION_NS: dict[str, int | None] = {
     "second": 1_000_000_000,
 }
 
-_DURATION_UNITS_SECONDS: dict[str, float] = {
-    unit: seconds
-    for seconds, units in (
-        (1e-9, "ns nsec"),
-        (1e-6, "us usec"),
-        (1e-3, "ms msec"),
-        (1, "s sec secs second seconds"),
-        (60, "m min mins minute minutes"),
-        (3600, "h hr hrs hour hours"),
-        (86400, "d day days"),
-        (604800, "w week weeks"),
-        (2_630_016, "M month months"),
-        (31_557_600, "y year years"),
-    )
-    for unit in units.split()
+# Retention periods as Core's configure API takes them: one non-negative number and one unit,
+# no whitespace, no compound values; "none" means forever (``../shared/influxdb3-api.md``).
+_RETENTION_UNITS_SECONDS: dict[str, int] = {
+    "h": 3600,
+    "d": 86400,
+    "w": 7 * 86400,
+    "mo": 30 * 86400,
+    "y": 365 * 86400,
 }
-_DURATION_PART = re.compile(r"\s*(\d+)\s*([A-Za-z]+)")
+_RETENTION_PERIOD = re.compile(r"([0-9]+)(h|d|w|mo|y)")
 
 _SQL = re.compile(
     r"""^\s*SELECT\s+
@@ -250,24 +243,16 @@ def _validate_database_name(name: str) -> None:
             raise _ApiError(_json_error(400, _MSG_NAME_INVALID_CHAR))
 
 
-def _parse_duration(text: str) -> float:
-    """Seconds in a humantime-like duration ("30d", "12h", "90m", "1h 30m")."""
-    total = 0.0
-    position = 0
-    stripped = text.strip()
-    if not stripped:
-        raise ValueError("empty duration")
-    while position < len(stripped):
-        match = _DURATION_PART.match(stripped, position)
-        if match is None:
-            raise ValueError(f"invalid duration {text!r}")
-        unit = match.group(2)
-        factor = _DURATION_UNITS_SECONDS.get(unit)
-        if factor is None:
-            raise ValueError(f"unknown time unit {unit!r}")
-        total += int(match.group(1)) * factor
-        position = match.end()
-    return total
+def _parse_retention_period(text: str) -> float | None:
+    """Seconds of a retention period ("30d", "12h", "1w", "3mo", "1y"); None for "none"."""
+    if text == "none":
+        return None
+    match = _RETENTION_PERIOD.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            f"invalid retention period {text!r}: expected a number and one of h, d, w, mo, y"
+        )
+    return float(int(match.group(1)) * _RETENTION_UNITS_SECONDS[match.group(2)])
 
 
 def _format_time(nanoseconds: int) -> str:
@@ -939,7 +924,7 @@ class StandIn:
                     )
                 )
             try:
-                retention_seconds = _parse_duration(retention)
+                retention_seconds = _parse_retention_period(retention)
             except ValueError as exc:
                 raise _ApiError(_text(400, f"serde json error: {exc}")) from None
         _validate_database_name(name)
