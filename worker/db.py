@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.pool import PoolResetState
 
 from worker.settings import get_settings
 
@@ -36,6 +38,7 @@ def get_engine() -> Engine:
                 "keepalives_count": 3,
             },
         )
+        event.listen(_engine, "reset", _drop_advisory_locks)
         _engine_pid = os.getpid()
     return _engine
 
@@ -46,19 +49,50 @@ def advisory_lock(conn: Connection, key: int) -> Iterator[bool]:
 
     The lock belongs to the Postgres session, not a transaction: it outlives the commits made
     inside the block, and Postgres frees it by itself if the process dies or the connection is
-    cut - a crashed holder never blocks anyone for long.
+    cut - a crashed holder never blocks anyone for long. An exception at any point - even an
+    interrupt (a soft time limit, Ctrl-C) between taking the lock and entering the block -
+    releases it: the whole of it sits inside the ``try``, the unlock runs unless the lock was
+    surely not taken, and the connection is flagged so that the pool's reset drops every lock
+    it might still hold when it goes back.
     """
-    acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
-    conn.commit()
+    _flag_advisory_locks(conn)
+    acquired: bool | None = None  # None: unknown (an interrupt landed around the query)
     try:
+        acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        conn.commit()
         yield acquired
     finally:
-        if acquired:
-            try:
-                conn.rollback()
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-            except Exception:
-                # Never hand a pooled connection back while it may still hold the lock.
-                conn.invalidate()
-                raise
+        if acquired is not False:
+            _unlock(conn, key)
+
+
+def _unlock(conn: Connection, key: int) -> None:
+    try:
+        conn.rollback()
+        # Also when unknown: an interrupt may land after Postgres took the lock but before
+        # ``acquired`` was set. Unlocking a lock we do not hold only returns false.
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        conn.commit()
+    except BaseException:
+        # Never hand a pooled connection back while it may still hold the lock.
+        conn.invalidate()
+        raise
+
+
+def _flag_advisory_locks(conn: Connection) -> None:
+    conn.connection.info[_HOLDS_ADVISORY_LOCKS] = True
+
+
+_HOLDS_ADVISORY_LOCKS = "tenant_provisioner.advisory_locks"
+
+
+def _drop_advisory_locks(
+    dbapi_connection: Any, connection_record: Any, reset_state: PoolResetState
+) -> None:
+    """Pool reset hook: a connection that ever took an advisory lock goes back holding none."""
+    if reset_state.terminate_only or not connection_record.info.pop(_HOLDS_ADVISORY_LOCKS, False):
+        return
+    dbapi_connection.rollback()
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock_all()")
+    dbapi_connection.commit()
