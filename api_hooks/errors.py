@@ -25,3 +25,11 @@ class TenantExists(TenantError):
 
 class TenantNotFound(TenantError, LookupError):
     """No tenant has this id."""
+
+
+class UnknownNode(TenantError, ValueError):
+    """The node named is not in the node pool, or a node must be named and was not."""
+
+
+class TenantBusy(TenantError):
+    """The tenant's state does not allow the action now (e.g. adopting while provisioned)."""

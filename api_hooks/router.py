@@ -18,13 +18,16 @@ from api_hooks.errors import (
     InvalidRetentionPeriod,
     InvalidTenantId,
     InvalidTenantName,
+    TenantBusy,
     TenantExists,
     TenantNotFound,
+    UnknownNode,
 )
 from api_hooks.tenants import (
     CreatedTenant,
     DeletedTenant,
     InfluxDBStatus,
+    adopt_database,
     create_tenant,
     delete_tenant,
     request_provisioning,
@@ -38,19 +41,40 @@ CREATE_FIELDS = ("tenant_id", "name")
 OPTIONAL_FIELDS = ("retention_period",)
 
 
-async def create_tenant_body(request: Request) -> dict[str, object]:
-    """The body of ``POST /operator/tenants``: a JSON object with tenant_id and name, and
-    optionally retention_period.
+MAX_BODY_BYTES = 16 * 1024  # a tenant id, a name of 200 characters and a retention period
 
-    Parsed here, not by a pydantic model, so every malformed body gets a 422 with a plain
-    message from the router itself - also when the UI mounts it in an app without our error
-    handlers (FastAPI's default handler fails on bodies such as ``Infinity``).
+
+async def json_body(request: Request) -> object:
+    """The request body as JSON: 413 past MAX_BODY_BYTES, 422 for anything not plain JSON.
+
+    Parsed here, not by a pydantic model, so every malformed body gets a plain message from
+    the router itself - also when the UI mounts it in an app without our error handlers
+    (FastAPI's default handler fails on bodies such as ``Infinity``).
     """
-    raw = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise _too_large()
+    if not raw:
+        return None
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _unprocessable("body must be JSON nested at most a few levels deep") from None
     except ValueError:
         raise _unprocessable('body must be JSON: {"tenant_id": ..., "name": ...}') from None
+
+
+async def create_tenant_body(request: Request) -> dict[str, object]:
+    """The body of ``POST /operator/tenants``: a JSON object with tenant_id and name, and
+    optionally retention_period."""
+    data = await json_body(request)
+    if data is None:
+        raise _unprocessable('body must be JSON: {"tenant_id": ..., "name": ...}')
     if not isinstance(data, dict):
         raise _unprocessable("body must be a JSON object with tenant_id and name")
     missing = [f for f in CREATE_FIELDS if f not in data]
@@ -58,8 +82,31 @@ async def create_tenant_body(request: Request) -> dict[str, object]:
     if missing:
         raise _unprocessable(f"missing field(s): {', '.join(missing)}")
     if unknown:
-        raise _unprocessable(f"unknown field(s): {', '.join(unknown)[:200]}")
+        raise _unprocessable(f"unknown field(s): {_printable(', '.join(unknown))[:200]}")
     return data
+
+
+async def adopt_body(request: Request) -> str | None:
+    """The optional body of ``POST .../influxdb/adopt``: ``{"node": NAME}`` or nothing."""
+    data = await json_body(request)
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) - {"node"}:
+        raise _unprocessable('body must be empty or {"node": NAME}')
+    node = data.get("node")
+    if node is not None and not isinstance(node, str):
+        raise _unprocessable("node must be a string")
+    return node
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _too_large() -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE, detail=f"body must be at most {MAX_BODY_BYTES} bytes"
+    )
 
 
 def _reject_constant(name: str) -> object:
@@ -75,6 +122,13 @@ class TenantStats(BaseModel):
 
     tenant_id: str
     influxdb: dict[str, Any]
+
+
+class AdoptAccepted(BaseModel):
+    """Body of ``POST /operator/tenants/{tenant_id}/influxdb/adopt``."""
+
+    tenant_id: str
+    queued: bool
 
 
 class RetryAccepted(BaseModel):
@@ -136,6 +190,18 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
     def post_retry(tenant_id: str) -> RetryAccepted:
         queued: bool = _lookup(request_provisioning, tenant_id)
         return RetryAccepted(tenant_id=tenant_id, queued=queued)
+
+    @router.post("/tenants/{tenant_id}/influxdb/adopt", status_code=status.HTTP_202_ACCEPTED)
+    def post_adopt(
+        tenant_id: str, node: Annotated[str | None, Depends(adopt_body)]
+    ) -> AdoptAccepted:
+        try:
+            queued: bool = _lookup(adopt_database, tenant_id, node)
+        except UnknownNode as exc:
+            raise _unprocessable(str(exc)) from exc
+        except TenantBusy as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+        return AdoptAccepted(tenant_id=tenant_id, queued=queued)
 
     return router
 

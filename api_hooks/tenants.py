@@ -8,6 +8,7 @@ timeout and never raises for InfluxDB's sake.
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 
 from sqlalchemy import func, insert, select, update
@@ -18,14 +19,18 @@ from api_hooks.errors import (
     InvalidRetentionPeriod,
     InvalidTenantId,
     InvalidTenantName,
+    TenantBusy,
     TenantExists,
     TenantNotFound,
+    UnknownNode,
 )
 from worker.db import get_engine
-from worker.models import STATES, ProvisioningState, tenants
+from worker.models import STATES, tenants
 from worker.nodes import shared_pool
 from worker.queues import Job
-from worker.settings import RETENTION_PERIOD, get_settings
+from worker.runs import new_chain, new_task_id
+from worker.settings import RETENTION_PERIOD, RETENTION_PERIOD_RULE, get_settings
+from worker.states import RESUMABLE_REASONS, Adoption, ProvisioningState, Reason
 from worker.tasks import enqueue, publish
 
 TENANT_ID_MAX_LENGTH = 54  # "telemetry_" + 54 = 64 bytes, the portable InfluxDB name limit
@@ -72,8 +77,11 @@ class InfluxDBStatus(TypedDict):
 
     database: str
     node: str | None
+    node_configured: bool | None  # False: its server left the nodes file; it waits there
+    incarnation: str  # carried by the database's _init marker: whose database it is
     retention_period: str | None
     state: str
+    stalled_on: str | None  # failed for a transient reason: resumes when this server answers
     attempts: int
     last_error: str | None
     error_reason: str | None
@@ -116,7 +124,12 @@ def validate_tenant_id(tenant_id: object) -> str:
 
 
 def validate_tenant_name(name: object) -> str:
-    """Return the stripped display name; raise InvalidTenantName when it is unusable."""
+    """Return the stripped display name; raise InvalidTenantName when it is unusable.
+
+    Names are free text shown to operators, so text that could mislead or break a page is
+    refused: control characters, line separators, invisible format characters (bidi
+    overrides such as U+202E among them) and lone surrogates (not UTF-8).
+    """
     if not isinstance(name, str):
         raise InvalidTenantName("name must be a string")
     stripped = name.strip()
@@ -124,19 +137,40 @@ def validate_tenant_name(name: object) -> str:
         raise InvalidTenantName("name must not be empty")
     if len(stripped) > TENANT_NAME_MAX_LENGTH:
         raise InvalidTenantName(f"name must be at most {TENANT_NAME_MAX_LENGTH} characters")
-    if any(ord(ch) < 32 for ch in stripped):
-        raise InvalidTenantName("name must not contain control characters")
+    for ch in stripped:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            raise InvalidTenantName("name must be valid Unicode text (it holds a lone surrogate)")
+        if category in ("Cc", "Zl", "Zp"):
+            raise InvalidTenantName(
+                f"name must not contain control characters or line breaks (U+{ord(ch):04X})"
+            )
+        if category == "Cf" and not _allowed_format(ch):
+            raise InvalidTenantName(
+                "name must not contain invisible formatting or bidirectional control "
+                f"characters (U+{ord(ch):04X})"
+            )
     return stripped
 
 
+def _allowed_format(ch: str) -> bool:
+    # Joiners and emoji tag characters are format characters that emoji sequences need.
+    return ch in "\u200c\u200d" or "\U000e0020" <= ch <= "\U000e007f"
+
+
 def validate_retention_period(retention_period: object) -> str | None:
-    """Return the retention period (None: the default); raise InvalidRetentionPeriod."""
+    """Return the retention period (None: the default); raise InvalidRetentionPeriod.
+
+    Only what InfluxDB 3 Core accepts at creation passes: ``30d``, ``12h``, ``2w``, ``3mo``,
+    ``1y``. Minutes, seconds and compound values (``90m``, ``1d12h``) are refused here rather
+    than failing later in the worker.
+    """
     if retention_period is None:
         return get_settings().influxdb_retention_period
     if not isinstance(retention_period, str) or not RETENTION_PERIOD.match(retention_period):
         raise InvalidRetentionPeriod(
-            "retention_period must be a duration such as 30d, 12h, 1w or 1d12h "
-            "(a positive number followed by s, m, h, d or w, repeated)"
+            f"retention_period must be {RETENTION_PERIOD_RULE}, e.g. 30d, 12h, 2w, 3mo or 1y "
+            "(InfluxDB 3 Core takes no minutes and no compound values such as 1d12h)"
         )
     return retention_period
 
@@ -192,32 +226,103 @@ def create_tenant(tenant_id: str, name: str, retention_period: str | None = None
 
 
 def request_provisioning(tenant_id: str) -> bool:
-    """Enqueue provisioning again (an operator's retry); True when the message was published.
+    """Run provisioning now (an operator's retry); True when the message was published.
 
-    A ``failed`` tenant is reset to ``pending`` with its attempts cleared, so it gets a full
-    set of attempts; a provisioned one is only re-verified. Raises TenantNotFound.
+    A ``failed`` tenant goes back to ``pending`` with a fresh attempt budget. A tenant with a
+    scheduled retry runs now, and this message *replaces* the scheduled one (one retry chain
+    per tenant: pressing retry five times during an outage never starts five chains). A
+    provisioned one is only re-verified; one being deleted gets its deletion run now.
+    Raises TenantNotFound.
     """
     tenant_id = validate_tenant_id(tenant_id)
+    task_id = new_task_id()
     with get_engine().begin() as conn:
-        state = conn.execute(
-            select(tenants.c.influxdb_state)
+        row = conn.execute(
+            select(tenants.c.influxdb_state, tenants.c.influxdb_retry_chain)
             .where(tenants.c.tenant_id == tenant_id)
             .with_for_update()
-        ).scalar()
-        if state is None:
+        ).first()
+        if row is None:
             raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
-        if state == ProvisioningState.FAILED:
+        values: dict[str, object] = {}
+        if row.influxdb_state == ProvisioningState.FAILED:
+            values = {
+                "influxdb_state": ProvisioningState.PENDING,
+                "influxdb_attempts": 0,
+                "influxdb_next_attempt_at": None,
+                "influxdb_retry_chain": None,
+            }
+        elif row.influxdb_retry_chain is not None:
+            values = {"influxdb_retry_chain": new_chain(task_id)}
+        if values:
             conn.execute(
                 update(tenants)
                 .where(tenants.c.tenant_id == tenant_id)
-                .values(
-                    influxdb_state=ProvisioningState.PENDING,
-                    influxdb_attempts=0,
-                    influxdb_next_attempt_at=None,
-                    influxdb_updated_at=datetime.now().astimezone(),
-                )
+                .values(**values, influxdb_updated_at=datetime.now().astimezone())
             )
+    job = (
+        Job.DEPROVISION if row.influxdb_state == ProvisioningState.DEPROVISIONING else Job.PROVISION
+    )
+    return enqueue(tenant_id, job, task_id)
+
+
+def adopt_database(tenant_id: str, node: str | None = None) -> bool:
+    """Declare the database of the tenant's name on ``node`` (default: the tenant's recorded
+    server) the tenant's own, whoever made it, and provision with it; True when queued.
+
+    For a tenant stopped as ``name_taken`` after the operator checked that the data there is
+    this tenant's. Its marker is rewritten with the tenant's incarnation. Raises
+    TenantNotFound, UnknownNode (not in the pool, or none given for a tenant without one) and
+    TenantBusy (provisioned, being provisioned or being deleted).
+    """
+    tenant_id = validate_tenant_id(tenant_id)
+    if node is not None and shared_pool().node(node) is None:
+        raise UnknownNode(f"node {node!r} is not in the node pool")
+    with get_engine().begin() as conn:
+        row = conn.execute(
+            select(tenants.c.influxdb_state, tenants.c.influxdb_node)
+            .where(tenants.c.tenant_id == tenant_id)
+            .with_for_update()
+        ).first()
+        if row is None:
+            raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+        if row.influxdb_state not in _ADOPTABLE_STATES:
+            raise TenantBusy(
+                f"tenant {tenant_id!r} is {row.influxdb_state}: only a failed, pending or "
+                "waiting tenant can adopt a database"
+            )
+        home = node or row.influxdb_node
+        if home is None:
+            raise UnknownNode(
+                f"tenant {tenant_id!r} has no server yet: name the node that holds its database"
+            )
+        conn.execute(
+            update(tenants)
+            .where(tenants.c.tenant_id == tenant_id)
+            .values(
+                influxdb_state=ProvisioningState.PENDING,
+                influxdb_node=home,
+                influxdb_adopt=Adoption.ANY,
+                influxdb_attempts=0,
+                influxdb_create_sent_to=None,
+                influxdb_next_attempt_at=None,
+                influxdb_retry_chain=None,
+                influxdb_error_reason=None,
+                influxdb_last_error=f"adoption of the database on node {home} requested",
+                influxdb_updated_at=datetime.now().astimezone(),
+            )
+        )
     return enqueue(tenant_id, Job.PROVISION)
+
+
+_ADOPTABLE_STATES = frozenset(
+    {
+        ProvisioningState.FAILED,
+        ProvisioningState.PENDING,
+        ProvisioningState.RETRYING,
+        ProvisioningState.WAITING_FOR_CAPACITY,
+    }
+)
 
 
 def delete_tenant(tenant_id: str) -> DeletedTenant:
@@ -238,6 +343,7 @@ def delete_tenant(tenant_id: str) -> DeletedTenant:
                 influxdb_error_reason=None,
                 influxdb_last_error=None,
                 influxdb_next_attempt_at=None,
+                influxdb_retry_chain=None,  # a scheduled provisioning retry is void
                 influxdb_updated_at=datetime.now().astimezone(),
             )
             .returning(tenants.c.tenant_id)
@@ -299,14 +405,21 @@ def tenant_influxdb_status(tenant_id: str, live: bool = True) -> InfluxDBStatus:
     if row is None:
         raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
     database = settings.database_name(tenant_id)
+    node = row.influxdb_node
+    configured = None if node is None else shared_pool().node(node) is not None
     live_status: LiveStatus | None = None
     if live:
-        live_status = _live_check(row.influxdb_node, database)
+        live_status = _live_check(node, database)
+    reason = Reason.parse(row.influxdb_error_reason)
+    stalled = row.influxdb_state == ProvisioningState.FAILED and reason in RESUMABLE_REASONS
     return {
         "database": database,
-        "node": row.influxdb_node,
+        "node": node,
+        "node_configured": configured,
+        "incarnation": row.influxdb_incarnation,
         "retention_period": row.influxdb_retention_period,
         "state": row.influxdb_state,
+        "stalled_on": (node or "any node") if stalled else None,
         "attempts": row.influxdb_attempts,
         "last_error": row.influxdb_last_error,
         "error_reason": row.influxdb_error_reason,
@@ -324,7 +437,11 @@ def _live_check(node_name: str | None, database: str) -> LiveStatus:
     # A tenant not placed yet can only be on the server of a pool of one.
     node = pool.node(node_name) if node_name else (nodes[0] if len(nodes) == 1 else None)
     if node is None:
-        why = f"node {node_name} is not configured" if node_name else "not placed on a node yet"
+        why = (
+            f"node {node_name} is not configured (not in the nodes file)"
+            if node_name
+            else "not placed on a node yet"
+        )
         return {"exists": None, "telemetry_count": None, "error": why, "latency_ms": 0.0}
     check = pool.client(node).live_check(
         database, settings.influxdb_telemetry_table, settings.live_check_timeout

@@ -143,7 +143,7 @@ def _reconcile(count: int, settings: Settings) -> Result:
     pool = NodePool(settings)
     published: list[str] = []
 
-    def publish(tenant_id: str, job: Job) -> bool:
+    def publish(tenant_id: str, job: Job, task_id: str | None = None) -> bool:
         published.append(tenant_id)
         return True
 

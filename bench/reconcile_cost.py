@@ -48,7 +48,7 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
     pool = NodePool(settings)
     published: list[str] = []
 
-    def publish(tenant_id: str, job: Job) -> bool:
+    def publish(tenant_id: str, job: Job, task_id: str | None = None) -> bool:
         published.append(tenant_id)
         return True
 

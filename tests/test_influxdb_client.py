@@ -20,6 +20,7 @@ from worker.errors import (
     PermanentError,
     TransientError,
 )
+from worker.identity import Marker
 from worker.influxdb import InfluxDB3Client
 
 
@@ -79,9 +80,12 @@ def test_outage_hang_and_5xx_are_transient(client, influx):
 
 def test_marker_write_and_row_count(client, influx):
     client.ensure_database("telemetry_t")
-    client.write_marker("telemetry_t", "t", 1_700_000_000_000_000_000)
-    client.write_marker("telemetry_t", "t", 1_700_000_000_000_000_000)
+    assert client.read_markers("telemetry_t") == []  # no _init table yet
+    client.write_marker("telemetry_t", "t", "inc-1", 1_700_000_000_000_000_000)
+    client.write_marker("telemetry_t", "t", "inc-1", 1_700_000_000_000_000_000)
     assert client.count_rows("telemetry_t", "_init") == 1
+    assert client.read_markers("telemetry_t") == [Marker("t", "inc-1")]
+    assert client.read_markers("telemetry_missing") is None
     assert client.count_rows("telemetry_t", "telemetry") == 0  # table missing
     assert client.count_rows("telemetry_missing", "telemetry") is None  # database missing
 

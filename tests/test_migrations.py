@@ -24,6 +24,10 @@ PROVISIONING_COLUMNS = {
     "influxdb_updated_at",
     "influxdb_node",
     "influxdb_retention_period",
+    "influxdb_incarnation",
+    "influxdb_adopt",
+    "influxdb_create_sent_to",
+    "influxdb_retry_chain",
 }
 
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from worker.provisioning import next_backoff
+from worker.runs import next_backoff
 from worker.redaction import redact
 from worker.settings import Settings, SettingsError
 

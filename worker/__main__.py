@@ -13,6 +13,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from worker.redaction import redact_url
+
 EXIT_OK = 0
 EXIT_INFLUXDB = 1
 EXIT_USAGE = 2
@@ -42,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _status,
         "list": _list,
         "retry": _retry,
+        "adopt": _adopt,
         "reconcile": _reconcile,
         "check-influxdb": _check_influxdb,
         "nodes": _nodes,
@@ -61,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="tenants and their states")
     listing.add_argument("--state", help="only tenants in this state (e.g. failed)")
     listing.add_argument("--limit", type=int, default=100)
+    adopt = commands.add_parser(
+        "adopt",
+        help="declare the existing database of a name_taken tenant its own, then provision",
+    )
+    adopt.add_argument("tenant_id")
+    adopt.add_argument("--node", help="the server holding it (default: the tenant's server)")
     retry = commands.add_parser("retry", help="re-enqueue one tenant, or all in a state")
     target = retry.add_mutually_exclusive_group(required=True)
     target.add_argument("tenant_id", nargs="?")
@@ -146,6 +155,30 @@ def _retry(args: argparse.Namespace) -> int:
     return EXIT_NOT_QUEUED if not_queued else EXIT_OK
 
 
+def _adopt(args: argparse.Namespace) -> int:
+    from api_hooks import (  # noqa: PLC0415
+        InvalidTenantId,
+        TenantBusy,
+        TenantNotFound,
+        UnknownNode,
+        adopt_database,
+    )
+
+    try:
+        queued = adopt_database(args.tenant_id, args.node)
+    except (InvalidTenantId, UnknownNode, TenantBusy) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except TenantNotFound as exc:
+        return _fail(str(exc), EXIT_NOT_FOUND)
+    if args.json:
+        _print_json({"tenant_id": args.tenant_id, "queued": queued})
+    elif queued:
+        print(f"adoption of {args.tenant_id}'s database queued")
+    else:
+        print("NOT queued (broker unavailable); the reconciler will queue it", file=sys.stderr)
+    return EXIT_OK if queued else EXIT_NOT_QUEUED
+
+
 def _reconcile(args: argparse.Namespace) -> int:
     from worker.db import get_engine  # noqa: PLC0415
     from worker.nodes import shared_pool  # noqa: PLC0415
@@ -177,7 +210,7 @@ def _check_influxdb(args: argparse.Namespace) -> int:
     for node in pool.nodes():
         report: dict[str, Any] = {
             "node": node.name,
-            "url": node.url,
+            "url": redact_url(node.url),
             "token_configured": node.token is not None,
             "reachable": False,
             "token_accepted": False,
@@ -216,20 +249,29 @@ def _check_influxdb(args: argparse.Namespace) -> int:
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    from sqlalchemy import select  # noqa: PLC0415
+    from sqlalchemy import func, select  # noqa: PLC0415
 
     from worker.db import get_engine  # noqa: PLC0415
-    from worker.models import influxdb_nodes  # noqa: PLC0415
+    from worker.models import influxdb_nodes, tenants  # noqa: PLC0415
     from worker.nodes import shared_pool  # noqa: PLC0415
     from worker.placement import usage  # noqa: PLC0415
 
+    configured = shared_pool().nodes()
     with get_engine().connect() as conn:
-        slots = usage(conn, shared_pool().nodes())
+        slots = usage(conn, configured)
         seen = {r.name: r for r in conn.execute(select(influxdb_nodes)).all()}
-    rows = [
+        placed: dict[str, int] = dict(
+            conn.execute(
+                select(tenants.c.influxdb_node, func.count())
+                .where(tenants.c.influxdb_node.is_not(None))
+                .group_by(tenants.c.influxdb_node)
+            ).all()
+        )
+    rows: list[dict[str, Any]] = [
         {
             "node": u.node.name,
-            "url": u.node.url,
+            "configured": True,
+            "url": redact_url(u.node.url),
             "database_limit": u.node.database_limit,
             "tenants": u.used,
             "free": u.free,
@@ -239,10 +281,33 @@ def _nodes(args: argparse.Namespace) -> int:
         }
         for u in slots
     ]
+    # Servers that left the nodes file while tenants live there: said plainly, never hidden.
+    names = {n.name for n in configured}
+    for name in sorted(set(placed) - names):
+        rows.append(
+            {
+                "node": name,
+                "configured": False,
+                "url": None,
+                "database_limit": None,
+                "tenants": placed[name],
+                "free": None,
+                "full": None,
+                "observed_databases": getattr(seen.get(name), "observed_databases", None),
+                "observed_at": getattr(seen.get(name), "observed_at", None),
+            }
+        )
     if args.json:
         _print_json(rows)
     else:
         _print_table(rows, list(rows[0]) if rows else ["node"], noun="node")
+        missing = [r for r in rows if not r["configured"]]
+        if missing:
+            print(
+                f"NOT CONFIGURED: {', '.join(r['node'] for r in missing)} - their tenants wait "
+                "there (nothing is created elsewhere); add the server back to the nodes file",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 

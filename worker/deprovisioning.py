@@ -1,10 +1,18 @@
 """Deprovisioning: removing a deleted tenant's database and giving its slot and id back.
 
 ``delete_tenant`` (api_hooks) moves the tenant to ``deprovisioning``; this runs behind it, under
-the same per-tenant lock as provisioning. It soft-deletes the database on the tenant's node
-(hard-delete policy from INFLUXDB_HARD_DELETE_AT, the server's default otherwise), treats 404
-as already gone, and then removes the tenant's row: the slot is free and the id can be created
-again. Interrupted deletions are found by the reconciler (state ``deprovisioning``).
+the same per-tenant lock and chain rules as provisioning (``worker.runs``). The row goes only
+when the tenant's database is gone, so that re-creating the id always starts empty:
+
+- on the tenant's server, its database is soft-deleted (hard-delete policy from
+  INFLUXDB_HARD_DELETE_AT); 404 means already gone;
+- a database there that is *not* the tenant's (``worker.identity``: another incarnation's, or of
+  unknown origin) is left alone - deleting a tenant never deletes someone else's data;
+- a row that predates the worker and has no server is located first (every server listed); a
+  server that cannot answer means "unknown": the deletion retries, it does not finish;
+- a server that left the nodes file: the deletion waits for it (reason ``node_not_configured``).
+
+Interrupted deletions are found by the reconciler (state ``deprovisioning``).
 """
 
 from __future__ import annotations
@@ -14,25 +22,17 @@ import random
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert
+from sqlalchemy import Connection, delete
 from sqlalchemy.engine import Row
 
-from worker.db import advisory_lock
+from worker import identity, store
 from worker.errors import PermanentError, ProvisioningError
-from worker.models import ProvisioningState, provisioning_attempts, tenants
-from worker.nodes import NodePool
-from worker.provisioning import (
-    Clock,
-    Outcome,
-    advisory_lock_key,
-    clean_error,
-    load_tenant,
-    locate_database,
-    next_backoff,
-    update_tenant,
-    utcnow,
-)
-from worker.settings import Settings
+from worker.models import tenants
+from worker.nodes import NodePool, list_everywhere
+from worker.runs import Delivery, Outcome, absorbed, next_backoff, tenant_lock
+from worker.settings import NodeConfig, Settings
+from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
+from worker.store import Clock, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -43,100 +43,182 @@ def deprovision_tenant(
     pool: NodePool,
     settings: Settings,
     *,
+    delivery: Delivery | None = None,
     clock: Clock = utcnow,
     rng: random.Random | None = None,
 ) -> Outcome:
-    """Delete the tenant's database (if any), then the tenant; record failures for retry."""
-    with advisory_lock(conn, advisory_lock_key(tenant_id)) as acquired:
+    """Delete the tenant's database (if it has one), then the tenant; record failures."""
+    delivery = delivery or Delivery.fresh()
+    with tenant_lock(conn, tenant_id) as acquired:
         if not acquired:
-            # A provisioning run is in flight; it will not undo the deletion (see
-            # provisioning._set_unless_deleted), and we try again once it is done.
-            return Outcome("busy", tenant_id, retry_in=settings.backoff_base_seconds)
-        row = load_tenant(conn, tenant_id)
+            # A provisioning run is in flight; it cannot undo the deletion (store.update is
+            # guarded) and the deletion must finish: try again once it is done.
+            return Outcome(RunResult.BUSY, tenant_id, retry_in=settings.backoff_base_seconds)
+        row = store.load(conn, tenant_id)
         if row is None:
-            return Outcome("not_found", tenant_id)  # already deprovisioned
+            return Outcome(RunResult.NOT_FOUND, tenant_id)  # already deprovisioned
         if row.influxdb_state != ProvisioningState.DEPROVISIONING:
-            return Outcome("skipped", tenant_id)
-        context = {"tenant_id": tenant_id}
-        database = settings.database_name(tenant_id)
-        started = clock()
-        attempt = row.influxdb_attempts + 1
-        node = pool.node(row.influxdb_node) if row.influxdb_node else None
-        if row.influxdb_node is None:
-            # Never placed - or placed before the pool existed: look before forgetting it.
-            node = locate_database(conn, tenant_id, database, pool)
-        if row.influxdb_node is not None or node is not None:
-            try:
-                if node is None:
-                    raise _NodeGone(f"node {row.influxdb_node} is no longer configured")
-                deleted = pool.client(node).delete_database(
-                    database, settings.influxdb_hard_delete_at
-                )
-            except ProvisioningError as exc:
-                return _record_failure(conn, row, exc, attempt, settings, clock, rng)
-            logger.info(
-                "%s %s on node %s",
-                "soft-deleted" if deleted else "found no database",
-                database,
+            return Outcome(RunResult.SKIPPED, tenant_id)
+        if absorbed(row, delivery):
+            return Outcome(RunResult.ABSORBED, tenant_id)
+        return _Deletion(conn, row, pool, settings, delivery, clock, rng).run()
+
+
+class _HomeUnknown(Exception):
+    """A server that may hold the tenant's database could not be listed."""
+
+    def __init__(self, node: str, error: ProvisioningError) -> None:
+        super().__init__(f"cannot tell whether node {node} holds the database: {error}")
+        self.error = error
+
+
+class _Deletion:
+    def __init__(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        pool: NodePool,
+        settings: Settings,
+        delivery: Delivery,
+        clock: Clock,
+        rng: random.Random | None,
+    ) -> None:
+        self.conn, self.row, self.pool, self.settings = conn, row, pool, settings
+        self.delivery, self.clock, self.rng = delivery, clock, rng
+        self.tenant_id: str = row.tenant_id
+        self.database = settings.database_name(self.tenant_id)
+        self.context = {"tenant_id": self.tenant_id}
+
+    def run(self) -> Outcome:
+        node_name: str | None = self.row.influxdb_node
+        if node_name is not None and self.pool.node(node_name) is None:
+            return self._wait_for_node(node_name)
+        started = self.clock()
+        attempt = self.row.influxdb_attempts + 1
+        store.update(self.conn, self.tenant_id, deleting=True, influxdb_attempts=attempt)
+        self.conn.commit()
+        try:
+            for home in self._homes():
+                self._delete_if_ours(home)
+        except (ProvisioningError, _HomeUnknown) as exc:
+            error = exc.error if isinstance(exc, _HomeUnknown) else exc
+            return self._record_failure(error, str(exc), attempt)
+        self.conn.execute(delete(tenants).where(tenants.c.tenant_id == self.tenant_id))
+        store.log_attempt(
+            self.conn,
+            self.tenant_id,
+            attempt,
+            started,
+            self.clock(),
+            AttemptOutcome.DEPROVISIONED,
+            None,
+        )
+        self.conn.commit()
+        logger.info("tenant deprovisioned; its slot and id are free", extra=self.context)
+        return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
+
+    def _homes(self) -> list[NodeConfig]:
+        """The servers that may hold the tenant's database."""
+        node_name: str | None = self.row.influxdb_node
+        if node_name is not None:
+            node = self.pool.node(node_name)
+            return [node] if node is not None else []
+        if self.row.influxdb_adopt != Adoption.UNMARKED:
+            # Without a server, this incarnation never sent a create anywhere.
+            return []
+        # A row from before the worker: its database may be on any server.
+        listings = list_everywhere(self.pool, self.pool.nodes())
+        location = identity.locate(self.database, {n: ls.names for n, ls in listings.items()})
+        if not location.found and location.unanswered:
+            name = location.unanswered[0]
+            error = listings[name].error
+            assert error is not None  # unanswered means the listing failed
+            raise _HomeUnknown(name, error)
+        return [n for n in self.pool.nodes() if n.name in location.found]
+
+    def _delete_if_ours(self, node: NodeConfig) -> None:
+        client = self.pool.client(node)
+        markers = client.read_markers(self.database)
+        if markers is None:
+            logger.info("no database %s on node %s", self.database, node.name, extra=self.context)
+            return
+        verdict = identity.judge(
+            markers,
+            tenant_id=self.tenant_id,
+            incarnation=self.row.influxdb_incarnation,
+            adoption=Adoption(self.row.influxdb_adopt) if self.row.influxdb_adopt else None,
+            own_create_unanswered=self.row.influxdb_create_sent_to == node.name,
+        )
+        if verdict is not identity.Verdict.OURS:
+            logger.warning(
+                "left %s on node %s in place: it is not this tenant's (%s)",
+                self.database,
                 node.name,
-                extra=context,
+                verdict,
+                extra=self.context,
             )
-        conn.execute(delete(tenants).where(tenants.c.tenant_id == tenant_id))
-        conn.execute(
-            insert(provisioning_attempts).values(
-                tenant_id=tenant_id,
-                attempt=attempt,
-                started_at=started,
-                finished_at=clock(),
-                outcome="deprovisioned",
-                reason=None,
+            return
+        deleted = client.delete_database(self.database, self.settings.influxdb_hard_delete_at)
+        logger.info(
+            "%s %s on node %s",
+            "soft-deleted" if deleted else "found no database",
+            self.database,
+            node.name,
+            extra=self.context,
+        )
+
+    def _wait_for_node(self, node_name: str) -> Outcome:
+        # Its database is on that server: forgetting the tenant now would strand the data and
+        # let a re-created id meet it later. Wait; the reconciler re-queues it once it is back.
+        store.update(
+            self.conn,
+            self.tenant_id,
+            deleting=True,
+            influxdb_error_reason=Reason.NODE_NOT_CONFIGURED,
+            influxdb_last_error=f"node {node_name} is not in the nodes file; the deletion "
+            "finishes when it is configured again",
+            influxdb_next_attempt_at=None,
+            influxdb_retry_chain=None,
+            influxdb_updated_at=self.clock(),
+        )
+        self.conn.commit()
+        logger.warning("node %s is not configured; deletion waits", node_name, extra=self.context)
+        return Outcome(
+            RunResult.WAITING_FOR_NODE, self.tenant_id, reason=Reason.NODE_NOT_CONFIGURED
+        )
+
+    def _record_failure(self, exc: ProvisioningError, message: str, attempt: int) -> Outcome:
+        now = self.clock()
+        permanent = isinstance(exc, PermanentError)
+        delay = None
+        if not permanent and attempt < self.settings.max_attempts:
+            delay = next_backoff(
+                attempt,
+                self.settings.backoff_base_seconds,
+                self.settings.backoff_cap_seconds,
+                self.rng,
             )
+        store.update(
+            self.conn,
+            self.tenant_id,
+            deleting=True,
+            influxdb_error_reason=exc.reason,
+            influxdb_last_error=store.clean_error(
+                f"delete database: {message}", self.settings.secrets() + self.pool.secrets()
+            ),
+            influxdb_next_attempt_at=None if delay is None else now + timedelta(seconds=delay),
+            influxdb_retry_chain=None if delay is None else self.delivery.retry,
+            influxdb_updated_at=now,
         )
-        conn.commit()
-        logger.info("tenant deprovisioned; its slot and id are free", extra=context)
-        return Outcome("deprovisioned", tenant_id, attempt)
-
-
-class _NodeGone(PermanentError):
-    """The tenant's node was removed from the configuration: its database cannot be reached."""
-
-    reason = "node_gone"
-
-
-def _record_failure(
-    conn: Connection,
-    row: Row[Any],
-    exc: ProvisioningError,
-    attempt: int,
-    settings: Settings,
-    clock: Clock,
-    rng: random.Random | None,
-) -> Outcome:
-    tenant_id: str = row.tenant_id
-    now = clock()
-    permanent = isinstance(exc, PermanentError)
-    delay = None
-    if not permanent:
-        delay = next_backoff(
-            attempt, settings.backoff_base_seconds, settings.backoff_cap_seconds, rng
+        self.conn.commit()
+        logger.warning(
+            "deprovisioning attempt failed (%s)%s: %s",
+            exc.reason,
+            "" if delay is None else f", retrying in {delay:.1f}s",
+            message,
+            extra=self.context,
         )
-    update_tenant(
-        conn,
-        tenant_id,
-        influxdb_attempts=attempt,
-        influxdb_error_reason=exc.reason,
-        influxdb_last_error=clean_error(f"delete database: {exc}", settings),
-        influxdb_next_attempt_at=None if delay is None else now + timedelta(seconds=delay),
-        influxdb_updated_at=now,
-    )
-    logger.warning(
-        "deprovisioning attempt failed (%s)%s: %s",
-        exc.reason,
-        "" if delay is None else f", retrying in {delay:.1f}s",
-        exc,
-        extra={"tenant_id": tenant_id},
-    )
-    if permanent or attempt >= settings.max_attempts:
-        # Stays deprovisioning with the reason shown; the reconciler tries again each interval.
-        return Outcome("failed", tenant_id, attempt, exc.reason)
-    return Outcome("retrying", tenant_id, attempt, exc.reason, retry_in=delay)
+        if delay is None:
+            # Stays deprovisioning with the reason shown; the reconciler tries again each grace.
+            return Outcome(RunResult.FAILED, self.tenant_id, attempt, exc.reason)
+        return Outcome(RunResult.RETRYING, self.tenant_id, attempt, exc.reason, retry_in=delay)

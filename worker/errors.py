@@ -9,11 +9,16 @@ Third-party exceptions (requests, HTTP statuses) are converted into these at the
 
 from __future__ import annotations
 
+from worker.states import Reason
+
 
 class ProvisioningError(Exception):
     """Base of every error the provisioning pipeline knows how to classify."""
 
-    reason: str = "internal_error"
+    reason: Reason = Reason.INTERNAL_ERROR
+    # False when the request surely never reached the server (connection refused, connect
+    # timeout): a create that was never sent cannot have made a database.
+    request_sent: bool = True
 
 
 class TransientError(ProvisioningError):
@@ -27,46 +32,46 @@ class PermanentError(ProvisioningError):
 class InfluxDBUnreachable(TransientError):
     """The connection to InfluxDB failed (refused, reset, DNS)."""
 
-    reason = "unreachable"
+    reason = Reason.UNREACHABLE
 
 
 class InfluxDBTimeout(TransientError):
     """InfluxDB did not connect or answer within the configured timeout."""
 
-    reason = "timeout"
+    reason = Reason.TIMEOUT
 
 
 class InfluxDBServerError(TransientError):
     """InfluxDB answered with a 5xx status (e.g. a full WAL buffer)."""
 
-    reason = "server_error"
+    reason = Reason.SERVER_ERROR
 
 
 class InfluxDBBadResponse(TransientError):
     """InfluxDB answered a success status with a body we cannot understand."""
 
-    reason = "bad_response"
+    reason = Reason.BAD_RESPONSE
 
 
 class InvalidDatabaseName(PermanentError):
     """InfluxDB rejected the database name (400 on create)."""
 
-    reason = "invalid_name"
+    reason = Reason.INVALID_NAME
 
 
 class InfluxDBUnauthorized(PermanentError):
     """InfluxDB rejected our token (401) or the Authorization header (400)."""
 
-    reason = "unauthorized"
+    reason = Reason.UNAUTHORIZED
 
 
 class DatabaseLimitReached(PermanentError):
     """The server already holds its maximum number of databases (422): a capacity problem."""
 
-    reason = "database_limit"
+    reason = Reason.DATABASE_LIMIT
 
 
 class InfluxDBRejected(PermanentError):
     """InfluxDB refused the request with an unexpected 4xx: retrying sends the same request."""
 
-    reason = "rejected"
+    reason = Reason.REJECTED

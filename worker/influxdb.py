@@ -30,12 +30,14 @@ from worker.errors import (
     InvalidDatabaseName,
     ProvisioningError,
 )
+from worker.identity import Marker
 from worker.redaction import redact
 
 logger = logging.getLogger(__name__)
 
 INTERNAL_DATABASE = "_internal"
 MARKER_MEASUREMENT = "_init"
+_MARKER_QUERY = 'SELECT * FROM "_init" LIMIT 100'  # a few markers: re-runs overwrite one point
 _MAX_ERROR_TEXT = 300
 
 # Live checks run here so that a hanging server cannot hold the caller past its deadline.
@@ -123,9 +125,18 @@ class InfluxDB3Client:
                 names.append(name)
         return names
 
-    def write_marker(self, database: str, tenant_id: str, timestamp_ns: int) -> None:
-        """Write ``_init,tenant=<id> initialized=1i <ts>``; a fixed ts makes re-runs overwrite."""
-        line = f"{MARKER_MEASUREMENT},tenant={tenant_id} initialized=1i {timestamp_ns}"
+    def write_marker(
+        self, database: str, tenant_id: str, incarnation: str, timestamp_ns: int
+    ) -> None:
+        """Write ``_init,tenant=<id> incarnation="<incarnation>",initialized=1i <ts>``.
+
+        A fixed timestamp (the tenant's creation) makes re-runs overwrite the point; the
+        incarnation field says which tenant row the database belongs to (``worker.identity``).
+        """
+        line = (
+            f'{MARKER_MEASUREMENT},tenant={tenant_id} incarnation="{_lp_string(incarnation)}",'
+            f"initialized=1i {timestamp_ns}"
+        )
         response = self._send(
             "POST",
             "/api/v3/write_lp",
@@ -135,6 +146,25 @@ class InfluxDB3Client:
         )
         if response.status_code not in (200, 204):
             raise self._classify(response, "write marker")
+
+    def read_markers(self, database: str) -> list[Marker] | None:
+        """The ``_init`` points of ``database`` (at most 100); None when it does not exist."""
+        try:
+            rows = self.query(database, _MARKER_QUERY)
+        except _DatabaseNotFound:
+            return None
+        except _TableNotFound:
+            return []
+        markers: list[Marker] = []
+        for row in rows:
+            tenant, incarnation = row.get("tenant"), row.get("incarnation")
+            markers.append(
+                Marker(
+                    tenant if isinstance(tenant, str) else None,
+                    incarnation if isinstance(incarnation, str) and incarnation else None,
+                )
+            )
+        return markers
 
     def query(
         self, database: str, sql: str, *, timeout: tuple[float, float] | None = None
@@ -222,11 +252,16 @@ class InfluxDB3Client:
         except (requests.ConnectTimeout, requests.ReadTimeout) as exc:
             kind = "connect" if isinstance(exc, requests.ConnectTimeout) else "read"
             limit = (timeout or self._timeout)[0 if kind == "connect" else 1]
-            raise InfluxDBTimeout(f"{method} {path}: {kind} timeout after {limit:g}s") from exc
+            error: ProvisioningError = InfluxDBTimeout(
+                f"{method} {path}: {kind} timeout after {limit:g}s"
+            )
+            error.request_sent = kind == "read"
+            raise error from exc
         except requests.RequestException as exc:
-            raise InfluxDBUnreachable(
-                f"{method} {path}: {self._describe_connection_error(exc)}"
-            ) from exc
+            description = self._describe_connection_error(exc)
+            error = InfluxDBUnreachable(f"{method} {path}: {description}")
+            error.request_sent = "connection refused" not in description
+            raise error from exc
 
     def _classify(self, response: requests.Response, action: str) -> ProvisioningError:
         status = response.status_code
@@ -286,6 +321,11 @@ class InfluxDB3Client:
 
     def _secrets(self) -> tuple[str, ...]:
         return (self._token,) if self._token else ()
+
+
+def _lp_string(value: str) -> str:
+    """``value`` escaped for a line-protocol string field."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 class _DatabaseNotFound(InfluxDBRejected):

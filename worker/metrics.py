@@ -14,8 +14,6 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
 from worker.models import (
-    STATES,
-    ProvisioningState,
     influxdb_nodes,
     provisioning_attempts,
     reconcile_stats,
@@ -23,14 +21,15 @@ from worker.models import (
 )
 from worker.nodes import NodePool
 from worker.placement import NodeUsage, usage
+from worker.states import (
+    IN_PROGRESS_STATES,
+    RESUMABLE_REASONS,
+    STATES,
+    ProvisioningState,
+)
 
 PREFIX = "tenant_provisioner"
-_IN_PROGRESS = (
-    ProvisioningState.PENDING,
-    ProvisioningState.PROVISIONING,
-    ProvisioningState.RETRYING,
-    ProvisioningState.WAITING_FOR_CAPACITY,
-)
+_UNPLACED = "(none)"  # node label of stalled tenants that have no server yet
 
 
 class ProvisioningCollector(Collector):
@@ -51,7 +50,7 @@ class ProvisioningCollector(Collector):
             )
             oldest = conn.execute(
                 select(func.min(tenants.c.created_at)).where(
-                    tenants.c.influxdb_state.in_(_IN_PROGRESS)
+                    tenants.c.influxdb_state.in_(list(IN_PROGRESS_STATES))
                 )
             ).scalar()
             attempts = conn.execute(
@@ -62,14 +61,46 @@ class ProvisioningCollector(Collector):
                 ).group_by(provisioning_attempts.c.outcome, provisioning_attempts.c.reason)
             ).all()
             stats = conn.execute(select(reconcile_stats)).first()
-            slots = usage(conn, self._pool.nodes())
+            configured = self._pool.nodes()
+            slots = usage(conn, configured)
+            stalled: dict[str, int] = dict(
+                conn.execute(
+                    select(func.coalesce(tenants.c.influxdb_node, _UNPLACED), func.count())
+                    .where(
+                        tenants.c.influxdb_state == ProvisioningState.FAILED,
+                        tenants.c.influxdb_error_reason.in_(list(RESUMABLE_REASONS)),
+                    )
+                    .group_by(tenants.c.influxdb_node)
+                ).all()
+            )
+            names = [n.name for n in configured]
+            unconfigured: dict[str, int] = dict(
+                conn.execute(
+                    select(tenants.c.influxdb_node, func.count())
+                    .where(
+                        tenants.c.influxdb_node.is_not(None),
+                        tenants.c.influxdb_node.not_in(names),
+                    )
+                    .group_by(tenants.c.influxdb_node)
+                ).all()
+            )
             observed = dict(
                 conn.execute(
                     select(influxdb_nodes.c.name, influxdb_nodes.c.observed_databases)
                 ).all()
             )
 
-        yield from _node_metrics(slots, observed)
+        yield from _node_metrics(slots, observed, unconfigured)
+
+        stalled_family = GaugeMetricFamily(
+            f"{PREFIX}_stalled_tenants",
+            "Tenants failed for a transient reason, waiting for their server to answer again "
+            f"(they resume by themselves); node {_UNPLACED!r}: not placed yet.",
+            labels=["node"],
+        )
+        for node, count in sorted(stalled.items()):
+            stalled_family.add_metric([node], count)
+        yield stalled_family
 
         states = GaugeMetricFamily(
             f"{PREFIX}_tenants", "Tenants by InfluxDB provisioning state.", labels=["state"]
@@ -123,8 +154,15 @@ class ProvisioningCollector(Collector):
         )
 
 
-def _node_metrics(slots: list[NodeUsage], observed: dict[str, int | None]) -> Iterator[Metric]:
+def _node_metrics(
+    slots: list[NodeUsage], observed: dict[str, int | None], unconfigured: dict[str, int]
+) -> Iterator[Metric]:
     families = {
+        "configured": GaugeMetricFamily(
+            f"{PREFIX}_node_configured",
+            "1 for a server of the nodes file; 0 for one that left it while tenants live there.",
+            labels=["node"],
+        ),
         "tenants": GaugeMetricFamily(
             f"{PREFIX}_node_tenants", "Tenants holding a slot on the node.", labels=["node"]
         ),
@@ -142,8 +180,12 @@ def _node_metrics(slots: list[NodeUsage], observed: dict[str, int | None]) -> It
             labels=["node"],
         ),
     }
+    for name, count in sorted(unconfigured.items()):
+        families["configured"].add_metric([name], 0)
+        families["tenants"].add_metric([name], count)
     for slot in slots:
         name = slot.node.name
+        families["configured"].add_metric([name], 1)
         families["tenants"].add_metric([name], slot.used)
         families["limit"].add_metric([name], slot.node.database_limit)
         families["full"].add_metric([name], 1 if slot.full else 0)

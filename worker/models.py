@@ -6,7 +6,6 @@ The migration in ``migrations/versions`` creates exactly this (or adds it to the
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import cast
 
@@ -25,21 +24,27 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from worker.states import STATES, Adoption, ProvisioningState
 
-class ProvisioningState(enum.StrEnum):
-    """Where a tenant's InfluxDB database stands; exactly one at a time."""
+__all__ = [
+    "STATES",
+    "Base",
+    "InfluxDBNode",
+    "ProvisioningAttempt",
+    "ProvisioningState",
+    "ReconcileStats",
+    "Tenant",
+    "influxdb_nodes",
+    "provisioning_attempts",
+    "reconcile_stats",
+    "tenants",
+]
 
-    PENDING = "pending"  # owed work: waiting for (or re-queued to) a worker
-    PROVISIONING = "provisioning"  # a worker is inside the InfluxDB calls now
-    RETRYING = "retrying"  # the last attempt failed transiently; next at influxdb_next_attempt_at
-    PROVISIONED = "provisioned"  # database created and the _init marker written
-    FAILED = "failed"  # permanent error or attempts exhausted; an operator retry restarts it
-    WAITING_FOR_CAPACITY = "waiting_for_capacity"  # no server has room; the reconciler places it
-    DEPROVISIONING = "deprovisioning"  # deletion asked for; the row goes when the database does
 
-
-STATES = tuple(s.value for s in ProvisioningState)
 STATE_CHECK = "influxdb_state IN (" + ", ".join(f"'{s}'" for s in STATES) + ")"
+ADOPT_CHECK = (
+    "influxdb_adopt IS NULL OR influxdb_adopt IN (" + ", ".join(f"'{a}'" for a in Adoption) + ")"
+)
 
 
 class Base(DeclarativeBase):
@@ -50,6 +55,7 @@ class Tenant(Base):
     __tablename__ = "tenants"
     __table_args__ = (
         CheckConstraint(STATE_CHECK, name="ck_tenants_influxdb_state"),
+        CheckConstraint(ADOPT_CHECK, name="ck_tenants_influxdb_adopt"),
         Index("ix_tenants_influxdb_state", "influxdb_state", "tenant_id"),
         Index("ix_tenants_influxdb_node", "influxdb_node"),
     )
@@ -72,6 +78,15 @@ class Tenant(Base):
     )
     influxdb_node: Mapped[str | None] = mapped_column(Text)  # holds a slot there while set
     influxdb_retention_period: Mapped[str | None] = mapped_column(Text)
+    # Identity (worker.identity): made with the row, carried by the database's _init marker.
+    influxdb_incarnation: Mapped[str] = mapped_column(
+        Text, server_default=text("gen_random_uuid()::text")
+    )
+    influxdb_adopt: Mapped[str | None] = mapped_column(Text)  # an Adoption, or strict (NULL)
+    # A create sent to this node whose answer we never saw, or whose database is not marked yet.
+    influxdb_create_sent_to: Mapped[str | None] = mapped_column(Text)
+    # The message ("<task id>:<retries>") that owns the scheduled retry: one chain per tenant.
+    influxdb_retry_chain: Mapped[str | None] = mapped_column(Text)
 
 
 tenants = cast(Table, Tenant.__table__)

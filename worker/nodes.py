@@ -3,7 +3,7 @@
 The pool comes from INFLUXDB_NODES, INFLUXDB_NODES_FILE or, by default, INFLUXDB_URL as a pool
 of one (``worker.settings``). A nodes file is read again whenever it changes, so operators can
 add a server without restarting anything: the reconciler, the workers and the API all ask
-``nodes()`` each time they need the pool.
+``nodes()`` each time they need the pool, and the first call of every process reads the file.
 """
 
 from __future__ import annotations
@@ -11,8 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+from worker.errors import ProvisioningError
 from worker.influxdb import InfluxDB3Client
 from worker.settings import NodeConfig, Settings, SettingsError, get_settings, read_nodes_file
 
@@ -25,8 +29,11 @@ class NodePool:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
+        # Only a fallback for a nodes file that cannot be read: the file itself is read at the
+        # first nodes() call, so a process that starts before an edit and first looks after it
+        # sees the edit (the settings' copy may be older than the file).
         self._nodes = settings.default_nodes()
-        self._file_stamp = self._stamp()
+        self._file_stamp: object = _NEVER_READ
         self._clients: dict[str, tuple[NodeConfig, InfluxDB3Client]] = {}
 
     def nodes(self) -> tuple[NodeConfig, ...]:
@@ -71,7 +78,7 @@ class NodePool:
         """Every node token as last read (no file check: cheap enough for every log line)."""
         return tuple(n.token for n in self._nodes if n.token)
 
-    def _stamp(self) -> tuple[float, int] | None:
+    def _stamp(self) -> tuple[int, int, int] | None:
         path = self._settings.influxdb_nodes_file
         if path is None:
             return None
@@ -79,7 +86,36 @@ class NodePool:
             stat = Path(path).stat()
         except OSError:
             return None
-        return (stat.st_mtime, stat.st_size)
+        # The inode too: an atomic replace (write, then rename) within one mtime tick.
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+_NEVER_READ = object()
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One node's databases as one list call saw them; ``names`` is None when it failed."""
+
+    names: frozenset[str] | None
+    error: ProvisioningError | None = None
+
+
+def list_everywhere(pool: NodePool, nodes: Sequence[NodeConfig]) -> dict[str, Listing]:
+    """One list call per node, all at once: a few hanging servers cost one timeout, not one
+    each. Never raises for InfluxDB's sake; a failed call is a Listing without names."""
+
+    def list_one(node: NodeConfig) -> Listing:
+        try:
+            return Listing(frozenset(pool.client(node).list_databases()))
+        except ProvisioningError as exc:
+            return Listing(None, exc)
+
+    if not nodes:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as listing:
+        results = list(listing.map(list_one, nodes))
+    return {node.name: result for node, result in zip(nodes, results, strict=True)}
 
 
 _shared: NodePool | None = None

@@ -1,22 +1,20 @@
 """The reconciler: makes Postgres state and InfluxDB agree again, on a beat schedule.
 
-Redis can lose messages, workers die mid-attempt, someone deletes a database by hand. One run:
+Redis can lose messages, workers die mid-attempt, servers go silent or leave the nodes file,
+someone deletes a database by hand. One run:
 
 1. takes a Postgres advisory lock (two beats by mistake: the second run is a no-op; a run that
    dies frees the lock with its connection);
-2. re-reads the node pool and lists each node's databases once - one InfluxDB call per node,
-   never one per tenant - recording what it saw (a node seen with room is no longer "full");
-3. reads ``tenants`` in keyset-paginated batches and, per batch, finds what is owed (state
-   changes - drift, stuck, waiting - are made under ``FOR UPDATE SKIP LOCKED`` and re-check
-   the state; re-publishing needs no lock, the per-tenant lock makes duplicates harmless):
-   - ``pending`` never queued, or queued longer ago than the requeue grace (message lost),
-   - ``retrying`` whose next attempt is overdue by the grace (the retry message was lost),
-   - ``provisioning`` for longer than the task's hard time limit (the worker died): ``stuck``,
-   - ``provisioned`` whose database is gone from its node: ``drift``, back to ``pending``
-     (a provisioned tenant without a node, from before the pool, adopts the node that has it),
-   - ``deprovisioning`` not queued within the grace (an interrupted deletion);
+2. re-reads the node pool and lists each server's databases once - one InfluxDB call per
+   server, never one per tenant - recording what it saw (a server seen with room is no longer
+   "full");
+3. reads ``tenants`` in keyset-paginated batches and asks ``worker.findings`` what each is owed;
+   state changes are guarded by the state they were found in (a worker may have moved on):
+   re-queue lost work, take over a lost retry chain, recover stuck attempts, repair drift,
+   locate rows from before the worker (adopt where found, new home where confirmed absent),
+   resume tenants that failed for a transient reason once their server answers again;
 4. moves the oldest ``waiting_for_capacity`` tenants back to ``pending``, as many as the pool
-   has free slots (a node was added, or a slot freed);
+   has free slots (a server was added, or a slot freed);
 5. publishes all of those after their transaction commits, and records when;
 6. logs one summary line and stores totals for ``/metrics``.
 """
@@ -26,30 +24,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from worker.db import advisory_lock
-from worker.errors import ProvisioningError
-from worker.models import ProvisioningState, reconcile_stats, tenants
-from worker.nodes import NodePool
+from worker.findings import Finding, Kind, View, find
+from worker.models import reconcile_stats, tenants
+from worker.nodes import NodePool, list_everywhere
 from worker.placement import record_observation, usage
-from worker.provisioning import Clock, utcnow
 from worker.queues import Job
 from worker.redaction import redact
-from worker.settings import NodeConfig, Settings
+from worker.runs import new_chain, new_task_id
+from worker.settings import Settings
+from worker.states import QUEUEABLE_STATES, Adoption, ProvisioningState, Reason
+from worker.store import Clock, utcnow
 
 logger = logging.getLogger(__name__)
 
 # Any constant distinct from the per-tenant keys (those are 64-bit hashes).
 RECONCILE_LOCK_KEY = 0x7465_6E61_6E74  # "tenant"
 
-Publish = Callable[[str, Job], bool]
-Owed = tuple[str, Job]
+Publish = Callable[[str, Job, str | None], bool]
+Owed = tuple[str, Job, str | None]  # tenant, job, the task id that owns its chain (or None)
 
 
 @dataclass
@@ -61,11 +60,18 @@ class ReconcileSummary:
     requeued: int = 0
     drift: int = 0
     stuck: int = 0
-    failed: int = 0  # tenants in the failed state: they need an operator
+    taken_over: int = 0  # retry chains whose message was lost, re-published once
+    failed: int = 0  # tenants in the failed state
+    stalled: int = 0  # failed for a transient reason; resume when their server answers
+    resumed: int = 0  # stalled tenants whose server answered again: a fresh episode
     waiting: int = 0  # tenants waiting for capacity at the start of the run
     unwaited: int = 0  # waiting tenants sent back to provisioning (room appeared)
     deprovisioning: int = 0  # interrupted deletions queued again
-    adopted: int = 0  # provisioned tenants without a node, matched to the node holding them
+    adopted: int = 0  # rows without a server matched to the server holding their database
+    new_home: int = 0  # rows from before the worker, confirmed absent everywhere
+    unlocated: int = 0  # rows from before the worker, a server silent: they wait
+    ambiguous: int = 0  # rows from before the worker found on several servers: name_taken
+    node_missing: int = 0  # tenants whose server left the nodes file
     not_queued: int = 0  # owed work the broker did not take this time
     influxdb_calls: int = 0
     duration_seconds: float = 0.0
@@ -77,6 +83,15 @@ class ReconcileSummary:
         summary = asdict(self)
         del summary["requeued_ids"]
         return summary
+
+    def line(self) -> str:
+        """The one-line log form: every count that is not zero."""
+        counts = [
+            f"{k}={v}"
+            for k, v in self.as_dict().items()
+            if isinstance(v, int) and not isinstance(v, bool) and v
+        ]
+        return " ".join(counts) or "nothing"
 
 
 def reconcile(
@@ -97,19 +112,8 @@ def reconcile(
     summary.duration_seconds = round(time.monotonic() - started, 3)
     _store(engine, summary, clock)
     logger.info(
-        "reconcile: scanned=%d requeued=%d drift=%d stuck=%d failed=%d waiting=%d unwaited=%d "
-        "deprovisioning=%d adopted=%d not_queued=%d influxdb_calls=%d duration=%.3fs%s",
-        summary.scanned,
-        summary.requeued,
-        summary.drift,
-        summary.stuck,
-        summary.failed,
-        summary.waiting,
-        summary.unwaited,
-        summary.deprovisioning,
-        summary.adopted,
-        summary.not_queued,
-        summary.influxdb_calls,
+        "reconcile: %s duration=%.3fs%s",
+        summary.line(),
         summary.duration_seconds,
         f" influxdb_error={summary.influxdb_error!r}" if summary.influxdb_error else "",
     )
@@ -122,21 +126,18 @@ def _run(
     summary = ReconcileSummary()
     nodes = pool.nodes()
     listed_at = clock()
-    existing: dict[str, set[str] | None] = {}
+    listings = list_everywhere(pool, nodes)
     errors: list[str] = []
-    # All nodes at once: a few hanging servers cost one timeout, not one each.
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(nodes)))) as listing:
-        lists = list(listing.map(lambda node: _list_node(pool, node), nodes))
     with engine.connect() as conn:
-        for node, (names, error) in zip(nodes, lists, strict=True):
+        for node in nodes:
             summary.influxdb_calls += 1
-            if names is None:
+            listing = listings[node.name]
+            if listing.names is None:
                 # Without the list we cannot judge drift there; owed work is still re-enqueued.
-                existing[node.name] = None
-                errors.append(f"{node.name}: {error}")
+                error = listing.error
+                errors.append(f"{node.name}: {error.reason if error else '?'}: {error}")
             else:
-                existing[node.name] = set(names)
-                record_observation(conn, node, len(names), clock())
+                record_observation(conn, node, len(listing.names), clock())
     if errors:
         summary.influxdb_error = redact("; ".join(errors), settings.secrets() + pool.secrets())
 
@@ -153,20 +154,200 @@ def _run(
             summary.waiting += sum(
                 r.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY for r in batch
             )
-            owed = _claim_owed(conn, batch, existing, listed_at, settings, clock, summary)
+            now = clock()
+            view = View(
+                now=now,
+                listed_at=listed_at,
+                grace=timedelta(seconds=settings.reconcile_requeue_after_seconds),
+                stuck_after=now - timedelta(seconds=settings.task_time_limit),
+                listings={name: listing.names for name, listing in listings.items()},
+            )
+            findings = [
+                (row, find(row, settings.database_name(row.tenant_id), view)) for row in batch
+            ]
+            owed = _Claims(conn, view, summary).apply(findings)
             conn.commit()  # state changes are durable before any message goes out
             sender.send(conn, owed)
         unwaited = _unwait(conn, pool, clock)
         summary.unwaited = len(unwaited)
-        sender.send(conn, [(tenant_id, Job.PROVISION) for tenant_id in unwaited])
+        sender.send(conn, [(tenant_id, Job.PROVISION, None) for tenant_id in unwaited])
     return summary
 
 
-def _list_node(pool: NodePool, node: NodeConfig) -> tuple[list[str] | None, str | None]:
-    try:
-        return pool.client(node).list_databases(), None
-    except ProvisioningError as exc:
-        return None, f"{exc.reason}: {exc}"
+class _Claims:
+    """Applies one batch's findings, each guarded by the state it was found in."""
+
+    def __init__(self, conn: Connection, view: View, summary: ReconcileSummary) -> None:
+        self.conn, self.view, self.summary = conn, view, summary
+        self.owed: list[Owed] = []
+
+    def apply(self, findings: list[tuple[Any, Finding | None]]) -> list[Owed]:
+        by_kind: dict[Kind, list[tuple[Any, Finding]]] = {}
+        for row, finding in findings:
+            if finding is not None:
+                by_kind.setdefault(finding.kind, []).append((row, finding))
+        for kind, items in by_kind.items():
+            rows = [row for row, _ in items]
+            getattr(self, f"_{kind.value}")(rows, [f for _, f in items])
+        return self.owed
+
+    def _provision(self, rows: list[Any], _: list[Finding]) -> None:
+        self.owed.extend((r.tenant_id, Job.PROVISION, None) for r in rows)
+
+    def _deprovision(self, rows: list[Any], _: list[Finding]) -> None:
+        self.owed.extend((r.tenant_id, Job.DEPROVISION, None) for r in rows)
+        self.summary.deprovisioning += len(rows)
+
+    def _take_over(self, rows: list[Any], _: list[Finding]) -> None:
+        # The scheduled retry's message is overdue: this run's message replaces it as the
+        # chain's owner, so the lost one - should it turn up late - is absorbed.
+        for row in rows:
+            task_id = new_task_id()
+            taken = self.conn.execute(
+                update(tenants)
+                .where(
+                    tenants.c.tenant_id == row.tenant_id,
+                    tenants.c.influxdb_state == row.influxdb_state,
+                    tenants.c.influxdb_retry_chain.is_not_distinct_from(row.influxdb_retry_chain),
+                )
+                .values(influxdb_retry_chain=new_chain(task_id), influxdb_updated_at=self.view.now)
+            ).rowcount
+            if taken:
+                job = (
+                    Job.DEPROVISION
+                    if row.influxdb_state == ProvisioningState.DEPROVISIONING
+                    else Job.PROVISION
+                )
+                self.owed.append((row.tenant_id, job, task_id))
+                self.summary.taken_over += 1
+
+    def _stuck(self, rows: list[Any], _: list[Finding]) -> None:
+        moved = self._to_pending(
+            rows,
+            ProvisioningState.PROVISIONING,
+            tenants.c.influxdb_updated_at < self.view.stuck_after,
+            reason=Reason.WORKER_LOST,
+            message="attempt did not finish within the task time limit; re-queued",
+            new_episode=False,  # the killed attempt counts
+        )
+        self.summary.stuck += len(moved)
+
+    def _drift(self, rows: list[Any], _: list[Finding]) -> None:
+        moved = self._to_pending(
+            rows,
+            ProvisioningState.PROVISIONED,
+            tenants.c.influxdb_provisioned_at < self.view.listed_at,
+            reason=Reason.DRIFT,
+            message="database missing in InfluxDB; provisioning it again",
+            new_episode=True,
+        )
+        self.summary.drift += len(moved)
+
+    def _resume(self, rows: list[Any], findings: list[Finding]) -> None:
+        for row, finding in zip(rows, findings, strict=True):
+            where = f"node {finding.node}" if finding.node else "every node"
+            self.summary.resumed += len(
+                self._to_pending(
+                    [row],
+                    ProvisioningState.FAILED,
+                    tenants.c.influxdb_updated_at < self.view.listed_at,
+                    reason=Reason.parse(row.influxdb_error_reason) or Reason.UNREACHABLE,
+                    message=f"{where} answers again; resumed after: {row.influxdb_last_error}",
+                    new_episode=True,
+                )
+            )
+
+    def _stalled(self, rows: list[Any], _: list[Finding]) -> None:
+        self.summary.stalled += len(rows)
+
+    def _node_missing(self, rows: list[Any], _: list[Finding]) -> None:
+        self.summary.node_missing += len(rows)
+
+    def _unlocated(self, rows: list[Any], _: list[Finding]) -> None:
+        self.summary.unlocated += len(rows)
+
+    def _record_home(self, rows: list[Any], findings: list[Finding]) -> None:
+        homes = [{"id": r.tenant_id, "node": f.node} for r, f in zip(rows, findings, strict=True)]
+        self.conn.execute(
+            update(tenants)
+            .where(tenants.c.tenant_id == bindparam("id"), tenants.c.influxdb_node.is_(None))
+            .values(influxdb_node=bindparam("node")),
+            homes,
+        )
+        self.summary.adopted += len(homes)
+        # Pending ones go on to provisioning there: a 409, the identity check, the marker.
+        pending = [r for r in rows if r.influxdb_state == ProvisioningState.PENDING]
+        self._provision(pending, [])
+
+    def _new_home(self, rows: list[Any], _: list[Finding]) -> None:
+        cleared = self.conn.execute(
+            update(tenants)
+            .where(
+                tenants.c.tenant_id.in_([r.tenant_id for r in rows]),
+                tenants.c.influxdb_node.is_(None),
+                tenants.c.influxdb_adopt == Adoption.UNMARKED,
+            )
+            .values(influxdb_adopt=None, influxdb_updated_at=self.view.now)
+            .returning(tenants.c.tenant_id)
+        ).scalars()
+        self.owed.extend((tenant_id, Job.PROVISION, None) for tenant_id in cleared)
+        self.summary.new_home += len(rows)
+
+    def _ambiguous(self, rows: list[Any], findings: list[Finding]) -> None:
+        for row, finding in zip(rows, findings, strict=True):
+            self.conn.execute(
+                update(tenants)
+                .where(
+                    tenants.c.tenant_id == row.tenant_id,
+                    tenants.c.influxdb_state == ProvisioningState.PENDING,
+                    tenants.c.influxdb_node.is_(None),
+                )
+                .values(
+                    influxdb_state=ProvisioningState.FAILED,
+                    influxdb_error_reason=Reason.NAME_TAKEN,
+                    influxdb_last_error=f"its database exists on nodes {finding.detail}; adopt "
+                    "the right one (python -m worker adopt TENANT --node NODE)",
+                    influxdb_updated_at=self.view.now,
+                )
+            )
+        self.summary.ambiguous += len(rows)
+
+    def _to_pending(
+        self,
+        rows: list[Any],
+        expected: ProvisioningState,
+        still_true: Any,
+        *,
+        reason: Reason,
+        message: str,
+        new_episode: bool,
+    ) -> list[str]:
+        # Re-check the state under the row lock: a worker may have moved the tenant since.
+        locked = (
+            select(tenants.c.tenant_id)
+            .where(tenants.c.tenant_id.in_([r.tenant_id for r in rows]))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        moved = self.conn.execute(
+            update(tenants)
+            .where(
+                tenants.c.tenant_id.in_(locked), tenants.c.influxdb_state == expected, still_true
+            )
+            .values(
+                influxdb_state=ProvisioningState.PENDING,
+                influxdb_error_reason=reason,
+                influxdb_last_error=message[:500],
+                influxdb_next_attempt_at=None,
+                influxdb_retry_chain=None,
+                influxdb_updated_at=self.view.now,
+                **({"influxdb_attempts": 0} if new_episode else {}),
+            )
+            .returning(tenants.c.tenant_id)
+        ).scalars()
+        moved_ids = sorted(moved)
+        self.owed.extend((tenant_id, Job.PROVISION, None) for tenant_id in moved_ids)
+        return moved_ids
 
 
 class _Sender:
@@ -182,7 +363,7 @@ class _Sender:
         if not self._broker_up:  # do not wait out a publish timeout per tenant
             self._summary.not_queued += len(owed)
             return
-        published = [tenant_id for tenant_id, job in owed if self._publish(tenant_id, job)]
+        published = [t for t, job, task_id in owed if self._publish(t, job, task_id)]
         self._broker_up = len(published) == len(owed)
         _mark_enqueued(conn, published, self._clock())
         self._summary.requeued += len(published)
@@ -210,7 +391,12 @@ def _unwait(conn: Connection, pool: NodePool, clock: Clock) -> list[str]:
             tenants.c.tenant_id.in_(oldest),
             tenants.c.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY,
         )
-        .values(influxdb_state=ProvisioningState.PENDING, influxdb_updated_at=clock())
+        # The wait ended the last episode: a new one starts with all its attempts.
+        .values(
+            influxdb_state=ProvisioningState.PENDING,
+            influxdb_attempts=0,
+            influxdb_updated_at=clock(),
+        )
         .returning(tenants.c.tenant_id, tenants.c.created_at)
     ).all()
     conn.commit()
@@ -228,6 +414,9 @@ def _next_batch(conn: Connection, after: str, size: int) -> list[Any]:
             tenants.c.influxdb_provisioned_at,
             tenants.c.influxdb_node,
             tenants.c.influxdb_error_reason,
+            tenants.c.influxdb_last_error,
+            tenants.c.influxdb_adopt,
+            tenants.c.influxdb_retry_chain,
         )
         .where(tenants.c.tenant_id > after)
         .order_by(tenants.c.tenant_id)
@@ -237,162 +426,14 @@ def _next_batch(conn: Connection, after: str, size: int) -> list[Any]:
     return list(rows)
 
 
-def _claim_owed(
-    conn: Connection,
-    batch: list[Any],
-    existing: dict[str, set[str] | None],
-    listed_at: datetime,
-    settings: Settings,
-    clock: Clock,
-    summary: ReconcileSummary,
-) -> list[Owed]:
-    """Mark the batch's owed tenants under row locks; return what to publish."""
-    now = clock()
-    grace = timedelta(seconds=settings.reconcile_requeue_after_seconds)
-    stuck_after = now - timedelta(seconds=settings.task_time_limit)
-    drifted: list[str] = []
-    stuck: list[str] = []
-    owed: list[Owed] = []
-    adopted: list[dict[str, str]] = []
-    for row in batch:
-        finding = _finding(row, existing, listed_at, now, grace, stuck_after, settings)
-        if finding is not None and finding.startswith("adopt:"):
-            adopted.append({"id": row.tenant_id, "node": finding.removeprefix("adopt:")})
-        elif finding == "drift":
-            drifted.append(row.tenant_id)
-        elif finding == "stuck":
-            stuck.append(row.tenant_id)
-        elif finding == "deprovision":
-            owed.append((row.tenant_id, Job.DEPROVISION))
-            summary.deprovisioning += 1
-        elif finding == "provision":
-            owed.append((row.tenant_id, Job.PROVISION))
-
-    if adopted:
-        conn.execute(
-            update(tenants)
-            .where(tenants.c.tenant_id == bindparam("id"), tenants.c.influxdb_node.is_(None))
-            .values(influxdb_node=bindparam("node")),
-            adopted,
-        )
-        summary.adopted += len(adopted)
-    if drifted:
-        moved = _move_to_pending(
-            conn,
-            drifted,
-            ProvisioningState.PROVISIONED,
-            tenants.c.influxdb_provisioned_at < listed_at,
-            reason="drift",
-            message="database missing in InfluxDB; provisioning it again",
-            now=now,
-            reset_attempts=True,  # a new provisioning effort, with all its attempts
-        )
-        summary.drift += len(moved)
-        owed.extend((tenant_id, Job.PROVISION) for tenant_id in moved)
-    if stuck:
-        moved = _move_to_pending(
-            conn,
-            stuck,
-            ProvisioningState.PROVISIONING,
-            tenants.c.influxdb_updated_at < stuck_after,
-            reason="worker_lost",
-            message="attempt did not finish within the task time limit; re-queued",
-            now=now,
-            reset_attempts=False,
-        )
-        summary.stuck += len(moved)
-        owed.extend((tenant_id, Job.PROVISION) for tenant_id in moved)
-    return owed
-
-
-def _finding(
-    row: Any,
-    existing: dict[str, set[str] | None],
-    listed_at: datetime,
-    now: datetime,
-    grace: timedelta,
-    stuck_after: datetime,
-    settings: Settings,
-) -> str | None:
-    """What the reconciler owes one tenant: provision, deprovision, stuck, drift,
-    adopt:<node>, or nothing."""
-    state = row.influxdb_state
-    queued_long_ago = row.influxdb_enqueued_at is None or row.influxdb_enqueued_at < now - grace
-    due = row.influxdb_next_attempt_at
-    if state == ProvisioningState.PENDING:
-        return "provision" if queued_long_ago else None
-    if state == ProvisioningState.RETRYING:
-        return "provision" if queued_long_ago and (due is None or due < now - grace) else None
-    if state == ProvisioningState.DEPROVISIONING:
-        return "deprovision" if queued_long_ago and (due is None or due < now - grace) else None
-    if state == ProvisioningState.PROVISIONING:
-        return "stuck" if row.influxdb_updated_at < stuck_after else None
-    if state != ProvisioningState.PROVISIONED or row.influxdb_provisioned_at is None:
-        return None
-    if row.influxdb_provisioned_at >= listed_at:
-        return None  # provisioned after we looked: the lists cannot tell
-    database = settings.database_name(row.tenant_id)
-    if row.influxdb_node is None:
-        holders = [name for name, seen in existing.items() if seen and database in seen]
-        if len(holders) == 1:
-            return f"adopt:{holders[0]}"
-        all_listed = bool(existing) and all(seen is not None for seen in existing.values())
-        return "drift" if not holders and all_listed else None
-    seen = existing.get(row.influxdb_node)
-    return "drift" if seen is not None and database not in seen else None
-
-
-def _move_to_pending(
-    conn: Connection,
-    tenant_ids: list[str],
-    expected_state: ProvisioningState,
-    still_true: Any,
-    *,
-    reason: str,
-    message: str,
-    now: datetime,
-    reset_attempts: bool,
-) -> list[str]:
-    # Re-check the state under the row lock: a worker may have moved the tenant since we read.
-    locked = (
-        select(tenants.c.tenant_id)
-        .where(tenants.c.tenant_id.in_(tenant_ids))
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    moved = conn.execute(
-        update(tenants)
-        .where(
-            tenants.c.tenant_id.in_(locked),
-            tenants.c.influxdb_state == expected_state,
-            still_true,
-        )
-        .values(
-            influxdb_state=ProvisioningState.PENDING,
-            influxdb_error_reason=reason,
-            influxdb_last_error=message,
-            influxdb_updated_at=now,
-            **({"influxdb_attempts": 0} if reset_attempts else {}),
-        )
-        .returning(tenants.c.tenant_id)
-    ).scalars()
-    return sorted(moved)
-
-
-def _mark_enqueued(conn: Connection, tenant_ids: list[str], now: datetime) -> None:
+def _mark_enqueued(conn: Connection, tenant_ids: list[str], now: Any) -> None:
     if not tenant_ids:
         return
     conn.execute(
         update(tenants)
         .where(
             tenants.c.tenant_id.in_(bindparam("ids", expanding=True)),
-            tenants.c.influxdb_state.in_(
-                [
-                    ProvisioningState.PENDING,
-                    ProvisioningState.RETRYING,
-                    ProvisioningState.DEPROVISIONING,
-                ]
-            ),
+            tenants.c.influxdb_state.in_(list(QUEUEABLE_STATES)),
         )
         .values(influxdb_enqueued_at=now),
         {"ids": tenant_ids},

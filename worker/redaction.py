@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterable
 
 REDACTED = "[REDACTED]"
@@ -19,3 +20,24 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
             text = text.replace(secret, REDACTED)
     text = _AUTH_HEADER_VALUE.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:{REDACTED}@", text)
+
+
+_SECRET_QUERY_KEYS = re.compile(r"(?i)(token|password|passwd|secret|key|auth)")
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to print: the userinfo password and secret-looking query values replaced."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return redact(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{REDACTED}@{host}"
+    query = "&".join(
+        f"{key}={REDACTED}" if _SECRET_QUERY_KEYS.search(key) else f"{key}={value}"
+        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

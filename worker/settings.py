@@ -28,9 +28,12 @@ DEFAULT_INFLUXDB_URL = "http://127.0.0.1:8181"
 _INFLUX_NAME_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-# InfluxDB durations as the configure API takes them: e.g. 30d, 12h, 1w, 90m, 1d12h.
-RETENTION_PERIOD = re.compile(r"^(?:[1-9][0-9]{0,8}(?:s|m|h|d|w))+$")
+_NODE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+# Retention periods as InfluxDB 3 Core's configure API takes them: one number and one unit of
+# h, d, w, mo (30 days) or y (365 days) - no minutes, no compound values (../shared docs).
+# Zero is refused on purpose: Core accepts "0d" and then hides every point at query time.
+RETENTION_PERIOD = re.compile(r"\A[1-9][0-9]{0,5}(?:h|d|w|mo|y)\Z")
+RETENTION_PERIOD_RULE = "a positive number (at most 6 digits) followed by h, d, w, mo or y"
 _HARD_DELETE = re.compile(
     r"^(now|never|default|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))$"
 )
@@ -142,7 +145,9 @@ class Settings:
             influxdb_nodes=nodes,
             influxdb_nodes_file=nodes_file,
             influxdb_retention_period=reader.pattern(
-                "INFLUXDB_RETENTION_PERIOD", RETENTION_PERIOD, "a duration such as 30d or 12h"
+                "INFLUXDB_RETENTION_PERIOD",
+                RETENTION_PERIOD,
+                f"a retention period such as 30d or 12h: {RETENTION_PERIOD_RULE}",
             ),
             influxdb_hard_delete_at=reader.pattern(
                 "INFLUXDB_HARD_DELETE_AT", _HARD_DELETE, "now, never, default or an RFC 3339 time"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,11 +22,13 @@ from worker.deprovisioning import deprovision_tenant
 from worker.logs import log_context
 from worker.models import tenants
 from worker.nodes import shared_pool
-from worker.provisioning import Outcome, next_backoff, provision_tenant
+from worker.provisioning import provision_tenant
 from worker.queues import DEPROVISION_TASK, PROVISION_TASK, RECONCILE_TASK, RETRY_QUEUE, Job
 from worker.reconcile import reconcile
 from worker.redaction import redact
+from worker.runs import Delivery, Outcome, next_backoff
 from worker.settings import get_settings
+from worker.states import RunResult
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,12 @@ def _run(task: Task, tenant_id: str, service: Callable[..., Outcome]) -> dict[st
     with log_context(tenant_id=str(tenant_id), task_id=task.request.id):
         if not isinstance(tenant_id, str):
             logger.error("ignoring a message whose tenant id is not a string")
-            return {"result": "not_found"}
+            return {"result": RunResult.NOT_FOUND.value}
+        # Which message this is, so a run can tell its own chain's retry from a duplicate.
+        delivery = Delivery.of(task.request.id, task.request.retries)
         try:
             with get_engine().connect() as conn:
-                outcome = service(conn, tenant_id, shared_pool(), settings)
+                outcome = service(conn, tenant_id, shared_pool(), settings, delivery=delivery)
         except DBAPIError as exc:
             # Postgres went away mid-run: we cannot even record it. Retry a few times; beyond
             # that the reconciler finds the tenant stuck and re-enqueues it.
@@ -66,14 +69,14 @@ def _run(task: Task, tenant_id: str, service: Callable[..., Outcome]) -> dict[st
             raise task.retry(countdown=delay, exc=exc, queue=RETRY_QUEUE) from exc
         if outcome.retry_in is not None:
             countdown = outcome.retry_in
-            if outcome.result == "busy":  # wait for the lock holder, longer each time
+            if outcome.result is RunResult.BUSY:  # wait for the lock holder, longer each time
                 countdown = next_backoff(
                     task.request.retries + 1,
                     settings.backoff_base_seconds,
                     settings.backoff_cap_seconds,
                 )
             raise task.retry(countdown=countdown, queue=RETRY_QUEUE)
-        return asdict(outcome)
+        return outcome.as_dict()
 
 
 # Its own time limits: one run lists every node (in parallel, each bounded by the client's
@@ -85,11 +88,15 @@ def reconcile_tenants() -> dict[str, Any]:
     return summary.as_dict()
 
 
-def publish(tenant_id: str, job: Job = Job.PROVISION) -> bool:
-    """Publish one message for ``job`` without retrying; True when the broker took it."""
+def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None) -> bool:
+    """Publish one message for ``job`` without retrying; True when the broker took it.
+
+    ``task_id`` names the message when the caller has recorded it as the owner of the
+    tenant's retry chain (``worker.runs``).
+    """
     task = deprovision_tenant_influxdb if job is Job.DEPROVISION else provision_tenant_influxdb
     try:
-        task.apply_async(args=(tenant_id,), retry=False)
+        task.apply_async(args=(tenant_id,), task_id=task_id, retry=False)
     except Exception as exc:
         message = redact(f"{type(exc).__name__}: {exc}", get_settings().secrets())
         logger.warning(
@@ -102,14 +109,14 @@ def publish(tenant_id: str, job: Job = Job.PROVISION) -> bool:
     return True
 
 
-def enqueue(tenant_id: str, job: Job = Job.PROVISION) -> bool:
+def enqueue(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None) -> bool:
     """Publish a message for ``job`` and record when; True when the broker took it.
 
     Never raises for a broker problem: the tenant is already committed as owed work, and the
     reconciler re-enqueues whatever was not queued.
     """
     with log_context(tenant_id=tenant_id):
-        if not publish(tenant_id, job):
+        if not publish(tenant_id, job, task_id):
             return False
         try:
             with get_engine().begin() as conn:

@@ -45,10 +45,31 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The older schema has no "deprovisioning": turning those tenants into anything it knows
+    # would bring deleted tenants back (pending) or hide unfinished deletions. Refuse instead.
+    deleting = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT tenant_id FROM tenants WHERE influxdb_state = 'deprovisioning' "
+                "ORDER BY tenant_id LIMIT 6"
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if deleting:
+        shown = ", ".join(deleting[:5]) + (", ..." if len(deleting) > 5 else "")
+        raise RuntimeError(
+            f"cannot downgrade below 0003 while tenants are being deleted ({shown}): "
+            "let the worker finish the deletions (python -m worker list --state deprovisioning), "
+            "then downgrade"
+        )
     op.drop_table("influxdb_nodes")
+    # Waiting for capacity is owed work: the older worker provisions it as pending.
     op.execute(
         "UPDATE tenants SET influxdb_state = 'pending' "
-        "WHERE influxdb_state IN ('waiting_for_capacity', 'deprovisioning')"
+        "WHERE influxdb_state = 'waiting_for_capacity'"
     )
     op.drop_constraint("ck_tenants_influxdb_state", "tenants", type_="check")
     op.create_check_constraint("ck_tenants_influxdb_state", "tenants", _state_check(OLD_STATES))

@@ -1,0 +1,121 @@
+"""What the reconciler owes one tenant, decided from what is - the row, the time, and one
+listing per server - never from what a message claims happened (level-triggered).
+
+``find`` is a pure function: ``worker.reconcile`` applies its findings under row guards.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from worker.identity import locate
+from worker.states import RESUMABLE_REASONS, Adoption, ProvisioningState, Reason
+
+
+class Kind(enum.StrEnum):
+    """One kind of finding."""
+
+    PROVISION = "provision"  # owed provisioning never queued, or its message was lost
+    DEPROVISION = "deprovision"  # an interrupted deletion
+    TAKE_OVER = "take_over"  # a scheduled retry is overdue: its message was lost
+    STUCK = "stuck"  # an attempt outlived the task time limit: its worker died
+    DRIFT = "drift"  # provisioned, and its database is gone from its server
+    RECORD_HOME = "record_home"  # a row without a server: its database was found on one
+    NEW_HOME = "new_home"  # a row from before the worker: confirmed absent everywhere
+    AMBIGUOUS = "ambiguous"  # a row from before the worker: found on several servers
+    UNLOCATED = "unlocated"  # a row from before the worker: a server did not answer
+    RESUME = "resume"  # failed for a transient reason, and its server answers again
+    STALLED = "stalled"  # failed for a transient reason, its server still silent
+    NODE_MISSING = "node_missing"  # its server left the nodes file: it waits there
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: Kind
+    node: str | None = None  # RECORD_HOME: where; RESUME/STALLED: which server
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class View:
+    """What one reconcile run knows of the world when it judges a row."""
+
+    now: datetime
+    listed_at: datetime  # when the servers were listed
+    grace: timedelta  # how long queued work may wait before its message counts as lost
+    stuck_after: datetime  # an attempt updated before this has outlived the time limit
+    listings: Mapping[str, Collection[str] | None]  # per configured server; None: no answer
+
+    @property
+    def all_answered(self) -> bool:
+        return bool(self.listings) and all(n is not None for n in self.listings.values())
+
+
+def find(row: Any, database: str, view: View) -> Finding | None:
+    """What ``row`` (a tenants row) is owed, or None."""
+    node: str | None = row.influxdb_node
+    if node is not None and node not in view.listings:
+        return Finding(Kind.NODE_MISSING, node)
+    state = row.influxdb_state
+    queued_long_ago = (
+        row.influxdb_enqueued_at is None or row.influxdb_enqueued_at < view.now - view.grace
+    )
+    overdue = row.influxdb_next_attempt_at is None or (
+        row.influxdb_next_attempt_at < view.now - view.grace
+    )
+    if state == ProvisioningState.PENDING:
+        if node is None and row.influxdb_adopt == Adoption.UNMARKED:
+            return _locate(database, view)
+        return Finding(Kind.PROVISION) if queued_long_ago else None
+    if state == ProvisioningState.RETRYING:
+        return Finding(Kind.TAKE_OVER) if overdue else None
+    if state == ProvisioningState.DEPROVISIONING:
+        if row.influxdb_retry_chain is not None:
+            return Finding(Kind.TAKE_OVER) if overdue else None
+        return Finding(Kind.DEPROVISION) if queued_long_ago else None
+    if state == ProvisioningState.PROVISIONING:
+        return Finding(Kind.STUCK) if row.influxdb_updated_at < view.stuck_after else None
+    if state == ProvisioningState.FAILED:
+        return _resume(row, view)
+    if state == ProvisioningState.PROVISIONED:
+        return _verify(row, database, view)
+    return None
+
+
+def _locate(database: str, view: View) -> Finding:
+    location = locate(database, view.listings)
+    if len(location.found) == 1:
+        return Finding(Kind.RECORD_HOME, location.found[0])
+    if location.found:
+        return Finding(Kind.AMBIGUOUS, detail=", ".join(location.found))
+    if location.absent:
+        return Finding(Kind.NEW_HOME)
+    return Finding(Kind.UNLOCATED, detail=", ".join(location.unanswered))
+
+
+def _resume(row: Any, view: View) -> Finding | None:
+    if Reason.parse(row.influxdb_error_reason) not in RESUMABLE_REASONS:
+        return None  # permanent: an operator decides
+    node: str | None = row.influxdb_node
+    answered = view.listings.get(node) is not None if node else view.all_answered
+    # Failed after we listed: the answer we saw may predate the failure.
+    if answered and row.influxdb_updated_at < view.listed_at:
+        return Finding(Kind.RESUME, node)
+    return Finding(Kind.STALLED, node)
+
+
+def _verify(row: Any, database: str, view: View) -> Finding | None:
+    if row.influxdb_provisioned_at is None or row.influxdb_provisioned_at >= view.listed_at:
+        return None  # provisioned after we looked: the listings cannot tell
+    node: str | None = row.influxdb_node
+    if node is None:  # provisioned before the pool existed
+        location = locate(database, view.listings)
+        if len(location.found) == 1:
+            return Finding(Kind.RECORD_HOME, location.found[0])
+        return Finding(Kind.DRIFT) if location.absent else None
+    seen = view.listings.get(node)
+    return Finding(Kind.DRIFT) if seen is not None and database not in seen else None

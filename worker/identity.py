@@ -1,0 +1,103 @@
+"""Whose database is it? The identity rule that keeps one tenant's data from another's.
+
+A tenant row has an *incarnation*: a random id made with the row. The ``_init`` marker point the
+worker writes into the tenant's database carries it as a field. A database of the tenant's name
+is the tenant's own only when:
+
+- its marker carries this incarnation, or
+- this incarnation sent a create to that server whose answer it never saw (a timeout), and no
+  other marker is there, or
+- the row's adoption mode says so (``Adoption.UNMARKED`` for rows that predate the worker,
+  ``Adoption.ANY`` after an operator's ``adopt``).
+
+Anything else - another incarnation's marker (a deleted tenant of the same id), a marker of
+another tenant, or no marker at all - is *not* handed to the tenant: it stops as ``name_taken``.
+
+Where a row's home is unknown (rows that predate the pool), the home is *located*: every
+server listed once; a server that cannot answer makes the answer "unknown", never "absent".
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+from worker.states import Adoption
+
+
+@dataclass(frozen=True)
+class Marker:
+    """One ``_init`` point as read back: its ``tenant`` tag and ``incarnation`` field."""
+
+    tenant: str | None
+    incarnation: str | None  # None: written by the inline code, before incarnations existed
+
+
+class Verdict(enum.StrEnum):
+    """What a database of the tenant's name is to the tenant."""
+
+    OURS = "ours"
+    FOREIGN = "foreign"  # marked for another incarnation or tenant
+    UNKNOWN = "unknown"  # no marker of ours and no reason to believe it is ours
+
+
+def judge(
+    markers: Iterable[Marker],
+    *,
+    tenant_id: str,
+    incarnation: str,
+    adoption: Adoption | None,
+    own_create_unanswered: bool,
+) -> Verdict:
+    """Apply the identity rule (module docstring) to the markers found in the database."""
+    markers = list(markers)
+    incarnations = {m.incarnation for m in markers if m.incarnation}
+    if incarnation in incarnations:
+        return Verdict.OURS
+    if adoption == Adoption.ANY:
+        return Verdict.OURS
+    other_tenants = {m.tenant for m in markers if m.tenant and m.tenant != tenant_id}
+    if incarnations or other_tenants:
+        return Verdict.FOREIGN
+    # Unmarked, or marked by the inline code for this tenant id (no incarnation).
+    if adoption == Adoption.UNMARKED:
+        return Verdict.OURS
+    if own_create_unanswered and not markers:
+        return Verdict.OURS
+    return Verdict.UNKNOWN
+
+
+def describe(verdict: Verdict, database: str, node: str) -> str:
+    """The operator-facing sentence for a database that is not the tenant's."""
+    whose = (
+        "is marked for another tenant or an earlier tenant of this id"
+        if verdict is Verdict.FOREIGN
+        else "has no marker of this tenant (unknown origin)"
+    )
+    return (
+        f"database {database} already exists on node {node} and {whose}; it was not used. "
+        "Adopt it (python -m worker adopt) or delete it there and retry"
+    )
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a database of a given name was seen across the pool."""
+
+    found: tuple[str, ...]  # nodes listing it
+    unanswered: tuple[str, ...]  # nodes that could not be listed
+
+    @property
+    def absent(self) -> bool:
+        """Confirmed absent: every server answered and none has it."""
+        return not self.found and not self.unanswered
+
+
+def locate(database: str, listings: Mapping[str, Collection[str] | None]) -> Location:
+    """Where ``database`` is, from one listing per node (None: the node did not answer)."""
+    found = tuple(
+        sorted(n for n, names in listings.items() if names is not None and database in names)
+    )
+    unanswered = tuple(sorted(n for n, names in listings.items() if names is None))
+    return Location(found, unanswered)

@@ -1,0 +1,106 @@
+"""What a provisioning or deprovisioning run is given and what it returns, and the two rules
+every run obeys before it touches InfluxDB:
+
+- **One run per tenant at a time**: a session-level Postgres advisory lock per tenant
+  (:func:`tenant_lock`); Postgres frees it if the process dies or its connection is cut.
+- **One retry chain per tenant**: a scheduled retry is owned by the message that will carry it
+  (``tenants.influxdb_retry_chain``, "<task id>:<retries>"). Any other message for the tenant
+  is absorbed while that retry is scheduled (:func:`absorbed`); an operator retry or the
+  reconciler may *replace* the chain (:func:`new_chain`), never add a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Row
+
+from worker.db import advisory_lock
+from worker.states import Reason, RunResult
+
+_LOCK_NAMESPACE = b"tenant-provisioner:influxdb:"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The message a run serves: its chain id, and the id its own retry will carry."""
+
+    message: str
+    retry: str
+
+    @classmethod
+    def of(cls, task_id: str, retries: int) -> Delivery:
+        """The delivery of Celery message ``task_id`` on its ``retries``-th retry."""
+        return cls(f"{task_id}:{retries}", f"{task_id}:{retries + 1}")
+
+    @classmethod
+    def fresh(cls) -> Delivery:
+        """A delivery no chain knows (an in-process run: the CLI, a test)."""
+        return cls.of(new_task_id(), 0)
+
+
+def new_task_id() -> str:
+    """A Celery task id for a message we publish ourselves."""
+    return str(uuid.uuid4())
+
+
+def new_chain(task_id: str) -> str:
+    """The chain id that a fresh message ``task_id`` carries (it owns the schedule)."""
+    return f"{task_id}:0"
+
+
+def absorbed(row: Row[Any], delivery: Delivery) -> bool:
+    """True when another message owns the tenant's scheduled retry: this one does nothing."""
+    chain = row.influxdb_retry_chain
+    return chain is not None and chain != delivery.message
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one run did; ``retry_in`` is set when the caller should run it again later."""
+
+    result: RunResult
+    tenant_id: str
+    attempt: int | None = None
+    reason: Reason | None = None
+    retry_in: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able (the task's return value, as Flower shows it)."""
+        return {
+            "result": self.result.value,
+            "tenant_id": self.tenant_id,
+            "attempt": self.attempt,
+            "reason": None if self.reason is None else self.reason.value,
+            "retry_in": self.retry_in,
+        }
+
+
+def next_backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(attempt-1))].
+
+    Full jitter spreads the retries of many tenants that failed together (an outage), so they
+    do not return in one thundering herd.
+    """
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    return (rng or random).uniform(0, ceiling)
+
+
+def advisory_lock_key(tenant_id: str) -> int:
+    """A signed 64-bit key for ``pg_try_advisory_lock``; collisions are 1 in 2**64."""
+    digest = hashlib.blake2b(_LOCK_NAMESPACE + tenant_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def tenant_lock(conn: Connection, tenant_id: str) -> Iterator[bool]:
+    """Hold the tenant's lock for the block; yields False when another run holds it."""
+    with advisory_lock(conn, advisory_lock_key(tenant_id)) as acquired:
+        yield acquired
