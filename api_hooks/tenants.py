@@ -407,10 +407,19 @@ def tenant_influxdb_status(tenant_id: str, live: bool = True) -> InfluxDBStatus:
     database = settings.database_name(tenant_id)
     node = row.influxdb_node
     configured = None if node is None else shared_pool().node(node) is not None
-    live_status: LiveStatus | None = None
-    if live:
-        live_status = _live_check(node, database)
     reason = Reason.parse(row.influxdb_error_reason)
+    live_status: LiveStatus | None = None
+    if live and reason == Reason.NAME_TAKEN and row.influxdb_state == ProvisioningState.FAILED:
+        # The database of that name is someone else's: its data must not show as this tenant's.
+        live_status = {
+            "exists": None,
+            "telemetry_count": None,
+            "error": f"name_taken: the database {database} on node {node} is not this "
+            "tenant's; not counted",
+            "latency_ms": 0.0,
+        }
+    elif live:
+        live_status = _live_check(node, database)
     stalled = row.influxdb_state == ProvisioningState.FAILED and reason in RESUMABLE_REASONS
     return {
         "database": database,

@@ -7,6 +7,7 @@ settings are chosen before anything imports ``worker``, and are the worker proce
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -56,10 +57,86 @@ for _inherited in ("INFLUXDB_TOKEN_FILE", "OPERATOR_TOKEN_FILE", "INFLUXDB_URL")
     os.environ.pop(_inherited, None)
 
 from influxdb3_standin import StandIn  # noqa: E402
+from tests.scripted_http import ScriptedServer  # noqa: E402
 from worker.queues import ALL_QUEUES, PROVISIONING_QUEUE  # noqa: E402
 
 STANDIN = StandIn(token=INFLUX_TOKEN, database_limit=5).start()
 os.environ["INFLUXDB_URL"] = STANDIN.url
+INTERVAL = float(TEST_ENV["RECONCILE_INTERVAL_SECONDS"])
+
+
+class Pool:
+    """Stand-in nodes plus the nodes file that the worker, beat and CLI read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.nodes: dict[str, StandIn] = {}
+        self.limits: dict[str, int] = {}
+        self.unlisted: set[str] = set()  # running, but left out of the nodes file
+
+    def add(self, name: str, limit: int = 5) -> StandIn:
+        node = StandIn(token=INFLUX_TOKEN, database_limit=limit).start()
+        self.nodes[name] = node
+        self.limits[name] = limit
+        self.write()
+        return node
+
+    def unlist(self, name: str) -> None:
+        """The server keeps running but leaves the nodes file (renamed, removed by mistake)."""
+        self.unlisted.add(name)
+        self.write()
+
+    def relist(self, name: str) -> None:
+        self.unlisted.discard(name)
+        self.write()
+
+    def write(self) -> None:
+        entries = [
+            {"name": n, "url": s.url, "token": INFLUX_TOKEN, "database_limit": self.limits[n]}
+            for n, s in self.nodes.items()
+            if n not in self.unlisted
+        ]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries))
+        tmp.replace(self.path)  # atomic: a reader never sees half a file
+
+    def env(self) -> dict[str, str]:
+        return {"INFLUXDB_NODES_FILE": str(self.path)}
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[Pool]:
+    nodes = Pool(tmp_path / "nodes.json")
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture
+def pool_processes(pool: Pool, custom_worker, tmp_path: Path) -> Iterator[None]:
+    """A worker and a beat that read the pool's nodes file (call after adding nodes)."""
+    custom_worker(concurrency=4, **pool.env())
+    beat = start_beat(tmp_path / "beat.log", tmp_path / "schedule", pool.env())
+    yield
+    stop_process(beat)
+
+
+def cli(pool: Pool | None, *args: str, expect: int = 0, env: dict[str, str] | None = None) -> Any:
+    """Run ``python -m worker --json ARGS`` with the pool's nodes file; its parsed output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "--json", *args],
+        cwd=ROOT,
+        env={**os.environ, **(pool.env() if pool else {}), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == expect, result.stderr
+    return json.loads(result.stdout) if result.stdout.strip() else None
 
 
 def wait_for(
@@ -109,6 +186,17 @@ def database() -> Iterator[str]:
         get_engine().dispose()
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+
+
+@pytest.fixture
+def scratch_database() -> Iterator[str]:
+    """An empty Postgres database of the test's own (for migrations and upgrades)."""
+    name = f"tp_scratch_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -337,6 +425,14 @@ def custom_worker(
         stop_process(process)
     if worker_process.process is None:
         worker_process.start()
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedServer]:
+    """An "InfluxDB" that answers whatever a test scripts (garbage included)."""
+    server = ScriptedServer()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ class ScriptedServer:
     def __init__(self) -> None:
         self.status = 200
         self.body = b""
+        self.routes: dict[tuple[str, str], tuple[int, bytes]] = {}  # (method, path) -> answer
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         scripted = self
 
@@ -27,10 +28,12 @@ class ScriptedServer:
                 if length:
                     self.rfile.read(length)
                 scripted.requests.append((self.command, self.path, dict(self.headers)))
-                self.send_response(scripted.status)
-                self.send_header("Content-Length", str(len(scripted.body)))
+                route = (self.command, self.path.split("?", 1)[0])
+                status, body = scripted.routes.get(route, (scripted.status, scripted.body))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(scripted.body)
+                self.wfile.write(body)
 
             do_GET = do_POST = do_DELETE = _answer
 
@@ -49,6 +52,10 @@ class ScriptedServer:
     def answer(self, status: int, body: bytes | str) -> None:
         self.status = status
         self.body = body.encode() if isinstance(body, str) else body
+
+    def answer_route(self, method: str, path: str, status: int, body: bytes | str) -> None:
+        """Answer ``method path`` (query ignored) with this, whatever the default says."""
+        self.routes[(method, path)] = (status, body.encode() if isinstance(body, str) else body)
 
     def close(self) -> None:
         self._server.shutdown()

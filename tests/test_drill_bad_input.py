@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import queued
-from tests.scripted_http import ScriptedServer
 from worker.db import get_engine
 from worker.nodes import NodePool
 from worker.provisioning import provision_tenant
@@ -130,13 +129,6 @@ RESPONSE_BODIES = st.one_of(
     JSON_VALUES.map(lambda v: json.dumps(v).encode()),
     st.just(b'{"error": "Adding a new database would exceed limit of 5 databases"}'),
 )
-
-
-@pytest.fixture
-def scripted():
-    server = ScriptedServer()
-    yield server
-    server.close()
 
 
 def test_any_influxdb_answer_ends_in_a_recorded_outcome(db, scripted, report):

@@ -142,30 +142,38 @@ def test_flapping_influxdb_200_tenants(api, db, influx, custom_worker, report):
     assert rows[0] <= int(PATIENT["PROVISION_MAX_ATTEMPTS"])
     assert_created_once(influx, tenant_ids)
 
-    # And the delays between attempts grow as the backoff says (from recorded timestamps)
-    delays: dict[int, list[float]] = {}
-    for attempt, delay in db.execute(
-        "SELECT a.attempt, extract(epoch FROM b.started_at - a.finished_at) "
+    # And each retry was scheduled within the backoff ceiling, with full jitter, and never
+    # ran before its time (an early run would be a second chain); queueing behind hung calls
+    # only ever makes a retry later than scheduled
+    scheduled: dict[int, list[float]] = {}
+    late: list[float] = []
+    for attempt, delay, lateness in db.execute(
+        "SELECT a.attempt, extract(epoch FROM a.retry_at - a.finished_at), "
+        "extract(epoch FROM b.started_at - a.retry_at) "
         "FROM provisioning_attempts a JOIN provisioning_attempts b "
         "ON b.tenant_id = a.tenant_id AND b.attempt = a.attempt + 1 "
         "WHERE a.tenant_id = ANY(%s) AND a.outcome = 'retrying'",
         (tenant_ids,),
     ):
-        delays.setdefault(attempt, []).append(float(delay))
+        scheduled.setdefault(attempt, []).append(float(delay))
+        late.append(float(lateness))
     summary = []
-    for attempt in sorted(delays)[:4]:
+    for attempt in sorted(scheduled)[:4]:
         ceiling = min(CAP, BASE * 2 ** (attempt - 1))
-        values = delays[attempt]
-        within = sum(d <= ceiling + 0.5 for d in values) / len(values)
+        values = scheduled[attempt]
+        mean = statistics.mean(values)
         summary.append(
-            f"after attempt {attempt}: n={len(values)} mean={statistics.mean(values):.2f}s "
-            f"median={statistics.median(values):.2f}s max={max(values):.2f}s "
-            f"(full jitter expects {ceiling / 2:.2f}s, ceiling {ceiling:.2f}s, "
-            f"{within:.0%} within ceiling+0.5s)"
+            f"after attempt {attempt}: n={len(values)} scheduled mean={mean:.2f}s "
+            f"max={max(values):.2f}s (ceiling {ceiling:.2f}s, full jitter mean {ceiling / 2:.2f}s)"
         )
-        # Queueing behind hung calls can add to a delay; the bulk must respect the ceiling.
-        assert within >= 0.85, summary[-1]
-    assert statistics.mean(delays[1]) < statistics.mean(delays[3]), summary
+        assert all(0 <= d <= ceiling + 0.001 for d in values), summary[-1]
+        if len(values) >= 30:  # the mean of >= 30 uniform draws sits near half the ceiling
+            assert 0.3 * ceiling <= mean <= 0.7 * ceiling, summary[-1]
+    assert min(late) >= -0.05, f"a retry ran {-min(late):.2f}s before its scheduled time"
+    summary.append(
+        f"started after schedule: median {statistics.median(late):.2f}s, max {max(late):.2f}s "
+        "(queueing behind hung calls)"
+    )
     report(
         f"verified: 200/200 provisioned in {took:.1f}s; attempts max {rows[0]}, "
         f"mean {float(rows[1]):.1f}; each database created once"

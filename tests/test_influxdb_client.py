@@ -7,7 +7,6 @@ import time
 import pytest
 
 from tests.conftest import INFLUX_TOKEN
-from tests.scripted_http import ScriptedServer
 from worker.errors import (
     DatabaseLimitReached,
     InfluxDBBadResponse,
@@ -29,13 +28,6 @@ def client(influx):
     client = InfluxDB3Client(influx.url, INFLUX_TOKEN, connect_timeout=0.5, read_timeout=1.0)
     yield client
     client.close()
-
-
-@pytest.fixture
-def scripted():
-    server = ScriptedServer()
-    yield server
-    server.close()
 
 
 def test_ensure_database_creates_then_finds_it(client, influx):

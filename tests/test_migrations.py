@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from tests.conftest import PG_ADMIN_DSN, ROOT
+from tests.conftest import ROOT
 
 PROVISIONING_COLUMNS = {
     "influxdb_state",
@@ -31,26 +29,22 @@ PROVISIONING_COLUMNS = {
 }
 
 
-@pytest.fixture
-def scratch_database() -> Iterator[str]:
-    name = f"tp_migration_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield name
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def alembic(database: str, *args: str) -> subprocess.CompletedProcess[str]:
+def alembic_unchecked(database: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{database}"}
     return subprocess.run(
         [sys.executable, "-m", "alembic", *args],
         cwd=ROOT,
         env=env,
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
     )
+
+
+def alembic(database: str, *args: str) -> subprocess.CompletedProcess[str]:
+    result = alembic_unchecked(database, *args)
+    assert result.returncode == 0, result.stderr
+    return result
 
 
 def columns(conn: psycopg.Connection) -> set[str]:
@@ -110,3 +104,52 @@ def test_migration_over_the_uis_existing_tenants_table(scratch_database):
     with psycopg.connect(dsn) as conn:
         assert columns(conn) == {"tenant_id", "name", "status", "created_at"}
         assert conn.execute("SELECT count(*) FROM tenants").fetchone() == (2,)
+
+
+def test_downgrade_below_0003_keeps_deletions_deletions(scratch_database):
+    # Given a database at head with a tenant being deleted and one waiting for capacity
+    alembic(scratch_database, "upgrade", "head")
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{scratch_database}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO tenants (tenant_id, name, influxdb_state) VALUES "
+            "('leaving', 'l', 'deprovisioning'), ('waiting', 'w', 'waiting_for_capacity')"
+        )
+
+    # When an operator downgrades below 0003, which has no deprovisioning state
+    refused = alembic_unchecked(scratch_database, "downgrade", "0002")
+
+    # Then the downgrade refuses, naming the tenant, and nothing changed
+    assert refused.returncode != 0
+    assert "being deleted (leaving)" in refused.stderr
+    with psycopg.connect(dsn) as conn:
+        states = dict(conn.execute("SELECT tenant_id, influxdb_state FROM tenants").fetchall())
+    assert states == {"leaving": "deprovisioning", "waiting": "waiting_for_capacity"}
+
+    # And once the deletion is done, the downgrade goes through; waiting becomes pending
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM tenants WHERE tenant_id = 'leaving'")
+    alembic(scratch_database, "downgrade", "0002")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT influxdb_state FROM tenants").fetchall() == [("pending",)]
+
+
+def test_rows_that_predate_the_worker_are_marked_for_adoption(scratch_database):
+    # Given rows made before migration 0004 (at 0003)
+    alembic(scratch_database, "upgrade", "0003")
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{scratch_database}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('a', 'a'), ('b', 'b')")
+
+    # When 0004 runs, each gets its own incarnation and is adopted where its database is found
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT influxdb_incarnation, influxdb_adopt FROM tenants").fetchall()
+        assert {adopt for _, adopt in rows} == {"unmarked"}
+        assert len({incarnation for incarnation, _ in rows}) == 2
+        # and rows made afterwards are new tenants: strict identity, a fresh incarnation
+        conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ('c', 'c')")
+        new = conn.execute(
+            "SELECT influxdb_incarnation, influxdb_adopt FROM tenants WHERE tenant_id = 'c'"
+        ).fetchone()
+        assert new[0] and new[1] is None

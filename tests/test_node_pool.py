@@ -4,92 +4,21 @@ and deprovisioning - with real worker and beat processes reading a nodes file.""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from influxdb3_standin import StandIn
 from tests.conftest import (
-    INFLUX_TOKEN,
+    INTERVAL,
     ROOT,
-    TEST_ENV,
+    Pool,
+    cli,
     new_tenant_id,
-    start_beat,
-    stop_process,
     tenant_row,
     wait_for,
     wait_for_state,
 )
-
-INTERVAL = float(TEST_ENV["RECONCILE_INTERVAL_SECONDS"])
-
-
-class Pool:
-    """Stand-in nodes plus the nodes file that the worker, beat and CLI read."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.nodes: dict[str, StandIn] = {}
-        self.limits: dict[str, int] = {}
-
-    def add(self, name: str, limit: int = 5) -> StandIn:
-        node = StandIn(token=INFLUX_TOKEN, database_limit=limit).start()
-        self.nodes[name] = node
-        self.limits[name] = limit
-        self.write()
-        return node
-
-    def write(self) -> None:
-        entries = [
-            {"name": n, "url": s.url, "token": INFLUX_TOKEN, "database_limit": self.limits[n]}
-            for n, s in self.nodes.items()
-        ]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entries))
-        tmp.replace(self.path)  # atomic: a reader never sees half a file
-
-    def env(self) -> dict[str, str]:
-        return {"INFLUXDB_NODES_FILE": str(self.path)}
-
-    def stop(self) -> None:
-        for node in self.nodes.values():
-            node.stop()
-
-
-@pytest.fixture
-def pool(tmp_path: Path) -> Iterator[Pool]:
-    nodes = Pool(tmp_path / "nodes.json")
-    yield nodes
-    nodes.stop()
-
-
-@pytest.fixture
-def pool_processes(pool: Pool, custom_worker, tmp_path: Path) -> Iterator[None]:
-    """A worker and a beat that read the pool's nodes file (call after adding nodes)."""
-    custom_worker(concurrency=4, **pool.env())
-    beat = start_beat(tmp_path / "beat.log", tmp_path / "schedule", pool.env())
-    yield
-    stop_process(beat)
-
-
-def cli(pool: Pool, *args: str) -> Any:
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "--json", *args],
-        cwd=ROOT,
-        env={**os.environ, **pool.env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def states(db: Any, tenant_ids: list[str]) -> dict[str, int]:

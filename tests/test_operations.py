@@ -197,6 +197,34 @@ def test_check_influxdb_reports_databases_used_against_the_limit(influx):
     assert json.loads(down.stdout)["nodes"][0]["error"].startswith("unreachable")
 
 
+def test_cli_never_prints_a_password_from_a_node_url(db, influx, tmp_path):
+    # Given a nodes file whose URLs carry credentials (a proxy with basic auth in front)
+    password = "url-pass-" + INFLUX_TOKEN[-8:]
+    host = influx.url.removeprefix("http://")
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(
+        json.dumps(
+            [
+                {"name": "proxied", "url": f"http://ops:{password}@{host}", "token": INFLUX_TOKEN},
+                {"name": "query", "url": f"http://{host}/?api_token={password}"},
+            ]
+        )
+    )
+    env = {"INFLUXDB_NODES_FILE": str(nodes)}
+
+    # When an operator lists the pool and checks the servers, as text and as JSON
+    commands = (["nodes"], ["--json", "nodes"], ["check-influxdb"], ["--json", "check-influxdb"])
+    outputs = [cli(*args, env=env) for args in commands]
+
+    # Then the servers are shown, and no password is
+    for result in outputs:
+        assert "proxied" in result.stdout, result.stderr
+        assert password not in result.stdout + result.stderr
+    urls = {n["node"]: n["url"] for n in json.loads(outputs[1].stdout)}
+    assert urls["proxied"] == f"http://ops:[REDACTED]@{host}"
+    assert urls["query"] == f"http://{host}/?api_token=[REDACTED]"
+
+
 def test_metrics_count_tenants_by_state_and_attempts_by_reason(api, db, influx, worker_process):
     # Given one provisioned tenant and one refused by a server fuller than we knew (422)
     influx.set_database_limit(1)

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from worker.runs import next_backoff
 from worker.redaction import redact
+from worker.runs import next_backoff
 from worker.settings import Settings, SettingsError
 
 

@@ -103,8 +103,10 @@ class ProvisioningAttempt(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    outcome: Mapped[str] = mapped_column(Text)  # provisioned | retrying | failed
+    outcome: Mapped[str] = mapped_column(Text)  # an AttemptOutcome
     reason: Mapped[str | None] = mapped_column(Text)
+    # For a retrying outcome: when the next attempt was scheduled (the backoff as chosen).
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ReconcileStats(Base):

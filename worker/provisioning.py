@@ -113,6 +113,7 @@ class _Run:
         self.adoption = Adoption(row.influxdb_adopt) if row.influxdb_adopt else None
         self.attempts: int = row.influxdb_attempts
         self.create_sent_to: str | None = row.influxdb_create_sent_to
+        self.chain: str | None = row.influxdb_retry_chain  # as read: the attempt start checks it
         self.context = {"tenant_id": self.tenant_id}
         self._location: identity.Location | None = None
         self._listing_errors: list[tuple[str, ProvisioningError]] = []
@@ -208,7 +209,7 @@ class _Run:
                     return self._wait_for_capacity()
             attempt = self._start(node)
             if attempt is None:
-                return Outcome(RunResult.SKIPPED, self.tenant_id)
+                return self._not_started()
             try:
                 return self._attempt(attempt, node)
             except DatabaseLimitReached as exc:
@@ -228,7 +229,7 @@ class _Run:
         if location.found:
             attempt = self._start(None)
             if attempt is None:
-                return Outcome(RunResult.SKIPPED, self.tenant_id)
+                return self._not_started()
             message = (
                 f"database {self.database} exists on nodes {', '.join(location.found)}; "
                 "adopt the right one (python -m worker adopt TENANT --node NODE)"
@@ -237,7 +238,7 @@ class _Run:
         if location.unanswered:
             attempt = self._start(None)
             if attempt is None:
-                return Outcome(RunResult.SKIPPED, self.tenant_id)
+                return self._not_started()
             name, why = self._listing_errors[0]
             # The listing's own error family decides: unreachable retries, unauthorized stops.
             error = type(why)(f"cannot tell where {self.database} is: node {name}: {why}")
@@ -248,11 +249,18 @@ class _Run:
         self.adoption = None
         return None
 
+    def _not_started(self) -> Outcome:
+        row = store.load(self.conn, self.tenant_id)
+        if row is None or row.influxdb_state == ProvisioningState.DEPROVISIONING:
+            return Outcome(RunResult.SKIPPED, self.tenant_id, reason=None)
+        logger.info("the retry chain went to another message; absorbed", extra=self.context)
+        return Outcome(RunResult.ABSORBED, self.tenant_id)
+
     def _start(self, node: NodeConfig | None) -> _Attempt | None:
         self.attempts += 1
         try:
             return _Attempt(self, node)
-        except _TenantBeingDeleted:
+        except _NotStarted:
             return None
 
     def _attempt(self, attempt: _Attempt, node: NodeConfig) -> Outcome:
@@ -393,8 +401,9 @@ class _Run:
         return self.settings.secrets() + self.pool.secrets()
 
 
-class _TenantBeingDeleted(Exception):
-    """The tenant was moved to ``deprovisioning`` while a provisioning run held it."""
+class _NotStarted(Exception):
+    """Since the run read the row, the tenant went to ``deprovisioning`` or its retry chain
+    went to another message: the attempt is not this run's to make."""
 
 
 def _sent(exc: Exception) -> bool:
@@ -422,6 +431,9 @@ class _Attempt:
         started = store.update(
             run.conn,
             run.tenant_id,
+            # Still this run's to start: an operator retry or the reconciler may have handed
+            # the tenant's chain to another message since the row was read.
+            expect={"influxdb_retry_chain": run.chain},
             influxdb_state=ProvisioningState.PROVISIONING,
             influxdb_attempts=self.number,
             influxdb_next_attempt_at=None,
@@ -431,7 +443,8 @@ class _Attempt:
         )
         run.conn.commit()
         if not started:
-            raise _TenantBeingDeleted(run.tenant_id)
+            raise _NotStarted(run.tenant_id)
+        run.chain = None
 
     def succeed(self) -> None:
         now = self._run.clock()
@@ -449,14 +462,16 @@ class _Attempt:
 
     def retry_later(self, reason: Reason, message: str, delay: float) -> None:
         now = self._run.clock()
+        retry_at = now + timedelta(seconds=delay)
         self._finish(
             AttemptOutcome.RETRYING,
             reason,
             now,
+            retry_at=retry_at,
             influxdb_state=ProvisioningState.RETRYING,
             influxdb_error_reason=reason,
             influxdb_last_error=self._clean(message),
-            influxdb_next_attempt_at=now + timedelta(seconds=delay),
+            influxdb_next_attempt_at=retry_at,
             # The message that will carry this retry owns the schedule: one chain per tenant.
             influxdb_retry_chain=self._run.delivery.retry,
             influxdb_create_sent_to=self._run.create_sent_to,
@@ -499,10 +514,17 @@ class _Attempt:
         return store.clean_error(message, self._run._secrets())
 
     def _finish(
-        self, outcome: AttemptOutcome, reason: Reason | None, now: datetime, **values: Any
+        self,
+        outcome: AttemptOutcome,
+        reason: Reason | None,
+        now: datetime,
+        retry_at: datetime | None = None,
+        **values: Any,
     ) -> None:
         run = self._run
         # A deletion asked for meanwhile wins: the outcome goes to the attempt log only.
         store.update(run.conn, run.tenant_id, influxdb_updated_at=now, **values)
-        store.log_attempt(run.conn, run.tenant_id, self.number, self._started, now, outcome, reason)
+        store.log_attempt(
+            run.conn, run.tenant_id, self.number, self._started, now, outcome, reason, retry_at
+        )
         run.conn.commit()

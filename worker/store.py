@@ -8,7 +8,7 @@ a provisioning run writes may turn the tenant back into a live one. Stored error
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,20 +42,30 @@ def load(conn: Connection, tenant_id: str) -> Row[Any] | None:
     return row
 
 
-def update(conn: Connection, tenant_id: str, *, deleting: bool = False, **values: Any) -> bool:
+def update(
+    conn: Connection,
+    tenant_id: str,
+    *,
+    deleting: bool = False,
+    expect: Mapping[str, Any] | None = None,
+    **values: Any,
+) -> bool:
     """Set ``values`` on the tenant's row; does not commit. False when no row was changed.
 
     A provisioning run (``deleting=False``) never writes a tenant that is being deleted; a
-    deprovisioning run (``deleting=True``) writes only a tenant that is.
+    deprovisioning run (``deleting=True``) writes only a tenant that is. ``expect`` makes the
+    write a compare-and-set: each named column must still hold the given value (NULL too).
     """
     state = tenants.c.influxdb_state
-    guard = (
+    guards = [
         state == ProvisioningState.DEPROVISIONING
         if deleting
-        else (state != ProvisioningState.DEPROVISIONING)
-    )
+        else state != ProvisioningState.DEPROVISIONING
+    ]
+    for name, value in (expect or {}).items():
+        guards.append(tenants.c[name].is_not_distinct_from(value))
     changed = conn.execute(
-        sql_update(tenants).where(tenants.c.tenant_id == tenant_id, guard).values(**values)
+        sql_update(tenants).where(tenants.c.tenant_id == tenant_id, *guards).values(**values)
     )
     return bool(changed.rowcount)
 
@@ -68,6 +78,7 @@ def log_attempt(
     finished: datetime,
     outcome: AttemptOutcome,
     reason: Reason | None,
+    retry_at: datetime | None = None,
 ) -> None:
     """Append one attempt to ``provisioning_attempts``; does not commit."""
     conn.execute(
@@ -78,5 +89,6 @@ def log_attempt(
             finished_at=finished,
             outcome=outcome.value,
             reason=None if reason is None else reason.value,
+            retry_at=retry_at,
         )
     )

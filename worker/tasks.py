@@ -96,7 +96,16 @@ def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None
     """
     task = deprovision_tenant_influxdb if job is Job.DEPROVISION else provision_tenant_influxdb
     try:
-        task.apply_async(args=(tenant_id,), task_id=task_id, retry=False)
+        task.apply_async(
+            args=(tenant_id,),
+            task_id=task_id,
+            retry=False,
+            # Celery would put the publisher's time limits in the message, and a worker obeys
+            # the message: the API's settings would govern the worker's runs. None leaves the
+            # worker's own PROVISION_SOFT_TIME_LIMIT / PROVISION_TIME_LIMIT in force.
+            time_limit=None,
+            soft_time_limit=None,
+        )
     except Exception as exc:
         message = redact(f"{type(exc).__name__}: {exc}", get_settings().secrets())
         logger.warning(

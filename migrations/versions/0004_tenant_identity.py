@@ -6,6 +6,8 @@ Existing rows get one each, and ``influxdb_adopt = 'unmarked'``: they predate th
 the database the inline code made for them (no incarnation in its marker) is theirs, wherever
 the reconciler finds it. ``influxdb_create_sent_to``: the node of a create whose answer was not
 seen. ``influxdb_retry_chain``: the message that owns the tenant's scheduled retry.
+``provisioning_attempts.retry_at``: when a failed attempt scheduled the next one (the backoff,
+as chosen; the next attempt's start shows whether the schedule was kept).
 
 Revision ID: 0004
 Revises: 0003
@@ -48,9 +50,14 @@ def upgrade() -> None:
     )
     # Every row that exists now predates incarnations: its database, if any, is unmarked.
     op.execute("UPDATE tenants SET influxdb_adopt = 'unmarked'")
+    op.add_column(
+        "provisioning_attempts",
+        sa.Column("retry_at", sa.DateTime(timezone=True), nullable=True),
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("provisioning_attempts", "retry_at")
     op.drop_constraint("ck_tenants_influxdb_adopt", "tenants", type_="check")
     op.drop_column("tenants", "influxdb_retry_chain")
     op.drop_column("tenants", "influxdb_create_sent_to")
