@@ -11,7 +11,6 @@ import re
 import unicodedata
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
@@ -24,13 +23,13 @@ from api_hooks.errors import (
     TenantNotFound,
     UnknownNode,
 )
+from worker import store
 from worker.db import get_engine
-from worker.models import STATES, tenants
 from worker.nodes import shared_pool
 from worker.queues import Job
 from worker.runs import new_chain, new_task_id
 from worker.settings import RETENTION_PERIOD, RETENTION_PERIOD_RULE, get_settings
-from worker.states import RESUMABLE_REASONS, Adoption, ProvisioningState, Reason
+from worker.states import RESUMABLE_REASONS, STATES, ProvisioningState, Reason
 from worker.tasks import enqueue, publish
 
 TENANT_ID_MAX_LENGTH = 54  # "telemetry_" + 54 = 64 bytes, the portable InfluxDB name limit
@@ -188,19 +187,7 @@ def create_tenant(tenant_id: str, name: str, retention_period: str | None = None
     retention = validate_retention_period(retention_period)
     try:
         with get_engine().begin() as conn:
-            conn.execute(
-                insert(tenants).values(
-                    tenant_id=tenant_id,
-                    name=name,
-                    status="active",
-                    influxdb_state=ProvisioningState.PENDING,
-                    influxdb_retention_period=retention,
-                    # Recorded as queued before the publish, to spare the request a second
-                    # commit. Safe: if this process dies before publishing, the reconciler
-                    # treats the message as lost once the requeue grace has passed.
-                    influxdb_enqueued_at=func.now(),
-                )
-            )
+            store.create(conn, tenant_id, name, retention)
     except IntegrityError as exc:
         raise TenantExists(f"tenant {tenant_id!r} already exists") from exc
     # Only after the commit: a worker must find the row the message names.
@@ -208,11 +195,7 @@ def create_tenant(tenant_id: str, name: str, retention_period: str | None = None
     if not queued:
         # "Never queued" is the reconciler's cue to enqueue it at its next run.
         with get_engine().begin() as conn:
-            conn.execute(
-                update(tenants)
-                .where(tenants.c.tenant_id == tenant_id)
-                .values(influxdb_enqueued_at=None)
-            )
+            store.mark_enqueued(conn, [tenant_id], None)
     return {
         "tenant_id": tenant_id,
         "name": name,
@@ -237,29 +220,10 @@ def request_provisioning(tenant_id: str) -> bool:
     tenant_id = validate_tenant_id(tenant_id)
     task_id = new_task_id()
     with get_engine().begin() as conn:
-        row = conn.execute(
-            select(tenants.c.influxdb_state, tenants.c.influxdb_retry_chain)
-            .where(tenants.c.tenant_id == tenant_id)
-            .with_for_update()
-        ).first()
+        row = store.lock_for_request(conn, tenant_id)
         if row is None:
             raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
-        values: dict[str, object] = {}
-        if row.influxdb_state == ProvisioningState.FAILED:
-            values = {
-                "influxdb_state": ProvisioningState.PENDING,
-                "influxdb_attempts": 0,
-                "influxdb_next_attempt_at": None,
-                "influxdb_retry_chain": None,
-            }
-        elif row.influxdb_retry_chain is not None:
-            values = {"influxdb_retry_chain": new_chain(task_id)}
-        if values:
-            conn.execute(
-                update(tenants)
-                .where(tenants.c.tenant_id == tenant_id)
-                .values(**values, influxdb_updated_at=datetime.now().astimezone())
-            )
+        store.request_retry(conn, row, new_chain(task_id), store.utcnow())
     job = (
         Job.DEPROVISION if row.influxdb_state == ProvisioningState.DEPROVISIONING else Job.PROVISION
     )
@@ -279,11 +243,7 @@ def adopt_database(tenant_id: str, node: str | None = None) -> bool:
     if node is not None and shared_pool().node(node) is None:
         raise UnknownNode(f"node {node!r} is not in the node pool")
     with get_engine().begin() as conn:
-        row = conn.execute(
-            select(tenants.c.influxdb_state, tenants.c.influxdb_node)
-            .where(tenants.c.tenant_id == tenant_id)
-            .with_for_update()
-        ).first()
+        row = store.lock_for_request(conn, tenant_id)
         if row is None:
             raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
         if row.influxdb_state not in _ADOPTABLE_STATES:
@@ -296,22 +256,7 @@ def adopt_database(tenant_id: str, node: str | None = None) -> bool:
             raise UnknownNode(
                 f"tenant {tenant_id!r} has no server yet: name the node that holds its database"
             )
-        conn.execute(
-            update(tenants)
-            .where(tenants.c.tenant_id == tenant_id)
-            .values(
-                influxdb_state=ProvisioningState.PENDING,
-                influxdb_node=home,
-                influxdb_adopt=Adoption.ANY,
-                influxdb_attempts=0,
-                influxdb_create_sent_to=None,
-                influxdb_next_attempt_at=None,
-                influxdb_retry_chain=None,
-                influxdb_error_reason=None,
-                influxdb_last_error=f"adoption of the database on node {home} requested",
-                influxdb_updated_at=datetime.now().astimezone(),
-            )
-        )
+        store.request_adoption(conn, tenant_id, home, store.utcnow())
     return enqueue(tenant_id, Job.PROVISION)
 
 
@@ -334,21 +279,8 @@ def delete_tenant(tenant_id: str) -> DeletedTenant:
     """
     tenant_id = validate_tenant_id(tenant_id)
     with get_engine().begin() as conn:
-        found = conn.execute(
-            update(tenants)
-            .where(tenants.c.tenant_id == tenant_id)
-            .values(
-                influxdb_state=ProvisioningState.DEPROVISIONING,
-                influxdb_attempts=0,
-                influxdb_error_reason=None,
-                influxdb_last_error=None,
-                influxdb_next_attempt_at=None,
-                influxdb_retry_chain=None,  # a scheduled provisioning retry is void
-                influxdb_updated_at=datetime.now().astimezone(),
-            )
-            .returning(tenants.c.tenant_id)
-        ).first()
-    if found is None:
+        found = store.request_deletion(conn, tenant_id, store.utcnow())
+    if not found:
         raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
     queued = enqueue(tenant_id, Job.DEPROVISION)
     return {
@@ -365,19 +297,8 @@ def list_tenants(state: str | None = None, limit: int = 100) -> list[TenantSumma
     """Tenants ordered by id, optionally only those in ``state``; ValueError for a bad state."""
     if state is not None and state not in STATES:
         raise ValueError(f"state must be one of {', '.join(STATES)} (got {state!r})")
-    query = select(
-        tenants.c.tenant_id,
-        tenants.c.name,
-        tenants.c.influxdb_state,
-        tenants.c.influxdb_node,
-        tenants.c.influxdb_attempts,
-        tenants.c.influxdb_error_reason,
-        tenants.c.influxdb_updated_at,
-    ).order_by(tenants.c.tenant_id)
-    if state is not None:
-        query = query.where(tenants.c.influxdb_state == state)
     with get_engine().connect() as conn:
-        rows = conn.execute(query.limit(limit)).all()
+        rows = store.listing(conn, state, limit)
     return [
         {
             "tenant_id": row.tenant_id,
@@ -401,7 +322,7 @@ def tenant_influxdb_status(tenant_id: str, live: bool = True) -> InfluxDBStatus:
     tenant_id = validate_tenant_id(tenant_id)
     settings = get_settings()
     with get_engine().connect() as conn:
-        row = conn.execute(select(tenants).where(tenants.c.tenant_id == tenant_id)).first()
+        row = store.load(conn, tenant_id)
     if row is None:
         raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
     database = settings.database_name(tenant_id)

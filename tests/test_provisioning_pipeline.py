@@ -19,7 +19,7 @@ from tests.conftest import (
     wait_for,
     wait_for_state,
 )
-from worker.provisioning import marker_timestamp_ns
+from worker.identity import marker_timestamp_ns
 from worker.tasks import provision_tenant_influxdb
 
 

@@ -249,24 +249,18 @@ def _check_influxdb(args: argparse.Namespace) -> int:
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    from sqlalchemy import func, select  # noqa: PLC0415
+    from sqlalchemy import select  # noqa: PLC0415
 
     from worker.db import get_engine  # noqa: PLC0415
-    from worker.models import influxdb_nodes, tenants  # noqa: PLC0415
+    from worker.models import influxdb_nodes  # noqa: PLC0415
     from worker.nodes import shared_pool  # noqa: PLC0415
-    from worker.placement import usage  # noqa: PLC0415
+    from worker.placement import tenants_per_node, usage  # noqa: PLC0415
 
     configured = shared_pool().nodes()
     with get_engine().connect() as conn:
         slots = usage(conn, configured)
         seen = {r.name: r for r in conn.execute(select(influxdb_nodes)).all()}
-        placed: dict[str, int] = dict(
-            conn.execute(
-                select(tenants.c.influxdb_node, func.count())
-                .where(tenants.c.influxdb_node.is_not(None))
-                .group_by(tenants.c.influxdb_node)
-            ).all()
-        )
+        placed = tenants_per_node(conn)
     rows: list[dict[str, Any]] = [
         {
             "node": u.node.name,

@@ -22,12 +22,11 @@ import random
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection
 from sqlalchemy.engine import Row
 
 from worker import identity, store
 from worker.errors import PermanentError, ProvisioningError
-from worker.models import tenants
 from worker.nodes import NodePool, list_everywhere
 from worker.runs import Delivery, Outcome, absorbed, next_backoff, tenant_lock
 from worker.settings import NodeConfig, Settings
@@ -103,7 +102,7 @@ class _Deletion:
         except (ProvisioningError, _HomeUnknown) as exc:
             error = exc.error if isinstance(exc, _HomeUnknown) else exc
             return self._record_failure(error, str(exc), attempt)
-        self.conn.execute(delete(tenants).where(tenants.c.tenant_id == self.tenant_id))
+        store.remove(self.conn, self.tenant_id)
         store.log_attempt(
             self.conn,
             self.tenant_id,
@@ -170,17 +169,12 @@ class _Deletion:
     def _wait_for_node(self, node_name: str) -> Outcome:
         # Its database is on that server: forgetting the tenant now would strand the data and
         # let a re-created id meet it later. Wait; the reconciler re-queues it once it is back.
-        store.update(
-            self.conn,
-            self.tenant_id,
-            deleting=True,
-            influxdb_error_reason=Reason.NODE_NOT_CONFIGURED,
-            influxdb_last_error=f"node {node_name} is not in the nodes file; the deletion "
-            "finishes when it is configured again",
-            influxdb_next_attempt_at=None,
-            influxdb_retry_chain=None,
-            influxdb_updated_at=self.clock(),
+        message = (
+            f"node {node_name} is not in the nodes file; the deletion finishes when it is "
+            "configured again"
         )
+        state, reason = ProvisioningState.DEPROVISIONING, Reason.NODE_NOT_CONFIGURED
+        store.settle(self.conn, self.tenant_id, state, reason, message, self.clock(), deleting=True)
         self.conn.commit()
         logger.warning("node %s is not configured; deletion waits", node_name, extra=self.context)
         return Outcome(

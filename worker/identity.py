@@ -22,8 +22,20 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from worker.states import Adoption
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def marker_timestamp_ns(created_at: datetime | None) -> int:
+    """The ``_init`` point's timestamp: the tenant's creation time, so re-runs overwrite it."""
+    if created_at is None:
+        return 0
+    if created_at.tzinfo is None:  # the UI's table may hold naive timestamps: they are UTC
+        created_at = created_at.replace(tzinfo=UTC)
+    return (created_at - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from worker import store
 from worker.models import influxdb_nodes, tenants
 from worker.settings import NodeConfig
 
@@ -40,15 +41,9 @@ class NodeUsage:
 def usage(conn: Connection, nodes: Iterable[NodeConfig]) -> list[NodeUsage]:
     """Slots used and free per configured node (no lock: for reports and estimates)."""
     nodes = list(nodes)
-    used: dict[str, int] = dict(
-        conn.execute(
-            select(tenants.c.influxdb_node, func.count())
-            # Counting every placed tenant is cheaper than filtering on 100 node names;
-            # nodes that left the pool are simply not looked up.
-            .where(tenants.c.influxdb_node.is_not(None))
-            .group_by(tenants.c.influxdb_node)
-        ).all()
-    )
+    # Counting every placed tenant is cheaper than filtering on 100 node names; nodes that
+    # left the pool are simply not looked up.
+    used = tenants_per_node(conn)
     full = set(
         conn.execute(
             select(influxdb_nodes.c.name).where(influxdb_nodes.c.full_since.is_not(None))
@@ -70,17 +65,21 @@ def place_tenant(
         conn.commit()
         return None
     chosen = min(candidates, key=lambda u: (u.used, u.node.name)).node.name
-    conn.execute(
-        update(tenants).where(tenants.c.tenant_id == tenant_id).values(influxdb_node=chosen)
-    )
+    store.reserve_slot(conn, tenant_id, chosen)
     conn.commit()  # releases the lock with the reservation made
     return chosen
 
 
-def release_slot(conn: Connection, tenant_id: str) -> None:
-    """Give the tenant's slot back (its database is gone, or never came)."""
-    conn.execute(update(tenants).where(tenants.c.tenant_id == tenant_id).values(influxdb_node=None))
-    conn.commit()
+def tenants_per_node(conn: Connection) -> dict[str, int]:
+    """Tenants holding a slot, per node name - configured or not (a node may have left the
+    nodes file while tenants live there)."""
+    return dict(
+        conn.execute(
+            select(tenants.c.influxdb_node, func.count())
+            .where(tenants.c.influxdb_node.is_not(None))
+            .group_by(tenants.c.influxdb_node)
+        ).all()
+    )
 
 
 def mark_full(conn: Connection, node_name: str, now: datetime) -> None:

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Row
 
 from worker import identity, store
+from worker.attempts import AttemptRecord, NotStarted
 from worker.errors import (
     DatabaseLimitReached,
     InfluxDBBadResponse,
@@ -45,8 +45,6 @@ from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, R
 from worker.store import Clock, utcnow
 
 logger = logging.getLogger(__name__)
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def provision_tenant(
@@ -82,15 +80,6 @@ def provision_tenant(
             logger.info("a retry is already scheduled by another message; absorbed")
             return Outcome(RunResult.ABSORBED, tenant_id)
         return _Run(conn, row, pool, settings, delivery, clock, rng).run()
-
-
-def marker_timestamp_ns(created_at: datetime | None) -> int:
-    """The ``_init`` point's timestamp: the tenant's creation time, so re-runs overwrite it."""
-    if created_at is None:
-        return 0
-    if created_at.tzinfo is None:  # the UI's table may hold naive timestamps: they are UTC
-        created_at = created_at.replace(tzinfo=UTC)
-    return (created_at - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 class _Run:
@@ -135,8 +124,6 @@ class _Run:
             return self._give_up_before_starting()
         return self._provision(node)
 
-    # -- home -----------------------------------------------------------------------------
-
     def _still_there(self, node: NodeConfig | None) -> bool:
         """Re-verify a provisioned tenant; True unless its database is surely gone."""
         if node is not None:
@@ -175,24 +162,23 @@ class _Run:
         # The database (or the create we sent) is on that server: creating one elsewhere would
         # give the tenant two. Wait, with the reason shown, until the server is back.
         if self.row.influxdb_state != ProvisioningState.PROVISIONED:
-            store.update(
+            message = (
+                f"node {node_name} is not in the nodes file; the tenant stays on it and "
+                "resumes when it is configured again"
+            )
+            store.settle(
                 self.conn,
                 self.tenant_id,
-                influxdb_state=ProvisioningState.PENDING,
-                influxdb_error_reason=Reason.NODE_NOT_CONFIGURED,
-                influxdb_last_error=f"node {node_name} is not in the nodes file; the tenant "
-                "stays on it and resumes when it is configured again",
-                influxdb_next_attempt_at=None,
-                influxdb_retry_chain=None,
-                influxdb_updated_at=self.clock(),
+                ProvisioningState.PENDING,
+                Reason.NODE_NOT_CONFIGURED,
+                message,
+                self.clock(),
             )
             self.conn.commit()
         logger.warning("node %s is not configured; waiting for it", node_name, extra=self.context)
         return Outcome(
             RunResult.WAITING_FOR_NODE, self.tenant_id, reason=Reason.NODE_NOT_CONFIGURED
         )
-
-    # -- attempts -------------------------------------------------------------------------
 
     def _provision(self, node: NodeConfig | None) -> Outcome:
         refused: set[str] = set()  # servers that answered 422 in this run: each asked once
@@ -256,14 +242,28 @@ class _Run:
         logger.info("the retry chain went to another message; absorbed", extra=self.context)
         return Outcome(RunResult.ABSORBED, self.tenant_id)
 
-    def _start(self, node: NodeConfig | None) -> _Attempt | None:
+    def _start(self, node: NodeConfig | None) -> AttemptRecord | None:
         self.attempts += 1
         try:
-            return _Attempt(self, node)
-        except _NotStarted:
+            attempt = AttemptRecord(
+                self.conn,
+                self.tenant_id,
+                number=self.attempts,
+                node=node.name if node else None,
+                # Still this run's to start: an operator retry or the reconciler may have
+                # handed the tenant's chain to another message since the row was read.
+                chain=self.chain,
+                retry_chain=self.delivery.retry,
+                create_sent_to=self.create_sent_to,
+                clock=self.clock,
+                secrets=self._secrets,
+            )
+        except NotStarted:
             return None
+        self.chain = None
+        return attempt
 
-    def _attempt(self, attempt: _Attempt, node: NodeConfig) -> Outcome:
+    def _attempt(self, attempt: AttemptRecord, node: NodeConfig) -> Outcome:
         client = self.pool.client(node)
         created: bool | None = None  # None until the server answered the create
         try:
@@ -289,7 +289,7 @@ class _Run:
                 self.database,
                 self.tenant_id,
                 self.row.influxdb_incarnation,
-                marker_timestamp_ns(self.row.created_at),
+                identity.marker_timestamp_ns(self.row.created_at),
             )
         except DatabaseLimitReached:
             raise
@@ -306,15 +306,15 @@ class _Run:
         return Outcome(RunResult.PROVISIONED, self.tenant_id, attempt.number)
 
     def _after_error(
-        self, attempt: _Attempt, node: NodeConfig | None, exc: Exception, created: bool | None
+        self, attempt: AttemptRecord, node: NodeConfig | None, exc: Exception, created: bool | None
     ) -> Outcome:
         where = f"node {node.name}: " if node else ""
-        if node is not None and created is None and not attempt.unanswered_before:
-            # This call's create was refused, or never left: nothing of ours can be there.
+        if node is not None and created is None:
+            # This call's create was refused, or never left: nothing of it is there.
             if isinstance(exc, PermanentError):
-                attempt.release_node()  # the slot goes back
-            elif not _sent(exc):
-                self.create_sent_to = None
+                attempt.release_node()
+            elif isinstance(exc, TransientError) and not exc.request_sent:
+                attempt.forget_create()
         if isinstance(exc, PermanentError):
             return self._fail(attempt, exc.reason, f"{where}{exc}")
         if isinstance(exc, TransientError):
@@ -342,7 +342,7 @@ class _Run:
         )
         return Outcome(RunResult.RETRYING, self.tenant_id, attempt.number, reason, retry_in=delay)
 
-    def _fail(self, attempt: _Attempt, reason: Reason, message: str) -> Outcome:
+    def _fail(self, attempt: AttemptRecord, reason: Reason, message: str) -> Outcome:
         attempt.fail(reason, message)
         logger.error(
             "provisioning failed (%s): %s",
@@ -359,16 +359,9 @@ class _Run:
             f"({self.row.influxdb_last_error or reason})"
         )
         now = self.clock()
-        if store.update(
-            self.conn,
-            self.tenant_id,
-            influxdb_state=ProvisioningState.FAILED,
-            influxdb_error_reason=reason,
-            influxdb_last_error=store.clean_error(message, self._secrets()),
-            influxdb_next_attempt_at=None,
-            influxdb_retry_chain=None,
-            influxdb_updated_at=now,
-        ):
+        cleaned = store.clean_error(message, self._secrets())
+        failed = ProvisioningState.FAILED
+        if store.settle(self.conn, self.tenant_id, failed, reason, cleaned, now):
             store.log_attempt(
                 self.conn, self.tenant_id, self.attempts, now, now, AttemptOutcome.FAILED, reason
             )
@@ -380,18 +373,16 @@ class _Run:
         # Capacity is a state, not a retry loop: the reconciler places waiting tenants, oldest
         # first, when a server is added or a slot frees. The wait ends the episode.
         nodes = len(self.pool.nodes())
-        store.update(
+        store.settle(
             self.conn,
             self.tenant_id,
-            influxdb_state=ProvisioningState.WAITING_FOR_CAPACITY,
+            ProvisioningState.WAITING_FOR_CAPACITY,
+            Reason.DATABASE_LIMIT,
+            f"no InfluxDB node has room (all {nodes} at their limit)",
+            self.clock(),
             influxdb_node=None,
             influxdb_attempts=0,
             influxdb_create_sent_to=None,
-            influxdb_error_reason=Reason.DATABASE_LIMIT,
-            influxdb_last_error=f"no InfluxDB node has room (all {nodes} at their limit)",
-            influxdb_next_attempt_at=None,
-            influxdb_retry_chain=None,
-            influxdb_updated_at=self.clock(),
         )
         self.conn.commit()
         logger.warning("no node has room; waiting for capacity", extra=self.context)
@@ -399,132 +390,3 @@ class _Run:
 
     def _secrets(self) -> tuple[str, ...]:
         return self.settings.secrets() + self.pool.secrets()
-
-
-class _NotStarted(Exception):
-    """Since the run read the row, the tenant went to ``deprovisioning`` or its retry chain
-    went to another message: the attempt is not this run's to make."""
-
-
-def _sent(exc: Exception) -> bool:
-    """Whether the request behind ``exc`` may have reached the server."""
-    return bool(getattr(exc, "request_sent", True))
-
-
-class _Attempt:
-    """One attempt as Postgres sees it: ``provisioning`` from its start (counted then), then
-    one outcome committed together with its row in the attempt log."""
-
-    def __init__(self, run: _Run, node: NodeConfig | None) -> None:
-        self._run = run
-        self.number = run.attempts
-        self._started = run.clock()
-        self._release = False
-        # Whether a create of ours sent there earlier was never answered (worker.identity).
-        self.unanswered_before = node is not None and run.create_sent_to == node.name
-        values: dict[str, Any] = {}
-        if node is not None:
-            # Written before the create is sent: if this run dies inside the call, the next
-            # one knows a create of ours may have landed there.
-            run.create_sent_to = node.name
-            values = {"influxdb_node": node.name, "influxdb_create_sent_to": node.name}
-        started = store.update(
-            run.conn,
-            run.tenant_id,
-            # Still this run's to start: an operator retry or the reconciler may have handed
-            # the tenant's chain to another message since the row was read.
-            expect={"influxdb_retry_chain": run.chain},
-            influxdb_state=ProvisioningState.PROVISIONING,
-            influxdb_attempts=self.number,
-            influxdb_next_attempt_at=None,
-            influxdb_retry_chain=None,
-            influxdb_updated_at=self._started,
-            **values,
-        )
-        run.conn.commit()
-        if not started:
-            raise _NotStarted(run.tenant_id)
-        run.chain = None
-
-    def succeed(self) -> None:
-        now = self._run.clock()
-        self._finish(
-            AttemptOutcome.PROVISIONED,
-            None,
-            now,
-            influxdb_state=ProvisioningState.PROVISIONED,
-            influxdb_provisioned_at=now,
-            influxdb_last_error=None,
-            influxdb_error_reason=None,
-            influxdb_create_sent_to=None,
-            influxdb_adopt=None,  # the marker now says whose it is
-        )
-
-    def retry_later(self, reason: Reason, message: str, delay: float) -> None:
-        now = self._run.clock()
-        retry_at = now + timedelta(seconds=delay)
-        self._finish(
-            AttemptOutcome.RETRYING,
-            reason,
-            now,
-            retry_at=retry_at,
-            influxdb_state=ProvisioningState.RETRYING,
-            influxdb_error_reason=reason,
-            influxdb_last_error=self._clean(message),
-            influxdb_next_attempt_at=retry_at,
-            # The message that will carry this retry owns the schedule: one chain per tenant.
-            influxdb_retry_chain=self._run.delivery.retry,
-            influxdb_create_sent_to=self._run.create_sent_to,
-        )
-
-    def move_off_node(self, reason: Reason, message: str) -> None:
-        """The server refused the database (422): give its slot back; placement goes on."""
-        self._finish(
-            AttemptOutcome.NODE_FULL,
-            reason,
-            self._run.clock(),
-            influxdb_node=None,
-            influxdb_create_sent_to=None,
-            influxdb_error_reason=reason,
-            influxdb_last_error=self._clean(message),
-        )
-
-    def release_node(self) -> None:
-        """Nothing of the tenant's is on the server: the slot goes back with the outcome."""
-        self._release = True
-        self._run.create_sent_to = None
-
-    def fail(self, reason: Reason, message: str) -> None:
-        released: dict[str, Any] = {"influxdb_node": None} if self._release else {}
-        if reason == Reason.NAME_TAKEN:
-            self._run.create_sent_to = None  # now known: that database is not ours
-        self._finish(
-            AttemptOutcome.FAILED,
-            reason,
-            self._run.clock(),
-            **released,
-            influxdb_state=ProvisioningState.FAILED,
-            influxdb_error_reason=reason,
-            influxdb_last_error=self._clean(message),
-            influxdb_next_attempt_at=None,
-            influxdb_create_sent_to=self._run.create_sent_to,
-        )
-
-    def _clean(self, message: str) -> str:
-        return store.clean_error(message, self._run._secrets())
-
-    def _finish(
-        self,
-        outcome: AttemptOutcome,
-        reason: Reason | None,
-        now: datetime,
-        retry_at: datetime | None = None,
-        **values: Any,
-    ) -> None:
-        run = self._run
-        # A deletion asked for meanwhile wins: the outcome goes to the attempt log only.
-        store.update(run.conn, run.tenant_id, influxdb_updated_at=now, **values)
-        store.log_attempt(
-            run.conn, run.tenant_id, self.number, self._started, now, outcome, reason, retry_at
-        )
-        run.conn.commit()

@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, update
 
+from worker import store
 from worker.db import advisory_lock
 from worker.findings import Finding, Kind, View, find
 from worker.models import reconcile_stats, tenants
@@ -39,7 +40,7 @@ from worker.queues import Job
 from worker.redaction import redact
 from worker.runs import new_chain, new_task_id
 from worker.settings import Settings
-from worker.states import QUEUEABLE_STATES, Adoption, ProvisioningState, Reason
+from worker.states import ProvisioningState, Reason
 from worker.store import Clock, utcnow
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def _run(
     last_id = ""
     with engine.connect() as conn:
         while True:
-            batch = _next_batch(conn, last_id, settings.reconcile_batch_size)
+            batch = store.page(conn, last_id, settings.reconcile_batch_size)
             if not batch:
                 break
             last_id = batch[-1].tenant_id
@@ -203,16 +204,7 @@ class _Claims:
         # chain's owner, so the lost one - should it turn up late - is absorbed.
         for row in rows:
             task_id = new_task_id()
-            taken = self.conn.execute(
-                update(tenants)
-                .where(
-                    tenants.c.tenant_id == row.tenant_id,
-                    tenants.c.influxdb_state == row.influxdb_state,
-                    tenants.c.influxdb_retry_chain.is_not_distinct_from(row.influxdb_retry_chain),
-                )
-                .values(influxdb_retry_chain=new_chain(task_id), influxdb_updated_at=self.view.now)
-            ).rowcount
-            if taken:
+            if store.take_over(self.conn, row, new_chain(task_id), self.view.now):
                 job = (
                     Job.DEPROVISION
                     if row.influxdb_state == ProvisioningState.DEPROVISIONING
@@ -267,49 +259,25 @@ class _Claims:
         self.summary.unlocated += len(rows)
 
     def _record_home(self, rows: list[Any], findings: list[Finding]) -> None:
-        homes = [{"id": r.tenant_id, "node": f.node} for r, f in zip(rows, findings, strict=True)]
-        self.conn.execute(
-            update(tenants)
-            .where(tenants.c.tenant_id == bindparam("id"), tenants.c.influxdb_node.is_(None))
-            .values(influxdb_node=bindparam("node")),
-            homes,
-        )
+        homes = {r.tenant_id: f.node for r, f in zip(rows, findings, strict=True) if f.node}
+        store.record_homes(self.conn, homes)
         self.summary.adopted += len(homes)
         # Pending ones go on to provisioning there: a 409, the identity check, the marker.
         pending = [r for r in rows if r.influxdb_state == ProvisioningState.PENDING]
         self._provision(pending, [])
 
     def _new_home(self, rows: list[Any], _: list[Finding]) -> None:
-        cleared = self.conn.execute(
-            update(tenants)
-            .where(
-                tenants.c.tenant_id.in_([r.tenant_id for r in rows]),
-                tenants.c.influxdb_node.is_(None),
-                tenants.c.influxdb_adopt == Adoption.UNMARKED,
-            )
-            .values(influxdb_adopt=None, influxdb_updated_at=self.view.now)
-            .returning(tenants.c.tenant_id)
-        ).scalars()
+        cleared = store.give_new_homes(self.conn, [r.tenant_id for r in rows], self.view.now)
         self.owed.extend((tenant_id, Job.PROVISION, None) for tenant_id in cleared)
-        self.summary.new_home += len(rows)
+        self.summary.new_home += len(cleared)
 
     def _ambiguous(self, rows: list[Any], findings: list[Finding]) -> None:
         for row, finding in zip(rows, findings, strict=True):
-            self.conn.execute(
-                update(tenants)
-                .where(
-                    tenants.c.tenant_id == row.tenant_id,
-                    tenants.c.influxdb_state == ProvisioningState.PENDING,
-                    tenants.c.influxdb_node.is_(None),
-                )
-                .values(
-                    influxdb_state=ProvisioningState.FAILED,
-                    influxdb_error_reason=Reason.NAME_TAKEN,
-                    influxdb_last_error=f"its database exists on nodes {finding.detail}; adopt "
-                    "the right one (python -m worker adopt TENANT --node NODE)",
-                    influxdb_updated_at=self.view.now,
-                )
+            message = (
+                f"its database exists on nodes {finding.detail}; adopt the right one "
+                "(python -m worker adopt TENANT --node NODE)"
             )
+            store.fail_unplaced(self.conn, row.tenant_id, Reason.NAME_TAKEN, message, self.view.now)
         self.summary.ambiguous += len(rows)
 
     def _to_pending(
@@ -322,32 +290,18 @@ class _Claims:
         message: str,
         new_episode: bool,
     ) -> list[str]:
-        # Re-check the state under the row lock: a worker may have moved the tenant since.
-        locked = (
-            select(tenants.c.tenant_id)
-            .where(tenants.c.tenant_id.in_([r.tenant_id for r in rows]))
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
+        moved = store.to_pending(
+            self.conn,
+            [r.tenant_id for r in rows],
+            expected,
+            still_true,
+            reason=reason,
+            message=message,
+            new_episode=new_episode,
+            now=self.view.now,
         )
-        moved = self.conn.execute(
-            update(tenants)
-            .where(
-                tenants.c.tenant_id.in_(locked), tenants.c.influxdb_state == expected, still_true
-            )
-            .values(
-                influxdb_state=ProvisioningState.PENDING,
-                influxdb_error_reason=reason,
-                influxdb_last_error=message[:500],
-                influxdb_next_attempt_at=None,
-                influxdb_retry_chain=None,
-                influxdb_updated_at=self.view.now,
-                **({"influxdb_attempts": 0} if new_episode else {}),
-            )
-            .returning(tenants.c.tenant_id)
-        ).scalars()
-        moved_ids = sorted(moved)
-        self.owed.extend((tenant_id, Job.PROVISION, None) for tenant_id in moved_ids)
-        return moved_ids
+        self.owed.extend((tenant_id, Job.PROVISION, None) for tenant_id in moved)
+        return moved
 
 
 class _Sender:
@@ -365,7 +319,8 @@ class _Sender:
             return
         published = [t for t, job, task_id in owed if self._publish(t, job, task_id)]
         self._broker_up = len(published) == len(owed)
-        _mark_enqueued(conn, published, self._clock())
+        store.mark_enqueued(conn, published, self._clock())
+        conn.commit()
         self._summary.requeued += len(published)
         self._summary.requeued_ids.extend(published)
         self._summary.not_queued += len(owed) - len(published)
@@ -377,68 +332,9 @@ def _unwait(conn: Connection, pool: NodePool, clock: Clock) -> list[str]:
     conn.commit()
     if free <= 0:
         return []
-    oldest = (
-        select(tenants.c.tenant_id)
-        .where(tenants.c.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY)
-        .order_by(tenants.c.created_at, tenants.c.tenant_id)
-        .limit(free)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    moved = conn.execute(
-        update(tenants)
-        .where(
-            tenants.c.tenant_id.in_(oldest),
-            tenants.c.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY,
-        )
-        # The wait ended the last episode: a new one starts with all its attempts.
-        .values(
-            influxdb_state=ProvisioningState.PENDING,
-            influxdb_attempts=0,
-            influxdb_updated_at=clock(),
-        )
-        .returning(tenants.c.tenant_id, tenants.c.created_at)
-    ).all()
+    moved = store.end_waits(conn, free, clock())
     conn.commit()
-    return [row.tenant_id for row in sorted(moved, key=lambda r: (r.created_at, r.tenant_id))]
-
-
-def _next_batch(conn: Connection, after: str, size: int) -> list[Any]:
-    rows = conn.execute(
-        select(
-            tenants.c.tenant_id,
-            tenants.c.influxdb_state,
-            tenants.c.influxdb_enqueued_at,
-            tenants.c.influxdb_next_attempt_at,
-            tenants.c.influxdb_updated_at,
-            tenants.c.influxdb_provisioned_at,
-            tenants.c.influxdb_node,
-            tenants.c.influxdb_error_reason,
-            tenants.c.influxdb_last_error,
-            tenants.c.influxdb_adopt,
-            tenants.c.influxdb_retry_chain,
-        )
-        .where(tenants.c.tenant_id > after)
-        .order_by(tenants.c.tenant_id)
-        .limit(size)
-    ).all()
-    conn.commit()
-    return list(rows)
-
-
-def _mark_enqueued(conn: Connection, tenant_ids: list[str], now: Any) -> None:
-    if not tenant_ids:
-        return
-    conn.execute(
-        update(tenants)
-        .where(
-            tenants.c.tenant_id.in_(bindparam("ids", expanding=True)),
-            tenants.c.influxdb_state.in_(list(QUEUEABLE_STATES)),
-        )
-        .values(influxdb_enqueued_at=now),
-        {"ids": tenant_ids},
-    )
-    conn.commit()
+    return moved
 
 
 def _store(engine: Engine, summary: ReconcileSummary, clock: Clock) -> None:

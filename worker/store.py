@@ -1,27 +1,30 @@
-"""The ``tenants`` row: the one place that reads it for a run and writes it during one.
+"""The ``tenants`` row: the one module that writes it, for the hooks, the runs and the reconciler.
 
-Every write of a provisioning or deprovisioning run goes through :func:`update`, which is
-guarded: once the operator asked for deletion (without waiting for the tenant's lock), nothing
-a provisioning run writes may turn the tenant back into a live one. Stored errors pass through
-:func:`clean_error` (secrets removed, no NUL, bounded), and time comes from an injectable clock.
+Each function is one intention (create, ask for a retry, start an attempt, take over a chain,
+...), and each write is guarded by what the caller saw: a provisioning run never writes a
+tenant that is being deleted (the operator does not wait for the run's lock), the reconciler
+moves a row only from the state it found it in. Stored errors pass through :func:`clean_error`
+(secrets removed, no NUL, bounded); time comes from an injectable clock. Nothing here commits
+unless its docstring says so: the caller owns the transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, delete, func, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Row
 
 from worker.models import provisioning_attempts, tenants
 from worker.redaction import redact
-from worker.states import AttemptOutcome, ProvisioningState, Reason
+from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason
 
 Clock = Callable[[], datetime]
 MAX_STORED_ERROR = 500
+_ROW = tenants.c
 
 
 def utcnow() -> datetime:
@@ -35,11 +38,135 @@ def clean_error(message: str, secrets: Iterable[str]) -> str:
     return message if len(message) <= MAX_STORED_ERROR else message[:MAX_STORED_ERROR] + "..."
 
 
+# -- reading ----------------------------------------------------------------------------------
+
+
 def load(conn: Connection, tenant_id: str) -> Row[Any] | None:
     """The tenant's row (a committed read), or None."""
-    row = conn.execute(select(tenants).where(tenants.c.tenant_id == tenant_id)).first()
+    row = conn.execute(select(tenants).where(_ROW.tenant_id == tenant_id)).first()
     conn.commit()
     return row
+
+
+def page(conn: Connection, after: str, size: int) -> list[Row[Any]]:
+    """Up to ``size`` rows with ids after ``after``, by id (keyset pagination); committed."""
+    rows = conn.execute(
+        select(tenants).where(_ROW.tenant_id > after).order_by(_ROW.tenant_id).limit(size)
+    ).all()
+    conn.commit()
+    return list(rows)
+
+
+def listing(conn: Connection, state: str | None, limit: int) -> list[Row[Any]]:
+    """Rows by id, optionally only those in ``state``."""
+    query = select(tenants).order_by(_ROW.tenant_id).limit(limit)
+    if state is not None:
+        query = query.where(_ROW.influxdb_state == state)
+    return list(conn.execute(query).all())
+
+
+# -- the hooks: what operators ask for --------------------------------------------------------
+
+
+def create(conn: Connection, tenant_id: str, name: str, retention_period: str | None) -> None:
+    """A new tenant, ``pending``, recorded as queued (raises IntegrityError if it exists).
+
+    Queued before the publish, to spare the request a second commit: if the process dies
+    before publishing, the reconciler treats the message as lost once the grace has passed.
+    """
+    conn.execute(
+        insert(tenants).values(
+            tenant_id=tenant_id,
+            name=name,
+            status="active",
+            influxdb_state=ProvisioningState.PENDING,
+            influxdb_retention_period=retention_period,
+            influxdb_enqueued_at=func.now(),
+        )
+    )
+
+
+def mark_enqueued(conn: Connection, tenant_ids: Sequence[str], now: datetime | None) -> None:
+    """Record when messages were published (None: never, the reconciler's cue to publish)."""
+    if not tenant_ids:
+        return
+    conn.execute(
+        sql_update(tenants)
+        .where(_ROW.tenant_id.in_(bindparam("ids", expanding=True)))
+        .values(influxdb_enqueued_at=now),
+        {"ids": list(tenant_ids)},
+    )
+
+
+def lock_for_request(conn: Connection, tenant_id: str) -> Row[Any] | None:
+    """The row, locked until the caller's transaction ends (an operator request)."""
+    return conn.execute(
+        select(tenants).where(_ROW.tenant_id == tenant_id).with_for_update()
+    ).first()
+
+
+def request_retry(conn: Connection, row: Row[Any], chain: str, now: datetime) -> None:
+    """An operator retry of a locked row: a failed tenant starts a new episode; a scheduled
+    retry is handed to the message ``chain`` (replaced, never doubled)."""
+    if row.influxdb_state == ProvisioningState.FAILED:
+        values: dict[str, Any] = {
+            "influxdb_state": ProvisioningState.PENDING,
+            "influxdb_attempts": 0,
+            "influxdb_next_attempt_at": None,
+            "influxdb_retry_chain": None,
+        }
+    elif row.influxdb_retry_chain is not None:
+        values = {"influxdb_retry_chain": chain}
+    else:
+        return
+    conn.execute(
+        sql_update(tenants)
+        .where(_ROW.tenant_id == row.tenant_id)
+        .values(**values, influxdb_updated_at=now)
+    )
+
+
+def request_adoption(conn: Connection, tenant_id: str, node: str, now: datetime) -> None:
+    """The operator declared the database on ``node`` the tenant's: provision with it."""
+    conn.execute(
+        sql_update(tenants)
+        .where(_ROW.tenant_id == tenant_id)
+        .values(
+            influxdb_state=ProvisioningState.PENDING,
+            influxdb_node=node,
+            influxdb_adopt=Adoption.ANY,
+            influxdb_attempts=0,
+            influxdb_create_sent_to=None,
+            influxdb_next_attempt_at=None,
+            influxdb_retry_chain=None,
+            influxdb_error_reason=None,
+            influxdb_last_error=f"adoption of the database on node {node} requested",
+            influxdb_updated_at=now,
+        )
+    )
+
+
+def request_deletion(conn: Connection, tenant_id: str, now: datetime) -> bool:
+    """The tenant goes to ``deprovisioning`` at once (a scheduled provisioning retry is void);
+    False when there is no such tenant."""
+    found = conn.execute(
+        sql_update(tenants)
+        .where(_ROW.tenant_id == tenant_id)
+        .values(
+            influxdb_state=ProvisioningState.DEPROVISIONING,
+            influxdb_attempts=0,
+            influxdb_error_reason=None,
+            influxdb_last_error=None,
+            influxdb_next_attempt_at=None,
+            influxdb_retry_chain=None,
+            influxdb_updated_at=now,
+        )
+        .returning(_ROW.tenant_id)
+    ).first()
+    return found is not None
+
+
+# -- the runs ---------------------------------------------------------------------------------
 
 
 def update(
@@ -50,24 +177,61 @@ def update(
     expect: Mapping[str, Any] | None = None,
     **values: Any,
 ) -> bool:
-    """Set ``values`` on the tenant's row; does not commit. False when no row was changed.
+    """Set ``values`` on the tenant's row during a run. False when no row was changed.
 
     A provisioning run (``deleting=False``) never writes a tenant that is being deleted; a
     deprovisioning run (``deleting=True``) writes only a tenant that is. ``expect`` makes the
     write a compare-and-set: each named column must still hold the given value (NULL too).
     """
-    state = tenants.c.influxdb_state
+    state = _ROW.influxdb_state
     guards = [
         state == ProvisioningState.DEPROVISIONING
         if deleting
         else state != ProvisioningState.DEPROVISIONING
     ]
     for name, value in (expect or {}).items():
-        guards.append(tenants.c[name].is_not_distinct_from(value))
+        guards.append(_ROW[name].is_not_distinct_from(value))
     changed = conn.execute(
-        sql_update(tenants).where(tenants.c.tenant_id == tenant_id, *guards).values(**values)
+        sql_update(tenants).where(_ROW.tenant_id == tenant_id, *guards).values(**values)
     )
     return bool(changed.rowcount)
+
+
+def settle(
+    conn: Connection,
+    tenant_id: str,
+    state: ProvisioningState,
+    reason: Reason,
+    message: str,
+    now: datetime,
+    *,
+    deleting: bool = False,
+    **values: Any,
+) -> bool:
+    """End a run without starting an attempt: ``state``, with the reason shown and no retry
+    scheduled (guarded as :func:`update`)."""
+    return update(
+        conn,
+        tenant_id,
+        deleting=deleting,
+        influxdb_state=state,
+        influxdb_error_reason=reason,
+        influxdb_last_error=message,
+        influxdb_next_attempt_at=None,
+        influxdb_retry_chain=None,
+        influxdb_updated_at=now,
+        **values,
+    )
+
+
+def reserve_slot(conn: Connection, tenant_id: str, node: str) -> None:
+    """Placement's reservation: the tenant holds a slot on ``node`` from now on."""
+    conn.execute(sql_update(tenants).where(_ROW.tenant_id == tenant_id).values(influxdb_node=node))
+
+
+def remove(conn: Connection, tenant_id: str) -> None:
+    """The end of a deletion: the row goes, and with it the slot and the id."""
+    conn.execute(delete(tenants).where(_ROW.tenant_id == tenant_id))
 
 
 def log_attempt(
@@ -80,7 +244,7 @@ def log_attempt(
     reason: Reason | None,
     retry_at: datetime | None = None,
 ) -> None:
-    """Append one attempt to ``provisioning_attempts``; does not commit."""
+    """Append one attempt to ``provisioning_attempts``."""
     conn.execute(
         insert(provisioning_attempts).values(
             tenant_id=tenant_id,
@@ -92,3 +256,132 @@ def log_attempt(
             retry_at=retry_at,
         )
     )
+
+
+# -- the reconciler ---------------------------------------------------------------------------
+
+
+def take_over(conn: Connection, row: Row[Any], chain: str, now: datetime) -> bool:
+    """Hand an overdue scheduled retry to the message ``chain``, if nothing moved since."""
+    return bool(
+        conn.execute(
+            sql_update(tenants)
+            .where(
+                _ROW.tenant_id == row.tenant_id,
+                _ROW.influxdb_state == row.influxdb_state,
+                _ROW.influxdb_retry_chain.is_not_distinct_from(row.influxdb_retry_chain),
+            )
+            .values(influxdb_retry_chain=chain, influxdb_updated_at=now)
+        ).rowcount
+    )
+
+
+def to_pending(
+    conn: Connection,
+    tenant_ids: Sequence[str],
+    expected: ProvisioningState,
+    still_true: Any,
+    *,
+    reason: Reason,
+    message: str,
+    new_episode: bool,
+    now: datetime,
+) -> list[str]:
+    """Move rows found in ``expected`` back to ``pending``; the ids that moved.
+
+    The state is re-checked under the row lock (skipping rows a worker holds): a worker may
+    have moved the tenant since it was read. ``new_episode`` restores the attempt budget.
+    """
+    locked = (
+        select(_ROW.tenant_id)
+        .where(_ROW.tenant_id.in_(list(tenant_ids)))
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    moved = conn.execute(
+        sql_update(tenants)
+        .where(_ROW.tenant_id.in_(locked), _ROW.influxdb_state == expected, still_true)
+        .values(
+            influxdb_state=ProvisioningState.PENDING,
+            influxdb_error_reason=reason,
+            influxdb_last_error=message[:MAX_STORED_ERROR],
+            influxdb_next_attempt_at=None,
+            influxdb_retry_chain=None,
+            influxdb_updated_at=now,
+            **({"influxdb_attempts": 0} if new_episode else {}),
+        )
+        .returning(_ROW.tenant_id)
+    ).scalars()
+    return sorted(moved)
+
+
+def record_homes(conn: Connection, homes: Mapping[str, str]) -> None:
+    """Rows without a server: the server where their database was found (tenant -> node)."""
+    if homes:
+        conn.execute(
+            sql_update(tenants)
+            .where(_ROW.tenant_id == bindparam("id"), _ROW.influxdb_node.is_(None))
+            .values(influxdb_node=bindparam("node")),
+            [{"id": tenant_id, "node": node} for tenant_id, node in homes.items()],
+        )
+
+
+def give_new_homes(conn: Connection, tenant_ids: Sequence[str], now: datetime) -> list[str]:
+    """Rows from before the worker confirmed absent everywhere: placed as new from now on."""
+    return list(
+        conn.execute(
+            sql_update(tenants)
+            .where(
+                _ROW.tenant_id.in_(list(tenant_ids)),
+                _ROW.influxdb_node.is_(None),
+                _ROW.influxdb_adopt == Adoption.UNMARKED,
+            )
+            .values(influxdb_adopt=None, influxdb_updated_at=now)
+            .returning(_ROW.tenant_id)
+        ).scalars()
+    )
+
+
+def fail_unplaced(
+    conn: Connection, tenant_id: str, reason: Reason, message: str, now: datetime
+) -> None:
+    """A pending row without a server that cannot be placed (found on several servers)."""
+    conn.execute(
+        sql_update(tenants)
+        .where(
+            _ROW.tenant_id == tenant_id,
+            _ROW.influxdb_state == ProvisioningState.PENDING,
+            _ROW.influxdb_node.is_(None),
+        )
+        .values(
+            influxdb_state=ProvisioningState.FAILED,
+            influxdb_error_reason=reason,
+            influxdb_last_error=message[:MAX_STORED_ERROR],
+            influxdb_updated_at=now,
+        )
+    )
+
+
+def end_waits(conn: Connection, count: int, now: datetime) -> list[str]:
+    """The ``count`` oldest tenants waiting for capacity go back to ``pending`` with a fresh
+    budget (the wait ended the last episode); their ids, oldest first."""
+    oldest = (
+        select(_ROW.tenant_id)
+        .where(_ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY)
+        .order_by(_ROW.created_at, _ROW.tenant_id)
+        .limit(count)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    moved = conn.execute(
+        sql_update(tenants)
+        .where(
+            _ROW.tenant_id.in_(oldest),
+            _ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY,
+        )
+        .values(
+            influxdb_state=ProvisioningState.PENDING, influxdb_attempts=0, influxdb_updated_at=now
+        )
+        .returning(_ROW.tenant_id, _ROW.created_at)
+    ).all()
+    return [row.tenant_id for row in sorted(moved, key=lambda r: (r.created_at, r.tenant_id))]

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 
+from worker import store
 from worker.celery_app import app
 from worker.db import get_engine
 from worker.deprovisioning import deprovision_tenant
 from worker.logs import log_context
-from worker.models import tenants
 from worker.nodes import shared_pool
 from worker.provisioning import provision_tenant
 from worker.queues import DEPROVISION_TASK, PROVISION_TASK, RECONCILE_TASK, RETRY_QUEUE, Job
@@ -129,11 +127,7 @@ def enqueue(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None
             return False
         try:
             with get_engine().begin() as conn:
-                conn.execute(
-                    update(tenants)
-                    .where(tenants.c.tenant_id == tenant_id)
-                    .values(influxdb_enqueued_at=datetime.now(UTC))
-                )
+                store.mark_enqueued(conn, [tenant_id], store.utcnow())
         except DBAPIError:
             logger.warning("queued, but could not record when", exc_info=True)
         return True

@@ -1,0 +1,166 @@
+"""One provisioning attempt as Postgres sees it.
+
+An attempt is ``provisioning`` from its start - counted then, so an attempt whose worker is
+killed counts too - and ends with one outcome, committed together with its row in the attempt
+log. Its start is a compare-and-set on the tenant's retry chain (``worker.runs``): an attempt
+is made only by the message that still owns the tenant.
+
+It also keeps ``influxdb_create_sent_to`` (``worker.identity``): the server of a create of
+this incarnation whose answer was never seen, written *before* the create is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from worker import store
+from worker.states import AttemptOutcome, ProvisioningState, Reason
+from worker.store import Clock
+
+
+class NotStarted(Exception):
+    """Since the run read the row, the tenant went to ``deprovisioning`` or its retry chain
+    went to another message: the attempt is not this run's to make."""
+
+
+class AttemptRecord:
+    """The Postgres side of one attempt (see the module docstring)."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        *,
+        number: int,
+        node: str | None,
+        chain: str | None,
+        retry_chain: str,
+        create_sent_to: str | None,
+        clock: Clock,
+        secrets: Callable[[], Iterable[str]],
+    ) -> None:
+        """Start attempt ``number`` on ``node`` if the row's chain is still ``chain``; the
+        attempt's own retry will be carried by ``retry_chain``. Raises NotStarted."""
+        self._conn, self.tenant_id, self.number = conn, tenant_id, number
+        self._retry_chain, self._clock, self._secrets = retry_chain, clock, secrets
+        self._started = clock()
+        self._release = False
+        # Whether a create of ours sent there earlier was never answered.
+        self.unanswered_before = node is not None and create_sent_to == node
+        self.create_sent_to = node if node is not None else create_sent_to
+        placed: dict[str, Any] = {}
+        if node is not None:
+            # Written before the create is sent: if this run dies inside the call, the next
+            # one knows a create of ours may have landed there.
+            placed = {"influxdb_node": node, "influxdb_create_sent_to": node}
+        started = store.update(
+            conn,
+            tenant_id,
+            expect={"influxdb_retry_chain": chain},
+            influxdb_state=ProvisioningState.PROVISIONING,
+            influxdb_attempts=number,
+            influxdb_next_attempt_at=None,
+            influxdb_retry_chain=None,
+            influxdb_updated_at=self._started,
+            **placed,
+        )
+        conn.commit()
+        if not started:
+            raise NotStarted(tenant_id)
+
+    def forget_create(self) -> None:
+        """This attempt's create surely never left (connection refused): unless an earlier
+        one went unanswered, no create of ours can be on the server."""
+        if not self.unanswered_before:
+            self.create_sent_to = None
+
+    def release_node(self) -> None:
+        """This attempt's create was refused and no earlier one is unanswered: nothing of the
+        tenant's is on the server, and its slot goes back with the outcome."""
+        if not self.unanswered_before:
+            self._release = True
+            self.create_sent_to = None
+
+    def succeed(self) -> None:
+        now = self._clock()
+        self.create_sent_to = None
+        self._finish(
+            AttemptOutcome.PROVISIONED,
+            None,
+            now,
+            influxdb_state=ProvisioningState.PROVISIONED,
+            influxdb_provisioned_at=now,
+            influxdb_last_error=None,
+            influxdb_error_reason=None,
+            influxdb_create_sent_to=None,
+            influxdb_adopt=None,  # the marker now says whose it is
+        )
+
+    def retry_later(self, reason: Reason, message: str, delay: float) -> None:
+        now = self._clock()
+        retry_at = now + timedelta(seconds=delay)
+        self._finish(
+            AttemptOutcome.RETRYING,
+            reason,
+            now,
+            retry_at=retry_at,
+            influxdb_state=ProvisioningState.RETRYING,
+            influxdb_error_reason=reason,
+            influxdb_last_error=self._clean(message),
+            influxdb_next_attempt_at=retry_at,
+            # The message that will carry this retry owns the schedule: one chain per tenant.
+            influxdb_retry_chain=self._retry_chain,
+            influxdb_create_sent_to=self.create_sent_to,
+        )
+
+    def move_off_node(self, reason: Reason, message: str) -> None:
+        """The server refused the database (422): its slot goes back; placement goes on. A
+        422 also says the name does not exist there (existence is checked first)."""
+        self.create_sent_to = None
+        self._finish(
+            AttemptOutcome.NODE_FULL,
+            reason,
+            self._clock(),
+            influxdb_node=None,
+            influxdb_create_sent_to=None,
+            influxdb_error_reason=reason,
+            influxdb_last_error=self._clean(message),
+        )
+
+    def fail(self, reason: Reason, message: str) -> None:
+        released: dict[str, Any] = {"influxdb_node": None} if self._release else {}
+        if reason == Reason.NAME_TAKEN:
+            self.create_sent_to = None  # now known: that database is not ours
+        self._finish(
+            AttemptOutcome.FAILED,
+            reason,
+            self._clock(),
+            **released,
+            influxdb_state=ProvisioningState.FAILED,
+            influxdb_error_reason=reason,
+            influxdb_last_error=self._clean(message),
+            influxdb_next_attempt_at=None,
+            influxdb_create_sent_to=self.create_sent_to,
+        )
+
+    def _clean(self, message: str) -> str:
+        return store.clean_error(message, self._secrets())
+
+    def _finish(
+        self,
+        outcome: AttemptOutcome,
+        reason: Reason | None,
+        now: datetime,
+        retry_at: datetime | None = None,
+        **values: Any,
+    ) -> None:
+        # A deletion asked for meanwhile wins: the outcome goes to the attempt log only.
+        store.update(self._conn, self.tenant_id, influxdb_updated_at=now, **values)
+        store.log_attempt(
+            self._conn, self.tenant_id, self.number, self._started, now, outcome, reason, retry_at
+        )
+        self._conn.commit()
