@@ -1,0 +1,112 @@
+"""The failure switches (latency, 5xx, hangs, resets, outages) and stop() under them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from influxdb3_standin import StandIn
+from tests.standin.conftest import DATABASE_API, create
+
+
+def test_latency_delays_every_answer(standin: StandIn, client: requests.Session) -> None:
+    standin.set_latency(0.2)
+
+    started = time.monotonic()
+    assert client.get(f"{standin.url}/health", timeout=5).status_code == 200
+    assert time.monotonic() - started >= 0.2
+
+    # The control endpoints are exempt.
+    started = time.monotonic()
+    requests.get(f"{standin.url}/_standin/state", timeout=5)
+    assert time.monotonic() - started < 0.2
+
+
+def test_error_rate_one_answers_5xx_text(standin: StandIn, client: requests.Session) -> None:
+    standin.set_faults(error_rate=1.0, seed=1)
+
+    for _ in range(4):
+        response = create(client, standin, "acme")
+        assert response.status_code in (500, 503)
+        assert "Content-Type" not in response.headers
+        assert response.text
+    assert standin.databases() == []
+
+    standin.set_faults()
+    assert create(client, standin, "acme").status_code == 200
+
+
+def test_hang_makes_the_client_time_out_until_released(
+    standin: StandIn, client: requests.Session
+) -> None:
+    standin.set_hang(True)
+    with pytest.raises(requests.ReadTimeout):
+        client.get(f"{standin.url}/health", timeout=(1, 0.3))
+
+    standin.set_hang(False)
+    assert client.get(f"{standin.url}/health", timeout=5).status_code == 200
+
+
+def test_hang_rate_one_times_out(standin: StandIn, client: requests.Session) -> None:
+    standin.set_faults(hang_rate=1.0)
+    with pytest.raises(requests.ReadTimeout):
+        client.post(f"{standin.url}{DATABASE_API}", json={"db": "acme"}, timeout=(1, 0.3))
+    standin.set_faults()
+    assert create(client, standin, "acme").status_code == 200
+
+
+def test_reset_rate_one_resets_the_connection(standin: StandIn, client: requests.Session) -> None:
+    standin.set_faults(reset_rate=1.0)
+    with pytest.raises(requests.ConnectionError):
+        client.get(f"{standin.url}/health", timeout=5)
+    standin.set_faults()
+    assert client.get(f"{standin.url}/health", timeout=5).status_code == 200
+
+
+def test_outage_refuses_connections_and_comes_back_on_the_same_port(
+    standin: StandIn, client: requests.Session
+) -> None:
+    # Given a client with an open keep-alive connection
+    assert client.get(f"{standin.url}/health", timeout=5).status_code == 200
+    port = standin.port
+
+    # When the server goes away, Then the open connection and new ones both fail
+    standin.set_outage(True)
+    with pytest.raises(requests.ConnectionError):
+        client.get(f"{standin.url}/health", timeout=2)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{standin.url}/health", timeout=2)
+
+    # And when it comes back, it listens on the same port with its data intact
+    create_before = standin.create_calls()
+    standin.set_outage(False)
+    assert standin.port == port
+    assert client.get(f"{standin.url}/health", timeout=5).status_code == 200
+    assert standin.create_calls() == create_before
+
+
+def test_stop_returns_promptly_with_a_hanging_request(standin: StandIn) -> None:
+    standin.set_hang(True)
+    outcome: list[str] = []
+
+    def hanging_request() -> None:
+        try:
+            requests.get(f"{standin.url}/health", timeout=10)
+            outcome.append("answered")
+        except requests.RequestException as exc:
+            outcome.append(type(exc).__name__)
+
+    thread = threading.Thread(target=hanging_request)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while standin.request_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    started = time.monotonic()
+    standin.stop()
+    assert time.monotonic() - started < 1.5
+    thread.join(timeout=5)
+    assert outcome == ["ConnectionError"]
