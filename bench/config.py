@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.processes import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ROOT", "free_port"]
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -23,13 +25,6 @@ INFLUXDB_TOKEN = "apiv3_bench_" + secrets.token_hex(12)
 OPERATOR_TOKEN = "operator-bench-" + secrets.token_hex(12)
 LIVE_CHECK_TIMEOUT = 2.0
 RAISED_DATABASE_LIMIT = 100_000
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 STANDIN_PORT = free_port()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import redis
 import requests
 
 from bench import config
+from harness import databases, processes
 
 
 def say(message: str) -> None:
@@ -29,38 +29,7 @@ def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-# --------------------------------------------------------------------------------------------
-# Processes
-# --------------------------------------------------------------------------------------------
-
-
-def stop_process(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    """Stop a process we started: SIGTERM to it (a Celery worker then stops its own pool), and
-    SIGKILL to its whole process group if it is still there after ``grace`` seconds."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        # Not reaped yet, so the group id is still ours: the pool children go too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
+wait_until = processes.wait_until
 
 
 @contextlib.contextmanager
@@ -68,26 +37,11 @@ def running(
     argv: list[str], log_path: Path, ready: Callable[[], bool], what: str, timeout: float = 30.0
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``argv`` from the repository root, wait until ``ready()``, stop it on exit."""
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            argv,
-            cwd=config.ROOT,
-            env=dict(os.environ),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = processes.start(argv, log_path, ready=ready, what=what, timeout=timeout)
     try:
-
-        def started() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"{what} exited with {process.returncode}; see {log_path}")
-            return ready()
-
-        wait_until(started, timeout, what)
         yield process
     finally:
-        stop_process(process)
+        processes.stop(process)
 
 
 def _http_ok(url: str) -> bool:
@@ -121,19 +75,7 @@ class Worker:
 
     def pool_pids(self) -> list[int]:
         """Pids of the pool processes (children of the main worker process)."""
-        children = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue  # gone meanwhile
-            # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == self.process.pid:
-                children.append(int(entry.name))
-        return sorted(children)
+        return processes.pool_pids(self.process.pid)
 
 
 _worker_starts = 0
@@ -141,32 +83,18 @@ _worker_starts = 0
 
 @contextlib.contextmanager
 def celery_worker(workdir: Path, concurrency: int) -> Iterator[Worker]:
-    """A real worker process, started the way tests/conftest.py does; ready when it says so."""
+    """A real worker process, started as the tests start theirs; ready when it says so."""
     global _worker_starts  # noqa: PLW0603 - one log file per start, numbered
     _worker_starts += 1
     hostname = f"bench-worker-{_worker_starts}@{os.uname().nodename}"
     log_path = workdir / f"worker-{_worker_starts}-c{concurrency}.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "worker",
-        "--pool=prefork",
-        f"--concurrency={concurrency}",
-        f"--hostname={hostname}",
-        "--without-mingle",
-        "--without-gossip",
-    ]
-
-    def ready() -> bool:
-        return log_path.exists() and "ready." in log_path.read_text(errors="replace")
-
-    with running(argv, log_path, ready, f"celery worker (concurrency {concurrency})") as process:
+    process = processes.start_worker(log_path, concurrency=concurrency, hostname=hostname)
+    try:
         worker = Worker(process, hostname, concurrency)
         wait_until(lambda: len(worker.pool_pids()) >= concurrency, 30, "the worker's pool")
         yield worker
+    finally:
+        processes.stop(process)
 
 
 class StandInProcess:
@@ -239,25 +167,15 @@ def standin_process(workdir: Path) -> Iterator[StandInProcess]:
 @contextlib.contextmanager
 def bench_database() -> Iterator[None]:
     """Create the run's database, migrate it with Alembic; drop it at the end."""
-    with psycopg.connect(config.PG_ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{config.DATABASE}"')
+    databases.create(config.DATABASE, config.PG_ADMIN_DSN)
     try:
-        migrated = subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=config.ROOT,
-            check=False,
-            capture_output=True,
-            text=True,
-        )
-        if migrated.returncode != 0:
-            raise RuntimeError(f"alembic upgrade head failed:\n{migrated.stderr}")
+        databases.migrate()
         yield
     finally:
         from worker.db import get_engine  # noqa: PLC0415 - only if the settings are ours
 
         get_engine().dispose()
-        with psycopg.connect(config.PG_ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{config.DATABASE}" WITH (FORCE)')
+        databases.drop(config.DATABASE, config.PG_ADMIN_DSN)
 
 
 @contextlib.contextmanager

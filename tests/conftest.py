@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,15 +22,20 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+from harness import databases, processes
+from harness.processes import ROOT, free_port
+
+PG_ADMIN_DSN = databases.ADMIN_DSN
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
 INFLUX_TOKEN = "influx-test-token-" + secrets.token_hex(8)
 OPERATOR_TOKEN = "operator-test-token-" + secrets.token_hex(8)
 TEST_DATABASE = f"tp_test_{os.getpid()}_{secrets.token_hex(3)}"
+
+__all__ = ["ROOT", "free_port"]
 
 # Fast, small settings so retries and limits show within seconds. The worker inherits them.
 TEST_ENV = {
@@ -143,21 +146,10 @@ def wait_for(
     condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, what: str = ""
 ) -> Any:
     """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    try:
+        return processes.wait_until(condition, timeout, what or str(condition), interval)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 def new_tenant_id(prefix: str = "t") -> str:
@@ -168,35 +160,24 @@ def new_tenant_id(prefix: str = "t") -> str:
 @pytest.fixture(scope="session")
 def database() -> Iterator[str]:
     """A fresh Postgres database migrated to head with Alembic; dropped after the run."""
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
+    databases.create(TEST_DATABASE)
     try:
-        migrated = subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT,
-            check=False,
-            capture_output=True,
-            text=True,
-        )
-        assert migrated.returncode == 0, migrated.stderr
+        databases.migrate()
         yield TEST_DATABASE
     finally:
         from worker.db import get_engine  # noqa: PLC0415
 
         get_engine().dispose()
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+        databases.drop(TEST_DATABASE)
 
 
 @pytest.fixture
 def scratch_database() -> Iterator[str]:
     """An empty Postgres database of the test's own (for migrations and upgrades)."""
     name = f"tp_scratch_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    databases.create(name)
     yield name
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    databases.drop(name)
 
 
 @pytest.fixture(scope="session")
@@ -241,48 +222,20 @@ def start_worker(
     log_path: Path, *, concurrency: int, name: str, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a Celery worker from the repo root and wait until it is ready."""
-    env = {**os.environ, **(extra_env or {})}
-    log_file = log_path.open("ab")
-    ready_before = log_path.read_text(errors="replace").count("ready.")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "--pool=prefork",
-            f"--concurrency={concurrency}",
-            f"--hostname={name}@%h",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log_file.close()
-    deadline = time.monotonic() + 30
-    while log_path.read_text(errors="replace").count("ready.") <= ready_before:
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_process(process)
-            pytest.fail(f"worker did not start:\n{log_path.read_text(errors='replace')}")
-        time.sleep(0.1)
-    return process
+    try:
+        return processes.start_worker(
+            log_path,
+            concurrency=concurrency,
+            hostname=f"{name}@%h",
+            env={**os.environ, **(extra_env or {})},
+        )
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"worker did not start ({exc}):\n{log_path.read_text(errors='replace')}")
 
 
-def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
     """Stop a process group we started, escalating to SIGKILL."""
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+    processes.stop(process)
 
 
 @pytest.fixture
@@ -303,7 +256,7 @@ def db(database: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(
         f"postgresql://postgres@127.0.0.1:5432/{database}", autocommit=True
     ) as conn:
-        conn.execute("TRUNCATE tenants, influxdb_nodes")
+        conn.execute("TRUNCATE tenants, influxdb_nodes, provisioning_attempts")
         yield conn
 
 
@@ -364,31 +317,7 @@ def start_beat(
     log_path: Path, schedule: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a beat process and wait until it runs."""
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "beat",
-                "--loglevel=DEBUG",
-                f"--schedule={schedule}",
-                "--max-interval=1",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **(extra_env or {})},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    wait_for(
-        lambda: process.poll() is not None or "beat: Starting" in log_path.read_text(),
-        what="beat to start",
-    )
-    assert process.poll() is None, log_path.read_text()
-    return process
+    return processes.start_beat(log_path, schedule, {**os.environ, **(extra_env or {})})
 
 
 def queued(broker: redis.Redis) -> int:
@@ -477,3 +406,40 @@ def stop_consuming(worker_name: str, queues: tuple[str, ...]) -> None:
     # The worker's blocking pop that was already waiting (Redis BRPOP, 1 s) can still take one
     # message after the cancel is acknowledged: let it time out first.
     time.sleep(1.5)
+
+
+def existing_database(
+    node: StandIn, tenant_id: str, points: int = 7, incarnation: str | None = None
+) -> str:
+    """A database of the tenant's name made outside this worker, with ``points`` telemetry
+    points and an ``_init`` marker: without incarnation (the inline code's), or another's."""
+    database = f"telemetry_{tenant_id}"
+    marker = f"_init,tenant={tenant_id} initialized=1i"
+    if incarnation:
+        marker += f',incarnation="{incarnation}"'
+    lines = [f"{marker} 1600000000"] + [
+        f"telemetry,device=d{i} temp={20 + i} {1_700_000_000 + i}" for i in range(points)
+    ]
+    written = requests.post(
+        f"{node.url}/api/v3/write_lp",
+        params={"db": database, "precision": "s"},
+        data="\n".join(lines),
+        headers={"Authorization": f"Bearer {INFLUX_TOKEN}"},
+        timeout=5,
+    )
+    assert written.status_code == 204, written.text
+    return database
+
+
+def telemetry_points(node: StandIn, database: str) -> int:
+    """Telemetry rows in ``database`` on ``node``."""
+    return len(node.rows(database, "telemetry"))
+
+
+def legacy_row(db: Any, tenant_id: str, state: str = "pending", node: str | None = None) -> None:
+    """A tenants row as migration 0004 leaves the UI's rows: no server, adopt 'unmarked'."""
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node, influxdb_adopt) "
+        "VALUES (%s, 'legacy', %s, %s, 'unmarked')",
+        (tenant_id, state, node),
+    )

@@ -292,12 +292,15 @@ def to_pending(
     The state is re-checked under the row lock (skipping rows a worker holds): a worker may
     have moved the tenant since it was read. ``new_episode`` restores the attempt budget.
     """
-    locked = (
-        select(_ROW.tenant_id)
-        .where(_ROW.tenant_id.in_(list(tenant_ids)))
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+    locked = list(
+        conn.execute(
+            select(_ROW.tenant_id)
+            .where(_ROW.tenant_id.in_(list(tenant_ids)))
+            .with_for_update(skip_locked=True)
+        ).scalars()
     )
+    if not locked:
+        return []
     moved = conn.execute(
         sql_update(tenants)
         .where(_ROW.tenant_id.in_(locked), _ROW.influxdb_state == expected, still_true)
@@ -365,14 +368,19 @@ def fail_unplaced(
 def end_waits(conn: Connection, count: int, now: datetime) -> list[str]:
     """The ``count`` oldest tenants waiting for capacity go back to ``pending`` with a fresh
     budget (the wait ended the last episode); their ids, oldest first."""
-    oldest = (
-        select(_ROW.tenant_id)
-        .where(_ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY)
-        .order_by(_ROW.created_at, _ROW.tenant_id)
-        .limit(count)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+    # Two statements on purpose: in ``UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE
+    # SKIP LOCKED)`` Postgres may run the subquery more than once, and move more than n rows.
+    oldest = list(
+        conn.execute(
+            select(_ROW.tenant_id)
+            .where(_ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY)
+            .order_by(_ROW.created_at, _ROW.tenant_id)
+            .limit(count)
+            .with_for_update(skip_locked=True)
+        ).scalars()
     )
+    if not oldest:
+        return []
     moved = conn.execute(
         sql_update(tenants)
         .where(

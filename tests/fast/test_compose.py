@@ -23,7 +23,7 @@ import pytest
 import yaml
 from celery import Celery
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SETTINGS_SOURCE = ROOT / "worker" / "settings.py"

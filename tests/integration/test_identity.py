@@ -10,58 +10,19 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import requests
-
-from influxdb3_standin import StandIn
 from tests.conftest import (
-    INFLUX_TOKEN,
     INTERVAL,
     cli,
+    existing_database,
+    legacy_row,
     new_tenant_id,
     start_beat,
     stop_process,
+    telemetry_points,
     tenant_row,
     wait_for,
     wait_for_state,
 )
-
-AUTH = {"Authorization": f"Bearer {INFLUX_TOKEN}"}
-
-
-def existing_database(
-    node: StandIn, tenant_id: str, points: int = 7, incarnation: str | None = None
-) -> str:
-    """A database of the tenant's name made outside this worker, with ``points`` telemetry
-    points and an ``_init`` marker: without incarnation (the inline code's), or another's."""
-    database = f"telemetry_{tenant_id}"
-    marker = f"_init,tenant={tenant_id} initialized=1i"
-    if incarnation:
-        marker += f',incarnation="{incarnation}"'
-    lines = [f"{marker} 1600000000"] + [
-        f"telemetry,device=d{i} temp={20 + i} {1_700_000_000 + i}" for i in range(points)
-    ]
-    written = requests.post(
-        f"{node.url}/api/v3/write_lp",
-        params={"db": database, "precision": "s"},
-        data="\n".join(lines),
-        headers=AUTH,
-        timeout=5,
-    )
-    assert written.status_code == 204, written.text
-    return database
-
-
-def telemetry_points(node: StandIn, database: str) -> int:
-    return len(node.rows(database, "telemetry"))
-
-
-def legacy_row(db: Any, tenant_id: str, state: str = "pending", node: str | None = None) -> None:
-    """A tenants row as migration 0004 leaves the UI's rows: no server, adopt 'unmarked'."""
-    db.execute(
-        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node, influxdb_adopt) "
-        "VALUES (%s, 'legacy', %s, %s, 'unmarked')",
-        (tenant_id, state, node),
-    )
 
 
 def attempts_of(db: Any, tenant_id: str) -> list[tuple[Any, ...]]:

@@ -26,14 +26,16 @@ from tests.conftest import (
     ROOT,
     Pool,
     cli,
+    existing_database,
+    legacy_row,
     new_tenant_id,
     start_beat,
     stop_process,
+    telemetry_points,
     tenant_row,
     wait_for,
     wait_for_state,
 )
-from tests.test_identity import existing_database, legacy_row, telemetry_points
 
 pytestmark = pytest.mark.drill
 

@@ -1,0 +1,99 @@
+"""What the hooks accept and refuse, checked as pure functions: ids, names, retention periods,
+and URLs as the CLI prints them."""
+
+from __future__ import annotations
+
+import pytest
+
+from api_hooks import InvalidRetentionPeriod, InvalidTenantId, InvalidTenantName
+from api_hooks.tenants import (
+    validate_retention_period,
+    validate_tenant_id,
+    validate_tenant_name,
+)
+from worker.redaction import redact_url
+
+
+@pytest.mark.parametrize("tenant_id", ["a", "acme", "Acme-01_x", "0day", "x" * 54])
+def test_valid_tenant_ids(tenant_id):
+    assert validate_tenant_id(tenant_id) == tenant_id
+
+
+@pytest.mark.parametrize(
+    ("tenant_id", "rule"),
+    [
+        ("", "must not be empty"),
+        ("-x", "must start with"),
+        ("a.b", "may contain only"),
+        ("a\nb", "may contain only"),
+        ("ä", "must start with"),
+        ("x" * 55, "at most 54"),
+        (42, "must be a string"),
+    ],
+)
+def test_invalid_tenant_ids_name_the_rule(tenant_id, rule):
+    with pytest.raises(InvalidTenantId, match=rule):
+        validate_tenant_id(tenant_id)
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [
+        ("  Acme  ", "Acme"),
+        ("Café Zürich", "Café Zürich"),
+        ("\U0001f468\u200d\U0001f469\u200d\U0001f467 family", None),  # ZWJ emoji sequence
+        ("\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f", None),  # tags
+        ("日本語の名前", None),
+    ],
+)
+def test_names_are_free_text(name, stored):
+    assert validate_tenant_name(name) == (stored or name)
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ("x" * 201, "at most 200"),
+        ("tab\there", "control characters"),
+        ("del\x7f", "control characters"),
+        ("line\u2028break", "line breaks"),
+        ("para\u2029break", "line breaks"),
+        ("\u202eevil", "bidirectional"),
+        ("\u2066isolate", "bidirectional"),
+        ("soft\u00adhyphen", "invisible formatting"),
+        ("\ufeffbom", "invisible formatting"),
+        ("\ud800", "lone surrogate"),
+        (None, "must be a string"),
+    ],
+)
+def test_names_that_could_mislead_or_break_a_page_are_refused(name, rule):
+    with pytest.raises(InvalidTenantName, match=rule):
+        validate_tenant_name(name)
+
+
+@pytest.mark.parametrize("period", ["1h", "12h", "30d", "2w", "3mo", "1y", "999999d"])
+def test_retention_periods_core_accepts(period):
+    assert validate_retention_period(period) == period
+
+
+@pytest.mark.parametrize(
+    "period", ["0d", "90m", "45s", "1d12h", "1h 30m", "30d\n", " 30d", "1000000d", "30D", 30, ""]
+)
+def test_retention_periods_core_refuses(period):
+    with pytest.raises(InvalidRetentionPeriod, match="h, d, w, mo or y"):
+        validate_retention_period(period)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://influx:8181", "http://influx:8181"),
+        ("https://ops:s3cret@influx:8181/", "https://ops:[REDACTED]@influx:8181/"),
+        ("http://tokenonly@influx", "http://[REDACTED]@influx"),
+        ("http://influx/?api_token=abc&region=eu", "http://influx/?api_token=[REDACTED]&region=eu"),
+    ],
+)
+def test_urls_are_printed_without_credentials(url, shown):
+    assert redact_url(url) == shown

@@ -1,0 +1,77 @@
+"""Deletion in-process: only the tenant's own database goes, and the row only once it is gone."""
+
+from __future__ import annotations
+
+from tests.conftest import existing_database, tenant_row
+from tests.fast.conftest import World, insert
+from worker.runs import Delivery
+from worker.states import RunResult
+
+MESSAGE = Delivery.of("delete-a", 0)
+
+
+def test_deleting_removes_the_tenants_own_database_then_the_row(db, world: World):
+    alpha = world.add("alpha")
+    insert(db, "acme")
+    world.provision("acme")
+    db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
+
+    assert world.deprovision("acme", MESSAGE).result == RunResult.DEPROVISIONED
+
+    assert tenant_row(db, "acme") is None
+    assert alpha.databases() == []
+    assert any(name.startswith("telemetry_acme-") for name in alpha.state()["deleted_databases"])
+
+
+def test_deleting_leaves_a_database_that_is_not_the_tenants(db, world: World):
+    alpha = world.add("alpha")
+    existing_database(alpha, "acme", points=2, incarnation="another-tenant")
+    insert(db, "acme", state="deprovisioning", node="alpha")
+
+    assert world.deprovision("acme", MESSAGE).result == RunResult.DEPROVISIONED
+
+    assert tenant_row(db, "acme") is None
+    assert alpha.databases() == ["telemetry_acme"]  # someone else's data stays
+
+
+def test_deleting_waits_for_a_server_that_left_the_nodes_file(db, world: World):
+    alpha = world.add("alpha")
+    alpha.create_database("telemetry_acme")
+    world.unlisted.add("alpha")
+    insert(db, "acme", state="deprovisioning", node="alpha")
+
+    outcome = world.deprovision("acme", MESSAGE)
+
+    assert (outcome.result, outcome.reason) == (RunResult.WAITING_FOR_NODE, "node_not_configured")
+    assert tenant_row(db, "acme")["influxdb_state"] == "deprovisioning"
+    assert alpha.databases() == ["telemetry_acme"]
+
+
+def test_deleting_a_row_from_before_the_worker_finds_its_database_first(db, world: World):
+    world.add("alpha")
+    beta = world.add("beta")
+    existing_database(beta, "acme")
+    insert(db, "acme", state="deprovisioning", adopt="unmarked")
+
+    assert world.deprovision("acme", MESSAGE).result == RunResult.DEPROVISIONED
+    assert beta.databases() == []
+
+
+def test_deleting_while_a_server_is_silent_does_not_finish(db, world: World):
+    world.add("alpha").set_outage(True)
+    insert(db, "acme", state="deprovisioning", adopt="unmarked")
+
+    outcome = world.deprovision("acme", MESSAGE)
+
+    assert (outcome.result, outcome.reason) == (RunResult.RETRYING, "unreachable")
+    row = tenant_row(db, "acme")
+    assert row["influxdb_retry_chain"] == MESSAGE.retry
+    assert row["influxdb_next_attempt_at"] > world.clock.now
+
+
+def test_a_never_placed_tenant_is_deleted_without_asking_any_server(db, world: World):
+    alpha = world.add("alpha")
+    insert(db, "acme", state="deprovisioning")
+
+    assert world.deprovision("acme", MESSAGE).result == RunResult.DEPROVISIONED
+    assert alpha.request_count() == 0

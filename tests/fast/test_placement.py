@@ -1,0 +1,70 @@
+"""Placement choices on a real Postgres: least used first, ties by name, full servers skipped."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.conftest import tenant_row
+from tests.fast.conftest import insert
+from worker.db import get_engine
+from worker.placement import mark_full, place_tenant, record_observation, usage
+from worker.settings import NodeConfig
+
+ALPHA = NodeConfig("alpha", "http://a", None, 3)
+BETA = NodeConfig("beta", "http://b", None, 3)
+GAMMA = NodeConfig("gamma", "http://c", None, 1)
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+def place(tenant_id, nodes, exclude=frozenset()):
+    with get_engine().connect() as conn:
+        return place_tenant(conn, tenant_id, nodes, exclude=set(exclude))
+
+
+def given_placed(db, **per_node: int) -> None:
+    for node, count in per_node.items():
+        for i in range(count):
+            insert(db, f"{node}-{i}", state="provisioned", node=node)
+
+
+@pytest.mark.parametrize(
+    ("placed", "exclude", "expected"),
+    [
+        ({}, (), "alpha"),  # a tie goes to the first by name
+        ({"alpha": 1}, (), "beta"),  # the least used
+        ({"alpha": 2, "beta": 1}, (), "gamma"),  # used, not free: gamma holds none yet
+        ({"alpha": 1, "beta": 1}, (), "gamma"),  # gamma has 1 slot, used 0
+        ({"alpha": 3, "beta": 3, "gamma": 1}, (), None),  # every slot taken
+        ({}, ("alpha",), "beta"),  # refused a moment ago in this run
+        ({"alpha": 3, "beta": 2, "gamma": 1}, (), "beta"),  # only beta has room
+    ],
+)
+def test_the_least_used_server_with_room_is_chosen(db, placed, exclude, expected):
+    given_placed(db, **placed)
+    insert(db, "acme")
+
+    chosen = place("acme", [GAMMA, BETA, ALPHA], exclude)
+
+    assert chosen == expected
+    assert tenant_row(db, "acme")["influxdb_node"] == expected  # reserved in the same step
+
+
+def test_a_server_that_answered_422_is_skipped_until_seen_with_room(db):
+    insert(db, "acme")
+    insert(db, "globex")
+    with get_engine().connect() as conn:
+        mark_full(conn, "alpha", NOW)
+    assert place("acme", [ALPHA, BETA]) == "beta"
+
+    with get_engine().connect() as conn:
+        record_observation(conn, ALPHA, databases=1, now=NOW)  # the reconciler saw room
+    assert place("globex", [ALPHA, BETA]) == "alpha"
+
+
+def test_usage_counts_placed_tenants_and_free_slots(db):
+    given_placed(db, alpha=2, gone=4)  # a node that left the pool is not looked up
+    with get_engine().connect() as conn:
+        slots = {u.node.name: (u.used, u.free, u.full) for u in usage(conn, [ALPHA, BETA])}
+    assert slots == {"alpha": (2, 1, False), "beta": (0, 3, False)}

@@ -1,0 +1,290 @@
+"""The provisioning state machine, one transition per test, in-process: the clock is frozen and
+the random source seeded, so every delay and timestamp is exact."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+from tests.conftest import existing_database, tenant_row
+from tests.fast.conftest import SEED, World, insert
+from worker.db import get_engine
+from worker.runs import Delivery, tenant_lock
+from worker.states import RunResult
+
+MESSAGE = Delivery.of("message-a", 0)
+OTHER = Delivery.of("message-b", 0)
+
+
+def attempt_log(db, tenant_id):
+    return db.execute(
+        "SELECT attempt, outcome, reason, retry_at FROM provisioning_attempts "
+        "WHERE tenant_id = %s ORDER BY id",
+        (tenant_id,),
+    ).fetchall()
+
+
+def test_a_pending_tenant_is_provisioned_with_its_incarnation_in_the_marker(db, world: World):
+    server = world.add("alpha")
+    row = insert(db, "acme")
+
+    outcome = world.provision("acme", MESSAGE)
+
+    assert (outcome.result, outcome.attempt) == (RunResult.PROVISIONED, 1)
+    after = tenant_row(db, "acme")
+    assert after["influxdb_state"] == "provisioned"
+    assert after["influxdb_node"] == "alpha"
+    assert after["influxdb_provisioned_at"] == world.clock.now
+    assert after["influxdb_create_sent_to"] is None
+    markers = server.rows("telemetry_acme", "_init")
+    assert [m["incarnation"] for m in markers] == [row["influxdb_incarnation"]]
+    assert attempt_log(db, "acme") == [(1, "provisioned", None, None)]
+
+
+def test_a_transient_error_schedules_exactly_one_retry_from_the_backoff(db, world: World):
+    world.add("alpha").set_faults(error_rate=1.0)
+    insert(db, "acme")
+
+    outcome = world.provision("acme", MESSAGE)
+
+    settings = world.settings
+    ceiling = min(settings.backoff_cap_seconds, settings.backoff_base_seconds)
+    expected = random.Random(SEED).uniform(0, ceiling)
+    assert (outcome.result, outcome.retry_in) == (RunResult.RETRYING, expected)
+    row = tenant_row(db, "acme")
+    assert row["influxdb_state"] == "retrying"
+    assert row["influxdb_error_reason"] == "server_error"
+    assert row["influxdb_next_attempt_at"] == world.clock.now + timedelta(seconds=expected)
+    assert row["influxdb_retry_chain"] == MESSAGE.retry  # its own retry owns the schedule
+    assert attempt_log(db, "acme") == [
+        (1, "retrying", "server_error", row["influxdb_next_attempt_at"])
+    ]
+
+
+def test_the_backoff_ceiling_doubles_per_attempt_up_to_the_cap(db, world: World):
+    world.add("alpha").set_faults(error_rate=1.0)
+    world.overrides = {"max_attempts": 20}
+    insert(db, "acme")
+    settings = world.settings
+    delivery = MESSAGE
+    for attempt in range(1, 9):
+        outcome = world.provision("acme", delivery, seed=attempt)
+        ceiling = min(
+            settings.backoff_cap_seconds, settings.backoff_base_seconds * 2 ** (attempt - 1)
+        )
+        assert outcome.retry_in == random.Random(attempt).uniform(0, ceiling), attempt
+        delivery = Delivery(delivery.retry, delivery.retry + "'")
+    assert tenant_row(db, "acme")["influxdb_attempts"] == 8
+
+
+def test_another_message_is_absorbed_while_a_retry_is_scheduled(db, world: World):
+    server = world.add("alpha")
+    insert(db, "acme", state="retrying", retry_chain=MESSAGE.retry, node="alpha")
+    before = server.request_count()
+
+    outcome = world.provision("acme", OTHER)
+
+    assert outcome.result == RunResult.ABSORBED
+    assert server.request_count() == before
+    assert tenant_row(db, "acme")["influxdb_state"] == "retrying"
+
+
+def test_the_message_that_owns_the_chain_runs_the_retry(db, world: World):
+    world.add("alpha")
+    insert(db, "acme", state="retrying", retry_chain=MESSAGE.message, node="alpha", attempts=1)
+
+    outcome = world.provision("acme", MESSAGE)
+
+    assert (outcome.result, outcome.attempt) == (RunResult.PROVISIONED, 2)
+    assert tenant_row(db, "acme")["influxdb_retry_chain"] is None
+
+
+def test_the_last_allowed_attempt_fails_with_its_reason(db, world: World):
+    world.add("alpha").set_faults(error_rate=1.0)
+    attempts = world.settings.max_attempts - 1
+    insert(db, "acme", state="retrying", retry_chain=MESSAGE.message, attempts=attempts)
+
+    outcome = world.provision("acme", MESSAGE)
+
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, "server_error")
+    row = tenant_row(db, "acme")
+    assert row["influxdb_state"] == "failed"
+    assert row["influxdb_last_error"].startswith(f"gave up after {attempts + 1} attempts")
+    assert row["influxdb_next_attempt_at"] is None
+
+
+def test_a_rejected_token_fails_at_once_and_gives_the_slot_back(db, world: World):
+    world.add("alpha").set_token("not-ours")
+    insert(db, "acme")
+
+    outcome = world.provision("acme", MESSAGE)
+
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, "unauthorized")
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_node"], row["influxdb_attempts"]) == (None, 1)
+
+
+def test_a_422_moves_the_tenant_to_the_next_server_in_the_same_run(db, world: World):
+    alpha = world.add("alpha")
+    world.add("beta")
+    for i in range(5):
+        alpha.create_database(f"by_hand_{i}")  # full, though our count says empty
+    insert(db, "acme")
+
+    outcome = world.provision("acme", MESSAGE)
+
+    assert outcome.result == RunResult.PROVISIONED
+    assert tenant_row(db, "acme")["influxdb_node"] == "beta"
+    assert [(a, o, r) for a, o, r, _ in attempt_log(db, "acme")] == [
+        (1, "node_full", "database_limit"),
+        (2, "provisioned", None),
+    ]
+    full = db.execute("SELECT full_since FROM influxdb_nodes WHERE name = 'alpha'").fetchone()
+    assert full == (world.clock.now,)
+
+
+def test_no_room_anywhere_waits_for_capacity_without_an_attempt(db, world: World):
+    world.add("alpha", limit=1)
+    insert(db, "first", state="provisioned", node="alpha")
+    insert(db, "acme", attempts=3)
+
+    outcome = world.provision("acme", MESSAGE)
+
+    assert outcome.result == RunResult.WAITING_FOR_CAPACITY
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_state"], row["influxdb_attempts"]) == ("waiting_for_capacity", 0)
+    assert attempt_log(db, "acme") == []
+
+
+def test_a_database_of_unknown_origin_is_name_taken_and_not_used(db, world: World):
+    alpha = world.add("alpha")
+    existing_database(alpha, "acme", points=3)
+    insert(db, "acme")
+
+    outcome = world.provision("acme", MESSAGE)
+
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, "name_taken")
+    row = tenant_row(db, "acme")
+    assert row["influxdb_node"] == "alpha"  # it stays where the name is taken
+    assert "node alpha" in row["influxdb_last_error"]
+    assert [m.get("incarnation") for m in alpha.rows("telemetry_acme", "_init")] == [None]
+
+
+def test_an_adopted_database_is_provisioned_with_its_data(db, world: World):
+    alpha = world.add("alpha")
+    existing_database(alpha, "acme", points=3, incarnation="someone-else")
+    row = insert(db, "acme", state="pending", node="alpha", adopt="any")
+
+    assert world.provision("acme", MESSAGE).result == RunResult.PROVISIONED
+    marks = {m.get("incarnation") for m in alpha.rows("telemetry_acme", "_init")}
+    assert marks == {"someone-else", row["influxdb_incarnation"]}
+    assert len(alpha.rows("telemetry_acme", "telemetry")) == 3
+
+
+def test_a_409_after_our_own_unanswered_create_is_ours(db, world: World):
+    alpha = world.add("alpha")
+    alpha.create_database("telemetry_acme")  # our earlier create landed; we never saw the 200
+    insert(db, "acme", state="retrying", node="alpha", create_sent_to="alpha", attempts=1)
+
+    assert world.provision("acme").result == RunResult.PROVISIONED
+
+
+def test_a_row_from_before_the_worker_is_located_on_the_server_holding_it(db, world: World):
+    world.add("alpha")
+    beta = world.add("beta")
+    existing_database(beta, "acme", points=7)
+    insert(db, "acme", adopt="unmarked")
+
+    assert world.provision("acme", MESSAGE).result == RunResult.PROVISIONED
+
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_node"], row["influxdb_adopt"]) == ("beta", None)
+    assert world.servers["alpha"].create_calls() == 0
+    assert len(beta.rows("telemetry_acme", "telemetry")) == 7
+
+
+def test_a_silent_server_means_unknown_and_nothing_is_placed(db, world: World):
+    alpha = world.add("alpha")
+    world.add("beta").set_outage(True)
+    insert(db, "acme", adopt="unmarked")
+
+    outcome = world.provision("acme", MESSAGE)
+
+    assert (outcome.result, outcome.reason) == (RunResult.RETRYING, "unreachable")
+    assert tenant_row(db, "acme")["influxdb_node"] is None
+    assert alpha.create_calls() == 0
+
+
+def test_a_row_from_before_the_worker_found_nowhere_gets_a_new_home(db, world: World):
+    world.add("alpha")
+    insert(db, "acme", adopt="unmarked")
+
+    assert world.provision("acme", MESSAGE).result == RunResult.PROVISIONED
+    assert tenant_row(db, "acme")["influxdb_node"] == "alpha"
+
+
+def test_a_server_that_left_the_nodes_file_keeps_its_tenants(db, world: World):
+    world.add("alpha")
+    beta = world.add("beta")
+    world.unlisted.add("alpha")
+    insert(db, "waiting", state="retrying", node="alpha", retry_chain=MESSAGE.message)
+    insert(db, "done", state="provisioned", node="alpha")
+
+    assert world.provision("waiting", MESSAGE).result == RunResult.WAITING_FOR_NODE
+    assert world.provision("done", OTHER).result == RunResult.WAITING_FOR_NODE
+
+    waiting = tenant_row(db, "waiting")
+    assert (waiting["influxdb_state"], waiting["influxdb_node"]) == ("pending", "alpha")
+    assert waiting["influxdb_error_reason"] == "node_not_configured"
+    assert tenant_row(db, "done")["influxdb_state"] == "provisioned"
+    assert beta.create_calls() == 0
+
+
+def test_attempts_used_up_by_runs_that_never_finished_end_as_worker_lost(db, world: World):
+    world.add("alpha")
+    attempts = world.settings.max_attempts
+    insert(db, "acme", state="pending", node="alpha", attempts=attempts, error_reason="worker_lost")
+
+    outcome = world.provision("acme", MESSAGE)
+
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, "worker_lost")
+    assert world.servers["alpha"].create_calls() == 0
+
+
+def test_a_repair_after_success_starts_a_new_episode(db, world: World):
+    world.add("alpha").set_faults(error_rate=0.0)
+    attempts = world.settings.max_attempts - 1
+    insert(db, "acme", state="provisioned", node="alpha", attempts=attempts)  # database gone
+
+    outcome = world.provision("acme", MESSAGE)
+
+    assert (outcome.result, outcome.attempt) == (RunResult.PROVISIONED, 1)
+
+
+def test_a_provisioned_tenant_whose_database_is_there_is_only_verified(db, world: World):
+    alpha = world.add("alpha")
+    insert(db, "acme")
+    world.provision("acme", MESSAGE)
+    creates = alpha.create_calls()
+
+    assert world.provision("acme", OTHER).result == RunResult.ALREADY_PROVISIONED
+    assert alpha.create_calls() == creates
+
+
+def test_a_tenant_held_by_another_run_is_left_to_it(db, world: World):
+    alpha = world.add("alpha")
+    insert(db, "acme")
+    with get_engine().connect() as holder, tenant_lock(holder, "acme") as acquired:
+        assert acquired
+        assert world.provision("acme", MESSAGE).result == RunResult.BUSY
+    assert alpha.create_calls() == 0
+
+
+def test_failed_and_deleted_tenants_are_skipped(db, world: World):
+    world.add("alpha")
+    insert(db, "broken", state="failed", error_reason="unauthorized")
+    insert(db, "leaving", state="deprovisioning")
+
+    assert world.provision("broken").result == RunResult.SKIPPED
+    assert world.provision("leaving").result == RunResult.SKIPPED
+    assert world.provision("nobody").result == RunResult.NOT_FOUND
