@@ -1,0 +1,254 @@
+"""Settings: one declaration per variable, read and checked from it, and the README agrees.
+
+Pure tests: no Redis, no Postgres, no worker. They read README.md and ``worker.settings_table``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+
+import pytest
+
+from worker.settings import Settings, SettingsError
+from worker.settings_doc import settings_table_markdown
+from worker.settings_table import SETTINGS
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_settings_table() -> list[str]:
+    """The table lines of README.md's "## Settings" section."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    heading = next(i for i, line in enumerate(lines) if line.startswith("## Settings"))
+    table: list[str] = []
+    for line in lines[heading + 1 :]:
+        if line.startswith("|"):
+            table.append(line)
+        elif table or line.startswith("## "):
+            break
+    return table
+
+
+# --- the declarations and the README ------------------------------------------------------------
+
+
+def test_the_readme_table_is_the_one_printed_from_the_declarations():
+    expected = settings_table_markdown().splitlines()
+    assert readme_settings_table() == expected, (
+        "README.md's settings table differs from worker/settings_table.py; replace it with the "
+        "output of `python -m worker.settings_doc`"
+    )
+
+
+def test_each_settings_field_is_declared_exactly_once():
+    declared = [s.field for s in SETTINGS if s.field is not None]
+    assert len(declared) == len(set(declared))
+    assert set(declared) == {f.name for f in dataclasses.fields(Settings)}
+    variables = [s.variable for s in SETTINGS] + [s.file_variable for s in SETTINGS]
+    named = [v for v in variables if v]
+    assert len(named) == len(set(named)), "a variable is declared twice"
+
+
+def test_declared_types_and_defaults_match_the_settings_fields():
+    hints = typing.get_type_hints(Settings)
+    for setting in SETTINGS:
+        if setting.field is None or setting.custom:
+            continue
+        hint = hints[setting.field]
+        accepted = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        assert setting.kind in accepted, f"{setting.variable}: {setting.kind} vs {hint}"
+        unset_is_none = setting.default is None and setting.default_from is None
+        assert (type(None) in accepted) == unset_is_none, f"{setting.variable}: {hint}"
+        if setting.default is not None:
+            assert isinstance(setting.default, setting.kind), setting.variable
+            # Every default passes its own checks, as if it had been set explicitly
+            assert setting.parse(str(setting.default)) == setting.default, setting.variable
+
+
+def test_derived_defaults_name_an_earlier_setting():
+    seen: set[str] = set()
+    for setting in SETTINGS:
+        if setting.default_from:
+            assert setting.default_from in seen, setting.variable
+            assert setting.default is None, f"{setting.variable}: default and default_from"
+        seen.add(setting.variable)
+
+
+def test_every_declaration_explains_itself_on_one_line():
+    for setting in SETTINGS:
+        assert setting.help.strip(), f"{setting.variable} has no help text"
+        assert "\n" not in setting.help + setting.rule, setting.variable
+        assert not setting.pattern or setting.rule, f"{setting.variable}: pattern without rule"
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_local_services():
+    settings = Settings.from_env({})
+    assert settings.broker_url == "redis://127.0.0.1:6379/0"
+    assert settings.influxdb_url == "http://127.0.0.1:8181"
+    assert settings.influxdb_token is None
+    assert settings.max_attempts == 10
+    assert settings.database_name("acme") == "telemetry_acme"
+
+
+def test_requeue_grace_defaults_to_the_interval():
+    assert Settings.from_env({}).reconcile_requeue_after_seconds == 60.0
+    settings = Settings.from_env({"RECONCILE_INTERVAL_SECONDS": "15"})
+    assert settings.reconcile_requeue_after_seconds == 15.0
+    settings = Settings.from_env({"RECONCILE_REQUEUE_AFTER_SECONDS": "0"})
+    assert settings.reconcile_requeue_after_seconds == 0.0
+
+
+def test_values_are_converted_and_normalised():
+    settings = Settings.from_env(
+        {"LOG_LEVEL": " debug ", "INFLUXDB_URL": "https://influx:8181/", "LIVE_CHECK_TIMEOUT": "1"}
+    )
+    assert settings.log_level == "DEBUG"
+    assert settings.influxdb_url == "https://influx:8181"
+    assert settings.live_check_timeout == 1.0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PROVISION_MAX_ATTEMPTS": "0"}, "PROVISION_MAX_ATTEMPTS must be at least 1 (got '0')"),
+        ({"PROVISION_MAX_ATTEMPTS": "2.5"}, "PROVISION_MAX_ATTEMPTS must be a whole number"),
+        ({"LIVE_CHECK_TIMEOUT": "abc"}, "LIVE_CHECK_TIMEOUT must be a number (got 'abc')"),
+        ({"LIVE_CHECK_TIMEOUT": "0.05"}, "LIVE_CHECK_TIMEOUT must be at least 0.1"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL must be one of DEBUG, INFO"),
+        ({"INFLUXDB_DATABASE_PREFIX": "much_too_long_"}, "INFLUXDB_DATABASE_PREFIX must be 1 to"),
+        (
+            {"INFLUXDB_TOKEN": "a", "INFLUXDB_TOKEN_FILE": "/x"},
+            "set either INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE, not both",
+        ),
+        (
+            {"OPERATOR_TOKEN": "a", "OPERATOR_TOKEN_FILE": "/x"},
+            "set either OPERATOR_TOKEN or OPERATOR_TOKEN_FILE, not both",
+        ),
+    ],
+)
+def test_error_messages_name_the_variable_and_the_bound(env, message):
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env(env)
+    assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PROVISION_MAX_ATTEMPTS": "many"}, "PROVISION_MAX_ATTEMPTS"),
+        ({"PROVISION_MAX_ATTEMPTS": "0"}, "PROVISION_MAX_ATTEMPTS"),
+        ({"INFLUXDB_URL": "influx:8181"}, "INFLUXDB_URL"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "::not a url::"}, "DATABASE_URL"),
+        ({"INFLUXDB_TOKEN": "a", "INFLUXDB_TOKEN_FILE": "/x"}, "INFLUXDB_TOKEN_FILE"),
+        ({"INFLUXDB_TOKEN_FILE": "/nonexistent/token"}, "INFLUXDB_TOKEN_FILE"),
+        ({"INFLUXDB_DATABASE_PREFIX": "_bad"}, "INFLUXDB_DATABASE_PREFIX"),
+        ({"PROVISION_BACKOFF_CAP_SECONDS": "3000"}, "CELERY_VISIBILITY_TIMEOUT"),
+        ({"PROVISION_SOFT_TIME_LIMIT": "95"}, "PROVISION_SOFT_TIME_LIMIT"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({"INFLUXDB_NODES": "[]", "INFLUXDB_NODES_FILE": "/x"}, "INFLUXDB_NODES_FILE"),
+    ],
+)
+def test_invalid_settings_fail_fast_naming_the_variable(env, named):
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_token_file_is_read_and_stripped(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("file-token-value\n")
+    settings = Settings.from_env({"INFLUXDB_TOKEN_FILE": str(path)})
+    assert settings.influxdb_token == "file-token-value"
+    assert "file-token-value" not in repr(settings)
+    assert "file-token-value" in settings.secrets()
+
+
+def test_an_empty_token_file_is_refused(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("\n")
+    with pytest.raises(SettingsError, match=r"OPERATOR_TOKEN_FILE: .* is empty"):
+        Settings.from_env({"OPERATOR_TOKEN_FILE": str(path)})
+
+
+def test_postgres_url_uses_psycopg3():
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://u:pw@h/db"})
+    assert settings.database_url.startswith("postgresql+psycopg://")
+    assert "pw" in settings.secrets()
+
+
+def test_retention_and_hard_delete_settings_are_validated():
+    assert (
+        Settings.from_env({"INFLUXDB_RETENTION_PERIOD": "30d"}).influxdb_retention_period == "30d"
+    )
+    with pytest.raises(SettingsError, match="INFLUXDB_RETENTION_PERIOD"):
+        Settings.from_env({"INFLUXDB_RETENTION_PERIOD": "a month"})
+    with pytest.raises(SettingsError, match="INFLUXDB_HARD_DELETE_AT"):
+        Settings.from_env({"INFLUXDB_HARD_DELETE_AT": "soon"})
+    assert Settings.from_env({"INFLUXDB_HARD_DELETE_AT": "now"}).influxdb_hard_delete_at == "now"
+
+
+# --- the node pool ------------------------------------------------------------------------------
+
+
+def test_influxdb_url_alone_is_a_pool_of_one():
+    settings = Settings.from_env({"INFLUXDB_URL": "http://influx:8181", "INFLUXDB_TOKEN": "tok"})
+    (node,) = settings.default_nodes()
+    assert (node.name, node.url, node.token, node.database_limit) == (
+        "default",
+        "http://influx:8181",
+        "tok",
+        5,
+    )
+
+
+def test_nodes_json_with_token_files(tmp_path):
+    token = tmp_path / "t"
+    token.write_text("node-secret-1\n")
+    nodes = json.dumps(
+        [
+            {"name": "core-1", "url": "http://a:8181", "token_file": str(token)},
+            {"name": "ent-1", "url": "https://b:8181/", "database_limit": 100},
+        ]
+    )
+    settings = Settings.from_env({"INFLUXDB_NODES": nodes})
+    first, second = settings.default_nodes()
+    assert (first.name, first.token, first.database_limit) == ("core-1", "node-secret-1", 5)
+    assert (second.url, second.token, second.database_limit) == ("https://b:8181", None, 100)
+    assert "node-secret-1" in settings.secrets()
+    assert "node-secret-1" not in repr(settings)
+
+
+def test_nodes_file_is_read_and_remembered(tmp_path):
+    path = tmp_path / "nodes.json"
+    path.write_text(json.dumps([{"name": "core-1", "url": "http://a:8181"}]))
+    settings = Settings.from_env({"INFLUXDB_NODES_FILE": str(path)})
+    assert settings.influxdb_nodes_file == str(path)
+    assert [node.name for node in settings.default_nodes()] == ["core-1"]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("[]", "non-empty JSON list"),
+        ('[{"url": "http://a"}]', r"INFLUXDB_NODES\[0\]: name"),
+        ('[{"name": "a", "url": "ftp://a"}]', r"INFLUXDB_NODES\[0\].url"),
+        ('[{"name": "a", "url": "http://a", "database_limit": 0}]', "database_limit"),
+        ('[{"name": "a", "url": "http://a", "colour": "red"}]', "unknown key"),
+        ('[{"name": "a", "url": "http://a"}, {"name": "a", "url": "http://b"}]', "unique"),
+        (
+            '[{"name": "a", "url": "http://a", "token": "t", "token_file": "/x"}]',
+            r"INFLUXDB_NODES\[0\].token or INFLUXDB_NODES\[0\].token_file",
+        ),
+    ],
+)
+def test_bad_node_pools_fail_fast_with_the_place(nodes, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({"INFLUXDB_NODES": nodes})

@@ -1,0 +1,371 @@
+"""Every environment variable, declared once: name, field, type, default, bounds and help.
+
+``Settings.from_env`` reads through this table, so its error messages name the variable; the
+README's settings table is printed from it (``python -m worker.settings_doc``), and a fast test
+fails when the two differ. Relations between settings are checked in ``Settings.validate``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+Value: TypeAlias = str | int | float
+
+
+class SettingsError(ValueError):
+    """A configuration variable is missing or invalid; the message names it."""
+
+
+# Retention periods as InfluxDB 3 Core's configure API takes them: one number and one unit of
+# h, d, w, mo (30 days) or y (365 days) - no minutes, no compound values (../shared docs).
+# Zero is refused on purpose: Core accepts "0d" and then hides every point at query time.
+RETENTION_PERIOD = re.compile(r"\A[1-9][0-9]{0,5}(?:h|d|w|mo|y)\Z")
+RETENTION_PERIOD_RULE = "a positive number (at most 6 digits) followed by h, d, w, mo or y"
+_HARD_DELETE = re.compile(
+    r"\A(now|never|default|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))\Z"
+)
+# InfluxDB 3 names start with a letter or digit; 10 + a 54-character tenant id = 64 bytes, the
+# server's limit for a database name.
+_DATABASE_PREFIX = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,9}\Z")
+
+
+def show(value: Value) -> str:
+    """``value`` as the README and the error messages write it (2.0 as ``2``)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def http_url(url: str, name: str = "INFLUXDB_URL") -> str:
+    """``url`` without a trailing slash; SettingsError naming ``name`` unless http(s)."""
+    if not url.startswith(("http://", "https://")):
+        raise SettingsError(f"{name} must start with http:// or https:// (got {url!r})")
+    return url.rstrip("/")
+
+
+def _psycopg_url(url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SettingsError("DATABASE_URL is not a valid SQLAlchemy URL") from None
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    raise SettingsError(
+        "DATABASE_URL must be a PostgreSQL URL for psycopg 3 (postgresql+psycopg://...), "
+        f"got driver {parsed.drivername!r}"
+    )
+
+
+def read_secret(env: Mapping[str, str], name: str, file_name: str) -> str | None:
+    """``env[name]``, or the stripped text of the file ``env[file_name]``; never both."""
+    value = env.get(name, "").strip()
+    path = env.get(file_name, "").strip()
+    if value and path:
+        raise SettingsError(f"set either {name} or {file_name}, not both")
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"{file_name}: cannot read {path}: {exc.strerror}") from None
+        if not value:
+            raise SettingsError(f"{file_name}: {path} is empty")
+    return value or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: the Settings field it fills, how it is checked, what it does."""
+
+    variable: str
+    field: str | None  # None: read outside Settings (documented here only)
+    kind: type[str] | type[int] | type[float] = str
+    default: Value | None = None  # None: unset
+    _: KW_ONLY
+    help: str
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+    pattern: re.Pattern[str] | None = None
+    rule: str = ""  # what a valid value is, in words (README; errors of `pattern`)
+    unit: str = ""
+    normalise: Callable[[str], str] | None = None  # runs before the checks; may raise
+    file_variable: str | None = None  # the value may come from this file instead, never both
+    default_from: str | None = None  # unset: the value of this earlier variable
+    custom: bool = False  # read by Settings.from_env itself (the node pool's JSON)
+
+    def read(self, env: Mapping[str, str], fallback: Value | None = None) -> Value | None:
+        """The checked value from ``env``; when unset the default (``fallback`` if derived)."""
+        if self.file_variable:
+            raw = read_secret(env, self.variable, self.file_variable) or ""
+        else:
+            raw = env.get(self.variable, "").strip()
+        if not raw:
+            return fallback if self.default_from else self.default
+        return self.parse(raw)
+
+    def parse(self, raw: str) -> Value:
+        """``raw`` converted, normalised and checked; SettingsError naming the variable."""
+        name = self.variable
+        try:
+            value = self.kind(raw)
+        except ValueError:
+            what = "a whole number" if self.kind is int else "a number"
+            raise SettingsError(f"{name} must be {what} (got {raw!r})") from None
+        if isinstance(value, str):
+            if self.normalise:
+                value = self.normalise(value)
+            if self.choices and value not in self.choices:
+                raise SettingsError(
+                    f"{name} must be one of {', '.join(self.choices)} (got {raw!r})"
+                )
+            if self.pattern and not self.pattern.match(value):
+                raise SettingsError(f"{name} must be {self.rule} (got {raw!r})")
+        elif self.minimum is not None and value < self.minimum:
+            raise SettingsError(f"{name} must be at least {show(self.minimum)} (got {raw!r})")
+        return value
+
+
+def read_declared(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every table-read setting from ``env``, by Settings field name."""
+    by_variable: dict[str, Value | None] = {}
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.field is None or setting.custom:
+            continue
+        fallback = by_variable[setting.default_from] if setting.default_from else None
+        value = setting.read(env, fallback)
+        by_variable[setting.variable] = values[setting.field] = value
+    return values
+
+
+# README order: storage and broker, InfluxDB, provisioning, reconcile, access, Flower.
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "DATABASE_URL",
+        "database_url",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/tenant_provisioner",
+        normalise=_psycopg_url,
+        rule="a PostgreSQL URL",
+        help="the tenant registry; `postgresql://` is accepted and uses psycopg 3",
+    ),
+    Setting(
+        "CELERY_BROKER_URL",
+        "broker_url",
+        default="redis://127.0.0.1:6379/0",
+        help="the Celery broker (Redis)",
+    ),
+    Setting(
+        "CELERY_VISIBILITY_TIMEOUT",
+        "broker_visibility_timeout",
+        int,
+        3600,
+        minimum=10,
+        unit="s",
+        help="Redis re-delivers unacknowledged messages after this; "
+        "at least twice `PROVISION_BACKOFF_CAP_SECONDS` + `PROVISION_TIME_LIMIT`",
+    ),
+    Setting(
+        "CELERY_PUBLISH_TIMEOUT",
+        "broker_publish_timeout",
+        float,
+        2.0,
+        minimum=0.1,
+        unit="s",
+        help="how long a request may wait for the broker",
+    ),
+    Setting(
+        "INFLUXDB_URL",
+        "influxdb_url",
+        default="http://127.0.0.1:8181",
+        normalise=http_url,
+        rule="an http:// or https:// URL",
+        help="the InfluxDB server when no node pool is set",
+    ),
+    Setting(
+        "INFLUXDB_TOKEN",
+        "influxdb_token",
+        file_variable="INFLUXDB_TOKEN_FILE",
+        help="token of the `INFLUXDB_URL` server; no `Authorization` header when unset",
+    ),
+    Setting(
+        "INFLUXDB_DATABASE_PREFIX",
+        "influxdb_database_prefix",
+        default="telemetry_",
+        pattern=_DATABASE_PREFIX,
+        rule="1 to 10 letters, digits, `_` or `-`, the first a letter or digit",
+        help="database = prefix + tenant id, within InfluxDB's 64-byte name limit",
+    ),
+    Setting(
+        "INFLUXDB_DATABASE_LIMIT",
+        "influxdb_database_limit",
+        int,
+        5,
+        minimum=1,
+        help="limit of the `INFLUXDB_URL` node (Core: 5, Enterprise default: 100)",
+    ),
+    Setting(
+        "INFLUXDB_NODES",
+        "influxdb_nodes",
+        custom=True,
+        rule="a JSON list of nodes",
+        help='the node pool (see "The node pool"); unset: `INFLUXDB_URL` as a pool of one',
+    ),
+    Setting(
+        "INFLUXDB_NODES_FILE",
+        "influxdb_nodes_file",
+        custom=True,
+        rule="a file holding that JSON",
+        help="instead of `INFLUXDB_NODES` (not both); re-read when it changes",
+    ),
+    Setting(
+        "INFLUXDB_RETENTION_PERIOD",
+        "influxdb_retention_period",
+        pattern=RETENTION_PERIOD,
+        rule=f"a retention period such as 30d or 12h: {RETENTION_PERIOD_RULE}",
+        help="default retention of new databases; unset: forever",
+    ),
+    Setting(
+        "INFLUXDB_HARD_DELETE_AT",
+        "influxdb_hard_delete_at",
+        pattern=_HARD_DELETE,
+        rule="now, never, default or an RFC 3339 time",
+        help="hard-delete policy on deprovisioning; unset: the server's default (72 h)",
+    ),
+    Setting(
+        "INFLUXDB_TELEMETRY_TABLE",
+        "influxdb_telemetry_table",
+        default="telemetry",
+        help="the table counted by the live check",
+    ),
+    Setting(
+        "INFLUXDB_CONNECT_TIMEOUT",
+        "influxdb_connect_timeout",
+        float,
+        3.0,
+        minimum=0.1,
+        unit="s",
+        help="per request of the worker",
+    ),
+    Setting(
+        "INFLUXDB_READ_TIMEOUT",
+        "influxdb_read_timeout",
+        float,
+        10.0,
+        minimum=0.1,
+        unit="s",
+        help="per request of the worker; twice connect + read must stay below "
+        "`PROVISION_SOFT_TIME_LIMIT`",
+    ),
+    Setting(
+        "LIVE_CHECK_TIMEOUT",
+        "live_check_timeout",
+        float,
+        2.0,
+        minimum=0.1,
+        unit="s",
+        help="bound of the stats endpoint's live check",
+    ),
+    Setting(
+        "PROVISION_BACKOFF_BASE_SECONDS",
+        "backoff_base_seconds",
+        float,
+        2.0,
+        minimum=0.01,
+        unit="s",
+        help="delay = uniform(0, min(cap, base * 2^(attempt-1))); at most the cap",
+    ),
+    Setting(
+        "PROVISION_BACKOFF_CAP_SECONDS",
+        "backoff_cap_seconds",
+        float,
+        300.0,
+        minimum=0.01,
+        unit="s",
+        help="the longest delay between two attempts",
+    ),
+    Setting(
+        "PROVISION_MAX_ATTEMPTS",
+        "max_attempts",
+        int,
+        10,
+        minimum=1,
+        help="then `failed`",
+    ),
+    Setting(
+        "PROVISION_SOFT_TIME_LIMIT",
+        "task_soft_time_limit",
+        int,
+        60,
+        minimum=1,
+        unit="s",
+        help="Celery soft time limit of one run (the worker's own settings govern; messages "
+        "carry none); below `PROVISION_TIME_LIMIT`",
+    ),
+    Setting(
+        "PROVISION_TIME_LIMIT",
+        "task_time_limit",
+        int,
+        90,
+        minimum=2,
+        unit="s",
+        help="Celery hard time limit of one run",
+    ),
+    Setting(
+        "RECONCILE_INTERVAL_SECONDS",
+        "reconcile_interval_seconds",
+        float,
+        60.0,
+        minimum=1,
+        unit="s",
+        help="beat schedule (a missed run expires, never piles up)",
+    ),
+    Setting(
+        "RECONCILE_REQUEUE_AFTER_SECONDS",
+        "reconcile_requeue_after_seconds",
+        float,
+        minimum=0,
+        unit="s",
+        default_from="RECONCILE_INTERVAL_SECONDS",
+        help="grace before queued work counts as lost (re-publishing is harmless: one chain "
+        "per tenant)",
+    ),
+    Setting(
+        "RECONCILE_BATCH_SIZE",
+        "reconcile_batch_size",
+        int,
+        500,
+        minimum=1,
+        help="rows per keyset batch",
+    ),
+    Setting(
+        "OPERATOR_TOKEN",
+        "operator_token",
+        file_variable="OPERATOR_TOKEN_FILE",
+        help="required by the operator API",
+    ),
+    Setting(
+        "LOG_LEVEL",
+        "log_level",
+        default="INFO",
+        normalise=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="of every process's log; any case",
+    ),
+    # Read by `python -m worker flower` and by Flower itself, not by Settings.
+    Setting(
+        "FLOWER_BASIC_AUTH",
+        None,
+        rule="`user:password`",
+        help="`python -m worker flower` refuses to start without it",
+    ),
+    Setting(
+        "FLOWER_UNAUTHENTICATED_DEV",
+        None,
+        rule="`1`",
+        help="allows Flower without auth (development only)",
+    ),
+)
