@@ -21,11 +21,13 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
-COPY alembic.ini celeryconfig.py ./
+COPY alembic.ini celeryconfig.py pyproject.toml ./
 COPY migrations/ ./migrations/
 COPY worker/ ./worker/
 COPY api_hooks/ ./api_hooks/
 COPY influxdb3_standin/ ./influxdb3_standin/
+# The operator CLI as a command: `docker compose exec worker tenantctl status TENANT`.
+RUN pip install --no-cache-dir --no-deps .
 
 USER app
 

@@ -9,7 +9,8 @@ PY="$VENV/bin/python"
 bootstrap_venv() {
   local stamp="$VENV/.requirements.sha"
   local want
-  want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha256sum | cut -d' ' -f1)"
+  want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/pyproject.toml" \
+    | sha256sum | cut -d' ' -f1)"
   if [[ ! -x "$PY" ]]; then
     echo "==> creating $VENV"
     python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
@@ -18,6 +19,8 @@ bootstrap_venv() {
     echo "==> installing pinned packages (requirements-dev.txt)"
     "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements-dev.txt" \
       2> >(grep -v "^WARNING: Location" >&2)
+    # The operator CLI's console script (tenantctl); the code itself stays in the checkout.
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -e "$ROOT"
     echo "$want" > "$stamp"
   fi
 }

@@ -89,7 +89,7 @@ def describe(verdict: Verdict, database: str, node: str) -> str:
     )
     return (
         f"database {database} already exists on node {node} and {whose}; it was not used. "
-        "Adopt it (python -m worker adopt) or delete it there and retry"
+        "Adopt it (tenantctl adopt) or delete it there and retry"
     )
 
 

@@ -218,7 +218,7 @@ class _Run:
                 return self._not_started()
             message = (
                 f"database {self.database} exists on nodes {', '.join(location.found)}; "
-                "adopt the right one (python -m worker adopt TENANT --node NODE)"
+                "adopt the right one (tenantctl adopt TENANT --node NODE)"
             )
             return self._fail(attempt, Reason.NAME_TAKEN, message)
         if location.unanswered:

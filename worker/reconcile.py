@@ -275,7 +275,7 @@ class _Claims:
         for row, finding in zip(rows, findings, strict=True):
             message = (
                 f"its database exists on nodes {finding.detail}; adopt the right one "
-                "(python -m worker adopt TENANT --node NODE)"
+                "(tenantctl adopt TENANT --node NODE)"
             )
             store.fail_unplaced(self.conn, row.tenant_id, Reason.NAME_TAKEN, message, self.view.now)
         self.summary.ambiguous += len(rows)

@@ -62,7 +62,7 @@ def downgrade() -> None:
         shown = ", ".join(deleting[:5]) + (", ..." if len(deleting) > 5 else "")
         raise RuntimeError(
             f"cannot downgrade below 0003 while tenants are being deleted ({shown}): "
-            "let the worker finish the deletions (python -m worker list --state deprovisioning), "
+            "let the worker finish the deletions (tenantctl list --state deprovisioning), "
             "then downgrade"
         )
     op.drop_table("influxdb_nodes")

@@ -1,0 +1,342 @@
+"""The operator CLI: ``tenantctl COMMAND`` (or ``python -m worker COMMAND``; ``--help`` on any).
+
+Its name says what it is for - operating tenants - and not that it starts a worker; the worker
+itself is ``celery -A worker worker``.
+
+Exit codes: 0 ok; 1 InfluxDB problem (unreachable, token rejected, or no room left);
+2 bad usage or input; 3 unknown tenant; 4 the broker did not take a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from worker.redaction import redact_url
+
+EXIT_OK = 0
+EXIT_INFLUXDB = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_NOT_QUEUED = 4
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "tenantctl") -> int:
+    """Run one operator command; return its exit code."""
+    parser = _parser(prog)
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "flower" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "flower":
+        return _flower(extra)  # never imports our settings: Flower does that itself
+
+    from worker.logs import configure_logging  # noqa: PLC0415
+    from worker.settings import SettingsError, get_settings  # noqa: PLC0415
+
+    try:
+        get_settings()  # fail fast, with the variable named, before anything else
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging("WARNING" if args.command != "reconcile" else "INFO")
+    handler = {
+        "status": _status,
+        "list": _list,
+        "retry": _retry,
+        "adopt": _adopt,
+        "reconcile": _reconcile,
+        "check-influxdb": _check_influxdb,
+        "nodes": _nodes,
+    }[args.command]
+    return handler(args)
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Operate tenant provisioning.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = commands.add_parser("status", help="a tenant's provisioning state and live check")
+    status.add_argument("tenant_id")
+    status.add_argument("--no-live", action="store_true", help="skip the InfluxDB live check")
+    listing = commands.add_parser("list", help="tenants and their states")
+    listing.add_argument("--state", help="only tenants in this state (e.g. failed)")
+    listing.add_argument("--limit", type=int, default=100)
+    adopt = commands.add_parser(
+        "adopt",
+        help="declare the existing database of a name_taken tenant its own, then provision",
+    )
+    adopt.add_argument("tenant_id")
+    adopt.add_argument("--node", help="the server holding it (default: the tenant's server)")
+    retry = commands.add_parser("retry", help="re-enqueue one tenant, or all in a state")
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("tenant_id", nargs="?")
+    target.add_argument("--state", help="every tenant in this state (e.g. failed)")
+    commands.add_parser("reconcile", help="run one reconcile now and print its summary")
+    commands.add_parser(
+        "check-influxdb", help="per node: reachability, token, databases used vs limit"
+    )
+    commands.add_parser("nodes", help="the node pool: slots used and free, marked full, seen")
+    commands.add_parser(
+        "flower",
+        help="start Flower (requires FLOWER_BASIC_AUTH unless FLOWER_UNAUTHENTICATED_DEV=1)",
+        add_help=False,
+    )
+    return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    from api_hooks import InvalidTenantId, TenantNotFound, tenant_influxdb_status  # noqa: PLC0415
+
+    try:
+        status = tenant_influxdb_status(args.tenant_id, live=not args.no_live)
+    except InvalidTenantId as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except TenantNotFound as exc:
+        return _fail(str(exc), EXIT_NOT_FOUND)
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    lines = {k: v for k, v in status.items() if k != "live"}
+    lines.update({f"live.{k}": v for k, v in (status["live"] or {}).items()})
+    width = max(len(k) for k in lines)
+    for key, value in lines.items():
+        print(f"{key:<{width}}  {'-' if value is None else value}")
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    from api_hooks import list_tenants  # noqa: PLC0415
+
+    try:
+        rows = list_tenants(args.state, args.limit)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    if args.json:
+        _print_json(rows)
+    else:
+        columns = ["tenant_id", "name", "state", "node", "attempts", "error_reason", "updated_at"]
+        _print_table(rows, columns)
+    return EXIT_OK
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from api_hooks import (  # noqa: PLC0415
+        InvalidTenantId,
+        TenantNotFound,
+        list_tenants,
+        request_provisioning,
+    )
+
+    if args.tenant_id:
+        ids = [args.tenant_id]
+    else:
+        try:
+            ids = [row["tenant_id"] for row in list_tenants(args.state, limit=1_000_000)]
+        except ValueError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+    queued: list[str] = []
+    not_queued: list[str] = []
+    for tenant_id in ids:
+        try:
+            (queued if request_provisioning(tenant_id) else not_queued).append(tenant_id)
+        except InvalidTenantId as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        except TenantNotFound as exc:
+            return _fail(str(exc), EXIT_NOT_FOUND)
+    if args.json:
+        _print_json({"queued": queued, "not_queued": not_queued})
+    else:
+        print(f"queued {len(queued)} tenant(s)" + (f": {', '.join(queued)}" if ids else ""))
+        if not_queued:
+            print(f"NOT queued (broker unavailable): {', '.join(not_queued)}", file=sys.stderr)
+    return EXIT_NOT_QUEUED if not_queued else EXIT_OK
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    from api_hooks import (  # noqa: PLC0415
+        InvalidTenantId,
+        TenantBusy,
+        TenantNotFound,
+        UnknownNode,
+        adopt_database,
+    )
+
+    try:
+        queued = adopt_database(args.tenant_id, args.node)
+    except (InvalidTenantId, UnknownNode, TenantBusy) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except TenantNotFound as exc:
+        return _fail(str(exc), EXIT_NOT_FOUND)
+    if args.json:
+        _print_json({"tenant_id": args.tenant_id, "queued": queued})
+    elif queued:
+        print(f"adoption of {args.tenant_id}'s database queued")
+    else:
+        print("NOT queued (broker unavailable); the reconciler will queue it", file=sys.stderr)
+    return EXIT_OK if queued else EXIT_NOT_QUEUED
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from worker.db import get_engine  # noqa: PLC0415
+    from worker.nodes import shared_pool  # noqa: PLC0415
+    from worker.reconcile import reconcile  # noqa: PLC0415
+    from worker.settings import get_settings  # noqa: PLC0415
+    from worker.tasks import publish  # noqa: PLC0415
+
+    summary = reconcile(get_engine(), shared_pool(), get_settings(), publish)
+    result = summary.as_dict()
+    if args.json:
+        _print_json(result)
+    elif not summary.ran:
+        print("another reconcile run holds the lock; nothing done")
+    else:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            print(f"{key:<{width}}  {'-' if value is None else value}")
+    return EXIT_NOT_QUEUED if summary.not_queued else EXIT_OK
+
+
+def _check_influxdb(args: argparse.Namespace) -> int:
+    from worker.errors import InfluxDBUnauthorized, ProvisioningError  # noqa: PLC0415
+    from worker.nodes import shared_pool  # noqa: PLC0415
+    from worker.settings import get_settings  # noqa: PLC0415
+
+    prefix = get_settings().influxdb_database_prefix
+    pool = shared_pool()
+    reports: list[dict[str, Any]] = []
+    for node in pool.nodes():
+        report: dict[str, Any] = {
+            "node": node.name,
+            "url": redact_url(node.url),
+            "token_configured": node.token is not None,
+            "reachable": False,
+            "token_accepted": False,
+            "databases_used": None,
+            "database_limit": node.database_limit,
+            "tenant_databases": None,
+            "free_slots": None,
+            "error": None,
+        }
+        try:
+            databases = pool.client(node).list_databases()
+        except InfluxDBUnauthorized as exc:
+            report.update(reachable=True, error=f"{exc.reason}: {exc}")
+        except ProvisioningError as exc:
+            report["error"] = f"{exc.reason}: {exc}"
+        else:
+            report.update(
+                reachable=True,
+                token_accepted=True,
+                databases_used=len(databases),
+                tenant_databases=sum(d.startswith(prefix) for d in databases),
+                free_slots=max(0, node.database_limit - len(databases)),
+            )
+        reports.append(report)
+    all_answer = all(r["token_accepted"] for r in reports)
+    free = sum(r["free_slots"] or 0 for r in reports)
+    healthy = all_answer and free > 0
+    if args.json:
+        _print_json({"ok": healthy, "free_slots": free, "nodes": reports})
+    else:
+        columns = ["node", "reachable", "token_accepted", "databases_used", "database_limit"]
+        _print_table(reports, [*columns, "free_slots", "error"], noun="node")
+        if all_answer and not free:
+            print("FULL: no database slot left for a new tenant on any node", file=sys.stderr)
+    return EXIT_OK if healthy else EXIT_INFLUXDB
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    from sqlalchemy import select  # noqa: PLC0415
+
+    from worker.db import get_engine  # noqa: PLC0415
+    from worker.models import influxdb_nodes  # noqa: PLC0415
+    from worker.nodes import shared_pool  # noqa: PLC0415
+    from worker.placement import tenants_per_node, usage  # noqa: PLC0415
+
+    configured = shared_pool().nodes()
+    with get_engine().connect() as conn:
+        slots = usage(conn, configured)
+        seen = {r.name: r for r in conn.execute(select(influxdb_nodes)).all()}
+        placed = tenants_per_node(conn)
+    rows: list[dict[str, Any]] = [
+        {
+            "node": u.node.name,
+            "configured": True,
+            "url": redact_url(u.node.url),
+            "database_limit": u.node.database_limit,
+            "tenants": u.used,
+            "free": u.free,
+            "full": u.full,
+            "observed_databases": getattr(seen.get(u.node.name), "observed_databases", None),
+            "observed_at": getattr(seen.get(u.node.name), "observed_at", None),
+        }
+        for u in slots
+    ]
+    # Servers that left the nodes file while tenants live there: said plainly, never hidden.
+    names = {n.name for n in configured}
+    for name in sorted(set(placed) - names):
+        rows.append(
+            {
+                "node": name,
+                "configured": False,
+                "url": None,
+                "database_limit": None,
+                "tenants": placed[name],
+                "free": None,
+                "full": None,
+                "observed_databases": getattr(seen.get(name), "observed_databases", None),
+                "observed_at": getattr(seen.get(name), "observed_at", None),
+            }
+        )
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(rows, list(rows[0]) if rows else ["node"], noun="node")
+        missing = [r for r in rows if not r["configured"]]
+        if missing:
+            print(
+                f"NOT CONFIGURED: {', '.join(r['node'] for r in missing)} - their tenants wait "
+                "there (nothing is created elsewhere); add the server back to the nodes file",
+                file=sys.stderr,
+            )
+    return EXIT_OK
+
+
+def _flower(extra: list[str]) -> int:
+    # Flower shows every task and its arguments: never serve it open by accident.
+    if (
+        not os.environ.get("FLOWER_BASIC_AUTH")
+        and os.environ.get("FLOWER_UNAUTHENTICATED_DEV") != "1"
+    ):
+        return _fail(
+            "refusing to start Flower without authentication: set FLOWER_BASIC_AUTH=user:password "
+            "(or FLOWER_UNAUTHENTICATED_DEV=1 on a development machine)",
+            EXIT_USAGE,
+        )
+    command = [sys.executable, "-m", "celery", "-A", "worker", "flower", *extra]
+    os.execv(sys.executable, command)  # noqa: S606 - replaces this process, argv is ours
+    return EXIT_OK  # pragma: no cover - execv does not return
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _print_table(
+    rows: Sequence[Mapping[str, Any]], columns: list[str], noun: str = "tenant"
+) -> None:
+    cells = [[("-" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row_cells in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row_cells, widths, strict=True)))
+    print(f"({len(rows)} {noun}(s))")
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
