@@ -20,15 +20,13 @@ from __future__ import annotations
 import logging
 import random
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import Row
 
 from worker import identity, store
 from worker.errors import PermanentError, ProvisioningError
 from worker.nodes import NodePool, list_everywhere
-from worker.runs import Delivery, Outcome, absorbed, next_backoff, tenant_lock
+from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
 from worker.settings import NodeConfig, Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
 from worker.store import Clock, utcnow
@@ -71,22 +69,8 @@ class _HomeUnknown(Exception):
         self.error = error
 
 
-class _Deletion:
-    def __init__(
-        self,
-        conn: Connection,
-        row: Row[Any],
-        pool: NodePool,
-        settings: Settings,
-        delivery: Delivery,
-        clock: Clock,
-        rng: random.Random | None,
-    ) -> None:
-        self.conn, self.row, self.pool, self.settings = conn, row, pool, settings
-        self.delivery, self.clock, self.rng = delivery, clock, rng
-        self.tenant_id: str = row.tenant_id
-        self.database = settings.database_name(self.tenant_id)
-        self.context = {"tenant_id": self.tenant_id}
+class _Deletion(TenantRun):
+    """One deletion run of one tenant, under its lock."""
 
     def run(self) -> Outcome:
         node_name: str | None = self.row.influxdb_node
@@ -145,7 +129,7 @@ class _Deletion:
             markers,
             tenant_id=self.tenant_id,
             incarnation=self.row.influxdb_incarnation,
-            adoption=Adoption(self.row.influxdb_adopt) if self.row.influxdb_adopt else None,
+            adoption=self.adoption,
             own_create_unanswered=self.row.influxdb_create_sent_to == node.name,
         )
         if verdict is not identity.Verdict.OURS:
@@ -197,9 +181,7 @@ class _Deletion:
             self.tenant_id,
             deleting=True,
             influxdb_error_reason=exc.reason,
-            influxdb_last_error=store.clean_error(
-                f"delete database: {message}", self.settings.secrets() + self.pool.secrets()
-            ),
+            influxdb_last_error=store.clean_error(f"delete database: {message}", self.secrets()),
             influxdb_next_attempt_at=None if delay is None else now + timedelta(seconds=delay),
             influxdb_retry_chain=None if delay is None else self.delivery.retry,
             influxdb_updated_at=now,

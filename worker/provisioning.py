@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import Row
 
 from worker import identity, store
 from worker.attempts import AttemptRecord, NotStarted
@@ -39,7 +37,7 @@ from worker.errors import (
 from worker.identity import Verdict
 from worker.nodes import NodePool, list_everywhere
 from worker.placement import mark_full, place_tenant
-from worker.runs import Delivery, Outcome, absorbed, next_backoff, tenant_lock
+from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
 from worker.settings import NodeConfig, Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
 from worker.store import Clock, utcnow
@@ -82,30 +80,11 @@ def provision_tenant(
         return _Run(conn, row, pool, settings, delivery, clock, rng).run()
 
 
-class _Run:
+class _Run(TenantRun):
     """One provisioning run of one tenant, under its lock."""
 
-    def __init__(
-        self,
-        conn: Connection,
-        row: Row[Any],
-        pool: NodePool,
-        settings: Settings,
-        delivery: Delivery,
-        clock: Clock,
-        rng: random.Random | None,
-    ) -> None:
-        self.conn, self.row, self.pool, self.settings = conn, row, pool, settings
-        self.delivery, self.clock, self.rng = delivery, clock, rng
-        self.tenant_id: str = row.tenant_id
-        self.database = settings.database_name(self.tenant_id)
-        self.adoption = Adoption(row.influxdb_adopt) if row.influxdb_adopt else None
-        self.attempts: int = row.influxdb_attempts
-        self.create_sent_to: str | None = row.influxdb_create_sent_to
-        self.chain: str | None = row.influxdb_retry_chain  # as read: the attempt start checks it
-        self.context = {"tenant_id": self.tenant_id}
-        self._location: identity.Location | None = None
-        self._listing_errors: list[tuple[str, ProvisioningError]] = []
+    _location: identity.Location | None = None  # one listing per server per run
+    _listing_errors: tuple[tuple[str, ProvisioningError], ...] = ()
 
     def run(self) -> Outcome:
         node: NodeConfig | None = None
@@ -143,9 +122,9 @@ class _Run:
     def _locate(self) -> identity.Location:
         if self._location is None:  # one listing per server per run
             listings = list_everywhere(self.pool, self.pool.nodes())
-            self._listing_errors = [
+            self._listing_errors = tuple(
                 (name, listing.error) for name, listing in listings.items() if listing.error
-            ]
+            )
             self._location = identity.locate(
                 self.database, {n: ls.names for n, ls in listings.items()}
             )
@@ -256,7 +235,7 @@ class _Run:
                 retry_chain=self.delivery.retry,
                 create_sent_to=self.create_sent_to,
                 clock=self.clock,
-                secrets=self._secrets,
+                secrets=self.secrets,
             )
         except NotStarted:
             return None
@@ -359,7 +338,7 @@ class _Run:
             f"({self.row.influxdb_last_error or reason})"
         )
         now = self.clock()
-        cleaned = store.clean_error(message, self._secrets())
+        cleaned = store.clean_error(message, self.secrets())
         failed = ProvisioningState.FAILED
         if store.settle(self.conn, self.tenant_id, failed, reason, cleaned, now):
             store.log_attempt(
@@ -387,6 +366,3 @@ class _Run:
         self.conn.commit()
         logger.warning("no node has room; waiting for capacity", extra=self.context)
         return Outcome(RunResult.WAITING_FOR_CAPACITY, self.tenant_id, reason=Reason.DATABASE_LIMIT)
-
-    def _secrets(self) -> tuple[str, ...]:
-        return self.settings.secrets() + self.pool.secrets()

@@ -14,16 +14,21 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Row
 
 from worker.db import advisory_lock
-from worker.states import Reason, RunResult
+from worker.states import Adoption, Reason, RunResult
+
+if TYPE_CHECKING:  # only for annotations: nodes and settings need nothing from here
+    from worker.nodes import NodePool
+    from worker.settings import Settings
 
 _LOCK_NAMESPACE = b"tenant-provisioner:influxdb:"
 
@@ -97,6 +102,36 @@ def advisory_lock_key(tenant_id: str) -> int:
     """A signed 64-bit key for ``pg_try_advisory_lock``; collisions are 1 in 2**64."""
     digest = hashlib.blake2b(_LOCK_NAMESPACE + tenant_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+class TenantRun:
+    """What one run of one tenant works with, under the tenant's lock: its connection, its
+    row as read, the node pool, the settings, the message it serves, the clock and the
+    random source (both injectable, for exact tests)."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        pool: NodePool,
+        settings: Settings,
+        delivery: Delivery,
+        clock: Callable[[], datetime],
+        rng: random.Random | None,
+    ) -> None:
+        self.conn, self.row, self.pool, self.settings = conn, row, pool, settings
+        self.delivery, self.clock, self.rng = delivery, clock, rng
+        self.tenant_id: str = row.tenant_id
+        self.database = settings.database_name(self.tenant_id)
+        self.context = {"tenant_id": self.tenant_id}
+        self.adoption = Adoption(row.influxdb_adopt) if row.influxdb_adopt else None
+        self.attempts: int = row.influxdb_attempts  # of this episode, so far
+        self.create_sent_to: str | None = row.influxdb_create_sent_to
+        self.chain: str | None = row.influxdb_retry_chain  # as read: an attempt start checks it
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret to keep out of what this run stores or logs."""
+        return self.settings.secrets() + self.pool.secrets()
 
 
 @contextmanager
