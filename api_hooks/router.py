@@ -1,19 +1,21 @@
 """The operator HTTP routes, as a FastAPI router the platform's UI can mount.
 
 The UI passes its own auth dependency (e.g. its ``require_operator_admin``); the standalone
-app in ``api_hooks.app`` passes ``bearer_token_auth(OPERATOR_TOKEN)``.
+app in ``api_hooks.app`` passes ``bearer_token_auth(OPERATOR_TOKEN)``. Every 4xx answer is
+``{"detail": "<message>"}`` (``ErrorBody``), FastAPI's validation errors included: the routes
+are ``PlainErrorRoute``s, so this holds in the UI's app too.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api_hooks.bodies import MAX_BODY_BYTES, adopt_body, create_tenant_body, json_body
 from api_hooks.errors import (
     InvalidRetentionPeriod,
     InvalidTenantId,
@@ -23,10 +25,18 @@ from api_hooks.errors import (
     TenantNotFound,
     UnknownNode,
 )
+from api_hooks.http_errors import PlainErrorRoute, error_responses, unprocessable
+from api_hooks.schemas import (
+    TENANT_ID_RULE,
+    AdoptAccepted,
+    AdoptRequest,
+    CreateTenantRequest,
+    RetryAccepted,
+    TenantStats,
+    documented_body,
+)
+from api_hooks.shapes import CreatedTenant, DeletedTenant, InfluxDBStatus
 from api_hooks.tenants import (
-    CreatedTenant,
-    DeletedTenant,
-    InfluxDBStatus,
     adopt_database,
     create_tenant,
     delete_tenant,
@@ -37,120 +47,51 @@ from api_hooks.tenants import (
     validate_tenant_name,
 )
 
-CREATE_FIELDS = ("tenant_id", "name")
-OPTIONAL_FIELDS = ("retention_period",)
+# Besides the router: names importable from here before the bodies got their own module.
+__all__ = [
+    "MAX_BODY_BYTES",
+    "AdoptAccepted",
+    "RetryAccepted",
+    "TenantStats",
+    "adopt_body",
+    "bearer_token_auth",
+    "create_tenant_body",
+    "json_body",
+    "operator_router",
+]
+
+TenantId = Annotated[
+    str,
+    Path(description=f"{TENANT_ID_RULE}. A malformed id answers 404, as an unknown one does"),
+]
+
+NOT_FOUND = "No tenant has this id (a malformed id names none; the message gives the rule)"
+TOO_LARGE = f"The body is over {MAX_BODY_BYTES} bytes"
 
 
-# Far above any honest body (an id, a name of 200 characters, a retention period), low enough
-# that nothing large is ever read into memory.
-MAX_BODY_BYTES = 1024 * 1024
+# auto_error=False: every refusal is ours (401 with our message), not HTTPBearer's. Declared
+# through HTTPBearer so the OpenAPI document shows the scheme.
+BearerCredentials = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Depends(
+        HTTPBearer(
+            scheme_name="OperatorToken",
+            description="`Authorization: Bearer <OPERATOR_TOKEN>`",
+            auto_error=False,
+        )
+    ),
+]
 
 
-async def json_body(request: Request) -> object:
-    """The request body as JSON: 413 past MAX_BODY_BYTES, 422 for anything not plain JSON.
-
-    Parsed here, not by a pydantic model, so every malformed body gets a plain message from
-    the router itself - also when the UI mounts it in an app without our error handlers
-    (FastAPI's default handler fails on bodies such as ``Infinity``).
-    """
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise _too_large()
-    if not raw:
-        return None
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except RecursionError:
-        raise _unprocessable("body must be JSON nested at most a few levels deep") from None
-    except ValueError:
-        raise _unprocessable('body must be JSON: {"tenant_id": ..., "name": ...}') from None
-
-
-async def create_tenant_body(request: Request) -> dict[str, object]:
-    """The body of ``POST /operator/tenants``: a JSON object with tenant_id and name, and
-    optionally retention_period."""
-    data = await json_body(request)
-    if data is None:
-        raise _unprocessable('body must be JSON: {"tenant_id": ..., "name": ...}')
-    if not isinstance(data, dict):
-        raise _unprocessable("body must be a JSON object with tenant_id and name")
-    missing = [f for f in CREATE_FIELDS if f not in data]
-    unknown = sorted(set(data) - set(CREATE_FIELDS) - set(OPTIONAL_FIELDS))
-    if missing:
-        raise _unprocessable(f"missing field(s): {', '.join(missing)}")
-    if unknown:
-        raise _unprocessable(f"unknown field(s): {_printable(', '.join(unknown))[:200]}")
-    return data
-
-
-async def adopt_body(request: Request) -> str | None:
-    """The optional body of ``POST .../influxdb/adopt``: ``{"node": NAME}`` or nothing."""
-    data = await json_body(request)
-    if data is None:
-        return None
-    if not isinstance(data, dict) or set(data) - {"node"}:
-        raise _unprocessable('body must be empty or {"node": NAME}')
-    node = data.get("node")
-    if node is not None and not isinstance(node, str):
-        raise _unprocessable("node must be a string")
-    return node
-
-
-def _printable(text: str) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
-def _too_large() -> HTTPException:
-    return HTTPException(
-        status.HTTP_413_CONTENT_TOO_LARGE, detail=f"body must be at most {MAX_BODY_BYTES} bytes"
-    )
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=message)
-
-
-class TenantStats(BaseModel):
-    """Body of ``GET /operator/tenants/{tenant_id}/stats``."""
-
-    tenant_id: str
-    influxdb: dict[str, Any]
-
-
-class AdoptAccepted(BaseModel):
-    """Body of ``POST /operator/tenants/{tenant_id}/influxdb/adopt``."""
-
-    tenant_id: str
-    queued: bool
-
-
-class RetryAccepted(BaseModel):
-    """Body of ``POST /operator/tenants/{tenant_id}/influxdb/retry``."""
-
-    tenant_id: str
-    queued: bool
-
-
-def bearer_token_auth(expected_token: str) -> Callable[[str | None], None]:
+def bearer_token_auth(
+    expected_token: str,
+) -> Callable[[HTTPAuthorizationCredentials | None], None]:
     """An auth dependency accepting ``Authorization: Bearer <expected_token>`` only."""
     expected = expected_token.encode()
 
-    def require_operator_token(
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> None:
-        scheme, _, supplied = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            supplied.strip().encode(), expected
-        ):
+    def require_operator_token(credentials: BearerCredentials) -> None:
+        supplied = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(supplied.encode(), expected):
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 detail="operator token required: Authorization: Bearer <OPERATOR_TOKEN>",
@@ -162,45 +103,125 @@ def bearer_token_auth(expected_token: str) -> Callable[[str | None], None]:
 
 def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
     """The ``/operator`` routes, every one behind ``require_operator``."""
-    router = APIRouter(prefix="/operator", dependencies=[Depends(require_operator)])
+    router = APIRouter(
+        prefix="/operator",
+        tags=["operator"],
+        dependencies=[Depends(require_operator)],
+        route_class=PlainErrorRoute,
+        responses=error_responses(
+            {
+                401: "Operator credentials missing or wrong",
+                422: "A parameter is not valid (the message names it)",
+            }
+        ),
+    )
 
-    @router.post("/tenants", status_code=status.HTTP_201_CREATED)
+    @router.post(
+        "/tenants",
+        status_code=status.HTTP_201_CREATED,
+        summary="Create a tenant",
+        response_description="Stored as pending; its provisioning is queued",
+        responses=error_responses(
+            {
+                409: "A tenant with this id exists",
+                413: TOO_LARGE,
+                422: "The body is not valid: not JSON, nested too deep, a field missing or "
+                "unknown, or an id, name or retention period breaking its rule (the message "
+                "names it)",
+            }
+        ),
+        openapi_extra=documented_body(CreateTenantRequest, required=True),
+    )
     def post_tenant(
         body: Annotated[dict[str, object], Depends(create_tenant_body)],
     ) -> CreatedTenant:
+        """Store the tenant as `pending` and queue its provisioning; never waits for InfluxDB.
+
+        `influxdb.queued` is false when the broker did not take the message: the tenant is
+        created all the same and the reconciler queues it later.
+        """
         try:
             tenant_id = validate_tenant_id(body["tenant_id"])
             name = validate_tenant_name(body["name"])
             retention = validate_retention_period(body.get("retention_period"))
             return create_tenant(tenant_id, name, retention)
         except (InvalidTenantId, InvalidTenantName, InvalidRetentionPeriod) as exc:
-            raise _unprocessable(str(exc)) from exc
+            raise unprocessable(str(exc)) from exc
         except TenantExists as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
 
-    @router.get("/tenants/{tenant_id}/stats")
-    def get_tenant_stats(tenant_id: str, live: bool = True) -> TenantStats:
+    @router.get(
+        "/tenants/{tenant_id}/stats",
+        summary="Read a tenant's provisioning state",
+        responses=error_responses({404: NOT_FOUND}),
+    )
+    def get_tenant_stats(
+        tenant_id: TenantId,
+        live: Annotated[
+            bool,
+            Query(
+                description="Also ask InfluxDB now (bounded by LIVE_CHECK_TIMEOUT; a slow or "
+                "failing server shows in `influxdb.live.error`). false: Postgres only"
+            ),
+        ] = True,
+    ) -> TenantStats:
+        """The state from Postgres and, with `live`, whether the database exists and how many
+        telemetry rows it holds. A database that is not the tenant's is never counted."""
         influxdb: InfluxDBStatus = _lookup(tenant_influxdb_status, tenant_id, live)
-        return TenantStats(tenant_id=tenant_id, influxdb=dict(influxdb))
+        return TenantStats(tenant_id=tenant_id, influxdb=influxdb)
 
-    @router.delete("/tenants/{tenant_id}", status_code=status.HTTP_202_ACCEPTED)
-    def delete_tenant_route(tenant_id: str) -> DeletedTenant:
+    @router.delete(
+        "/tenants/{tenant_id}",
+        status_code=status.HTTP_202_ACCEPTED,
+        summary="Delete a tenant and its database",
+        response_description="Being deleted; the deletion is queued",
+        responses=error_responses({404: NOT_FOUND}),
+    )
+    def delete_tenant_route(tenant_id: TenantId) -> DeletedTenant:
+        """Move the tenant to `deprovisioning` at once; a task soft-deletes its database, then
+        removes the tenant. Deleting a tenant already being deleted queues the work again."""
         deleted: DeletedTenant = _lookup(delete_tenant, tenant_id)
         return deleted
 
-    @router.post("/tenants/{tenant_id}/influxdb/retry", status_code=status.HTTP_202_ACCEPTED)
-    def post_retry(tenant_id: str) -> RetryAccepted:
+    @router.post(
+        "/tenants/{tenant_id}/influxdb/retry",
+        status_code=status.HTTP_202_ACCEPTED,
+        summary="Run a tenant's provisioning now",
+        response_description="Queued",
+        responses=error_responses({404: NOT_FOUND}),
+    )
+    def post_retry(tenant_id: TenantId) -> RetryAccepted:
+        """A failed tenant goes back to `pending` with a fresh attempt budget; a scheduled retry
+        runs now instead (never a second chain); a tenant being deleted has its deletion run
+        now; a provisioned one is verified again."""
         queued: bool = _lookup(request_provisioning, tenant_id)
         return RetryAccepted(tenant_id=tenant_id, queued=queued)
 
-    @router.post("/tenants/{tenant_id}/influxdb/adopt", status_code=status.HTTP_202_ACCEPTED)
+    @router.post(
+        "/tenants/{tenant_id}/influxdb/adopt",
+        status_code=status.HTTP_202_ACCEPTED,
+        summary="Adopt the existing database of the tenant's name",
+        response_description="Queued",
+        responses=error_responses(
+            {
+                404: NOT_FOUND,
+                409: "The tenant is provisioned, being provisioned or being deleted",
+                413: TOO_LARGE,
+                422: "The body is not valid, or the node is not in the pool (or none was given "
+                "for a tenant without a server)",
+            }
+        ),
+        openapi_extra=documented_body(AdoptRequest, required=False),
+    )
     def post_adopt(
-        tenant_id: str, node: Annotated[str | None, Depends(adopt_body)]
+        tenant_id: TenantId, node: Annotated[str | None, Depends(adopt_body)]
     ) -> AdoptAccepted:
+        """For a tenant stopped as `name_taken`, once an operator has checked that the data
+        there is this tenant's: the database is declared its own and provisioning runs."""
         try:
             queued: bool = _lookup(adopt_database, tenant_id, node)
         except UnknownNode as exc:
-            raise _unprocessable(str(exc)) from exc
+            raise unprocessable(str(exc)) from exc
         except TenantBusy as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
         return AdoptAccepted(tenant_id=tenant_id, queued=queued)

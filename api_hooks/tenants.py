@@ -12,7 +12,6 @@ import unicodedata
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
-from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from api_hooks.errors import (
     InvalidRetentionPeriod,
@@ -22,6 +21,13 @@ from api_hooks.errors import (
     TenantExists,
     TenantNotFound,
     UnknownNode,
+)
+from api_hooks.shapes import (
+    CreatedTenant,
+    DeletedTenant,
+    InfluxDBStatus,
+    LiveStatus,
+    TenantSummary,
 )
 from worker import store
 from worker.db import get_engine
@@ -34,72 +40,9 @@ from worker.tasks import enqueue, publish
 
 TENANT_ID_MAX_LENGTH = 54  # "telemetry_" + 54 = 64 bytes, the portable InfluxDB name limit
 TENANT_NAME_MAX_LENGTH = 200
+TENANT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]*$"
 _TENANT_ID_FIRST = re.compile(r"[A-Za-z0-9]")
 _TENANT_ID_REST = re.compile(r"[A-Za-z0-9_-]*")
-
-
-class QueueStatus(TypedDict):
-    """The provisioning part of ``create_tenant``'s and ``delete_tenant``'s answers."""
-
-    state: str
-    queued: bool
-    database: str
-
-
-class DeletedTenant(TypedDict):
-    """What ``delete_tenant`` returns."""
-
-    tenant_id: str
-    influxdb: QueueStatus
-
-
-class CreatedTenant(TypedDict):
-    """What ``create_tenant`` returns."""
-
-    tenant_id: str
-    name: str
-    status: str
-    influxdb: QueueStatus
-
-
-class LiveStatus(TypedDict):
-    """What InfluxDB says right now; ``error`` explains a ``None``."""
-
-    exists: bool | None
-    telemetry_count: int | None
-    error: str | None
-    latency_ms: float
-
-
-class InfluxDBStatus(TypedDict):
-    """Provisioning state from Postgres plus, optionally, a live check of InfluxDB."""
-
-    database: str
-    node: str | None
-    node_configured: bool | None  # False: its server left the nodes file; it waits there
-    incarnation: str  # carried by the database's _init marker: whose database it is
-    retention_period: str | None
-    state: str
-    stalled_on: str | None  # failed for a transient reason: resumes when this server answers
-    attempts: int
-    last_error: str | None
-    error_reason: str | None
-    next_attempt_at: str | None
-    provisioned_at: str | None
-    updated_at: str | None
-    live: LiveStatus | None
-
-
-class TenantSummary(TypedDict):
-    """One line of ``list_tenants``."""
-
-    tenant_id: str
-    name: str
-    state: str
-    node: str | None
-    attempts: int
-    error_reason: str | None
-    updated_at: str | None
 
 
 def validate_tenant_id(tenant_id: object) -> str:
@@ -117,7 +60,7 @@ def validate_tenant_id(tenant_id: object) -> str:
     if not _TENANT_ID_REST.fullmatch(tenant_id):
         raise InvalidTenantId(
             "tenant_id may contain only ASCII letters, digits, '_' and '-' "
-            "(pattern ^[A-Za-z0-9][A-Za-z0-9_-]*$)"
+            f"(pattern {TENANT_ID_PATTERN})"
         )
     return tenant_id
 

@@ -1,0 +1,86 @@
+"""Request bodies of the operator API, parsed by hand.
+
+Parsed here, not by FastAPI from a pydantic model, so every malformed body gets a plain message
+from the router itself - also when the UI mounts it in an app without our error handlers
+(FastAPI's default handler fails on bodies such as ``Infinity``) - and a body is never read
+past MAX_BODY_BYTES. The models in ``api_hooks.schemas`` describe these bodies in the OpenAPI
+document and name the fields accepted here.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import Request
+
+from api_hooks.http_errors import too_large, unprocessable
+from api_hooks.schemas import AdoptRequest, CreateTenantRequest
+
+CREATE_FIELDS = tuple(n for n, f in CreateTenantRequest.model_fields.items() if f.is_required())
+OPTIONAL_FIELDS = tuple(n for n in CreateTenantRequest.model_fields if n not in CREATE_FIELDS)
+ADOPT_FIELDS = frozenset(AdoptRequest.model_fields)
+
+# Far above any honest body (an id, a name of 200 characters, a retention period), low enough
+# that nothing large is ever read into memory.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+async def json_body(request: Request) -> object:
+    """The request body as JSON: 413 past MAX_BODY_BYTES, 422 for anything not plain JSON.
+
+    Why by hand and not by a pydantic model: see the module's docstring.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large(MAX_BODY_BYTES)
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise too_large(MAX_BODY_BYTES)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise unprocessable("body must be JSON nested at most a few levels deep") from None
+    except ValueError:
+        raise unprocessable('body must be JSON: {"tenant_id": ..., "name": ...}') from None
+
+
+async def create_tenant_body(request: Request) -> dict[str, object]:
+    """The body of ``POST /operator/tenants``: a JSON object with tenant_id and name, and
+    optionally retention_period (see CreateTenantRequest)."""
+    data = await json_body(request)
+    if data is None:
+        raise unprocessable('body must be JSON: {"tenant_id": ..., "name": ...}')
+    if not isinstance(data, dict):
+        raise unprocessable("body must be a JSON object with tenant_id and name")
+    missing = [f for f in CREATE_FIELDS if f not in data]
+    unknown = sorted(set(data) - set(CREATE_FIELDS) - set(OPTIONAL_FIELDS))
+    if missing:
+        raise unprocessable(f"missing field(s): {', '.join(missing)}")
+    if unknown:
+        raise unprocessable(f"unknown field(s): {_printable(', '.join(unknown))[:200]}")
+    return data
+
+
+async def adopt_body(request: Request) -> str | None:
+    """The optional body of ``POST .../influxdb/adopt``: ``{"node": NAME}`` or nothing."""
+    data = await json_body(request)
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) - ADOPT_FIELDS:
+        raise unprocessable('body must be empty or {"node": NAME}')
+    node = data.get("node")
+    if node is not None and not isinstance(node, str):
+        raise unprocessable("node must be a string")
+    return node
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")

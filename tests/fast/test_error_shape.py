@@ -1,0 +1,172 @@
+"""Every 4xx answer is ``{"detail": "<message>"}`` - FastAPI's own validation errors included,
+and also when the UI mounts the router in an app of its own.
+
+In-process (TestClient) and without Postgres, Redis or a worker: every request here is refused
+before anything is looked up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import pytest
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.testclient import TestClient
+
+from api_hooks import router as router_module
+from api_hooks.app import create_app
+from api_hooks.bodies import MAX_BODY_BYTES
+from api_hooks.router import operator_router
+from tests.conftest import OPERATOR_TOKEN
+
+AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+TENANT_ROUTES = [
+    ("GET", "/operator/tenants/{}/stats"),
+    ("DELETE", "/operator/tenants/{}"),
+    ("POST", "/operator/tenants/{}/influxdb/retry"),
+    ("POST", "/operator/tenants/{}/influxdb/adopt"),
+]
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(), headers=AUTH) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def anonymous() -> Iterator[TestClient]:
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+def error_detail(response: Any, status: int) -> str:
+    """The message of a 4xx answer, after checking it is exactly ``{"detail": str}``."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["detail"], body
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    return body["detail"]
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong", "Basic b3BlcmF0b3I6eA==", f"Token {OPERATOR_TOKEN}"]
+)
+@pytest.mark.parametrize(("method", "path"), [("POST", "/operator/tenants"), *TENANT_ROUTES])
+def test_401_without_the_operator_token(anonymous, method, path, authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    response = anonymous.request(method, path.format("acme"), headers=headers)
+    assert "Authorization: Bearer" in error_detail(response, 401)
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(("method", "path"), TENANT_ROUTES)
+def test_404_for_a_malformed_tenant_id_names_the_rule(client, method, path):
+    response = client.request(method, path.format("no.dots"))
+    detail = error_detail(response, 404)
+    assert detail.startswith("no such tenant: tenant_id may contain only")
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "2"])
+def test_422_for_a_bad_query_parameter_is_one_plain_message(client, value):
+    response = client.get(f"/operator/tenants/acme/stats?live={value}")
+    detail = error_detail(response, 422)
+    assert detail.startswith("query parameter live: "), detail
+    assert "valid boolean" in detail
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "body must be JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested at most"),
+        (b'{"tenant_id": "a", "name": Infinity}', "body must be JSON"),
+        (b'{"tenant_id": "a"}', "missing field(s): name"),
+        (b'{"tenant_id": "a", "name": "n", "extra": 1}', "unknown field(s): extra"),
+        (b'{"tenant_id": "-a", "name": "n"}', "must start with an ASCII letter or digit"),
+        (b'{"tenant_id": "a", "name": "n", "retention_period": "90m"}', "h, d, w, mo or y"),
+    ],
+)
+def test_422_for_a_bad_create_body_is_one_plain_message(client, body, message):
+    response = client.post(
+        "/operator/tenants", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert message in error_detail(response, 422)
+
+
+@pytest.mark.parametrize("body", [b"[]", b'{"node": 3}', b'{"nodes": "a"}'])
+def test_422_for_a_bad_adopt_body(client, body):
+    response = client.post("/operator/tenants/acme/influxdb/adopt", content=body)
+    error_detail(response, 422)
+
+
+@pytest.mark.parametrize("path", ["/operator/tenants", "/operator/tenants/acme/influxdb/adopt"])
+def test_413_for_a_body_over_the_limit(client, path):
+    response = client.post(path, content=b" " * (MAX_BODY_BYTES + 1))
+    assert str(MAX_BODY_BYTES) in error_detail(response, 413)
+
+
+def test_unknown_paths_and_methods_answer_in_the_same_shape(client):
+    error_detail(client.get("/operator/nothing-here"), 404)
+    error_detail(client.put("/operator/tenants"), 405)
+
+
+def test_the_stats_body_passes_the_hooks_dict_through_unchanged(client, monkeypatch):
+    # The typed response model must neither drop nor reshape a field the hook returns.
+    status = {
+        "database": "telemetry_acme",
+        "node": "influx-a",
+        "node_configured": True,
+        "incarnation": "6f1c2a9e-4a43-4a8e-9d43-2b0f1d7c5e11",
+        "retention_period": "30d",
+        "state": "provisioned",
+        "stalled_on": None,
+        "attempts": 1,
+        "last_error": None,
+        "error_reason": None,
+        "next_attempt_at": None,
+        "provisioned_at": "2025-01-02T03:04:05+00:00",
+        "updated_at": "2025-01-02T03:04:05+00:00",
+        "live": {"exists": True, "telemetry_count": 7, "error": None, "latency_ms": 3.5},
+    }
+    seen: list[tuple[str, bool]] = []
+
+    def fake_status(tenant_id: str, live: bool = True) -> dict[str, Any]:
+        seen.append((tenant_id, live))
+        return status
+
+    monkeypatch.setattr(router_module, "tenant_influxdb_status", fake_status)
+    response = client.get("/operator/tenants/acme/stats?live=false")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"tenant_id": "acme", "influxdb": status}
+    assert seen == [("acme", False)]
+
+
+def ui_require_admin(session: Annotated[str, Query()]) -> None:
+    """Stands for the UI's own auth dependency, with a parameter of its own."""
+    if session != "admin":
+        raise HTTPException(403, detail="admins only")
+
+
+@pytest.fixture(scope="module")
+def ui_client() -> Iterator[TestClient]:
+    # The UI's app: our router, none of our exception handlers.
+    app = FastAPI()
+    app.include_router(operator_router(ui_require_admin), prefix="/ui")
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_mounted_in_the_uis_app_validation_errors_are_still_plain(ui_client):
+    response = ui_client.get("/ui/operator/tenants/acme/stats?live=maybe&session=admin")
+    assert error_detail(response, 422).startswith("query parameter live: ")
+
+    # The UI's own dependency's parameters are in the same shape too.
+    response = ui_client.get("/ui/operator/tenants/acme/stats")
+    assert error_detail(response, 422) == "query parameter session: Field required"
+
+    response = ui_client.post("/ui/operator/tenants?session=admin", content=b"{not json")
+    assert "body must be JSON" in error_detail(response, 422)
+    error_detail(ui_client.get("/ui/operator/tenants/acme/stats?session=guest"), 403)
