@@ -8,7 +8,7 @@ auth, latency and faults, and they never show up in the request counters.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from influxdb3_standin.faults import Faults
 from influxdb3_standin.messages import (
@@ -20,8 +20,16 @@ from influxdb3_standin.messages import (
     text_error,
 )
 
-if TYPE_CHECKING:
-    from influxdb3_standin.server import StandIn
+
+class Switchable(Protocol):
+    """What the control endpoints drive: the ``StandIn``'s own switches and inspection."""
+
+    def state(self) -> dict[str, object]: ...
+    def reset(self) -> None: ...
+    def set_latency(self, seconds: float) -> None: ...
+    def set_hang(self, on: bool) -> None: ...
+    def set_database_limit(self, limit: int) -> None: ...
+
 
 _SWITCHES = frozenset(
     {
@@ -37,7 +45,7 @@ _SWITCHES = frozenset(
 )
 
 
-def answer(standin: StandIn, faults: Faults, request: Request) -> tuple[Response, float | None]:
+def answer(standin: Switchable, faults: Faults, request: Request) -> tuple[Response, float | None]:
     """The answer, and the seconds of an outage to start once it is sent (if one was asked)."""
     if request.path == "/_standin/state" and request.method == "GET":
         return json_ok(standin.state()), None
@@ -56,7 +64,7 @@ def answer(standin: StandIn, faults: Faults, request: Request) -> tuple[Response
     return text_error(404, "Not found"), None
 
 
-def _apply_switches(standin: StandIn, faults: Faults, payload: dict[str, Any]) -> float | None:
+def _apply_switches(standin: Switchable, faults: Faults, payload: dict[str, Any]) -> float | None:
     """Check every value first, then switch; returns ``outage_seconds`` for the caller."""
     unknown = sorted(set(payload) - _SWITCHES)
     if unknown:
