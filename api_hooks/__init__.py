@@ -1,4 +1,8 @@
-"""The interface the operator UI and operators' scripts call. These names are fixed."""
+"""The interface the operator UI and operators' scripts call. These names are fixed.
+
+Synchronous; an async UI imports the same names, awaitable, from ``api_hooks.aio``, and the
+drop-in for its inline provisioning code from there too (``api_hooks.dropin``).
+"""
 
 from api_hooks.errors import (
     InvalidRetentionPeriod,
@@ -10,13 +14,12 @@ from api_hooks.errors import (
     TenantNotFound,
     UnknownNode,
 )
+from api_hooks.status import list_tenants, tenant_influxdb_status, tenant_stats
 from api_hooks.tenants import (
     adopt_database,
     create_tenant,
     delete_tenant,
-    list_tenants,
     request_provisioning,
-    tenant_influxdb_status,
     validate_tenant_id,
 )
 
@@ -35,5 +38,6 @@ __all__ = [
     "list_tenants",
     "request_provisioning",
     "tenant_influxdb_status",
+    "tenant_stats",
     "validate_tenant_id",
 ]

@@ -35,13 +35,13 @@ from api_hooks.schemas import (
     TenantStats,
     documented_body,
 )
-from api_hooks.shapes import CreatedTenant, DeletedTenant, InfluxDBStatus
+from api_hooks.shapes import CreatedTenant, DeletedTenant, TenantStatsBody
+from api_hooks.status import tenant_stats
 from api_hooks.tenants import (
     adopt_database,
     create_tenant,
     delete_tenant,
     request_provisioning,
-    tenant_influxdb_status,
     validate_retention_period,
     validate_tenant_id,
     validate_tenant_name,
@@ -167,8 +167,8 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
     ) -> TenantStats:
         """The state from Postgres and, with `live`, whether the database exists and how many
         telemetry rows it holds. A database that is not the tenant's is never counted."""
-        influxdb: InfluxDBStatus = _lookup(tenant_influxdb_status, tenant_id, live)
-        return TenantStats(tenant_id=tenant_id, influxdb=influxdb)
+        stats: TenantStatsBody = _lookup(tenant_stats, tenant_id, live)
+        return TenantStats(**stats)
 
     @router.delete(
         "/tenants/{tenant_id}",

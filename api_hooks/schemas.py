@@ -77,9 +77,12 @@ def documented_body(model: type[BaseModel], *, required: bool) -> dict[str, Any]
 
 
 class TenantStats(BaseModel):
-    """A tenant's provisioning state and, unless ``live=false``, what InfluxDB says now."""
+    """A tenant's provisioning state and, unless ``live=false``, what InfluxDB says now - the
+    body of the UI's own tenant stats, so the UI can return it unchanged."""
 
     tenant_id: str
+    name: str = Field(description="The display name")
+    status: str = Field(description="The UI's own tenant status, e.g. active")
     influxdb: InfluxDBStatus
 
 

@@ -103,6 +103,29 @@ class InfluxDBStatus(TypedDict):
     live: Annotated[LiveStatus | None, Field(description="Null when not asked for (live=false)")]
 
 
+class TenantStatsBody(TypedDict):
+    """A tenant's stats as the UI's ``get_tenant_stats`` returns them, ``influxdb`` block too."""
+
+    tenant_id: str
+    name: Annotated[str, Field(description="The display name")]
+    status: Annotated[str, Field(description="The UI's own tenant status, e.g. active")]
+    influxdb: InfluxDBStatus
+
+
+class InfluxDBCheck(TypedDict):
+    """What the inline ``check_tenant_influxdb`` returned (exists, telemetry_count, error),
+    plus where provisioning stands: the drop-in's answer (``api_hooks.dropin``)."""
+
+    database: Annotated[str, Field(description=_DATABASE)]
+    exists: Annotated[bool | None, Field(description="The database exists; null: unknown")]
+    telemetry_count: Annotated[int | None, Field(description="Rows in the telemetry table")]
+    error: Annotated[str | None, Field(description="Why the live check could not tell")]
+    state: Annotated[str, Field(description=_STATE)]
+    provisioned: Annotated[bool, Field(description="state is provisioned")]
+    error_reason: Annotated[str | None, Field(description="Why it is not provisioned, if known")]
+    node: Annotated[str | None, Field(description="The server it is placed on")]
+
+
 class TenantSummary(TypedDict):
     """One line of ``list_tenants``."""
 

@@ -191,12 +191,25 @@ def broker() -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def worker_process(database: str, broker: redis.Redis, tmp_path_factory: pytest.TempPathFactory):
-    """A real ``celery -A worker worker`` process (prefork, 4 children) for the whole run."""
+def session_worker(
+    database: str, broker: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerHandle]:
+    """The run's shared worker, started by the first test that needs it (see worker_process)."""
     handle = WorkerHandle(tmp_path_factory.mktemp("worker") / "worker.log")
-    handle.start()
     yield handle
     handle.stop()
+
+
+@pytest.fixture
+def worker_process(session_worker: WorkerHandle) -> WorkerHandle:
+    """A real ``celery -A worker worker`` process (prefork, 4 children), shared by the run.
+
+    Started on demand: a test that swaps in a worker of its own (custom_worker) stops it, and
+    only the next test that asks for it starts it again - runs of such tests pay no restarts.
+    """
+    if session_worker.process is None:
+        session_worker.start()
+    return session_worker
 
 
 class WorkerHandle:
@@ -335,13 +348,13 @@ def reconcile_stats(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def custom_worker(
-    worker_process: WorkerHandle, tmp_path: Path
+    session_worker: WorkerHandle, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerHandle]]:
     """Replace the session worker by one with other settings (e.g. more attempts) for a test."""
     started: list[subprocess.Popen[bytes]] = []
 
     def start(concurrency: int = 4, **env: str) -> WorkerHandle:
-        worker_process.stop()
+        session_worker.stop()  # two workers would share the queues
         handle = WorkerHandle(tmp_path / f"custom-worker-{len(started)}.log")
         handle.process = start_worker(
             handle.log_path, concurrency=concurrency, name=f"custom{len(started)}", extra_env=env
@@ -352,8 +365,6 @@ def custom_worker(
     yield start
     for process in started:
         stop_process(process)
-    if worker_process.process is None:
-        worker_process.start()
 
 
 @pytest.fixture

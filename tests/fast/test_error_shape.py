@@ -1,8 +1,8 @@
 """Every 4xx answer is ``{"detail": "<message>"}`` - FastAPI's own validation errors included,
 and also when the UI mounts the router in an app of its own.
 
-In-process (TestClient) and without Postgres, Redis or a worker: every request here is refused
-before anything is looked up.
+In-process (TestClient), without Redis or a worker: every request here is refused before
+anything is looked up, but for the last, which reads a row of the test's Postgres.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.testclient import TestClient
 
-from api_hooks import router as router_module
 from api_hooks.app import create_app
 from api_hooks.bodies import MAX_BODY_BYTES
 from api_hooks.router import operator_router
+from api_hooks.status import tenant_influxdb_status, tenant_stats
 from tests.conftest import OPERATOR_TOKEN
 
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
@@ -113,35 +113,20 @@ def test_unknown_paths_and_methods_answer_in_the_same_shape(client):
     error_detail(client.put("/operator/tenants"), 405)
 
 
-def test_the_stats_body_passes_the_hooks_dict_through_unchanged(client, monkeypatch):
+def test_the_stats_body_is_the_hooks_answer_field_for_field(client, db):
     # The typed response model must neither drop nor reshape a field the hook returns.
-    status = {
-        "database": "telemetry_acme",
-        "node": "influx-a",
-        "node_configured": True,
-        "incarnation": "6f1c2a9e-4a43-4a8e-9d43-2b0f1d7c5e11",
-        "retention_period": "30d",
-        "state": "provisioned",
-        "stalled_on": None,
-        "attempts": 1,
-        "last_error": None,
-        "error_reason": None,
-        "next_attempt_at": None,
-        "provisioned_at": "2025-01-02T03:04:05+00:00",
-        "updated_at": "2025-01-02T03:04:05+00:00",
-        "live": {"exists": True, "telemetry_count": 7, "error": None, "latency_ms": 3.5},
-    }
-    seen: list[tuple[str, bool]] = []
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, status, influxdb_state, influxdb_node, "
+        "influxdb_retention_period, influxdb_attempts, influxdb_provisioned_at) "
+        "VALUES ('acme', 'Acme', 'active', 'provisioned', 'influx-a', '30d', 1, now())"
+    )
 
-    def fake_status(tenant_id: str, live: bool = True) -> dict[str, Any]:
-        seen.append((tenant_id, live))
-        return status
-
-    monkeypatch.setattr(router_module, "tenant_influxdb_status", fake_status)
     response = client.get("/operator/tenants/acme/stats?live=false")
+
     assert response.status_code == 200, response.text
-    assert response.json() == {"tenant_id": "acme", "influxdb": status}
-    assert seen == [("acme", False)]
+    assert response.json() == tenant_stats("acme", live=False)
+    assert response.json()["influxdb"] == tenant_influxdb_status("acme", live=False)
+    assert (response.json()["name"], response.json()["status"]) == ("Acme", "active")
 
 
 def ui_require_admin(session: Annotated[str, Query()]) -> None:

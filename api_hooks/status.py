@@ -1,0 +1,135 @@
+"""What operators and the UI read about tenants: the stored state, plus a bounded live check.
+
+Reading never waits on InfluxDB for long: the live check is bounded by LIVE_CHECK_TIMEOUT
+(default 2 s) and never raises; a slow or failing server shows in ``live.error``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Row
+
+from api_hooks.errors import TenantNotFound
+from api_hooks.shapes import InfluxDBStatus, LiveStatus, TenantStatsBody, TenantSummary
+from api_hooks.tenants import validate_tenant_id
+from worker import store
+from worker.db import get_engine
+from worker.nodes import shared_pool
+from worker.settings import get_settings
+from worker.states import RESUMABLE_REASONS, STATES, ProvisioningState, Reason
+
+
+def list_tenants(state: str | None = None, limit: int = 100) -> list[TenantSummary]:
+    """Tenants ordered by id, optionally only those in ``state``; ValueError for a bad state."""
+    if state is not None and state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)} (got {state!r})")
+    with get_engine().connect() as conn:
+        rows = store.listing(conn, state, limit)
+    return [
+        {
+            "tenant_id": row.tenant_id,
+            "name": row.name,
+            "state": row.influxdb_state,
+            "node": row.influxdb_node,
+            "attempts": row.influxdb_attempts,
+            "error_reason": row.influxdb_error_reason,
+            "updated_at": _iso(row.influxdb_updated_at),
+        }
+        for row in rows
+    ]
+
+
+def tenant_influxdb_status(tenant_id: str, live: bool = True) -> InfluxDBStatus:
+    """Provisioning state from Postgres and, with ``live``, a bounded check of InfluxDB.
+
+    The live check waits at most the configured LIVE_CHECK_TIMEOUT (default 2 s) and never
+    raises: a slow or failing InfluxDB shows up in ``live.error``. Raises TenantNotFound.
+    """
+    return _influxdb_status(_row(tenant_id), live)
+
+
+def tenant_stats(tenant_id: str, live: bool = True) -> TenantStatsBody:
+    """What the UI's tenant stats page returns: the tenant's id, name and status, and its
+    ``influxdb`` block (``tenant_influxdb_status``). Raises TenantNotFound."""
+    row = _row(tenant_id)
+    return {
+        "tenant_id": row.tenant_id,
+        "name": row.name,
+        "status": row.status,
+        "influxdb": _influxdb_status(row, live),
+    }
+
+
+def _row(tenant_id: str) -> Row[Any]:
+    tenant_id = validate_tenant_id(tenant_id)
+    with get_engine().connect() as conn:
+        row = store.load(conn, tenant_id)
+    if row is None:
+        raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+    return row
+
+
+def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
+    database = get_settings().database_name(row.tenant_id)
+    node = row.influxdb_node
+    configured = None if node is None else shared_pool().node(node) is not None
+    reason = Reason.parse(row.influxdb_error_reason)
+    live_status: LiveStatus | None = None
+    if live and reason == Reason.NAME_TAKEN and row.influxdb_state == ProvisioningState.FAILED:
+        # The database of that name is someone else's: its data must not show as this tenant's.
+        live_status = {
+            "exists": None,
+            "telemetry_count": None,
+            "error": f"name_taken: the database {database} on node {node} is not this "
+            "tenant's; not counted",
+            "latency_ms": 0.0,
+        }
+    elif live:
+        live_status = _live_check(node, database)
+    stalled = row.influxdb_state == ProvisioningState.FAILED and reason in RESUMABLE_REASONS
+    return {
+        "database": database,
+        "node": node,
+        "node_configured": configured,
+        "incarnation": row.influxdb_incarnation,
+        "retention_period": row.influxdb_retention_period,
+        "state": row.influxdb_state,
+        "stalled_on": (node or "any node") if stalled else None,
+        "attempts": row.influxdb_attempts,
+        "last_error": row.influxdb_last_error,
+        "error_reason": row.influxdb_error_reason,
+        "next_attempt_at": _iso(row.influxdb_next_attempt_at),
+        "provisioned_at": _iso(row.influxdb_provisioned_at),
+        "updated_at": _iso(row.influxdb_updated_at),
+        "live": live_status,
+    }
+
+
+def _live_check(node_name: str | None, database: str) -> LiveStatus:
+    settings = get_settings()
+    pool = shared_pool()
+    nodes = pool.nodes()
+    # A tenant not placed yet can only be on the server of a pool of one.
+    node = pool.node(node_name) if node_name else (nodes[0] if len(nodes) == 1 else None)
+    if node is None:
+        why = (
+            f"node {node_name} is not configured (not in the nodes file)"
+            if node_name
+            else "not placed on a node yet"
+        )
+        return {"exists": None, "telemetry_count": None, "error": why, "latency_ms": 0.0}
+    check = pool.client(node).live_check(
+        database, settings.influxdb_telemetry_table, settings.live_check_timeout
+    )
+    return {
+        "exists": check.exists,
+        "telemetry_count": check.telemetry_count,
+        "error": check.error,
+        "latency_ms": check.latency_ms,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None

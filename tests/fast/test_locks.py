@@ -1,0 +1,45 @@
+"""Advisory locks are released on every path, and a pooled connection goes back holding none:
+an interrupt between taking a tenant's lock and releasing it never leaves the tenant busy."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from tests.conftest import new_tenant_id
+from worker.db import advisory_lock, get_engine
+from worker.runs import advisory_lock_key, tenant_lock
+
+
+def test_a_pooled_connection_goes_back_to_the_pool_holding_no_advisory_lock(db):
+    # Given a run interrupted right after Postgres granted a tenant's lock - before the code
+    # that releases it was entered (simulated: the lock is taken beside the context manager)
+    key = advisory_lock_key(new_tenant_id("lock"))
+    engine = get_engine()
+    with engine.connect() as conn, advisory_lock(conn, 12345) as acquired:
+        assert acquired
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+    # (the connection is back in the pool now)
+
+    # Then no other session finds the tenant busy
+    other = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+    assert other == (True,)
+    db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    held = db.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+    ).fetchone()
+    assert held == (0,)
+
+
+def test_an_interrupt_inside_the_lock_releases_it(db):
+    tenant_id = new_tenant_id("intr")
+    with get_engine().connect() as conn:
+        try:
+            with tenant_lock(conn, tenant_id) as acquired:
+                assert acquired
+                raise KeyboardInterrupt  # a Ctrl-C or a soft time limit, mid-run
+        except KeyboardInterrupt:
+            pass
+    key = advisory_lock_key(tenant_id)
+    assert db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone() == (True,)
+    db.execute("SELECT pg_advisory_unlock(%s)", (key,))
