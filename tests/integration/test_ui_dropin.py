@@ -101,7 +101,7 @@ def test_a_row_rolled_back_is_never_provisioned_one_committed_is(ui, db, influx,
     assert lost.json()["influxdb_provisioned"] is False
     assert kept.json()["influxdb_provisioned"] is True
     wait_for_state(db, committed, "provisioned")
-    time.sleep(2 * INTERVAL + 1)  # two reconcile runs: nothing turns up for the lost one
+    time.sleep(2 * INTERVAL)  # two reconcile runs: nothing turns up for the lost one
     assert tenant_row(db, rolled_back) is None
     assert influx.create_calls(f"telemetry_{rolled_back}") == 0
 
