@@ -44,13 +44,6 @@ def running(
         processes.stop(process)
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=0.5).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 def _serve_argv(module: str, port: int) -> list[str]:
     return [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
 
@@ -61,7 +54,9 @@ def http_server(module: str, workdir: Path) -> Iterator[str]:
     port = config.free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = workdir / f"{module.replace('.', '_')}.log"
-    with running(_serve_argv(module, port), log_path, lambda: _http_ok(f"{base}/healthz"), module):
+    with running(
+        _serve_argv(module, port), log_path, lambda: processes.http_ok(f"{base}/healthz"), module
+    ):
         yield base
 
 
@@ -155,7 +150,9 @@ def standin_process(workdir: Path) -> Iterator[StandInProcess]:
         str(config.RAISED_DATABASE_LIMIT),
     ]
     ready_url = f"{config.STANDIN_URL}/_standin/state"
-    with running(argv, workdir / "standin.log", lambda: _http_ok(ready_url), "the stand-in"):
+    with running(
+        argv, workdir / "standin.log", lambda: processes.http_ok(ready_url), "the stand-in"
+    ):
         yield StandInProcess(config.STANDIN_URL)
 
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,15 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def http_ok(url: str) -> bool:
+    """True when ``url`` answers 2xx within half a second (a server's readiness check)."""
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310 - our URL
+            return 200 <= int(response.status) < 300
+    except (OSError, ValueError):
+        return False
 
 
 def free_port() -> int:
@@ -106,52 +116,41 @@ def start_worker(
     timeout: float = 30.0,
 ) -> subprocess.Popen[bytes]:
     """A real ``celery -A worker worker`` (prefork), ready when its log says so."""
-    ready_before = _log_count(log_path, "ready.")
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "worker",
+    options = [
         "--pool=prefork",
         f"--concurrency={concurrency}",
         f"--hostname={hostname}",
         "--without-mingle",
         "--without-gossip",
     ]
-    return start(
-        argv,
-        log_path,
-        ready=lambda: _log_count(log_path, "ready.") > ready_before,
-        what=f"celery worker {hostname}",
-        env=env,
-        timeout=timeout,
-    )
+    return _celery("worker", options, log_path, "ready.", env, timeout)
 
 
 def start_beat(
     log_path: Path, schedule: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """A real ``celery -A worker beat`` (the reconcile schedule), ready once it runs."""
-    started_before = _log_count(log_path, "beat: Starting")
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "beat",
-        "--loglevel=DEBUG",
-        f"--schedule={schedule}",
-        "--max-interval=1",
-    ]
+    options = ["--loglevel=DEBUG", f"--schedule={schedule}", "--max-interval=1"]
+    return _celery("beat", options, log_path, "beat: Starting", env, 30.0)
+
+
+def _celery(
+    command: str,
+    options: list[str],
+    log_path: Path,
+    ready_line: str,
+    env: Mapping[str, str] | None,
+    timeout: float,
+) -> subprocess.Popen[bytes]:
+    # Ready once the log shows ``ready_line`` once more than before (the log may be reused).
+    seen_before = _log_count(log_path, ready_line)
     return start(
-        argv,
+        [sys.executable, "-m", "celery", "-A", "worker", command, *options],
         log_path,
-        ready=lambda: _log_count(log_path, "beat: Starting") > started_before,
-        what="celery beat",
+        ready=lambda: _log_count(log_path, ready_line) > seen_before,
+        what=f"celery {command}",
         env=env,
+        timeout=timeout,
     )
 
 

@@ -31,10 +31,6 @@ IN_PROGRESS_STATES = frozenset(
         ProvisioningState.WAITING_FOR_CAPACITY,
     }
 )
-# States in which a published message can still find work to do.
-QUEUEABLE_STATES = frozenset(
-    {ProvisioningState.PENDING, ProvisioningState.RETRYING, ProvisioningState.DEPROVISIONING}
-)
 
 
 class Reason(enum.StrEnum):

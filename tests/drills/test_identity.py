@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness import databases
 from tests.conftest import (
     INTERVAL,
     ROOT,
@@ -467,14 +468,7 @@ def test_migrations_up_and_down_never_turn_a_deletion_into_a_tenant(scratch_data
     env = {**os.environ, "DATABASE_URL": dsn}
 
     def alembic(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "alembic", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        return databases.alembic(*args, env=env)
 
     # Given tenants in every state, one of them being deleted
     assert alembic("upgrade", "head").returncode == 0

@@ -9,7 +9,7 @@ seconds, for the edit-test loop (``bash scripts/test tests/fast``).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -75,8 +75,16 @@ class World:
     def provision(
         self, tenant_id: str, delivery: Delivery | None = None, seed: int = SEED
     ) -> Outcome:
+        return self._run(provision_tenant, tenant_id, delivery, seed)
+
+    def deprovision(self, tenant_id: str, delivery: Delivery | None = None) -> Outcome:
+        return self._run(deprovision_tenant, tenant_id, delivery, SEED)
+
+    def _run(
+        self, service: Callable[..., Outcome], tenant_id: str, delivery: Delivery | None, seed: int
+    ) -> Outcome:
         with get_engine().connect() as conn:
-            return provision_tenant(
+            return service(
                 conn,
                 tenant_id,
                 self.pool(),
@@ -84,18 +92,6 @@ class World:
                 delivery=delivery,
                 clock=self.clock,
                 rng=random.Random(seed),
-            )
-
-    def deprovision(self, tenant_id: str, delivery: Delivery | None = None) -> Outcome:
-        with get_engine().connect() as conn:
-            return deprovision_tenant(
-                conn,
-                tenant_id,
-                self.pool(),
-                self.settings,
-                delivery=delivery,
-                clock=self.clock,
-                rng=random.Random(SEED),
             )
 
     def stop(self) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import psycopg
 import pytest
 
-from tests.conftest import ROOT
+from harness import databases
 
 PROVISIONING_COLUMNS = {
     "influxdb_state",
@@ -31,14 +30,7 @@ PROVISIONING_COLUMNS = {
 
 def alembic_unchecked(database: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{database}"}
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=ROOT,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-    )
+    return databases.alembic(*args, env=env)
 
 
 def alembic(database: str, *args: str) -> subprocess.CompletedProcess[str]:

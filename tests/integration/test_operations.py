@@ -10,6 +10,7 @@ import sys
 
 import requests
 
+from harness import processes
 from tests.conftest import (
     INFLUX_TOKEN,
     OPERATOR_TOKEN,
@@ -68,7 +69,7 @@ def test_flower_shows_provisioning_tasks_to_authenticated_operators_only(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _answers(f"{base}/healthcheck"), what="Flower to listen")
+        wait_for(lambda: processes.http_ok(f"{base}/healthcheck"), what="Flower to listen")
         # Events are pub/sub without history: wait until Flower hears the worker's heartbeats.
         wait_for(
             lambda: requests.get(f"{base}/api/workers", auth=FLOWER_AUTH, timeout=5).json(),
@@ -109,14 +110,6 @@ def test_flower_shows_provisioning_tasks_to_authenticated_operators_only(
     finally:
         stop_process(flower)
     assert FLOWER_AUTH[1] not in log_path.read_text()
-
-
-def _answers(url: str) -> bool:
-    try:
-        requests.get(url, timeout=0.5)
-    except requests.ConnectionError:
-        return False
-    return True
 
 
 def test_cli_status_list_and_exit_codes(api, db, influx, worker_process):

@@ -42,7 +42,11 @@ def ui(database, worker_process, tmp_path) -> Iterator[requests.Session]:
     }
     argv = [sys.executable, "-m", "uvicorn", "tests.integration.ui_app:app", "--port", str(port)]
     process = processes.start(
-        argv, tmp_path / "ui.log", ready=lambda: _answers(f"{base}/ui/ping"), what="ui", env=env
+        argv,
+        tmp_path / "ui.log",
+        ready=lambda: processes.http_ok(f"{base}/ui/ping"),
+        what="ui",
+        env=env,
     )
     session = requests.Session()
     session.cookies.set("session", SESSION)
@@ -50,13 +54,6 @@ def ui(database, worker_process, tmp_path) -> Iterator[requests.Session]:
     yield session
     session.close()
     processes.stop(process)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=0.5).ok
-    except requests.RequestException:
-        return False
 
 
 def post(ui: Any, path: str, body: dict[str, Any]) -> requests.Response:
