@@ -15,6 +15,21 @@ from typing import Any
 from worker.identity import locate
 from worker.states import RESUMABLE_REASONS, Adoption, ProvisioningState, Reason
 
+# The columns of a tenants row that find() reads: all a reconcile batch needs to load.
+COLUMNS = (
+    "tenant_id",
+    "influxdb_state",
+    "influxdb_enqueued_at",
+    "influxdb_next_attempt_at",
+    "influxdb_updated_at",
+    "influxdb_provisioned_at",
+    "influxdb_node",
+    "influxdb_error_reason",
+    "influxdb_last_error",
+    "influxdb_adopt",
+    "influxdb_retry_chain",
+)
+
 
 class Kind(enum.StrEnum):
     """One kind of finding."""

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine, update
 
 from worker import store
 from worker.db import advisory_lock
-from worker.findings import Finding, Kind, View, find
+from worker.findings import COLUMNS, Finding, Kind, View, find
 from worker.models import reconcile_stats, tenants
 from worker.nodes import NodePool, list_everywhere
 from worker.placement import record_observation, usage
@@ -146,7 +146,7 @@ def _run(
     last_id = ""
     with engine.connect() as conn:
         while True:
-            batch = store.page(conn, last_id, settings.reconcile_batch_size)
+            batch = store.page(conn, last_id, settings.reconcile_batch_size, COLUMNS)
             if not batch:
                 break
             last_id = batch[-1].tenant_id

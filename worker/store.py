@@ -48,27 +48,14 @@ def load(conn: Connection, tenant_id: str) -> Row[Any] | None:
     return row
 
 
-# What the reconciler judges a row by (worker.findings): not the whole row.
-_FINDING_COLUMNS = (
-    _ROW.tenant_id,
-    _ROW.influxdb_state,
-    _ROW.influxdb_enqueued_at,
-    _ROW.influxdb_next_attempt_at,
-    _ROW.influxdb_updated_at,
-    _ROW.influxdb_provisioned_at,
-    _ROW.influxdb_node,
-    _ROW.influxdb_error_reason,
-    _ROW.influxdb_last_error,
-    _ROW.influxdb_adopt,
-    _ROW.influxdb_retry_chain,
-)
-
-
-def page(conn: Connection, after: str, size: int) -> list[Any]:
-    """Up to ``size`` rows with ids after ``after``, by id (keyset pagination), with the
-    columns the reconciler's findings read; committed."""
+def page(conn: Connection, after: str, size: int, columns: Sequence[str]) -> list[Any]:
+    """Up to ``size`` rows with ids after ``after``, by id (keyset pagination), with only
+    ``columns``; committed."""
     rows = conn.execute(
-        select(*_FINDING_COLUMNS).where(_ROW.tenant_id > after).order_by(_ROW.tenant_id).limit(size)
+        select(*(_ROW[name] for name in columns))
+        .where(_ROW.tenant_id > after)
+        .order_by(_ROW.tenant_id)
+        .limit(size)
     ).all()
     conn.commit()
     return list(rows)

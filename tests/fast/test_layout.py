@@ -1,5 +1,6 @@
 """The README's layout table matches the tree: every path in it exists, and every module of
-the project's packages has its line (itself, or its whole package)."""
+the project's packages has its line (itself, or its whole package); and no module grows past
+400 lines."""
 
 from __future__ import annotations
 
@@ -32,3 +33,13 @@ def test_every_module_has_its_line_in_the_layout_table():
             if str(module.relative_to(ROOT)) not in paths:
                 unlisted.append(str(module.relative_to(ROOT)))
     assert not unlisted, f"modules missing from the README layout table: {unlisted}"
+
+
+def test_no_module_outside_tests_is_over_400_lines():
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for package in (*PACKAGES, "migrations")
+        for path in (ROOT / package).rglob("*.py")
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > 400
+    }
+    assert not long, f"split these modules by concern: {long}"
