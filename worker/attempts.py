@@ -7,6 +7,9 @@ is made only by the message that still owns the tenant.
 
 It also keeps ``influxdb_create_sent_to`` (``worker.identity``): the server of a create of
 this incarnation whose answer was never seen, written *before* the create is sent.
+
+Every attempt, and every deletion, leaves one row in ``provisioning_attempts``
+(:func:`log_attempt`): when, on which server, by which task, and how it ended.
 """
 
 from __future__ import annotations
@@ -15,11 +18,41 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, insert
 
 from worker import store
+from worker.models import provisioning_attempts
 from worker.states import AttemptOutcome, ProvisioningState, Reason
 from worker.store import Clock
+
+
+def log_attempt(
+    conn: Connection,
+    tenant_id: str,
+    number: int,
+    started: datetime,
+    finished: datetime,
+    outcome: AttemptOutcome,
+    reason: Reason | None,
+    retry_at: datetime | None = None,
+    *,
+    node: str | None = None,
+    task_id: str | None = None,
+) -> None:
+    """Append one attempt to ``provisioning_attempts`` (the caller commits)."""
+    conn.execute(
+        insert(provisioning_attempts).values(
+            tenant_id=tenant_id,
+            attempt=number,
+            started_at=started,
+            finished_at=finished,
+            outcome=outcome.value,
+            reason=None if reason is None else reason.value,
+            retry_at=retry_at,
+            node=node,
+            task_id=task_id,
+        )
+    )
 
 
 class NotStarted(Exception):
@@ -39,6 +72,7 @@ class AttemptRecord:
         node: str | None,
         chain: str | None,
         retry_chain: str,
+        task_id: str | None,
         create_sent_to: str | None,
         clock: Clock,
         secrets: Callable[[], Iterable[str]],
@@ -47,6 +81,7 @@ class AttemptRecord:
         attempt's own retry will be carried by ``retry_chain``. Raises NotStarted."""
         self._conn, self.tenant_id, self.number = conn, tenant_id, number
         self._retry_chain, self._clock, self._secrets = retry_chain, clock, secrets
+        self._node, self._task_id = node, task_id
         self._started = clock()
         self._release = False
         # Whether a create of ours sent there earlier was never answered.
@@ -160,7 +195,16 @@ class AttemptRecord:
     ) -> None:
         # A deletion asked for meanwhile wins: the outcome goes to the attempt log only.
         store.update(self._conn, self.tenant_id, influxdb_updated_at=now, **values)
-        store.log_attempt(
-            self._conn, self.tenant_id, self.number, self._started, now, outcome, reason, retry_at
+        log_attempt(
+            self._conn,
+            self.tenant_id,
+            self.number,
+            self._started,
+            now,
+            outcome,
+            reason,
+            retry_at,
+            node=self._node,
+            task_id=self._task_id,
         )
         self._conn.commit()

@@ -24,6 +24,7 @@ from datetime import timedelta
 from sqlalchemy import Connection
 
 from worker import identity, store
+from worker.attempts import log_attempt
 from worker.errors import PermanentError, ProvisioningError
 from worker.nodes import NodePool, list_everywhere
 from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
@@ -87,7 +88,7 @@ class _Deletion(TenantRun):
             error = exc.error if isinstance(exc, _HomeUnknown) else exc
             return self._record_failure(error, str(exc), attempt)
         store.remove(self.conn, self.tenant_id)
-        store.log_attempt(
+        log_attempt(
             self.conn,
             self.tenant_id,
             attempt,
@@ -95,6 +96,8 @@ class _Deletion(TenantRun):
             self.clock(),
             AttemptOutcome.DEPROVISIONED,
             None,
+            node=self.row.influxdb_node,
+            task_id=self.delivery.task_id,
         )
         self.conn.commit()
         logger.info("tenant deprovisioned; its slot and id are free", extra=self.context)

@@ -7,7 +7,7 @@ The migration in ``migrations/versions`` creates exactly this (or adds it to the
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -22,6 +22,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from worker.states import STATES, Adoption, ProvisioningState
@@ -42,6 +43,7 @@ __all__ = [
 
 
 STATE_CHECK = "influxdb_state IN (" + ", ".join(f"'{s}'" for s in STATES) + ")"
+UNPROVISIONED = "influxdb_state NOT IN ('provisioned', 'deprovisioning')"
 ADOPT_CHECK = (
     "influxdb_adopt IS NULL OR influxdb_adopt IN (" + ", ".join(f"'{a}'" for a in Adoption) + ")"
 )
@@ -58,6 +60,19 @@ class Tenant(Base):
         CheckConstraint(ADOPT_CHECK, name="ck_tenants_influxdb_adopt"),
         Index("ix_tenants_influxdb_state", "influxdb_state", "tenant_id"),
         Index("ix_tenants_influxdb_node", "influxdb_node"),
+        # The console's tenants page (newest change first, by keyset), its id-prefix search
+        # and the overview's oldest unprovisioned tenant (migration 0005).
+        Index("ix_tenants_recent", text("influxdb_updated_at DESC"), text("tenant_id DESC")),
+        Index(
+            "ix_tenants_state_recent",
+            "influxdb_state",
+            text("influxdb_updated_at DESC"),
+            text("tenant_id DESC"),
+        ),
+        Index(
+            "ix_tenants_id_prefix", "tenant_id", postgresql_ops={"tenant_id": "text_pattern_ops"}
+        ),
+        Index("ix_tenants_unprovisioned", "created_at", postgresql_where=text(UNPROVISIONED)),
     )
 
     tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -107,6 +122,8 @@ class ProvisioningAttempt(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     # For a retrying outcome: when the next attempt was scheduled (the backoff as chosen).
     retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    node: Mapped[str | None] = mapped_column(Text)  # the server it worked on, if any
+    task_id: Mapped[str | None] = mapped_column(Text)  # the Celery task that made it
 
 
 class ReconcileStats(Base):
@@ -125,6 +142,7 @@ class ReconcileStats(Base):
     last_scanned: Mapped[int | None] = mapped_column(BigInteger)
     last_influxdb_calls: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
+    last_findings: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # the last summary
 
 
 provisioning_attempts = cast(Table, ProvisioningAttempt.__table__)

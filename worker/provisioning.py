@@ -26,7 +26,7 @@ import random
 from sqlalchemy import Connection
 
 from worker import identity, store
-from worker.attempts import AttemptRecord, NotStarted
+from worker.attempts import AttemptRecord, NotStarted, log_attempt
 from worker.errors import (
     DatabaseLimitReached,
     InfluxDBBadResponse,
@@ -233,6 +233,7 @@ class _Run(TenantRun):
                 # handed the tenant's chain to another message since the row was read.
                 chain=self.chain,
                 retry_chain=self.delivery.retry,
+                task_id=self.delivery.task_id,
                 create_sent_to=self.create_sent_to,
                 clock=self.clock,
                 secrets=self.secrets,
@@ -341,8 +342,16 @@ class _Run(TenantRun):
         cleaned = store.clean_error(message, self.secrets())
         failed = ProvisioningState.FAILED
         if store.settle(self.conn, self.tenant_id, failed, reason, cleaned, now):
-            store.log_attempt(
-                self.conn, self.tenant_id, self.attempts, now, now, AttemptOutcome.FAILED, reason
+            log_attempt(
+                self.conn,
+                self.tenant_id,
+                self.attempts,
+                now,
+                now,
+                AttemptOutcome.FAILED,
+                reason,
+                node=self.row.influxdb_node,
+                task_id=self.delivery.task_id,
             )
         self.conn.commit()
         logger.error("provisioning failed (%s): %s", reason, message, extra=self.context)

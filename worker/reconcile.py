@@ -79,6 +79,12 @@ class ReconcileSummary:
     influxdb_error: str | None = None
     requeued_ids: list[str] = field(default_factory=list, repr=False)
 
+    def findings(self) -> dict[str, int]:
+        """What the run found and did, as counts (the operator console shows them); what it
+        read and the calls it made have columns of their own."""
+        own_columns = ("ran", "scanned", "influxdb_calls")
+        return {k: v for k, v in self.as_dict().items() if type(v) is int and k not in own_columns}
+
     def as_dict(self) -> dict[str, Any]:
         """The summary without the id list (that can be long)."""
         summary = asdict(self)
@@ -352,5 +358,6 @@ def _store(engine: Engine, summary: ReconcileSummary, clock: Clock) -> None:
                 last_scanned=summary.scanned,
                 last_influxdb_calls=summary.influxdb_calls,
                 last_error=summary.influxdb_error,
+                last_findings=summary.findings(),
             )
         )

@@ -40,6 +40,11 @@ class Delivery:
     message: str
     retry: str
 
+    @property
+    def task_id(self) -> str:
+        """The Celery task id of the message (what Flower shows)."""
+        return self.message.rsplit(":", 1)[0]
+
     @classmethod
     def of(cls, task_id: str, retries: int) -> Delivery:
         """The delivery of Celery message ``task_id`` on its ``retries``-th retry."""

@@ -18,9 +18,9 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Row
 
-from worker.models import provisioning_attempts, tenants
+from worker.models import tenants
 from worker.redaction import redact
-from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason
+from worker.states import Adoption, ProvisioningState, Reason
 
 Clock = Callable[[], datetime]
 MAX_STORED_ERROR = 500
@@ -236,30 +236,6 @@ def reserve_slot(conn: Connection, tenant_id: str, node: str) -> None:
 def remove(conn: Connection, tenant_id: str) -> None:
     """The end of a deletion: the row goes, and with it the slot and the id."""
     conn.execute(delete(tenants).where(_ROW.tenant_id == tenant_id))
-
-
-def log_attempt(
-    conn: Connection,
-    tenant_id: str,
-    number: int,
-    started: datetime,
-    finished: datetime,
-    outcome: AttemptOutcome,
-    reason: Reason | None,
-    retry_at: datetime | None = None,
-) -> None:
-    """Append one attempt to ``provisioning_attempts``."""
-    conn.execute(
-        insert(provisioning_attempts).values(
-            tenant_id=tenant_id,
-            attempt=number,
-            started_at=started,
-            finished_at=finished,
-            outcome=outcome.value,
-            reason=None if reason is None else reason.value,
-            retry_at=retry_at,
-        )
-    )
 
 
 # -- the reconciler ---------------------------------------------------------------------------
