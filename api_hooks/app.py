@@ -14,6 +14,7 @@ from fastapi import FastAPI, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from api_hooks.console import standalone_console
 from api_hooks.http_errors import plain_validation_error
 from api_hooks.router import bearer_token_auth, operator_router
 from api_hooks.schemas import Health
@@ -44,7 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raise SettingsError("OPERATOR_TOKEN (or OPERATOR_TOKEN_FILE) must be set for the API")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProvisioningCollector(get_engine(), shared_pool()))
-    return _assemble(settings.operator_token, registry)
+    application = _assemble(settings.operator_token, registry)
+    # The operator console: HTML pages behind a sign-in with the same token (not in OpenAPI).
+    application.include_router(
+        standalone_console(settings.operator_token, settings.console_session_minutes)
+    )
+    return application
 
 
 def openapi_document() -> dict[str, Any]:

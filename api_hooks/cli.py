@@ -250,48 +250,9 @@ def _check_influxdb(args: argparse.Namespace) -> int:
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    from sqlalchemy import select  # noqa: PLC0415
+    from api_hooks.status import node_report  # noqa: PLC0415
 
-    from worker.db import get_engine  # noqa: PLC0415
-    from worker.models import influxdb_nodes  # noqa: PLC0415
-    from worker.nodes import shared_pool  # noqa: PLC0415
-    from worker.placement import tenants_per_node, usage  # noqa: PLC0415
-
-    configured = shared_pool().nodes()
-    with get_engine().connect() as conn:
-        slots = usage(conn, configured)
-        seen = {r.name: r for r in conn.execute(select(influxdb_nodes)).all()}
-        placed = tenants_per_node(conn)
-    rows: list[dict[str, Any]] = [
-        {
-            "node": u.node.name,
-            "configured": True,
-            "url": redact_url(u.node.url),
-            "database_limit": u.node.database_limit,
-            "tenants": u.used,
-            "free": u.free,
-            "full": u.full,
-            "observed_databases": getattr(seen.get(u.node.name), "observed_databases", None),
-            "observed_at": getattr(seen.get(u.node.name), "observed_at", None),
-        }
-        for u in slots
-    ]
-    # Servers that left the nodes file while tenants live there: said plainly, never hidden.
-    names = {n.name for n in configured}
-    for name in sorted(set(placed) - names):
-        rows.append(
-            {
-                "node": name,
-                "configured": False,
-                "url": None,
-                "database_limit": None,
-                "tenants": placed[name],
-                "free": None,
-                "full": None,
-                "observed_databases": getattr(seen.get(name), "observed_databases", None),
-                "observed_at": getattr(seen.get(name), "observed_at", None),
-            }
-        )
+    rows = node_report()
     if args.json:
         _print_json(rows)
     else:

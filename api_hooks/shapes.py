@@ -7,6 +7,7 @@ returning plain dicts: operators' scripts and the UI rely on dict shapes.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import Field
@@ -136,3 +137,17 @@ class TenantSummary(TypedDict):
     attempts: int
     error_reason: str | None
     updated_at: str | None
+
+
+class NodeReport(TypedDict):
+    """One InfluxDB server as operators see it (``tenantctl nodes``, the console's overview)."""
+
+    node: str
+    configured: bool  # False: it left the nodes file while tenants live there
+    url: str | None  # credentials redacted; None when not configured
+    database_limit: int | None
+    tenants: int  # tenants placed there (each holds a slot)
+    free: int | None
+    full: bool | None  # a 422 said so, or every slot is taken
+    observed_databases: int | None  # databases the last reconcile listing saw there
+    observed_at: datetime | None

@@ -9,14 +9,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.engine import Row
 
 from api_hooks.errors import TenantNotFound
-from api_hooks.shapes import InfluxDBStatus, LiveStatus, TenantStatsBody, TenantSummary
+from api_hooks.shapes import (
+    InfluxDBStatus,
+    LiveStatus,
+    NodeReport,
+    TenantStatsBody,
+    TenantSummary,
+)
 from api_hooks.tenants import validate_tenant_id
 from worker import store
 from worker.db import get_engine
+from worker.models import influxdb_nodes
 from worker.nodes import shared_pool
+from worker.placement import tenants_per_node, usage
+from worker.redaction import redact_url
 from worker.settings import get_settings
 from worker.states import RESUMABLE_REASONS, STATES, ProvisioningState, Reason
 
@@ -60,6 +70,46 @@ def tenant_stats(tenant_id: str, live: bool = True) -> TenantStatsBody:
         "status": row.status,
         "influxdb": _influxdb_status(row, live),
     }
+
+
+def node_report() -> list[NodeReport]:
+    """Every server of the pool, then every server that left the nodes file while tenants
+    live there (said plainly, never hidden): limit, tenants placed, what was last seen."""
+    configured = shared_pool().nodes()
+    with get_engine().connect() as conn:
+        slots = usage(conn, configured)
+        seen = {r.name: r for r in conn.execute(select(influxdb_nodes)).all()}
+        placed = tenants_per_node(conn)
+    reports: list[NodeReport] = [
+        {
+            "node": u.node.name,
+            "configured": True,
+            "url": redact_url(u.node.url),
+            "database_limit": u.node.database_limit,
+            "tenants": u.used,
+            "free": u.free,
+            "full": u.full,
+            "observed_databases": getattr(seen.get(u.node.name), "observed_databases", None),
+            "observed_at": getattr(seen.get(u.node.name), "observed_at", None),
+        }
+        for u in slots
+    ]
+    names = {n.name for n in configured}
+    reports.extend(
+        {
+            "node": name,
+            "configured": False,
+            "url": None,
+            "database_limit": None,
+            "tenants": placed[name],
+            "free": None,
+            "full": None,
+            "observed_databases": getattr(seen.get(name), "observed_databases", None),
+            "observed_at": getattr(seen.get(name), "observed_at", None),
+        }
+        for name in sorted(set(placed) - names)
+    )
+    return reports
 
 
 def _row(tenant_id: str) -> Row[Any]:

@@ -122,6 +122,8 @@ class Settings:
     reconcile_batch_size: int
     reconcile_requeue_after_seconds: float
     operator_token: str | None = field(repr=False)
+    console_session_minutes: int
+    flower_url: str | None
     log_level: str
 
     @classmethod

@@ -48,6 +48,14 @@ def http_url(url: str, name: str = "INFLUXDB_URL") -> str:
     return url.rstrip("/")
 
 
+def _link_url(url: str) -> str:
+    """FLOWER_URL: http(s), and no password in it - the console puts it in pages."""
+    url = http_url(url, "FLOWER_URL")
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        raise SettingsError("FLOWER_URL must not carry credentials (user:password@)")
+    return url
+
+
 def _psycopg_url(url: str) -> str:
     try:
         parsed = make_url(url)
@@ -346,6 +354,22 @@ SETTINGS: tuple[Setting, ...] = (
         "operator_token",
         file_variable="OPERATOR_TOKEN_FILE",
         help="required by the operator API",
+    ),
+    Setting(
+        "CONSOLE_SESSION_MINUTES",
+        "console_session_minutes",
+        int,
+        480,
+        minimum=1,
+        unit="min",
+        help="how long an operator console sign-in lasts (the cookie expires then)",
+    ),
+    Setting(
+        "FLOWER_URL",
+        "flower_url",
+        normalise=_link_url,
+        rule="an http(s) URL without credentials",
+        help="where operators open Flower; the console links each attempt to its task there",
     ),
     Setting(
         "LOG_LEVEL",

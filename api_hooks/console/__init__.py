@@ -1,0 +1,39 @@
+"""The operator console: server-rendered pages that answer "which tenants are not provisioned,
+why, since when, and what did the worker try?" - from Postgres, beside Flower's task view.
+
+- ``console_router(require_operator, csrf_secret)``: the pages, for the UI to mount behind its
+  own operator check (as it mounts ``api_hooks.router.operator_router``).
+- ``standalone_console(operator_token, session_minutes)``: the pages behind a sign-in with the
+  operator token, as ``api_hooks.app`` serves them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from fastapi import APIRouter
+
+from api_hooks.console.guard import ConsoleSessions, CsrfGuard
+from api_hooks.console.pages import PREFIX, console_router
+from api_hooks.console.render import Pages
+from api_hooks.console.sign_in import SIGN_IN_ROUTE, SIGN_OUT_ROUTE, sign_in_router
+
+__all__ = ["PREFIX", "console_router", "standalone_console"]
+
+
+def standalone_console(operator_token: str, session_minutes: int) -> APIRouter:
+    """The console behind its own sign-in: a form takes the operator token once, then a
+    signed session cookie that expires after ``session_minutes``."""
+    sessions = ConsoleSessions(operator_token, session_minutes)
+    # Derived from the token: every process of the app agrees, and nothing new to configure.
+    csrf_secret = hashlib.sha256(b"console csrf: " + operator_token.encode()).digest()
+    router = APIRouter()
+    router.include_router(
+        sign_in_router(sessions, Pages(CsrfGuard(csrf_secret), sign_out_route=None))
+    )
+    router.include_router(
+        console_router(
+            sessions.dependency(SIGN_IN_ROUTE), csrf_secret, sign_out_route=SIGN_OUT_ROUTE
+        )
+    )
+    return router

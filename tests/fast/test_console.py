@@ -1,0 +1,262 @@
+"""The operator console in-process (TestClient): sign-in, sessions, CSRF, escaping, paging.
+
+Every request here is answered or refused before anything is published: the pages read the
+test's Postgres; the actions that publish (retry, delete) are driven in a real browser against
+a real worker in ``tests/browser``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api_hooks.app import create_app
+from api_hooks.console.guard import SESSION_COOKIE, ConsoleSessions
+from api_hooks.console.reads import PAGE_SIZE
+from tests.conftest import INFLUX_TOKEN, OPERATOR_TOKEN, tenant_row
+from tests.fast.conftest import T0, insert
+
+CONSOLE = "/operator/console"
+HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+
+
+def csrf_of(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "the page has no form token"
+    return match.group(1)
+
+
+def sign_in(client: TestClient, token: str = OPERATOR_TOKEN, next: str = CONSOLE) -> Any:
+    form = client.get(f"{CONSOLE}/sign-in")
+    return client.post(
+        f"{CONSOLE}/sign-in",
+        data={"token": token, "csrf_token": csrf_of(form.text), "next": next},
+        follow_redirects=False,
+    )
+
+
+@pytest.fixture
+def anonymous(db: Any) -> Iterator[TestClient]:
+    with TestClient(create_app(), follow_redirects=False) as client:
+        yield client
+
+
+@pytest.fixture
+def operator(anonymous: TestClient) -> TestClient:
+    assert sign_in(anonymous).status_code == 303
+    return anonymous
+
+
+@pytest.mark.parametrize(
+    "path", ["", "/tenants?state=failed", "/tenants/acme", "/tenants/acme/delete"]
+)
+def test_pages_without_a_session_redirect_to_sign_in_and_back(anonymous, path):
+    response = anonymous.get(CONSOLE + path)
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{CONSOLE}/sign-in?next={quote(CONSOLE + path)}"
+
+
+def test_sign_in_sets_a_strict_httponly_expiring_cookie_and_returns_to_the_page(anonymous):
+    # Given the sign-in page, reached from a deep link
+    response = sign_in(anonymous, next=f"{CONSOLE}/tenants?state=failed")
+    # Then the browser goes back there, with a session cookie it cannot read from script
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{CONSOLE}/tenants?state=failed"
+    cookie = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith(SESSION_COOKIE)
+    )
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert "Max-Age=28800" in cookie  # CONSOLE_SESSION_MINUTES, 480 by default
+    assert f"Path={CONSOLE}" in cookie
+    assert OPERATOR_TOKEN not in cookie
+    assert anonymous.get(CONSOLE).status_code == 200
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/elsewhere"])
+def test_sign_in_never_sends_the_browser_off_the_console(anonymous, target):
+    assert sign_in(anonymous, next=target).headers["location"] == CONSOLE
+
+
+def test_a_wrong_token_is_refused_and_no_session_is_made(anonymous):
+    response = sign_in(anonymous, token="not-the-token")
+    assert response.status_code == 401
+    assert "not the operator token" in response.text
+    assert SESSION_COOKIE not in response.headers.get("set-cookie", "")
+    assert anonymous.get(CONSOLE).status_code == 303
+
+
+def test_sign_in_without_the_form_token_is_refused(anonymous):
+    anonymous.get(f"{CONSOLE}/sign-in")
+    response = anonymous.post(f"{CONSOLE}/sign-in", data={"token": OPERATOR_TOKEN})
+    assert response.status_code == 403
+    assert anonymous.get(CONSOLE).status_code == 303
+
+
+def test_sessions_are_signed_and_expire():
+    now = [T0.timestamp()]
+    sessions = ConsoleSessions("token-a", minutes=10, clock=lambda: now[0])
+    cookie = sessions.issue()
+    assert sessions.valid(cookie)
+    # Tampered: a later expiry written by hand
+    expires, nonce, mac = cookie.split(".")
+    assert not sessions.valid(f"{int(expires) + 3600}.{nonce}.{mac}")
+    # Signed with another token (the token was changed: everyone is signed out)
+    assert not ConsoleSessions("token-b", 10, clock=lambda: now[0]).valid(cookie)
+    # Expired
+    now[0] += timedelta(minutes=10, seconds=1).total_seconds()
+    assert not sessions.valid(cookie)
+    assert not sessions.valid(None)
+    assert not sessions.valid("garbage")
+
+
+def test_sign_out_ends_the_session(operator):
+    page = operator.get(CONSOLE)
+    response = operator.post(f"{CONSOLE}/sign-out", data={"csrf_token": csrf_of(page.text)})
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{CONSOLE}/sign-in"
+    assert operator.get(CONSOLE).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("headers", "token", "why"),
+    [
+        ({"Origin": "http://evil.example"}, "page", "another origin"),
+        ({"Sec-Fetch-Site": "cross-site"}, "page", "another origin (cross-site)"),
+        ({}, "forged", "not valid"),
+        ({}, None, "no security token"),
+    ],
+)
+def test_a_forged_post_is_refused_and_changes_nothing(db, operator, headers, token, why):
+    # Given a failed tenant and a signed-in operator
+    insert(db, "acme", state="failed", error_reason="unauthorized", attempts=3)
+    page = operator.get(f"{CONSOLE}/tenants/acme")
+    form = {} if token is None else {"csrf_token": csrf_of(page.text) if token == "page" else "x"}
+    # When a request the operator did not make posts to the actions
+    for action in ("retry", "delete"):
+        response = operator.post(
+            f"{CONSOLE}/tenants/acme/{action}", data={**form, "confirm": "acme"}, headers=headers
+        )
+        # Then it is refused, saying why, and the tenant is untouched
+        assert response.status_code == 403
+        assert why in response.text
+    row = tenant_row(db, "acme")
+    assert row is not None
+    assert (row["influxdb_state"], row["influxdb_attempts"]) == ("failed", 3)
+
+
+def test_delete_needs_the_tenant_id_typed_exactly(db, operator):
+    insert(db, "acme", state="provisioned")
+    page = operator.get(f"{CONSOLE}/tenants/acme/delete")
+    assert page.status_code == 200
+    for typed in ("", "acm", "ACME", "acme2"):
+        response = operator.post(
+            f"{CONSOLE}/tenants/acme/delete",
+            data={"csrf_token": csrf_of(page.text), "confirm": typed},
+        )
+        assert response.status_code == 422
+        assert "Nothing was deleted" in response.text
+    assert tenant_row(db, "acme")["influxdb_state"] == "provisioned"
+
+
+def test_a_hostile_name_is_text_on_every_page(db, operator):
+    insert(db, "xss", state="failed", error_reason="rejected", last_error=HOSTILE_NAME)
+    db.execute("UPDATE tenants SET name = %s WHERE tenant_id = 'xss'", (HOSTILE_NAME,))
+    for path in ("/tenants", "/tenants/xss", "/tenants/xss/delete", ""):
+        body = operator.get(CONSOLE + path).text
+        assert "<img" not in body, path
+    assert "&lt;img src=x onerror=alert(1)&gt;" in operator.get(f"{CONSOLE}/tenants/xss").text
+
+
+def test_every_page_carries_a_strict_policy_and_no_secret(db, operator):
+    insert(db, "acme", state="provisioned")
+    for path in ("", "/tenants", "/tenants/acme", "/tenants/acme/delete", "/sign-in"):
+        response = operator.get(CONSOLE + path)
+        assert response.status_code == 200, path
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'none'" in policy
+        assert "script-src" not in policy  # none allowed: default-src 'none' covers it
+        assert "unsafe-inline" not in policy
+        assert "frame-ancestors 'none'" in policy
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["cache-control"] == "no-store"
+        assert OPERATOR_TOKEN not in response.text
+        assert INFLUX_TOKEN not in response.text
+        assert "<script" not in response.text
+
+
+def test_the_overview_counts_every_state(db, operator):
+    for i, state in enumerate(["failed", "failed", "provisioned", "retrying", "pending"]):
+        insert(db, f"t{i}", state=state)
+    page = operator.get(CONSOLE).text
+    counts = dict(re.findall(r'<tr data-state="(\w+)">.*?data-count="(\d+)"', page, re.S))
+    assert counts["failed"] == "2"
+    assert counts["provisioned"] == "1"
+    assert counts["waiting_for_capacity"] == "0"
+    assert re.search(r'id="total">5<', page)
+
+
+def test_tenants_are_paged_by_keyset_newest_change_first(db, operator):
+    # Given 2.5 pages of tenants, changed one second apart, two of them at the same moment
+    total = PAGE_SIZE * 2 + PAGE_SIZE // 2
+    for i in range(total):
+        insert(db, f"k{i:04d}", state="failed" if i % 3 == 0 else "provisioned")
+        db.execute(
+            "UPDATE tenants SET influxdb_updated_at = %s WHERE tenant_id = %s",
+            (T0 + timedelta(seconds=i if i != 7 else 6), f"k{i:04d}"),
+        )
+    # When the operator follows "Older" to the end
+    seen = walk(operator, f"{CONSOLE}/tenants")
+    # Then every tenant shows exactly once, newest change first, ties by id
+    expected = sorted(
+        (f"k{i:04d}" for i in range(total)),
+        key=lambda t: (int(t[1:]) if t != "k0007" else 6, t),
+        reverse=True,
+    )
+    assert seen == expected
+    # And with a filter, only that state, still complete
+    failed = walk(operator, f"{CONSOLE}/tenants?state=failed")
+    assert failed == [t for t in expected if int(t[1:]) % 3 == 0]
+    assert walk(operator, f"{CONSOLE}/tenants?q=k00") == [t for t in expected if t < "k0100"]
+
+
+def walk(client: TestClient, url: str) -> list[str]:
+    seen: list[str] = []
+    while url:
+        page = client.get(url)
+        assert page.status_code == 200, page.text
+        ids = re.findall(r'<tr data-tenant="([^"]+)">', page.text)
+        assert len(ids) <= PAGE_SIZE
+        seen.extend(ids)
+        older = re.search(r'href="([^"]+)" id="older"', page.text)
+        url = older.group(1).replace("&amp;", "&") if older else ""
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("state=bogus", "state must be one of"),
+        ("q=a%25b", "may contain only"),
+        ("after=not-a-cursor", "page cursor is not valid"),
+        ("after=" + "QUJD", "page cursor is not valid"),
+    ],
+)
+def test_a_bad_filter_or_cursor_is_a_clear_422(operator, query, message):
+    response = operator.get(f"{CONSOLE}/tenants?{query}")
+    assert response.status_code == 422
+    assert message in response.text
+    assert "No tenant matches" in response.text
+
+
+def test_an_unknown_or_malformed_tenant_is_a_404_page(operator):
+    assert operator.get(f"{CONSOLE}/tenants/nobody").status_code == 404
+    response = operator.get(f"{CONSOLE}/tenants/bad%20id")
+    assert response.status_code == 404
+    assert "may contain only" in response.text
