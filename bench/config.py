@@ -72,6 +72,8 @@ class Sizes:
     pool_tenants: int  # the node pool: tenants over
     pool_nodes: int  # ... this many stand-in nodes
     pool_node_limit: int  # ... each holding at most this many databases
+    console_tenants: int  # the console's tenants page over this many tenants
+    console_requests: int  # per page measured
 
 
 FULL = Sizes(
@@ -89,6 +91,8 @@ FULL = Sizes(
     pool_tenants=10_000,
     pool_nodes=100,
     pool_node_limit=100,
+    console_tenants=100_000,
+    console_requests=500,
 )
 
 QUICK = Sizes(
@@ -106,4 +110,6 @@ QUICK = Sizes(
     pool_tenants=200,
     pool_nodes=10,
     pool_node_limit=20,
+    console_tenants=2_000,
+    console_requests=20,
 )

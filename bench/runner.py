@@ -18,6 +18,7 @@ import psycopg
 
 from bench import (
     config,
+    console_page,
     node_pool,
     onboarding,
     reconcile_cost,
@@ -39,6 +40,7 @@ BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "stats": (stats_endpoint.BENCHMARK, stats_endpoint.run),
     "memory": (worker_memory.BENCHMARK, worker_memory.run),
     "pool": (node_pool.BENCHMARK, node_pool.run),
+    "console": (console_page.BENCHMARK, console_page.run),
 }
 
 

@@ -42,3 +42,20 @@ ensure_services() {
   pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not reachable" >&2; exit 1; }
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { echo "Redis is not reachable" >&2; exit 1; }
 }
+
+ensure_browser() {
+  # The console's browser tests drive Debian's Chromium through its ChromeDriver. Installed
+  # once per machine (a test tool's own browser download does not work on this network).
+  if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+    return
+  fi
+  echo "==> installing chromium and chromium-driver (apt-get), for the browser tests"
+  local sudo=""
+  if [[ "$(id -u)" != 0 ]]; then
+    command -v sudo >/dev/null || { echo "install chromium and chromium-driver as root" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    chromium chromium-driver >/dev/null
+}

@@ -155,3 +155,22 @@ def test_the_drop_in_refuses_an_id_it_cannot_provision(ui):
     assert result.returncode != 0
     assert "InvalidTenantId" in result.stderr
     assert "may contain only" in result.stderr
+
+
+def test_the_console_mounted_in_the_ui_is_behind_the_uis_own_check(ui, db, influx):
+    # Given a tenant made through the UI
+    tenant_id = new_tenant_id("uic")
+    post(ui, "/ui/tenants", {"tenant_id": tenant_id, "name": "Seen in the console"})
+    wait_for_state(db, tenant_id, "provisioned")
+    # Then an operator admin sees it in the console the UI mounted
+    page = ui.get(f"{ui.base}/operator/console/tenants/{tenant_id}", timeout=10)
+    assert page.status_code == 200
+    assert "Seen in the console" in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    # And nobody else does: the UI's own check answers, not the console's sign-in
+    anonymous = requests.get(f"{ui.base}/operator/console/tenants/{tenant_id}", timeout=10)
+    assert anonymous.status_code == 401
+    assert anonymous.json() == {"detail": "operator admin session required"}
+    # And its forms are the operator's own: a retry without the page's token is refused
+    refused = ui.post(f"{ui.base}/operator/console/tenants/{tenant_id}/retry", timeout=10)
+    assert refused.status_code == 403

@@ -1,9 +1,9 @@
 """An app in the style of the platform's UI (``services/ui_iot``), for the drop-in's tests.
 
 Async routes, its own async database access (psycopg's async connection standing in for the
-UI's asyncpg pool), its own cookie-based operator check, the operator router mounted behind
-that check - and the drop-in imported where the inline provisioning code was. Served by
-uvicorn in a process of its own: ``uvicorn tests.integration.ui_app:app``.
+UI's asyncpg pool), its own cookie-based operator check, the operator router and the operator
+console mounted behind that check - and the drop-in imported where the inline provisioning code
+was. Served by uvicorn in a process of its own: ``uvicorn tests.integration.ui_app:app``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import psycopg
 from fastapi import Cookie, Depends, FastAPI, HTTPException
 
 from api_hooks.aio import check_tenant_influxdb, provision_tenant_influxdb
+from api_hooks.console import console_router
 from api_hooks.router import operator_router
 
 DSN = os.environ["UI_DATABASE_DSN"]
@@ -29,6 +30,8 @@ async def require_operator_admin(session: Annotated[str | None, Cookie()] = None
 
 app = FastAPI(title="ui_iot (test double)")
 app.include_router(operator_router(require_operator_admin))
+# The operator console behind the same check; the UI signs its forms with a secret of its own.
+app.include_router(console_router(require_operator_admin, csrf_secret=SESSION.encode()))
 admin = [Depends(require_operator_admin)]
 
 
