@@ -18,11 +18,13 @@ from worker.queues import (
     MAINTENANCE_QUEUE,
     PROVISION_TASK,
     PROVISIONING_QUEUE,
+    PRUNE_TASK,
     RECONCILE_TASK,
 )
 from worker.settings import get_settings
 
 _settings = get_settings()
+_PRUNE_INTERVAL_SECONDS = 3600.0  # the log is kept for days: hourly pruning keeps batches small
 
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
@@ -66,6 +68,7 @@ task_routes = {
     PROVISION_TASK: {"queue": PROVISIONING_QUEUE},
     DEPROVISION_TASK: {"queue": PROVISIONING_QUEUE},
     RECONCILE_TASK: {"queue": MAINTENANCE_QUEUE},
+    PRUNE_TASK: {"queue": MAINTENANCE_QUEUE},
 }
 
 timezone = "UTC"
@@ -78,5 +81,11 @@ beat_schedule = {
         "schedule": _settings.reconcile_interval_seconds,
         # A run that could not start within its interval is dropped, not piled up.
         "options": {"expires": _settings.reconcile_interval_seconds},
+    },
+    # The attempt log keeps PROVISIONING_ATTEMPTS_RETENTION_DAYS; the totals keep everything.
+    "prune-attempt-log": {
+        "task": PRUNE_TASK,
+        "schedule": _PRUNE_INTERVAL_SECONDS,
+        "options": {"expires": _PRUNE_INTERVAL_SECONDS},
     },
 }

@@ -198,7 +198,9 @@ class Context:
 
     def fresh_state(self) -> None:
         """No tenants, no queued messages, an empty healthy stand-in. Call with no worker up."""
-        self.db.execute("TRUNCATE tenants, provisioning_attempts, influxdb_nodes")
+        self.db.execute(
+            "TRUNCATE tenants, provisioning_attempts, provisioning_attempt_totals, influxdb_nodes"
+        )
         self.broker.flushdb()
         self.standin.reset()
 

@@ -269,7 +269,9 @@ def db(database: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(
         f"postgresql://postgres@127.0.0.1:5432/{database}", autocommit=True
     ) as conn:
-        conn.execute("TRUNCATE tenants, influxdb_nodes, provisioning_attempts")
+        conn.execute(
+            "TRUNCATE tenants, influxdb_nodes, provisioning_attempts, provisioning_attempt_totals"
+        )
         yield conn
 
 

@@ -9,21 +9,27 @@ It also keeps ``influxdb_create_sent_to`` (``worker.identity``): the server of a
 this incarnation whose answer was never seen, written *before* the create is sent.
 
 Every attempt, and every deletion, leaves one row in ``provisioning_attempts``
-(:func:`log_attempt`): when, on which server, by which task, and how it ended.
+(:func:`log_attempt`): when, on which server, by which task, and how it ended - and adds one to
+its outcome's running total, which ``/metrics`` reads. Rows older than the retention are
+pruned in batches (:func:`prune_attempt_log`); the totals stay.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker import store
-from worker.models import provisioning_attempts
+from worker.models import provisioning_attempt_totals, provisioning_attempts
 from worker.states import AttemptOutcome, ProvisioningState, Reason
 from worker.store import Clock
+
+TOTAL_SHARDS = 16  # rows per (outcome, reason): concurrent attempts rarely meet on one
 
 
 def log_attempt(
@@ -53,6 +59,38 @@ def log_attempt(
             task_id=task_id,
         )
     )
+    totals = provisioning_attempt_totals
+    counted = pg_insert(totals).values(
+        outcome=outcome.value,
+        reason="" if reason is None else reason.value,
+        shard=random.randrange(TOTAL_SHARDS),
+        total=1,
+    )
+    conn.execute(
+        counted.on_conflict_do_update(
+            index_elements=[totals.c.outcome, totals.c.reason, totals.c.shard],
+            set_={"total": totals.c.total + 1},
+        )
+    )
+
+
+def prune_attempt_log(
+    conn: Connection, older_than: datetime, batch_size: int, stop: Callable[[], bool]
+) -> int:
+    """Delete attempt rows finished before ``older_than``, ``batch_size`` per transaction
+    (each committed), until none is left or ``stop()``; the number deleted. The totals stay."""
+    log = provisioning_attempts
+    deleted = 0
+    while not stop():
+        oldest = (
+            select(log.c.id).where(log.c.finished_at < older_than).limit(batch_size)
+        ).scalar_subquery()
+        count = conn.execute(delete(log).where(log.c.id.in_(oldest))).rowcount
+        conn.commit()
+        deleted += count
+        if count < batch_size:
+            break
+    return deleted
 
 
 class NotStarted(Exception):

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    SmallInteger,
     Table,
     Text,
     func,
@@ -32,10 +33,12 @@ __all__ = [
     "Base",
     "InfluxDBNode",
     "ProvisioningAttempt",
+    "ProvisioningAttemptTotal",
     "ProvisioningState",
     "ReconcileStats",
     "Tenant",
     "influxdb_nodes",
+    "provisioning_attempt_totals",
     "provisioning_attempts",
     "reconcile_stats",
     "tenants",
@@ -111,7 +114,10 @@ class ProvisioningAttempt(Base):
     """One InfluxDB attempt of the provisioning task, as it ended."""
 
     __tablename__ = "provisioning_attempts"
-    __table_args__ = (Index("ix_provisioning_attempts_tenant", "tenant_id", "attempt"),)
+    __table_args__ = (
+        Index("ix_provisioning_attempts_tenant", "tenant_id", "attempt"),
+        Index("ix_provisioning_attempts_finished", "finished_at"),  # pruning by age
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(Text)
@@ -145,7 +151,20 @@ class ReconcileStats(Base):
     last_findings: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # the last summary
 
 
+class ProvisioningAttemptTotal(Base):
+    """Attempts by outcome and reason, as running totals (``/metrics`` reads these, not the
+    log): incremented with each logged attempt, never lowered by pruning the log."""
+
+    __tablename__ = "provisioning_attempt_totals"
+
+    outcome: Mapped[str] = mapped_column(Text, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, primary_key=True, server_default=text("''"))
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # spreads hot rows
+    total: Mapped[int] = mapped_column(BigInteger)
+
+
 provisioning_attempts = cast(Table, ProvisioningAttempt.__table__)
+provisioning_attempt_totals = cast(Table, ProvisioningAttemptTotal.__table__)
 reconcile_stats = cast(Table, ReconcileStats.__table__)
 
 

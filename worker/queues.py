@@ -5,6 +5,7 @@ import enum
 PROVISION_TASK = "worker.tasks.provision_tenant_influxdb"
 DEPROVISION_TASK = "worker.tasks.deprovision_tenant_influxdb"
 RECONCILE_TASK = "worker.tasks.reconcile_tenants"
+PRUNE_TASK = "worker.tasks.prune_attempt_log"
 
 PROVISIONING_QUEUE = "provisioning"  # new work: created tenants, operator retries, requeues
 RETRY_QUEUE = "provisioning-retry"  # the task's own backoff retries

@@ -121,6 +121,7 @@ class Settings:
     reconcile_interval_seconds: float
     reconcile_batch_size: int
     reconcile_requeue_after_seconds: float
+    attempts_retention_days: int
     operator_token: str | None = field(repr=False)
     console_session_minutes: int
     flower_url: str | None

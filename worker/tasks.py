@@ -2,33 +2,46 @@
 
 Arguments are tenant ids only - never ORM objects, clients or secrets - because Flower shows
 task arguments to operators. The logic lives in ``worker.provisioning``,
-``worker.deprovisioning`` and ``worker.reconcile``.
+``worker.deprovisioning``, ``worker.reconcile`` and ``worker.attempts``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from celery import Task
 from sqlalchemy.exc import DBAPIError
 
-from worker import store
+from worker import attempts, store
 from worker.celery_app import app
 from worker.db import get_engine
 from worker.deprovisioning import deprovision_tenant
 from worker.logs import log_context
 from worker.nodes import shared_pool
 from worker.provisioning import provision_tenant
-from worker.queues import DEPROVISION_TASK, PROVISION_TASK, RECONCILE_TASK, RETRY_QUEUE, Job
+from worker.queues import (
+    DEPROVISION_TASK,
+    PROVISION_TASK,
+    PRUNE_TASK,
+    RECONCILE_TASK,
+    RETRY_QUEUE,
+    Job,
+)
 from worker.reconcile import reconcile
 from worker.redaction import redact
 from worker.runs import Delivery, Outcome, next_backoff
 from worker.settings import get_settings
 from worker.states import RunResult
+from worker.store import utcnow
 
 logger = logging.getLogger(__name__)
+
+PRUNE_BATCH_SIZE = 5000  # rows per DELETE: short transactions beside the workers' writes
+PRUNE_BUDGET_SECONDS = 240.0  # the rest waits for the next hourly run, inside the time limit
 
 
 @app.task(bind=True, name=PROVISION_TASK, max_retries=None, acks_late=True)
@@ -84,6 +97,21 @@ def reconcile_tenants() -> dict[str, Any]:
     """Re-enqueue owed work and repair drift; one summary per run (see worker.reconcile)."""
     summary = reconcile(get_engine(), shared_pool(), get_settings(), publish)
     return summary.as_dict()
+
+
+@app.task(name=PRUNE_TASK, acks_late=False, soft_time_limit=300, time_limit=330)
+def prune_attempt_log() -> dict[str, Any]:
+    """Delete attempt-log rows older than PROVISIONING_ATTEMPTS_RETENTION_DAYS, in batches; the
+    running totals that /metrics reads are kept. Stops early before its time limit."""
+    settings = get_settings()
+    older_than = utcnow() - timedelta(days=settings.attempts_retention_days)
+    deadline = time.monotonic() + PRUNE_BUDGET_SECONDS
+    with get_engine().connect() as conn:
+        deleted = attempts.prune_attempt_log(
+            conn, older_than, PRUNE_BATCH_SIZE, stop=lambda: time.monotonic() > deadline
+        )
+    logger.info("attempt log pruned: %d rows older than %s", deleted, older_than.isoformat())
+    return {"deleted": deleted, "older_than": older_than.isoformat()}
 
 
 def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None) -> bool:
