@@ -28,6 +28,7 @@ class Switchable(Protocol):
     def reset(self) -> None: ...
     def set_latency(self, seconds: float) -> None: ...
     def set_hang(self, on: bool) -> None: ...
+    def set_trickle(self, seconds_per_byte: float) -> None: ...
     def set_database_limit(self, limit: int) -> None: ...
 
 
@@ -39,6 +40,7 @@ _SWITCHES = frozenset(
         "reset_rate",
         "seed",
         "hang",
+        "trickle",
         "database_limit",
         "outage_seconds",
     }
@@ -81,6 +83,7 @@ def _apply_switches(standin: Switchable, faults: Faults, payload: dict[str, Any]
         return float(value)
 
     latency = number("latency", 0.0)
+    trickle = number("trickle", 0.0)
     rates = {key: number(key, 0.0, 1.0) for key in ("error_rate", "hang_rate", "reset_rate")}
     limit = number("database_limit", 0.0)
     if limit is not None and not limit.is_integer():
@@ -104,6 +107,8 @@ def _apply_switches(standin: Switchable, faults: Faults, payload: dict[str, Any]
         )
     if hang is not None:
         standin.set_hang(hang)
+    if trickle is not None:
+        standin.set_trickle(trickle)
     if limit is not None:
         standin.set_database_limit(int(limit))
     return outage_seconds

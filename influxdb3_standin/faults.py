@@ -1,4 +1,5 @@
-"""The failure switches: latency, random 5xx / hangs / resets, and hanging every request.
+"""The failure switches: latency, random 5xx / hangs / resets, hanging every request, and
+answers trickled a byte at a time.
 
 Real servers only show these on bad days; here they are switched on so that retry and failure
 handling can be tested over real HTTP. Every request passes :meth:`Faults.pre_answer` before it is
@@ -30,6 +31,7 @@ class _Switches:
     hang_rate: float = 0.0
     reset_rate: float = 0.0
     hang: bool = False
+    trickle: float = 0.0
 
 
 class Faults:
@@ -87,6 +89,16 @@ class Faults:
                 seed=seed,
             )
 
+    def set_trickle(self, seconds_per_byte: float) -> None:
+        if seconds_per_byte < 0:
+            raise ValueError("trickle must be >= 0")
+        with self._changed:
+            self._switches.trickle = float(seconds_per_byte)
+
+    def trickle(self) -> float:
+        with self._changed:
+            return self._switches.trickle
+
     def set_hang(self, on: bool) -> None:
         with self._changed:
             self._switches.hang = on
@@ -122,6 +134,7 @@ class Faults:
                 "hang_rate": switches.hang_rate,
                 "reset_rate": switches.reset_rate,
                 "hang": switches.hang,
+                "trickle": switches.trickle,
             }
 
     def pre_answer(self) -> Fate:

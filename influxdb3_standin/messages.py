@@ -76,6 +76,7 @@ class Reply:
     response: Response | None  # None: the request is dropped unanswered
     reset: bool = False  # abort the connection (RST) instead of answering
     after: Callable[[], None] | None = None  # run once the response is on the wire
+    trickle: float = 0.0  # seconds between the body's bytes (a server dripping its answer)
 
 
 class ApiError(Exception):

@@ -128,6 +128,10 @@ class StandIn:
         """While on, every request is accepted and never answered; off releases them unanswered."""
         self._faults.set_hang(on)
 
+    def set_trickle(self, seconds_per_byte: float) -> None:
+        """Send each answer's body one byte at a time, this long apart (0: at once)."""
+        self._faults.set_trickle(seconds_per_byte)
+
     def set_outage(self, on: bool) -> None:
         """On: close the listener and all connections (connection refused). Off: listen again."""
         with self._lifecycle:
@@ -284,4 +288,5 @@ class StandIn:
             return Reply(None, reset=True)
         if fate == "error":
             return Reply(self._faults.fault_error())
-        return Reply(self._api.authenticate(request.authorization) or self._api.dispatch(request))
+        answer = self._api.authenticate(request.authorization) or self._api.dispatch(request)
+        return Reply(answer, trickle=self._faults.trickle())

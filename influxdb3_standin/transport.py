@@ -197,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
                 outcome = "dropped unanswered"
                 self.close_connection = True
                 return
-            self._send(reply.response)
+            self._send(reply.response, reply.trickle)
             outcome = str(reply.response.status)
             if reply.after is not None:
                 reply.after()
@@ -278,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
             return b"", True
         return b"".join(parts), False
 
-    def _send(self, response: Response) -> None:
+    def _send(self, response: Response, trickle: float = 0.0) -> None:
         self.send_response(response.status)
         if response.content_type is not None:
             self.send_header("Content-Type", response.content_type)
@@ -287,7 +287,13 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in response.headers:
             self.send_header(name, value)
         self.end_headers()
-        if response.body:
+        if response.body and trickle > 0:
+            self.wfile.flush()
+            for index in range(len(response.body)):
+                time.sleep(trickle)
+                self.wfile.write(response.body[index : index + 1])
+                self.wfile.flush()
+        elif response.body:
             self.wfile.write(response.body)
         self.wfile.flush()
 

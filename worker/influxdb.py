@@ -11,14 +11,15 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError, ReadTimeoutError
 
+from worker import live_checks
 from worker.errors import (
     DatabaseLimitReached,
     InfluxDBBadResponse,
@@ -40,8 +41,7 @@ MARKER_MEASUREMENT = "_init"
 _MARKER_QUERY = 'SELECT * FROM "_init" LIMIT 100'  # a few markers: re-runs overwrite one point
 _MAX_ERROR_TEXT = 300
 
-# Live checks run here so that a hanging server cannot hold the caller past its deadline.
-_live_check_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="influxdb-live-check")
+_BODY_CHUNK = 16384
 
 
 @dataclass(frozen=True)
@@ -167,14 +167,21 @@ class InfluxDB3Client:
         return markers
 
     def query(
-        self, database: str, sql: str, *, timeout: tuple[float, float] | None = None
+        self,
+        database: str,
+        sql: str,
+        *,
+        timeout: tuple[float, float] | None = None,
+        deadline: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows of ``sql`` on ``database`` as JSON objects."""
+        """Rows of ``sql`` on ``database`` as JSON objects; with ``deadline`` (a
+        ``time.monotonic()`` value) the whole answer, body included, must arrive by then."""
         response = self._send(
             "GET",
             "/api/v3/query_sql",
             params={"db": database, "q": sql, "format": "json"},
             timeout=timeout,
+            deadline=deadline,
         )
         if response.status_code != 200:
             raise self._classify(response, "query")
@@ -184,13 +191,18 @@ class InfluxDB3Client:
         return rows
 
     def count_rows(
-        self, database: str, table: str, *, timeout: tuple[float, float] | None = None
+        self,
+        database: str,
+        table: str,
+        *,
+        timeout: tuple[float, float] | None = None,
+        deadline: float | None = None,
     ) -> int | None:
         """Rows in ``table``: 0 when the table is missing, None when the database is missing."""
         quoted = '"' + table.replace('"', '""') + '"'
         try:
             sql = f"SELECT COUNT(*) AS count FROM {quoted}"  # noqa: S608 - a quoted identifier
-            rows = self.query(database, sql, timeout=timeout)
+            rows = self.query(database, sql, timeout=timeout, deadline=deadline)
         except _DatabaseNotFound:
             return None
         except _TableNotFound:
@@ -202,17 +214,23 @@ class InfluxDB3Client:
 
     def live_check(self, database: str, table: str, timeout: float) -> LiveCheck:
         """Does ``database`` exist and how many rows has ``table``; never raises, never waits
-        much longer than ``timeout`` seconds."""
+        much longer than ``timeout`` seconds. Runs on this server's own lane
+        (``worker.live_checks``): another server's trouble never delays it."""
         started = time.monotonic()
+        deadline = started + timeout
 
         def elapsed_ms() -> float:
             return round((time.monotonic() - started) * 1000, 1)
 
-        future = _live_check_pool.submit(
-            self.count_rows, database, table, timeout=(timeout, timeout)
-        )
+        def count() -> int | None:
+            return self.count_rows(database, table, timeout=(timeout, timeout), deadline=deadline)
+
         try:
-            count = future.result(timeout=timeout)
+            future = live_checks.submit(self.url, count)
+        except live_checks.LaneBusy as exc:
+            return LiveCheck(None, None, f"busy: {exc}; not asked", elapsed_ms())
+        try:
+            rows = future.result(timeout=timeout)
         except FutureTimeout:
             future.cancel()
             return LiveCheck(None, None, f"timeout: no answer within {timeout:g}s", elapsed_ms())
@@ -222,7 +240,7 @@ class InfluxDB3Client:
             logger.exception("live check of %s failed unexpectedly", database)
             error = redact(f"internal_error: {type(exc).__name__}", self._secrets())
             return LiveCheck(None, None, error, elapsed_ms())
-        return LiveCheck(count is not None, count, None, elapsed_ms())
+        return LiveCheck(rows is not None, rows, None, elapsed_ms())
 
     # -- transport ------------------------------------------------------------------------
 
@@ -236,11 +254,12 @@ class InfluxDB3Client:
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
         timeout: tuple[float, float] | None = None,
+        deadline: float | None = None,
     ) -> requests.Response:
         with self._calls_lock:
             self.calls += 1
         try:
-            return self._session.request(
+            response = self._session.request(
                 method,
                 self.url + path,
                 params=params,
@@ -248,7 +267,11 @@ class InfluxDB3Client:
                 data=data,
                 headers=headers,
                 timeout=timeout or self._timeout,
+                stream=deadline is not None,
             )
+            if deadline is not None:
+                self._read_by(response, deadline, f"{method} {path}")
+            return response
         except (requests.ConnectTimeout, requests.ReadTimeout) as exc:
             kind = "connect" if isinstance(exc, requests.ConnectTimeout) else "read"
             limit = (timeout or self._timeout)[0 if kind == "connect" else 1]
@@ -262,6 +285,28 @@ class InfluxDB3Client:
             error = InfluxDBUnreachable(f"{method} {path}: {description}")
             error.request_sent = "connection refused" not in description
             raise error from exc
+
+    @staticmethod
+    def _read_by(response: requests.Response, deadline: float, what: str) -> None:
+        """Read the body, one socket read at a time, giving up at ``deadline``: a server that
+        trickles its answer cannot hold the caller's thread past it."""
+        chunks: list[bytes] = []
+        error: ProvisioningError | None = None
+        with response:
+            try:
+                while chunk := response.raw.read1(_BODY_CHUNK):
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        error = InfluxDBTimeout(f"{what}: the answer was not complete in time")
+                        break
+            except ReadTimeoutError:
+                error = InfluxDBTimeout(f"{what}: read timeout in the body")
+            except (HTTPError, OSError) as exc:  # urllib3's own, unwrapped when streaming
+                error = InfluxDBUnreachable(f"{what}: the answer broke off ({type(exc).__name__})")
+        if error is not None:
+            error.request_sent = True
+            raise error
+        response._content = b"".join(chunks)  # what .content and .json() read
 
     def _classify(self, response: requests.Response, action: str) -> ProvisioningError:
         status = response.status_code

@@ -25,6 +25,30 @@ def test_latency_delays_every_answer(standin: StandIn, client: requests.Session)
     assert time.monotonic() - started < 0.2
 
 
+def test_trickle_sends_the_body_a_byte_at_a_time(
+    standin: StandIn, client: requests.Session
+) -> None:
+    # The switch is also set over HTTP, for a stand-in run as its own process.
+    switched = requests.post(f"{standin.url}/_standin/switches", json={"trickle": 0.02}, timeout=5)
+    assert switched.status_code == 200, switched.text
+    state = requests.get(f"{standin.url}/_standin/state", timeout=5).json()
+    assert state["switches"]["trickle"] == 0.02
+
+    started = time.monotonic()
+    with client.get(f"{standin.url}/health", timeout=5, stream=True) as response:
+        first = response.raw.read1(4096)
+        rest = response.raw.read()
+    body = first + rest
+    assert len(first) < len(body)  # it did not arrive in one piece
+    assert time.monotonic() - started >= 0.02 * len(body)
+    assert body == b"OK"
+
+    standin.set_trickle(0)
+    started = time.monotonic()
+    assert client.get(f"{standin.url}/health", timeout=5).text == "OK"
+    assert time.monotonic() - started < 0.02 * 2
+
+
 def test_error_rate_one_answers_5xx_text(standin: StandIn, client: requests.Session) -> None:
     standin.set_faults(error_rate=1.0, seed=1)
 

@@ -32,6 +32,7 @@ def test_counters_and_reset(standin: StandIn, client: requests.Session) -> None:
         "hang_rate": 0.0,
         "reset_rate": 0.0,
         "hang": False,
+        "trickle": 0.0,
         "outage": False,
     }
     # The token stays.
