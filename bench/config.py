@@ -73,7 +73,9 @@ class Sizes:
     pool_nodes: int  # ... this many stand-in nodes
     pool_node_limit: int  # ... each holding at most this many databases
     console_tenants: int  # the console's tenants page over this many tenants
-    console_requests: int  # per page measured
+    console_requests: int  # per page measured (and scrapes of /metrics)
+    metrics_attempt_rows: int  # the attempt log under /metrics
+    isolation_requests: int  # stats of healthy-server tenants, per case
 
 
 FULL = Sizes(
@@ -93,6 +95,8 @@ FULL = Sizes(
     pool_node_limit=100,
     console_tenants=100_000,
     console_requests=500,
+    metrics_attempt_rows=1_000_000,
+    isolation_requests=500,
 )
 
 QUICK = Sizes(
@@ -112,4 +116,6 @@ QUICK = Sizes(
     pool_node_limit=20,
     console_tenants=2_000,
     console_requests=20,
+    metrics_attempt_rows=20_000,
+    isolation_requests=30,
 )

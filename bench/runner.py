@@ -19,6 +19,8 @@ import psycopg
 from bench import (
     config,
     console_page,
+    live_isolation,
+    metrics_scrape,
     node_pool,
     onboarding,
     reconcile_cost,
@@ -41,6 +43,8 @@ BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "memory": (worker_memory.BENCHMARK, worker_memory.run),
     "pool": (node_pool.BENCHMARK, node_pool.run),
     "console": (console_page.BENCHMARK, console_page.run),
+    "metrics": (metrics_scrape.BENCHMARK, metrics_scrape.run),
+    "isolation": (live_isolation.BENCHMARK, live_isolation.run),
 }
 
 
