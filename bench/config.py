@@ -76,6 +76,9 @@ class Sizes:
     console_requests: int  # per page measured (and scrapes of /metrics)
     metrics_attempt_rows: int  # the attempt log under /metrics
     isolation_requests: int  # stats of healthy-server tenants, per case
+    placement_fleets: tuple[int, ...]  # placed tenants under the timed placements
+    placement_requests: int  # placements timed per fleet size
+    placement_concurrent_per_placer: int  # tenants each of the 8 placers places
 
 
 FULL = Sizes(
@@ -97,6 +100,9 @@ FULL = Sizes(
     console_requests=500,
     metrics_attempt_rows=1_000_000,
     isolation_requests=500,
+    placement_fleets=(1_000, 100_000, 1_000_000),
+    placement_requests=500,
+    placement_concurrent_per_placer=250,
 )
 
 QUICK = Sizes(
@@ -118,4 +124,7 @@ QUICK = Sizes(
     console_requests=20,
     metrics_attempt_rows=20_000,
     isolation_requests=30,
+    placement_fleets=(1_000, 10_000),
+    placement_requests=50,
+    placement_concurrent_per_placer=20,
 )

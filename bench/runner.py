@@ -23,6 +23,7 @@ from bench import (
     metrics_scrape,
     node_pool,
     onboarding,
+    placement_scale,
     reconcile_cost,
     request_latency,
     stats_endpoint,
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "console": (console_page.BENCHMARK, console_page.run),
     "metrics": (metrics_scrape.BENCHMARK, metrics_scrape.run),
     "isolation": (live_isolation.BENCHMARK, live_isolation.run),
+    "placement": (placement_scale.BENCHMARK, placement_scale.run),
 }
 
 

@@ -20,7 +20,7 @@ from worker.models import (
     tenants,
 )
 from worker.nodes import NodePool
-from worker.placement import NodeUsage, usage
+from worker.placement import NodeUsage, tenants_per_node, usage
 from worker.states import (
     IN_PROGRESS_STATES,
     RESUMABLE_REASONS,
@@ -75,16 +75,9 @@ class ProvisioningCollector(Collector):
                 ).all()
             )
             names = [n.name for n in configured]
-            unconfigured: dict[str, int] = dict(
-                conn.execute(
-                    select(tenants.c.influxdb_node, func.count())
-                    .where(
-                        tenants.c.influxdb_node.is_not(None),
-                        tenants.c.influxdb_node.not_in(names),
-                    )
-                    .group_by(tenants.c.influxdb_node)
-                ).all()
-            )
+            unconfigured = {
+                name: count for name, count in tenants_per_node(conn).items() if name not in names
+            }
             observed = dict(
                 conn.execute(
                     select(influxdb_nodes.c.name, influxdb_nodes.c.observed_databases)

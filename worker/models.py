@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -172,11 +173,24 @@ class InfluxDBNode(Base):
     """What we learned about one InfluxDB server (its configuration lives in settings)."""
 
     __tablename__ = "influxdb_nodes"
+    __table_args__ = (
+        Index(
+            "ix_influxdb_nodes_room",
+            "placed",
+            "name",
+            postgresql_where=text("configured AND full_since IS NULL"),
+        ),
+    )
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     full_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # from a 422
     observed_databases: Mapped[int | None] = mapped_column(Integer)  # at the last reconcile
     observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Tenants holding a slot here: kept by a trigger on tenants (migration 0007).
+    placed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # The nodes file as placement last wrote it: in it, and its limit.
+    configured: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    database_limit: Mapped[int | None] = mapped_column(Integer)
 
 
 influxdb_nodes = cast(Table, InfluxDBNode.__table__)

@@ -1,9 +1,13 @@
 """Placement: which InfluxDB server holds a tenant's database, with capacity as a first-class fact.
 
-A tenant holds a slot on a node while ``tenants.influxdb_node`` names it. Slots are counted and
-reserved under one transaction-scoped advisory lock, so two workers placing tenants at once
-never over-fill a node. A node that answers 422 (its real count disagrees with ours, e.g.
-databases made by hand) is marked full until the reconciler sees room on it again.
+A tenant holds a slot on a node while ``tenants.influxdb_node`` names it. Each node's row in
+``influxdb_nodes`` counts its slots (``placed``), kept by a trigger in the transaction that takes
+or frees one (migration 0007). Placing reads one row per node - never the tenants - and locks
+only the node it reserves on, re-checking its count under that lock: two workers never over-fill
+a node, and placements on different nodes do not wait for each other (a node another placer
+holds is skipped for the next least-used one). A node that answers 422 (its real count disagrees
+with ours, e.g. databases made by hand) is marked full until the reconciler sees room on it
+again; the reconciler also repairs a count that differs from the real one.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker import store
@@ -21,8 +25,6 @@ from worker.models import influxdb_nodes, tenants
 from worker.settings import NodeConfig
 
 logger = logging.getLogger(__name__)
-
-PLACEMENT_LOCK_KEY = 0x706C_6163_6521  # "place!"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class NodeUsage:
     node: NodeConfig
     used: int  # tenants holding a slot on it, by our count
     full: bool  # marked full by a 422 and not seen with room since
+    counted: bool = True  # it has a row in influxdb_nodes (a new node has none yet)
 
     @property
     def free(self) -> int:
@@ -39,17 +42,22 @@ class NodeUsage:
 
 
 def usage(conn: Connection, nodes: Iterable[NodeConfig]) -> list[NodeUsage]:
-    """Slots used and free per configured node (no lock: for reports and estimates)."""
-    nodes = list(nodes)
-    # Counting every placed tenant is cheaper than filtering on 100 node names; nodes that
-    # left the pool are simply not looked up.
-    used = tenants_per_node(conn)
-    full = set(
-        conn.execute(
-            select(influxdb_nodes.c.name).where(influxdb_nodes.c.full_since.is_not(None))
-        ).scalars()
-    )
-    return [NodeUsage(n, used.get(n.name, 0), n.name in full) for n in nodes]
+    """Slots used and free per configured node, from the nodes' counts (no lock)."""
+    known = {
+        row.name: row
+        for row in conn.execute(
+            select(influxdb_nodes.c.name, influxdb_nodes.c.placed, influxdb_nodes.c.full_since)
+        )
+    }
+    return [
+        NodeUsage(
+            node,
+            known[node.name].placed if node.name in known else 0,
+            node.name in known and known[node.name].full_since is not None,
+            counted=node.name in known,
+        )
+        for node in nodes
+    ]
 
 
 def place_tenant(
@@ -59,15 +67,76 @@ def place_tenant(
 
     Commits. Returns the node's name, or None when no node outside ``exclude`` has room.
     """
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PLACEMENT_LOCK_KEY})
-    candidates = [u for u in usage(conn, nodes) if u.free > 0 and u.node.name not in exclude]
-    if not candidates:
+    nodes = tuple(nodes)
+    sync_nodes(conn, nodes)
+    resynced = False
+    for _ in range(ROUNDS):
+        candidates = conn.execute(_CANDIDATES, {"exclude": sorted(exclude), "k": CANDIDATES}).all()
         conn.commit()
-        return None
-    chosen = min(candidates, key=lambda u: (u.used, u.node.name)).node.name
-    store.reserve_slot(conn, tenant_id, chosen)
-    conn.commit()  # releases the lock with the reservation made
-    return chosen
+        if not candidates and not resynced:
+            # Before answering "no room": the rows may have been emptied behind this
+            # process's back (a restore, a truncate); write the nodes file down again.
+            sync_nodes(conn, nodes, force=True)
+            resynced = True
+            continue
+        if not candidates:
+            return None
+        # First pass: skip nodes another placer holds; second: wait for them.
+        for wait in (False, True):
+            for candidate in candidates:
+                row = conn.execute(
+                    select(influxdb_nodes.c.placed, influxdb_nodes.c.full_since)
+                    .where(influxdb_nodes.c.name == candidate.name)
+                    .with_for_update(skip_locked=not wait)
+                ).first()
+                if row is None:
+                    continue  # held by another placer (first pass)
+                if row.full_since is None and row.placed < candidate.database_limit:
+                    store.reserve_slot(conn, tenant_id, candidate.name)  # the trigger counts it
+                    conn.commit()  # releases the node's row with the reservation made
+                    return str(candidate.name)
+                conn.commit()  # filled meanwhile: let it go before locking another (no cycles)
+    return None  # every candidate filled under our eyes, round after round
+
+
+# The least-used configured nodes with room: the first rows of ix_influxdb_nodes_room,
+# whatever the number of tenants or servers.
+_CANDIDATES = text(
+    """
+    SELECT name, database_limit FROM influxdb_nodes
+    WHERE configured AND full_since IS NULL AND placed < database_limit
+      AND name <> ALL(CAST(:exclude AS text[]))
+    ORDER BY placed, name
+    LIMIT :k
+    """
+)
+CANDIDATES = 16  # enough for concurrent placers to pass each other by
+ROUNDS = 3
+_synced: tuple[NodeConfig, ...] | None = None  # the nodes file this process last wrote down
+
+
+def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = False) -> None:
+    """Write the nodes file's names and limits into ``influxdb_nodes`` when they changed
+    since this process last did (the file changes rarely; every process converges on it)."""
+    global _synced  # noqa: PLW0603 - a per-process cache of what was written
+    if (nodes is _synced or nodes == _synced) and not force:
+        return
+    if nodes:
+        rows = [{"name": n.name, "database_limit": n.database_limit} for n in nodes]
+        upsert = pg_insert(influxdb_nodes).values([{**row, "configured": True} for row in rows])
+        conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["name"],
+                set_={"configured": True, "database_limit": upsert.excluded.database_limit},
+            )
+        )
+    conn.execute(
+        update(influxdb_nodes)
+        .where(influxdb_nodes.c.configured, influxdb_nodes.c.name.not_in([n.name for n in nodes]))
+        .values(configured=False)
+    )
+    conn.commit()
+    _synced = nodes
 
 
 def tenants_per_node(conn: Connection) -> dict[str, int]:
@@ -75,11 +144,56 @@ def tenants_per_node(conn: Connection) -> dict[str, int]:
     nodes file while tenants live there)."""
     return dict(
         conn.execute(
-            select(tenants.c.influxdb_node, func.count())
-            .where(tenants.c.influxdb_node.is_not(None))
-            .group_by(tenants.c.influxdb_node)
+            select(influxdb_nodes.c.name, influxdb_nodes.c.placed).where(
+                influxdb_nodes.c.placed > 0
+            )
         ).all()
     )
+
+
+def repair_counts(conn: Connection) -> dict[str, tuple[int, int]]:
+    """Set every node's count to the real number of tenants placed there, where they differ
+    (the trigger keeps them equal; a difference means the table was changed around it, e.g.
+    truncated). Each node is recounted under its row's lock. Commits; returns what changed,
+    as ``{node: (counted, real)}``."""
+    real = (
+        select(tenants.c.influxdb_node.label("name"), func.count().label("real"))
+        .where(tenants.c.influxdb_node.is_not(None))
+        .group_by(tenants.c.influxdb_node)
+        .subquery()
+    )
+    suspects = (
+        conn.execute(
+            select(influxdb_nodes.c.name)
+            .select_from(influxdb_nodes.outerjoin(real, real.c.name == influxdb_nodes.c.name))
+            .where(influxdb_nodes.c.placed != func.coalesce(real.c.real, 0))
+            .union(select(real.c.name).where(real.c.name.not_in(select(influxdb_nodes.c.name))))
+        )
+        .scalars()
+        .all()
+    )
+    conn.commit()
+    repaired: dict[str, tuple[int, int]] = {}
+    for name in suspects:
+        conn.execute(
+            pg_insert(influxdb_nodes)
+            .values(name=name)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        counted = conn.execute(
+            select(influxdb_nodes.c.placed).where(influxdb_nodes.c.name == name).with_for_update()
+        ).scalar_one()
+        actual = conn.execute(
+            select(func.count()).where(tenants.c.influxdb_node == name)
+        ).scalar_one()
+        if counted != actual:
+            conn.execute(
+                update(influxdb_nodes).where(influxdb_nodes.c.name == name).values(placed=actual)
+            )
+            repaired[name] = (counted, actual)
+            logger.warning("node %s: slot count %d repaired to %d", name, counted, actual)
+        conn.commit()
+    return repaired
 
 
 def mark_full(conn: Connection, node_name: str, now: datetime) -> None:

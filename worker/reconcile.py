@@ -35,7 +35,7 @@ from worker.db import advisory_lock
 from worker.findings import COLUMNS, Finding, Kind, View, find
 from worker.models import reconcile_stats, tenants
 from worker.nodes import NodePool, list_everywhere
-from worker.placement import record_observation, usage
+from worker.placement import record_observation, repair_counts, usage
 from worker.queues import Job
 from worker.redaction import redact
 from worker.runs import new_chain, new_task_id
@@ -74,6 +74,7 @@ class ReconcileSummary:
     ambiguous: int = 0  # rows from before the worker found on several servers: name_taken
     node_missing: int = 0  # tenants whose server left the nodes file
     not_queued: int = 0  # owed work the broker did not take this time
+    counts_repaired: int = 0  # nodes whose slot count differed from the real one
     influxdb_calls: int = 0
     duration_seconds: float = 0.0
     influxdb_error: str | None = None
@@ -175,6 +176,8 @@ def _run(
             owed = _Claims(conn, view, summary).apply(findings)
             conn.commit()  # state changes are durable before any message goes out
             sender.send(conn, owed)
+        # Before free slots are counted: a count that drifted would place too few or too many.
+        summary.counts_repaired = len(repair_counts(conn))
         unwaited = _unwait(conn, pool, clock)
         summary.unwaited = len(unwaited)
         sender.send(conn, [(tenant_id, Job.PROVISION, None) for tenant_id in unwaited])

@@ -1,0 +1,77 @@
+"""Each server's slot count is kept in the transaction that takes or frees a slot, so placement
+reads one row per server and locks only the one it reserves on: eight placers at once never
+over-fill a server. The reconciler repairs a count changed around the trigger."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.fast.conftest import insert
+from worker.db import get_engine
+from worker.placement import place_tenant, repair_counts, usage
+from worker.settings import NodeConfig
+
+NODES = [NodeConfig(f"n{i}", f"http://n{i}", None, 20) for i in range(5)]
+
+
+def counted(db) -> dict[str, int]:
+    return dict(db.execute("SELECT name, placed FROM influxdb_nodes WHERE placed <> 0").fetchall())
+
+
+def real(db) -> dict[str, int]:
+    return dict(
+        db.execute(
+            "SELECT influxdb_node, count(*) FROM tenants WHERE influxdb_node IS NOT NULL GROUP BY 1"
+        ).fetchall()
+    )
+
+
+def test_every_path_that_takes_or_frees_a_slot_keeps_the_count(db):
+    # Inserted placed (a row from the UI's table), placed later, released, moved, deleted
+    insert(db, "a", node="n0")
+    insert(db, "b")
+    insert(db, "c", node="n1")
+    db.execute("UPDATE tenants SET influxdb_node = 'n0' WHERE tenant_id = 'b'")
+    assert counted(db) == {"n0": 2, "n1": 1}
+    db.execute("UPDATE tenants SET influxdb_node = NULL WHERE tenant_id = 'a'")
+    db.execute("UPDATE tenants SET influxdb_node = 'n2' WHERE tenant_id = 'c'")
+    assert counted(db) == {"n0": 1, "n2": 1}
+    db.execute("UPDATE tenants SET influxdb_state = 'failed' WHERE tenant_id = 'b'")  # no slot move
+    db.execute("DELETE FROM tenants WHERE tenant_id IN ('b', 'c')")
+    assert counted(db) == {}
+    assert counted(db) == real(db)
+
+
+def test_eight_placers_at_once_never_over_fill_a_server(db):
+    # Given 5 servers of 20 slots and 8 placers with 15 tenants each (120 for 100 slots)
+    ids = [f"t{i:03d}" for i in range(120)]
+    for tenant_id in ids:
+        insert(db, tenant_id)
+
+    def placer(batch: list[str]) -> list[str | None]:
+        with get_engine().connect() as conn:
+            return [place_tenant(conn, t, NODES, exclude=set()) for t in batch]
+
+    # When they all place at once
+    with ThreadPoolExecutor(max_workers=8) as placers:
+        chosen = [
+            n for result in placers.map(placer, [ids[i::8] for i in range(8)]) for n in result
+        ]
+
+    # Then every slot is taken, none twice, and the counts are the real ones
+    assert chosen.count(None) == 20
+    assert real(db) == {node.name: 20 for node in NODES}
+    assert counted(db) == real(db)
+    with get_engine().connect() as conn:
+        assert all(u.free == 0 for u in usage(conn, NODES))
+
+
+def test_the_reconciler_repairs_a_count_changed_around_the_trigger(db):
+    insert(db, "a", node="n0")
+    insert(db, "b", node="n0")
+    db.execute("UPDATE influxdb_nodes SET placed = 7 WHERE name = 'n0'")
+    db.execute("INSERT INTO influxdb_nodes (name, placed) VALUES ('gone', 3)")
+    with get_engine().connect() as conn:
+        assert repair_counts(conn) == {"n0": (7, 2), "gone": (3, 0)}
+        assert repair_counts(conn) == {}
+    assert counted(db) == {"n0": 2}
