@@ -79,6 +79,8 @@ class Sizes:
     placement_fleets: tuple[int, ...]  # placed tenants under the timed placements
     placement_requests: int  # placements timed per fleet size
     placement_concurrent_per_placer: int  # tenants each of the 8 placers places
+    adoption_servers: int  # the upgrade's servers, each holding ...
+    adoption_per_server: int  # ... this many of the UI's tenants' databases
 
 
 FULL = Sizes(
@@ -103,6 +105,8 @@ FULL = Sizes(
     placement_fleets=(1_000, 100_000, 1_000_000),
     placement_requests=500,
     placement_concurrent_per_placer=250,
+    adoption_servers=100,
+    adoption_per_server=1000,
 )
 
 QUICK = Sizes(
@@ -127,4 +131,6 @@ QUICK = Sizes(
     placement_fleets=(1_000, 10_000),
     placement_requests=50,
     placement_concurrent_per_placer=20,
+    adoption_servers=10,
+    adoption_per_server=100,
 )

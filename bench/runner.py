@@ -17,6 +17,7 @@ from types import FrameType
 import psycopg
 
 from bench import (
+    adoption_scale,
     config,
     console_page,
     live_isolation,
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "metrics": (metrics_scrape.BENCHMARK, metrics_scrape.run),
     "isolation": (live_isolation.BENCHMARK, live_isolation.run),
     "placement": (placement_scale.BENCHMARK, placement_scale.run),
+    "adoption": (adoption_scale.BENCHMARK, adoption_scale.run),
 }
 
 
