@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Row
 
 from api_hooks.errors import TenantNotFound
@@ -23,9 +22,8 @@ from api_hooks.shapes import (
 from api_hooks.tenants import validate_tenant_id
 from worker import store
 from worker.db import get_engine
-from worker.models import influxdb_nodes
 from worker.nodes import shared_pool
-from worker.placement import tenants_per_node, usage
+from worker.placement import node_rows, tenants_per_node, usage
 from worker.redaction import redact_url
 from worker.settings import get_settings
 from worker.states import RESUMABLE_REASONS, STATES, ProvisioningState, Reason
@@ -77,9 +75,9 @@ def node_report() -> list[NodeReport]:
     live there (said plainly, never hidden): limit, tenants placed, what was last seen."""
     configured = shared_pool().nodes()
     with get_engine().connect() as conn:
-        slots = usage(conn, configured)
-        seen = {r.name: r for r in conn.execute(select(influxdb_nodes)).all()}
-        placed = tenants_per_node(conn)
+        seen = node_rows(conn)
+    slots = usage(conn, configured, seen)
+    placed = tenants_per_node(seen)
     reports: list[NodeReport] = [
         {
             "node": u.node.name,

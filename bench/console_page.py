@@ -9,7 +9,6 @@ The deep page's cursor is the one the page itself would link to (``reads.encode_
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Iterator
 
 import requests
@@ -19,6 +18,7 @@ from bench import config
 from bench.config import Sizes
 from bench.harness import Context, http_server, say
 from bench.measure import Result, time_requests, verdict
+from harness.console import sign_in
 
 BENCHMARK = "7 · operator console: tenants page"
 TARGET_SECONDS = 0.100
@@ -96,14 +96,7 @@ def _cursor(ctx: Context, state: str | None, rows_before: float) -> str:
 def _signed_in(console: str) -> requests.Session:
     """A session signed in through the form, as a browser is."""
     session = requests.Session()
-    form = session.get(f"{console}/sign-in", timeout=10)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
-    assert token, "the sign-in page has no form token"
-    answer = session.post(
-        f"{console}/sign-in",
-        data={"token": config.OPERATOR_TOKEN, "csrf_token": token.group(1), "next": console},
-        timeout=10,
-    )
+    answer = sign_in(session, console, config.OPERATOR_TOKEN)
     assert answer.status_code == 200 and "Overview" in answer.text, answer.status_code
     return session
 

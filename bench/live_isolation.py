@@ -24,6 +24,7 @@ from bench import config
 from bench.config import Sizes
 from bench.harness import Context, http_server, say
 from bench.measure import Result, time_requests, verdict
+from bench.stats_endpoint import live_answered
 from influxdb3_standin import StandIn
 
 BENCHMARK = "9 · stats while another server hangs"
@@ -67,16 +68,16 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
                     url = f"{api_url}/operator/tenants/{healthy_ids[index % TENANTS]}/stats"
                     yield functools.partial(session.get, url, timeout=30)
 
-            time_requests(gets(WARMUP_REQUESTS), _healthy_answer)
+            time_requests(gets(WARMUP_REQUESTS), live_answered(1))
             say(f"isolation: {sizes.isolation_requests} stats, all quiet")
-            quiet = time_requests(gets(sizes.isolation_requests), _healthy_answer)
+            quiet = time_requests(gets(sizes.isolation_requests), live_answered(1))
             with _pressure(api_url, other_ids) as answering:
                 say(f"isolation: {sizes.isolation_requests} stats, the other server answering")
-                busy_api = time_requests(gets(sizes.isolation_requests), _healthy_answer)
+                busy_api = time_requests(gets(sizes.isolation_requests), live_answered(1))
             other.set_hang(True)
             with _pressure(api_url, other_ids) as hanging:
                 say(f"isolation: {sizes.isolation_requests} stats, the other server hanging")
-                loaded = time_requests(gets(sizes.isolation_requests), _healthy_answer)
+                loaded = time_requests(gets(sizes.isolation_requests), live_answered(1))
     finally:
         del os.environ["INFLUXDB_NODES_FILE"]
         other.set_hang(False)
@@ -140,11 +141,3 @@ class _pressure:
                 self.busy[0] += str(live["error"]).startswith("busy")
             index += PRESSURE_THREADS
             self._stop.wait(0.1)
-
-
-def _healthy_answer(response: requests.Response) -> str | None:
-    """200, and the live check found the database with its row."""
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}"
-    live = response.json()["influxdb"]["live"]
-    return None if live["exists"] and live["telemetry_count"] == 1 else f"live {live}"

@@ -15,7 +15,7 @@ import requests
 from bench import config
 from bench.config import Sizes
 from bench.harness import Context, http_server, say
-from bench.measure import Result, time_requests, verdict
+from bench.measure import Check, Result, time_requests, verdict
 
 BENCHMARK = "4 · GET /operator/tenants/{id}/stats"
 TENANTS = 50
@@ -49,9 +49,9 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
                 url = f"{api_url}/operator/tenants/{ids[index % TENANTS]}/stats"
                 yield functools.partial(session.get, url, timeout=30)
 
-        time_requests(gets(WARMUP_REQUESTS), _live_answered)
+        time_requests(gets(WARMUP_REQUESTS), live_answered(2))
         say(f"stats, healthy: {sizes.stats_healthy_requests} requests")
-        healthy = time_requests(gets(sizes.stats_healthy_requests), _live_answered)
+        healthy = time_requests(gets(sizes.stats_healthy_requests), live_answered(2))
         ctx.standin.switches(hang=True)
         say(f"stats, hanging: {sizes.stats_hanging_requests} requests")
         try:
@@ -79,12 +79,16 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
     ]
 
 
-def _live_answered(response: requests.Response) -> str | None:
-    """200, and the live check found the database with its two rows."""
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}"
-    live = response.json()["influxdb"]["live"]
-    return None if live["exists"] and live["telemetry_count"] == 2 else f"live {live}"
+def live_answered(rows: int) -> Check:
+    """A check of stats answers: 200, and the live check found the database with ``rows``."""
+
+    def check(response: requests.Response) -> str | None:
+        if response.status_code != 200:
+            return f"HTTP {response.status_code}"
+        live = response.json()["influxdb"]["live"]
+        return None if live["exists"] and live["telemetry_count"] == rows else f"live {live}"
+
+    return check
 
 
 def _live_timed_out(response: requests.Response) -> str | None:

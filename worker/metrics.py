@@ -13,14 +13,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
+from worker import store
 from worker.models import (
-    influxdb_nodes,
     provisioning_attempt_totals,
     reconcile_stats,
     tenants,
 )
 from worker.nodes import NodePool
-from worker.placement import NodeUsage, tenants_per_node, usage
+from worker.placement import NodeUsage, node_rows, tenants_per_node, usage
 from worker.states import (
     IN_PROGRESS_STATES,
     RESUMABLE_REASONS,
@@ -41,13 +41,7 @@ class ProvisioningCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._engine.connect() as conn:
-            by_state: dict[str, int] = dict(
-                conn.execute(
-                    select(tenants.c.influxdb_state, func.count()).group_by(
-                        tenants.c.influxdb_state
-                    )
-                ).all()
-            )
+            by_state = store.count_by_state(conn)
             oldest = conn.execute(
                 select(func.min(tenants.c.created_at)).where(
                     tenants.c.influxdb_state.in_(list(IN_PROGRESS_STATES))
@@ -63,7 +57,8 @@ class ProvisioningCollector(Collector):
             ).all()
             stats = conn.execute(select(reconcile_stats)).first()
             configured = self._pool.nodes()
-            slots = usage(conn, configured)
+            rows = node_rows(conn)
+            slots = usage(conn, configured, rows)
             stalled: dict[str, int] = dict(
                 conn.execute(
                     select(func.coalesce(tenants.c.influxdb_node, _UNPLACED), func.count())
@@ -76,13 +71,9 @@ class ProvisioningCollector(Collector):
             )
             names = [n.name for n in configured]
             unconfigured = {
-                name: count for name, count in tenants_per_node(conn).items() if name not in names
+                name: count for name, count in tenants_per_node(rows).items() if name not in names
             }
-            observed = dict(
-                conn.execute(
-                    select(influxdb_nodes.c.name, influxdb_nodes.c.observed_databases)
-                ).all()
-            )
+        observed = {name: row.observed_databases for name, row in rows.items()}
 
         yield from _node_metrics(slots, observed, unconfigured)
 
@@ -100,7 +91,7 @@ class ProvisioningCollector(Collector):
             f"{PREFIX}_tenants", "Tenants by InfluxDB provisioning state.", labels=["state"]
         )
         for state in STATES:
-            states.add_metric([state], by_state.get(state, 0))
+            states.add_metric([state], by_state[state])
         yield states
 
         age = 0.0

@@ -16,9 +16,11 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Row
 
 from worker import store
 from worker.models import influxdb_nodes, tenants
@@ -34,27 +36,29 @@ class NodeUsage:
     node: NodeConfig
     used: int  # tenants holding a slot on it, by our count
     full: bool  # marked full by a 422 and not seen with room since
-    counted: bool = True  # it has a row in influxdb_nodes (a new node has none yet)
 
     @property
     def free(self) -> int:
         return 0 if self.full else max(0, self.node.database_limit - self.used)
 
 
-def usage(conn: Connection, nodes: Iterable[NodeConfig]) -> list[NodeUsage]:
-    """Slots used and free per configured node, from the nodes' counts (no lock)."""
-    known = {
-        row.name: row
-        for row in conn.execute(
-            select(influxdb_nodes.c.name, influxdb_nodes.c.placed, influxdb_nodes.c.full_since)
-        )
-    }
+def node_rows(conn: Connection) -> dict[str, Row[Any]]:
+    """Every server's row in ``influxdb_nodes`` by name: its slot count, its marks and what
+    the last listing saw there (one small read for reports that need several of them)."""
+    return {row.name: row for row in conn.execute(select(influxdb_nodes))}
+
+
+def usage(
+    conn: Connection, nodes: Iterable[NodeConfig], rows: dict[str, Row[Any]] | None = None
+) -> list[NodeUsage]:
+    """Slots used and free per configured node, from the nodes' counts (no lock); ``rows``
+    when the caller has already read them (``node_rows``)."""
+    known = node_rows(conn) if rows is None else rows
     return [
         NodeUsage(
             node,
             known[node.name].placed if node.name in known else 0,
             node.name in known and known[node.name].full_since is not None,
-            counted=node.name in known,
         )
         for node in nodes
     ]
@@ -139,16 +143,10 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
     _synced = nodes
 
 
-def tenants_per_node(conn: Connection) -> dict[str, int]:
+def tenants_per_node(rows: dict[str, Row[Any]]) -> dict[str, int]:
     """Tenants holding a slot, per node name - configured or not (a node may have left the
-    nodes file while tenants live there)."""
-    return dict(
-        conn.execute(
-            select(influxdb_nodes.c.name, influxdb_nodes.c.placed).where(
-                influxdb_nodes.c.placed > 0
-            )
-        ).all()
-    )
+    nodes file while tenants live there), from ``node_rows``."""
+    return {name: row.placed for name, row in rows.items() if row.placed > 0}
 
 
 def repair_counts(conn: Connection) -> dict[str, tuple[int, int]]:

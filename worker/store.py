@@ -20,7 +20,7 @@ from sqlalchemy.engine import Row
 
 from worker.models import tenants
 from worker.redaction import redact
-from worker.states import Adoption, ProvisioningState, Reason
+from worker.states import STATES, Adoption, ProvisioningState, Reason
 
 Clock = Callable[[], datetime]
 MAX_STORED_ERROR = 500
@@ -59,6 +59,16 @@ def page(conn: Connection, after: str, size: int, columns: Sequence[str]) -> lis
     ).all()
     conn.commit()
     return list(rows)
+
+
+def count_by_state(conn: Connection) -> dict[str, int]:
+    """Tenants per provisioning state, every state present (zero included)."""
+    counts = dict.fromkeys(STATES, 0)
+    for state, count in conn.execute(
+        select(_ROW.influxdb_state, func.count()).group_by(_ROW.influxdb_state)
+    ):
+        counts[state] = int(count)
+    return counts
 
 
 def listing(conn: Connection, state: str | None, limit: int) -> list[Row[Any]]:

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text, tuple_
+from sqlalchemy import Connection, select, text, tuple_
 
 from api_hooks.errors import InvalidTenantId
 from api_hooks.tenants import validate_tenant_id
+from worker import store
 from worker.models import UNPROVISIONED, provisioning_attempts, reconcile_stats, tenants
 from worker.states import STATES
 
@@ -48,10 +49,7 @@ class Overview:
 
 def overview(conn: Connection) -> Overview:
     """Counts per state (every state shown, zero included) and what the overview needs."""
-    counted = select(tenants.c.influxdb_state, func.count()).group_by(tenants.c.influxdb_state)
-    counts = dict.fromkeys(STATES, 0)
-    for state, count in conn.execute(counted):
-        counts[state] = int(count)
+    counts = store.count_by_state(conn)
     oldest = conn.execute(
         select(
             tenants.c.tenant_id,
