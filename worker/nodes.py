@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +104,15 @@ class Listing:
 def list_everywhere(pool: NodePool, nodes: Sequence[NodeConfig]) -> dict[str, Listing]:
     """One list call per node, all at once: a few hanging servers cost one timeout, not one
     each. Never raises for InfluxDB's sake; a failed call is a Listing without names."""
+    answers = {node.name: listing for node, listing in list_as_answered(pool, nodes)}
+    return {node.name: answers[node.name] for node in nodes}  # in the nodes' order
+
+
+def list_as_answered(
+    pool: NodePool, nodes: Sequence[NodeConfig]
+) -> Iterator[tuple[NodeConfig, Listing]]:
+    """As :func:`list_everywhere`, each node's listing yielded as soon as it answers, so a
+    caller can use it and let it go before the next one arrives."""
 
     def list_one(node: NodeConfig) -> Listing:
         try:
@@ -112,10 +121,11 @@ def list_everywhere(pool: NodePool, nodes: Sequence[NodeConfig]) -> dict[str, Li
             return Listing(None, exc)
 
     if not nodes:
-        return {}
+        return
     with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as listing:
-        results = list(listing.map(list_one, nodes))
-    return {node.name: result for node, result in zip(nodes, results, strict=True)}
+        calls = {listing.submit(list_one, node): node for node in nodes}
+        for call in as_completed(calls):
+            yield calls.pop(call), call.result()
 
 
 _shared: NodePool | None = None

@@ -7,8 +7,10 @@ someone deletes a database by hand. One run:
    dies frees the lock with its connection);
 2. re-reads the node pool and lists each server's databases once - one InfluxDB call per
    server, never one per tenant - recording what it saw (a server seen with room is no longer
-   "full");
-3. reads ``tenants`` in keyset-paginated batches and asks ``worker.findings`` what each is owed;
+   "full"), and copies each list into a temporary table as it arrives (``worker.listings``);
+3. passes over, in one query, every row provably owed nothing (a provisioned tenant whose
+   database is on its server's list: nearly all of a healthy fleet), reads the rest in
+   keyset-paginated batches and asks ``worker.findings`` what each is owed;
    state changes are guarded by the state they were found in (a worker may have moved on):
    re-queue lost work, take over a lost retry chain, recover stuck attempts, repair drift,
    locate rows from before the worker (adopt where found, new home where confirmed absent),
@@ -33,8 +35,9 @@ from sqlalchemy import Connection, Engine, update
 from worker import store
 from worker.db import advisory_lock
 from worker.findings import COLUMNS, Finding, Kind, View, find
+from worker.listings import run_listings
 from worker.models import reconcile_stats, tenants
-from worker.nodes import NodePool, list_everywhere
+from worker.nodes import NodePool, list_as_answered
 from worker.placement import record_observation, repair_counts, usage
 from worker.queues import Job
 from worker.redaction import redact
@@ -57,7 +60,8 @@ class ReconcileSummary:
     """What one reconcile run saw and did."""
 
     ran: bool = True  # False when another run held the lock
-    scanned: int = 0
+    scanned: int = 0  # every row, judged by one set-based query
+    examined: int = 0  # the rows that query could not pass over, judged one by one
     requeued: int = 0
     drift: int = 0
     stuck: int = 0
@@ -83,7 +87,7 @@ class ReconcileSummary:
     def findings(self) -> dict[str, int]:
         """What the run found and did, as counts (the operator console shows them); what it
         read and the calls it made have columns of their own."""
-        own_columns = ("ran", "scanned", "influxdb_calls")
+        own_columns = ("ran", "scanned", "examined", "influxdb_calls")
         return {k: v for k, v in self.as_dict().items() if type(v) is int and k not in own_columns}
 
     def as_dict(self) -> dict[str, Any]:
@@ -133,42 +137,39 @@ def _run(
 ) -> ReconcileSummary:
     summary = ReconcileSummary()
     nodes = pool.nodes()
+    configured = [node.name for node in nodes]
     listed_at = clock()
-    listings = list_everywhere(pool, nodes)
     errors: list[str] = []
-    with engine.connect() as conn:
-        for node in nodes:
+    sender = _Sender(publish, summary, clock)
+    with engine.connect() as conn, run_listings(conn, settings.influxdb_database_prefix) as seen:
+        for node, listing in list_as_answered(pool, nodes):
             summary.influxdb_calls += 1
-            listing = listings[node.name]
             if listing.names is None:
                 # Without the list we cannot judge drift there; owed work is still re-enqueued.
                 error = listing.error
                 errors.append(f"{node.name}: {error.reason if error else '?'}: {error}")
             else:
+                seen.add(node.name, listing.names)
                 record_observation(conn, node, len(listing.names), clock())
-    if errors:
-        summary.influxdb_error = redact("; ".join(errors), settings.secrets() + pool.secrets())
-
-    sender = _Sender(publish, summary, clock)
-    last_id = ""
-    with engine.connect() as conn:
-        while True:
-            batch = store.page(conn, last_id, settings.reconcile_batch_size, COLUMNS)
-            if not batch:
-                break
-            last_id = batch[-1].tenant_id
-            summary.scanned += len(batch)
-            summary.failed += sum(r.influxdb_state == ProvisioningState.FAILED for r in batch)
-            summary.waiting += sum(
-                r.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY for r in batch
+        if errors:
+            summary.influxdb_error = redact(
+                "; ".join(sorted(errors)), settings.secrets() + pool.secrets()
             )
+
+        counts = store.count_by_state(conn)
+        conn.commit()
+        summary.scanned = sum(counts.values())
+        summary.failed = counts[ProvisioningState.FAILED]
+        summary.waiting = counts[ProvisioningState.WAITING_FOR_CAPACITY]
+        summary.examined = seen.select_owed(configured, listed_at)
+        for batch in seen.batches(settings.reconcile_batch_size, COLUMNS):
             now = clock()
             view = View(
                 now=now,
                 listed_at=listed_at,
                 grace=timedelta(seconds=settings.reconcile_requeue_after_seconds),
                 stuck_after=now - timedelta(seconds=settings.task_time_limit),
-                listings={name: listing.names for name, listing in listings.items()},
+                listings=seen.view_of(batch, configured),
             )
             findings = [
                 (row, find(row, settings.database_name(row.tenant_id), view)) for row in batch

@@ -1,0 +1,106 @@
+"""The reconciler's set-based pass is exact: it passes over only rows ``find`` owes nothing,
+and for the rows it keeps, its narrowed view of the listings gives ``find`` the same answer
+as the whole listings would."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from typing import Any
+
+from tests.fast.conftest import T0
+from worker import store
+from worker.db import get_engine
+from worker.findings import COLUMNS, View, find
+from worker.listings import run_listings
+from worker.states import Adoption, ProvisioningState, Reason
+
+PREFIX = "telemetry_"
+LISTED_AT = T0 - timedelta(minutes=1)
+LONG_AGO = T0 - timedelta(hours=1)
+JUST_NOW = T0 - timedelta(seconds=30)  # after the servers were listed
+CONFIGURED = ("alpha", "beta", "silent")  # silent: configured, did not answer
+NODES = (None, "alpha", "silent", "gone")  # gone: no longer in the nodes file
+HOLDERS = ((), ("alpha",), ("beta",), ("alpha", "beta"))  # where the database is listed
+
+
+def _rows() -> list[dict[str, Any]]:
+    rows = []
+    combos = itertools.product(
+        ProvisioningState,
+        NODES,
+        (None, LONG_AGO, JUST_NOW),  # provisioned_at
+        HOLDERS,
+        (Reason.TIMEOUT, Reason.UNAUTHORIZED),
+        (None, Adoption.UNMARKED),
+        (None, LONG_AGO, JUST_NOW),  # enqueued_at, next_attempt_at, updated_at
+    )
+    for number, (state, node, provisioned_at, holders, reason, adopt, when) in enumerate(combos):
+        rows.append(
+            {
+                "tenant_id": f"t{number:05d}",
+                "state": state.value,
+                "node": node,
+                "provisioned_at": provisioned_at,
+                "holders": holders,
+                "reason": reason.value,
+                "adopt": adopt.value if adopt else None,
+                "when": when,
+                "updated_at": when or LONG_AGO,
+            }
+        )
+    return rows
+
+
+def test_the_set_based_pass_keeps_every_row_find_owes_something(db):
+    rows = _rows()
+    with db.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node, "
+            "influxdb_provisioned_at, influxdb_error_reason, influxdb_adopt, "
+            "influxdb_enqueued_at, influxdb_next_attempt_at, influxdb_updated_at, "
+            "influxdb_retry_chain) VALUES (%(tenant_id)s, 'n', %(state)s, %(node)s, "
+            "%(provisioned_at)s, %(reason)s, %(adopt)s, %(when)s, %(when)s, %(updated_at)s, "
+            "CASE WHEN %(when)s::timestamptz IS NULL THEN NULL ELSE 'chain:0' END)",
+            rows,
+        )
+    listed: dict[str, set[str]] = {"alpha": set(), "beta": set()}
+    for row in rows:
+        for holder in row["holders"]:
+            listed[holder].add(PREFIX + row["tenant_id"])
+    whole = {"alpha": frozenset(listed["alpha"]), "beta": frozenset(listed["beta"]), "silent": None}
+
+    def view(listings: Any) -> View:
+        return View(T0, LISTED_AT, timedelta(seconds=60), T0 - timedelta(seconds=15), listings)
+
+    with get_engine().connect() as conn:
+        expected = {
+            r.tenant_id: find(r, PREFIX + r.tenant_id, view(whole))
+            for r in store.page(conn, "", len(rows), COLUMNS)
+        }
+        with run_listings(conn, PREFIX) as seen:
+            seen.add("alpha", listed["alpha"])
+            seen.add("beta", listed["beta"])
+            kept = seen.select_owed(CONFIGURED, LISTED_AT)
+            narrowed = {}
+            for batch in seen.batches(97, COLUMNS):
+                batch_view = view(seen.view_of(batch, CONFIGURED))
+                narrowed.update(
+                    {r.tenant_id: find(r, PREFIX + r.tenant_id, batch_view) for r in batch}
+                )
+
+    owed = {tenant_id for tenant_id, finding in expected.items() if finding is not None}
+    assert len(expected) == len(rows)
+    assert owed <= narrowed.keys(), sorted(owed - narrowed.keys())[:5]
+    assert {t: narrowed[t] for t in narrowed} == {t: expected[t] for t in narrowed}
+    assert kept == len(narrowed)
+    # And the pass is worth having: the healthy rows are passed over.
+    healthy = [
+        r["tenant_id"]
+        for r in rows
+        if r["state"] == ProvisioningState.PROVISIONED
+        and r["node"] == "alpha"
+        and "alpha" in r["holders"]
+    ]
+    assert healthy and not set(healthy) & narrowed.keys()
+    assert len(narrowed) < len(rows) - len(healthy) / 2

@@ -1,0 +1,152 @@
+"""One reconcile run's listings, kept in Postgres so that the fleet is judged set-based.
+
+A healthy fleet is almost all ``provisioned`` rows whose database is on their server's list.
+Judging them one by one in Python cost a second per 100,000 tenants and held every name in
+memory. Instead, each server's list is copied into a temporary table as it arrives (and
+dropped from memory), and one query keeps only the rows ``worker.findings.find`` could owe
+something: every row except those it provably passes over (see :data:`_PASSED_OVER`). Those
+few are then read in keyset batches with, for each, the servers whose list holds its
+database - all ``find`` needs to know of the listings for that row.
+
+The temporary tables live on the run's own connection and are dropped when it ends.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from worker.states import ProvisioningState
+
+_LISTED = "reconcile_listed"
+_OWED = "reconcile_owed"
+
+# Rows find() returns None for whatever else holds: on a configured server (or none, where the
+# state ignores it), and either waiting for capacity, or provisioned and not contradicted by
+# the listing - provisioned after the servers were listed, on a server that did not answer, or
+# with its database on its server's list.
+_PASSED_OVER = f"""
+    (t.influxdb_node IS NULL OR t.influxdb_node = ANY(:configured))
+    AND (
+        t.influxdb_state = '{ProvisioningState.WAITING_FOR_CAPACITY.value}'
+        OR (
+            t.influxdb_state = '{ProvisioningState.PROVISIONED.value}'
+            AND t.influxdb_node IS NOT NULL
+            AND (
+                t.influxdb_provisioned_at IS NULL
+                OR t.influxdb_provisioned_at >= :listed_at
+                OR NOT t.influxdb_node = ANY(:answered)
+                OR EXISTS (
+                    SELECT 1 FROM {_LISTED} l
+                    WHERE l.node = t.influxdb_node AND l.database = :prefix || t.tenant_id
+                )
+            )
+        )
+    )
+"""  # noqa: S608 - built from constants; values are bound parameters
+
+
+class RunListings:
+    """The servers' lists and the rows owed a judgement, for one run on one connection."""
+
+    def __init__(self, conn: Connection, prefix: str) -> None:
+        self._conn, self._prefix = conn, prefix
+        self.answered: list[str] = []
+        self.owed = 0  # rows left to judge one by one
+
+    def add(self, node: str, names: Collection[str]) -> None:
+        """Copy one server's list into the run's table (commits)."""
+        cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {_LISTED} (node, database) FROM STDIN") as copy:
+            for name in names:
+                if "\x00" not in name:  # Postgres text cannot hold NUL; no name of ours has one
+                    copy.write_row((node, name))
+        self._conn.commit()
+        self.answered.append(node)
+
+    def select_owed(self, configured: Sequence[str], listed_at: datetime) -> int:
+        """Keep, in one query, every row find() may owe something, with the servers listing
+        its database; returns how many (commits)."""
+        self._conn.execute(text(f"ANALYZE {_LISTED}"))
+        self._conn.execute(
+            text(f"""
+                INSERT INTO {_OWED} (tenant_id, seen_on)
+                SELECT t.tenant_id,
+                       coalesce(array_agg(l.node) FILTER (WHERE l.node IS NOT NULL), '{{}}')
+                FROM tenants t
+                LEFT JOIN {_LISTED} l ON l.database = :prefix || t.tenant_id
+                WHERE NOT ({_PASSED_OVER})
+                GROUP BY t.tenant_id
+            """),  # noqa: S608 - constant table names; values are bound parameters
+            {
+                "configured": list(configured),
+                "answered": self.answered,
+                "listed_at": listed_at,
+                "prefix": self._prefix,
+            },
+        )
+        count = text(f"SELECT count(*) FROM {_OWED}")  # noqa: S608 - a constant table name
+        self.owed = int(self._conn.execute(count).scalar_one())
+        self._conn.commit()
+        return self.owed
+
+    def batches(self, size: int, columns: Sequence[str]) -> Iterator[list[Any]]:
+        """The owed rows as they are now, by id, ``size`` at a time, each with ``seen_on``
+        (committed reads)."""
+        wanted = ", ".join(f"t.{name}" for name in columns)
+        last = ""
+        while True:
+            batch = self._conn.execute(
+                text(f"""
+                    SELECT {wanted}, o.seen_on FROM {_OWED} o
+                    JOIN tenants t ON t.tenant_id = o.tenant_id
+                    WHERE o.tenant_id > :last ORDER BY o.tenant_id LIMIT :size
+                """),  # noqa: S608 - constant names (COLUMNS); values are bound parameters
+                {"last": last, "size": size},
+            ).all()
+            self._conn.commit()
+            if not batch:
+                return
+            last = batch[-1].tenant_id
+            yield list(batch)
+
+    def view_of(
+        self, batch: Sequence[Any], configured: Sequence[str]
+    ) -> dict[str, frozenset[str] | None]:
+        """The listings as find() sees them for ``batch``: per configured server, the batch's
+        databases on its list, or None where it did not answer. Exact for these rows, as
+        find() only asks whether a row's own database is on a list."""
+        on: dict[str, set[str]] = defaultdict(set)
+        for row in batch:
+            for node in row.seen_on:
+                on[node].add(self._prefix + row.tenant_id)
+        answered = set(self.answered)
+        return {n: frozenset(on.get(n, ())) if n in answered else None for n in configured}
+
+
+@contextmanager
+def run_listings(conn: Connection, prefix: str) -> Iterator[RunListings]:
+    """The run's temporary tables on ``conn``, dropped when the run ends, however it ends."""
+    _drop(conn)  # a run that died on this pooled connection may have left them
+    conn.execute(text(f"CREATE TEMPORARY TABLE {_LISTED} (node text NOT NULL, database text)"))
+    conn.execute(
+        text(
+            f"CREATE TEMPORARY TABLE {_OWED} (tenant_id text PRIMARY KEY, seen_on text[] NOT NULL)"
+        )
+    )
+    conn.commit()
+    try:
+        yield RunListings(conn, prefix)
+    finally:
+        conn.rollback()
+        _drop(conn)
+
+
+def _drop(conn: Connection) -> None:
+    conn.execute(text(f"DROP TABLE IF EXISTS {_LISTED}, {_OWED}"))
+    conn.commit()
