@@ -12,8 +12,9 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from worker.errors import ProvisioningError
@@ -122,10 +123,18 @@ def list_as_answered(
 
     if not nodes:
         return
-    with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as listing:
-        calls = {listing.submit(list_one, node): node for node in nodes}
-        for call in as_completed(calls):
-            yield calls.pop(call), call.result()
+    workers = min(16, len(nodes))
+    waiting = iter(nodes)
+    with ThreadPoolExecutor(max_workers=workers) as listing:
+        # A window of calls in flight, not all at once: answers must not pile up in memory
+        # faster than the caller lets them go.
+        calls = {listing.submit(list_one, node): node for node in islice(waiting, 2 * workers)}
+        while calls:
+            done, _ = wait(calls, return_when=FIRST_COMPLETED)
+            for call in done:
+                yield calls.pop(call), call.result()
+                for node in islice(waiting, 1):
+                    calls[listing.submit(list_one, node)] = node
 
 
 _shared: NodePool | None = None

@@ -13,12 +13,12 @@ again; the reconciler also repairs a count that differs from the real one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 
@@ -205,18 +205,35 @@ def mark_full(conn: Connection, node_name: str, now: datetime) -> None:
     logger.warning("node %s refused a new database (422): marked full", node_name)
 
 
-def record_observation(conn: Connection, node: NodeConfig, databases: int, now: datetime) -> None:
-    """Store what a list call saw; a node seen with room is no longer marked full."""
-    has_room = databases < node.database_limit
-    values: dict[str, object] = {"observed_databases": databases, "observed_at": now}
+def record_observations(
+    conn: Connection, seen: Sequence[tuple[NodeConfig, int]], now: datetime
+) -> None:
+    """Store what the list calls saw, ``(node, databases)`` each, in one statement; a node seen
+    with room is no longer marked full. Commits."""
+    if not seen:
+        return
+    stmt = pg_insert(influxdb_nodes)
     conn.execute(
-        pg_insert(influxdb_nodes)
-        .values(name=node.name, full_since=None if has_room else now, **values)
-        .on_conflict_do_update(
+        stmt.values(
+            [
+                {
+                    "name": node.name,
+                    "observed_databases": databases,
+                    "observed_at": now,
+                    "full_since": None if databases < node.database_limit else now,
+                }
+                for node, databases in seen
+            ]
+        ).on_conflict_do_update(
             index_elements=["name"],
             set_={
-                **values,
-                "full_since": None if has_room else func.coalesce(influxdb_nodes.c.full_since, now),
+                "observed_databases": stmt.excluded.observed_databases,
+                "observed_at": stmt.excluded.observed_at,
+                # Full: since it was first seen full; room: no longer full.
+                "full_since": case(
+                    (stmt.excluded.full_since.is_(None), None),
+                    else_=func.coalesce(influxdb_nodes.c.full_since, stmt.excluded.full_since),
+                ),
             },
         )
     )

@@ -38,11 +38,11 @@ from worker.findings import COLUMNS, Finding, Kind, View, find
 from worker.listings import run_listings
 from worker.models import reconcile_stats, tenants
 from worker.nodes import NodePool, list_as_answered
-from worker.placement import record_observation, repair_counts, usage
+from worker.placement import record_observations, repair_counts, usage
 from worker.queues import Job
 from worker.redaction import redact
 from worker.runs import new_chain, new_task_id
-from worker.settings import Settings
+from worker.settings import NodeConfig, Settings
 from worker.states import ProvisioningState, Reason
 from worker.store import Clock, utcnow
 
@@ -140,17 +140,20 @@ def _run(
     configured = [node.name for node in nodes]
     listed_at = clock()
     errors: list[str] = []
+    observed: list[tuple[NodeConfig, int]] = []
     sender = _Sender(publish, summary, clock)
     with engine.connect() as conn, run_listings(conn, settings.influxdb_database_prefix) as seen:
-        for node, listing in list_as_answered(pool, nodes):
-            summary.influxdb_calls += 1
-            if listing.names is None:
-                # Without the list we cannot judge drift there; owed work is still re-enqueued.
-                error = listing.error
-                errors.append(f"{node.name}: {error.reason if error else '?'}: {error}")
-            else:
-                seen.add(node.name, listing.names)
-                record_observation(conn, node, len(listing.names), clock())
+        with seen.copying() as copy_list:
+            for node, listing in list_as_answered(pool, nodes):
+                summary.influxdb_calls += 1
+                if listing.names is None:
+                    # Without the list we cannot judge drift there; owed work is still queued.
+                    error = listing.error
+                    errors.append(f"{node.name}: {error.reason if error else '?'}: {error}")
+                else:
+                    copy_list(node.name, listing.names)
+                    observed.append((node, len(listing.names)))
+        record_observations(conn, observed, clock())  # and commits the copied lists
         if errors:
             summary.influxdb_error = redact(
                 "; ".join(sorted(errors)), settings.secrets() + pool.secrets()

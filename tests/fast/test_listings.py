@@ -79,8 +79,9 @@ def test_the_set_based_pass_keeps_every_row_find_owes_something(db):
             for r in store.page(conn, "", len(rows), COLUMNS)
         }
         with run_listings(conn, PREFIX) as seen:
-            seen.add("alpha", listed["alpha"])
-            seen.add("beta", listed["beta"])
+            with seen.copying() as copy_list:
+                copy_list("alpha", listed["alpha"])
+                copy_list("beta", listed["beta"])
             kept = seen.select_owed(CONFIGURED, LISTED_AT)
             narrowed = {}
             for batch in seen.batches(97, COLUMNS):

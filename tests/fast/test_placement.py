@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import tenant_row
 from tests.fast.conftest import insert
 from worker.db import get_engine
-from worker.placement import mark_full, place_tenant, record_observation, usage
+from worker.placement import mark_full, place_tenant, record_observations, usage
 from worker.settings import NodeConfig
 
 ALPHA = NodeConfig("alpha", "http://a", None, 3)
@@ -59,7 +59,7 @@ def test_a_server_that_answered_422_is_skipped_until_seen_with_room(db):
     assert place("acme", [ALPHA, BETA]) == "beta"
 
     with get_engine().connect() as conn:
-        record_observation(conn, ALPHA, databases=1, now=NOW)  # the reconciler saw room
+        record_observations(conn, [(ALPHA, 1)], now=NOW)  # the reconciler saw room
     assert place("globex", [ALPHA, BETA]) == "alpha"
 
 
