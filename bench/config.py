@@ -81,6 +81,7 @@ class Sizes:
     placement_concurrent_per_placer: int  # tenants each of the 8 placers places
     adoption_servers: int  # the upgrade's servers, each holding ...
     adoption_per_server: int  # ... this many of the UI's tenants' databases
+    fleet_reconciles: tuple[tuple[int, int], ...]  # (servers, tenants on each) per fleet
 
 
 FULL = Sizes(
@@ -107,6 +108,7 @@ FULL = Sizes(
     placement_concurrent_per_placer=250,
     adoption_servers=100,
     adoption_per_server=1000,
+    fleet_reconciles=((100, 1000), (1000, 1000)),
 )
 
 QUICK = Sizes(
@@ -133,4 +135,5 @@ QUICK = Sizes(
     placement_concurrent_per_placer=20,
     adoption_servers=10,
     adoption_per_server=100,
+    fleet_reconciles=((10, 100), (50, 100)),
 )

@@ -20,6 +20,7 @@ from bench import (
     adoption_scale,
     config,
     console_page,
+    fleet_reconcile,
     live_isolation,
     metrics_scrape,
     node_pool,
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "isolation": (live_isolation.BENCHMARK, live_isolation.run),
     "placement": (placement_scale.BENCHMARK, placement_scale.run),
     "adoption": (adoption_scale.BENCHMARK, adoption_scale.run),
+    "fleet": (fleet_reconcile.BENCHMARK, fleet_reconcile.run),
 }
 
 

@@ -29,7 +29,9 @@ class StandIn:
     """In-memory InfluxDB 3 Core stand-in serving HTTP on ``host:port`` (port 0: pick one).
 
     Not InfluxDB: it implements the contract in ``../shared/influxdb3-api.md`` for tests and local
-    runs. All switches are thread-safe and apply to the next request.
+    runs. All switches are thread-safe and apply to the next request. ``poll_interval``: how
+    often the serving thread looks for ``stop()`` (requests are served at once whatever it is);
+    a process hosting hundreds of stand-ins wants it long, as every wake-up costs a syscall.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class StandIn:
         port: int = 0,
         token: str | None = None,
         database_limit: int = 5,
+        poll_interval: float = 0.05,
     ) -> None:
         if database_limit < 0:
             raise ValueError("database_limit must be >= 0")
@@ -60,7 +63,7 @@ class StandIn:
         self._counters = Counters()
         self._api = Api(self._lock, self._catalog, self._counters, token)
         self._faults = Faults(self._changed)
-        self._listener = Listener(self._changed, self._answer)
+        self._listener = Listener(self._changed, self._answer, poll_interval)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

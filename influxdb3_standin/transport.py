@@ -40,8 +40,11 @@ class Listener:
     notified when a connection closes so that ``stop()`` can wait for handlers to finish.
     """
 
-    def __init__(self, changed: threading.Condition, app: Application) -> None:
+    def __init__(
+        self, changed: threading.Condition, app: Application, poll_interval: float = 0.05
+    ) -> None:
         self._changed = changed
+        self._poll_interval = poll_interval
         self.app = app
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
@@ -54,7 +57,7 @@ class Listener:
         port = int(server.server_address[1])
         thread = threading.Thread(
             target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": self._poll_interval},
             name=f"influxdb3-standin:{port}",
             daemon=True,
         )
