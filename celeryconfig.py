@@ -13,6 +13,8 @@ operator API all agree. Why each reliability setting is what it is:
 - results ignored: Postgres, not the result backend, says whether a tenant is provisioned.
 """
 
+from typing import Any
+
 from kombu.entity import Exchange, Queue
 
 from worker.queues import (
@@ -33,6 +35,7 @@ broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
 # Bounds connecting (TCP and, on RabbitMQ, the AMQP handshake) wherever a process publishes.
 broker_connection_timeout = _settings.broker_publish_timeout
+broker_transport_options: dict[str, Any]
 if _settings.broker is Broker.RABBITMQ:
     broker_transport_options = {
         # Every publish waits for the broker's ack: a message counts as queued only once
