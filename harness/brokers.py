@@ -55,6 +55,11 @@ class RabbitMQVhost:
         rows = (line.split("\t") for line in table.splitlines() if line.strip())
         return {row[0]: {"messages": row[1], "durable": row[2]} for row in rows if len(row) == 3}
 
+    def purge(self, queues: tuple[str, ...]) -> None:
+        """Drop the messages waiting in ``queues`` (those that exist)."""
+        for queue in set(self.queues()) & set(queues):
+            rabbitmqctl("purge_queue", "-p", self.name, queue)
+
     def messages(self, queue: str) -> int:
         """Messages in ``queue`` (0 when it does not exist yet)."""
         return int(self.queues().get(queue, {}).get("messages", 0))
