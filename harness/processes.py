@@ -154,6 +154,21 @@ def _celery(
     )
 
 
+def start_api(
+    log_path: Path, port: int, env: Mapping[str, str] | None = None, timeout: float = 30.0
+) -> subprocess.Popen[bytes]:
+    """The operator API (``python -m api_hooks``) on 127.0.0.1:``port``, ready once /healthz
+    answers (which reads neither Postgres nor the broker)."""
+    return start(
+        [sys.executable, "-m", "api_hooks", "--port", str(port)],
+        log_path,
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
+        what="the operator API",
+        env=env,
+        timeout=timeout,
+    )
+
+
 def pool_pids(parent: int) -> list[int]:
     """Pids of the direct children of ``parent`` (a prefork worker's pool processes)."""
     children = []

@@ -1,5 +1,5 @@
 # Shared by scripts/run-local, scripts/test and .ci/run: a venv with the pinned packages, and
-# the local Postgres and Redis running. Sourced, not executed.
+# the local Postgres and Redis (and, for the tests, RabbitMQ) running. Sourced, not executed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +41,24 @@ ensure_services() {
   fi
   pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not reachable" >&2; exit 1; }
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { echo "Redis is not reachable" >&2; exit 1; }
+}
+
+amqp_port_open() {
+  # The AMQP listener answers only while the RabbitMQ application runs (rabbitmqctl takes seconds).
+  (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
+}
+
+ensure_rabbitmq() {
+  # The broker tests and drills also run on RabbitMQ (a vhost of their own). Started with the
+  # machine; start it only if it is down: the application inside a running node (a drill
+  # restarts it that way), else the node itself.
+  if ! amqp_port_open; then
+    echo "==> starting RabbitMQ"
+    rabbitmqctl -q start_app 2>/dev/null || rabbitmq-server -detached
+    rabbitmqctl -q await_startup --timeout 120 || true
+    for _ in $(seq 100); do amqp_port_open && break; sleep 0.2; done
+  fi
+  amqp_port_open || { echo "RabbitMQ is not reachable on 127.0.0.1:5672" >&2; exit 1; }
 }
 
 ensure_browser() {

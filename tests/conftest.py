@@ -3,6 +3,8 @@
 Each test run gets its own Postgres database (created here, dropped at the end) and its own
 Redis DB number (TEST_REDIS_DB, default 11); nothing else on the servers is touched. The
 settings are chosen before anything imports ``worker``, and are the worker process's too.
+Tests that concern the broker run once per broker (``any_broker``): on Redis, and on a RabbitMQ
+vhost of the run's own (created on first use, deleted at the end); the rest run on Redis.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import redis
 import requests
 
 from harness import databases, processes
+from harness.brokers import RabbitMQVhost
 from harness.processes import ROOT, free_port
 
 PG_ADMIN_DSN = databases.ADMIN_DSN
@@ -34,6 +37,7 @@ REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
 INFLUX_TOKEN = "influx-test-token-" + secrets.token_hex(8)
 OPERATOR_TOKEN = "operator-test-token-" + secrets.token_hex(8)
 TEST_DATABASE = f"tp_test_{os.getpid()}_{secrets.token_hex(3)}"
+TEST_RABBITMQ_VHOST = TEST_DATABASE
 
 __all__ = ["ROOT", "free_port"]
 
@@ -188,6 +192,48 @@ def broker() -> Iterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQVhost]:
+    """Our own vhost of the local RabbitMQ: its queues and messages are this run's only."""
+    vhost = RabbitMQVhost(TEST_RABBITMQ_VHOST).create()
+    yield vhost
+    vhost.delete()
+
+
+class BrokerUnderTest:
+    """The broker a broker test runs on: ``kind`` (redis or rabbitmq) and its URL."""
+
+    def __init__(self, kind: str, url: str) -> None:
+        self.kind = kind
+        self.url = url
+
+    def env(self) -> dict[str, str]:
+        """What a process started for the test needs to use this broker."""
+        return {"CELERY_BROKER_URL": self.url}
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def any_broker(request: pytest.FixtureRequest) -> BrokerUnderTest:
+    """Each broker in turn: Redis (our DB number) and RabbitMQ (our vhost)."""
+    if request.param == "rabbitmq":
+        vhost: RabbitMQVhost = request.getfixturevalue("rabbitmq")
+        return BrokerUnderTest("rabbitmq", vhost.url)
+    request.getfixturevalue("broker")
+    return BrokerUnderTest("redis", TEST_ENV["CELERY_BROKER_URL"])
+
+
+def start_api(
+    log_path: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A real operator API process (``python -m api_hooks``); returns it and its base URL."""
+    port = free_port()
+    try:
+        process = processes.start_api(log_path, port, {**os.environ, **(extra_env or {})})
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"the API did not start ({exc}):\n{log_path.read_text(errors='replace')}")
+    return process, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from worker.settings_rules import Broker, broker_of
 from worker.settings_table import (
     RETENTION_PERIOD,
     RETENTION_PERIOD_RULE,
@@ -28,10 +30,11 @@ from worker.settings_table import (
     read_secret,
 )
 
-# SettingsError and the retention rule are re-exported: callers import them from here.
+# SettingsError, Broker and the retention rule are re-exported: callers import them from here.
 __all__ = [
     "RETENTION_PERIOD",
     "RETENTION_PERIOD_RULE",
+    "Broker",
     "NodeConfig",
     "Settings",
     "SettingsError",
@@ -117,6 +120,7 @@ class Settings:
     task_soft_time_limit: int
     task_time_limit: int
     broker_visibility_timeout: int
+    broker_consumer_timeout: int
     broker_publish_timeout: float
     reconcile_interval_seconds: float
     reconcile_batch_size: int
@@ -151,13 +155,28 @@ class Settings:
             raise SettingsError(
                 "PROVISION_BACKOFF_BASE_SECONDS must not exceed PROVISION_BACKOFF_CAP_SECONDS"
             )
-        # A retry waits in the worker as an unacknowledged ETA message; Redis re-delivers it after
-        # the visibility timeout, so the longest wait plus a run must stay well inside it.
-        if 2 * (self.backoff_cap_seconds + self.task_time_limit) > self.broker_visibility_timeout:
+        # A retry waits in the worker as an unacknowledged ETA message, then runs before it is
+        # acknowledged (late acks): the longest wait plus a run must stay well inside the time
+        # the broker lets a message stay unacknowledged. Redis re-delivers it to another worker
+        # after the visibility timeout; RabbitMQ closes the worker's channel after its
+        # consumer_timeout, re-delivering every message the worker holds.
+        held = 2 * (self.backoff_cap_seconds + self.task_time_limit)
+        if self.broker is Broker.REDIS and held > self.broker_visibility_timeout:
             raise SettingsError(
                 "CELERY_VISIBILITY_TIMEOUT must be at least twice PROVISION_BACKOFF_CAP_SECONDS + "
                 "PROVISION_TIME_LIMIT, or Redis re-delivers waiting retries"
             )
+        if self.broker is Broker.RABBITMQ and held > self.broker_consumer_timeout:
+            raise SettingsError(
+                "RABBITMQ_CONSUMER_TIMEOUT (the server's consumer_timeout) must be at least twice "
+                "PROVISION_BACKOFF_CAP_SECONDS + PROVISION_TIME_LIMIT, or RabbitMQ closes the "
+                "worker's channel while retries wait"
+            )
+
+    @property
+    def broker(self) -> Broker:
+        """Redis or RabbitMQ, from the scheme of CELERY_BROKER_URL."""
+        return broker_of(self.broker_url)
 
     def default_nodes(self) -> tuple[NodeConfig, ...]:
         """The pool at start-up: INFLUXDB_NODES[_FILE], else INFLUXDB_URL as a pool of one."""
@@ -182,7 +201,9 @@ class Settings:
                 values.append(make_url(url).password)
             except ArgumentError:
                 continue
-        return tuple(v for v in values if v)
+            # As written in the URL too (percent-encoded), the way a client may print it.
+            values.append(urllib.parse.urlsplit(url).password)
+        return tuple(dict.fromkeys(v for v in values if v))
 
 
 def _node_pool(env: Mapping[str, str]) -> tuple[tuple[NodeConfig, ...], str | None]:

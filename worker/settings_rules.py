@@ -7,7 +7,9 @@ variable.
 
 from __future__ import annotations
 
+import enum
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeAlias
@@ -52,6 +54,45 @@ def link_url(url: str) -> str:
     url = http_url(url, "FLOWER_URL")
     if "@" in url.split("://", 1)[1].split("/", 1)[0]:
         raise SettingsError("FLOWER_URL must not carry credentials (user:password@)")
+    return url
+
+
+class Broker(enum.StrEnum):
+    """Which kind of server CELERY_BROKER_URL names: the options and checks differ."""
+
+    REDIS = "redis"
+    RABBITMQ = "rabbitmq"
+
+
+# The URL schemes kombu maps to each broker (amqp is the pure-Python py-amqp client).
+BROKER_SCHEMES = {
+    "redis": Broker.REDIS,
+    "rediss": Broker.REDIS,
+    "amqp": Broker.RABBITMQ,
+    "amqps": Broker.RABBITMQ,
+    "pyamqp": Broker.RABBITMQ,
+}
+BROKER_URL_RULE = "a `redis://`, `rediss://`, `amqp://`, `amqps://` or `pyamqp://` URL"
+
+
+def broker_of(url: str) -> Broker:
+    """The broker a checked CELERY_BROKER_URL names."""
+    return BROKER_SCHEMES[url.split("://", 1)[0].lower()]
+
+
+def broker_url(url: str) -> str:
+    """CELERY_BROKER_URL: Redis or RabbitMQ; the error never repeats the URL (its password)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise SettingsError("CELERY_BROKER_URL is not a valid URL") from None
+    scheme = parts.scheme if "://" in url else ""  # "redis:6379" is a host and port
+    if scheme.lower() not in BROKER_SCHEMES:
+        got = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise SettingsError(
+            f"CELERY_BROKER_URL must be {BROKER_URL_RULE.replace('`', '')} (got {got})"
+        )
     return url
 
 

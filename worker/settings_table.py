@@ -13,12 +13,14 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from worker.settings_rules import (
+    BROKER_URL_RULE,
     DATABASE_PREFIX,
     HARD_DELETE,
     RETENTION_PERIOD,
     RETENTION_PERIOD_RULE,
     SettingsError,
     Value,
+    broker_url,
     http_url,
     link_url,
     psycopg_url,
@@ -119,7 +121,9 @@ SETTINGS: tuple[Setting, ...] = (
         "CELERY_BROKER_URL",
         "broker_url",
         default="redis://127.0.0.1:6379/0",
-        help="the Celery broker (Redis)",
+        normalise=broker_url,
+        rule=BROKER_URL_RULE,
+        help='the Celery broker, Redis or RabbitMQ (see "Which broker")',
     ),
     Setting(
         "CELERY_VISIBILITY_TIMEOUT",
@@ -128,8 +132,18 @@ SETTINGS: tuple[Setting, ...] = (
         3600,
         minimum=10,
         unit="s",
-        help="Redis re-delivers unacknowledged messages after this; "
+        help="Redis only: Redis re-delivers unacknowledged messages after this; "
         "at least twice `PROVISION_BACKOFF_CAP_SECONDS` + `PROVISION_TIME_LIMIT`",
+    ),
+    Setting(
+        "RABBITMQ_CONSUMER_TIMEOUT",
+        "broker_consumer_timeout",
+        int,
+        1800,
+        minimum=10,
+        unit="s",
+        help="RabbitMQ only: the server's `consumer_timeout` (rabbitmq.conf; 30 min by default), "
+        "for a check: at least twice `PROVISION_BACKOFF_CAP_SECONDS` + `PROVISION_TIME_LIMIT`",
     ),
     Setting(
         "CELERY_PUBLISH_TIMEOUT",

@@ -121,11 +121,16 @@ def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None
     tenant's retry chain (``worker.runs``).
     """
     task = deprovision_tenant_influxdb if job is Job.DEPROVISION else provision_tenant_influxdb
+    timeout = get_settings().broker_publish_timeout
     try:
         task.apply_async(
             args=(tenant_id,),
             task_id=task_id,
             retry=False,
+            # RabbitMQ (publisher confirms): how long to wait for the broker's ack, and for the
+            # socket to take the message; Redis ignores both (its socket timeouts bound it).
+            confirm_timeout=timeout,
+            timeout=timeout,
             # Celery would put the publisher's time limits in the message, and a worker obeys
             # the message: the API's settings would govern the worker's runs. None leaves the
             # worker's own PROVISION_SOFT_TIME_LIMIT / PROVISION_TIME_LIMIT in force.

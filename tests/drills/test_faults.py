@@ -15,12 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import redis
 import requests
 
 from tests.conftest import (
@@ -210,44 +208,6 @@ def test_influxdb_outage_of_20s_during_onboarding(api, db, influx, custom_worker
         f"verified: {retrying} were retrying during the outage; all 100 provisioned "
         f"{took:.1f}s after it began (budget {budget:.0f}s + 3s for the work itself)"
     )
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path):
-    """A redis-server process of our own (no persistence, like the machine's) we may kill."""
-    port = free_port()
-    command = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
-
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        client = redis.Redis(port=port)
-        wait_for(lambda: _pings(client), what="redis-server to start")
-        return process
-
-    handle = {"process": start(), "start": start, "port": port}
-    yield handle
-    stop_process(handle["process"])
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def test_redis_restart_with_tasks_in_flight(db, influx, own_redis, tmp_path, report):

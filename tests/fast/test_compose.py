@@ -23,6 +23,7 @@ import pytest
 import yaml
 from celery import Celery
 
+from worker.settings import Settings
 from worker.settings_table import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,29 +31,43 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SECRETS_DIR = ROOT / "secrets"
 
-INFRA_SERVICES = ("postgres", "redis", "influxdb")
+INFRA_SERVICES = ("postgres", "redis", "rabbitmq", "influxdb")
 APP_SERVICES = ("migrate", "worker", "beat", "flower", "api")
 SECRETS_MOUNT = "/run/secrets/"
 
-# What each app service waits for before it starts.
+# What each app service waits for before it starts (RabbitMQ: only when its profile is on).
 EXPECTED_DEPENDENCIES = {
     "migrate": {"postgres": "service_healthy"},
     "worker": {
         "migrate": "service_completed_successfully",
         "redis": "service_healthy",
+        "rabbitmq": "service_healthy",
         "influxdb": "service_healthy",
     },
-    "beat": {"migrate": "service_completed_successfully", "redis": "service_healthy"},
-    "flower": {"migrate": "service_completed_successfully", "redis": "service_healthy"},
+    "beat": {
+        "migrate": "service_completed_successfully",
+        "redis": "service_healthy",
+        "rabbitmq": "service_healthy",
+    },
+    "flower": {
+        "migrate": "service_completed_successfully",
+        "redis": "service_healthy",
+        "rabbitmq": "service_healthy",
+    },
     "api": {
         "migrate": "service_completed_successfully",
         "redis": "service_healthy",
+        "rabbitmq": "service_healthy",
         "influxdb": "service_healthy",
     },
 }
 
 # ${NAME:?message}: Compose refuses to run while NAME is unset, so nothing starts unguarded.
 REQUIRED_VARIABLE = re.compile(r"\$\{[A-Z_][A-Z0-9_]*:\?[^}]*\}")
+# ${NAME:-}: empty when unset. Only for a service behind a profile, which Compose interpolates
+# even when the profile is off (a :? there would stop the default stack); its command must
+# then refuse to start without the value.
+OPTIONAL_VARIABLE = re.compile(r"\$\{[A-Z_][A-Z0-9_]*:-\}")
 SECRET_FILE_REFERENCE = re.compile(r"(?:/run/secrets/|\./secrets/)[\w.-]+")
 
 
@@ -183,6 +198,34 @@ def test_redis_keeps_queued_messages_across_a_restart(services: dict[str, dict[s
     assert "/data" in volume_targets(redis), "the append-only file must live on a volume"
 
 
+def test_rabbitmq_is_the_durable_broker_behind_a_profile(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    rabbitmq = services["rabbitmq"]
+    assert rabbitmq["profiles"] == ["rabbitmq"]
+    assert rabbitmq["image"].startswith("rabbitmq:")
+    # Its queues live under the node name (rabbit@<hostname>), on a volume: a fixed hostname
+    # finds them again when the container is re-created
+    assert rabbitmq["hostname"]
+    assert "/var/lib/rabbitmq" in volume_targets(rabbitmq)
+    assert "check_port_connectivity" in rabbitmq["healthcheck"]["test"]
+
+    # The apps' broker is Redis by default and CELERY_BROKER_URL when set, and both the default
+    # and the RabbitMQ URL the file's header gives are brokers the settings accept
+    url = environment_of(services["worker"])["CELERY_BROKER_URL"] or ""
+    default = re.fullmatch(r"\$\{CELERY_BROKER_URL:-(.+)\}", url)
+    assert default, f"CELERY_BROKER_URL must be overridable, got {url!r}"
+    assert Settings.from_env({"CELERY_BROKER_URL": default.group(1)}).broker == "redis"
+    env = environment_of(rabbitmq)
+    header = COMPOSE_FILE.read_text(encoding="utf-8").split("\nservices:", 1)[0]
+    documented = re.search(r"CELERY_BROKER_URL=(amqp://\S+)", header)
+    assert documented, "the header must say which CELERY_BROKER_URL selects RabbitMQ"
+    amqp = documented.group(1).replace("${RABBITMQ_PASSWORD}", "pw")
+    assert Settings.from_env({"CELERY_BROKER_URL": amqp}).broker == "rabbitmq"
+    user, vhost = env["RABBITMQ_DEFAULT_USER"], env["RABBITMQ_DEFAULT_VHOST"]
+    assert amqp == f"amqp://{user}:pw@rabbitmq:5672/{vhost}"
+
+
 def test_exactly_one_beat_keeps_its_schedule_on_a_volume(
     services: dict[str, dict[str, Any]],
 ) -> None:
@@ -216,7 +259,8 @@ def test_services_wait_for_what_they_need(services: dict[str, dict[str, Any]]) -
             )
 
     # And every condition can be met: a healthy service has a health check, a completed one
-    # is a one-shot that is not restarted
+    # is a one-shot that is not restarted, and one behind a profile is not required (or the
+    # default stack, without the profile, would not start)
     for name, service in services.items():
         for dependency, settings in (service.get("depends_on") or {}).items():
             condition = settings.get("condition")
@@ -224,6 +268,8 @@ def test_services_wait_for_what_they_need(services: dict[str, dict[str, Any]]) -
                 assert "healthcheck" in services[dependency], f"{name}: {dependency} never healthy"
             if condition == "service_completed_successfully":
                 assert services[dependency].get("restart") == "no", f"{dependency} is a one-shot"
+            if services[dependency].get("profiles"):
+                assert settings.get("required") is False, f"{name} requires {dependency}"
 
 
 # --- the app processes --------------------------------------------------------------------------
@@ -290,7 +336,13 @@ def test_no_secret_is_written_in_the_compose_file(compose: dict[str, Any]) -> No
                 assert key.endswith("_FILE"), f"{name}: {key} would put a token in the environment"
                 assert value and value.startswith(SECRETS_MOUNT), f"{name}: {key}={value}"
             # Passwords only from the operator's environment, and required
-            elif re.search("PASSWORD|SECRET|AUTH", key):
+            elif re.search("PASSWORD|SECRET|AUTH|_PASS$", key):
+                if service.get("profiles") and value and OPTIONAL_VARIABLE.fullmatch(value):
+                    guard = f'test -n "$${key}"'
+                    assert guard in " ".join(command_of(service)), (
+                        f"{name}: {key} may be empty, so its command must refuse it ({guard})"
+                    )
+                    continue
                 assert value and REQUIRED_VARIABLE.fullmatch(value), (
                     f"{name}: {key} must be ${{VAR:?message}}, not a value or a default"
                 )

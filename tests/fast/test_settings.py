@@ -161,6 +161,66 @@ def test_invalid_settings_fail_fast_naming_the_variable(env, named):
         Settings.from_env(env)
 
 
+# --- the broker ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "broker"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis"),
+        ("rediss://:pw@redis.example:6380/1", "redis"),
+        ("amqp://guest:guest@127.0.0.1:5672//", "rabbitmq"),
+        ("pyamqp://user:pw@rabbit/tenants", "rabbitmq"),
+        ("AMQPS://user:pw@rabbit:5671/tenants", "rabbitmq"),
+    ],
+)
+def test_the_broker_is_redis_or_rabbitmq_by_its_scheme(url, broker):
+    settings = Settings.from_env({"CELERY_BROKER_URL": url})
+    assert settings.broker == broker
+    assert settings.broker_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("kafka://broker:9092", "got scheme 'kafka'"),
+        ("redis:6379", "got no scheme"),
+        ("broker", "got no scheme"),
+        ("amqp://user:hunter2@rabbit:notaport/", "CELERY_BROKER_URL is not a valid URL"),
+    ],
+)
+def test_a_broker_url_of_another_kind_is_refused_without_repeating_it(url, message):
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"CELERY_BROKER_URL": url})
+    assert raised.value.args[0].startswith("CELERY_BROKER_URL ")
+    assert message in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_the_redis_visibility_timeout_binds_only_redis():
+    # Given retries that wait up to 15 minutes: twice (900 + 90) s is past Redis's 3600 s
+    slow = {"PROVISION_BACKOFF_CAP_SECONDS": "900", "CELERY_VISIBILITY_TIMEOUT": "1980"}
+    with pytest.raises(SettingsError, match="CELERY_VISIBILITY_TIMEOUT"):
+        Settings.from_env({**slow, "CELERY_VISIBILITY_TIMEOUT": "1900"})
+    assert Settings.from_env(slow).broker == "redis"
+
+    # Then RabbitMQ ignores the visibility timeout: its consumer_timeout (30 min) binds instead
+    rabbit = {"CELERY_BROKER_URL": "amqp://rabbit//", "CELERY_VISIBILITY_TIMEOUT": "10"}
+    assert Settings.from_env(rabbit).broker_consumer_timeout == 1800
+    with pytest.raises(SettingsError, match="RABBITMQ_CONSUMER_TIMEOUT") as raised:
+        Settings.from_env({**rabbit, "PROVISION_BACKOFF_CAP_SECONDS": "900"})
+    assert "consumer_timeout" in str(raised.value)
+
+    # And a server configured for longer waits is told so, and the same settings pass
+    longer = {**rabbit, "PROVISION_BACKOFF_CAP_SECONDS": "900", "RABBITMQ_CONSUMER_TIMEOUT": "3600"}
+    assert Settings.from_env(longer).backoff_cap_seconds == 900.0
+
+
+def test_a_broker_password_is_a_secret_decoded_and_as_written():
+    settings = Settings.from_env({"CELERY_BROKER_URL": "amqp://tp:s3cr%2Fet@rabbit:5672/tp"})
+    assert {"s3cr/et", "s3cr%2Fet"} <= set(settings.secrets())
+
+
 def test_token_file_is_read_and_stripped(tmp_path):
     path = tmp_path / "token"
     path.write_text("file-token-value\n")

@@ -1,0 +1,74 @@
+"""celeryconfig per broker: RabbitMQ gets durable queues, persistent messages and publisher
+confirms; Redis keeps its own options. Each configuration is imported in a process of its own,
+as the worker and the API import it (its values are read from the environment at import)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from worker.queues import ALL_QUEUES
+
+SHOW_CONFIG = """
+import json, celeryconfig as c
+print(json.dumps({
+    "transport": c.broker_transport_options,
+    "connect_timeout": c.broker_connection_timeout,
+    "delivery_mode": c.task_default_delivery_mode,
+    "queues": [
+        {"name": q.name, "durable": q.durable, "exchange": q.exchange.name,
+         "exchange_durable": q.exchange.durable, "routing_key": q.routing_key}
+        for q in c.task_queues
+    ],
+}))
+"""
+
+
+def config_for(broker_url: str) -> dict[str, Any]:
+    shown = subprocess.run(
+        [sys.executable, "-c", SHOW_CONFIG],
+        cwd=ROOT,
+        env={**os.environ, "CELERY_BROKER_URL": broker_url, "CELERY_PUBLISH_TIMEOUT": "1.5"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    return dict(json.loads(shown.stdout))
+
+
+def test_rabbitmq_gets_confirms_durable_queues_and_persistent_messages():
+    config = config_for("amqp://tp:pw@rabbit:5672/tp")
+
+    # Publishing waits for the broker's ack, after one bounded connection attempt
+    assert config["transport"] == {"confirm_publish": True, "max_retries": 0}
+    assert config["connect_timeout"] == 1.5
+
+    # Every queue and its exchange outlive a broker restart, and so do the messages in them
+    assert config["delivery_mode"] == "persistent"
+    assert [q["name"] for q in config["queues"]] == list(ALL_QUEUES)
+    for queue in config["queues"]:
+        assert queue["durable"] and queue["exchange_durable"], queue
+        assert queue["exchange"] == queue["routing_key"] == queue["name"]
+
+
+def test_redis_keeps_its_own_options_and_queue_order():
+    config = config_for("redis://127.0.0.1:6379/3")
+    transport = config["transport"]
+    assert transport["queue_order_strategy"] == "priority"
+    assert transport["visibility_timeout"] == int(os.environ["CELERY_VISIBILITY_TIMEOUT"])
+    assert transport["socket_connect_timeout"] == 1.5
+    assert "confirm_publish" not in transport
+
+
+@pytest.mark.parametrize("broker_url", ["kafka://broker:9092", "rabbit:5672"])
+def test_a_process_refuses_a_broker_it_cannot_use(broker_url):
+    with pytest.raises(AssertionError, match="CELERY_BROKER_URL must be a redis://"):
+        config_for(broker_url)
