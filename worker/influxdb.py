@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -75,6 +76,13 @@ class InfluxDB3Client:
         self._session.mount("https://", adapter)
         if token:
             self._session.headers["Authorization"] = f"Bearer {token}"
+        # What requests would read from the environment on every call (proxies, CA bundle),
+        # read once: that lookup scanned os.environ per request, ~0.5 ms of CPU each.
+        self._session.trust_env = False
+        self._session.proxies = requests.utils.get_environ_proxies(self.url)
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if ca_bundle:
+            self._session.verify = ca_bundle
         self.calls = 0  # requests sent, for the reconciler's cost summary
         self._calls_lock = threading.Lock()
 

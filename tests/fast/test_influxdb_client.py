@@ -144,3 +144,22 @@ def test_415_and_unknown_4xx_are_rejections(scripted):
     assert not isinstance(raised.value, InvalidDatabaseName)
     assert isinstance(raised.value, InfluxDBRejected)
     assert not isinstance(raised.value, InfluxDBBadResponse)
+
+
+def test_the_environments_proxy_is_still_used_read_once(scripted, monkeypatch):
+    # Given a proxy in the environment (the scripted server plays it) when the client is made
+    monkeypatch.setenv("HTTP_PROXY", scripted.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    scripted.answer(200, '[{"iox::database": "telemetry_a"}]')
+    client = InfluxDB3Client("http://influxdb.invalid:8181", "token-abc", read_timeout=1.0)
+    monkeypatch.delenv("HTTP_PROXY")  # read once: a later change does not matter
+
+    # Then its calls go through that proxy, to the server's absolute URL
+    assert client.list_databases() == ["telemetry_a"]
+    ((method, target, _),) = scripted.requests
+    assert (method, target.split("?")[0]) == (
+        "GET",
+        "http://influxdb.invalid:8181/api/v3/configure/database",
+    )
+    client.close()
