@@ -63,7 +63,7 @@ class Sizes:
     latency_inline_blackholed_requests: int  # each of these waits out the 10 s timeout
     latency_warmup_requests: int
     onboarding_tenants: int
-    onboarding_concurrencies: tuple[int, ...]
+    onboarding_pools: tuple[tuple[str, int], ...]  # (Celery pool kind, concurrency) per case
     reconcile_tenants: tuple[int, ...]
     reconcile_runs: int  # per size; the table shows the median
     stats_healthy_requests: int
@@ -89,8 +89,8 @@ FULL = Sizes(
     latency_inline_slow_requests=1000,
     latency_inline_blackholed_requests=20,
     latency_warmup_requests=20,
-    onboarding_tenants=2000,
-    onboarding_concurrencies=(4, 8),
+    onboarding_tenants=10_000,
+    onboarding_pools=(("prefork", 4), ("prefork", 8), ("threads", 16), ("threads", 32)),
     reconcile_tenants=(1_000, 10_000, 100_000),
     reconcile_runs=3,
     stats_healthy_requests=1000,
@@ -117,7 +117,7 @@ QUICK = Sizes(
     latency_inline_blackholed_requests=1,
     latency_warmup_requests=5,
     onboarding_tenants=80,
-    onboarding_concurrencies=(4, 8),
+    onboarding_pools=(("prefork", 4), ("threads", 16)),
     reconcile_tenants=(1_000, 5_000),
     reconcile_runs=1,
     stats_healthy_requests=50,

@@ -62,7 +62,7 @@ def http_server(module: str, workdir: Path) -> Iterator[str]:
 
 @dataclass
 class Worker:
-    """A running ``celery -A worker worker`` (prefork) process."""
+    """A running ``celery -A worker worker`` process."""
 
     process: subprocess.Popen[bytes]
     hostname: str
@@ -77,16 +77,19 @@ _worker_starts = 0
 
 
 @contextlib.contextmanager
-def celery_worker(workdir: Path, concurrency: int) -> Iterator[Worker]:
+def celery_worker(workdir: Path, concurrency: int, pool: str = "prefork") -> Iterator[Worker]:
     """A real worker process, started as the tests start theirs; ready when it says so."""
     global _worker_starts  # noqa: PLW0603 - one log file per start, numbered
     _worker_starts += 1
     hostname = f"bench-worker-{_worker_starts}@{os.uname().nodename}"
-    log_path = workdir / f"worker-{_worker_starts}-c{concurrency}.log"
-    process = processes.start_worker(log_path, concurrency=concurrency, hostname=hostname)
+    log_path = workdir / f"worker-{_worker_starts}-{pool}-c{concurrency}.log"
+    process = processes.start_worker(
+        log_path, concurrency=concurrency, hostname=hostname, pool=pool
+    )
     try:
         worker = Worker(process, hostname, concurrency)
-        wait_until(lambda: len(worker.pool_pids()) >= concurrency, 30, "the worker's pool")
+        if pool == "prefork":  # a threads pool has no child processes to wait for
+            wait_until(lambda: len(worker.pool_pids()) >= concurrency, 30, "the worker's pool")
         yield worker
     finally:
         processes.stop(process)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -128,3 +129,52 @@ def slope(points: Sequence[tuple[float, float]]) -> float:
     if spread == 0:
         return 0.0
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
+def _process_groups() -> dict[int, tuple[str, int]]:
+    """pid -> (group, CPU jiffies so far) for every process: who is burning the CPU."""
+    found: dict[int, tuple[str, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="utf-8", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone in between
+        ticks = int(fields[11]) + int(fields[12])  # utime + stime
+        found[int(entry.name)] = (_group(argv), ticks)
+    return found
+
+
+def _group(argv: str) -> str:
+    if argv.startswith("postgres"):
+        return "Postgres"
+    if "redis-server" in argv:
+        return "Redis"
+    if "influxdb3_standin" in argv:
+        return "stand-in"
+    if "celery" in argv and " worker" in argv:
+        return "worker"
+    return "other"
+
+
+class ProcessCpu:
+    """CPU time per process group (worker, Postgres, Redis, stand-in, other) between
+    ``start()`` and ``seconds()``; processes started in between count in full."""
+
+    def start(self) -> None:
+        self._before = _process_groups()
+
+    def seconds(self) -> dict[str, float]:
+        spent: dict[str, float] = {}
+        for pid, (group, ticks) in _process_groups().items():
+            before = self._before.get(pid)
+            delta = ticks - before[1] if before and before[0] == group else ticks
+            spent[group] = spent.get(group, 0.0) + delta / _TICKS_PER_SECOND
+        return spent
+
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")

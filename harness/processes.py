@@ -114,10 +114,12 @@ def start_worker(
     hostname: str,
     env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    pool: str = "prefork",
 ) -> subprocess.Popen[bytes]:
-    """A real ``celery -A worker worker`` (prefork), ready when its log says so."""
+    """A real ``celery -A worker worker`` (prefork unless ``pool`` says otherwise), ready
+    when its log says so."""
     options = [
-        "--pool=prefork",
+        f"--pool={pool}",
         f"--concurrency={concurrency}",
         f"--hostname={hostname}",
         "--without-mingle",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 
 from worker.logs import configure_logging
 from worker.settings import get_settings
@@ -27,3 +27,13 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     from worker import db  # noqa: PLC0415 - imported late to keep start-up light
 
     db.get_engine()
+
+
+@worker_init.connect
+def _pool_for_threads(sender: Any = None, **_: Any) -> None:
+    # With --pool threads every task shares this process's engine and InfluxDB clients: each
+    # running task needs a connection of its own (a run holds it through its InfluxDB calls).
+    if "thread" in str(getattr(sender, "pool_cls", "")).lower():
+        from worker import db  # noqa: PLC0415 - imported late to keep start-up light
+
+        db.size_pool(int(getattr(sender, "concurrency", 0) or 0) + 2)

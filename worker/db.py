@@ -14,6 +14,14 @@ from worker.settings import get_settings
 
 _engine: Engine | None = None
 _engine_pid: int | None = None
+_pool_size = 5  # connections kept per process; a prefork child runs one task at a time
+
+
+def size_pool(connections: int) -> None:
+    """Keep ``connections`` pooled per process (from the next engine on): a worker running
+    its tasks in threads runs up to its concurrency at once, each with a connection."""
+    global _pool_size  # noqa: PLW0603 - one engine per process, by design
+    _pool_size = max(5, connections)
 
 
 def get_engine() -> Engine:
@@ -25,7 +33,7 @@ def get_engine() -> Engine:
         _engine = create_engine(
             get_settings().database_url,
             pool_pre_ping=True,  # survive Postgres restarts and terminated backends
-            pool_size=5,
+            pool_size=_pool_size,
             max_overflow=5,
             connect_args={
                 "connect_timeout": 5,
