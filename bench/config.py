@@ -19,6 +19,7 @@ PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 REDIS_DB = 12  # ours alone; the test suite uses 11
+RABBITMQ_VHOST = f"tp_bench_{secrets.token_hex(4)}"  # `--broker rabbitmq`: a vhost of the run's
 DATABASE = f"tp_bench_{secrets.token_hex(4)}"
 PG_DSN = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
 INFLUXDB_TOKEN = "apiv3_bench_" + secrets.token_hex(12)
@@ -46,12 +47,17 @@ _INHERITED_PREFIXES = ("CELERY_", "INFLUXDB_", "PROVISION_", "RECONCILE_", "FLOW
 _INHERITED_NAMES = ("DATABASE_URL", "OPERATOR_TOKEN", "OPERATOR_TOKEN_FILE", "LIVE_CHECK_TIMEOUT")
 
 
-def apply_environment() -> None:
-    """Make this process (and so every child) use the run's settings only."""
+def apply_environment(broker: str = "redis") -> None:
+    """Make this process (and so every child) use the run's settings only; ``broker``:
+    ``redis`` (DB 12) or ``rabbitmq`` (the run's own vhost)."""
     for name in list(os.environ):
         if name.startswith(_INHERITED_PREFIXES) or name in _INHERITED_NAMES:
             del os.environ[name]
     os.environ.update(BENCH_ENV)
+    if broker == "rabbitmq":
+        from harness.brokers import RabbitMQVhost  # noqa: PLC0415 - only for this broker
+
+        os.environ["CELERY_BROKER_URL"] = RabbitMQVhost(RABBITMQ_VHOST).url
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ import requests
 
 from bench import config
 from harness import databases, processes
+from harness.brokers import RabbitMQVhost
+from worker.queues import ALL_QUEUES
 
 
 def say(message: str) -> None:
@@ -179,15 +181,30 @@ def bench_database() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def bench_redis() -> Iterator[redis.Redis]:
-    """Redis DB 12, emptied before and after the run (and between phases)."""
+def bench_redis() -> Iterator[Callable[[], None]]:
+    """Redis DB 12, emptied before and after the run; yields what empties it between phases."""
     client = redis.Redis(host=config.REDIS_HOST, port=config.REDIS_PORT, db=config.REDIS_DB)
     client.flushdb()
+
+    def empty() -> None:
+        client.flushdb()
+
     try:
-        yield client
+        yield empty
     finally:
         client.flushdb()
         client.close()
+
+
+@contextlib.contextmanager
+def bench_rabbitmq() -> Iterator[Callable[[], None]]:
+    """The run's RabbitMQ vhost, deleted with its queues at the end; yields what empties its
+    queues between phases."""
+    vhost = RabbitMQVhost(config.RABBITMQ_VHOST).create()
+    try:
+        yield lambda: vhost.purge(ALL_QUEUES)
+    finally:
+        vhost.delete()
 
 
 @dataclass
@@ -196,7 +213,7 @@ class Context:
 
     workdir: Path
     standin: StandInProcess
-    broker: redis.Redis
+    empty_broker: Callable[[], None]  # drops every queued message
     db: psycopg.Connection[Any]
 
     def fresh_state(self) -> None:
@@ -204,7 +221,7 @@ class Context:
         self.db.execute(
             "TRUNCATE tenants, provisioning_attempts, provisioning_attempt_totals, influxdb_nodes"
         )
-        self.broker.flushdb()
+        self.empty_broker()
         self.standin.reset()
 
     def count(self, sql: str, *params: Any) -> int:

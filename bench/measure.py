@@ -154,6 +154,8 @@ def _group(argv: str) -> str:
         return "Postgres"
     if "redis-server" in argv:
         return "Redis"
+    if "rabbit" in argv or argv.startswith("/usr/lib/erlang"):
+        return "RabbitMQ"
     if "influxdb3_standin" in argv:
         return "stand-in"
     if "celery" in argv and " worker" in argv:
@@ -162,7 +164,7 @@ def _group(argv: str) -> str:
 
 
 class ProcessCpu:
-    """CPU time per process group (worker, Postgres, Redis, stand-in, other) between
+    """CPU time per process group (worker, Postgres, Redis, RabbitMQ, stand-in, other) between
     ``start()`` and ``seconds()``; processes started in between count in full."""
 
     def start(self) -> None:

@@ -102,7 +102,7 @@ def _placement(ctx: Context, count: int, nodes: tuple[NodeConfig, ...]) -> Resul
 
 def _provisioning(ctx: Context, count: int, standins: list[StandIn]) -> Result:
     ctx.db.execute("TRUNCATE tenants, provisioning_attempts, influxdb_nodes")
-    ctx.broker.flushdb()
+    ctx.empty_broker()
     for index in range(count):
         if not create_tenant(f"np-{index:06d}", "pool")["influxdb"]["queued"]:
             raise RuntimeError("the broker did not take a provisioning message")

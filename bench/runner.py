@@ -32,7 +32,14 @@ from bench import (
     worker_memory,
 )
 from bench.config import Sizes
-from bench.harness import Context, bench_database, bench_redis, say, standin_process
+from bench.harness import (
+    Context,
+    bench_database,
+    bench_rabbitmq,
+    bench_redis,
+    say,
+    standin_process,
+)
 from bench.measure import Result
 from bench.report import loadavg, machine_facts, render
 
@@ -70,6 +77,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"run only these ({', '.join(BENCHMARKS)})",
     )
     parser.add_argument(
+        "--broker",
+        choices=("redis", "rabbitmq"),
+        default="redis",
+        help="the broker the run's API and workers use (rabbitmq: a vhost of the run's own)",
+    )
+    parser.add_argument(
         "--keep-logs", action="store_true", help="keep the processes' logs (kept anyway on error)"
     )
     return parser.parse_args(argv)
@@ -102,17 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     selected = args.only or list(BENCHMARKS)
     facts = machine_facts(*_server_versions())
     workdir = Path(tempfile.mkdtemp(prefix="tp-bench-"))
-    say(f"database {config.DATABASE}, Redis DB {config.REDIS_DB}, logs in {workdir}")
+    where = (
+        f"RabbitMQ vhost {config.RABBITMQ_VHOST}"
+        if args.broker == "rabbitmq"
+        else (f"Redis DB {config.REDIS_DB}")
+    )
+    say(f"database {config.DATABASE}, {where}, logs in {workdir}")
+    facts["broker"] = where
     results: list[Result] = []
     failed = False
     started = time.monotonic()
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(bench_database())
-            broker = stack.enter_context(bench_redis())
+            empty_broker = stack.enter_context(
+                bench_rabbitmq() if args.broker == "rabbitmq" else bench_redis()
+            )
             standin = stack.enter_context(standin_process(workdir))
             db = stack.enter_context(psycopg.connect(config.PG_DSN, autocommit=True))
-            ctx = Context(workdir, standin, broker, db)
+            ctx = Context(workdir, standin, empty_broker, db)
             for name in selected:
                 title, benchmark = BENCHMARKS[name]
                 say(f"== {title}")
@@ -130,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     facts["load average at end (1/5/15 min)"] = loadavg()
     facts["wall time of the run"] = f"{time.monotonic() - started:.0f} s"
     command = "bash bench/run" + (" --quick" if args.quick else "")
+    if args.broker != "redis":
+        command += f" --broker {args.broker}"
     if args.only:
         command += " --only " + " ".join(args.only)
     title = f"tenant-provisioner benchmarks ({'quick smoke run' if args.quick else 'full run'})"
