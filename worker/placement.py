@@ -205,6 +205,21 @@ def mark_full(conn: Connection, node_name: str, now: datetime) -> None:
     logger.warning("node %s refused a new database (422): marked full", node_name)
 
 
+def lock_nodes(conn: Connection, names: Iterable[str]) -> None:
+    """Lock these nodes' rows, in name order, in the caller's transaction: before a batch that
+    changes several nodes' counts (through the trigger) and tenants' rows, so that it never
+    holds one node's row while waiting for another that a placer holds while it waits for a
+    tenant's row the batch holds (a deadlock)."""
+    wanted = sorted(set(names))
+    if wanted:
+        conn.execute(
+            select(influxdb_nodes.c.name)
+            .where(influxdb_nodes.c.name.in_(wanted))
+            .order_by(influxdb_nodes.c.name)
+            .with_for_update()
+        ).all()
+
+
 def record_observations(
     conn: Connection, seen: Sequence[tuple[NodeConfig, int]], now: datetime
 ) -> None:

@@ -38,7 +38,7 @@ from worker.findings import COLUMNS, Finding, Kind, View, find
 from worker.listings import run_listings
 from worker.models import reconcile_stats, tenants
 from worker.nodes import NodePool, list_as_answered
-from worker.placement import record_observations, repair_counts, usage
+from worker.placement import lock_nodes, record_observations, repair_counts, usage
 from worker.queues import Job
 from worker.redaction import redact
 from worker.runs import new_chain, new_task_id
@@ -200,6 +200,8 @@ class _Claims:
         for row, finding in findings:
             if finding is not None:
                 by_kind.setdefault(finding.kind, []).append((row, finding))
+        # Adoptions count slots on their nodes: those rows first, before any tenant's row.
+        lock_nodes(self.conn, (f.node for _, f in by_kind.get(Kind.RECORD_HOME, []) if f.node))
         for kind, items in by_kind.items():
             rows = [row for row, _ in items]
             getattr(self, f"_{kind.value}")(rows, [f for _, f in items])

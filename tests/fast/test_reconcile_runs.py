@@ -3,9 +3,13 @@ broker is the boundary: a recorder stands in for it)."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
+from typing import Any
 
-from tests.conftest import tenant_row
+import psycopg
+
+from tests.conftest import tenant_row, wait_for
 from tests.fast.conftest import T0, Published, World, insert
 from worker.db import get_engine
 from worker.queues import Job
@@ -102,3 +106,70 @@ def test_waiting_tenants_get_the_free_slots_oldest_first_with_a_fresh_budget(db,
     assert published == [("first", Job.PROVISION, None)]
     assert tenant_row(db, "first")["influxdb_attempts"] == 0
     assert tenant_row(db, "second")["influxdb_state"] == "waiting_for_capacity"
+
+
+def test_a_batch_adopting_on_two_nodes_does_not_deadlock_with_a_placer(db, world: World):
+    # Given a batch that adopts "a-old" onto alpha and "b-old" onto beta, and a placer that
+    # holds beta's row, then writes a-old's row (as a placement does: a node's row, then a
+    # tenant's row)
+    world.add("alpha").create_database("telemetry_a-old")
+    world.add("beta").create_database("telemetry_b-old")
+    insert(db, "a-old", adopt="unmarked")
+    insert(db, "b-old", adopt="unmarked")
+    dsn = db.info.dsn
+    holder = psycopg.connect(dsn)  # holds a-old's row: the run waits there, inside its batch
+    holder.execute("SELECT 1 FROM tenants WHERE tenant_id = 'a-old' FOR UPDATE")
+    outcome: dict[str, Any] = {}
+    placer_has_beta, go = threading.Event(), threading.Event()
+
+    def reconcile_run() -> None:
+        try:
+            outcome["summary"] = run(world)[1]
+        except Exception as exc:  # a deadlock: Postgres aborted the run
+            outcome["run"] = exc
+
+    def placer() -> None:
+        try:
+            with psycopg.connect(dsn) as conn:
+                conn.execute("SELECT 1 FROM influxdb_nodes WHERE name = 'beta' FOR UPDATE")
+                placer_has_beta.set()
+                go.wait(20)
+                conn.execute("UPDATE tenants SET name = 'placed' WHERE tenant_id = 'a-old'")
+        except Exception as exc:  # a deadlock: Postgres aborted the placer
+            outcome["placer"] = exc
+
+    def waiting_on_locks() -> int:
+        row = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    # When the run waits on a-old's row, the placer takes (or waits for) beta's, a-old is let
+    # go, and the placer writes a-old once the run either finished or waits for beta
+    threads = [threading.Thread(target=reconcile_run), threading.Thread(target=placer)]
+    threads[0].start()
+    wait_for(lambda: waiting_on_locks() == 1, timeout=10, what="the run waiting on a-old")
+    threads[1].start()
+    wait_for(
+        lambda: placer_has_beta.is_set() or waiting_on_locks() == 2,
+        timeout=10,
+        what="the placer holding or waiting for beta",
+    )
+    holder.commit()
+    holder.close()
+    wait_for(
+        lambda: "summary" in outcome or (placer_has_beta.is_set() and waiting_on_locks() == 1),
+        timeout=10,
+        what="the run finished, or waiting for beta",
+    )
+    go.set()
+    for thread in threads:
+        thread.join(timeout=20)
+
+    # Then neither was aborted: the run took both nodes' rows before any tenant's, so the
+    # placer waited for beta holding nothing the run needed
+    assert outcome.keys() == {"summary"}, outcome
+    assert outcome["summary"]["adopted"] == 2
+    assert tenant_row(db, "b-old")["influxdb_node"] == "beta"
+    assert tenant_row(db, "a-old")["name"] == "placed"
