@@ -126,7 +126,9 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
     if (nodes is _synced or nodes == _synced) and not force:
         return
     if nodes:
-        rows = [{"name": n.name, "database_limit": n.database_limit} for n in nodes]
+        # In name order, as every write of several nodes' rows takes them (no deadlock).
+        ordered = sorted(nodes, key=lambda node: node.name)
+        rows = [{"name": n.name, "database_limit": n.database_limit} for n in ordered]
         upsert = pg_insert(influxdb_nodes).values([{**row, "configured": True} for row in rows])
         conn.execute(
             upsert.on_conflict_do_update(
@@ -206,10 +208,10 @@ def mark_full(conn: Connection, node_name: str, now: datetime) -> None:
 
 
 def lock_nodes(conn: Connection, names: Iterable[str]) -> None:
-    """Lock these nodes' rows, in name order, in the caller's transaction: before a batch that
-    changes several nodes' counts (through the trigger) and tenants' rows, so that it never
-    holds one node's row while waiting for another that a placer holds while it waits for a
-    tenant's row the batch holds (a deadlock)."""
+    """Lock these nodes' rows, in name order, in the caller's transaction: before a write that
+    changes several nodes' counts (through the trigger), so that it takes them in the order
+    every other such write does. The caller must hold no tenant's row, and must not wait for
+    one while it holds these (see ``worker.reconcile``)."""
     wanted = sorted(set(names))
     if wanted:
         conn.execute(
@@ -237,7 +239,7 @@ def record_observations(
                     "observed_at": now,
                     "full_since": None if databases < node.database_limit else now,
                 }
-                for node, databases in seen
+                for node, databases in sorted(seen, key=lambda seen_one: seen_one[0].name)
             ]
         ).on_conflict_do_update(
             index_elements=["name"],

@@ -200,8 +200,6 @@ class _Claims:
         for row, finding in findings:
             if finding is not None:
                 by_kind.setdefault(finding.kind, []).append((row, finding))
-        # Adoptions count slots on their nodes: those rows first, before any tenant's row.
-        lock_nodes(self.conn, (f.node for _, f in by_kind.get(Kind.RECORD_HOME, []) if f.node))
         for kind, items in by_kind.items():
             rows = [row for row, _ in items]
             getattr(self, f"_{kind.value}")(rows, [f for _, f in items])
@@ -274,11 +272,23 @@ class _Claims:
         self.summary.unlocated += len(rows)
 
     def _record_home(self, rows: list[Any], findings: list[Finding]) -> None:
+        # A transaction of its own, holding no tenant's row when it starts: it takes the nodes'
+        # rows (name order), then only the tenants' rows nobody holds. A worker writes a tenant's
+        # row, then its node's (the slot trigger); a placer locks a node's row, then writes a
+        # tenant's: waiting on a tenant while holding nodes would deadlock with either.
+        self.conn.commit()
         homes = {r.tenant_id: f.node for r, f in zip(rows, findings, strict=True) if f.node}
-        store.record_homes(self.conn, homes)
-        self.summary.adopted += len(homes)
+        lock_nodes(self.conn, homes.values())
+        adopted = set(store.record_homes(self.conn, homes))
+        self.conn.commit()
+        self.summary.adopted += len(adopted)
         # Pending ones go on to provisioning there: a 409, the identity check, the marker.
-        pending = [r for r in rows if r.influxdb_state == ProvisioningState.PENDING]
+        # (A row held by a worker was skipped: that worker locates it, or the next run does.)
+        pending = [
+            r
+            for r in rows
+            if r.tenant_id in adopted and r.influxdb_state == ProvisioningState.PENDING
+        ]
         self._provision(pending, [])
 
     def _new_home(self, rows: list[Any], _: list[Finding]) -> None:

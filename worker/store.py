@@ -308,15 +308,27 @@ def to_pending(
     return sorted(moved)
 
 
-def record_homes(conn: Connection, homes: Mapping[str, str]) -> None:
-    """Rows without a server: the server where their database was found (tenant -> node)."""
-    if homes:
+def record_homes(conn: Connection, homes: Mapping[str, str]) -> list[str]:
+    """Rows without a server: the server where their database was found (tenant -> node).
+    Only rows nobody holds (a worker holding one is locating it itself); returns those."""
+    if not homes:
+        return []
+    free = list(
+        conn.execute(
+            select(_ROW.tenant_id)
+            .where(_ROW.tenant_id.in_(list(homes)), _ROW.influxdb_node.is_(None))
+            .order_by(_ROW.tenant_id)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    if free:
         conn.execute(
             sql_update(tenants)
             .where(_ROW.tenant_id == bindparam("id"), _ROW.influxdb_node.is_(None))
             .values(influxdb_node=bindparam("node")),
-            [{"id": tenant_id, "node": node} for tenant_id, node in homes.items()],
+            [{"id": tenant_id, "node": homes[tenant_id]} for tenant_id in free],
         )
+    return free
 
 
 def give_new_homes(conn: Connection, tenant_ids: Sequence[str], now: datetime) -> list[str]:

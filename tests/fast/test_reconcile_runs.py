@@ -108,68 +108,117 @@ def test_waiting_tenants_get_the_free_slots_oldest_first_with_a_fresh_budget(db,
     assert tenant_row(db, "second")["influxdb_state"] == "waiting_for_capacity"
 
 
-def test_a_batch_adopting_on_two_nodes_does_not_deadlock_with_a_placer(db, world: World):
-    # Given a batch that adopts "a-old" onto alpha and "b-old" onto beta, and a placer that
-    # holds beta's row, then writes a-old's row (as a placement does: a node's row, then a
-    # tenant's row)
-    world.add("alpha").create_database("telemetry_a-old")
-    world.add("beta").create_database("telemetry_b-old")
-    insert(db, "a-old", adopt="unmarked")
-    insert(db, "b-old", adopt="unmarked")
-    dsn = db.info.dsn
-    holder = psycopg.connect(dsn)  # holds a-old's row: the run waits there, inside its batch
-    holder.execute("SELECT 1 FROM tenants WHERE tenant_id = 'a-old' FOR UPDATE")
-    outcome: dict[str, Any] = {}
-    placer_has_beta, go = threading.Event(), threading.Event()
+class _Interleaving:
+    """A reconcile run in a thread, made to wait inside its batch: ``holder`` holds the row of
+    "a-retry" (an overdue retry, first by id, so the run's first write waits on it)."""
 
-    def reconcile_run() -> None:
+    def __init__(self, db: Any, world: World) -> None:
+        self.db, self.dsn = db, db.info.dsn
+        insert(db, "a-retry", state="retrying", next_attempt_at=LONG_AGO, retry_chain="lost:3")
+        self.holder = psycopg.connect(self.dsn)
+        self.holder.execute("SELECT 1 FROM tenants WHERE tenant_id = 'a-retry' FOR UPDATE")
+        self.outcome: dict[str, Any] = {}
+        self.run = threading.Thread(target=self._reconcile, args=(world,))
+
+    def _reconcile(self, world: World) -> None:
         try:
-            outcome["summary"] = run(world)[1]
+            self.outcome["summary"] = run(world)[1]
         except Exception as exc:  # a deadlock: Postgres aborted the run
-            outcome["run"] = exc
+            self.outcome["run"] = exc
 
-    def placer() -> None:
-        try:
-            with psycopg.connect(dsn) as conn:
-                conn.execute("SELECT 1 FROM influxdb_nodes WHERE name = 'beta' FOR UPDATE")
-                placer_has_beta.set()
-                go.wait(20)
-                conn.execute("UPDATE tenants SET name = 'placed' WHERE tenant_id = 'a-old'")
-        except Exception as exc:  # a deadlock: Postgres aborted the placer
-            outcome["placer"] = exc
-
-    def waiting_on_locks() -> int:
-        row = db.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND datname = current_database()"
+    def blocked_by(self, pid: int) -> bool:
+        """Some session waits for a lock that session ``pid`` holds."""
+        row = self.db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
         ).fetchone()
-        return int(row[0]) if row else 0
+        return bool(row and row[0])
 
-    # When the run waits on a-old's row, the placer takes (or waits for) beta's, a-old is let
-    # go, and the placer writes a-old once the run either finished or waits for beta
-    threads = [threading.Thread(target=reconcile_run), threading.Thread(target=placer)]
-    threads[0].start()
-    wait_for(lambda: waiting_on_locks() == 1, timeout=10, what="the run waiting on a-old")
-    threads[1].start()
-    wait_for(
-        lambda: placer_has_beta.is_set() or waiting_on_locks() == 2,
-        timeout=10,
-        what="the placer holding or waiting for beta",
-    )
-    holder.commit()
-    holder.close()
-    wait_for(
-        lambda: "summary" in outcome or (placer_has_beta.is_set() and waiting_on_locks() == 1),
-        timeout=10,
-        what="the run finished, or waiting for beta",
-    )
-    go.set()
-    for thread in threads:
-        thread.join(timeout=20)
+    def start(self) -> None:
+        self.run.start()
+        pid = self.holder.info.backend_pid
+        wait_for(lambda: self.blocked_by(pid), timeout=10, what="the run waiting on a-retry")
 
-    # Then neither was aborted: the run took both nodes' rows before any tenant's, so the
-    # placer waited for beta holding nothing the run needed
-    assert outcome.keys() == {"summary"}, outcome
-    assert outcome["summary"]["adopted"] == 2
-    assert tenant_row(db, "b-old")["influxdb_node"] == "beta"
-    assert tenant_row(db, "a-old")["name"] == "placed"
+    def release(self) -> None:
+        self.holder.commit()
+        self.holder.close()
+
+
+def test_a_run_adopting_onto_a_node_does_not_deadlock_with_a_worker_placing_there(db, world: World):
+    # Given a run that will adopt "b-old" onto alpha, waiting inside its batch, and a worker
+    # that writes b-old's row, then (the slot trigger) alpha's - as a worker's own adoption does
+    world.add("alpha").create_database("telemetry_b-old")
+    insert(db, "b-old", adopt="unmarked")
+    scene = _Interleaving(db, world)
+    scene.start()
+    worker = psycopg.connect(scene.dsn, autocommit=True)
+    wrote = threading.Event()
+
+    def worker_adopts() -> None:
+        try:
+            worker.execute("UPDATE tenants SET influxdb_node = 'alpha' WHERE tenant_id = 'b-old'")
+            wrote.set()
+        except Exception as exc:  # a deadlock: Postgres aborted the worker
+            scene.outcome["worker"] = exc
+
+    # When the worker writes while the run waits, and the run then goes on
+    thread = threading.Thread(target=worker_adopts)
+    thread.start()
+    run_pid = scene.db.execute(
+        "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+        (scene.holder.info.backend_pid,),
+    ).fetchone()[0]
+    wait_for(
+        lambda: wrote.is_set() or scene.blocked_by(run_pid),
+        timeout=10,
+        what="the worker's write done, or waiting on the run",
+    )
+    scene.release()
+    for waiting in (thread, scene.run):
+        waiting.join(timeout=20)
+    worker.close()
+
+    # Then neither was aborted: the run held no node's row while it waited for a tenant's
+    assert scene.outcome.keys() == {"summary"}, scene.outcome
+    assert scene.outcome["summary"]["taken_over"] == 1
+    assert tenant_row(db, "b-old")["influxdb_node"] == "alpha"
+
+
+def test_a_run_adopting_onto_two_nodes_does_not_deadlock_with_a_placer(db, world: World):
+    # Given a run that will adopt "b-old" onto alpha and "c-old" onto beta, waiting inside its
+    # batch, and a placer that holds beta's row, then writes b-old's (as a placement does)
+    world.add("alpha").create_database("telemetry_b-old")
+    world.add("beta").create_database("telemetry_c-old")
+    insert(db, "b-old", adopt="unmarked")
+    insert(db, "c-old", adopt="unmarked")
+    scene = _Interleaving(db, world)
+    scene.start()
+    placer = psycopg.connect(scene.dsn, options="-c lock_timeout=5s")  # fail, never hang
+    try:
+        placer.execute("SELECT 1 FROM influxdb_nodes WHERE name = 'beta' FOR UPDATE")
+    except psycopg.errors.LockNotAvailable as exc:  # the run holds beta while it waits
+        scene.release()
+        scene.run.join(timeout=20)
+        raise AssertionError("the run held beta's row while waiting for a tenant's") from exc
+
+    # When the run goes on until it waits for beta, and the placer then writes b-old
+    scene.release()
+    placer_pid = placer.info.backend_pid
+    wait_for(
+        lambda: "summary" in scene.outcome or scene.blocked_by(placer_pid),
+        timeout=10,
+        what="the run waiting for beta",
+    )
+    try:
+        placer.execute("UPDATE tenants SET name = 'placed' WHERE tenant_id = 'b-old'")
+        placer.commit()
+    except Exception as exc:  # a deadlock (or the lock timeout): the placer was aborted
+        scene.outcome["placer"] = exc
+    placer.close()
+    scene.run.join(timeout=20)
+
+    # Then neither was aborted: the run took both nodes' rows before any tenant's, and took
+    # the tenants' rows only once it held the nodes
+    assert scene.outcome.keys() == {"summary"}, scene.outcome
+    assert scene.outcome["summary"]["adopted"] == 2
+    assert tenant_row(db, "c-old")["influxdb_node"] == "beta"
+    assert tenant_row(db, "b-old")["name"] == "placed"
