@@ -36,4 +36,6 @@ def _pool_for_threads(sender: Any = None, **_: Any) -> None:
     if "thread" in str(getattr(sender, "pool_cls", "")).lower():
         from worker import db  # noqa: PLC0415 - imported late to keep start-up light
 
-        db.size_pool(int(getattr(sender, "concurrency", 0) or 0) + 2)
+        concurrency = getattr(sender, "concurrency", 0)
+        if isinstance(concurrency, int):  # "auto" is resolved later: the default size stays
+            db.size_pool(concurrency + 2)

@@ -13,6 +13,7 @@ The temporary tables live on the run's own connection and are dropped when it en
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,8 +21,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from worker.states import ProvisioningState
+
+logger = logging.getLogger(__name__)
 
 _LISTED = "reconcile_listed"
 _NODES = "reconcile_nodes"
@@ -66,12 +70,16 @@ class RunListings:
         """A function that copies one server's list into the run's table, for as long as the
         block lasts: one COPY for every list (a COPY per server cost three round trips each),
         in the open transaction (a commit per server would cost a disk flush each)."""
+        if not self._conn.in_transaction():
+            self._conn.begin()  # SQLAlchemy owns the transaction, so its rollback reaches it
         cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor.copy(f"COPY {_LISTED} (node, database) FROM STDIN") as copy:
+        with cursor, cursor.copy(f"COPY {_LISTED} (node, database) FROM STDIN") as copy:
 
             def add(node: str, names: Collection[str]) -> None:
                 for name in names:
-                    if "\x00" not in name:  # Postgres text holds no NUL; no name of ours has one
+                    # Not ours, and not storable as text (NUL, lone surrogates from a broken
+                    # server): a tenant's database name is printable.
+                    if name.isprintable():
                         copy.write_row((node, name))
                 self.answered.append(node)
 
@@ -81,10 +89,11 @@ class RunListings:
         """Keep, in one query, every row find() may owe something, with the servers listing
         its database; returns how many (commits)."""
         answered = set(self.answered)
-        self._conn.execute(
-            text(f"INSERT INTO {_NODES} VALUES (:node, :answered)"),  # noqa: S608 - constant
-            [{"node": node, "answered": node in answered} for node in configured],
-        )
+        if configured:
+            self._conn.execute(
+                text(f"INSERT INTO {_NODES} VALUES (:node, :answered)"),  # noqa: S608 - constant
+                [{"node": node, "answered": node in answered} for node in configured],
+            )
         self._conn.execute(text(f"ANALYZE {_LISTED}, {_NODES}"))
         self._conn.execute(text(f"SET LOCAL work_mem = '{_WORK_MEM}'"))
         self._conn.execute(
@@ -158,8 +167,14 @@ def run_listings(conn: Connection, prefix: str) -> Iterator[RunListings]:
     try:
         yield RunListings(conn, prefix)
     finally:
-        conn.rollback()
-        _drop(conn)
+        try:
+            conn.rollback()
+            _drop(conn)
+        except DBAPIError:
+            # Never hide why the run ended; a connection in an unknown state leaves the pool
+            # (its temporary tables go with its session).
+            logger.warning("could not drop the run's temporary tables", exc_info=True)
+            conn.invalidate()
 
 
 def _drop(conn: Connection) -> None:

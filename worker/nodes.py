@@ -125,7 +125,8 @@ def list_as_answered(
         return
     workers = min(16, len(nodes))
     waiting = iter(nodes)
-    with ThreadPoolExecutor(max_workers=workers) as listing:
+    listing = ThreadPoolExecutor(max_workers=workers)
+    try:
         # A window of calls in flight, not all at once: answers must not pile up in memory
         # faster than the caller lets them go.
         calls = {listing.submit(list_one, node): node for node in islice(waiting, 2 * workers)}
@@ -135,6 +136,10 @@ def list_as_answered(
                 yield calls.pop(call), call.result()
                 for node in islice(waiting, 1):
                     calls[listing.submit(list_one, node)] = node
+    finally:
+        # A caller that stops early (an error, the soft time limit) waits for the calls in
+        # flight, not for those that have not started.
+        listing.shutdown(wait=True, cancel_futures=True)
 
 
 _shared: NodePool | None = None
