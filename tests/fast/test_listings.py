@@ -105,3 +105,21 @@ def test_the_set_based_pass_keeps_every_row_find_owes_something(db):
     ]
     assert healthy and not set(healthy) & narrowed.keys()
     assert len(narrowed) < len(rows) - len(healthy) / 2
+
+
+def test_a_name_that_cannot_be_stored_is_skipped_not_fatal(db):
+    # Given a provisioned tenant on alpha, and alpha's list holding its database beside names a
+    # broken server might send: a NUL, a lone surrogate
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node, "
+        "influxdb_provisioned_at) VALUES ('ok', 'n', 'provisioned', 'alpha', %s)",
+        (LONG_AGO,),
+    )
+    with get_engine().connect() as conn, run_listings(conn, PREFIX) as seen:
+        # When the list is copied and the owed rows selected
+        with seen.copying() as copy_list:
+            copy_list("alpha", ["bad\x00name", "\ud800", PREFIX + "ok"])
+        kept = seen.select_owed(["alpha"], LISTED_AT)
+
+    # Then the run goes on, and the tenant is seen where it is: nothing is owed
+    assert kept == 0
