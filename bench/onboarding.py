@@ -30,10 +30,23 @@ TARGET_TENANTS_PER_SECOND = 300  # issue 11: InfluxDB's pace, or the ceiling and
 
 
 def run(ctx: Context, sizes: Sizes) -> list[Result]:
-    return [
-        _onboard(ctx, sizes.onboarding_tenants, pool, concurrency)
-        for pool, concurrency in sizes.onboarding_pools
-    ]
+    results = []
+    for pool, concurrency in sizes.onboarding_pools:
+        try:
+            results.append(_onboard(ctx, sizes.onboarding_tenants, pool, concurrency))
+        except TimeoutError as exc:  # one pool kind stalling must not hide the others' rows
+            say(f"{pool} pool, concurrency {concurrency}: {exc}")
+            results.append(
+                Result(
+                    BENCHMARK,
+                    f"{pool} pool, concurrency {concurrency}, InfluxDB latency 20 ms",
+                    f"{sizes.onboarding_tenants:,}",
+                    f"did not finish: {exc} ({ctx.states()})",
+                    f"≥ {TARGET_TENANTS_PER_SECOND} tenants/s, or the ceiling and its bound",
+                    "error",
+                )
+            )
+    return results
 
 
 def _onboard(ctx: Context, count: int, pool: str, concurrency: int) -> Result:

@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                 title, benchmark = BENCHMARKS[name]
                 say(f"== {title}")
                 try:
-                    results += benchmark(ctx, sizes)
+                    rows = benchmark(ctx, sizes)
+                    results += rows
+                    failed = failed or any(row.verdict == "error" for row in rows)
                 except Exception as exc:
                     failed = True
                     traceback.print_exc(file=sys.stderr)
