@@ -278,7 +278,12 @@ class WorkerHandle:
 
 
 def start_worker(
-    log_path: Path, *, concurrency: int, name: str, extra_env: dict[str, str] | None = None
+    log_path: Path,
+    *,
+    concurrency: int,
+    name: str,
+    extra_env: dict[str, str] | None = None,
+    pool: str = "prefork",
 ) -> subprocess.Popen[bytes]:
     """Start a Celery worker from the repo root and wait until it is ready."""
     try:
@@ -287,6 +292,7 @@ def start_worker(
             concurrency=concurrency,
             hostname=f"{name}@%h",
             env={**os.environ, **(extra_env or {})},
+            pool=pool,
         )
     except (RuntimeError, TimeoutError) as exc:
         pytest.fail(f"worker did not start ({exc}):\n{log_path.read_text(errors='replace')}")
@@ -401,11 +407,15 @@ def custom_worker(
     """Replace the session worker by one with other settings (e.g. more attempts) for a test."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(concurrency: int = 4, **env: str) -> WorkerHandle:
+    def start(concurrency: int = 4, pool: str = "prefork", **env: str) -> WorkerHandle:
         session_worker.stop()  # two workers would share the queues
         handle = WorkerHandle(tmp_path / f"custom-worker-{len(started)}.log")
         handle.process = start_worker(
-            handle.log_path, concurrency=concurrency, name=f"custom{len(started)}", extra_env=env
+            handle.log_path,
+            concurrency=concurrency,
+            name=f"custom{len(started)}",
+            extra_env=env,
+            pool=pool,
         )
         started.append(handle.process)
         return handle

@@ -325,3 +325,30 @@ def test_operator_api_requires_the_operator_token(api, db):
     assert api.post("/operator/tenants/a/influxdb/retry", headers=wrong).status_code == 401
     with db.cursor() as cur:
         assert cur.execute("SELECT count(*) FROM tenants").fetchone() == (0,)
+
+
+def test_a_threads_pool_worker_provisions_a_burst_each_database_once(
+    api, db, influx, custom_worker
+):
+    # Given a worker running its tasks in 16 threads of one process (the pool kind the README
+    # offers for I/O-bound bursts), and an InfluxDB that takes 50 ms per call
+    influx.set_database_limit(1000)
+    influx.set_latency(0.05)
+    worker = custom_worker(concurrency=16, pool="threads", INFLUXDB_DATABASE_LIMIT="1000")
+    tenant_ids = [new_tenant_id("threads") for _ in range(40)]
+
+    # When 40 tenants are created at once
+    for tenant_id in tenant_ids:
+        response = api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "T"})
+        assert response.status_code == 201, response.text
+
+    # Then every one is provisioned, its database created exactly once, its marker written
+    def all_provisioned() -> bool:
+        rows = [tenant_row(db, t) for t in tenant_ids]
+        return all(r is not None and r["influxdb_state"] == "provisioned" for r in rows)
+
+    wait_for(all_provisioned, timeout=60, what="40 tenants provisioned by the threads pool")
+    for tenant_id in tenant_ids:
+        assert influx.creations(f"telemetry_{tenant_id}") == 1
+    # And it was the threads pool that ran them
+    assert "concurrency: 16 (thread)" in worker.log()
