@@ -56,16 +56,7 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
 def _one_fleet(ctx: Context, servers: int, per_server: int, runs: int) -> Result:
     total = servers * per_server
     started = time.perf_counter()
-    ctx.db.execute("ALTER TABLE tenants DISABLE TRIGGER tenants_count_slots")
-    try:
-        ctx.db.execute(_INSERT, (servers, total - 1))
-    finally:
-        ctx.db.execute("ALTER TABLE tenants ENABLE TRIGGER tenants_count_slots")
-    ctx.db.execute(
-        "INSERT INTO influxdb_nodes (name, placed) SELECT influxdb_node, count(*) FROM tenants "
-        "GROUP BY influxdb_node"
-    )
-    ctx.db.execute("VACUUM ANALYZE tenants")
+    ctx.insert_placed(_INSERT, (servers, total - 1))
     say(f"fleet: {total:,} tenants inserted in {time.perf_counter() - started:.1f} s")
 
     parent, child = multiprocessing.get_context("spawn").Pipe()

@@ -80,22 +80,12 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
 def _fill(ctx: Context, fleet: int) -> None:
     ctx.fresh_state()
     say(f"placement: {fleet:,} placed tenants over {SERVERS} servers")
-    ctx.db.execute("ALTER TABLE tenants DISABLE TRIGGER tenants_count_slots")
-    try:
-        ctx.db.execute(
-            "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node) "
-            "SELECT 'f-' || i, 'Fleet tenant', 'provisioned', 's' || lpad((i %% %s)::text, 4, '0') "
-            "FROM generate_series(1, %s) AS i",
-            (SERVERS, fleet),
-        )
-    finally:
-        ctx.db.execute("ALTER TABLE tenants ENABLE TRIGGER tenants_count_slots")
-    ctx.db.execute(
-        "INSERT INTO influxdb_nodes (name, placed) SELECT influxdb_node, count(*) FROM tenants "
-        "WHERE influxdb_node IS NOT NULL GROUP BY 1"
+    ctx.insert_placed(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node) "
+        "SELECT 'f-' || i, 'Fleet tenant', 'provisioned', 's' || lpad((i %% %s)::text, 4, '0') "
+        "FROM generate_series(1, %s) AS i",
+        (SERVERS, fleet),
     )
-    ctx.db.execute("ANALYZE tenants")
-    ctx.db.execute("ANALYZE influxdb_nodes")
 
 
 def _new_tenants(ctx: Context, prefix: str, count: int) -> list[str]:
