@@ -67,7 +67,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Run the benchmarks of docs/benchmarks.md; the report goes to stdout.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="tiny sizes: a smoke run of every benchmark (< 60 s)"
+        "--quick",
+        action="store_true",
+        help="tiny sizes: a smoke run of every benchmark (a few minutes)",
     )
     parser.add_argument(
         "--only",
