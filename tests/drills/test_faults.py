@@ -12,7 +12,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -24,11 +23,10 @@ import requests
 from tests.conftest import (
     INFLUX_TOKEN,
     OPERATOR_TOKEN,
-    ROOT,
     TEST_ENV,
     concurrent_reconciles,
-    free_port,
     new_tenant_id,
+    start_api,
     start_beat,
     start_worker,
     stop_consuming,
@@ -215,26 +213,14 @@ def test_redis_restart_with_tasks_in_flight(db, influx, own_redis, tmp_path, rep
     influx.set_database_limit(1000)
     influx.set_latency(0.5)
     env = {"CELERY_BROKER_URL": f"redis://127.0.0.1:{own_redis['port']}/0", **PATIENT}
-    api_port = free_port()
     processes = []
     try:
         processes.append(
             start_worker(tmp_path / "worker.log", concurrency=2, name="redis-drill", extra_env=env)
         )
         processes.append(start_beat(tmp_path / "beat.log", tmp_path / "schedule", env))
-        with (tmp_path / "api.log").open("wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "api_hooks", "--port", str(api_port)],
-                    cwd=ROOT,
-                    env={**os.environ, **env},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        base = f"http://127.0.0.1:{api_port}"
-        wait_for(lambda: _http_up(f"{base}/healthz"), what="the API process")
+        api, base = start_api(tmp_path / "api.log", env)
+        processes.append(api)
 
         # When 30 tenants are created and Redis is killed and restarted mid-way
         tenant_ids = [new_tenant_id("redis") for _ in range(30)]
@@ -263,13 +249,6 @@ def test_redis_restart_with_tasks_in_flight(db, influx, own_redis, tmp_path, rep
             stop_process(process)
     assert_created_once(influx, tenant_ids)
     report(f"verified: all 30 provisioned {took:.1f}s after the restart; each created once")
-
-
-def _http_up(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=0.5).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 def test_postgres_connections_cut_during_provisioning(
