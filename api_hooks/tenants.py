@@ -26,6 +26,7 @@ from api_hooks.shapes import (
     DeletedTenant,
 )
 from worker import store
+from worker.clock import database_clock
 from worker.db import get_engine
 from worker.nodes import shared_pool
 from worker.queues import Job
@@ -162,7 +163,7 @@ def request_provisioning(tenant_id: str) -> bool:
         row = store.lock_for_request(conn, tenant_id)
         if row is None:
             raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
-        store.request_retry(conn, row, new_chain(task_id), store.utcnow())
+        store.request_retry(conn, row, new_chain(task_id), database_clock(conn)())
     job = (
         Job.DEPROVISION if row.influxdb_state == ProvisioningState.DEPROVISIONING else Job.PROVISION
     )
@@ -195,7 +196,7 @@ def adopt_database(tenant_id: str, node: str | None = None) -> bool:
             raise UnknownNode(
                 f"tenant {tenant_id!r} has no server yet: name the node that holds its database"
             )
-        store.request_adoption(conn, tenant_id, home, store.utcnow())
+        store.request_adoption(conn, tenant_id, home, database_clock(conn)())
     return enqueue(tenant_id, Job.PROVISION)
 
 
@@ -218,7 +219,7 @@ def delete_tenant(tenant_id: str) -> DeletedTenant:
     """
     tenant_id = validate_tenant_id(tenant_id)
     with get_engine().begin() as conn:
-        found = store.request_deletion(conn, tenant_id, store.utcnow())
+        found = store.request_deletion(conn, tenant_id, database_clock(conn)())
     if not found:
         raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
     queued = enqueue(tenant_id, Job.DEPROVISION)

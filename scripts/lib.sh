@@ -61,6 +61,27 @@ ensure_rabbitmq() {
   amqp_port_open || { echo "RabbitMQ is not reachable on 127.0.0.1:5672" >&2; exit 1; }
 }
 
+apt_install() {
+  # Debian packages the tests need, installed once per machine when missing.
+  local sudo=""
+  if [[ "$(id -u)" != 0 ]]; then
+    command -v sudo >/dev/null || { echo "install $* as root (apt-get)" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" \
+    >/dev/null
+}
+
+ensure_faketime() {
+  # The clock-skew tests run a worker and a reconciler whose clocks are off the database's.
+  if compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
+    return
+  fi
+  echo "==> installing libfaketime (apt-get), for the clock-skew tests"
+  apt_install libfaketime
+}
+
 ensure_browser() {
   # The console's browser tests drive Debian's Chromium through its ChromeDriver. Installed
   # once per machine (a test tool's own browser download does not work on this network).
@@ -68,12 +89,5 @@ ensure_browser() {
     return
   fi
   echo "==> installing chromium and chromium-driver (apt-get), for the browser tests"
-  local sudo=""
-  if [[ "$(id -u)" != 0 ]]; then
-    command -v sudo >/dev/null || { echo "install chromium and chromium-driver as root" >&2; exit 1; }
-    sudo="sudo"
-  fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    chromium chromium-driver >/dev/null
+  apt_install chromium chromium-driver
 }

@@ -25,9 +25,9 @@ from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker import store
+from worker.clock import Clock
 from worker.models import provisioning_attempt_totals, provisioning_attempts
 from worker.states import AttemptOutcome, ProvisioningState, Reason
-from worker.store import Clock
 
 TOTAL_SHARDS = 16  # rows per (outcome, reason): concurrent attempts rarely meet on one
 

@@ -25,12 +25,12 @@ from sqlalchemy import Connection
 
 from worker import identity, store
 from worker.attempts import log_attempt
+from worker.clock import Clock, database_clock
 from worker.errors import PermanentError, ProvisioningError
 from worker.nodes import NodePool, list_everywhere
 from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
 from worker.settings import NodeConfig, Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
-from worker.store import Clock, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def deprovision_tenant(
     settings: Settings,
     *,
     delivery: Delivery | None = None,
-    clock: Clock = utcnow,
+    clock: Clock | None = None,
     rng: random.Random | None = None,
 ) -> Outcome:
     """Delete the tenant's database (if it has one), then the tenant; record failures."""
@@ -59,6 +59,7 @@ def deprovision_tenant(
             return Outcome(RunResult.SKIPPED, tenant_id)
         if absorbed(row, delivery):
             return Outcome(RunResult.ABSORBED, tenant_id)
+        clock = clock or database_clock(conn)
         return _Deletion(conn, row, pool, settings, delivery, clock, rng).run()
 
 

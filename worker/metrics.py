@@ -7,7 +7,6 @@ while these come from the source of truth and survive restarts of every process.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -42,10 +41,11 @@ class ProvisioningCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._engine.connect() as conn:
             by_state = store.count_by_state(conn)
-            oldest = conn.execute(
-                select(func.min(tenants.c.created_at)).where(
-                    tenants.c.influxdb_state.in_(list(IN_PROGRESS_STATES))
-                )
+            # Aged by the database's clock, which wrote created_at (worker.clock).
+            oldest_age = conn.execute(
+                select(
+                    func.extract("epoch", func.clock_timestamp() - func.min(tenants.c.created_at))
+                ).where(tenants.c.influxdb_state.in_(list(IN_PROGRESS_STATES)))
             ).scalar()
             # Running totals (a few rows per outcome and reason), never the log itself: a
             # scrape costs the same after a million attempts.
@@ -94,10 +94,7 @@ class ProvisioningCollector(Collector):
             states.add_metric([state], by_state[state])
         yield states
 
-        age = 0.0
-        if oldest is not None:
-            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
-            age = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        age = max(0.0, float(oldest_age)) if oldest_age is not None else 0.0
         yield GaugeMetricFamily(
             f"{PREFIX}_oldest_unprovisioned_age_seconds",
             "Age of the oldest tenant not provisioned yet, failed ones aside (0 when none).",

@@ -27,6 +27,7 @@ from sqlalchemy import Connection
 
 from worker import identity, store
 from worker.attempts import AttemptRecord, NotStarted, log_attempt
+from worker.clock import Clock, database_clock
 from worker.errors import (
     DatabaseLimitReached,
     InfluxDBBadResponse,
@@ -40,7 +41,6 @@ from worker.placement import mark_full, place_tenant
 from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
 from worker.settings import NodeConfig, Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
-from worker.store import Clock, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def provision_tenant(
     settings: Settings,
     *,
     delivery: Delivery | None = None,
-    clock: Clock = utcnow,
+    clock: Clock | None = None,
     rng: random.Random | None = None,
 ) -> Outcome:
     """Ensure the tenant's database exists on its server and holds the ``_init`` marker,
@@ -77,6 +77,7 @@ def provision_tenant(
         if absorbed(row, delivery):
             logger.info("a retry is already scheduled by another message; absorbed")
             return Outcome(RunResult.ABSORBED, tenant_id)
+        clock = clock or database_clock(conn)
         return _Run(conn, row, pool, settings, delivery, clock, rng).run()
 
 

@@ -27,12 +27,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, update
 
 from worker import store
+from worker.clock import Clock, database_clock
 from worker.db import advisory_lock
 from worker.findings import COLUMNS, Finding, Kind, View, find
 from worker.listings import run_listings
@@ -44,7 +45,6 @@ from worker.redaction import redact
 from worker.runs import new_chain, new_task_id
 from worker.settings import NodeConfig, Settings
 from worker.states import ProvisioningState, Reason
-from worker.store import Clock, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -112,17 +112,20 @@ def reconcile(
     settings: Settings,
     publish: Publish,
     *,
-    clock: Clock = utcnow,
+    clock: Clock | None = None,
 ) -> ReconcileSummary:
-    """One reconcile run; see the module docstring."""
+    """One reconcile run; see the module docstring. Its times come from ``clock``, by default
+    the database's (``worker.clock``), whatever this host's clock says."""
     started = time.monotonic()
     with engine.connect() as lock_conn, advisory_lock(lock_conn, RECONCILE_LOCK_KEY) as acquired:
         if not acquired:
             logger.info("reconcile skipped: another run holds the lock")
             return ReconcileSummary(ran=False)
+        clock = clock or database_clock(lock_conn)
+        started_at = clock()
         summary = _run(engine, pool, settings, publish, clock)
     summary.duration_seconds = round(time.monotonic() - started, 3)
-    _store(engine, summary, clock)
+    _store(engine, summary, started_at)
     logger.info(
         "reconcile: %s duration=%.3fs%s",
         summary.line(),
@@ -362,7 +365,7 @@ def _unwait(conn: Connection, pool: NodePool, clock: Clock) -> list[str]:
     return moved
 
 
-def _store(engine: Engine, summary: ReconcileSummary, clock: Clock) -> None:
+def _store(engine: Engine, summary: ReconcileSummary, started_at: datetime) -> None:
     with engine.begin() as conn:
         conn.execute(
             update(reconcile_stats)
@@ -372,7 +375,7 @@ def _store(engine: Engine, summary: ReconcileSummary, clock: Clock) -> None:
                 requeued_total=reconcile_stats.c.requeued_total + summary.requeued,
                 drift_total=reconcile_stats.c.drift_total + summary.drift,
                 stuck_total=reconcile_stats.c.stuck_total + summary.stuck,
-                last_started_at=clock() - timedelta(seconds=summary.duration_seconds),
+                last_started_at=started_at,
                 last_duration_seconds=summary.duration_seconds,
                 last_scanned=summary.scanned,
                 last_influxdb_calls=summary.influxdb_calls,

@@ -4,17 +4,18 @@ Each function is one intention (create, ask for a retry, start an attempt, take 
 ...), and each write is guarded by what the caller saw: a provisioning run never writes a
 tenant that is being deleted (the operator does not wait for the run's lock), the reconciler
 moves a row only from the state it found it in. Stored errors pass through :func:`clean_error`
-(secrets removed, no NUL, bounded); time comes from an injectable clock. Nothing here commits
-unless its docstring says so: the caller owns the transaction.
+(secrets removed, no NUL, bounded); times come from the caller, on the database's clock
+(``worker.clock``). Nothing here commits unless its docstring says so: the caller owns the
+transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select
+from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Row
 
@@ -22,14 +23,8 @@ from worker.models import tenants
 from worker.redaction import redact
 from worker.states import STATES, Adoption, ProvisioningState, Reason
 
-Clock = Callable[[], datetime]
 MAX_STORED_ERROR = 500
 _ROW = tenants.c
-
-
-def utcnow() -> datetime:
-    """The default clock: aware UTC now."""
-    return datetime.now(UTC)
 
 
 def clean_error(message: str, secrets: Iterable[str]) -> str:
@@ -100,7 +95,9 @@ def create(conn: Connection, tenant_id: str, name: str, retention_period: str | 
     )
 
 
-def mark_enqueued(conn: Connection, tenant_ids: Sequence[str], now: datetime | None) -> None:
+def mark_enqueued(
+    conn: Connection, tenant_ids: Sequence[str], now: datetime | ColumnElement[datetime] | None
+) -> None:
     """Record when messages were published (None: never, the reconciler's cue to publish)."""
     if not tenant_ids:
         return

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from worker import attempts, store
 from worker.celery_app import app
+from worker.clock import DATABASE_NOW, database_clock
 from worker.db import get_engine
 from worker.deprovisioning import deprovision_tenant
 from worker.logs import log_context
@@ -36,7 +37,6 @@ from worker.redaction import redact
 from worker.runs import Delivery, Outcome, next_backoff
 from worker.settings import get_settings
 from worker.states import RunResult
-from worker.store import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +104,9 @@ def prune_attempt_log() -> dict[str, Any]:
     """Delete attempt-log rows older than PROVISIONING_ATTEMPTS_RETENTION_DAYS, in batches; the
     running totals that /metrics reads are kept. Stops early before its time limit."""
     settings = get_settings()
-    older_than = utcnow() - timedelta(days=settings.attempts_retention_days)
     deadline = time.monotonic() + PRUNE_BUDGET_SECONDS
     with get_engine().connect() as conn:
+        older_than = database_clock(conn)() - timedelta(days=settings.attempts_retention_days)
         deleted = attempts.prune_attempt_log(
             conn, older_than, PRUNE_BATCH_SIZE, stop=lambda: time.monotonic() > deadline
         )
@@ -160,7 +160,7 @@ def enqueue(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None
             return False
         try:
             with get_engine().begin() as conn:
-                store.mark_enqueued(conn, [tenant_id], store.utcnow())
+                store.mark_enqueued(conn, [tenant_id], DATABASE_NOW)
         except DBAPIError:
             logger.warning("queued, but could not record when", exc_info=True)
         return True

@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.conftest import (
@@ -338,8 +337,9 @@ def test_attempts_whose_worker_died_count_and_end_as_worker_lost(db, influx, wor
     tenant_id = new_tenant_id("lost")
     db.execute(
         "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_attempts, "
-        "influxdb_updated_at, influxdb_node) VALUES (%s, 'n', 'provisioning', 6, %s, 'default')",
-        (tenant_id, datetime.now(UTC) - timedelta(hours=1)),
+        "influxdb_updated_at, influxdb_node) "
+        "VALUES (%s, 'n', 'provisioning', 6, now() - interval '1 hour', 'default')",
+        (tenant_id,),
     )
 
     # When the reconciler recovers it, the next run does not start a 7th attempt

@@ -1,0 +1,56 @@
+"""The one clock: Postgres'.
+
+Every time that is stored in a row, or compared with a stored time, is read from the database
+server's clock - whoever writes or compares it: the API, a worker, the reconciler, the CLI, on
+any host. Workers and the reconciler run on many hosts whose clocks drift apart; the database
+is the one place they all write. Were the worker's own clock used, a worker ten minutes ahead
+would hide a stuck attempt, a lost retry or a deleted database from a reconciler ten minutes
+behind, and one ten minutes behind would have a live attempt taken for stuck.
+
+So:
+- a row's times at insert come from the column defaults (``now()``), and afterwards from
+  ``database_clock(conn)`` (one ``SELECT clock_timestamp()``), or from ``now()`` in the SQL;
+- comparisons with stored times happen in SQL against ``now()``, or in Python against a time
+  read from this clock in the same run (the reconciler's ``listed_at`` and ``now``);
+- the process's own clock measures only durations (``time.monotonic``) and what it shows
+  alone (log timestamps).
+
+The fast tests inject a ``Clock`` that moves only when told; a time they compare must then
+come from it too (never a server default): see ``tests/fast/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Connection, func, text
+
+Clock = Callable[[], datetime]
+
+_NOW = text("SELECT clock_timestamp()")
+
+# The database's time as an SQL expression, for a write that needs no time of its own in Python
+# (it costs no round trip).
+DATABASE_NOW: ColumnElement[datetime] = func.clock_timestamp()
+
+
+def database_clock(conn: Connection) -> Clock:
+    """A clock that reads the database server's time on ``conn``: inside the caller's
+    transaction when one is open, else in one of its own that it ends at once (so a
+    connection kept for a lock is never left idle in a transaction)."""
+
+    def now() -> datetime:
+        if conn.in_transaction():
+            return _read(conn)
+        try:
+            return _read(conn)
+        finally:
+            conn.rollback()
+
+    return now
+
+
+def _read(conn: Connection) -> datetime:
+    value: datetime = conn.execute(_NOW).scalar_one()
+    return value
