@@ -8,6 +8,7 @@ seconds, for the edit-test loop (``bash scripts/test tests/fast``).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,22 @@ from worker.queues import Job
 from worker.runs import Delivery, Outcome
 from worker.settings import NodeConfig, Settings, get_settings
 
-T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+def clock_origin(shift: str | None) -> datetime:
+    """Where the injected clock starts: a fixed moment, or ``TEST_CLOCK_SHIFT_DAYS`` days
+    from the real now. CI runs this layer again with the origin years away on both sides, so
+    a test that compares the injected clock with a time taken elsewhere (Postgres' ``now()``,
+    a server default, ``datetime.now()``) fails on the day it is written, not months later."""
+    if not shift:
+        return datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    try:
+        days = float(shift)
+    except ValueError:
+        raise SystemExit(f"TEST_CLOCK_SHIFT_DAYS={shift!r}: not a number of days") from None
+    return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0)
+
+
+T0 = clock_origin(os.environ.get("TEST_CLOCK_SHIFT_DAYS"))
 SEED = 20261128
 
 
@@ -115,10 +131,13 @@ class Published(list[tuple[str, Job, str | None]]):
         return True
 
 
-def insert(db: Any, tenant_id: str, **columns: Any) -> dict[str, Any]:
-    """A tenants row with ``columns`` (influxdb_ prefix implied), as a test's Given."""
-    names = ["tenant_id", "name"] + [f"influxdb_{k}" for k in columns]
-    values = [tenant_id, "n", *columns.values()]
+def insert(db: Any, tenant_id: str, *, at: datetime = T0, **columns: Any) -> dict[str, Any]:
+    """A tenants row with ``columns`` (influxdb_ prefix implied), as a test's Given. Its
+    ``created_at`` and ``influxdb_updated_at`` are ``at`` (the injected clock's origin unless
+    given), never the columns' defaults: those are Postgres' ``now()``, another clock."""
+    columns = {"updated_at": at, **columns}
+    names = ["tenant_id", "name", "created_at"] + [f"influxdb_{k}" for k in columns]
+    values = [tenant_id, "n", at, *columns.values()]
     db.execute(
         f"INSERT INTO tenants ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(values))})",
         values,

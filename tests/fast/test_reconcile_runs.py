@@ -65,10 +65,12 @@ def test_a_stalled_tenant_resumes_when_its_server_answers(db, world: World):
     alpha = world.add("alpha")
     insert(db, "acme", state="failed", error_reason="unreachable", node="alpha", attempts=6)
 
+    world.clock.advance(60)
     alpha.set_outage(True)
     published, summary = run(world)
     assert (published, summary["stalled"]) == ([], 1)
 
+    world.clock.advance(60)
     alpha.set_outage(False)
     published, summary = run(world)
     assert (published, summary["resumed"]) == ([("acme", Job.PROVISION, None)], 1)
