@@ -33,15 +33,21 @@ __all__ = [
     "STATES",
     "Base",
     "InfluxDBNode",
+    "InfluxDBStray",
     "ProvisioningAttempt",
     "ProvisioningAttemptTotal",
     "ProvisioningState",
     "ReconcileStats",
     "Tenant",
+    "TenantLocation",
+    "TenantLocationMap",
     "influxdb_nodes",
+    "influxdb_strays",
     "provisioning_attempt_totals",
     "provisioning_attempts",
     "reconcile_stats",
+    "tenant_location_map",
+    "tenant_locations",
     "tenants",
 ]
 
@@ -194,3 +200,63 @@ class InfluxDBNode(Base):
 
 
 influxdb_nodes = cast(Table, InfluxDBNode.__table__)
+
+
+class TenantLocation(Base):
+    """Where a tenant's database is, as the data plane reads it (``worker.locations``): kept by
+    a trigger on ``tenants`` (migration 0008); a tombstone (``deleted``) outlives the tenant
+    for ``LOCATIONS_TOMBSTONE_HOURS``."""
+
+    __tablename__ = "tenant_locations"
+    __table_args__ = (
+        Index("ix_tenant_locations_version", "version", unique=True),
+        Index(
+            "ix_tenant_locations_unpublished",
+            "tenant_id",
+            postgresql_where=text("version IS NULL"),
+        ),
+        Index("ix_tenant_locations_tombstones", "changed_at", postgresql_where=text("deleted")),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    state: Mapped[str | None] = mapped_column(Text)  # NULL on a tombstone
+    node: Mapped[str | None] = mapped_column(Text)
+    incarnation: Mapped[str | None] = mapped_column(Text)
+    deleted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    version: Mapped[int | None] = mapped_column(BigInteger)  # NULL: changed, not published yet
+    changed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )
+
+
+class TenantLocationMap(Base):
+    """The location map's one row: the highest version of a tombstone pruned so far."""
+
+    __tablename__ = "tenant_location_map"
+    __table_args__ = (CheckConstraint("id = 1", name="ck_tenant_location_map_single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    horizon: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class InfluxDBStray(Base):
+    """A ``telemetry_*`` database the reconciler listed that nobody placed there: a tenant's
+    database off its home server (``stray``), or one of no tenant (``orphan``). Reported only."""
+
+    __tablename__ = "influxdb_strays"
+    __table_args__ = (
+        CheckConstraint("kind IN ('stray', 'orphan')", name="ck_influxdb_strays_kind"),
+    )
+
+    node: Mapped[str] = mapped_column(Text, primary_key=True)
+    database: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    tenant_id: Mapped[str | None] = mapped_column(Text)
+    home_node: Mapped[str | None] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+tenant_locations = cast(Table, TenantLocation.__table__)
+tenant_location_map = cast(Table, TenantLocationMap.__table__)
+influxdb_strays = cast(Table, InfluxDBStray.__table__)

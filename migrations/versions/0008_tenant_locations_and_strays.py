@@ -1,0 +1,134 @@
+"""where each tenant's database is, versioned for the data plane; strays and orphans seen
+
+``tenant_locations``: one row per tenant (and a tombstone for a while after its deletion),
+kept by a trigger on ``tenants`` in the transaction of the change, so no path can change a
+tenant's server, state or incarnation without its location changing too. A changed row has no
+``version`` yet; ``worker.locations.publish`` gives every changed row the next numbers of
+``tenant_location_version`` in one step serialized by an advisory lock, after the change
+committed. So versions are handed out in the order changes became visible, and a reader that
+has seen version V has seen every change numbered below V: a client asking for the changes
+since V misses none (numbers taken inside the writers' transactions would commit out of
+order). ``tenant_location_map``: the highest version of a tombstone pruned so far (a client
+behind it must load the whole map again).
+
+``influxdb_strays``: what the reconciler's listings showed that nobody placed - a tenant's
+database on a server that is not its home (stray: misrouted or stale writes), or a
+``telemetry_*`` database of no tenant (orphan). Reported, never deleted.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-04
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0008"
+down_revision: str | None = "0007"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+FUNCTION = """
+CREATE FUNCTION tenants_track_location() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND NEW.influxdb_state IS NOT DISTINCT FROM OLD.influxdb_state
+       AND NEW.influxdb_node IS NOT DISTINCT FROM OLD.influxdb_node
+       AND NEW.influxdb_incarnation IS NOT DISTINCT FROM OLD.influxdb_incarnation THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO tenant_locations AS known
+            (tenant_id, state, node, incarnation, deleted, version, changed_at)
+        VALUES (OLD.tenant_id, NULL, NULL, OLD.influxdb_incarnation, true, NULL, clock_timestamp())
+        ON CONFLICT (tenant_id) DO UPDATE
+        SET state = NULL, node = NULL, incarnation = excluded.incarnation, deleted = true,
+            version = NULL, changed_at = excluded.changed_at;
+    ELSE
+        INSERT INTO tenant_locations AS known
+            (tenant_id, state, node, incarnation, deleted, version, changed_at)
+        VALUES (NEW.tenant_id, NEW.influxdb_state, NEW.influxdb_node, NEW.influxdb_incarnation,
+                false, NULL, clock_timestamp())
+        ON CONFLICT (tenant_id) DO UPDATE
+        SET state = excluded.state, node = excluded.node, incarnation = excluded.incarnation,
+            deleted = false, version = NULL, changed_at = excluded.changed_at;
+    END IF;
+    RETURN NULL;
+END
+$$
+"""
+TRIGGER = """
+CREATE TRIGGER tenants_track_location
+AFTER INSERT OR DELETE OR UPDATE OF influxdb_state, influxdb_node, influxdb_incarnation
+ON tenants FOR EACH ROW EXECUTE FUNCTION tenants_track_location()
+"""
+
+
+def upgrade() -> None:
+    op.execute("CREATE SEQUENCE tenant_location_version AS bigint")
+    op.create_table(
+        "tenant_locations",
+        sa.Column("tenant_id", sa.Text(), primary_key=True),
+        sa.Column("state", sa.Text(), nullable=True),  # NULL on a tombstone
+        sa.Column("node", sa.Text(), nullable=True),
+        sa.Column("incarnation", sa.Text(), nullable=True),
+        sa.Column("deleted", sa.Boolean(), nullable=False, server_default=sa.text("false")),
+        sa.Column("version", sa.BigInteger(), nullable=True),  # NULL: changed, not published
+        sa.Column(
+            "changed_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("clock_timestamp()"),
+        ),
+    )
+    op.create_index("ix_tenant_locations_version", "tenant_locations", ["version"], unique=True)
+    op.create_index(
+        "ix_tenant_locations_unpublished",
+        "tenant_locations",
+        ["tenant_id"],
+        postgresql_where=sa.text("version IS NULL"),
+    )
+    op.create_index(
+        "ix_tenant_locations_tombstones",
+        "tenant_locations",
+        ["changed_at"],
+        postgresql_where=sa.text("deleted"),
+    )
+    op.create_table(
+        "tenant_location_map",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("horizon", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        sa.CheckConstraint("id = 1", name="ck_tenant_location_map_single_row"),
+    )
+    op.execute("INSERT INTO tenant_location_map (id, horizon) VALUES (1, 0)")
+    # The tenants as they are: published at once, in id order.
+    op.execute(
+        "INSERT INTO tenant_locations (tenant_id, state, node, incarnation, version) "
+        "SELECT tenant_id, influxdb_state, influxdb_node, influxdb_incarnation, "
+        "nextval('tenant_location_version') FROM (SELECT * FROM tenants ORDER BY tenant_id) t"
+    )
+    op.execute(FUNCTION)
+    op.execute(TRIGGER)
+
+    op.create_table(
+        "influxdb_strays",
+        sa.Column("node", sa.Text(), primary_key=True),
+        sa.Column("database", sa.Text(), primary_key=True),
+        sa.Column("kind", sa.Text(), nullable=False),  # stray | orphan
+        sa.Column("tenant_id", sa.Text(), nullable=True),  # a stray's tenant
+        sa.Column("home_node", sa.Text(), nullable=True),  # that tenant's server, if any
+        sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("kind IN ('stray', 'orphan')", name="ck_influxdb_strays_kind"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("influxdb_strays")
+    op.execute("DROP TRIGGER tenants_track_location ON tenants")
+    op.execute("DROP FUNCTION tenants_track_location()")
+    op.drop_table("tenant_location_map")
+    op.drop_table("tenant_locations")
+    op.execute("DROP SEQUENCE tenant_location_version")
