@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from api_hooks.console import standalone_console
 from api_hooks.http_errors import plain_validation_error
+from api_hooks.locations import locations_router, locations_token_auth
 from api_hooks.router import bearer_token_auth, operator_router
 from api_hooks.schemas import Health
 from worker.db import get_engine
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raise SettingsError("OPERATOR_TOKEN (or OPERATOR_TOKEN_FILE) must be set for the API")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProvisioningCollector(get_engine(), shared_pool()))
-    application = _assemble(settings.operator_token, registry)
+    application = _assemble(settings.operator_token, registry, settings.locations_token)
     # The operator console: HTML pages behind a sign-in with the same token (not in OpenAPI).
     application.include_router(
         standalone_console(settings.operator_token, settings.console_session_minutes)
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document of the app; describing it needs no token and no database."""
-    return _assemble("not-served", CollectorRegistry(auto_describe=False)).openapi()
+    return _assemble("not-served", CollectorRegistry(auto_describe=False), None).openapi()
 
 
 def render_openapi(document: dict[str, Any]) -> str:
@@ -63,11 +64,15 @@ def render_openapi(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def _assemble(operator_token: str, registry: CollectorRegistry) -> FastAPI:
+def _assemble(
+    operator_token: str, registry: CollectorRegistry, locations_token: str | None
+) -> FastAPI:
     application = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION)
     # The router's routes answer validation errors plainly themselves; this covers the rest.
     application.add_exception_handler(RequestValidationError, plain_validation_error)
     application.include_router(operator_router(bearer_token_auth(operator_token)))
+    # For the services that write and read telemetry: a read-only credential of their own.
+    application.include_router(locations_router(locations_token_auth(locations_token)))
 
     @application.get(
         "/metrics",

@@ -36,6 +36,7 @@ REDIS_PORT = 6379
 REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
 INFLUX_TOKEN = "influx-test-token-" + secrets.token_hex(8)
 OPERATOR_TOKEN = "operator-test-token-" + secrets.token_hex(8)
+LOCATIONS_TOKEN = "locations-test-token-" + secrets.token_hex(8)
 TEST_DATABASE = f"tp_test_{os.getpid()}_{secrets.token_hex(3)}"
 TEST_RABBITMQ_VHOST = TEST_DATABASE
 
@@ -47,6 +48,9 @@ TEST_ENV = {
     "CELERY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
     "INFLUXDB_TOKEN": INFLUX_TOKEN,
     "OPERATOR_TOKEN": OPERATOR_TOKEN,
+    "LOCATIONS_TOKEN": LOCATIONS_TOKEN,
+    "LOCATIONS_REFRESH_SECONDS": "0.2",
+    "LOCATIONS_MAX_STALENESS_SECONDS": "0.5",
     "INFLUXDB_CONNECT_TIMEOUT": "0.5",
     "INFLUXDB_READ_TIMEOUT": "1.5",
     "LIVE_CHECK_TIMEOUT": "0.5",
@@ -60,7 +64,12 @@ TEST_ENV = {
     "LOG_LEVEL": "INFO",
 }
 os.environ.update(TEST_ENV)
-for _inherited in ("INFLUXDB_TOKEN_FILE", "OPERATOR_TOKEN_FILE", "INFLUXDB_URL"):
+for _inherited in (
+    "INFLUXDB_TOKEN_FILE",
+    "OPERATOR_TOKEN_FILE",
+    "LOCATIONS_TOKEN_FILE",
+    "INFLUXDB_URL",
+):
     os.environ.pop(_inherited, None)
 
 from influxdb3_standin import StandIn  # noqa: E402
@@ -322,8 +331,10 @@ def db(database: str) -> Iterator[psycopg.Connection[Any]]:
         f"postgresql://postgres@127.0.0.1:5432/{database}", autocommit=True
     ) as conn:
         conn.execute(
-            "TRUNCATE tenants, influxdb_nodes, provisioning_attempts, provisioning_attempt_totals"
+            "TRUNCATE tenants, influxdb_nodes, provisioning_attempts, provisioning_attempt_totals, "
+            "tenant_locations, influxdb_strays"
         )
+        conn.execute("UPDATE tenant_location_map SET horizon = 0")
         yield conn
 
 

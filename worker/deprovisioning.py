@@ -10,7 +10,9 @@ when the tenant's database is gone, so that re-creating the id always starts emp
   unknown origin) is left alone - deleting a tenant never deletes someone else's data;
 - a row that predates the worker and has no server is located first (every server listed); a
   server that cannot answer means "unknown": the deletion retries, it does not finish;
-- a server that left the nodes file: the deletion waits for it (reason ``node_not_configured``).
+- a server that left the nodes file: the deletion waits for it (reason ``node_not_configured``);
+- the database is deleted only once every location client has learnt that the tenant is not
+  ready (``worker.locations``): a writer still holding its old location would re-create it.
 
 Interrupted deletions are found by the reconciler (state ``deprovisioning``).
 """
@@ -19,11 +21,11 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
-from worker import identity, store
+from worker import identity, locations, store
 from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import PermanentError, ProvisioningError
@@ -78,6 +80,15 @@ class _Deletion(TenantRun):
         node_name: str | None = self.row.influxdb_node
         if node_name is not None and self.pool.node(node_name) is None:
             return self._wait_for_node(node_name)
+        wait_until = locations.deletion_may_proceed(
+            self.conn,
+            self.tenant_id,
+            self.row.influxdb_delete_after,
+            self.clock(),
+            self.settings.locations_max_staleness_seconds,
+        )
+        if wait_until is not None:
+            return self._wait_for_clients(wait_until)
         started = self.clock()
         attempt = self.row.influxdb_attempts + 1
         store.update(self.conn, self.tenant_id, deleting=True, influxdb_attempts=attempt)
@@ -168,6 +179,28 @@ class _Deletion(TenantRun):
         return Outcome(
             RunResult.WAITING_FOR_NODE, self.tenant_id, reason=Reason.NODE_NOT_CONFIGURED
         )
+
+    def _wait_for_clients(self, wait_until: datetime) -> Outcome:
+        # Not an attempt: the run comes back when the clients' staleness has passed, as this
+        # message's retry (the reconciler takes the chain over if that message is lost).
+        now = self.clock()
+        store.update(
+            self.conn,
+            self.tenant_id,
+            deleting=True,
+            influxdb_delete_after=wait_until,
+            influxdb_next_attempt_at=wait_until,
+            influxdb_retry_chain=self.delivery.retry,
+            influxdb_updated_at=now,
+        )
+        self.conn.commit()
+        delay = max(0.0, (wait_until - now).total_seconds())
+        logger.info(
+            "deleting the database in %.1fs, once location clients stop writing",
+            delay,
+            extra=self.context,
+        )
+        return Outcome(RunResult.WAITING_FOR_CLIENTS, self.tenant_id, retry_in=delay)
 
     def _record_failure(self, exc: ProvisioningError, message: str, attempt: int) -> Outcome:
         now = self.clock()

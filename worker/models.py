@@ -112,6 +112,9 @@ class Tenant(Base):
     influxdb_create_sent_to: Mapped[str | None] = mapped_column(Text)
     # The message ("<task id>:<retries>") that owns the scheduled retry: one chain per tenant.
     influxdb_retry_chain: Mapped[str | None] = mapped_column(Text)
+    # A deletion's earliest moment to delete the database: its location published as not
+    # ready, plus the clients' maximum staleness (worker.locations).
+    influxdb_delete_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 tenants = cast(Table, Tenant.__table__)

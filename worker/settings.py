@@ -127,6 +127,9 @@ class Settings:
     reconcile_requeue_after_seconds: float
     attempts_retention_days: int
     operator_token: str | None = field(repr=False)
+    locations_token: str | None = field(repr=False)
+    locations_refresh_seconds: float
+    locations_max_staleness_seconds: float
     console_session_minutes: int
     flower_url: str | None
     log_level: str
@@ -150,6 +153,11 @@ class Settings:
             raise SettingsError(
                 "PROVISION_SOFT_TIME_LIMIT must exceed twice INFLUXDB_CONNECT_TIMEOUT + "
                 "INFLUXDB_READ_TIMEOUT (one create and one write)"
+            )
+        if self.locations_max_staleness_seconds < self.locations_refresh_seconds:
+            raise SettingsError(
+                "LOCATIONS_MAX_STALENESS_SECONDS must be at least LOCATIONS_REFRESH_SECONDS: a "
+                "deletion must outwait a client's refresh"
             )
         if self.backoff_base_seconds > self.backoff_cap_seconds:
             raise SettingsError(
@@ -194,7 +202,7 @@ class Settings:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of logs and stored errors."""
-        values = [self.influxdb_token, self.operator_token]
+        values = [self.influxdb_token, self.operator_token, self.locations_token]
         values += [node.token for node in self.influxdb_nodes]
         for url in (self.database_url, self.broker_url):
             try:

@@ -78,6 +78,7 @@ class RunResult(enum.StrEnum):
     FAILED = "failed"
     WAITING_FOR_CAPACITY = "waiting_for_capacity"
     WAITING_FOR_NODE = "waiting_for_node"  # its server is not in the nodes file: nothing done
+    WAITING_FOR_CLIENTS = "waiting_for_clients"  # a deletion outwaits the location clients
     DEPROVISIONED = "deprovisioned"
     BUSY = "busy"  # another run holds the tenant
     ABSORBED = "absorbed"  # a retry is scheduled by another message: one chain per tenant

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, insert, select
+from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Row
 
@@ -25,6 +25,7 @@ from worker.states import STATES, Adoption, ProvisioningState, Reason
 
 MAX_STORED_ERROR = 500
 _ROW = tenants.c
+_DELETING = _ROW.influxdb_state == ProvisioningState.DEPROVISIONING
 
 
 def clean_error(message: str, secrets: Iterable[str]) -> str:
@@ -165,6 +166,8 @@ def request_deletion(conn: Connection, tenant_id: str, now: datetime) -> bool:
         .where(_ROW.tenant_id == tenant_id)
         .values(
             influxdb_state=ProvisioningState.DEPROVISIONING,
+            # A deletion asked again keeps its wait; a new one starts its own.
+            influxdb_delete_after=case((_DELETING, _ROW.influxdb_delete_after), else_=None),
             influxdb_attempts=0,
             influxdb_error_reason=None,
             influxdb_last_error=None,

@@ -11,6 +11,10 @@ since V misses none (numbers taken inside the writers' transactions would commit
 order). ``tenant_location_map``: the highest version of a tombstone pruned so far (a client
 behind it must load the whole map again).
 
+``tenants.influxdb_delete_after``: when a deletion may delete the database - its tombstone
+published plus the clients' maximum staleness - so that no writer still holding the old
+location re-creates it.
+
 ``influxdb_strays``: what the reconciler's listings showed that nobody placed - a tenant's
 database on a server that is not its home (stray: misrouted or stale writes), or a
 ``telemetry_*`` database of no tenant (orphan). Reported, never deleted.
@@ -67,6 +71,9 @@ ON tenants FOR EACH ROW EXECUTE FUNCTION tenants_track_location()
 
 
 def upgrade() -> None:
+    # A deletion deletes the database only after this: its tombstone published, plus the
+    # clients' maximum staleness (worker.deprovisioning).
+    op.add_column("tenants", sa.Column("influxdb_delete_after", sa.DateTime(timezone=True)))
     op.execute("CREATE SEQUENCE tenant_location_version AS bigint")
     op.create_table(
         "tenant_locations",
@@ -132,3 +139,4 @@ def downgrade() -> None:
     op.drop_table("tenant_location_map")
     op.drop_table("tenant_locations")
     op.execute("DROP SEQUENCE tenant_location_version")
+    op.drop_column("tenants", "influxdb_delete_after")

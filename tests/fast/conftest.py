@@ -68,7 +68,11 @@ class World:
     limits: dict[str, int] = field(default_factory=dict)
     unlisted: set[str] = field(default_factory=set)
     clock: Clock = field(default_factory=Clock)
-    overrides: dict[str, Any] = field(default_factory=dict)
+    # No wait before a deletion deletes (a test of that wait sets it): the clock moves only
+    # when told, so every deletion would otherwise wait for ever.
+    overrides: dict[str, Any] = field(
+        default_factory=lambda: {"locations_max_staleness_seconds": 0.0}
+    )
 
     def add(self, name: str, limit: int = 5) -> StandIn:
         server = StandIn(token=INFLUX_TOKEN, database_limit=limit).start()

@@ -25,6 +25,7 @@ PROVISIONING_COLUMNS = {
     "influxdb_adopt",
     "influxdb_create_sent_to",
     "influxdb_retry_chain",
+    "influxdb_delete_after",
 }
 
 

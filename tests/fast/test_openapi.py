@@ -104,6 +104,10 @@ def test_every_operation_declares_its_answers(document):
 
 def test_operator_routes_need_the_token_and_say_how_they_fail(document):
     for path, method, operation in operations(document):
+        if path.startswith("/locations"):
+            assert operation["security"] == [{"LocationsToken": []}]
+            assert "401" in operation["responses"], f"{method} {path}"
+            continue
         if not path.startswith("/operator/"):
             assert "security" not in operation, f"{method} {path} must stay open"
             continue

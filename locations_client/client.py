@@ -1,0 +1,363 @@
+"""The location map in memory, refreshed by version from ``/locations`` (see the package doc)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE: Final = 5000
+MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024  # a page of 10,000 locations is about 3 MB
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where to write and read the tenant's telemetry: database ``database`` on ``url``."""
+
+    tenant_id: str
+    node: str
+    url: str
+    incarnation: str | None
+    prefix: str
+
+    @property
+    def database(self) -> str:
+        """The tenant's InfluxDB database, e.g. ``telemetry_acme``."""
+        return self.prefix + self.tenant_id
+
+
+@dataclass(frozen=True, slots=True)
+class NotReady:
+    """The tenant exists but must not be written to now (``state`` says why)."""
+
+    tenant_id: str
+    state: str
+
+
+class Unknown:
+    """No such tenant in the map (never created, or deleted)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Final = Unknown()
+
+Resolution = Location | NotReady | Unknown
+
+
+class LocationServiceError(Exception):
+    """``/locations`` answered something other than a page (the message says what)."""
+
+
+class _Map:
+    """The map and how it is kept; shared by the sync and the async client."""
+
+    def __init__(self, base_url: str, token: str, timeout: float, page_size: int) -> None:
+        if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"the location service URL must be http(s): {base_url!r}")
+        self._url = base_url.rstrip("/") + "/locations"
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._timeout, self._page_size = timeout, page_size
+        self._entries: dict[str, Location | NotReady] = {}
+        self._nodes: dict[str, str] = {}
+        self._prefix = ""
+        self.version = 0
+        self.refresh_seconds: float | None = None  # the service's hint, once known
+        self.max_staleness_seconds: float | None = None
+        self.last_error: str | None = None
+        self._refreshed_at: float | None = None  # time.monotonic() of the last success
+        self._lock = threading.Lock()  # one refresh at a time
+
+    @property
+    def staleness(self) -> float:
+        if self._refreshed_at is None:
+            return math.inf
+        return time.monotonic() - self._refreshed_at
+
+    def refresh(self) -> int:
+        """Apply every change since our version (the whole map the first time); returns how
+        many locations changed. Raises LocationServiceError (the map is kept as it was)."""
+        with self._lock:
+            try:
+                return self._refresh()
+            except LocationServiceError as exc:
+                self.last_error = str(exc)
+                raise
+
+    def _refresh(self) -> int:
+        started = time.monotonic()
+        since, changed = self.version, 0
+        reloaded: dict[str, Location | NotReady] | None = None  # built aside, swapped in
+        while True:
+            status, page = self._get(since)
+            if status == 410:  # tombstones we never saw were pruned: load everything again
+                logger.warning("location map too old (version %d); loading it whole", since)
+                since, changed, reloaded = 0, 0, {}
+                continue
+            self._learn(page)
+            entries = self._entries if reloaded is None else reloaded
+            for item in page["locations"]:
+                if item["deleted"]:
+                    entries.pop(item["tenant_id"], None)
+                else:
+                    entries[item["tenant_id"]] = self._entry(item)
+                changed += 1
+            since = int(page["next_since"])
+            if not page["more"]:
+                break
+        if reloaded is not None:
+            self._entries = reloaded
+        self.version = since
+        self._refreshed_at = started
+        self.last_error = None
+        return changed
+
+    def _learn(self, page: Mapping[str, Any]) -> None:
+        nodes = {node["name"]: node["url"] for node in page["nodes"]}
+        self.refresh_seconds = float(page["refresh_seconds"])
+        self.max_staleness_seconds = float(page["max_staleness_seconds"])
+        prefix = str(page["database_prefix"])
+        if nodes != self._nodes or prefix != self._prefix:
+            self._nodes, self._prefix = nodes, prefix
+            # A server moved or left the nodes file: what we hold of it is rebuilt.
+            self._entries = {
+                tenant_id: self._moved(entry) for tenant_id, entry in self._entries.items()
+            }
+
+    def _moved(self, entry: Location | NotReady) -> Location | NotReady:
+        if not isinstance(entry, Location):
+            return entry
+        url = self._nodes.get(entry.node)
+        if url is None:
+            return NotReady(entry.tenant_id, "node_not_configured")
+        return Location(entry.tenant_id, entry.node, url, entry.incarnation, self._prefix)
+
+    def _entry(self, item: Mapping[str, Any]) -> Location | NotReady:
+        tenant_id = item["tenant_id"]
+        node = item["node"]
+        if not item["ready"] or node is None:
+            return NotReady(tenant_id, str(item["state"]))
+        url = self._nodes.get(node)
+        if url is None:
+            return NotReady(tenant_id, "node_not_configured")
+        return Location(tenant_id, node, url, item["incarnation"], self._prefix)
+
+    def _get(self, since: int) -> tuple[int, dict[str, Any]]:
+        query = urllib.parse.urlencode({"since": since, "limit": self._page_size})
+        # http(s) only: checked in __init__
+        request = urllib.request.Request(f"{self._url}?{query}", headers=self._headers)  # noqa: S310
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(request, timeout=self._timeout) as answer:
+                body = answer.read(MAX_ANSWER_BYTES + 1)
+                status = answer.status
+        except urllib.error.HTTPError as exc:
+            if exc.code == 410:
+                return 410, {}
+            detail = _detail(exc.read(4096))
+            raise LocationServiceError(f"/locations answered {exc.code}: {detail}") from None
+        except (OSError, ValueError) as exc:  # refused, timed out, reset, bad URL
+            raise LocationServiceError(f"/locations unreachable: {exc}") from None
+        if len(body) > MAX_ANSWER_BYTES:
+            raise LocationServiceError("/locations answered more than a page can be")
+        try:
+            page = json.loads(body)
+            _check(page)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LocationServiceError(f"/locations answered garbage: {exc}") from None
+        return status, page
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Only the configured URL is ever called: a redirect is an error."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_PAGE_KEYS = (
+    "locations",
+    "next_since",
+    "more",
+    "nodes",
+    "database_prefix",
+    "refresh_seconds",
+    "max_staleness_seconds",
+)
+
+
+def _check(page: Any) -> None:
+    missing = [key for key in _PAGE_KEYS if key not in page]
+    if missing:
+        raise KeyError(", ".join(missing))
+    if not isinstance(page["locations"], list) or not isinstance(page["nodes"], list):
+        raise TypeError("locations and nodes must be lists")
+
+
+def _detail(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["detail"])[:200]
+    except (ValueError, KeyError, TypeError):
+        return "(no detail)"
+
+
+class LocationClient:
+    """The location map for a threaded (or plain) service; refreshes in a daemon thread."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        refresh_seconds: float | None = None,
+        timeout: float = 5.0,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        """``refresh_seconds``: None follows the service's hint (LOCATIONS_REFRESH_SECONDS)."""
+        self._map = _Map(base_url, token, timeout, page_size)
+        self._refresh_seconds = refresh_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, *, wait: bool = True) -> LocationClient:
+        """Load the map (raising LocationServiceError if ``wait`` and the service cannot be
+        reached), then keep it fresh in the background; returns self."""
+        if wait:
+            self._map.refresh()
+        self._thread = threading.Thread(target=self._run, name="locations", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop refreshing (the map stays readable)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> LocationClient:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def resolve(self, tenant_id: str) -> Resolution:
+        """Where ``tenant_id``'s database is: Location, NotReady or UNKNOWN; from memory."""
+        return self._map._entries.get(tenant_id, UNKNOWN)
+
+    def refresh(self) -> int:
+        """Refresh now; the number of locations that changed. Raises LocationServiceError."""
+        return self._map.refresh()
+
+    @property
+    def version(self) -> int:
+        """The map's version this client holds."""
+        return self._map.version
+
+    @property
+    def staleness(self) -> float:
+        """Seconds since the last successful refresh (infinity before the first)."""
+        return self._map.staleness
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last refresh failed, or None after a success."""
+        return self._map.last_error
+
+    def _run(self) -> None:
+        while not self._stop.wait(_interval(self._refresh_seconds, self._map)):
+            try:
+                self._map.refresh()
+            except LocationServiceError as exc:
+                logger.warning("location refresh failed; serving version %d: %s", self.version, exc)
+
+
+class AsyncLocationClient:
+    """The location map for an asyncio service: the refresh runs as a task (its HTTP calls in
+    a worker thread, so the event loop never waits on the network)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        refresh_seconds: float | None = None,
+        timeout: float = 5.0,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self._map = _Map(base_url, token, timeout, page_size)
+        self._refresh_seconds = refresh_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, *, wait: bool = True) -> AsyncLocationClient:
+        """Load the map (raising LocationServiceError if ``wait`` and the service cannot be
+        reached), then keep it fresh in a task; returns self."""
+        if wait:
+            await asyncio.to_thread(self._map.refresh)
+        self._task = asyncio.create_task(self._run(), name="locations")
+        return self
+
+    async def close(self) -> None:
+        """Stop refreshing (the map stays readable)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def __aenter__(self) -> AsyncLocationClient:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def resolve(self, tenant_id: str) -> Resolution:
+        """Where ``tenant_id``'s database is: Location, NotReady or UNKNOWN; from memory (no
+        await: it never waits)."""
+        return self._map._entries.get(tenant_id, UNKNOWN)
+
+    async def refresh(self) -> int:
+        """Refresh now; the number of locations that changed. Raises LocationServiceError."""
+        return await asyncio.to_thread(self._map.refresh)
+
+    @property
+    def version(self) -> int:
+        """The map's version this client holds."""
+        return self._map.version
+
+    @property
+    def staleness(self) -> float:
+        """Seconds since the last successful refresh (infinity before the first)."""
+        return self._map.staleness
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last refresh failed, or None after a success."""
+        return self._map.last_error
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(_interval(self._refresh_seconds, self._map))
+            try:
+                await asyncio.to_thread(self._map.refresh)
+            except LocationServiceError as exc:
+                logger.warning("location refresh failed; serving version %d: %s", self.version, exc)
+
+
+def _interval(chosen: float | None, held: _Map) -> float:
+    if chosen is not None:
+        return chosen
+    return held.refresh_seconds if held.refresh_seconds is not None else 2.0

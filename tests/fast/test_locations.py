@@ -1,0 +1,230 @@
+"""The location map: versions in the order changes became visible, ``/locations`` for the data
+plane (its own credential, 400/401/404/410), and a deletion that outwaits the clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from api_hooks.app import create_app
+from tests.conftest import LOCATIONS_TOKEN, OPERATOR_TOKEN, tenant_row
+from tests.fast.conftest import T0, World, insert
+from worker import locations
+from worker.db import get_engine
+from worker.runs import Delivery
+from worker.states import RunResult
+
+AUTH = {"Authorization": f"Bearer {LOCATIONS_TOKEN}"}
+
+
+@pytest.fixture
+def service(db: Any) -> Iterator[TestClient]:
+    with TestClient(create_app(), headers=AUTH) as client:
+        yield client
+
+
+def page(service: TestClient, since: int | str = 0, **params: Any) -> dict[str, Any]:
+    answer = service.get("/locations", params={"since": since, **params})
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def by_tenant(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {loc["tenant_id"]: loc for loc in body["locations"]}
+
+
+def test_a_tenant_is_given_its_server_only_once_provisioned(db, service):
+    # Given a pending tenant and one provisioned on the default server (the stand-in)
+    insert(db, "waiting")
+    insert(db, "ready", state="provisioned", node="default")
+
+    # When the data plane reads the map
+    body = page(service)
+
+    # Then only the provisioned one has a server, with its URL and database
+    seen = by_tenant(body)
+    assert seen["waiting"] | {"version": 0} == {
+        "tenant_id": "waiting",
+        "database": "telemetry_waiting",
+        "version": 0,
+        "ready": False,
+        "state": "pending",
+        "node": None,
+        "url": None,
+        "incarnation": tenant_row(db, "waiting")["influxdb_incarnation"],
+        "deleted": False,
+    }
+    assert (seen["ready"]["ready"], seen["ready"]["node"]) == (True, "default")
+    assert seen["ready"]["url"] == body["nodes"][0]["url"]
+    assert body["database_prefix"] == "telemetry_"
+    assert body["version"] == body["next_since"] == max(v["version"] for v in seen.values())
+    assert service.get("/locations/ready").json()["url"] == seen["ready"]["url"]
+    assert service.get("/locations/waiting").json()["node"] is None
+
+
+def test_failed_deleting_and_unconfigured_tenants_get_no_server(db, service):
+    insert(db, "failed", state="failed", node="default", error_reason="unreachable")
+    insert(db, "deleting", state="deprovisioning", node="default")
+    insert(db, "elsewhere", state="provisioned", node="gone-from-the-nodes-file")
+
+    seen = by_tenant(page(service))
+
+    for tenant_id in ("failed", "deleting", "elsewhere"):
+        assert (seen[tenant_id]["ready"], seen[tenant_id]["url"]) == (False, None), tenant_id
+
+
+def test_only_the_changes_since_a_version_are_read_and_an_unchanged_map_answers_empty(db, service):
+    insert(db, "a")
+    insert(db, "b")
+    first = page(service)
+
+    # Unchanged: an empty page at once, the same version
+    again = page(service, first["version"])
+    assert (again["locations"], again["more"], again["version"]) == ([], False, first["version"])
+
+    # One change: only it, at a higher version
+    db.execute(
+        "UPDATE tenants SET influxdb_state = 'provisioned', influxdb_node = 'default' "
+        "WHERE tenant_id = 'b'"
+    )
+    changed = page(service, first["version"])
+    assert [loc["tenant_id"] for loc in changed["locations"]] == ["b"]
+    assert changed["locations"][0]["version"] > first["version"]
+
+    # A change of a column the map does not carry is no change
+    db.execute("UPDATE tenants SET influxdb_attempts = 3 WHERE tenant_id = 'a'")
+    assert page(service, changed["version"])["locations"] == []
+
+
+def test_the_whole_map_comes_in_pages_in_version_order(db, service):
+    for i in range(7):
+        insert(db, f"t{i}")
+    since, seen, pages = 0, [], 0
+    while True:
+        body = page(service, since, limit=3)
+        seen += [loc["version"] for loc in body["locations"]]
+        since, pages = body["next_since"], pages + 1
+        if not body["more"]:
+            break
+    assert (len(seen), pages) == (7, 3)
+    assert seen == sorted(seen)
+
+
+def test_versions_follow_the_order_changes_became_visible(db, service, database):
+    # Given a writer whose transaction changed tenant "slow" but has not committed yet
+    insert(db, "slow")
+    insert(db, "fast")
+    start = page(service)["version"]
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as slow_writer:
+        slow_writer.execute(
+            "UPDATE tenants SET influxdb_state = 'provisioning' WHERE tenant_id = 'slow'"
+        )
+        # When another change commits and a client reads past it
+        db.execute("UPDATE tenants SET influxdb_state = 'provisioning' WHERE tenant_id = 'fast'")
+        seen = page(service, start)
+        assert [loc["tenant_id"] for loc in seen["locations"]] == ["fast"]
+        slow_writer.commit()
+
+    # Then the slow change, committed later, is numbered after what the client saw
+    later = page(service, seen["next_since"])
+    assert [loc["tenant_id"] for loc in later["locations"]] == ["slow"]
+    assert later["locations"][0]["state"] == "provisioning"
+
+
+def test_a_deleted_tenant_leaves_a_tombstone_and_a_pruned_one_sends_clients_back_to_zero(
+    db, service
+):
+    insert(db, "gone", state="provisioned", node="default")
+    before = page(service)["version"]
+    db.execute("DELETE FROM tenants WHERE tenant_id = 'gone'")
+
+    tombstone = page(service, before)["locations"]
+    assert [(t["tenant_id"], t["deleted"], t["ready"], t["url"]) for t in tombstone] == [
+        ("gone", True, False, None)
+    ]
+    assert service.get("/locations/gone").status_code == 404
+
+    # When the tombstone is pruned, a client from before it must reload the map
+    with get_engine().connect() as conn:
+        assert locations.prune_tombstones(conn, T0 + timedelta(days=3650), 100) == 1
+    answer = service.get("/locations", params={"since": before})
+    assert answer.status_code == 410, answer.text
+    assert "load the map again" in answer.json()["detail"]
+    assert page(service, 0)["locations"] == []
+
+
+@pytest.mark.parametrize(
+    ("since", "limit"),
+    [
+        ("-1", "10"),
+        ("abc", "10"),
+        ("1e3", "10"),
+        ("99999999999", "10"),
+        ("0", "0"),
+        ("0", "10001"),
+        ("٣", "10"),
+        ("0", ""),
+    ],
+)
+def test_a_bad_since_or_limit_answers_400_and_names_it(db, service, since, limit):
+    answer = service.get("/locations", params={"since": since, "limit": limit})
+    assert answer.status_code == 400, answer.text
+    assert ("since" in answer.json()["detail"]) or ("limit" in answer.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {OPERATOR_TOKEN}"}],
+    ids=["missing", "wrong", "operator-token"],
+)
+def test_a_wrong_or_missing_credential_answers_401_and_shows_nothing(db, headers):
+    insert(db, "secret", state="provisioned", node="default")
+    with TestClient(create_app(), headers=headers) as anonymous:
+        for path in ("/locations", "/locations/secret"):
+            answer = anonymous.get(path)
+            assert answer.status_code == 401
+            assert "secret" not in answer.text and "127.0.0.1" not in answer.text
+
+
+def test_the_locations_token_opens_no_operator_route(db):
+    insert(db, "acme")
+    with TestClient(create_app(), headers=AUTH) as reader:
+        assert reader.get("/operator/tenants/acme/stats").status_code == 401
+
+
+def test_a_deletion_deletes_the_database_only_after_the_clients_staleness(db, world: World):
+    # Given a provisioned tenant, and clients that may go 5 s without a refresh
+    world.add("alpha")
+    world.overrides["locations_max_staleness_seconds"] = 5.0
+    insert(db, "acme")
+    assert world.provision("acme").result is RunResult.PROVISIONED
+    db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
+
+    # When the deletion runs: its "not ready" is published, and it waits
+    first = world.deprovision("acme")
+    assert (first.result, first.retry_in) == (RunResult.WAITING_FOR_CLIENTS, 5.0)
+    assert "telemetry_acme" in world.servers["alpha"].databases()
+    row = tenant_row(db, "acme")
+    assert row["influxdb_delete_after"] == world.clock.now + timedelta(seconds=5)
+    published = db.execute(
+        "SELECT version, state FROM tenant_locations WHERE tenant_id = 'acme'"
+    ).fetchone()
+    assert published[0] is not None and published[1] == "deprovisioning"
+
+    # Too early still (its own retry, 1 s short): it waits on
+    world.clock.advance(4)
+    retry = Delivery.of(row["influxdb_retry_chain"].split(":")[0], 1)
+    assert world.deprovision("acme", retry).result is RunResult.WAITING_FOR_CLIENTS
+
+    # Then once the staleness has passed, the database and the tenant go
+    world.clock.advance(1)
+    row = tenant_row(db, "acme")
+    retry = Delivery.of(row["influxdb_retry_chain"].split(":")[0], 2)
+    assert world.deprovision("acme", retry).result is RunResult.DEPROVISIONED
+    assert "telemetry_acme" not in world.servers["alpha"].databases()

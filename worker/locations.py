@@ -1,0 +1,212 @@
+"""Where each tenant's database is: the location map the data plane reads (``/locations``).
+
+The services that write and read telemetry must send a tenant's points to the server that
+holds its database - InfluxDB 3 creates a database on the first write to a name it lacks, so
+a write sent anywhere else makes a stray. They keep the whole map in memory and refresh it by
+version (``locations_client``); this module is the map's source of truth, in Postgres:
+
+- ``tenant_locations`` holds one row per tenant, kept by a trigger on ``tenants`` in the
+  transaction of every change of state, server or incarnation (migration 0008), and a
+  tombstone for a while after the tenant is deleted;
+- :func:`publish` numbers the changed rows, in one step serialized by an advisory lock, after
+  their transactions committed: versions follow the order in which changes became visible, so
+  a client that has read up to version V has seen every change numbered below V, and asking
+  for the changes since V reads an index range - its cost grows with the changes, not with the
+  tenants;
+- a tenant is *ready* (given a server) only when provisioned on a server of the nodes file;
+  pending, provisioning, retrying, failed, waiting and deprovisioning tenants are "not ready",
+  and a deleted or unknown one has no location at all: never a default server;
+- a deletion publishes its "not ready" first and deletes the database only after the clients'
+  maximum staleness has passed (:func:`deletion_may_proceed`), so no writer still holding the
+  old location re-creates it; the reconciler reports any that reappears (``worker.strays``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, func, select, text, update
+
+from worker.models import tenant_location_map, tenant_locations
+from worker.nodes import NodePool
+from worker.settings import Settings
+from worker.states import ProvisioningState
+
+# Any constant distinct from the other advisory keys (tenants hash to 64 bits; the reconciler's).
+PUBLISH_LOCK_KEY = 0x6C6F_6361_7465  # "locate"
+_L = tenant_locations.c
+
+_NUMBER = text(
+    "UPDATE tenant_locations SET version = nextval('tenant_location_version') "
+    "WHERE tenant_id IN (SELECT tenant_id FROM tenant_locations WHERE version IS NULL "
+    # A row a writer holds is numbered by a later step, after that writer commits.
+    "ORDER BY changed_at FOR UPDATE SKIP LOCKED)"
+)
+
+
+class SinceTooOld(Exception):
+    """A tombstone newer than the client's version was pruned: it must reload the map."""
+
+
+class SinceInFuture(Exception):
+    """The client names a version this map has not reached: it talks to another map."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """One tenant's location as served: a server only when ready for writes."""
+
+    tenant_id: str
+    database: str
+    version: int
+    ready: bool
+    state: str | None  # the provisioning state; None for a deleted tenant
+    node: str | None  # only when ready
+    url: str | None  # only when ready: the server's URL from the nodes file, no credential
+    incarnation: str | None
+    deleted: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form of ``/locations``."""
+        return {
+            "tenant_id": self.tenant_id,
+            "database": self.database,
+            "version": self.version,
+            "ready": self.ready,
+            "state": self.state,
+            "node": self.node,
+            "url": self.url,
+            "incarnation": self.incarnation,
+            "deleted": self.deleted,
+        }
+
+
+@dataclass(frozen=True)
+class Page:
+    """The changes after ``since`` up to ``next_since``, in version order."""
+
+    locations: list[Location]
+    next_since: int  # the version to ask from next time
+    more: bool  # more changes wait after next_since
+    current: int  # the map's version now
+
+
+def publish(conn: Connection, *, wait: bool = False) -> int:
+    """Number every changed location, in one step serialized with any other; commits. Returns
+    how many were numbered. Without ``wait`` it gives way to a step already running (that step
+    publishes the same changes)."""
+    if conn.execute(select(_L.tenant_id).where(_L.version.is_(None)).limit(1)).first() is None:
+        conn.commit()
+        return 0
+    lock = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    acquired = conn.execute(text(f"SELECT {lock}(:k)"), {"k": PUBLISH_LOCK_KEY}).scalar()
+    if acquired is False:
+        conn.commit()
+        return 0
+    numbered = conn.execute(_NUMBER).rowcount
+    conn.commit()  # and frees the lock: the next step numbers after these
+    return int(numbered)
+
+
+def current_version(conn: Connection) -> int:
+    """The map's version: its highest published change (pruned tombstones included)."""
+    latest = conn.execute(select(func.max(_L.version))).scalar()
+    return max(int(latest or 0), _horizon(conn))
+
+
+def changes(conn: Connection, since: int, limit: int, pool: NodePool, settings: Settings) -> Page:
+    """The locations changed after version ``since``, at most ``limit``, in version order.
+    ``since`` 0 reads the whole map. Raises SinceTooOld and SinceInFuture."""
+    current = current_version(conn)
+    if since > current:
+        raise SinceInFuture(f"since {since} is ahead of this map's version ({current})")
+    if 0 < since < _horizon(conn):
+        raise SinceTooOld(f"since {since} is older than the tombstones kept; load the map again")
+    rows = conn.execute(
+        select(tenant_locations).where(_L.version > since).order_by(_L.version).limit(limit + 1)
+    ).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    locations = [_location(row, pool, settings) for row in rows]
+    next_since = locations[-1].version if locations else since
+    return Page(locations, next_since, more, max(current, next_since))
+
+
+def locate(conn: Connection, tenant_id: str, pool: NodePool, settings: Settings) -> Location | None:
+    """The tenant's published location; None for an unknown or deleted tenant."""
+    row = conn.execute(
+        select(tenant_locations).where(_L.tenant_id == tenant_id, _L.version.is_not(None))
+    ).first()
+    if row is None or row.deleted:
+        return None
+    return _location(row, pool, settings)
+
+
+def prune_tombstones(conn: Connection, older_than: datetime, batch: int) -> int:
+    """Delete published tombstones of tenants deleted before ``older_than`` (one batch) and
+    raise the horizon past them; commits. Returns how many were deleted."""
+    oldest = (
+        select(_L.tenant_id)
+        .where(_L.deleted, _L.changed_at < older_than, _L.version.is_not(None))
+        .order_by(_L.changed_at)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    versions: Sequence[int] = (
+        conn.execute(
+            tenant_locations.delete()
+            .where(_L.tenant_id.in_(oldest.scalar_subquery()))
+            .returning(_L.version)
+        )
+        .scalars()
+        .all()
+    )
+    if versions:
+        conn.execute(
+            update(tenant_location_map)
+            .where(tenant_location_map.c.id == 1)
+            .values(horizon=func.greatest(tenant_location_map.c.horizon, max(versions)))
+        )
+    conn.commit()
+    return len(versions)
+
+
+def deletion_may_proceed(
+    conn: Connection, tenant_id: str, delete_after: datetime | None, now: datetime, staleness: float
+) -> datetime | None:
+    """None when the tenant's database may be deleted now; else the moment it may be.
+
+    The first time, the tenant's "not ready" is published (waiting for a step running
+    elsewhere) and the wait starts: every client refreshing at least once per ``staleness``
+    seconds has stopped writing by its end. The caller records the moment it returns.
+    """
+    if delete_after is not None:
+        return None if now >= delete_after else delete_after
+    publish(conn, wait=True)
+    if staleness <= 0:
+        return None
+    return now + timedelta(seconds=staleness)
+
+
+def _horizon(conn: Connection) -> int:
+    value = conn.execute(select(tenant_location_map.c.horizon)).scalar()
+    return int(value or 0)
+
+
+def _location(row: Any, pool: NodePool, settings: Settings) -> Location:
+    node = pool.node(row.node) if row.node is not None else None
+    ready = not row.deleted and row.state == ProvisioningState.PROVISIONED and node is not None
+    return Location(
+        tenant_id=row.tenant_id,
+        database=settings.database_name(row.tenant_id),
+        version=int(row.version),
+        ready=ready,
+        state=row.state,
+        node=node.name if ready and node else None,
+        url=node.url if ready and node else None,
+        incarnation=row.incarnation,
+        deleted=bool(row.deleted),
+    )
