@@ -37,6 +37,8 @@ from worker.states import ProvisioningState
 
 # Any constant distinct from the other advisory keys (tenants hash to 64 bits; the reconciler's).
 PUBLISH_LOCK_KEY = 0x6C6F_6361_7465  # "locate"
+# How long a deleted tenant's tombstone stays: a client further behind loads the map again.
+TOMBSTONE_RETENTION = timedelta(days=7)
 _L = tenant_locations.c
 
 _NUMBER = text(

@@ -16,7 +16,7 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import DBAPIError
 
-from worker import attempts, store
+from worker import attempts, locations, store
 from worker.celery_app import app
 from worker.clock import DATABASE_NOW, database_clock
 from worker.db import get_engine
@@ -102,16 +102,26 @@ def reconcile_tenants() -> dict[str, Any]:
 @app.task(name=PRUNE_TASK, acks_late=False, soft_time_limit=300, time_limit=330)
 def prune_attempt_log() -> dict[str, Any]:
     """Delete attempt-log rows older than PROVISIONING_ATTEMPTS_RETENTION_DAYS, in batches; the
-    running totals that /metrics reads are kept. Stops early before its time limit."""
+    running totals that /metrics reads are kept. Then the location map's tombstones older
+    than a week (one batch an hour). Stops early before its time limit."""
     settings = get_settings()
     deadline = time.monotonic() + PRUNE_BUDGET_SECONDS
     with get_engine().connect() as conn:
-        older_than = database_clock(conn)() - timedelta(days=settings.attempts_retention_days)
+        now = database_clock(conn)()
+        older_than = now - timedelta(days=settings.attempts_retention_days)
         deleted = attempts.prune_attempt_log(
             conn, older_than, PRUNE_BATCH_SIZE, stop=lambda: time.monotonic() > deadline
         )
-    logger.info("attempt log pruned: %d rows older than %s", deleted, older_than.isoformat())
-    return {"deleted": deleted, "older_than": older_than.isoformat()}
+        tombstones = locations.prune_tombstones(
+            conn, now - locations.TOMBSTONE_RETENTION, PRUNE_BATCH_SIZE
+        )
+    logger.info(
+        "attempt log pruned: %d rows older than %s; %d location tombstones",
+        deleted,
+        older_than.isoformat(),
+        tombstones,
+    )
+    return {"deleted": deleted, "older_than": older_than.isoformat(), "tombstones": tombstones}
 
 
 def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None) -> bool:
