@@ -1,0 +1,172 @@
+"""The location client against a real API process over HTTP: a writer finds each tenant's
+server, never a default one, and keeps its last map while the service is away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from locations_client import (
+    UNKNOWN,
+    AsyncLocationClient,
+    Location,
+    LocationClient,
+    LocationServiceError,
+    NotReady,
+)
+from tests.conftest import (
+    INFLUX_TOKEN,
+    LOCATIONS_TOKEN,
+    new_tenant_id,
+    start_api,
+    stop_process,
+    wait_for,
+    wait_for_state,
+)
+from worker import locations
+from worker.db import get_engine
+
+
+@pytest.fixture
+def service(tmp_path: Path, db: Any) -> Any:
+    process, base = start_api(tmp_path / "api.log")
+    yield base
+    stop_process(process)
+
+
+def write_point(where: Location, value: int) -> None:
+    answer = requests.post(
+        f"{where.url}/api/v3/write_lp",
+        params={"db": where.database, "precision": "ns"},
+        data=f"telemetry,device=d1 value={value}i",
+        headers={"Authorization": f"Bearer {INFLUX_TOKEN}"},
+        timeout=5,
+    )
+    assert answer.status_code == 204, answer.text
+
+
+def test_a_writer_finds_the_tenants_server_once_provisioned_and_loses_it_on_deletion(
+    api, db, influx, worker_process, service
+):
+    # Given a writer's client, and a tenant being created
+    client = LocationClient(service, LOCATIONS_TOKEN, refresh_seconds=0.1).start()
+    tenant_id = new_tenant_id("loc")
+    assert client.resolve(tenant_id) is UNKNOWN
+    api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "Located"})
+
+    # When it is provisioned, the client learns where within a refresh
+    wait_for_state(db, tenant_id, "provisioned")
+    where = wait_for(
+        lambda: isinstance(client.resolve(tenant_id), Location) and client.resolve(tenant_id),
+        what="a location",
+    )
+    assert (where.url, where.database) == (influx.url, f"telemetry_{tenant_id}")
+    write_point(where, 1)
+    assert len(influx.rows(where.database, "telemetry")) == 1
+
+    # When it is deleted, the client stops giving its server before the database goes
+    api.delete(f"/operator/tenants/{tenant_id}")
+    wait_for(lambda: isinstance(client.resolve(tenant_id), NotReady), what="not ready")
+    wait_for(lambda: client.resolve(tenant_id) is UNKNOWN, what="forgotten")
+    assert f"telemetry_{tenant_id}" not in influx.databases()
+    client.close()
+
+
+def test_with_the_service_down_the_client_keeps_its_map_and_says_how_stale(db, tmp_path, service):
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node) "
+        "VALUES ('kept', 'n', 'provisioned', 'default')"
+    )
+    process, base = start_api(tmp_path / "second-api.log")
+    client = LocationClient(base, LOCATIONS_TOKEN, refresh_seconds=0.1).start()
+    assert isinstance(client.resolve("kept"), Location)
+
+    # When the service goes away
+    stop_process(process)
+    wait_for(lambda: client.last_error is not None, what="a failed refresh")
+    time.sleep(0.3)
+
+    # Then the last map is still served, and the staleness grows
+    assert isinstance(client.resolve("kept"), Location)
+    assert client.staleness > 0.3
+    assert "unreachable" in (client.last_error or "")
+    with pytest.raises(LocationServiceError):
+        client.refresh()
+    client.close()
+
+
+def test_a_client_behind_pruned_tombstones_reloads_the_whole_map(db, service):
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node) VALUES "
+        "('stays', 'n', 'provisioned', 'default'), ('goes', 'n', 'provisioned', 'default')"
+    )
+    client = LocationClient(service, LOCATIONS_TOKEN, refresh_seconds=3600).start()
+    assert isinstance(client.resolve("goes"), Location)
+
+    # When "goes" is deleted and its tombstone pruned before the client looked again
+    db.execute("DELETE FROM tenants WHERE tenant_id = 'goes'")
+    requests.get(
+        f"{service}/locations", headers={"Authorization": f"Bearer {LOCATIONS_TOKEN}"}, timeout=5
+    )  # publishes the tombstone
+    with get_engine().connect() as conn:
+        now = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+        assert locations.prune_tombstones(conn, now, 100) == 1
+
+    # Then its next refresh answers 410, and the whole map is loaded again
+    client.refresh()
+    assert client.resolve("goes") is UNKNOWN
+    assert isinstance(client.resolve("stays"), Location)
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, "not json"),
+        (200, '{"locations": 1}'),
+        (500, "oops"),
+        (401, '{"detail": "no"}'),
+        (302, ""),
+    ],
+)
+def test_garbage_from_the_service_changes_nothing_and_says_what(scripted, status, body):
+    scripted.answer(status, body)
+    client = LocationClient(scripted.url, LOCATIONS_TOKEN)
+    with pytest.raises(LocationServiceError) as raised:
+        client.refresh()
+    assert client.version == 0
+    assert client.resolve("anyone") is UNKNOWN
+    assert LOCATIONS_TOKEN not in str(raised.value)
+
+
+def test_a_url_that_is_not_http_is_refused():
+    with pytest.raises(ValueError, match="http"):
+        LocationClient("file:///etc/passwd", LOCATIONS_TOKEN)
+
+
+def test_the_async_client_resolves_from_memory_and_refreshes_in_a_task(db, service):
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node) "
+        "VALUES ('early', 'n', 'provisioned', 'default')"
+    )
+
+    async def story() -> None:
+        async with AsyncLocationClient(service, LOCATIONS_TOKEN, refresh_seconds=0.1) as client:
+            assert isinstance(client.resolve("early"), Location)
+            assert client.resolve("late") is UNKNOWN
+            db.execute(
+                "INSERT INTO tenants (tenant_id, name, influxdb_state) VALUES ('late', 'n', "
+                "'pending')"
+            )
+            for _ in range(50):
+                if isinstance(client.resolve("late"), NotReady):
+                    break
+                await asyncio.sleep(0.1)
+            assert client.resolve("late") == NotReady("late", "pending")
+
+    asyncio.run(story())
