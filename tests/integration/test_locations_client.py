@@ -4,6 +4,7 @@ server, never a default one, and keeps its last map while the service is away.""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,50 @@ def test_the_async_client_resolves_from_memory_and_refreshes_in_a_task(db, servi
             assert client.resolve("late") == NotReady("late", "pending")
 
     asyncio.run(story())
+
+
+def test_a_writer_writing_on_through_a_deletion_does_not_bring_the_database_back(
+    api, db, influx, custom_worker, service
+):
+    # Given a writer that writes to a tenant every 20 ms while its client says it is ready,
+    # refreshing every 0.5 s, and deletions that wait 2 s once published
+    custom_worker(LOCATIONS_MAX_STALENESS_SECONDS="2")
+    tenant_id = new_tenant_id("loc")
+    api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "Busy"})
+    wait_for_state(db, tenant_id, "provisioned")
+    client = LocationClient(service, LOCATIONS_TOKEN, refresh_seconds=0.5).start()
+    stop, writes = threading.Event(), []
+
+    def keep_writing() -> None:
+        while not stop.is_set():
+            where = client.resolve(tenant_id)
+            if isinstance(where, Location):
+                write_point(where, len(writes))
+                writes.append(time.monotonic())
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    wait_for(lambda: len(writes) > 5, what="writes")
+
+    # When the tenant is deleted
+    deleted_at = time.monotonic()
+    api.delete(f"/operator/tenants/{tenant_id}")
+    wait_for(
+        lambda: (
+            db.execute(
+                "SELECT count(*) FROM tenants WHERE tenant_id = %s", (tenant_id,)
+            ).fetchone()[0]
+            == 0
+        ),
+        what="the tenant gone",
+    )
+    time.sleep(1.0)  # any late write would have re-created it by now
+    stop.set()
+    writer.join()
+
+    # Then the writer stopped within a refresh, and its database did not come back
+    assert f"telemetry_{tenant_id}" not in influx.databases()
+    assert writes[-1] - deleted_at < 1.0
+    assert time.monotonic() - deleted_at >= 2.0  # the deletion outwaited the client
+    client.close()
