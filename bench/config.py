@@ -24,6 +24,7 @@ DATABASE = f"tp_bench_{secrets.token_hex(4)}"
 PG_DSN = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
 INFLUXDB_TOKEN = "apiv3_bench_" + secrets.token_hex(12)
 OPERATOR_TOKEN = "operator-bench-" + secrets.token_hex(12)
+LOCATIONS_TOKEN = "locations-bench-" + secrets.token_hex(12)
 LIVE_CHECK_TIMEOUT = 2.0
 RAISED_DATABASE_LIMIT = 100_000
 
@@ -39,11 +40,19 @@ BENCH_ENV = {
     "INFLUXDB_TOKEN": INFLUXDB_TOKEN,
     "INFLUXDB_DATABASE_LIMIT": str(RAISED_DATABASE_LIMIT),
     "OPERATOR_TOKEN": OPERATOR_TOKEN,
+    "LOCATIONS_TOKEN": LOCATIONS_TOKEN,
     "LIVE_CHECK_TIMEOUT": f"{LIVE_CHECK_TIMEOUT:g}",
     "LOG_LEVEL": "INFO",
 }
 # Inherited settings would make a run differ from the documented one.
-_INHERITED_PREFIXES = ("CELERY_", "INFLUXDB_", "PROVISION_", "RECONCILE_", "FLOWER_")
+_INHERITED_PREFIXES = (
+    "CELERY_",
+    "INFLUXDB_",
+    "PROVISION_",
+    "RECONCILE_",
+    "FLOWER_",
+    "LOCATIONS_",
+)
 _INHERITED_NAMES = ("DATABASE_URL", "OPERATOR_TOKEN", "OPERATOR_TOKEN_FILE", "LIVE_CHECK_TIMEOUT")
 
 
@@ -88,6 +97,11 @@ class Sizes:
     adoption_servers: int  # the upgrade's servers, each holding ...
     adoption_per_server: int  # ... this many of the UI's tenants' databases
     fleet_reconciles: tuple[tuple[int, int], ...]  # (servers, tenants on each) per fleet
+    location_maps: tuple[int, ...]  # tenants in the location map, per case
+    location_resolves: int  # resolve() calls timed in the client
+    location_since_calls: int  # `since` calls timed, each after 1,000 changes
+    location_clients: int  # concurrent clients polling the API ...
+    location_client_seconds: float  # ... for this long
 
 
 FULL = Sizes(
@@ -115,6 +129,11 @@ FULL = Sizes(
     adoption_servers=100,
     adoption_per_server=1000,
     fleet_reconciles=((100, 1000), (1000, 1000)),
+    location_maps=(1_000, 1_000_000),
+    location_resolves=200_000,
+    location_since_calls=20,
+    location_clients=200,
+    location_client_seconds=10.0,
 )
 
 QUICK = Sizes(
@@ -142,4 +161,9 @@ QUICK = Sizes(
     adoption_servers=10,
     adoption_per_server=100,
     fleet_reconciles=((10, 100), (50, 100)),
+    location_maps=(1_000, 20_000),
+    location_resolves=20_000,
+    location_since_calls=5,
+    location_clients=20,
+    location_client_seconds=3.0,
 )

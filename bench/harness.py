@@ -219,25 +219,38 @@ class Context:
     def fresh_state(self) -> None:
         """No tenants, no queued messages, an empty healthy stand-in. Call with no worker up."""
         self.db.execute(
-            "TRUNCATE tenants, provisioning_attempts, provisioning_attempt_totals, influxdb_nodes"
+            "TRUNCATE tenants, provisioning_attempts, provisioning_attempt_totals, influxdb_nodes, "
+            "tenant_locations, influxdb_strays"
         )
+        self.db.execute("UPDATE tenant_location_map SET horizon = 0")
         self.empty_broker()
         self.standin.reset()
 
     def insert_placed(self, sql: str, params: tuple[Any, ...]) -> None:
-        """Bulk-insert placed tenants with ``sql``, the slot-count trigger off, then set every
-        node's count in one statement as migration 0007 does (a trigger per row would take
-        minutes at a million), and analyze."""
+        """Bulk-insert placed tenants with ``sql``, the slot-count and location triggers off,
+        then set every node's count and every tenant's location in one statement each, as
+        migrations 0007 and 0008 do (a trigger per row would take minutes at a million), and
+        analyze."""
         self.db.execute("ALTER TABLE tenants DISABLE TRIGGER tenants_count_slots")
+        self.db.execute("ALTER TABLE tenants DISABLE TRIGGER tenants_track_location")
         try:
             self.db.execute(sql, params)
         finally:
             self.db.execute("ALTER TABLE tenants ENABLE TRIGGER tenants_count_slots")
+            self.db.execute("ALTER TABLE tenants ENABLE TRIGGER tenants_track_location")
         self.db.execute(
             "INSERT INTO influxdb_nodes (name, placed) SELECT influxdb_node, count(*) "
             "FROM tenants WHERE influxdb_node IS NOT NULL GROUP BY 1"
         )
+        self.db.execute(
+            "INSERT INTO tenant_locations (tenant_id, state, node, incarnation, version) "
+            "SELECT tenant_id, influxdb_state, influxdb_node, influxdb_incarnation, "
+            "nextval('tenant_location_version') FROM tenants "
+            "ON CONFLICT (tenant_id) DO UPDATE SET state = excluded.state, node = excluded.node, "
+            "incarnation = excluded.incarnation, version = excluded.version, deleted = false"
+        )
         self.db.execute("VACUUM ANALYZE tenants")
+        self.db.execute("VACUUM ANALYZE tenant_locations")
         self.db.execute("ANALYZE influxdb_nodes")
 
     def count(self, sql: str, *params: Any) -> int:

@@ -22,6 +22,7 @@ from bench import (
     console_page,
     fleet_reconcile,
     live_isolation,
+    locations,
     metrics_scrape,
     node_pool,
     onboarding,
@@ -58,6 +59,7 @@ BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "placement": (placement_scale.BENCHMARK, placement_scale.run),
     "adoption": (adoption_scale.BENCHMARK, adoption_scale.run),
     "fleet": (fleet_reconcile.BENCHMARK, fleet_reconcile.run),
+    "locations": (locations.BENCHMARK, locations.run),
 }
 
 
