@@ -25,6 +25,7 @@ COPY alembic.ini celeryconfig.py pyproject.toml ./
 COPY migrations/ ./migrations/
 COPY worker/ ./worker/
 COPY api_hooks/ ./api_hooks/
+COPY locations_client/ ./locations_client/
 COPY influxdb3_standin/ ./influxdb3_standin/
 # The operator CLI as a command: `docker compose exec worker tenantctl status TENANT`.
 RUN pip install --no-cache-dir --no-deps .

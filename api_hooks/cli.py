@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "tenantctl") -> int:
         "reconcile": _reconcile,
         "check-influxdb": _check_influxdb,
         "nodes": _nodes,
+        "strays": _strays,
     }[args.command]
     return handler(args)
 
@@ -80,6 +81,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "check-influxdb", help="per node: reachability, token, databases used vs limit"
     )
     commands.add_parser("nodes", help="the node pool: slots used and free, marked full, seen")
+    commands.add_parser(
+        "strays",
+        help="databases nobody placed: tenants' off their home (stray), of no tenant (orphan)",
+    )
     commands.add_parser(
         "flower",
         help="start Flower (requires FLOWER_BASIC_AUTH unless FLOWER_UNAUTHENTICATED_DEV=1)",
@@ -265,6 +270,42 @@ def _nodes(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return EXIT_OK
+
+
+def _strays(args: argparse.Namespace) -> int:
+    from worker.db import get_engine  # noqa: PLC0415
+    from worker.strays import stray_rows  # noqa: PLC0415
+
+    with get_engine().connect() as conn:
+        found = stray_rows(conn)
+    rows = [
+        {
+            "node": row.node,
+            "database": row.database,
+            "kind": row.kind,
+            "tenant_id": row.tenant_id,
+            "home_node": row.home_node,
+            "first_seen_at": row.first_seen_at.isoformat(),
+            "last_seen_at": row.last_seen_at.isoformat(),
+        }
+        for row in found
+    ]
+    if args.json:
+        _print_json(rows)  # JSON escapes what a terminal would act on
+    else:
+        names = ("node", "database", "tenant_id", "home_node")
+        shown = [{k: _printable(v) if k in names else v for k, v in r.items()} for r in rows]
+        _print_table(shown, list(rows[0]) if rows else ["node"], noun="database")
+    return EXIT_OK
+
+
+def _printable(value: str | None) -> str | None:
+    """``value`` with every character a terminal would act on or hide (control, bidi, other
+    invisible formats, line separators) shown as its escape: names from servers are untrusted,
+    and an operator copies them into a DELETE, so nothing is dropped silently."""
+    if value is None:
+        return None
+    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in value)
 
 
 def _flower(extra: list[str]) -> int:

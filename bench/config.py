@@ -133,7 +133,7 @@ FULL = Sizes(
     location_resolves=200_000,
     location_since_calls=20,
     location_clients=200,
-    location_client_seconds=10.0,
+    location_client_seconds=20.0,
 )
 
 QUICK = Sizes(
@@ -165,5 +165,5 @@ QUICK = Sizes(
     location_resolves=20_000,
     location_since_calls=5,
     location_clients=20,
-    location_client_seconds=3.0,
+    location_client_seconds=5.0,
 )

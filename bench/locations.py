@@ -6,13 +6,15 @@ whole map through the API (wall time, and the process's peak resident memory abo
 before the load), then times ``resolve`` on random ids (each call timed alone with
 ``perf_counter_ns``, so a few tens of nanoseconds of timer are included). Then ``since`` calls,
 each after 1,000 tenants changed state (the call publishes them and reads them). At the largest
-size, 200 clients (4 processes of 50 threads) poll ``since`` at their own version for a few
-seconds while 100 tenants change every second; every answer's latency is kept.
+size, 200 clients (4 processes of 50 threads) poll ``since`` at their own version every 2 s
+(the default refresh), starting at random moments, while 100 tenants change every second;
+every answer's latency is kept.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import threading
@@ -31,6 +33,7 @@ from bench.measure import Result, fmt_seconds, percentile, verdict
 BENCHMARK = "13 · locations"
 CHANGES = 1000
 CLIENT_PROCESSES = 4
+REFRESH = 2.0  # the clients' default refresh interval (LOCATIONS_REFRESH_SECONDS)
 AUTH = {"Authorization": f"Bearer {config.LOCATIONS_TOKEN}"}
 
 # Runs in a new process: the client as a writer would hold it, nothing else loaded.
@@ -149,6 +152,7 @@ def _since(ctx: Context, api: str, size: int, sizes: Sizes) -> tuple[Result, flo
     session = requests.Session()
     session.headers.update(AUTH)
     version = _version(session, api)
+    session.get(f"{api}/locations", params={"since": version}, timeout=30)  # a warm connection
     seconds: list[float] = []
     wrong = 0
     for call in range(sizes.location_since_calls):
@@ -197,12 +201,13 @@ def _poll(api: str, threads: int, seconds: float) -> list[float]:
         version = _version(session, api)
         deadline = time.monotonic() + seconds
         mine = []
+        time.sleep(random.uniform(0, REFRESH))  # clients do not start in step
         while time.monotonic() < deadline:
             started = time.perf_counter()
             answer = session.get(f"{api}/locations", params={"since": version}, timeout=30)
             mine.append(time.perf_counter() - started)
             version = answer.json()["next_since"]
-            time.sleep(0.05)
+            time.sleep(REFRESH)
         with lock:
             latencies.extend(mine)
 
@@ -216,7 +221,10 @@ def _poll(api: str, threads: int, seconds: float) -> list[float]:
 
 def _concurrent(ctx: Context, api: str, size: int, sizes: Sizes) -> Result:
     clients, seconds = sizes.location_clients, sizes.location_client_seconds
-    say(f"locations: {clients} clients polling for {seconds:.0f} s, 100 changes/s")
+    say(
+        f"locations: {clients} clients polling every {REFRESH:g} s for {seconds:.0f} s, "
+        "100 changes/s"
+    )
     stop = threading.Event()
     changing = psycopg.connect(config.PG_DSN, autocommit=True)  # the changer thread's own
 
@@ -250,7 +258,7 @@ def _concurrent(ctx: Context, api: str, size: int, sizes: Sizes) -> Result:
         changing.close()
     return Result(
         BENCHMARK,
-        f"location API under {clients} concurrent clients polling `since`, map of {size:,}",
+        f"location API, {clients} clients polling `since` every {REFRESH:g} s, map of {size:,}",
         f"{len(latencies):,}",
         f"p50 {fmt_seconds(percentile(latencies, 50))} · p99 "
         f"{fmt_seconds(percentile(latencies, 99))} · "

@@ -7,12 +7,14 @@ import contextlib
 import json
 import logging
 import math
+import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 PAGE_SIZE: Final = 5000
 MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024  # a page of 10,000 locations is about 3 MB
+# Set by the service when more pages follow: where the next one starts.
+NEXT_SINCE_HEADER: Final = "X-Locations-Next-Since"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +78,8 @@ class _Map:
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         self._timeout, self._page_size = timeout, page_size
         self._entries: dict[str, Location | NotReady] = {}
-        self._nodes: dict[str, str] = {}
+        self._nodes: dict[str, str] = {}  # name: URL
+        self._names: dict[str, str] = {}  # name: the one string kept for it
         self._prefix = ""
         self.version = 0
         self.refresh_seconds: float | None = None  # the service's hint, once known
@@ -103,23 +108,33 @@ class _Map:
         started = time.monotonic()
         since, changed = self.version, 0
         reloaded: dict[str, Location | NotReady] | None = None  # built aside, swapped in
-        while True:
-            status, page = self._get(since)
-            if status == 410:  # tombstones we never saw were pruned: load everything again
-                logger.warning("location map too old (version %d); loading it whole", since)
-                since, changed, reloaded = 0, 0, {}
-                continue
-            self._learn(page)
-            entries = self._entries if reloaded is None else reloaded
-            for item in page["locations"]:
-                if item["deleted"]:
-                    entries.pop(item["tenant_id"], None)
-                else:
-                    entries[item["tenant_id"]] = self._entry(item)
-                changed += 1
-            since = int(page["next_since"])
-            if not page["more"]:
-                break
+        # While one page is parsed the next is already on its way (its version is in the
+        # answer's headers): the server's work and ours overlap on a whole-map load.
+        with ThreadPoolExecutor(1, thread_name_prefix="locations-page") as fetching:
+            coming = fetching.submit(self._fetch, since)
+            while True:
+                status, ahead, body = coming.result()
+                if status == 410:  # tombstones we never saw were pruned: load it all again
+                    logger.warning("location map too old (version %d); loading it whole", since)
+                    since, changed, reloaded = 0, 0, {}
+                    coming = fetching.submit(self._fetch, 0)
+                    continue
+                if ahead is not None:
+                    coming = fetching.submit(self._fetch, ahead)
+                page = _parse(body)
+                self._learn(page)
+                entries = self._entries if reloaded is None else reloaded
+                for item in page["locations"]:
+                    if item["deleted"]:
+                        entries.pop(item["tenant_id"], None)
+                    else:
+                        entries[item["tenant_id"]] = self._entry(item)
+                    changed += 1
+                since = int(page["next_since"])
+                if not page["more"]:
+                    break
+                if ahead != since:  # no header, or not this page's: ask from the body's
+                    coming = fetching.submit(self._fetch, since)
         if reloaded is not None:
             self._entries = reloaded
         self.version = since
@@ -134,6 +149,7 @@ class _Map:
         prefix = str(page["database_prefix"])
         if nodes != self._nodes or prefix != self._prefix:
             self._nodes, self._prefix = nodes, prefix
+            self._names = {name: name for name in nodes}
             # A server moved or left the nodes file: what we hold of it is rebuilt.
             self._entries = {
                 tenant_id: self._moved(entry) for tenant_id, entry in self._entries.items()
@@ -145,19 +161,23 @@ class _Map:
         url = self._nodes.get(entry.node)
         if url is None:
             return NotReady(entry.tenant_id, "node_not_configured")
-        return Location(entry.tenant_id, entry.node, url, entry.incarnation, self._prefix)
+        node = self._names[entry.node]
+        return Location(entry.tenant_id, node, url, entry.incarnation, self._prefix)
 
     def _entry(self, item: Mapping[str, Any]) -> Location | NotReady:
         tenant_id = item["tenant_id"]
         node = item["node"]
         if not item["ready"] or node is None:
-            return NotReady(tenant_id, str(item["state"]))
+            return NotReady(tenant_id, sys.intern(str(item["state"])))
         url = self._nodes.get(node)
         if url is None:
             return NotReady(tenant_id, "node_not_configured")
-        return Location(tenant_id, node, url, item["incarnation"], self._prefix)
+        # One string per server name, not one per tenant: a million locations share a few.
+        return Location(tenant_id, self._names[node], url, item["incarnation"], self._prefix)
 
-    def _get(self, since: int) -> tuple[int, dict[str, Any]]:
+    def _fetch(self, since: int) -> tuple[int, int | None, bytes]:
+        """One page's status, the version the page after it starts from (when more follow
+        and the service says so in its headers), and its body, unparsed."""
         query = urllib.parse.urlencode({"since": since, "limit": self._page_size})
         # http(s) only: checked in __init__
         request = urllib.request.Request(f"{self._url}?{query}", headers=self._headers)  # noqa: S310
@@ -165,22 +185,27 @@ class _Map:
         try:
             with opener.open(request, timeout=self._timeout) as answer:
                 body = answer.read(MAX_ANSWER_BYTES + 1)
-                status = answer.status
+                status, headers = answer.status, answer.headers
         except urllib.error.HTTPError as exc:
             if exc.code == 410:
-                return 410, {}
+                return 410, None, b""
             detail = _detail(exc.read(4096))
             raise LocationServiceError(f"/locations answered {exc.code}: {detail}") from None
         except (OSError, ValueError) as exc:  # refused, timed out, reset, bad URL
             raise LocationServiceError(f"/locations unreachable: {exc}") from None
         if len(body) > MAX_ANSWER_BYTES:
             raise LocationServiceError("/locations answered more than a page can be")
-        try:
-            page = json.loads(body)
-            _check(page)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise LocationServiceError(f"/locations answered garbage: {exc}") from None
-        return status, page
+        ahead = headers.get(NEXT_SINCE_HEADER, "")
+        return status, int(ahead) if ahead.isdigit() else None, body
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        page = json.loads(body)
+        _check(page)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LocationServiceError(f"/locations answered garbage: {exc}") from None
+    return page  # type: ignore[no-any-return]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

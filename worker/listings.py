@@ -27,7 +27,7 @@ from worker.states import ProvisioningState
 
 logger = logging.getLogger(__name__)
 
-_LISTED = "reconcile_listed"
+LISTED_TABLE = "reconcile_listed"
 _NODES = "reconcile_nodes"
 _OWED = "reconcile_owed"
 
@@ -54,7 +54,7 @@ _PASSED_OVER = f"""
     )
 """
 # Hash joins over a million listed names want ~70 MB; with the default 4 MB they spill to disk.
-_WORK_MEM = "128MB"
+WORK_MEM = "128MB"
 
 
 class RunListings:
@@ -72,7 +72,7 @@ class RunListings:
         if not self._conn.in_transaction():
             self._conn.begin()  # SQLAlchemy owns the transaction, so its rollback reaches it
         cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor, cursor.copy(f"COPY {_LISTED} (node, database) FROM STDIN") as copy:
+        with cursor, cursor.copy(f"COPY {LISTED_TABLE} (node, database) FROM STDIN") as copy:
 
             def add(node: str, names: Collection[str]) -> None:
                 for name in names:
@@ -93,8 +93,8 @@ class RunListings:
                 text(f"INSERT INTO {_NODES} VALUES (:node, :answered)"),  # noqa: S608 - constant
                 [{"node": node, "answered": node in answered} for node in configured],
             )
-        self._conn.execute(text(f"ANALYZE {_LISTED}, {_NODES}"))
-        self._conn.execute(text(f"SET LOCAL work_mem = '{_WORK_MEM}'"))
+        self._conn.execute(text(f"ANALYZE {LISTED_TABLE}, {_NODES}"))
+        self._conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
         kept = self._conn.execute(
             text(f"""
                 INSERT INTO {_OWED} (tenant_id, seen_on)
@@ -103,11 +103,11 @@ class RunListings:
                 FROM (
                     SELECT t.tenant_id FROM tenants t
                     LEFT JOIN {_NODES} n ON n.node = t.influxdb_node
-                    LEFT JOIN {_LISTED} own
+                    LEFT JOIN {LISTED_TABLE} own
                         ON own.node = t.influxdb_node AND own.database = :prefix || t.tenant_id
                     WHERE NOT ({_PASSED_OVER})
                 ) c
-                LEFT JOIN {_LISTED} l ON l.database = :prefix || c.tenant_id
+                LEFT JOIN {LISTED_TABLE} l ON l.database = :prefix || c.tenant_id
                 GROUP BY c.tenant_id
             """),  # noqa: S608 - constant table names; values are bound parameters
             {"listed_at": listed_at, "prefix": self._prefix},
@@ -153,7 +153,7 @@ class RunListings:
 def run_listings(conn: Connection, prefix: str) -> Iterator[RunListings]:
     """The run's temporary tables on ``conn``, dropped when the run ends, however it ends."""
     _drop(conn)  # a run that died on this pooled connection may have left them
-    conn.execute(text(f"CREATE TEMPORARY TABLE {_LISTED} (node text NOT NULL, database text)"))
+    conn.execute(text(f"CREATE TEMPORARY TABLE {LISTED_TABLE} (node text NOT NULL, database text)"))
     conn.execute(text(f"CREATE TEMPORARY TABLE {_NODES} (node text PRIMARY KEY, answered bool)"))
     conn.execute(
         text(
@@ -175,5 +175,5 @@ def run_listings(conn: Connection, prefix: str) -> Iterator[RunListings]:
 
 
 def _drop(conn: Connection) -> None:
-    conn.execute(text(f"DROP TABLE IF EXISTS {_LISTED}, {_NODES}, {_OWED}"))
+    conn.execute(text(f"DROP TABLE IF EXISTS {LISTED_TABLE}, {_NODES}, {_OWED}"))
     conn.commit()

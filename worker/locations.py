@@ -88,9 +88,12 @@ class Location:
 
 @dataclass(frozen=True)
 class Page:
-    """The changes after ``since`` up to ``next_since``, in version order."""
+    """The changes after ``since`` up to ``next_since``, in version order, as a JSON array
+    (built by Postgres: a page of 10,000 locations serialized in Python cost more than the
+    query that read it)."""
 
-    locations: list[Location]
+    locations_json: str
+    count: int
     next_since: int  # the version to ask from next time
     more: bool  # more changes wait after next_since
     current: int  # the map's version now
@@ -119,22 +122,62 @@ def current_version(conn: Connection) -> int:
     return max(int(latest or 0), _horizon(conn))
 
 
+# One statement: the page (ready only on a configured server, whose URL comes from the nodes
+# file as a parameter), its last version, whether more follow, the map's version and horizon.
+_PAGE = text(
+    """
+    WITH page AS (
+        SELECT * FROM tenant_locations WHERE version > :since ORDER BY version LIMIT :over
+    ), judged AS (
+        SELECT page.*, configured.url,
+               NOT page.deleted AND page.state = :provisioned AND configured.url IS NOT NULL
+                   AS ready,
+               row_number() OVER (ORDER BY page.version) AS position
+        FROM page
+        LEFT JOIN unnest(CAST(:names AS text[]), CAST(:urls AS text[])) AS configured(name, url)
+            ON configured.name = page.node
+    )
+    SELECT
+        coalesce(json_agg(json_build_object(
+            'tenant_id', tenant_id, 'database', :prefix || tenant_id, 'version', version,
+            'ready', ready, 'state', state,
+            'node', CASE WHEN ready THEN node END, 'url', CASE WHEN ready THEN url END,
+            'incarnation', incarnation, 'deleted', deleted
+        ) ORDER BY version) FILTER (WHERE position <= :limit), '[]')::text AS locations,
+        count(*) FILTER (WHERE position <= :limit) AS found,
+        max(version) FILTER (WHERE position <= :limit) AS last,
+        count(*) > :limit AS more,
+        (SELECT max(version) FROM tenant_locations) AS latest,
+        (SELECT horizon FROM tenant_location_map) AS horizon
+    FROM judged
+    """
+)
+
+
 def changes(conn: Connection, since: int, limit: int, pool: NodePool, settings: Settings) -> Page:
     """The locations changed after version ``since``, at most ``limit``, in version order.
     ``since`` 0 reads the whole map. Raises SinceTooOld and SinceInFuture."""
-    current = current_version(conn)
+    nodes = pool.nodes()
+    row = conn.execute(
+        _PAGE,
+        {
+            "since": since,
+            "limit": limit,
+            "over": limit + 1,
+            "names": [node.name for node in nodes],
+            "urls": [node.url for node in nodes],
+            "prefix": settings.influxdb_database_prefix,
+            "provisioned": ProvisioningState.PROVISIONED.value,
+        },
+    ).one()
+    horizon = int(row.horizon or 0)
+    current = max(int(row.latest or 0), horizon)
     if since > current:
         raise SinceInFuture(f"since {since} is ahead of this map's version ({current})")
-    if 0 < since < _horizon(conn):
+    if 0 < since < horizon:
         raise SinceTooOld(f"since {since} is older than the tombstones kept; load the map again")
-    rows = conn.execute(
-        select(tenant_locations).where(_L.version > since).order_by(_L.version).limit(limit + 1)
-    ).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    locations = [_location(row, pool, settings) for row in rows]
-    next_since = locations[-1].version if locations else since
-    return Page(locations, next_since, more, max(current, next_since))
+    next_since = int(row.last) if row.last is not None else since
+    return Page(row.locations, int(row.found), next_since, bool(row.more), current)
 
 
 def locate(conn: Connection, tenant_id: str, pool: NodePool, settings: Settings) -> Location | None:

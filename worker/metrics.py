@@ -26,6 +26,7 @@ from worker.states import (
     STATES,
     ProvisioningState,
 )
+from worker.strays import StrayKind, counts_by_node
 
 PREFIX = "tenant_provisioner"
 _UNPLACED = "(none)"  # node label of stalled tenants that have no server yet
@@ -69,6 +70,7 @@ class ProvisioningCollector(Collector):
                     .group_by(tenants.c.influxdb_node)
                 ).all()
             )
+            strays = counts_by_node(conn)
             names = [n.name for n in configured]
             unconfigured = {
                 name: count for name, count in tenants_per_node(rows).items() if name not in names
@@ -86,6 +88,19 @@ class ProvisioningCollector(Collector):
         for node, count in sorted(stalled.items()):
             stalled_family.add_metric([node], count)
         yield stalled_family
+
+        stray_family = GaugeMetricFamily(
+            f"{PREFIX}_stray_databases",
+            "Databases the last listing of the node showed that nobody placed there: a tenant's "
+            "off its home (stray) or of no tenant (orphan). Reported only, never deleted.",
+            labels=["node", "kind"],
+        )
+        # Every configured server has both series (0: nothing there), so a stray that goes
+        # away reads 0 rather than a series that vanishes.
+        for node in sorted(set(names) | {node for node, _ in strays}):
+            for kind in StrayKind:
+                stray_family.add_metric([node, kind.value], strays.get((node, kind.value), 0))
+        yield stray_family
 
         states = GaugeMetricFamily(
             f"{PREFIX}_tenants", "Tenants by InfluxDB provisioning state.", labels=["state"]

@@ -8,6 +8,8 @@ someone deletes a database by hand. One run:
 2. re-reads the node pool and lists each server's databases once - one InfluxDB call per
    server, never one per tenant - recording what it saw (a server seen with room is no longer
    "full"), and copies each list into a temporary table as it arrives (``worker.listings``);
+   from those lists it records the strays and orphans (``worker.strays``: reported, never
+   deleted);
 3. passes over, in one query, every row provably owed nothing (a provisioned tenant whose
    database is on its server's list: nearly all of a healthy fleet), reads the rest in
    keyset-paginated batches and asks ``worker.findings`` what each is owed;
@@ -45,6 +47,7 @@ from worker.redaction import redact
 from worker.runs import new_chain, new_task_id
 from worker.settings import NodeConfig, Settings
 from worker.states import ProvisioningState, Reason
+from worker.strays import record_strays
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ class ReconcileSummary:
     node_missing: int = 0  # tenants whose server left the nodes file
     not_queued: int = 0  # owed work the broker did not take this time
     counts_repaired: int = 0  # nodes whose slot count differed from the real one
+    strays: int = 0  # tenants' databases off their home, on the servers that answered
+    orphans: int = 0  # databases of no tenant, on the servers that answered
     influxdb_calls: int = 0
     duration_seconds: float = 0.0
     influxdb_error: str | None = None
@@ -157,6 +162,10 @@ def _run(
                     copy_list(node.name, listing.names)
                     observed.append((node, len(listing.names)))
         record_observations(conn, observed, clock())  # and commits the copied lists
+        found = record_strays(
+            conn, seen.answered, settings.influxdb_database_prefix, listed_at, clock()
+        )
+        summary.strays, summary.orphans = found.strays, found.orphans
         if errors:
             summary.influxdb_error = redact(
                 "; ".join(sorted(errors)), settings.secrets() + pool.secrets()

@@ -1,4 +1,5 @@
-"""The console's pages: overview, tenants, one tenant, and its two actions (retry, delete).
+"""The console's pages: overview, tenants, one tenant, and its two actions (retry, delete);
+strays (databases nobody placed, reported by the reconciler).
 
 Read-only pages are GET; actions are POST with a CSRF token and answer with a redirect to the
 page that shows what happened (post/redirect/get). Actions call the same hooks as the HTTP API.
@@ -23,6 +24,7 @@ from api_hooks.tenants import delete_tenant, request_provisioning
 from worker.db import get_engine
 from worker.settings import get_settings
 from worker.states import STATES
+from worker.strays import stray_rows
 
 PREFIX = "/operator/console"
 
@@ -84,6 +86,12 @@ def console_router(
             states=STATES,
             problem=problem,
         )
+
+    @router.get("/strays", name="console_strays", response_class=HTMLResponse)
+    def strays(request: Request) -> Response:
+        with get_engine().connect() as conn:
+            rows = stray_rows(conn)
+        return pages.render(request, "strays.html", rows=rows)
 
     @router.get("/tenants/{tenant_id}", name="console_tenant", response_class=HTMLResponse)
     def tenant(

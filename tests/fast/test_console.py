@@ -45,7 +45,7 @@ def operator(anonymous: TestClient) -> TestClient:
 
 
 @pytest.mark.parametrize(
-    "path", ["", "/tenants?state=failed", "/tenants/acme", "/tenants/acme/delete"]
+    "path", ["", "/tenants?state=failed", "/tenants/acme", "/tenants/acme/delete", "/strays"]
 )
 def test_pages_without_a_session_redirect_to_sign_in_and_back(anonymous, path):
     response = anonymous.get(CONSOLE + path)
@@ -169,7 +169,7 @@ def test_a_hostile_name_is_text_on_every_page(db, operator):
 
 def test_every_page_carries_a_strict_policy_and_no_secret(db, operator):
     insert(db, "acme", state="provisioned")
-    for path in ("", "/tenants", "/tenants/acme", "/tenants/acme/delete", "/sign-in"):
+    for path in ("", "/tenants", "/tenants/acme", "/tenants/acme/delete", "/strays", "/sign-in"):
         response = operator.get(CONSOLE + path)
         assert response.status_code == 200, path
         policy = response.headers["content-security-policy"]
@@ -253,3 +253,25 @@ def test_an_unknown_or_malformed_tenant_is_a_404_page(operator):
     response = operator.get(f"{CONSOLE}/tenants/bad%20id")
     assert response.status_code == 404
     assert "may contain only" in response.text
+
+
+def test_the_strays_page_lists_what_the_reconciler_recorded_as_text(db, operator):
+    # Given no stray yet, the page says so, and every page links to it
+    page = operator.get(f"{CONSOLE}/strays")
+    assert page.status_code == 200
+    assert "None: every database the servers listed" in page.text
+    assert f'href="{CONSOLE}/strays"' in operator.get(CONSOLE).text
+    # Given a stray of acme on beta, and an orphan whose name came from a hostile server
+    insert(db, "acme", state="provisioned", node="alpha")
+    db.execute(
+        "INSERT INTO influxdb_strays VALUES "
+        "('beta', 'telemetry_acme', 'stray', 'acme', 'alpha', %(t)s, %(t)s), "
+        "('beta', %(name)s, 'orphan', NULL, NULL, %(t)s, %(t)s)",
+        {"t": T0, "name": HOSTILE_NAME},
+    )
+    # Then both are rows, the stray linked to its tenant, the hostile name only text
+    body = operator.get(f"{CONSOLE}/strays").text
+    rows = re.findall(r'<tr data-node="beta" data-database="([^"]+)" data-kind="(\w+)">', body)
+    assert rows == [("&lt;img src=x onerror=alert(1)&gt;", "orphan"), ("telemetry_acme", "stray")]
+    assert f'href="{CONSOLE}/tenants/acme"' in body
+    assert "<img" not in body

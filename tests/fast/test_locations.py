@@ -114,6 +114,11 @@ def test_the_whole_map_comes_in_pages_in_version_order(db, service):
             break
     assert (len(seen), pages) == (7, 3)
     assert seen == sorted(seen)
+    # Where the next page starts is in the headers too (a client fetches it while parsing)
+    first = service.get("/locations", params={"since": 0, "limit": 3})
+    assert first.headers["X-Locations-Next-Since"] == str(first.json()["next_since"])
+    last = service.get("/locations", params={"since": seen[-2], "limit": 3})
+    assert "X-Locations-Next-Since" not in last.headers
 
 
 def test_versions_follow_the_order_changes_became_visible(db, service, database):

@@ -1,0 +1,210 @@
+"""Strays and orphans, found from the reconcile run's own listings: what is reported, what is
+not, how the table follows the servers from run to run, and where operators read it (the CLI,
+/metrics). Nothing here is ever deleted on a server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from prometheus_client import CollectorRegistry, generate_latest
+
+from tests.conftest import ROOT
+from tests.fast.conftest import T0, Published, World, insert
+from worker.db import get_engine
+from worker.metrics import ProvisioningCollector
+from worker.reconcile import reconcile
+
+TENANTCTL = Path(sys.executable).parent / "tenantctl"
+
+
+def run(world: World) -> dict[str, Any]:
+    summary = reconcile(get_engine(), world.pool(), world.settings, Published(), clock=world.clock)
+    return summary.as_dict()
+
+
+def recorded(db: psycopg.Connection[Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    with db.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        rows = cur.execute("SELECT * FROM influxdb_strays").fetchall()
+    return {(row.pop("node"), row.pop("database")): row for row in rows}
+
+
+def test_strays_and_orphans_are_reported_and_the_rest_is_not(db, world: World, caplog):
+    # Given acme at home on alpha, and its points also written to beta by a misrouted writer
+    world.add("alpha").create_database("telemetry_acme")
+    beta = world.add("beta", limit=10)
+    beta.create_database("telemetry_acme")
+    insert(db, "acme", state="provisioned", node="alpha", provisioned_at=T0)
+    # and on beta: a database of no tenant, a row from before the worker not located yet, our
+    # own create whose answer was never seen, a soft-deleted name, a database of another prefix
+    for name in ("ghost", "old", "sent", "gone-20261128T120000"):
+        beta.create_database(f"telemetry_{name}")
+    beta.create_database("billing")
+    insert(db, "old", adopt="unmarked")
+    insert(db, "sent", create_sent_to="beta", enqueued_at=T0)
+
+    # When the reconciler runs
+    with caplog.at_level(logging.WARNING, logger="worker.strays"):
+        summary = run(world)
+
+    # Then the stray names its tenant and its home, the orphan stands alone, nothing else shows
+    now = world.clock()
+    assert recorded(db) == {
+        ("beta", "telemetry_acme"): {
+            "kind": "stray",
+            "tenant_id": "acme",
+            "home_node": "alpha",
+            "first_seen_at": now,
+            "last_seen_at": now,
+        },
+        ("beta", "telemetry_ghost"): {
+            "kind": "orphan",
+            "tenant_id": None,
+            "home_node": None,
+            "first_seen_at": now,
+            "last_seen_at": now,
+        },
+    }
+    assert (summary["strays"], summary["orphans"]) == (1, 1)
+    # one warning per new one, naming server, database, kind and tenant
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "node=beta database=telemetry_acme kind=stray tenant=acme home=alpha" in warnings[0]
+    assert "node=beta database=telemetry_ghost kind=orphan tenant=-" in warnings[1]
+    # and nothing was deleted anywhere
+    assert len(beta.databases()) == 6
+
+
+def test_a_tenant_deleted_after_the_listing_started_is_no_orphan(db, world: World):
+    # Given two databases of no tenant: one whose tenant was deleted as this run listed, one
+    # deleted long before (tombstones: the database clock writes them, here the test's)
+    server = world.add("alpha")
+    for name in ("just-deleted", "long-deleted"):
+        server.create_database(f"telemetry_{name}")
+    db.execute(
+        "INSERT INTO tenant_locations (tenant_id, deleted, changed_at) VALUES (%s, true, %s), "
+        "(%s, true, %s)",
+        ("just-deleted", world.clock(), "long-deleted", world.clock() - timedelta(hours=1)),
+    )
+
+    run(world)
+
+    assert list(recorded(db)) == [("alpha", "telemetry_long-deleted")]
+
+
+def test_the_table_follows_the_servers_that_answer(db, world: World, caplog):
+    # Given a stray and an orphan on beta, seen by a first run
+    world.add("alpha")
+    beta = world.add("beta")
+    insert(db, "acme", state="provisioned", node="alpha", provisioned_at=T0)
+    beta.create_database("telemetry_acme")
+    beta.create_database("telemetry_ghost")
+    run(world)
+    first = world.clock()
+
+    # When beta is silent at the next run, it keeps what was last seen there
+    world.clock.advance(60)
+    beta.set_outage(True)
+    summary = run(world)
+    assert (summary["strays"], summary["orphans"]) == (0, 0)  # counted where listed only
+    assert {k: v["last_seen_at"] for k, v in recorded(db).items()} == {
+        ("beta", "telemetry_acme"): first,
+        ("beta", "telemetry_ghost"): first,
+    }
+
+    # When it answers again, the stray is still there (first seen kept), the orphan is gone
+    world.clock.advance(60)
+    beta.set_outage(False)
+    beta.delete_database("telemetry_ghost")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="worker.strays"):
+        summary = run(world)
+    assert recorded(db) == {
+        ("beta", "telemetry_acme"): {
+            "kind": "stray",
+            "tenant_id": "acme",
+            "home_node": "alpha",
+            "first_seen_at": first,
+            "last_seen_at": world.clock(),
+        }
+    }
+    assert (summary["strays"], summary["orphans"]) == (1, 0)
+    assert caplog.records == []  # known ones are not logged again
+    # and the stray itself is still on beta: reported, never deleted
+    assert "telemetry_acme" in beta.databases()
+
+
+def test_operators_read_them_from_the_cli_and_metrics(db, world: World):
+    # Given a stray on beta whose name carries a right-to-left override (a server's names are
+    # untrusted: recorded here directly, as the listing's copy keeps such names out)
+    world.add("alpha")
+    world.add("beta")
+    insert(db, "acme", state="provisioned", node="alpha", provisioned_at=T0)
+    hostile = "telemetry_acme\u202egnp.exe"
+    db.execute(
+        "INSERT INTO influxdb_strays VALUES "
+        "('beta', 'telemetry_acme', 'stray', 'acme', 'alpha', %(t)s, %(t)s), "
+        "('beta', %(hostile)s, 'orphan', NULL, NULL, %(t)s, %(t)s)",
+        {"t": world.clock(), "hostile": hostile},
+    )
+
+    # Then tenantctl --json strays lists them, with times as ISO strings
+    listed = cli("--json", "strays")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == [
+        {
+            "node": "beta",
+            "database": "telemetry_acme",
+            "kind": "stray",
+            "tenant_id": "acme",
+            "home_node": "alpha",
+            "first_seen_at": world.clock().isoformat(),
+            "last_seen_at": world.clock().isoformat(),
+        },
+        {
+            "node": "beta",
+            "database": hostile,
+            "kind": "orphan",
+            "tenant_id": None,
+            "home_node": None,
+            "first_seen_at": world.clock().isoformat(),
+            "last_seen_at": world.clock().isoformat(),
+        },
+    ]
+    # and the table shows the override as its escape, never as a character a terminal obeys
+    table = cli("strays").stdout
+    assert "\u202e" not in table
+    assert "telemetry_acme\\u202egnp.exe" in table
+    assert "(2 database(s))" in table
+
+    # and /metrics has one gauge per server and kind, zero included
+    assert stray_metric(world) == {
+        ("alpha", "stray"): 0.0,
+        ("alpha", "orphan"): 0.0,
+        ("beta", "stray"): 1.0,
+        ("beta", "orphan"): 1.0,
+    }
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TENANTCTL), *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def stray_metric(world: World) -> dict[tuple[str, str], float]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProvisioningCollector(get_engine(), world.pool()))
+    text = generate_latest(registry).decode()
+    # (the exposition sorts the labels)
+    found = re.findall(
+        r'tenant_provisioner_stray_databases\{kind="(\w+)",node="(\w+)"\} (\S+)', text
+    )
+    return {(node, kind): float(value) for kind, node, value in found}
