@@ -31,6 +31,7 @@ from tests.conftest import (
     OPERATOR_TOKEN,
     ROOT,
     Pool,
+    cli,
     free_port,
     start_beat,
     stop_process,
@@ -222,3 +223,55 @@ def test_writers_with_the_location_client_make_no_stray(
         assert len(rows) == sent[urls[home]] >= 10 * WRITERS, tenant_id
         points += len(rows)
     report(f"verified: {points} points, every one on its tenant's home server")
+
+
+def test_a_writer_that_ignores_the_client_makes_strays_and_one_run_reports_each(
+    db, pool: Pool, custom_worker, tmp_path: Path, report
+):
+    # Given 1,000 tenants provisioned over three servers (room for every stray on each)
+    for name in ("n1", "n2", "n3"):
+        pool.add(name, limit=2 * TENANTS)
+    custom_worker(concurrency=4, **pool.env())
+    api = Api(tmp_path, pool.env())
+    ids = [f"naive{uuid.uuid4().hex[:6]}-{i:04d}" for i in range(TENANTS)]
+    try:
+        with ThreadPoolExecutor(8) as creating:
+            list(creating.map(lambda t: create(api, t), ids))
+        wait_for(
+            lambda: states(db, ids)["provisioned"] == TENANTS, timeout=180, what="all provisioned"
+        )
+    finally:
+        api.stop()
+    homes = dict(
+        db.execute(
+            "SELECT tenant_id, influxdb_node FROM tenants WHERE tenant_id = ANY(%s)", (ids,)
+        ).fetchall()
+    )
+
+    # When a writer that knows one INFLUXDB_URL writes every tenant's points to the first server
+    first = pool.nodes["n1"]
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {INFLUX_TOKEN}"
+    for tenant_id in ids:
+        answer = session.post(
+            f"{first.url}/api/v3/write_lp",
+            params={"db": f"telemetry_{tenant_id}"},
+            data="telemetry,writer=naive value=1i",
+            timeout=10,
+        )
+        assert answer.status_code == 204, answer.text
+    misrouted = {f"telemetry_{t}" for t, home in homes.items() if home != "n1"}
+    assert misrouted, "placement put every tenant on n1: nothing to find"
+
+    # Then the next reconcile run reports each stray, on n1, with its tenant's home
+    summary = cli(pool, "reconcile")
+    assert summary["strays"] == len(misrouted), summary
+    strays = cli(pool, "strays")
+    assert {(s["node"], s["database"], s["kind"]) for s in strays} == {
+        ("n1", database, "stray") for database in misrouted
+    }
+    assert all(s["home_node"] == homes[s["tenant_id"]] for s in strays)
+    report(
+        f"injected: {TENANTS} tenants' points written to n1 by a writer without the client; "
+        f"verified: the next reconcile run reported all {len(misrouted)} strays"
+    )
