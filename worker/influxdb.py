@@ -33,7 +33,7 @@ from worker.errors import (
     ProvisioningError,
 )
 from worker.identity import Marker
-from worker.redaction import redact
+from worker.redaction import redact, redact_capped
 
 logger = logging.getLogger(__name__)
 
@@ -347,9 +347,8 @@ class InfluxDB3Client:
         # Bodies may hold anything (NUL included, which Postgres text refuses): keep it printable.
         text = "".join(ch if ch.isprintable() else " " for ch in text)
         text = " ".join(text.split()) or "(empty body)"
-        if len(text) > _MAX_ERROR_TEXT:
-            text = text[:_MAX_ERROR_TEXT] + "..."
-        return redact(text, self._secrets())
+        # Redacted before it is cut: a secret split by the cut would no longer be recognised.
+        return redact_capped(text, self._secrets(), _MAX_ERROR_TEXT)
 
     def _json(self, response: requests.Response, action: str) -> Any:
         try:
@@ -369,8 +368,7 @@ class InfluxDB3Client:
             text = "connection reset by peer"
         elif "aborted" in text.lower() or "remote end closed" in text.lower():
             text = "connection closed without a response"
-        text = text[:_MAX_ERROR_TEXT]
-        return redact(f"{type(exc).__name__}: {text}", self._secrets())
+        return redact_capped(f"{type(exc).__name__}: {text}", self._secrets(), _MAX_ERROR_TEXT)
 
     def _secrets(self) -> tuple[str, ...]:
         return (self._token,) if self._token else ()

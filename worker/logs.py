@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from worker.redaction import redact
+from worker.redaction import redact_capped
 
 LOG_FORMAT = (
     "%(asctime)s %(levelname)s %(processName)s %(name)s "
@@ -45,6 +45,9 @@ class ContextFilter(logging.Filter):
         return True
 
 
+MAX_LOG_LINE = 16 * 1024  # characters; the rest of a longer line is cut, after redaction
+
+
 class RedactingFormatter(logging.Formatter):
     """Formats as usual, then removes every secret from the finished line."""
 
@@ -53,7 +56,8 @@ class RedactingFormatter(logging.Formatter):
         self._secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record), self._secrets())
+        # Bounded: an access-log line carries whatever path and query a client sent.
+        return redact_capped(super().format(record), self._secrets(), MAX_LOG_LINE)
 
 
 def current_secrets() -> tuple[str, ...]:

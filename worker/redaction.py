@@ -10,7 +10,12 @@ REDACTED = "[REDACTED]"
 
 # Whatever follows an auth scheme is a credential, even one we were never told about.
 _AUTH_HEADER_VALUE = re.compile(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=:-]{6,}")
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s/]+@")
+# A password in a URL: ``scheme://user:PASSWORD@``. A match starts only where a scheme can
+# start (not right after a scheme character) and the scheme is bounded: a pattern that could
+# start anywhere in a long run of scheme characters scanned it to its end from every position -
+# quadratic in the line, and log lines carry request paths anyone can send. Linear now
+# (tests/fast/test_backoff_and_redaction.py times 1 MB hostile lines).
+_URL_PASSWORD = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,31}://[^:/@\s]*):[^@\s/]+@")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -18,8 +23,23 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in sorted(set(secrets), key=len, reverse=True):
         if secret:
             text = text.replace(secret, REDACTED)
-    text = _AUTH_HEADER_VALUE.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:{REDACTED}@", text)
+    text = _AUTH_HEADER_VALUE.sub(rf"\1 {REDACTED}", text)
+    return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+
+
+# Longer than any secret we hold: what a first cut leaves of a secret lies past the second.
+_CUT_MARGIN = 4096
+
+
+def redact_capped(text: str, secrets: Iterable[str], limit: int) -> str:
+    """``text`` redacted and at most ``limit`` characters (then ``...`` and how many were
+    cut). It is cut first to ``limit`` plus a margin longer than any secret, so a hostile
+    megabyte costs no more than the margin to redact; then redacted; then cut to ``limit``,
+    so a secret the first cut split, which redaction could not recognise, is cut away whole."""
+    if len(text) <= limit:
+        return redact(text, secrets)
+    kept = redact(text[: limit + _CUT_MARGIN], secrets)[:limit]
+    return f"{kept}... [{len(text) - limit} characters cut]"
 
 
 _SECRET_QUERY_KEYS = re.compile(r"(?i)(token|password|passwd|secret|key|auth)")
