@@ -30,6 +30,7 @@ from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import PermanentError, ProvisioningError
 from worker.nodes import NodePool, list_everywhere
+from worker.placement import slot_freed
 from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
 from worker.settings import NodeConfig, Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
@@ -113,7 +114,9 @@ class _Deletion(TenantRun):
         )
         self.conn.commit()
         logger.info("tenant deprovisioned; its slot and id are free", extra=self.context)
-        return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
+        freed_on = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
+        unwaited = slot_freed(self.conn, freed_on, self.clock()) if freed_on else []
+        return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt, unwaited=tuple(unwaited))
 
     def _homes(self) -> list[NodeConfig]:
         """The servers that may hold the tenant's database."""

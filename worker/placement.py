@@ -207,6 +207,31 @@ def mark_full(conn: Connection, node_name: str, now: datetime) -> None:
     logger.warning("node %s refused a new database (422): marked full", node_name)
 
 
+def slot_freed(conn: Connection, node: NodeConfig, now: datetime) -> list[str]:
+    """A deletion removed a database from ``node``: room at once, not at the next listing.
+
+    Its full mark goes (that mark came from a listing or a 422 made before this database was
+    deleted; a server still full answers 422 again, and placement moves on), and the oldest
+    tenants waiting for capacity, as many as the node has free slots by our count, go back to
+    ``pending``. Commits. Returns their ids: the caller queues them."""
+    conn.execute(
+        update(influxdb_nodes)
+        .where(influxdb_nodes.c.name == node.name, influxdb_nodes.c.full_since.is_not(None))
+        .values(full_since=None)
+    )
+    placed = conn.execute(
+        select(influxdb_nodes.c.placed).where(influxdb_nodes.c.name == node.name)
+    ).scalar()
+    free = node.database_limit - int(placed or 0)
+    moved = store.end_waits(conn, free, now) if free > 0 else []
+    conn.commit()
+    if moved:
+        logger.info(
+            "a slot freed on node %s: %d waiting tenant(s) placed again", node.name, len(moved)
+        )
+    return moved
+
+
 def lock_nodes(conn: Connection, names: Iterable[str]) -> None:
     """Lock these nodes' rows, in name order, in the caller's transaction: before a write that
     changes several nodes' counts (through the trigger), so that it takes them in the order

@@ -81,6 +81,8 @@ class Outcome:
     attempt: int | None = None
     reason: Reason | None = None
     retry_in: float | None = None
+    # Tenants that waited for capacity and go back to provisioning: the caller queues them.
+    unwaited: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able (the task's return value, as Flower shows it)."""

@@ -87,6 +87,8 @@ def _run(task: Task, tenant_id: str, service: Callable[..., Outcome]) -> dict[st
                     settings.backoff_cap_seconds,
                 )
             raise task.retry(countdown=countdown, queue=RETRY_QUEUE)
+        for waiting in outcome.unwaited:  # a freed slot: placed now, not at the next reconcile
+            enqueue(waiting, Job.PROVISION)
         return outcome.as_dict()
 
 

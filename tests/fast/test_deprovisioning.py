@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from tests.conftest import existing_database, tenant_row
-from tests.fast.conftest import World, insert
+from tests.fast.conftest import Published, World, insert
+from worker.db import get_engine
+from worker.reconcile import reconcile
 from worker.runs import Delivery
 from worker.states import RunResult
 
@@ -75,3 +77,38 @@ def test_a_never_placed_tenant_is_deleted_without_asking_any_server(db, world: W
 
     assert world.deprovision("acme", MESSAGE).result == RunResult.DEPROVISIONED
     assert alpha.request_count() == 0
+
+
+def test_a_slot_freed_by_a_deletion_places_the_oldest_waiting_tenant_at_once(db, world: World):
+    # Given two servers of 2 slots, full, and a reconcile run that has seen them full
+    world.add("n1", limit=2)
+    world.add("n2", limit=2)
+    for tenant_id in ("a", "b", "c", "d"):
+        insert(db, tenant_id)
+        assert world.provision(tenant_id).result is RunResult.PROVISIONED
+    world.clock.advance(60)
+    reconcile(get_engine(), world.pool(), world.settings, Published(), clock=world.clock)
+    full = db.execute("SELECT count(*) FROM influxdb_nodes WHERE full_since IS NOT NULL")
+    assert full.fetchone()[0] == 2
+    # ... and two tenants waiting for capacity, the older first
+    insert(db, "older", at=world.clock.advance(1))
+    insert(db, "newer", at=world.clock.advance(1))
+    for tenant_id in ("older", "newer"):
+        assert world.provision(tenant_id).result is RunResult.WAITING_FOR_CAPACITY
+    on_n1 = db.execute("SELECT tenant_id FROM tenants WHERE influxdb_node = 'n1' LIMIT 1")
+    deleted = on_n1.fetchone()[0]
+
+    # When a tenant on n1 is deleted
+    db.execute(
+        "UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = %s", (deleted,)
+    )
+    outcome = world.deprovision(deleted, MESSAGE)
+
+    # Then n1 is no longer full, and the older waiting tenant goes on at once, to n1
+    assert (outcome.result, outcome.unwaited) == (RunResult.DEPROVISIONED, ("older",))
+    assert (
+        db.execute("SELECT full_since FROM influxdb_nodes WHERE name = 'n1'").fetchone()[0] is None
+    )
+    assert tenant_row(db, "newer")["influxdb_state"] == "waiting_for_capacity"
+    assert world.provision("older").result is RunResult.PROVISIONED
+    assert tenant_row(db, "older")["influxdb_node"] == "n1"

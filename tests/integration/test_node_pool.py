@@ -139,7 +139,7 @@ def test_deleting_a_tenant_frees_its_slot_for_the_next_and_its_id(api, db, pool,
     deleted = node.state()["deleted_databases"]
     assert any(name.startswith(f"telemetry_{first}-") for name in deleted)
 
-    # And the freed slot goes to the waiting tenant (reconciler), within an interval
+    # And the freed slot goes to the waiting tenant at once (the deletion places it)
     row = wait_for_state(db, third, "provisioned", timeout=INTERVAL + 5)
     assert row["influxdb_node"] == "solo"
     assert sorted(node.databases()) == sorted([f"telemetry_{second}", f"telemetry_{third}"])
@@ -150,6 +150,40 @@ def test_deleting_a_tenant_frees_its_slot_for_the_next_and_its_id(api, db, pool,
     wait_for_state(db, first, "waiting_for_capacity")
     assert api.delete("/operator/tenants/nobody").status_code == 404
     report("verified: delete soft-deleted the database, freed the slot, and freed the id")
+
+
+def test_a_deleted_and_recreated_tenant_takes_the_freed_slot_with_no_reconcile_run(
+    api, db, pool, custom_worker, report
+):
+    # Given two servers of 2 slots, full, a reconcile run that has seen them full, and no beat
+    pool.add("n1", limit=2)
+    pool.add("n2", limit=2)
+    custom_worker(concurrency=4, **pool.env())
+    tenant_ids = [new_tenant_id("full") for _ in range(4)]
+    for tenant_id in tenant_ids:
+        api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "f"})
+    wait_for(lambda: states(db, tenant_ids) == {"provisioned": 4}, what="all provisioned")
+    assert cli(pool, "reconcile")["ran"]
+    full = db.execute("SELECT count(*) FROM influxdb_nodes WHERE full_since IS NOT NULL")
+    assert full.fetchone()[0] == 2
+    runs = db.execute("SELECT runs_total FROM reconcile_stats").fetchone()[0]
+    victim = next(t for t in tenant_ids if tenant_row(db, t)["influxdb_node"] == "n1")
+
+    # When a tenant on n1 is deleted, and its id created again once the deletion is done
+    api.delete(f"/operator/tenants/{victim}")
+    wait_for(lambda: tenant_row(db, victim) is None, what="the deletion")
+    created = time.monotonic()
+    assert (
+        api.post("/operator/tenants", json={"tenant_id": victim, "name": "again"}).status_code
+        == 201
+    )
+
+    # Then it is provisioned on n1 within 2 s, and no reconcile run happened in between
+    row = wait_for_state(db, victim, "provisioned", timeout=2.0)
+    took = time.monotonic() - created
+    assert row["influxdb_node"] == "n1"
+    assert db.execute("SELECT runs_total FROM reconcile_stats").fetchone()[0] == runs
+    report(f"verified: the re-created tenant provisioned on the freed slot in {took:.2f} s")
 
 
 def test_deleting_when_the_database_is_already_gone_treats_404_as_done(
