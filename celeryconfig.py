@@ -35,6 +35,7 @@ broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
 # Bounds connecting (TCP and, on RabbitMQ, the AMQP handshake) wherever a process publishes.
 broker_connection_timeout = _settings.broker_publish_timeout
+REDIS_SOCKET_TIMEOUT_FLOOR = 2.0
 broker_transport_options: dict[str, Any]
 if _settings.broker is Broker.RABBITMQ:
     broker_transport_options = {
@@ -51,9 +52,11 @@ if _settings.broker is Broker.RABBITMQ:
 else:
     broker_transport_options = {
         "visibility_timeout": _settings.broker_visibility_timeout,
-        # Bound how long publishing may block when Redis is down or blackholed.
+        # Bound how long publishing may block when Redis is down, blackholed or silent (a
+        # connection accepted, no answer): CELERY_PUBLISH_TIMEOUT, at least 2 s - the worker's
+        # consumer waits up to 1 s for each BRPOP reply on the same settings.
         "socket_connect_timeout": _settings.broker_publish_timeout,
-        "socket_timeout": max(_settings.broker_publish_timeout, 5.0),
+        "socket_timeout": max(_settings.broker_publish_timeout, REDIS_SOCKET_TIMEOUT_FLOOR),
         # Poll the queues in the order of task_queues (see below), not round robin.
         "queue_order_strategy": "priority",
     }

@@ -16,6 +16,7 @@ class ScriptedServer:
     def __init__(self) -> None:
         self.status = 200
         self.body = b""
+        self.headers: dict[str, str] = {}  # sent with every answer
         self.routes: dict[tuple[str, str], tuple[int, bytes]] = {}  # (method, path) -> answer
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         scripted = self
@@ -31,6 +32,8 @@ class ScriptedServer:
                 route = (self.command, self.path.split("?", 1)[0])
                 status, body = scripted.routes.get(route, (scripted.status, scripted.body))
                 self.send_response(status)
+                for name, value in scripted.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -43,6 +43,7 @@ _MARKER_QUERY = 'SELECT * FROM "_init" LIMIT 100'  # a few markers: re-runs over
 _MAX_ERROR_TEXT = 300
 
 _BODY_CHUNK = 16384
+MAX_ANSWER_BYTES = 32 * 1024 * 1024  # the largest answer read (100,000 databases listed: 5 MB)
 
 
 @dataclass(frozen=True)
@@ -275,10 +276,13 @@ class InfluxDB3Client:
                 data=data,
                 headers=headers,
                 timeout=timeout or self._timeout,
-                stream=deadline is not None,
+                stream=True,  # read by us: bounded in size (and in time, with a deadline)
+                # Only the configured server is called: a redirect is an answer, not a hop.
+                allow_redirects=False,
             )
-            if deadline is not None:
-                self._read_by(response, deadline, f"{method} {path}")
+            self._read_body(response, deadline, f"{method} {path}")
+            if response.is_redirect:  # the node's URL must name the InfluxDB server itself
+                raise InfluxDBBadResponse(f"{method} {path}: redirects are not followed")
             return response
         except (requests.ConnectTimeout, requests.ReadTimeout) as exc:
             kind = "connect" if isinstance(exc, requests.ConnectTimeout) else "read"
@@ -295,16 +299,24 @@ class InfluxDB3Client:
             raise error from exc
 
     @staticmethod
-    def _read_by(response: requests.Response, deadline: float, what: str) -> None:
-        """Read the body, one socket read at a time, giving up at ``deadline``: a server that
-        trickles its answer cannot hold the caller's thread past it."""
+    def _read_body(response: requests.Response, deadline: float | None, what: str) -> None:
+        """Read the body, one socket read at a time, giving up past ``MAX_ANSWER_BYTES`` (a
+        server cannot make us hold an unbounded answer) and, with a ``deadline``, at it (a
+        server that trickles its answer cannot hold the caller's thread past it)."""
         chunks: list[bytes] = []
+        size = 0
         error: ProvisioningError | None = None
         with response:
             try:
                 while chunk := response.raw.read1(_BODY_CHUNK):
                     chunks.append(chunk)
-                    if time.monotonic() > deadline:
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        error = InfluxDBBadResponse(
+                            f"{what}: the answer is over {MAX_ANSWER_BYTES} bytes; not read"
+                        )
+                        break
+                    if deadline is not None and time.monotonic() > deadline:
                         error = InfluxDBTimeout(f"{what}: the answer was not complete in time")
                         break
             except ReadTimeoutError:

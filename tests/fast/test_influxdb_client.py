@@ -7,6 +7,7 @@ import time
 import pytest
 
 from tests.conftest import INFLUX_TOKEN
+from tests.scripted_http import ScriptedServer
 from worker.errors import (
     DatabaseLimitReached,
     InfluxDBBadResponse,
@@ -20,7 +21,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.identity import Marker
-from worker.influxdb import InfluxDB3Client
+from worker.influxdb import MAX_ANSWER_BYTES, InfluxDB3Client
 
 
 @pytest.fixture
@@ -163,3 +164,28 @@ def test_the_environments_proxy_is_still_used_read_once(scripted, monkeypatch):
         "http://influxdb.invalid:8181/api/v3/configure/database",
     )
     client.close()
+
+
+def test_a_redirect_is_not_followed(scripted):
+    # Given a server that redirects every call elsewhere (a proxy, a captive portal, an attacker)
+    elsewhere = ScriptedServer()
+    try:
+        elsewhere.answer(200, "[]")
+        scripted.headers["Location"] = f"{elsewhere.url}/api/v3/configure/database"
+        scripted.answer(307, "")
+        client = InfluxDB3Client(scripted.url, "secret-token-123456", read_timeout=1.0)
+
+        # When the worker lists its databases, the redirect is an error, and nothing follows it
+        with pytest.raises(InfluxDBBadResponse, match="redirects are not followed"):
+            client.list_databases()
+        assert elsewhere.requests == []  # the token never went there
+    finally:
+        elsewhere.close()
+
+
+def test_an_answer_over_the_size_cap_is_not_read(scripted):
+    # A listing a megabyte over the cap: refused once the cap is passed, not held in memory
+    scripted.answer(200, b"[" + b" " * (MAX_ANSWER_BYTES + 1_000_000) + b"]")
+    client = InfluxDB3Client(scripted.url, "secret-token-123456", read_timeout=5.0)
+    with pytest.raises(InfluxDBBadResponse, match=f"over {MAX_ANSWER_BYTES} bytes"):
+        client.list_databases()

@@ -64,6 +64,8 @@ def blackholed_port() -> Iterator[int]:
 
 DEAD_BROKERS = {
     "redis-refused": "redis://:{password}@127.0.0.1:{refused}/0",
+    "redis-silent": "redis://:{password}@127.0.0.1:{silent}/0",
+    "redis-blackholed": "redis://:{password}@127.0.0.1:{blackholed}/0",
     "rabbitmq-refused": "amqp://tp:{password}@127.0.0.1:{refused}//",
     "rabbitmq-silent": "amqp://tp:{password}@127.0.0.1:{silent}//",
     "rabbitmq-blackholed": "amqp://tp:{password}@127.0.0.1:{blackholed}//",
