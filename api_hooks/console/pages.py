@@ -27,6 +27,7 @@ from worker.states import STATES
 from worker.strays import stray_rows
 
 PREFIX = "/operator/console"
+MAX_FORM_BYTES = 16 * 1024  # a console form holds a token and a few short fields
 
 # What an action did, shown on the page it redirects to. Only these fixed texts are shown:
 # a query string never puts words of its own on a page.
@@ -52,7 +53,12 @@ def console_router(
     secret of the app's, the same in every process that serves the console."""
     pages = Pages(CsrfGuard(csrf_secret), sign_out_route=sign_out_route)
     router = APIRouter(
-        prefix=PREFIX, dependencies=[Depends(require_operator)], include_in_schema=False
+        prefix=PREFIX,
+        dependencies=[Depends(require_operator)],
+        include_in_schema=False,
+        # Refused (413) as it arrives, before the operator check: FastAPI parses a form
+        # before any dependency runs.
+        max_body_size=MAX_FORM_BYTES,
     )
 
     @router.get("", name="console_overview", response_class=HTMLResponse)

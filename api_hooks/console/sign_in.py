@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api_hooks.console.guard import CSRF_FIELD, SESSION_COOKIE, ConsoleSessions, safe_next
-from api_hooks.console.pages import PREFIX
+from api_hooks.console.pages import MAX_FORM_BYTES, PREFIX
 from api_hooks.console.render import Pages
 
 SIGN_IN_ROUTE = "console_sign_in"
@@ -20,7 +20,7 @@ SIGN_OUT_ROUTE = "console_sign_out"
 
 def sign_in_router(sessions: ConsoleSessions, pages: Pages) -> APIRouter:
     """``GET``/``POST /operator/console/sign-in`` and ``POST /operator/console/sign-out``."""
-    router = APIRouter(prefix=PREFIX, include_in_schema=False)
+    router = APIRouter(prefix=PREFIX, include_in_schema=False, max_body_size=MAX_FORM_BYTES)
 
     @router.get("/sign-in", name=SIGN_IN_ROUTE, response_class=HTMLResponse)
     def sign_in_form(

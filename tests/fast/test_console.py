@@ -275,3 +275,30 @@ def test_the_strays_page_lists_what_the_reconciler_recorded_as_text(db, operator
     assert rows == [("&lt;img src=x onerror=alert(1)&gt;", "orphan"), ("telemetry_acme", "stray")]
     assert f'href="{CONSOLE}/tenants/acme"' in body
     assert "<img" not in body
+
+
+BIG = 10 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/sign-in", "/sign-out", "/tenants/acme/retry", "/tenants/acme/delete"],
+)
+def test_a_10_mb_form_is_refused_before_it_is_parsed(anonymous, path):
+    # Without a session: the body is refused before the sign-in check, form parsing or a route
+    upload = anonymous.post(CONSOLE + path, files={"f": ("f.bin", b"x" * BIG)})
+    assert upload.status_code == 413, upload.text
+    form = anonymous.post(CONSOLE + path, data={"token": "t" * BIG})
+    assert form.status_code == 413
+
+    # And a body that does not say its length is refused once it passes the limit
+    def chunks() -> Iterator[bytes]:
+        for _ in range(BIG // 65536):
+            yield b"token=" + b"t" * 65530
+
+    streamed = anonymous.post(
+        CONSOLE + path,
+        content=chunks(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert streamed.status_code == 413
