@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from api_hooks.printable import printable
 from worker.redaction import redact_url
 
 EXIT_OK = 0
@@ -109,7 +110,7 @@ def _status(args: argparse.Namespace) -> int:
     lines.update({f"live.{k}": v for k, v in (status["live"] or {}).items()})
     width = max(len(k) for k in lines)
     for key, value in lines.items():
-        print(f"{key:<{width}}  {'-' if value is None else value}")
+        print(f"{key:<{width}}  {'-' if value is None else printable(str(value))}")
     return EXIT_OK
 
 
@@ -201,7 +202,7 @@ def _reconcile(args: argparse.Namespace) -> int:
     else:
         width = max(len(k) for k in result)
         for key, value in result.items():
-            print(f"{key:<{width}}  {'-' if value is None else value}")
+            print(f"{key:<{width}}  {'-' if value is None else printable(str(value))}")
     return EXIT_NOT_QUEUED if summary.not_queued else EXIT_OK
 
 
@@ -293,19 +294,8 @@ def _strays(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)  # JSON escapes what a terminal would act on
     else:
-        names = ("node", "database", "tenant_id", "home_node")
-        shown = [{k: _printable(v) if k in names else v for k, v in r.items()} for r in rows]
-        _print_table(shown, list(rows[0]) if rows else ["node"], noun="database")
+        _print_table(rows, list(rows[0]) if rows else ["node"], noun="database")
     return EXIT_OK
-
-
-def _printable(value: str | None) -> str | None:
-    """``value`` with every character a terminal would act on or hide (control, bidi, other
-    invisible formats, line separators) shown as its escape: names from servers are untrusted,
-    and an operator copies them into a DELETE, so nothing is dropped silently."""
-    if value is None:
-        return None
-    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in value)
 
 
 def _flower(extra: list[str]) -> int:
@@ -331,7 +321,8 @@ def _print_json(value: object) -> None:
 def _print_table(
     rows: Sequence[Mapping[str, Any]], columns: list[str], noun: str = "tenant"
 ) -> None:
-    cells = [[("-" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+    # Every cell escaped: names and errors are untrusted text, and this is a terminal.
+    cells = [[("-" if row[c] is None else printable(str(row[c]))) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row_cells in cells:
@@ -340,5 +331,5 @@ def _print_table(
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message)}", file=sys.stderr)
     return code

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from api_hooks.console.guard import CSRF_COOKIE, CSRF_FIELD, CsrfGuard
+from api_hooks.printable import printable
 from worker.states import ProvisioningState
 
 HERE = Path(__file__).parent
@@ -69,6 +71,13 @@ _ENVIRONMENT = jinja2.Environment(
     undefined=jinja2.StrictUndefined,  # a misspelt name fails the test, not the page
     trim_blocks=True,
     lstrip_blocks=True,
+    # Every value shown, escaped as text first: no bidi override reorders a page
+    # (api_hooks.printable); then HTML-escaped by autoescape.
+    finalize=lambda value: (
+        printable(value, keep="\n\t")
+        if isinstance(value, str) and not isinstance(value, markupsafe.Markup)
+        else value
+    ),
 )
 _ENVIRONMENT.filters.update(age=age, moment=moment)
 _ENVIRONMENT.globals.update(css=CSS, state_signs=STATE_SIGNS, csrf_field=CSRF_FIELD)

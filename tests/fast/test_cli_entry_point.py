@@ -27,3 +27,25 @@ def test_tenantctl_and_python_m_worker_are_the_same_cli(db):
     usage = run(str(TENANTCTL), "--help").stdout
     assert usage.startswith("usage: tenantctl ")
     assert run(str(TENANTCTL), "status", "nobody").returncode == 3
+
+
+TERMINAL_ATTACK = "evil\x1b]0;owned\x07\x1b[2J\u202egnp.exe"
+
+
+def test_names_reach_the_terminal_escaped(db):
+    # Given a tenant the UI inserted itself (no validation of ours), its name and error hostile
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_last_error) "
+        "VALUES ('acme', %s, 'failed', %s)",
+        (TERMINAL_ATTACK, TERMINAL_ATTACK),
+    )
+
+    # When an operator lists it and asks for its status
+    for argv in (("list",), ("status", "acme", "--no-live")):
+        shown = run(str(TENANTCTL), *argv)
+
+        # Then no escape sequence or bidi override reaches the terminal; each is visible
+        assert shown.returncode == 0, shown.stderr
+        assert "\x1b" not in shown.stdout and "\u202e" not in shown.stdout, argv
+        assert "\\u001b" in shown.stdout or argv[0] == "list", argv
+    assert "\\u202e" in run(str(TENANTCTL), "status", "acme", "--no-live").stdout

@@ -302,3 +302,12 @@ def test_a_10_mb_form_is_refused_before_it_is_parsed(anonymous, path):
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert streamed.status_code == 413
+
+
+def test_a_bidi_override_in_a_name_is_shown_not_obeyed(db, operator):
+    insert(db, "spoof", state="failed", error_reason="rejected", last_error="a\u202eb\x1bc")
+    db.execute("UPDATE tenants SET name = %s WHERE tenant_id = 'spoof'", ("gnp\u202eexe",))
+    for path in ("/tenants", "/tenants/spoof"):
+        body = operator.get(CONSOLE + path).text
+        assert "\u202e" not in body and "\x1b" not in body, path
+    assert "gnp\\u202eexe" in operator.get(f"{CONSOLE}/tenants/spoof").text
