@@ -13,11 +13,12 @@ import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from api_hooks.http_errors import PlainErrorRoute, error_responses
+from api_hooks.throttle import Throttle, refuse_if_throttled
 from locations_client.client import NEXT_SINCE_HEADER
 from worker import locations
 from worker.db import get_engine
@@ -81,10 +82,13 @@ def locations_token_auth(expected_token: str | None) -> Callable[..., None]:
     """An auth dependency accepting ``Authorization: Bearer <LOCATIONS_TOKEN>`` only; with no
     token configured, nobody."""
     expected = (expected_token or "").encode()
+    throttle = Throttle()
 
-    def require_locations_token(credentials: LocationsCredentials) -> None:
+    def require_locations_token(request: Request, credentials: LocationsCredentials) -> None:
+        client = refuse_if_throttled(throttle, request)
         supplied = credentials.credentials.encode() if credentials is not None else b""
         if not expected or not hmac.compare_digest(supplied, expected):
+            throttle.failed(client)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 detail="locations token required: Authorization: Bearer <LOCATIONS_TOKEN>",

@@ -12,7 +12,7 @@ import hmac
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api_hooks.bodies import MAX_BODY_BYTES, adopt_body, create_tenant_body, json_body
@@ -46,6 +46,7 @@ from api_hooks.tenants import (
     validate_tenant_id,
     validate_tenant_name,
 )
+from api_hooks.throttle import Throttle, refuse_if_throttled
 
 # Besides the router: names importable from here before the bodies got their own module.
 __all__ = [
@@ -85,13 +86,17 @@ BearerCredentials = Annotated[
 
 def bearer_token_auth(
     expected_token: str,
-) -> Callable[[HTTPAuthorizationCredentials | None], None]:
-    """An auth dependency accepting ``Authorization: Bearer <expected_token>`` only."""
+) -> Callable[[Request, HTTPAuthorizationCredentials | None], None]:
+    """An auth dependency accepting ``Authorization: Bearer <expected_token>`` only; a client
+    that keeps failing is throttled (429, ``api_hooks.throttle``)."""
     expected = expected_token.encode()
+    throttle = Throttle()
 
-    def require_operator_token(credentials: BearerCredentials) -> None:
+    def require_operator_token(request: Request, credentials: BearerCredentials) -> None:
+        client = refuse_if_throttled(throttle, request)
         supplied = credentials.credentials if credentials is not None else ""
         if not hmac.compare_digest(supplied.encode(), expected):
+            throttle.failed(client)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 detail="operator token required: Authorization: Bearer <OPERATOR_TOKEN>",

@@ -43,6 +43,7 @@ __all__ = [
     "read_nodes_file",
 ]
 
+MIN_TOKEN_LENGTH = 32  # OPERATOR_TOKEN, LOCATIONS_TOKEN: 32 random hex characters are 128 bits
 _NODE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 
 
@@ -154,6 +155,15 @@ class Settings:
                 "PROVISION_SOFT_TIME_LIMIT must exceed twice INFLUXDB_CONNECT_TIMEOUT + "
                 "INFLUXDB_READ_TIMEOUT (one create and one write)"
             )
+        for variable, token in (
+            ("OPERATOR_TOKEN", self.operator_token),
+            ("LOCATIONS_TOKEN", self.locations_token),
+        ):
+            if token is not None and len(token) < MIN_TOKEN_LENGTH:
+                raise SettingsError(
+                    f"{variable} must be at least {MIN_TOKEN_LENGTH} characters (it is "
+                    f"{len(token)}): a short token can be guessed; e.g. `openssl rand -hex 32`"
+                )
         if self.locations_max_staleness_seconds < self.locations_refresh_seconds:
             raise SettingsError(
                 "LOCATIONS_MAX_STALENESS_SECONDS must be at least LOCATIONS_REFRESH_SECONDS: a "

@@ -331,13 +331,13 @@ SETTINGS: tuple[Setting, ...] = (
         "OPERATOR_TOKEN",
         "operator_token",
         file_variable="OPERATOR_TOKEN_FILE",
-        help="required by the operator API",
+        help="required by the operator API; at least 32 characters",
     ),
     Setting(
         "LOCATIONS_TOKEN",
         "locations_token",
         file_variable="LOCATIONS_TOKEN_FILE",
-        help="read-only credential of `/locations`, for the data plane (unset: 401 to all)",
+        help="`/locations`' read-only credential, 32+ characters (unset: 401 to all)",
     ),
     Setting(
         "LOCATIONS_REFRESH_SECONDS",

@@ -5,6 +5,7 @@ The UI that mounts ``console_router`` behind its own operator check does not use
 
 from __future__ import annotations
 
+from math import ceil
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request, status
@@ -13,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from api_hooks.console.guard import CSRF_FIELD, SESSION_COOKIE, ConsoleSessions, safe_next
 from api_hooks.console.pages import MAX_FORM_BYTES, PREFIX
 from api_hooks.console.render import Pages
+from api_hooks.throttle import Throttle
 
 SIGN_IN_ROUTE = "console_sign_in"
 SIGN_OUT_ROUTE = "console_sign_out"
@@ -21,6 +23,7 @@ SIGN_OUT_ROUTE = "console_sign_out"
 def sign_in_router(sessions: ConsoleSessions, pages: Pages) -> APIRouter:
     """``GET``/``POST /operator/console/sign-in`` and ``POST /operator/console/sign-out``."""
     router = APIRouter(prefix=PREFIX, include_in_schema=False, max_body_size=MAX_FORM_BYTES)
+    throttle = Throttle()
 
     @router.get("/sign-in", name=SIGN_IN_ROUTE, response_class=HTMLResponse)
     def sign_in_form(
@@ -36,6 +39,18 @@ def sign_in_router(sessions: ConsoleSessions, pages: Pages) -> APIRouter:
         next: Annotated[str | None, Form(max_length=2000)] = None,
     ) -> Response:
         target = safe_next(next, PREFIX)
+        client = request.client.host if request.client else "-"
+        if (wait := throttle.retry_after(client)) is not None:
+            throttled = pages.render(
+                request,
+                "sign_in.html",
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                signed_in=False,
+                next=target,
+                problem=f"Too many failed sign-ins. Try again in {ceil(wait)} s.",
+            )
+            throttled.headers["Retry-After"] = str(ceil(wait))
+            return throttled
         if refused := pages.csrf.refusal(request, {CSRF_FIELD: csrf_token}):
             return pages.render(
                 request,
@@ -46,6 +61,7 @@ def sign_in_router(sessions: ConsoleSessions, pages: Pages) -> APIRouter:
                 problem=refused,
             )
         if not token or not sessions.token_matches(token):
+            throttle.failed(client)
             return pages.render(
                 request,
                 "sign_in.html",

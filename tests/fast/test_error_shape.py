@@ -35,8 +35,9 @@ def client() -> Iterator[TestClient]:
         yield test_client
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def anonymous() -> Iterator[TestClient]:
+    # An app of its own per test: failed credentials are throttled per app and address.
     with TestClient(create_app()) as test_client:
         yield test_client
 

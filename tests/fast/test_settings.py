@@ -312,3 +312,10 @@ def test_nodes_file_is_read_and_remembered(tmp_path):
 def test_bad_node_pools_fail_fast_with_the_place(nodes, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_env({"INFLUXDB_NODES": nodes})
+
+
+@pytest.mark.parametrize("variable", ["OPERATOR_TOKEN", "LOCATIONS_TOKEN"])
+def test_a_token_shorter_than_32_characters_stops_the_process_naming_it(variable):
+    with pytest.raises(SettingsError, match=f"{variable} must be at least 32 characters"):
+        Settings.from_env({variable: "s3cret-but-short"})
+    assert getattr(Settings.from_env({variable: "x" * 32}), variable.lower()) == "x" * 32

@@ -1,0 +1,87 @@
+"""Failed credentials, throttled per client address and overall.
+
+Without it the sign-in form and bearer auth let anyone guess operator tokens as fast as the
+API answers. A client that failed ``per_client`` times within ``window`` seconds is refused
+(429, with ``Retry-After``) until its oldest failure leaves the window; so is everyone once
+``overall`` failures fell within it (many addresses guessing together). Successes are not
+counted, and a client refused by its own limit adds nothing to the overall count, so one
+address hammering away never locks out another. In memory, per process: what an attacker
+gets is multiplied by the API's processes, not unlimited.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from fastapi import HTTPException, Request, status
+
+MAX_CLIENTS = 10_000  # addresses remembered; the least recently failed are forgotten first
+
+
+class Throttle:
+    """Sliding windows of failures: one per client address, one overall."""
+
+    def __init__(
+        self,
+        per_client: int = 5,
+        overall: int = 100,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._per_client, self._overall, self._window, self._clock = (
+            per_client,
+            overall,
+            window,
+            clock,
+        )
+        self._clients: OrderedDict[str, deque[float]] = OrderedDict()
+        self._all: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds ``client`` must wait before its next try, or None if it may try now."""
+        with self._lock:
+            now = self._clock()
+            own = self._recent(self._clients.get(client), now)
+            if own is not None and len(own) >= self._per_client:
+                return own[0] + self._window - now
+            every = self._recent(self._all, now)
+            if every is not None and len(every) >= self._overall:
+                return every[0] + self._window - now
+            return None
+
+    def failed(self, client: str) -> None:
+        """Count a failed credential from ``client``."""
+        with self._lock:
+            now = self._clock()
+            own = self._clients.pop(client, None) or deque()
+            self._recent(own, now)
+            own.append(now)
+            self._clients[client] = own  # most recently failed last
+            while len(self._clients) > MAX_CLIENTS:
+                self._clients.popitem(last=False)
+            self._all.append(now)
+            self._recent(self._all, now)
+
+    def _recent(self, times: deque[float] | None, now: float) -> deque[float] | None:
+        if times is not None:
+            while times and times[0] <= now - self._window:
+                times.popleft()
+        return times
+
+
+def refuse_if_throttled(throttle: Throttle, request: Request) -> str:
+    """The request's client address; raises 429 (with Retry-After) if it must wait."""
+    client = request.client.host if request.client else "-"
+    if (wait := throttle.retry_after(client)) is not None:
+        seconds = str(math.ceil(wait))
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many failed credentials; try again in {seconds} s",
+            headers={"Retry-After": seconds},
+        )
+    return client

@@ -1,0 +1,84 @@
+"""Failed credentials are throttled per address and overall, on every way in: the console's
+sign-in, the operator token and the locations token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api_hooks.app import create_app
+from api_hooks.throttle import Throttle
+from harness.console import sign_in as console_sign_in
+from tests.conftest import LOCATIONS_TOKEN, OPERATOR_TOKEN
+
+CONSOLE = "/operator/console"
+ATTACKER = ("203.0.113.7", 40000)
+OPERATOR = ("198.51.100.2", 40001)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_client_is_refused_after_its_failures_until_they_leave_the_window():
+    clock = Clock()
+    throttle = Throttle(per_client=3, overall=100, window=60, clock=clock)
+    for _ in range(3):
+        assert throttle.retry_after("a") is None
+        throttle.failed("a")
+        clock.now += 1
+    assert throttle.retry_after("a") == pytest.approx(57)  # the first failure leaves at 60
+    assert throttle.retry_after("b") is None  # another address is not locked out
+    clock.now += 57
+    assert throttle.retry_after("a") is None
+
+
+def test_many_addresses_failing_together_are_refused_overall():
+    clock = Clock()
+    throttle = Throttle(per_client=3, overall=10, window=60, clock=clock)
+    for n in range(10):
+        throttle.failed(f"bot-{n}")
+    assert throttle.retry_after("someone-new") == pytest.approx(60)
+
+
+@pytest.mark.parametrize(
+    ("path", "token"), [("/operator/tenants/acme/stats", "wrong"), ("/locations", "wrong")]
+)
+def test_1000_wrong_bearer_tokens_from_one_address_are_throttled_not_the_next(db, path, token):
+    app = create_app()
+    with TestClient(app, client=ATTACKER) as attacker, TestClient(app, client=OPERATOR) as ops:
+        answers = [
+            attacker.get(path, headers={"Authorization": f"Bearer {token}"}).status_code
+            for _ in range(1000)
+        ]
+        # Then after a handful of 401s every answer is 429, with a time to come back
+        assert answers[:5] == [401] * 5
+        assert set(answers[5:]) == {429}
+        throttled = attacker.get(path, headers={"Authorization": "Bearer x"})
+        assert int(throttled.headers["Retry-After"]) > 0
+        # And the right token from another address still works at once
+        right = OPERATOR_TOKEN if path.startswith("/operator") else LOCATIONS_TOKEN
+        assert ops.get(path, headers={"Authorization": f"Bearer {right}"}).status_code in (200, 404)
+
+
+def test_1000_wrong_sign_ins_from_one_address_do_not_lock_out_the_operator(db: Any):
+    app = create_app()
+    with (
+        TestClient(app, client=ATTACKER, follow_redirects=False) as attacker,
+        TestClient(app, client=OPERATOR, follow_redirects=False) as operator,
+    ):
+        statuses = [
+            console_sign_in(attacker, CONSOLE, f"guess-{n}", next=CONSOLE).status_code
+            for n in range(1000)
+        ]
+        assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
+        assert "Too many failed sign-ins" in console_sign_in(attacker, CONSOLE, "x").text
+        # Even the right token waits from the throttled address: a guess there proves nothing
+        assert console_sign_in(attacker, CONSOLE, OPERATOR_TOKEN).status_code == 429
+        assert console_sign_in(operator, CONSOLE, OPERATOR_TOKEN).status_code == 303
