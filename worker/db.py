@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.pool import PoolResetState
 
+from worker.models import deployment_secrets
 from worker.settings import get_settings
 
 _engine: Engine | None = None
@@ -104,3 +107,23 @@ def _drop_advisory_locks(
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_unlock_all()")
     dbapi_connection.commit()
+
+
+_secrets: dict[str, bytes] = {}
+
+
+def deployment_secret(name: str) -> bytes:
+    """The deployment's random key ``name``: made by the first process that asks (32 random
+    bytes), the same for every process after (migration 0009); cached per process."""
+    if name not in _secrets:
+        table = deployment_secrets
+        with get_engine().begin() as conn:
+            conn.execute(
+                pg_insert(table)
+                .values(name=name, secret=secrets.token_bytes(32))
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            _secrets[name] = conn.execute(
+                select(table.c.secret).where(table.c.name == name)
+            ).scalar_one()
+    return _secrets[name]

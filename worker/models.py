@@ -18,6 +18,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     Table,
     Text,
@@ -32,6 +33,7 @@ from worker.states import STATES, Adoption, ProvisioningState
 __all__ = [
     "STATES",
     "Base",
+    "DeploymentSecret",
     "InfluxDBNode",
     "InfluxDBStray",
     "ProvisioningAttempt",
@@ -41,6 +43,7 @@ __all__ = [
     "Tenant",
     "TenantLocation",
     "TenantLocationMap",
+    "deployment_secrets",
     "influxdb_nodes",
     "influxdb_strays",
     "provisioning_attempt_totals",
@@ -263,3 +266,16 @@ class InfluxDBStray(Base):
 tenant_locations = cast(Table, TenantLocation.__table__)
 tenant_location_map = cast(Table, TenantLocationMap.__table__)
 influxdb_strays = cast(Table, InfluxDBStray.__table__)
+
+
+class DeploymentSecret(Base):
+    """A random key of this deployment, shared by its processes (migration 0009)."""
+
+    __tablename__ = "deployment_secrets"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+deployment_secrets = cast(Table, DeploymentSecret.__table__)

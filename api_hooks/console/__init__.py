@@ -9,14 +9,13 @@ why, since when, and what did the worker try?" - from Postgres, beside Flower's 
 
 from __future__ import annotations
 
-import hashlib
-
 from fastapi import APIRouter
 
 from api_hooks.console.guard import ConsoleSessions, CsrfGuard
 from api_hooks.console.pages import PREFIX, console_router
 from api_hooks.console.render import Pages
 from api_hooks.console.sign_in import SIGN_IN_ROUTE, SIGN_OUT_ROUTE, sign_in_router
+from worker.db import deployment_secret
 
 __all__ = ["PREFIX", "console_router", "standalone_console"]
 
@@ -24,16 +23,20 @@ __all__ = ["PREFIX", "console_router", "standalone_console"]
 def standalone_console(operator_token: str, session_minutes: int) -> APIRouter:
     """The console behind its own sign-in: a form takes the operator token once, then a
     signed session cookie that expires after ``session_minutes``."""
-    sessions = ConsoleSessions(operator_token, session_minutes)
-    # Derived from the token: every process of the app agrees, and nothing new to configure.
-    csrf_secret = hashlib.sha256(b"console csrf: " + operator_token.encode()).digest()
+
+    # Random per deployment, shared by every process through Postgres, read on first use:
+    # nothing to configure, and nothing about the operator token in a public form token.
+    def console_secret() -> bytes:
+        return deployment_secret("console")
+
+    sessions = ConsoleSessions(operator_token, session_minutes, secret=console_secret)
     router = APIRouter()
     router.include_router(
-        sign_in_router(sessions, Pages(CsrfGuard(csrf_secret), sign_out_route=None))
+        sign_in_router(sessions, Pages(CsrfGuard(console_secret), sign_out_route=None))
     )
     router.include_router(
         console_router(
-            sessions.dependency(SIGN_IN_ROUTE), csrf_secret, sign_out_route=SIGN_OUT_ROUTE
+            sessions.dependency(SIGN_IN_ROUTE), console_secret, sign_out_route=SIGN_OUT_ROUTE
         )
     )
     return router

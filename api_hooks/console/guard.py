@@ -2,8 +2,9 @@
 
 - ``ConsoleSessions``: the standalone app's sign-in. The operator token is typed into a form
   once; the browser then holds a signed, expiring, HttpOnly, SameSite=Strict cookie (Secure
-  behind HTTPS). The signing key is derived from the token, so changing the token signs every
-  session out. The token itself is never in a cookie, a URL or a page.
+  behind HTTPS). The signing key is derived from the deployment's secret and the token, so
+  changing the token signs every session out. The token itself is never in a cookie, a URL
+  or a page.
 - ``CsrfGuard``: every form carries a token that is an HMAC of a random nonce held in a
   cookie of its own (the "signed double submit" pattern): a cross-site page can neither read
   the token nor forge a pair, and a request whose ``Origin`` or ``Sec-Fetch-Site`` says it
@@ -41,12 +42,25 @@ class ConsoleSessions:
     """Sign-in sessions of the standalone app (see the module docstring)."""
 
     def __init__(
-        self, operator_token: str, minutes: int, clock: Callable[[], float] = time.time
+        self,
+        operator_token: str,
+        minutes: int,
+        clock: Callable[[], float] = time.time,
+        secret: Callable[[], bytes] = lambda: b"",
     ) -> None:
         self._token = operator_token.encode()
-        self._key = _key(self._token, "session")
+        self._secret = secret
+        self._signing_key: bytes | None = None
         self.max_age = minutes * 60
         self._clock = clock
+
+    @property
+    def _key(self) -> bytes:
+        # The deployment's secret and the token: a captured cookie tells nothing about the
+        # token, and a new token still signs every session out. Read on first use.
+        if self._signing_key is None:
+            self._signing_key = _key(self._secret() + self._token, "session")
+        return self._signing_key
 
     def token_matches(self, supplied: str) -> bool:
         """The operator token, compared in constant time."""
@@ -88,8 +102,22 @@ class ConsoleSessions:
 class CsrfGuard:
     """Tokens for the console's forms (see the module docstring)."""
 
-    def __init__(self, secret: bytes) -> None:
-        self._key = _key(secret, "csrf")
+    def __init__(self, secret: bytes | Callable[[], bytes]) -> None:
+        """``secret``: the key, or what reads it on first use (the deployment's, from
+        Postgres: a key derived from the operator token let the public sign-in form verify
+        guessed tokens offline)."""
+        self._secret = secret
+        self._csrf_key: bytes | None = None
+
+    @property
+    def _key(self) -> bytes:
+        if self._csrf_key is None:
+            secret = self._secret() if callable(self._secret) else self._secret
+            self._csrf_key = _key(secret, "csrf")
+        return self._csrf_key
+
+    def _mac_of(self, nonce: str) -> str:
+        return _mac(self._key, nonce)
 
     def token(self, request: Request) -> tuple[str, str | None]:
         """The form token for this browser, and a new nonce to set as the cookie (or None
@@ -98,7 +126,7 @@ class CsrfGuard:
         fresh = None
         if not nonce or len(nonce) > 64:
             nonce = fresh = secrets.token_urlsafe(24)
-        return _mac(self._key, nonce), fresh
+        return self._mac_of(nonce), fresh
 
     def refusal(self, request: Request, form: dict[str, Any]) -> str | None:
         """Why this POST is not the operator's own doing; None when it is."""
@@ -112,7 +140,7 @@ class CsrfGuard:
         supplied = form.get(CSRF_FIELD)
         if not nonce or not isinstance(supplied, str):
             return "refused: the form has no security token; reload the page and try again"
-        if not hmac.compare_digest(supplied, _mac(self._key, nonce)):
+        if not hmac.compare_digest(supplied, self._mac_of(nonce)):
             return "refused: the form's security token is not valid; reload the page"
         return None
 

@@ -44,7 +44,7 @@ FormField = Annotated[str | None, Form()]
 
 def console_router(
     require_operator: Callable[..., Any],
-    csrf_secret: bytes,
+    csrf_secret: bytes | Callable[[], bytes],
     *,
     sign_out_route: str | None = None,
 ) -> APIRouter:

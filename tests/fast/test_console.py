@@ -7,6 +7,7 @@ a real worker in ``tests/browser``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,12 +18,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api_hooks.app import create_app
-from api_hooks.console.guard import SESSION_COOKIE, ConsoleSessions
+from api_hooks.console.guard import CSRF_COOKIE, SESSION_COOKIE, ConsoleSessions, CsrfGuard
 from api_hooks.console.reads import PAGE_SIZE
 from harness.console import form_token
 from harness.console import sign_in as console_sign_in
 from tests.conftest import INFLUX_TOKEN, OPERATOR_TOKEN, tenant_row
 from tests.fast.conftest import T0, insert
+from worker.db import deployment_secret
 
 CONSOLE = "/operator/console"
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
@@ -311,3 +313,20 @@ def test_a_bidi_override_in_a_name_is_shown_not_obeyed(db, operator):
         body = operator.get(CONSOLE + path).text
         assert "\u202e" not in body and "\x1b" not in body, path
     assert "gnp\\u202eexe" in operator.get(f"{CONSOLE}/tenants/spoof").text
+
+
+def test_the_public_form_token_says_nothing_about_the_operator_token(anonymous, db):
+    # Given the sign-in page anyone can fetch: a nonce cookie and the form's token
+    page = anonymous.get(f"{CONSOLE}/sign-in")
+    nonce, token = anonymous.cookies[CSRF_COOKIE], form_token(page.text)
+
+    # Then guessing the operator token cannot be checked against them offline: the key is the
+    # deployment's random secret, not one derived from the token (as it was)
+    from_the_token = hashlib.sha256(b"console csrf: " + OPERATOR_TOKEN.encode()).digest()
+    assert CsrfGuard(from_the_token)._key != CsrfGuard(deployment_secret("console"))._key
+    assert token == CsrfGuard(deployment_secret("console"))._mac_of(nonce)
+
+    # And every process of the deployment agrees: another app accepts this browser's form
+    with TestClient(create_app(), follow_redirects=False, cookies={CSRF_COOKIE: nonce}) as other:
+        fields = {"token": OPERATOR_TOKEN, "csrf_token": token, "next": CONSOLE}
+        assert other.post(f"{CONSOLE}/sign-in", data=fields).status_code == 303
