@@ -71,6 +71,7 @@ class LocationsPage(BaseModel):
     version: int = Field(description="The map's version now")
     nodes: list[NodeBody] = Field(description="Every configured server: use these URLs")
     database_prefix: str = Field(description="A tenant's database is this plus its id")
+    epoch: str = Field(description="Which map: when it changes, load the whole map again")
     refresh_seconds: float = Field(description="How often a client should ask (a hint)")
     max_staleness_seconds: float = Field(
         description="A deletion waits this long after publishing; a client that has not "
@@ -137,11 +138,14 @@ def locations_router(require_reader: Callable[..., Any]) -> APIRouter:
         ``more``; the cost grows with the changes, not with the tenants."""
         after = _whole_number("since", since, 0, None)
         size = _whole_number("limit", limit, 1, MAX_PAGE)
-        settings, pool = get_settings(), shared_pool()
+        settings = get_settings()
+        nodes = shared_pool().nodes()  # one reading of the nodes file for the whole answer
         with get_engine().connect() as conn:
             locations.publish(conn)
             try:
-                page = locations.changes(conn, after, size, pool, settings)
+                page = locations.changes(
+                    conn, after, size, nodes, settings.influxdb_database_prefix
+                )
             except locations.SinceInFuture as exc:
                 raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
             except locations.SinceTooOld as exc:
@@ -152,7 +156,8 @@ def locations_router(require_reader: Callable[..., Any]) -> APIRouter:
             "next_since": page.next_since,
             "more": page.more,
             "version": page.current,
-            "nodes": [{"name": node.name, "url": node.url} for node in pool.nodes()],
+            "nodes": [{"name": n.name, "url": locations.public_url(n.url)} for n in nodes],
+            "epoch": page.epoch,
             "database_prefix": settings.influxdb_database_prefix,
             "refresh_seconds": settings.locations_refresh_seconds,
             "max_staleness_seconds": settings.locations_max_staleness_seconds,

@@ -21,6 +21,7 @@ from typing import Any, Final
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE: Final = 5000
+MAX_RELOADS: Final = 3  # a map whose identity changes under every whole load is an error
 MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024  # a page of 10,000 locations is about 3 MB
 # Set by the service when more pages follow: where the next one starts.
 NEXT_SINCE_HEADER: Final = "X-Locations-Next-Since"
@@ -80,6 +81,7 @@ class _Map:
         self._entries: dict[str, Location | NotReady] = {}
         self._nodes: dict[str, str] = {}  # name: URL
         self._names: dict[str, str] = {}  # name: the one string kept for it
+        self._identity: tuple[str, dict[str, str], str] | None = None  # what entries assume
         self._prefix = ""
         self.version = 0
         self.refresh_seconds: float | None = None  # the service's hint, once known
@@ -106,63 +108,74 @@ class _Map:
 
     def _refresh(self) -> int:
         started = time.monotonic()
-        since, changed = self.version, 0
-        reloaded: dict[str, Location | NotReady] | None = None  # built aside, swapped in
+        for _ in range(MAX_RELOADS):
+            whole = self._identity is None  # the first load, or what it assumed changed
+            changed = self._apply_pages(0 if whole else self.version, reload=whole)
+            if changed is not None:
+                break
+        else:
+            raise LocationServiceError("the location map kept changing identity while loading")
+        self._refreshed_at = started
+        self.last_error = None
+        return changed
+
+    def _apply_pages(self, since: int, *, reload: bool) -> int | None:
+        """Apply the pages after ``since`` (into a new map when ``reload``, swapped in at the
+        end); None when the map must be loaded whole again (another map, other servers)."""
+        building: dict[str, Location | NotReady] | None = {} if reload else None
+        changed = 0
         # While one page is parsed the next is already on its way (its version is in the
         # answer's headers): the server's work and ours overlap on a whole-map load.
         with ThreadPoolExecutor(1, thread_name_prefix="locations-page") as fetching:
             coming = fetching.submit(self._fetch, since)
             while True:
                 status, ahead, body = coming.result()
-                if status == 410:  # tombstones we never saw were pruned: load it all again
-                    logger.warning("location map too old (version %d); loading it whole", since)
-                    since, changed, reloaded = 0, 0, {}
-                    coming = fetching.submit(self._fetch, 0)
-                    continue
+                if status in (410, 400):
+                    # 410: tombstones we never saw were pruned; 400: our version is ahead of
+                    # this map (a restored database). Either way: load it whole.
+                    logger.warning("location map version %d not servable; loading it whole", since)
+                    self._identity = None
+                    return None
                 if ahead is not None:
                     coming = fetching.submit(self._fetch, ahead)
-                page = _parse(body)
-                self._learn(page)
-                entries = self._entries if reloaded is None else reloaded
+                page = _parse(body, since)
+                if self._identity_changed(page):
+                    self._identity = None  # the next pass loads it whole, with the new one
+                    return None
+                if building is not None and since == 0:
+                    self._take_identity(page)
+                entries = self._entries if building is None else building
                 for item in page["locations"]:
                     if item["deleted"]:
                         entries.pop(item["tenant_id"], None)
                     else:
                         entries[item["tenant_id"]] = self._entry(item)
                     changed += 1
-                since = int(page["next_since"])
+                since = page["next_since"]
                 if not page["more"]:
                     break
                 if ahead != since:  # no header, or not this page's: ask from the body's
                     coming = fetching.submit(self._fetch, since)
-        if reloaded is not None:
-            self._entries = reloaded
+        if building is not None:
+            self._entries = building
         self.version = since
-        self._refreshed_at = started
-        self.last_error = None
         return changed
 
-    def _learn(self, page: Mapping[str, Any]) -> None:
-        nodes = {node["name"]: node["url"] for node in page["nodes"]}
-        self.refresh_seconds = float(page["refresh_seconds"])
-        self.max_staleness_seconds = float(page["max_staleness_seconds"])
-        prefix = str(page["database_prefix"])
-        if nodes != self._nodes or prefix != self._prefix:
-            self._nodes, self._prefix = nodes, prefix
-            self._names = {name: name for name in nodes}
-            # A server moved or left the nodes file: what we hold of it is rebuilt.
-            self._entries = {
-                tenant_id: self._moved(entry) for tenant_id, entry in self._entries.items()
-            }
+    def _identity_changed(self, page: Mapping[str, Any]) -> bool:
+        """Whether what our entries were built on changed: the map (its epoch), the servers
+        and their URLs, or the prefix. Then only a whole reload is right: a server that left
+        the nodes file and came back leaves no change of its tenants to apply."""
+        self.refresh_seconds = _bounded(page["refresh_seconds"], 0.1, 3600.0)
+        self.max_staleness_seconds = _bounded(page["max_staleness_seconds"], 0.0, 86400.0)
+        if self._identity is None:
+            return False
+        return _identity(page) != self._identity
 
-    def _moved(self, entry: Location | NotReady) -> Location | NotReady:
-        if not isinstance(entry, Location):
-            return entry
-        url = self._nodes.get(entry.node)
-        if url is None:
-            return NotReady(entry.tenant_id, "node_not_configured")
-        node = self._names[entry.node]
-        return Location(entry.tenant_id, node, url, entry.incarnation, self._prefix)
+    def _take_identity(self, page: Mapping[str, Any]) -> None:
+        self._identity = _identity(page)
+        self._nodes = self._identity[1]
+        self._prefix = page["database_prefix"]
+        self._names = {name: name for name in self._nodes}
 
     def _entry(self, item: Mapping[str, Any]) -> Location | NotReady:
         tenant_id = item["tenant_id"]
@@ -187,8 +200,8 @@ class _Map:
                 body = answer.read(MAX_ANSWER_BYTES + 1)
                 status, headers = answer.status, answer.headers
         except urllib.error.HTTPError as exc:
-            if exc.code == 410:
-                return 410, None, b""
+            if exc.code == 410 or (exc.code == 400 and since > 0):
+                return exc.code, None, b""
             detail = _detail(exc.read(4096))
             raise LocationServiceError(f"/locations answered {exc.code}: {detail}") from None
         except (OSError, ValueError) as exc:  # refused, timed out, reset, bad URL
@@ -199,13 +212,18 @@ class _Map:
         return status, int(ahead) if ahead.isdigit() else None, body
 
 
-def _parse(body: bytes) -> dict[str, Any]:
+def _parse(body: bytes, since: int) -> dict[str, Any]:
     try:
         page = json.loads(body)
-        _check(page)
+        _check(page, since)
     except (ValueError, KeyError, TypeError) as exc:
         raise LocationServiceError(f"/locations answered garbage: {exc}") from None
     return page  # type: ignore[no-any-return]
+
+
+def _identity(page: Mapping[str, Any]) -> tuple[str, dict[str, str], str]:
+    nodes = {node["name"]: node["url"] for node in page["nodes"]}
+    return page["epoch"], nodes, page["database_prefix"]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -215,23 +233,39 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_PAGE_KEYS = (
-    "locations",
-    "next_since",
-    "more",
-    "nodes",
-    "database_prefix",
-    "refresh_seconds",
-    "max_staleness_seconds",
-)
+def _check(page: Any, since: int) -> None:
+    """Every field a page needs, of its type, before any of it is applied: a service (or
+    whatever answers in its place) that sends less changes nothing we hold."""
+    _typed(page, dict, "the page")
+    for key, kind in (("more", bool), ("database_prefix", str), ("epoch", str)):
+        _typed(page.get(key), kind, key)
+    for key in ("refresh_seconds", "max_staleness_seconds"):
+        _typed(page.get(key), (int, float), key)
+    _typed(page.get("next_since"), int, "next_since")
+    if page["next_since"] < since or (page["more"] and page["next_since"] == since):
+        raise ValueError(f"next_since {page['next_since']} does not move on from {since}")
+    for node in _typed(page.get("nodes"), list, "nodes"):
+        _typed(node, dict, "a node")
+        _typed(node.get("name"), str, "a node's name")
+        _typed(node.get("url"), str, "a node's url")
+    for item in _typed(page.get("locations"), list, "locations"):
+        _typed(item, dict, "a location")
+        _typed(item.get("tenant_id"), str, "tenant_id")
+        _typed(item.get("deleted"), bool, "deleted")
+        _typed(item.get("ready"), bool, "ready")
+        for key in ("state", "node", "incarnation"):
+            _typed(item.get(key), (str, type(None)), key)
 
 
-def _check(page: Any) -> None:
-    missing = [key for key in _PAGE_KEYS if key not in page]
-    if missing:
-        raise KeyError(", ".join(missing))
-    if not isinstance(page["locations"], list) or not isinstance(page["nodes"], list):
-        raise TypeError("locations and nodes must be lists")
+def _typed(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{what} is missing or not of its type")
+    return value
+
+
+def _bounded(value: float, low: float, high: float) -> float:
+    """A hint from the service, kept sane: a zero, negative or NaN interval would spin."""
+    return high if math.isnan(value) else min(max(float(value), low), high)
 
 
 def _detail(body: bytes) -> str:
@@ -304,11 +338,19 @@ class LocationClient:
         return self._map.last_error
 
     def _run(self) -> None:
-        while not self._stop.wait(_interval(self._refresh_seconds, self._map)):
+        # Refreshes are spaced from their starts, so one every interval however long each takes
+        # (the deletion wait, LOCATIONS_MAX_STALENESS_SECONDS, counts on it).
+        started = time.monotonic()
+        while not self._stop.wait(_until_next(started, self._refresh_seconds, self._map)):
+            started = time.monotonic()
             try:
                 self._map.refresh()
             except LocationServiceError as exc:
                 logger.warning("location refresh failed; serving version %d: %s", self.version, exc)
+            except Exception:  # never let the refresh thread die: the map would freeze
+                logger.exception(
+                    "location refresh failed unexpectedly; serving version %d", self.version
+                )
 
 
 class AsyncLocationClient:
@@ -374,15 +416,21 @@ class AsyncLocationClient:
         return self._map.last_error
 
     async def _run(self) -> None:
+        started = time.monotonic()
         while True:
-            await asyncio.sleep(_interval(self._refresh_seconds, self._map))
+            await asyncio.sleep(_until_next(started, self._refresh_seconds, self._map))
+            started = time.monotonic()
             try:
                 await asyncio.to_thread(self._map.refresh)
             except LocationServiceError as exc:
                 logger.warning("location refresh failed; serving version %d: %s", self.version, exc)
+            except Exception:  # never let the refresh task die: the map would freeze
+                logger.exception(
+                    "location refresh failed unexpectedly; serving version %d", self.version
+                )
 
 
-def _interval(chosen: float | None, held: _Map) -> float:
-    if chosen is not None:
-        return chosen
-    return held.refresh_seconds if held.refresh_seconds is not None else 2.0
+def _until_next(started: float, chosen: float | None, held: _Map) -> float:
+    """Seconds until the next refresh is due, ``started`` being when the last one began."""
+    interval = chosen if chosen is not None else held.refresh_seconds
+    return max(0.0, started + (interval or 2.0) - time.monotonic())

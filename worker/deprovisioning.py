@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import Connection
 
@@ -81,15 +81,15 @@ class _Deletion(TenantRun):
         node_name: str | None = self.row.influxdb_node
         if node_name is not None and self.pool.node(node_name) is None:
             return self._wait_for_node(node_name)
-        wait_until = locations.deletion_may_proceed(
+        wait = locations.deletion_may_proceed(
             self.conn,
             self.tenant_id,
             self.row.influxdb_delete_after,
-            self.clock(),
+            self.clock,
             self.settings.locations_max_staleness_seconds,
         )
-        if wait_until is not None:
-            return self._wait_for_clients(wait_until)
+        if wait is not None:
+            return self._wait_for_clients(wait)
         started = self.clock()
         attempt = self.row.influxdb_attempts + 1
         store.update(self.conn, self.tenant_id, deleting=True, influxdb_attempts=attempt)
@@ -183,15 +183,16 @@ class _Deletion(TenantRun):
             RunResult.WAITING_FOR_NODE, self.tenant_id, reason=Reason.NODE_NOT_CONFIGURED
         )
 
-    def _wait_for_clients(self, wait_until: datetime) -> Outcome:
+    def _wait_for_clients(self, wait: locations.DeletionWait) -> Outcome:
         # Not an attempt: the run comes back when the clients' staleness has passed, as this
         # message's retry (the reconciler takes the chain over if that message is lost).
         now = self.clock()
+        wait_until = wait.until
         store.update(
             self.conn,
             self.tenant_id,
             deleting=True,
-            influxdb_delete_after=wait_until,
+            influxdb_delete_after=wait.delete_after,
             influxdb_next_attempt_at=wait_until,
             influxdb_retry_chain=self.delivery.retry,
             influxdb_updated_at=now,

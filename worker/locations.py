@@ -27,24 +27,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Connection, func, select, text, update
 
+from worker.clock import Clock
 from worker.models import tenant_location_map, tenant_locations
 from worker.nodes import NodePool
-from worker.settings import Settings
+from worker.settings import NodeConfig, Settings
 from worker.states import ProvisioningState
 
 # Any constant distinct from the other advisory keys (tenants hash to 64 bits; the reconciler's).
 PUBLISH_LOCK_KEY = 0x6C6F_6361_7465  # "locate"
 # How long a deleted tenant's tombstone stays: a client further behind loads the map again.
 TOMBSTONE_RETENTION = timedelta(days=7)
+UNPUBLISHED_RETRY = timedelta(seconds=0.5)
 _L = tenant_locations.c
 
 _NUMBER = text(
-    "UPDATE tenant_locations SET version = nextval('tenant_location_version') "
-    "WHERE tenant_id IN (SELECT tenant_id FROM tenant_locations WHERE version IS NULL "
-    # A row a writer holds is numbered by a later step, after that writer commits.
+    "UPDATE tenant_locations SET state = next_state, node = next_node, "
+    "incarnation = next_incarnation, deleted = next_deleted, pending = false, "
+    "version = nextval('tenant_location_version') "
+    "WHERE tenant_id IN (SELECT tenant_id FROM tenant_locations WHERE pending "
+    # A row a writer holds is published by a later step, after that writer commits.
     "ORDER BY changed_at FOR UPDATE SKIP LOCKED)"
 )
 
@@ -97,13 +102,15 @@ class Page:
     next_since: int  # the version to ask from next time
     more: bool  # more changes wait after next_since
     current: int  # the map's version now
+    epoch: str  # which map: another database (restored, re-created) has another
 
 
 def publish(conn: Connection, *, wait: bool = False) -> int:
-    """Number every changed location, in one step serialized with any other; commits. Returns
-    how many were numbered. Without ``wait`` it gives way to a step already running (that step
-    publishes the same changes)."""
-    if conn.execute(select(_L.tenant_id).where(_L.version.is_(None)).limit(1)).first() is None:
+    """Publish every pending change with its version, in one step serialized with any other;
+    commits. Returns how many were published. Without ``wait`` it gives way to a step already
+    running (readers then see the last published state: never a hole, at worst a change
+    later)."""
+    if conn.execute(select(_L.tenant_id).where(_L.pending).limit(1)).first() is None:
         conn.commit()
         return 0
     lock = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
@@ -120,6 +127,15 @@ def current_version(conn: Connection) -> int:
     """The map's version: its highest published change (pruned tombstones included)."""
     latest = conn.execute(select(func.max(_L.version))).scalar()
     return max(int(latest or 0), _horizon(conn))
+
+
+def settled_version(conn: Connection) -> int:
+    """Publish what is pending, then the map's version: a tenant changed after this returns is
+    pending or numbered above it (the reconciler tells what its listings may predate)."""
+    publish(conn, wait=True)
+    version = current_version(conn)
+    conn.commit()
+    return version
 
 
 # One statement: the page (ready only on a configured server, whose URL comes from the nodes
@@ -148,16 +164,19 @@ _PAGE = text(
         max(version) FILTER (WHERE position <= :limit) AS last,
         count(*) > :limit AS more,
         (SELECT max(version) FROM tenant_locations) AS latest,
-        (SELECT horizon FROM tenant_location_map) AS horizon
+        (SELECT horizon FROM tenant_location_map) AS horizon,
+        (SELECT epoch FROM tenant_location_map) AS epoch
     FROM judged
     """
 )
 
 
-def changes(conn: Connection, since: int, limit: int, pool: NodePool, settings: Settings) -> Page:
-    """The locations changed after version ``since``, at most ``limit``, in version order.
-    ``since`` 0 reads the whole map. Raises SinceTooOld and SinceInFuture."""
-    nodes = pool.nodes()
+def changes(
+    conn: Connection, since: int, limit: int, nodes: Sequence[NodeConfig], prefix: str
+) -> Page:
+    """The locations changed after version ``since``, at most ``limit``, in version order,
+    served with ``nodes`` (one read of the nodes file per answer). ``since`` 0 reads the whole
+    map. Raises SinceTooOld and SinceInFuture."""
     row = conn.execute(
         _PAGE,
         {
@@ -165,8 +184,8 @@ def changes(conn: Connection, since: int, limit: int, pool: NodePool, settings: 
             "limit": limit,
             "over": limit + 1,
             "names": [node.name for node in nodes],
-            "urls": [node.url for node in nodes],
-            "prefix": settings.influxdb_database_prefix,
+            "urls": [public_url(node.url) for node in nodes],
+            "prefix": prefix,
             "provisioned": ProvisioningState.PROVISIONED.value,
         },
     ).one()
@@ -177,14 +196,14 @@ def changes(conn: Connection, since: int, limit: int, pool: NodePool, settings: 
     if 0 < since < horizon:
         raise SinceTooOld(f"since {since} is older than the tombstones kept; load the map again")
     next_since = int(row.last) if row.last is not None else since
-    return Page(row.locations, int(row.found), next_since, bool(row.more), current)
+    return Page(row.locations, int(row.found), next_since, bool(row.more), current, row.epoch)
 
 
 def locate(conn: Connection, tenant_id: str, pool: NodePool, settings: Settings) -> Location | None:
     """The tenant's published location; None for an unknown or deleted tenant."""
     row = conn.execute(
         select(tenant_locations).where(_L.tenant_id == tenant_id, _L.version.is_not(None))
-    ).first()
+    ).first()  # the published state (a pending change shows once published)
     if row is None or row.deleted:
         return None
     return _location(row, pool, settings)
@@ -195,7 +214,7 @@ def prune_tombstones(conn: Connection, older_than: datetime, batch: int) -> int:
     raise the horizon past them; commits. Returns how many were deleted."""
     oldest = (
         select(_L.tenant_id)
-        .where(_L.deleted, _L.changed_at < older_than, _L.version.is_not(None))
+        .where(_L.deleted, ~_L.pending, _L.changed_at < older_than, _L.version.is_not(None))
         .order_by(_L.changed_at)
         .limit(batch)
         .with_for_update(skip_locked=True)
@@ -219,21 +238,48 @@ def prune_tombstones(conn: Connection, older_than: datetime, batch: int) -> int:
     return len(versions)
 
 
+@dataclass(frozen=True)
+class DeletionWait:
+    """Not yet: come back at ``until``; record ``delete_after`` (None: the wait has not begun,
+    the tenant's "not ready" could not be published yet)."""
+
+    until: datetime
+    delete_after: datetime | None
+
+
 def deletion_may_proceed(
-    conn: Connection, tenant_id: str, delete_after: datetime | None, now: datetime, staleness: float
-) -> datetime | None:
-    """None when the tenant's database may be deleted now; else the moment it may be.
+    conn: Connection, tenant_id: str, delete_after: datetime | None, clock: Clock, staleness: float
+) -> DeletionWait | None:
+    """None when the tenant's database may be deleted now; else how long to wait.
 
     The first time, the tenant's "not ready" is published (waiting for a step running
-    elsewhere) and the wait starts: every client refreshing at least once per ``staleness``
-    seconds has stopped writing by its end. The caller records the moment it returns.
+    elsewhere) and the wait starts, from the moment it is published: every client refreshing
+    at least once per ``staleness`` seconds has stopped writing by its end.
     """
     if delete_after is not None:
-        return None if now >= delete_after else delete_after
+        now = clock()
+        return None if now >= delete_after else DeletionWait(delete_after, delete_after)
     publish(conn, wait=True)
+    published = conn.execute(
+        select(_L.state).where(_L.tenant_id == tenant_id, ~_L.pending, _L.version.is_not(None))
+    ).scalar()
+    conn.commit()
+    now = clock()  # after the publish, which may have waited for another step
+    if published != ProvisioningState.DEPROVISIONING:
+        # A writer held its row: the next step publishes it; the wait has not begun.
+        return DeletionWait(now + UNPUBLISHED_RETRY, None)
     if staleness <= 0:
         return None
-    return now + timedelta(seconds=staleness)
+    until = now + timedelta(seconds=staleness)
+    return DeletionWait(until, until)
+
+
+def public_url(url: str) -> str:
+    """``url`` without its userinfo: a node's URL is served to every location client."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _horizon(conn: Connection) -> int:
@@ -242,7 +288,7 @@ def _horizon(conn: Connection) -> int:
 
 
 def _location(row: Any, pool: NodePool, settings: Settings) -> Location:
-    node = pool.node(row.node) if row.node is not None else None
+    node = pool.node(row.node) if row.node is not None else None  # published columns
     ready = not row.deleted and row.state == ProvisioningState.PROVISIONED and node is not None
     return Location(
         tenant_id=row.tenant_id,
@@ -251,7 +297,7 @@ def _location(row: Any, pool: NodePool, settings: Settings) -> Location:
         ready=ready,
         state=row.state,
         node=node.name if ready and node else None,
-        url=node.url if ready and node else None,
+        url=public_url(node.url) if ready and node else None,
         incarnation=row.incarnation,
         deleted=bool(row.deleted),
     )

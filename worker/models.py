@@ -210,17 +210,14 @@ influxdb_nodes = cast(Table, InfluxDBNode.__table__)
 
 class TenantLocation(Base):
     """Where a tenant's database is, as the data plane reads it (``worker.locations``): kept by
-    a trigger on ``tenants`` (migration 0008); a tombstone (``deleted``) outlives the tenant
-    for ``LOCATIONS_TOMBSTONE_HOURS``."""
+    a trigger on ``tenants`` (migration 0008). A change waits in ``next_*`` (``pending``)
+    until it is published over the readable columns; a tombstone (``deleted``) outlives the
+    tenant for a week."""
 
     __tablename__ = "tenant_locations"
     __table_args__ = (
         Index("ix_tenant_locations_version", "version", unique=True),
-        Index(
-            "ix_tenant_locations_unpublished",
-            "tenant_id",
-            postgresql_where=text("version IS NULL"),
-        ),
+        Index("ix_tenant_locations_unpublished", "changed_at", postgresql_where=text("pending")),
         Index("ix_tenant_locations_tombstones", "changed_at", postgresql_where=text("deleted")),
     )
 
@@ -229,20 +226,27 @@ class TenantLocation(Base):
     node: Mapped[str | None] = mapped_column(Text)
     incarnation: Mapped[str | None] = mapped_column(Text)
     deleted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    version: Mapped[int | None] = mapped_column(BigInteger)  # NULL: changed, not published yet
+    version: Mapped[int | None] = mapped_column(BigInteger)  # NULL: never published yet
+    next_state: Mapped[str | None] = mapped_column(Text)
+    next_node: Mapped[str | None] = mapped_column(Text)
+    next_incarnation: Mapped[str | None] = mapped_column(Text)
+    next_deleted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    pending: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     changed_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.clock_timestamp()
     )
 
 
 class TenantLocationMap(Base):
-    """The location map's one row: the highest version of a tombstone pruned so far."""
+    """The location map's one row: the highest version of a tombstone pruned so far, and the
+    map's epoch (which database it is)."""
 
     __tablename__ = "tenant_location_map"
     __table_args__ = (CheckConstraint("id = 1", name="ck_tenant_location_map_single_row"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     horizon: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    epoch: Mapped[str] = mapped_column(Text, server_default=text("gen_random_uuid()::text"))
 
 
 class InfluxDBStray(Base):

@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, update
 
-from worker import store
+from worker import locations, store
 from worker.clock import Clock, database_clock
 from worker.db import advisory_lock
 from worker.findings import COLUMNS, Finding, Kind, View, find
@@ -147,6 +147,8 @@ def _run(
     nodes = pool.nodes()
     configured = [node.name for node in nodes]
     listed_at = clock()
+    with engine.connect() as conn:  # what the listings may predate: changes after this
+        listed_version = locations.settled_version(conn)
     errors: list[str] = []
     observed: list[tuple[NodeConfig, int]] = []
     sender = _Sender(publish, summary, clock)
@@ -163,7 +165,7 @@ def _run(
                     observed.append((node, len(listing.names)))
         record_observations(conn, observed, clock())  # and commits the copied lists
         found = record_strays(
-            conn, seen.answered, settings.influxdb_database_prefix, listed_at, clock()
+            conn, seen.answered, settings.influxdb_database_prefix, listed_version, clock()
         )
         summary.strays, summary.orphans = found.strays, found.orphans
         if errors:

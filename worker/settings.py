@@ -164,10 +164,12 @@ class Settings:
                     f"{variable} must be at least {MIN_TOKEN_LENGTH} characters (it is "
                     f"{len(token)}): a short token can be guessed; e.g. `openssl rand -hex 32`"
                 )
-        if self.locations_max_staleness_seconds < self.locations_refresh_seconds:
+        # A client refreshes once per interval, each refresh taking up to about as long again:
+        # a deletion must outwait two intervals for every client to have seen it.
+        if self.locations_max_staleness_seconds < 2 * self.locations_refresh_seconds:
             raise SettingsError(
-                "LOCATIONS_MAX_STALENESS_SECONDS must be at least LOCATIONS_REFRESH_SECONDS: a "
-                "deletion must outwait a client's refresh"
+                "LOCATIONS_MAX_STALENESS_SECONDS must be at least twice "
+                "LOCATIONS_REFRESH_SECONDS: a deletion must outwait every client's refresh"
             )
         if self.backoff_base_seconds > self.backoff_cap_seconds:
             raise SettingsError(

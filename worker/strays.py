@@ -23,7 +23,7 @@ from sqlalchemy import Connection, func, select, text
 
 from worker.listings import LISTED_TABLE, WORK_MEM
 from worker.models import influxdb_strays
-from worker.states import Adoption, ProvisioningState
+from worker.states import Adoption
 
 logger = logging.getLogger(__name__)
 
@@ -43,29 +43,28 @@ _SOFT_DELETED = "-[0-9]{8}T[0-9]{6}$"
 # answered, nothing else): its tenant, if any, and whether it is a stray or an orphan; NULL
 # kind: neither. A stray is not the tenant's home, is not
 # where our own unanswered create went (the worker owns that case), and is not the database of
-# a row from before the worker that has not been located yet (the reconciler adopts it).
-# An orphan's tenant may have been deleted after the listing started: the list predates it.
+# a row from before the worker that has not been located yet, in any state (the reconciler
+# adopts it). Neither is judged for a tenant that changed after the listing started (deleted,
+# created again, moved): the list predates the change.
 _FOUND = f"""
     SELECT
         l.node, l.database, t.tenant_id, t.influxdb_node AS home_node,
         CASE
+            -- The tenant changed (state, server, deleted, created again) after the listing
+            -- began: the list may predate it; the next run judges it.
+            WHEN changed.pending OR changed.version > :listed_version THEN NULL
             WHEN t.tenant_id IS NOT NULL THEN
                 CASE WHEN t.influxdb_node IS DISTINCT FROM l.node
                       AND t.influxdb_create_sent_to IS DISTINCT FROM l.node
                       AND NOT (t.influxdb_node IS NULL
-                               AND t.influxdb_state = '{ProvisioningState.PENDING.value}'
                                AND t.influxdb_adopt = '{Adoption.UNMARKED.value}')
                      THEN '{StrayKind.STRAY.value}' END
-            WHEN l.database !~ '{_SOFT_DELETED}'
-                 AND NOT EXISTS (
-                     SELECT 1 FROM tenant_locations gone
-                     WHERE gone.tenant_id = substr(l.database, length(:prefix) + 1)
-                       AND gone.deleted AND gone.changed_at >= :listed_at
-                 )
-            THEN '{StrayKind.ORPHAN.value}'
+            WHEN l.database !~ '{_SOFT_DELETED}' THEN '{StrayKind.ORPHAN.value}'
         END AS kind
     FROM {LISTED_TABLE} l
     LEFT JOIN tenants t ON t.tenant_id = substr(l.database, length(:prefix) + 1)
+    LEFT JOIN tenant_locations changed
+        ON changed.tenant_id = substr(l.database, length(:prefix) + 1)
     WHERE starts_with(l.database, :prefix) AND length(l.database) > length(:prefix)
 """  # noqa: S608 - constant names and vocabulary; values are bound parameters
 
@@ -112,15 +111,21 @@ def record_strays(
     conn: Connection,
     answered: Collection[str],
     prefix: str,
-    listed_at: datetime,
+    listed_version: int,
     now: datetime,
 ) -> StrayCounts:
     """Replace, for every server in ``answered``, its rows of ``influxdb_strays`` with what
-    the run's listings (started at ``listed_at``) show there, stamped ``now`` (the run's
-    clock); the other servers' rows stay as last seen. Logs each new one. Commits."""
+    the run's listings (begun at location version ``listed_version``: a tenant changed since
+    is not judged) show there, stamped ``now`` (the run's clock); the other servers' rows
+    stay as last seen. Logs each new one. Commits."""
     if not answered:
         return StrayCounts()
-    params = {"answered": list(answered), "prefix": prefix, "listed_at": listed_at, "now": now}
+    params = {
+        "answered": list(answered),
+        "prefix": prefix,
+        "listed_version": listed_version,
+        "now": now,
+    }
     # Without statistics the planner takes the run's table for a few rows and probes the
     # tenants' index once per listed name: seconds at a million.
     conn.execute(text(f"ANALYZE {LISTED_TABLE}"))

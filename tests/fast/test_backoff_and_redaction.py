@@ -50,7 +50,7 @@ HOSTILE = {
 
 def _seconds(work: Callable[[str], object], text: str) -> float:
     best = math.inf
-    for _ in range(3):
+    for _ in range(5):
         started = time.perf_counter()
         work(text)
         best = min(best, time.perf_counter() - started)
@@ -60,7 +60,7 @@ def _seconds(work: Callable[[str], object], text: str) -> float:
 @pytest.mark.parametrize("shape", list(HOSTILE), ids=list(HOSTILE))
 def test_every_pattern_on_untrusted_text_stays_linear(shape):
     # Each pattern that reads what a client sent (log lines carry raw paths and queries; ids,
-    # retention periods and query keys come from requests), on 100 KB and 200 KB of a hostile
+    # retention periods and query keys come from requests), on 200 KB and 400 KB of a hostile
     # shape: twice the text takes about twice the time (quadratic would take four times).
     unit = HOSTILE[shape]
     patterns: list[Callable[[str], object]] = [
@@ -69,11 +69,11 @@ def test_every_pattern_on_untrusted_text_stays_linear(shape):
         RETENTION_PERIOD.fullmatch,
         _TENANT_ID_REST.fullmatch,
     ]
-    small = unit * (100_000 // len(unit))
+    small = unit * (200_000 // len(unit))
     for pattern in patterns:
         once, twice = _seconds(pattern, small), _seconds(pattern, small + small)
-        if once < 0.001:  # too fast for a ratio to mean anything; quadratic would take seconds
-            assert twice < 0.010, (shape, pattern, twice)
+        if once < 0.002:  # too fast for a ratio to mean anything; quadratic would take seconds
+            assert twice < 0.050, (shape, pattern, twice)
         else:
             assert twice / once < 3.0, (shape, pattern, once, twice)
 

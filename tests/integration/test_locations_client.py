@@ -4,6 +4,7 @@ server, never a default one, and keeps its last map while the service is away.""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -122,6 +123,108 @@ def test_a_client_behind_pruned_tombstones_reloads_the_whole_map(db, service):
     client.refresh()
     assert client.resolve("goes") is UNKNOWN
     assert isinstance(client.resolve("stays"), Location)
+    client.close()
+
+
+GOOD_PAGE = {
+    "locations": [
+        {
+            "tenant_id": "a",
+            "database": "telemetry_a",
+            "version": 1,
+            "ready": True,
+            "state": "provisioned",
+            "node": "n1",
+            "url": "http://n1",
+            "incarnation": "i",
+            "deleted": False,
+        }
+    ],
+    "next_since": 1,
+    "more": False,
+    "version": 1,
+    "nodes": [{"name": "n1", "url": "http://n1"}],
+    "database_prefix": "telemetry_",
+    "epoch": "e1",
+    "refresh_seconds": 0.1,
+    "max_staleness_seconds": 1,
+}
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"next_since": "abc"},
+        {"next_since": 0, "more": True},  # no progress: would loop for ever
+        {"locations": [{"tenant_id": "a"}]},
+        {"locations": [{**GOOD_PAGE["locations"][0], "deleted": "no"}]},
+        {"nodes": [{"name": 1}]},
+        {"refresh_seconds": "fast"},
+        {"epoch": None},
+    ],
+    ids=[
+        "since-text",
+        "no-progress",
+        "location-fields",
+        "deleted-text",
+        "node-name",
+        "refresh-text",
+        "epoch",
+    ],
+)
+def test_a_malformed_page_changes_nothing_and_the_refresh_thread_lives_on(scripted, broken):
+    # Given a client holding a map, refreshing every 0.1 s in its thread
+    scripted.answer(200, json.dumps(GOOD_PAGE))
+    client = LocationClient(scripted.url, LOCATIONS_TOKEN, refresh_seconds=0.1).start()
+    held = client.resolve("a")
+    assert isinstance(held, Location)
+
+    # When the service answers a malformed page
+    scripted.answer(
+        200,
+        json.dumps(
+            {
+                **GOOD_PAGE,
+                **broken,
+                "next_since": broken.get("next_since", 2),
+                "more": broken.get("more", False),
+            }
+        ),
+    )
+    wait_for(lambda: client.last_error is not None, what="the refresh to fail")
+
+    # Then nothing held changed, and once the service answers well again, refreshes resume
+    assert client.resolve("a") == held and client.version == 1
+    fixed = {
+        **GOOD_PAGE,
+        "next_since": 2,
+        "locations": [{**GOOD_PAGE["locations"][0], "tenant_id": "b", "version": 2}],
+    }
+    scripted.answer(200, json.dumps(fixed))
+    wait_for(lambda: isinstance(client.resolve("b"), Location), what="the thread still alive")
+    client.close()
+
+
+def test_a_server_that_leaves_the_nodes_file_and_returns_is_served_again(scripted):
+    # Given a client holding a tenant on n1
+    scripted.answer(200, json.dumps(GOOD_PAGE))
+    client = LocationClient(scripted.url, LOCATIONS_TOKEN, refresh_seconds=3600).start()
+    assert isinstance(client.resolve("a"), Location)
+
+    # When n1 leaves the nodes file (the service now says a is not ready there)...
+    gone = {
+        **GOOD_PAGE,
+        "nodes": [],
+        "locations": [{**GOOD_PAGE["locations"][0], "ready": False, "node": None, "url": None}],
+    }
+    scripted.answer(200, json.dumps(gone))
+    client.refresh()
+    assert isinstance(client.resolve("a"), NotReady)
+
+    # ... and comes back with no change of the tenant's own: the whole map is loaded again
+    scripted.answer(200, json.dumps(GOOD_PAGE))
+    client.refresh()
+    assert isinstance(client.resolve("a"), Location)
     client.close()
 
 
