@@ -8,14 +8,19 @@ built by the factory only, so importing this module needs no settings.
 from __future__ import annotations
 
 import json
+import math
+import threading
+import time
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from api_hooks.auth import bearer_auth
 from api_hooks.console import standalone_console
-from api_hooks.http_errors import plain_validation_error
+from api_hooks.headers import SecurityHeaders
+from api_hooks.http_errors import error_responses, plain_validation_error
 from api_hooks.locations import locations_router, locations_token_auth
 from api_hooks.router import bearer_token_auth, operator_router
 from api_hooks.schemas import Health
@@ -35,8 +40,11 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Prometheus text exposition format; no tenant ids in it",
         "content": {"text/plain": {"schema": {"type": "string"}}},
-    }
+    },
+    **error_responses({401: "The scrape credential is missing or wrong"}),
 }
+# One scrape runs about six queries: answers within this many seconds of each other share one.
+METRICS_CACHE_SECONDS = 1.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,17 +54,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raise SettingsError("OPERATOR_TOKEN (or OPERATOR_TOKEN_FILE) must be set for the API")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProvisioningCollector(get_engine(), shared_pool()))
-    application = _assemble(settings.operator_token, registry, settings.locations_token)
+    application = _assemble(
+        settings.operator_token,
+        registry,
+        settings.locations_token,
+        metrics_token=settings.metrics_token or settings.operator_token,
+        behind_tls=settings.behind_tls,
+    )
     # The operator console: HTML pages behind a sign-in with the same token (not in OpenAPI).
     application.include_router(
-        standalone_console(settings.operator_token, settings.console_session_minutes)
+        standalone_console(
+            settings.operator_token,
+            settings.console_session_minutes,
+            settings.console_session_idle_minutes,
+            secure_cookies=settings.behind_tls,
+        )
     )
     return application
 
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document of the app; describing it needs no token and no database."""
-    return _assemble("not-served", CollectorRegistry(auto_describe=False), None).openapi()
+    registry = CollectorRegistry(auto_describe=False)
+    return _assemble("not-served", registry, None, metrics_token=None).openapi()
 
 
 def render_openapi(document: dict[str, Any]) -> str:
@@ -65,14 +85,31 @@ def render_openapi(document: dict[str, Any]) -> str:
 
 
 def _assemble(
-    operator_token: str, registry: CollectorRegistry, locations_token: str | None
+    operator_token: str,
+    registry: CollectorRegistry,
+    locations_token: str | None,
+    metrics_token: str | None,
+    behind_tls: bool = False,
 ) -> FastAPI:
-    application = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION)
+    # No /docs or /redoc: Swagger UI would load scripts from a CDN and invite operators to
+    # paste the token into a third party's page. The document is /openapi.json (and
+    # docs/openapi.json in the repository).
+    application = FastAPI(
+        title=TITLE, version=VERSION, description=DESCRIPTION, docs_url=None, redoc_url=None
+    )
+    application.add_middleware(SecurityHeaders, behind_tls=behind_tls)
     # The router's routes answer validation errors plainly themselves; this covers the rest.
     application.add_exception_handler(RequestValidationError, plain_validation_error)
     application.include_router(operator_router(bearer_token_auth(operator_token)))
     # For the services that write and read telemetry: a read-only credential of their own.
     application.include_router(locations_router(locations_token_auth(locations_token)))
+    scrape = CachedScrape(registry)
+    require_scraper = bearer_auth(
+        metrics_token,
+        "METRICS_TOKEN",
+        "MetricsToken",
+        "`Authorization: Bearer <METRICS_TOKEN>` (unset: the operator token)",
+    )
 
     @application.get(
         "/metrics",
@@ -80,11 +117,12 @@ def _assemble(
         summary="Prometheus metrics",
         response_class=Response,
         responses=METRICS_RESPONSES,
+        dependencies=[Depends(require_scraper)],
     )
     def metrics() -> Response:
-        """Provisioning metrics read from Postgres; no auth, so Prometheus can scrape it."""
-        # Without the operator token on purpose: nothing here names a tenant.
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        """Provisioning metrics read from Postgres, behind the scrape credential; scrapes
+        within a second of each other share one reading."""
+        return Response(scrape.latest(), media_type=CONTENT_TYPE_LATEST)
 
     @application.get("/healthz", tags=["monitoring"], summary="Liveness")
     def healthz() -> Health:
@@ -92,3 +130,21 @@ def _assemble(
         return Health(status="ok")
 
     return application
+
+
+class CachedScrape:
+    """The registry's exposition, computed by one caller at a time and reused for
+    ``METRICS_CACHE_SECONDS``: a burst of scrapes costs Postgres one reading."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._text = b""
+        self._taken = -math.inf
+
+    def latest(self) -> bytes:
+        with self._lock:
+            if time.monotonic() - self._taken >= METRICS_CACHE_SECONDS:
+                self._text = generate_latest(self._registry)
+                self._taken = time.monotonic()
+            return self._text

@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "tenantctl") -> int:
         "check-influxdb": _check_influxdb,
         "nodes": _nodes,
         "strays": _strays,
+        "sessions": _sessions,
     }[args.command]
     return handler(args)
 
@@ -86,6 +87,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "strays",
         help="databases nobody placed: tenants' off their home (stray), of no tenant (orphan)",
     )
+    sessions = commands.add_parser(
+        "sessions", help="live console sign-ins; end one (--end ID) or every one (--end-all)"
+    )
+    ending = sessions.add_mutually_exclusive_group()
+    ending.add_argument("--end", metavar="ID", help="end this session (its id, or a prefix)")
+    ending.add_argument("--end-all", action="store_true", help="end every console session")
     commands.add_parser(
         "flower",
         help="start Flower (requires FLOWER_BASIC_AUTH unless FLOWER_UNAUTHENTICATED_DEV=1)",
@@ -298,20 +305,51 @@ def _strays(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sessions(args: argparse.Namespace) -> int:
+    from api_hooks.console.sessions import end_sessions, live_sessions  # noqa: PLC0415
+    from worker.db import get_engine  # noqa: PLC0415
+    from worker.settings import get_settings  # noqa: PLC0415
+
+    with get_engine().begin() as conn:
+        if args.end or args.end_all:
+            try:
+                ended = end_sessions(conn, None if args.end_all else args.end)
+            except ValueError as exc:
+                return _fail(str(exc), EXIT_USAGE)
+            if args.end and not ended:
+                return _fail(f"no live console session has the id {args.end}", EXIT_NOT_FOUND)
+            print(f"ended {ended} console session(s)")
+            return EXIT_OK
+        rows = live_sessions(conn, get_settings().console_session_idle_minutes)
+    if args.json:
+        _print_json(rows)
+    else:
+        columns = ["id", "actor", "address", "created_at", "last_seen_at", "expires_at"]
+        _print_table(rows, columns, noun="session")
+    return EXIT_OK
+
+
 def _flower(extra: list[str]) -> int:
     # Flower shows every task and its arguments: never serve it open by accident.
-    if (
-        not os.environ.get("FLOWER_BASIC_AUTH")
-        and os.environ.get("FLOWER_UNAUTHENTICATED_DEV") != "1"
-    ):
+    from worker.settings_rules import SettingsError, read_secret  # noqa: PLC0415
+
+    try:
+        credentials = read_secret(os.environ, "FLOWER_BASIC_AUTH", "FLOWER_BASIC_AUTH_FILE")
+    except SettingsError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    env = dict(os.environ)
+    env.pop("FLOWER_BASIC_AUTH_FILE", None)
+    if credentials:
+        env["FLOWER_BASIC_AUTH"] = credentials  # Flower reads it from its environment
+    elif os.environ.get("FLOWER_UNAUTHENTICATED_DEV") != "1":
         return _fail(
             "refusing to start Flower without authentication: set FLOWER_BASIC_AUTH=user:password "
-            "(or FLOWER_UNAUTHENTICATED_DEV=1 on a development machine)",
+            "or FLOWER_BASIC_AUTH_FILE (or FLOWER_UNAUTHENTICATED_DEV=1 on a development machine)",
             EXIT_USAGE,
         )
     command = [sys.executable, "-m", "celery", "-A", "worker", "flower", *extra]
-    os.execv(sys.executable, command)  # noqa: S606 - replaces this process, argv is ours
-    return EXIT_OK  # pragma: no cover - execv does not return
+    os.execve(sys.executable, command, env)  # noqa: S606 - replaces this process, argv is ours
+    return EXIT_OK  # pragma: no cover - execve does not return
 
 
 def _print_json(value: object) -> None:

@@ -8,17 +8,15 @@ does this); ``worker.locations`` says how versions are kept. Every 4xx answer is
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
+from api_hooks.auth import bearer_auth
 from api_hooks.http_errors import PlainErrorRoute, error_responses
-from api_hooks.throttle import Throttle, refuse_if_throttled
 from locations_client.client import NEXT_SINCE_HEADER
 from worker import locations
 from worker.db import get_engine
@@ -27,18 +25,6 @@ from worker.settings import get_settings
 
 MAX_PAGE = 10_000
 DEFAULT_PAGE = 5_000
-
-LocationsCredentials = Annotated[
-    HTTPAuthorizationCredentials | None,
-    Depends(
-        HTTPBearer(
-            scheme_name="LocationsToken",
-            description="`Authorization: Bearer <LOCATIONS_TOKEN>` (read-only; not the "
-            "operator token)",
-            auto_error=False,
-        )
-    ),
-]
 
 
 class LocationBody(BaseModel):
@@ -82,21 +68,12 @@ class LocationsPage(BaseModel):
 def locations_token_auth(expected_token: str | None) -> Callable[..., None]:
     """An auth dependency accepting ``Authorization: Bearer <LOCATIONS_TOKEN>`` only; with no
     token configured, nobody."""
-    expected = (expected_token or "").encode()
-    throttle = Throttle()
-
-    def require_locations_token(request: Request, credentials: LocationsCredentials) -> None:
-        client = refuse_if_throttled(throttle, request)
-        supplied = credentials.credentials.encode() if credentials is not None else b""
-        if not expected or not hmac.compare_digest(supplied, expected):
-            throttle.failed(client)
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                detail="locations token required: Authorization: Bearer <LOCATIONS_TOKEN>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return require_locations_token
+    return bearer_auth(
+        expected_token,
+        "LOCATIONS_TOKEN",
+        "LocationsToken",
+        "`Authorization: Bearer <LOCATIONS_TOKEN>` (read-only; not the operator token)",
+    )
 
 
 def locations_router(require_reader: Callable[..., Any]) -> APIRouter:

@@ -8,13 +8,12 @@ are ``PlainErrorRoute``s, so this holds in the UI's app too.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
+from api_hooks.auth import bearer_auth
 from api_hooks.bodies import MAX_BODY_BYTES, adopt_body, create_tenant_body, json_body
 from api_hooks.errors import (
     InvalidRetentionPeriod,
@@ -46,7 +45,6 @@ from api_hooks.tenants import (
     validate_tenant_id,
     validate_tenant_name,
 )
-from api_hooks.throttle import Throttle, refuse_if_throttled
 
 # Besides the router: names importable from here before the bodies got their own module.
 __all__ = [
@@ -70,40 +68,10 @@ NOT_FOUND = "No tenant has this id (a malformed id names none; the message gives
 TOO_LARGE = f"The body is over {MAX_BODY_BYTES} bytes"
 
 
-# auto_error=False: every refusal is ours (401 with our message), not HTTPBearer's. Declared
-# through HTTPBearer so the OpenAPI document shows the scheme.
-BearerCredentials = Annotated[
-    HTTPAuthorizationCredentials | None,
-    Depends(
-        HTTPBearer(
-            scheme_name="OperatorToken",
-            description="`Authorization: Bearer <OPERATOR_TOKEN>`",
-            auto_error=False,
-        )
-    ),
-]
-
-
-def bearer_token_auth(
-    expected_token: str,
-) -> Callable[[Request, HTTPAuthorizationCredentials | None], None]:
-    """An auth dependency accepting ``Authorization: Bearer <expected_token>`` only; a client
-    that keeps failing is throttled (429, ``api_hooks.throttle``)."""
-    expected = expected_token.encode()
-    throttle = Throttle()
-
-    def require_operator_token(request: Request, credentials: BearerCredentials) -> None:
-        client = refuse_if_throttled(throttle, request)
-        supplied = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(supplied.encode(), expected):
-            throttle.failed(client)
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                detail="operator token required: Authorization: Bearer <OPERATOR_TOKEN>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return require_operator_token
+def bearer_token_auth(expected_token: str) -> Callable[..., None]:
+    """An auth dependency accepting ``Authorization: Bearer <expected_token>`` only (the
+    operator token); a client that keeps failing is throttled (429)."""
+    return bearer_auth(expected_token, "OPERATOR_TOKEN", "OperatorToken")
 
 
 def operator_router(require_operator: Callable[..., Any]) -> APIRouter:

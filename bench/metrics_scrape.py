@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import requests
 
+from bench import config
 from bench.config import Sizes
 from bench.harness import Context, http_server, say
 from bench.measure import Result, fmt_seconds, time_requests, verdict
@@ -57,6 +58,7 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
         old.append(time.perf_counter() - started)
     with http_server("api_hooks", ctx.workdir) as api_url:
         session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {config.OPERATOR_TOKEN}"
 
         def gets(count: int) -> Iterator[Callable[[], requests.Response]]:
             for _ in range(count):

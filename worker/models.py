@@ -43,6 +43,7 @@ __all__ = [
     "Tenant",
     "TenantLocation",
     "TenantLocationMap",
+    "console_sessions",
     "deployment_secrets",
     "influxdb_nodes",
     "influxdb_strays",
@@ -283,3 +284,27 @@ class DeploymentSecret(Base):
 
 
 deployment_secrets = cast(Table, DeploymentSecret.__table__)
+
+
+class ConsoleSession(Base):
+    """A console sign-in, valid while its row says so (migration 0010): the cookie holds the
+    session id, this table its SHA-256."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (
+        CheckConstraint("octet_length(id_hash) = 32", name="console_sessions_id_hash_sha256"),
+    )
+
+    id_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    actor: Mapped[str] = mapped_column(Text)
+    address: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_by: Mapped[str | None] = mapped_column(Text)
+
+
+console_sessions = cast(Table, ConsoleSession.__table__)

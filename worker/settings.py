@@ -132,6 +132,9 @@ class Settings:
     locations_refresh_seconds: float
     locations_max_staleness_seconds: float
     console_session_minutes: int
+    console_session_idle_minutes: int
+    metrics_token: str | None = field(repr=False)
+    api_behind_tls: str
     flower_url: str | None
     log_level: str
 
@@ -158,6 +161,7 @@ class Settings:
         for variable, token in (
             ("OPERATOR_TOKEN", self.operator_token),
             ("LOCATIONS_TOKEN", self.locations_token),
+            ("METRICS_TOKEN", self.metrics_token),
         ):
             if token is not None and len(token) < MIN_TOKEN_LENGTH:
                 raise SettingsError(
@@ -194,6 +198,11 @@ class Settings:
             )
 
     @property
+    def behind_tls(self) -> bool:
+        """API_BEHIND_TLS=1: browsers reach the API over HTTPS only."""
+        return self.api_behind_tls == "1"
+
+    @property
     def broker(self) -> Broker:
         """Redis or RabbitMQ, from the scheme of CELERY_BROKER_URL."""
         return broker_of(self.broker_url)
@@ -215,6 +224,7 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of logs and stored errors."""
         values = [self.influxdb_token, self.operator_token, self.locations_token]
+        values.append(self.metrics_token)
         values += [node.token for node in self.influxdb_nodes]
         for url in (self.database_url, self.broker_url):
             try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import TypeAlias
 
@@ -123,3 +124,55 @@ def read_secret(env: Mapping[str, str], name: str, file_name: str) -> str | None
         if not value:
             raise SettingsError(f"{file_name}: {path} is empty")
     return value or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: the Settings field it fills, how it is checked, what it does."""
+
+    variable: str
+    field: str | None  # None: read outside Settings (documented here only)
+    kind: type[str] | type[int] | type[float] = str
+    default: Value | None = None  # None: unset
+    _: KW_ONLY
+    help: str
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+    pattern: re.Pattern[str] | None = None
+    rule: str = ""  # what a valid value is, in words (README; errors of `pattern`)
+    unit: str = ""
+    normalise: Callable[[str], str] | None = None  # runs before the checks; may raise
+    file_variable: str | None = None  # the value may come from this file instead, never both
+    default_from: str | None = None  # unset: the value of this earlier variable
+    custom: bool = False  # read by Settings.from_env itself (the node pool's JSON)
+
+    def read(self, env: Mapping[str, str], fallback: Value | None = None) -> Value | None:
+        """The checked value from ``env``; when unset the default (``fallback`` if derived)."""
+        if self.file_variable:
+            raw = read_secret(env, self.variable, self.file_variable) or ""
+        else:
+            raw = env.get(self.variable, "").strip()
+        if not raw:
+            return fallback if self.default_from else self.default
+        return self.parse(raw)
+
+    def parse(self, raw: str) -> Value:
+        """``raw`` converted, normalised and checked; SettingsError naming the variable."""
+        name = self.variable
+        try:
+            value = self.kind(raw)
+        except ValueError:
+            what = "a whole number" if self.kind is int else "a number"
+            raise SettingsError(f"{name} must be {what} (got {raw!r})") from None
+        if isinstance(value, str):
+            if self.normalise:
+                value = self.normalise(value)
+            if self.choices and value not in self.choices:
+                raise SettingsError(
+                    f"{name} must be one of {', '.join(self.choices)} (got {raw!r})"
+                )
+            if self.pattern and not self.pattern.match(value):
+                raise SettingsError(f"{name} must be {self.rule} (got {raw!r})")
+        elif self.minimum is not None and value < self.minimum:
+            raise SettingsError(f"{name} must be at least {show(self.minimum)} (got {raw!r})")
+        return value

@@ -7,22 +7,21 @@ fails when the two differ. Relations between settings are checked in ``Settings.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import KW_ONLY, dataclass
+from collections.abc import Mapping
 from typing import Any
 
+from worker.settings_access import ACCESS
 from worker.settings_rules import (
     BROKER_URL_RULE,
     DATABASE_PREFIX,
     HARD_DELETE,
     RETENTION_PERIOD,
     RETENTION_PERIOD_RULE,
+    Setting,
     SettingsError,
     Value,
     broker_url,
     http_url,
-    link_url,
     psycopg_url,
     read_secret,
     show,
@@ -40,58 +39,6 @@ __all__ = [
     "read_secret",
     "show",
 ]
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One environment variable: the Settings field it fills, how it is checked, what it does."""
-
-    variable: str
-    field: str | None  # None: read outside Settings (documented here only)
-    kind: type[str] | type[int] | type[float] = str
-    default: Value | None = None  # None: unset
-    _: KW_ONLY
-    help: str
-    minimum: float | None = None
-    choices: tuple[str, ...] = ()
-    pattern: re.Pattern[str] | None = None
-    rule: str = ""  # what a valid value is, in words (README; errors of `pattern`)
-    unit: str = ""
-    normalise: Callable[[str], str] | None = None  # runs before the checks; may raise
-    file_variable: str | None = None  # the value may come from this file instead, never both
-    default_from: str | None = None  # unset: the value of this earlier variable
-    custom: bool = False  # read by Settings.from_env itself (the node pool's JSON)
-
-    def read(self, env: Mapping[str, str], fallback: Value | None = None) -> Value | None:
-        """The checked value from ``env``; when unset the default (``fallback`` if derived)."""
-        if self.file_variable:
-            raw = read_secret(env, self.variable, self.file_variable) or ""
-        else:
-            raw = env.get(self.variable, "").strip()
-        if not raw:
-            return fallback if self.default_from else self.default
-        return self.parse(raw)
-
-    def parse(self, raw: str) -> Value:
-        """``raw`` converted, normalised and checked; SettingsError naming the variable."""
-        name = self.variable
-        try:
-            value = self.kind(raw)
-        except ValueError:
-            what = "a whole number" if self.kind is int else "a number"
-            raise SettingsError(f"{name} must be {what} (got {raw!r})") from None
-        if isinstance(value, str):
-            if self.normalise:
-                value = self.normalise(value)
-            if self.choices and value not in self.choices:
-                raise SettingsError(
-                    f"{name} must be one of {', '.join(self.choices)} (got {raw!r})"
-                )
-            if self.pattern and not self.pattern.match(value):
-                raise SettingsError(f"{name} must be {self.rule} (got {raw!r})")
-        elif self.minimum is not None and value < self.minimum:
-            raise SettingsError(f"{name} must be at least {show(self.minimum)} (got {raw!r})")
-        return value
 
 
 def read_declared(env: Mapping[str, str]) -> dict[str, Any]:
@@ -114,6 +61,7 @@ SETTINGS: tuple[Setting, ...] = (
         "database_url",
         default="postgresql+psycopg://postgres@127.0.0.1:5432/tenant_provisioner",
         normalise=psycopg_url,
+        file_variable="DATABASE_URL_FILE",
         rule="a PostgreSQL URL",
         help="the tenant registry; `postgresql://` is accepted and uses psycopg 3",
     ),
@@ -122,6 +70,7 @@ SETTINGS: tuple[Setting, ...] = (
         "broker_url",
         default="redis://127.0.0.1:6379/0",
         normalise=broker_url,
+        file_variable="CELERY_BROKER_URL_FILE",
         rule=BROKER_URL_RULE,
         help='the Celery broker, Redis or RabbitMQ (see "Which broker")',
     ),
@@ -327,71 +276,5 @@ SETTINGS: tuple[Setting, ...] = (
         unit="d",
         help="how long the attempt log keeps a row (pruned hourly; the /metrics totals stay)",
     ),
-    Setting(
-        "OPERATOR_TOKEN",
-        "operator_token",
-        file_variable="OPERATOR_TOKEN_FILE",
-        help="required by the operator API; at least 32 characters",
-    ),
-    Setting(
-        "LOCATIONS_TOKEN",
-        "locations_token",
-        file_variable="LOCATIONS_TOKEN_FILE",
-        help="`/locations`' read-only credential, 32+ characters (unset: 401 to all)",
-    ),
-    Setting(
-        "LOCATIONS_REFRESH_SECONDS",
-        "locations_refresh_seconds",
-        float,
-        2.0,
-        minimum=0.1,
-        unit="s",
-        help="how often a location client asks for changes (a hint in every answer)",
-    ),
-    Setting(
-        "LOCATIONS_MAX_STALENESS_SECONDS",
-        "locations_max_staleness_seconds",
-        float,
-        10.0,
-        minimum=0,
-        unit="s",
-        help="a deletion waits this long after publishing it, then deletes the database",
-    ),
-    Setting(
-        "CONSOLE_SESSION_MINUTES",
-        "console_session_minutes",
-        int,
-        480,
-        minimum=1,
-        unit="min",
-        help="how long an operator console sign-in lasts (the cookie expires then)",
-    ),
-    Setting(
-        "FLOWER_URL",
-        "flower_url",
-        normalise=link_url,
-        rule="an http(s) URL without credentials",
-        help="where operators open Flower; the console links each attempt to its task there",
-    ),
-    Setting(
-        "LOG_LEVEL",
-        "log_level",
-        default="INFO",
-        normalise=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
-        help="of every process's log; any case",
-    ),
-    # Read by `python -m worker flower` and by Flower itself, not by Settings.
-    Setting(
-        "FLOWER_BASIC_AUTH",
-        None,
-        rule="`user:password`",
-        help="`python -m worker flower` refuses to start without it",
-    ),
-    Setting(
-        "FLOWER_UNAUTHENTICATED_DEV",
-        None,
-        rule="`1`",
-        help="allows Flower without auth (development only)",
-    ),
+    *ACCESS,
 )

@@ -3,36 +3,42 @@ why, since when, and what did the worker try?" - from Postgres, beside Flower's 
 
 - ``console_router(require_operator, csrf_secret)``: the pages, for the UI to mount behind its
   own operator check (as it mounts ``api_hooks.router.operator_router``).
-- ``standalone_console(operator_token, session_minutes)``: the pages behind a sign-in with the
-  operator token, as ``api_hooks.app`` serves them.
+- ``standalone_console(operator_token, session_minutes, idle_minutes)``: the pages behind a
+  sign-in with the operator token, as ``api_hooks.app`` serves them.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api_hooks.console.guard import ConsoleSessions, CsrfGuard
+from api_hooks.console.guard import CsrfGuard
 from api_hooks.console.pages import PREFIX, console_router
 from api_hooks.console.render import Pages
+from api_hooks.console.sessions import ConsoleSessions
 from api_hooks.console.sign_in import SIGN_IN_ROUTE, SIGN_OUT_ROUTE, sign_in_router
 from worker.db import deployment_secret
 
 __all__ = ["PREFIX", "console_router", "standalone_console"]
 
 
-def standalone_console(operator_token: str, session_minutes: int) -> APIRouter:
+def standalone_console(
+    operator_token: str, session_minutes: int, idle_minutes: int, secure_cookies: bool = False
+) -> APIRouter:
     """The console behind its own sign-in: a form takes the operator token once, then a
-    signed session cookie that expires after ``session_minutes``."""
+    session (``console.sessions``) that ends on sign-out, after ``idle_minutes`` unused, or
+    ``session_minutes`` after sign-in. ``secure_cookies``: the deployment is behind TLS."""
 
     # Random per deployment, shared by every process through Postgres, read on first use:
     # nothing to configure, and nothing about the operator token in a public form token.
     def console_secret() -> bytes:
         return deployment_secret("console")
 
-    sessions = ConsoleSessions(operator_token, session_minutes, secret=console_secret)
+    sessions = ConsoleSessions(operator_token, session_minutes, idle_minutes, console_secret)
     router = APIRouter()
     router.include_router(
-        sign_in_router(sessions, Pages(CsrfGuard(console_secret), sign_out_route=None))
+        sign_in_router(
+            sessions, Pages(CsrfGuard(console_secret), sign_out_route=None), secure_cookies
+        )
     )
     router.include_router(
         console_router(

@@ -11,17 +11,22 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from api_hooks.console.guard import CSRF_FIELD, SESSION_COOKIE, ConsoleSessions, safe_next
+from api_hooks.console.guard import CSRF_FIELD, safe_next
 from api_hooks.console.pages import MAX_FORM_BYTES, PREFIX
 from api_hooks.console.render import Pages
+from api_hooks.console.sessions import SESSION_COOKIE, ConsoleSessions
 from api_hooks.throttle import Throttle
 
 SIGN_IN_ROUTE = "console_sign_in"
 SIGN_OUT_ROUTE = "console_sign_out"
 
 
-def sign_in_router(sessions: ConsoleSessions, pages: Pages) -> APIRouter:
-    """``GET``/``POST /operator/console/sign-in`` and ``POST /operator/console/sign-out``."""
+def sign_in_router(
+    sessions: ConsoleSessions, pages: Pages, secure_cookies: bool = False
+) -> APIRouter:
+    """``GET``/``POST /operator/console/sign-in`` and ``POST /operator/console/sign-out``.
+    ``secure_cookies``: the deployment is behind TLS (API_BEHIND_TLS), so the session cookie is
+    ``Secure`` whatever scheme the proxy forwarded; otherwise it follows the request's."""
     router = APIRouter(prefix=PREFIX, include_in_schema=False, max_body_size=MAX_FORM_BYTES)
     throttle = Throttle()
 
@@ -73,12 +78,12 @@ def sign_in_router(sessions: ConsoleSessions, pages: Pages) -> APIRouter:
         response = RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
         response.set_cookie(
             SESSION_COOKIE,
-            sessions.issue(),
+            sessions.issue(client),
             max_age=sessions.max_age,
             path=PREFIX,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=secure_cookies or request.url.scheme == "https",
         )
         return response
 
@@ -86,10 +91,17 @@ def sign_in_router(sessions: ConsoleSessions, pages: Pages) -> APIRouter:
     def sign_out(request: Request, csrf_token: Annotated[str | None, Form()] = None) -> Response:
         if refused := pages.csrf.refusal(request, {CSRF_FIELD: csrf_token}):
             return pages.render(request, "refused.html", status.HTTP_403_FORBIDDEN, problem=refused)
+        sessions.end(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse(
             request.url_for(SIGN_IN_ROUTE).path, status_code=status.HTTP_303_SEE_OTHER
         )
-        response.delete_cookie(SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict")
+        response.delete_cookie(
+            SESSION_COOKIE,
+            path=PREFIX,
+            httponly=True,
+            samesite="strict",
+            secure=secure_cookies or request.url.scheme == "https",
+        )
         return response
 
     return router

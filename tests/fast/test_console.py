@@ -8,6 +8,7 @@ a real worker in ``tests/browser``.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -18,8 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api_hooks.app import create_app
-from api_hooks.console.guard import CSRF_COOKIE, SESSION_COOKIE, ConsoleSessions, CsrfGuard
+from api_hooks.cli import main as cli_main
+from api_hooks.console.guard import CSRF_COOKIE, CsrfGuard
 from api_hooks.console.reads import PAGE_SIZE
+from api_hooks.console.sessions import SESSION_COOKIE, ConsoleSessions
 from harness.console import form_token
 from harness.console import sign_in as console_sign_in
 from tests.conftest import INFLUX_TOKEN, OPERATOR_TOKEN, tenant_row
@@ -92,29 +95,105 @@ def test_sign_in_without_the_form_token_is_refused(anonymous):
     assert anonymous.get(CONSOLE).status_code == 303
 
 
-def test_sessions_are_signed_and_expire():
-    now = [T0.timestamp()]
-    sessions = ConsoleSessions("token-a", minutes=10, clock=lambda: now[0])
-    cookie = sessions.issue()
-    assert sessions.valid(cookie)
-    # Tampered: a later expiry written by hand
-    expires, nonce, mac = cookie.split(".")
-    assert not sessions.valid(f"{int(expires) + 3600}.{nonce}.{mac}")
-    # Signed with another token (the token was changed: everyone is signed out)
-    assert not ConsoleSessions("token-b", 10, clock=lambda: now[0]).valid(cookie)
-    # Expired
-    now[0] += timedelta(minutes=10, seconds=1).total_seconds()
-    assert not sessions.valid(cookie)
-    assert not sessions.valid(None)
-    assert not sessions.valid("garbage")
+def session_cookie(client: TestClient) -> str:
+    cookie = client.cookies.get(SESSION_COOKIE)
+    assert cookie
+    return cookie
 
 
-def test_sign_out_ends_the_session(operator):
+def with_cookie(cookie: str) -> TestClient:
+    """Another browser holding a copy of ``cookie`` (taken from the wire, say)."""
+    client = TestClient(create_app(), follow_redirects=False)
+    client.cookies.set(SESSION_COOKIE, cookie, path=CONSOLE)
+    return client
+
+
+def test_sign_out_ends_the_session_wherever_its_cookie_is(db, operator):
+    # Given a signed-in operator whose cookie was copied
+    stolen = with_cookie(session_cookie(operator))
+    assert stolen.get(CONSOLE).status_code == 200
+    # When the operator signs out
     page = operator.get(CONSOLE)
     response = operator.post(f"{CONSOLE}/sign-out", data={"csrf_token": form_token(page.text)})
     assert response.status_code == 303
     assert response.headers["location"] == f"{CONSOLE}/sign-in"
+    # Then the session is over for the copy too, and the row says how it ended
     assert operator.get(CONSOLE).status_code == 303
+    assert stolen.get(CONSOLE).status_code == 303
+    ended = db.execute("SELECT ended_by FROM console_sessions WHERE ended_at IS NOT NULL")
+    assert [row[0] for row in ended] == ["sign-out"]
+
+
+def test_the_cookie_holds_a_signed_id_and_postgres_only_its_hash(db, operator):
+    cookie = session_cookie(operator)
+    session_id, signature = cookie.split(".")
+    (row,) = db.execute("SELECT id_hash FROM console_sessions").fetchall()
+    assert bytes(row[0]) == hashlib.sha256(session_id.encode()).digest()
+    # A cookie with another id, or a signature not ours, is refused
+    assert with_cookie(f"{session_id}x.{signature}").get(CONSOLE).status_code == 303
+    assert with_cookie(f"{session_id}.AAAA").get(CONSOLE).status_code == 303
+    assert with_cookie("garbage").get(CONSOLE).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("column", "shift", "live"),
+    [
+        # Unused for the idle timeout (30 min by default) and one second more: over
+        ("last_seen_at", "-30 min -1 s", False),
+        ("last_seen_at", "-29 min", True),
+        # Past its lifetime (CONSOLE_SESSION_MINUTES), however recently used: over
+        ("expires_at", "-1 s", False),
+    ],
+)
+def test_a_session_ends_when_idle_or_past_its_lifetime(db, operator, column, shift, live):
+    # Times are Postgres' own, on both sides of the comparison
+    db.execute(f"UPDATE console_sessions SET {column} = clock_timestamp() + %s::interval", (shift,))
+    assert operator.get(CONSOLE).status_code == (200 if live else 303)
+
+
+def test_each_use_keeps_a_session_alive(db, operator):
+    db.execute("UPDATE console_sessions SET last_seen_at = clock_timestamp() - interval '29 min'")
+    assert operator.get(CONSOLE).status_code == 200
+    # The use moved last_seen_at: the session has a whole idle timeout again
+    idle = db.execute(
+        "SELECT clock_timestamp() - last_seen_at AS idle FROM console_sessions"
+    ).fetchone()
+    assert idle[0] < timedelta(minutes=1)
+
+
+def test_a_new_token_signs_every_session_out(db, operator):
+    cookie = session_cookie(operator)
+    same = ConsoleSessions(OPERATOR_TOKEN, 480, 30, lambda: deployment_secret("console"))
+    assert same.valid(cookie)
+    other = ConsoleSessions("t" * 40, 480, 30, lambda: deployment_secret("console"))
+    assert not other.valid(cookie)
+
+
+def test_operators_list_and_end_sessions_from_the_cli(db, operator, capsys):
+    # Given a live session, listed by the CLI
+    assert cli_main(["--json", "sessions"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["actor"] == "operator-token"
+    # When one is ended by its id (a prefix of it is enough)
+    assert cli_main(["sessions", "--end", listed["id"][:8]]) == 0
+    assert "ended 1 console session(s)" in capsys.readouterr().out
+    # Then the browser holding it is signed out, and the CLI lists none
+    assert operator.get(CONSOLE).status_code == 303
+    assert cli_main(["--json", "sessions"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    # An id that names no live session, or is not an id, changes nothing and says so
+    assert cli_main(["sessions", "--end", listed["id"]]) == 3
+    assert cli_main(["sessions", "--end", "zz'; --"]) == 2
+    assert "hex digits" in capsys.readouterr().err
+
+
+def test_end_all_signs_everyone_out(db, operator):
+    second = TestClient(create_app(), follow_redirects=False)
+    assert sign_in(second).status_code == 303
+    assert second.get(CONSOLE).status_code == 200
+    assert cli_main(["sessions", "--end-all"]) == 0
+    assert operator.get(CONSOLE).status_code == 303
+    assert second.get(CONSOLE).status_code == 303
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,10 @@ def test_operator_routes_need_the_token_and_say_how_they_fail(document):
             assert operation["security"] == [{"LocationsToken": []}]
             assert "401" in operation["responses"], f"{method} {path}"
             continue
+        if path == "/metrics":
+            assert operation["security"] == [{"MetricsToken": []}]
+            assert "401" in operation["responses"]
+            continue
         if not path.startswith("/operator/"):
             assert "security" not in operation, f"{method} {path} must stay open"
             continue

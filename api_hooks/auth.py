@@ -1,0 +1,47 @@
+"""Bearer-token credentials of the API: one rule for each of its tokens (operator, locations,
+metrics). The token is compared in constant time; a client that keeps failing is throttled
+(429, ``api_hooks.throttle``); every refusal is a 401 naming the variable that holds the token,
+never the token.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the dependency's annotations, and
+# they name this function's own ``scheme``.
+import hmac
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api_hooks.throttle import Throttle, refuse_if_throttled
+
+
+def bearer_auth(
+    expected_token: str | None, variable: str, scheme_name: str, description: str = ""
+) -> Callable[..., None]:
+    """A dependency accepting ``Authorization: Bearer <expected_token>`` only; with no token
+    configured, nobody. ``scheme_name`` names the scheme in the OpenAPI document."""
+    expected = (expected_token or "").encode()
+    throttle = Throttle()
+    # auto_error=False: every refusal is ours (401 with our message), not HTTPBearer's.
+    scheme = HTTPBearer(
+        scheme_name=scheme_name,
+        description=description or f"`Authorization: Bearer <{variable}>`",
+        auto_error=False,
+    )
+    refusal = f"{scheme_name.removesuffix('Token').lower()} token required: "
+    refusal += f"Authorization: Bearer <{variable}>"
+
+    def require_token(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
+    ) -> None:
+        client = refuse_if_throttled(throttle, request)
+        supplied = credentials.credentials.encode() if credentials is not None else b""
+        if not expected or not hmac.compare_digest(supplied, expected):
+            throttle.failed(client)
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, detail=refusal, headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    return require_token

@@ -1,0 +1,147 @@
+"""The API as an attacker on the network meets it (issue 19): the headers on every answer,
+HSTS and Secure cookies behind TLS, /metrics behind its scrape credential with a shared
+reading, and no /docs page that loads a third party's scripts."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+
+from api_hooks.app import CachedScrape, create_app
+from api_hooks.console.sessions import SESSION_COOKIE
+from api_hooks.headers import SECURITY_HEADERS
+from harness.console import sign_in
+from tests.conftest import OPERATOR_TOKEN
+from worker.settings import Settings, SettingsError
+
+METRICS_TOKEN = "metrics-test-token-" + "m" * 24
+CONSOLE = "/operator/console"
+
+
+def app_with(**env: str) -> TestClient:
+    return TestClient(create_app(Settings.from_env({**os.environ, **env})), follow_redirects=False)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+ANSWERS = [
+    ("GET", "/healthz", {}, 200),
+    ("GET", "/openapi.json", {}, 200),
+    ("GET", "/operator/tenants/acme/stats", {}, 401),
+    ("GET", "/operator/tenants/no-such-tenant/stats", bearer(OPERATOR_TOKEN), 404),
+    ("GET", "/operator/tenants", bearer(OPERATOR_TOKEN), 405),
+    ("POST", "/operator/tenants", bearer(OPERATOR_TOKEN), 422),
+    ("GET", "/metrics", bearer(OPERATOR_TOKEN), 200),
+    ("GET", "/nowhere", {}, 404),
+    ("GET", CONSOLE, {}, 303),
+    ("GET", f"{CONSOLE}/sign-in", {}, 200),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "expected"), ANSWERS)
+def test_every_answer_carries_the_security_headers(db, method, path, headers, expected):
+    with app_with() as client:
+        response = client.request(method, path, headers=headers)
+    assert response.status_code == expected
+    for name, value in SECURITY_HEADERS.items():
+        if name == "Content-Security-Policy" and path.startswith(CONSOLE):
+            assert "default-src 'none'" in response.headers[name]  # the console's own policy
+        elif name == "Referrer-Policy" and path.startswith(CONSOLE):
+            assert response.headers[name] in ("same-origin", "no-referrer")  # the page's own
+        else:
+            assert response.headers.get(name) == value, name
+    assert "strict-transport-security" not in response.headers  # not behind TLS
+
+
+def test_behind_tls_every_answer_says_so_and_cookies_are_secure(db):
+    with app_with(API_BEHIND_TLS="1") as client:
+        assert client.get("/nowhere").headers["strict-transport-security"].startswith("max-age=")
+        # Over plain HTTP from the proxy, the session cookie is still Secure
+        response = sign_in(client, CONSOLE, OPERATOR_TOKEN)
+    cookie = next(c for c in response.headers.get_list("set-cookie") if SESSION_COOKIE in c)
+    assert "Secure" in cookie
+
+
+def test_without_tls_the_cookie_follows_the_scheme(db):
+    with app_with() as client:
+        response = sign_in(client, CONSOLE, OPERATOR_TOKEN)
+    cookie = next(c for c in response.headers.get_list("set-cookie") if SESSION_COOKIE in c)
+    assert "Secure" not in cookie
+
+
+def test_api_behind_tls_takes_only_0_or_1():
+    with pytest.raises(SettingsError, match="API_BEHIND_TLS must be one of 0, 1"):
+        Settings.from_env({**os.environ, "API_BEHIND_TLS": "yes"})
+
+
+def test_no_docs_page_loads_scripts_from_elsewhere(db):
+    with app_with() as client:
+        assert client.get("/docs").status_code == 404
+        assert client.get("/redoc").status_code == 404
+        assert client.get("/openapi.json").json()["info"]["title"]
+
+
+def test_metrics_need_the_scrape_credential(db):
+    with app_with() as client:
+        refused = client.get("/metrics")
+        assert refused.status_code == 401
+        assert refused.json() == {
+            "detail": "metrics token required: Authorization: Bearer <METRICS_TOKEN>"
+        }
+        assert "tenant_provisioner" not in refused.text
+        # METRICS_TOKEN unset: the operator token serves
+        assert client.get("/metrics", headers=bearer(OPERATOR_TOKEN)).status_code == 200
+    with app_with(METRICS_TOKEN=METRICS_TOKEN) as client:
+        scraped = client.get("/metrics", headers=bearer(METRICS_TOKEN))
+        assert scraped.status_code == 200
+        assert "tenant_provisioner_" in scraped.text
+        # Set: only it, not the operator token (and it opens nothing else)
+        assert client.get("/metrics", headers=bearer(OPERATOR_TOKEN)).status_code == 401
+        opened = client.get("/operator/tenants/acme/stats", headers=bearer(METRICS_TOKEN))
+        assert opened.status_code == 401
+
+
+def test_a_short_metrics_token_is_refused_at_start():
+    with pytest.raises(SettingsError, match="METRICS_TOKEN must be at least 32 characters"):
+        Settings.from_env({**os.environ, "METRICS_TOKEN": "short"})
+
+
+class CountingCollector:
+    """A collector that counts how often it is read (the queries a scrape would run)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.lock = threading.Lock()
+
+    def collect(self) -> Any:
+        with self.lock:
+            self.reads += 1
+        yield GaugeMetricFamily("reads", "times read", value=self.reads)
+
+
+def test_a_burst_of_scrapes_reads_postgres_once():
+    collector = CountingCollector()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    scrape = CachedScrape(registry)
+    start = threading.Barrier(20)
+
+    def scrape_once() -> None:
+        start.wait()
+        scrape.latest()
+
+    threads = [threading.Thread(target=scrape_once) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert collector.reads == 1
+    assert b"reads 1.0" in scrape.latest()
