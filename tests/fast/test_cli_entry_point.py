@@ -12,9 +12,9 @@ from tests.conftest import ROOT
 TENANTCTL = Path(sys.executable).parent / "tenantctl"
 
 
-def run(*argv: str) -> subprocess.CompletedProcess[str]:
+def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        list(argv), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        list(argv), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False, env=env
     )
 
 
@@ -49,3 +49,16 @@ def test_names_reach_the_terminal_escaped(db):
         assert "\x1b" not in shown.stdout and "\u202e" not in shown.stdout, argv
         assert "\\u001b" in shown.stdout or argv[0] == "list", argv
     assert "\\u202e" in run(str(TENANTCTL), "status", "acme", "--no-live").stdout
+
+
+def test_flower_takes_its_credentials_from_a_file_or_refuses_to_start(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    # Neither variable: refused, nothing started
+    refused = run(str(TENANTCTL), "flower", env=env)
+    assert refused.returncode == 2
+    assert "FLOWER_BASIC_AUTH_FILE" in refused.stderr
+    # A file that cannot be read: refused, naming it
+    missing = {**env, "FLOWER_BASIC_AUTH_FILE": str(tmp_path / "absent")}
+    unread = run(str(TENANTCTL), "flower", env=missing)
+    assert unread.returncode == 2
+    assert f"FLOWER_BASIC_AUTH_FILE: cannot read {tmp_path / 'absent'}" in unread.stderr

@@ -230,6 +230,22 @@ def test_token_file_is_read_and_stripped(tmp_path):
     assert "file-token-value" in settings.secrets()
 
 
+def test_urls_with_their_passwords_come_from_files(tmp_path):
+    database, broker = tmp_path / "database_url", tmp_path / "broker_url"
+    database.write_text("postgresql://tenant_provisioner:pg-pass@postgres:5432/tp\n")
+    broker.write_text("redis://:redis-pass@redis:6379/0\n")
+    settings = Settings.from_env(
+        {"DATABASE_URL_FILE": str(database), "CELERY_BROKER_URL_FILE": str(broker)}
+    )
+    assert (
+        settings.database_url == "postgresql+psycopg://tenant_provisioner:pg-pass@postgres:5432/tp"
+    )
+    assert settings.broker_url == "redis://:redis-pass@redis:6379/0"
+    assert {"pg-pass", "redis-pass"} <= set(settings.secrets())
+    with pytest.raises(SettingsError, match="set either DATABASE_URL or DATABASE_URL_FILE"):
+        Settings.from_env({"DATABASE_URL_FILE": str(database), "DATABASE_URL": "postgresql://x/y"})
+
+
 def test_an_empty_token_file_is_refused(tmp_path):
     path = tmp_path / "token"
     path.write_text("\n")
