@@ -3,8 +3,9 @@
 No engine runs on the test machines, so ``docker compose up`` cannot be tried here. These tests
 hold ``docker-compose.yml`` and the ``Dockerfile`` to everything that can be known statically:
 the services exist and wait for what they need, every app command runs code that is really in
-the repository and really in the image, every variable set is one the code reads, and no secret
-is written down.
+the repository and really in the image, every variable set is one the code reads, no secret is
+written down or passed through the environment, and every service runs with least privilege
+(the app as a non-superuser Postgres role, Redis behind a password, capabilities dropped).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from celery import Celery
+from sqlalchemy.engine import make_url
 
 from worker.settings import Settings
 from worker.settings_table import SETTINGS
@@ -30,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SECRETS_DIR = ROOT / "secrets"
+POSTGRES_INIT_DIR = ROOT / "deploy" / "postgres-init"
+APP_ROLE = "tenant_provisioner"  # the app's Postgres role: no superuser, owns its database
 
 INFRA_SERVICES = ("postgres", "redis", "rabbitmq", "influxdb")
 APP_SERVICES = ("migrate", "worker", "beat", "flower", "api")
@@ -62,12 +66,40 @@ EXPECTED_DEPENDENCIES = {
     },
 }
 
-# ${NAME:?message}: Compose refuses to run while NAME is unset, so nothing starts unguarded.
-REQUIRED_VARIABLE = re.compile(r"\$\{[A-Z_][A-Z0-9_]*:\?[^}]*\}")
-# ${NAME:-}: empty when unset. Only for a service behind a profile, which Compose interpolates
-# even when the profile is off (a :? there would stop the default stack); its command must
-# then refuse to start without the value.
-OPTIONAL_VARIABLE = re.compile(r"\$\{[A-Z_][A-Z0-9_]*:-\}")
+# Exactly the secrets each service mounts: what it reads, and nothing more (Flower and beat
+# never touch the database; only the API and the worker talk to InfluxDB).
+EXPECTED_SECRETS = {
+    "postgres": {"postgres_password", "postgres_app_password"},
+    "redis": {"redis_password"},
+    "rabbitmq": {"rabbitmq_password"},
+    "influxdb": {"influxdb_admin_token", "influxdb_token"},
+    "migrate": {"database_url"},
+    "worker": {"database_url", "celery_broker_url", "influxdb_token"},
+    "beat": {"celery_broker_url"},
+    "flower": {"celery_broker_url", "flower_basic_auth"},
+    "api": {
+        "database_url",
+        "celery_broker_url",
+        "influxdb_token",
+        "operator_token",
+        "locations_token",
+        "metrics_token",
+    },
+}
+# Services whose root filesystem is read-only, and the tmpfs each needs besides its volumes.
+READ_ONLY_TMPFS = {
+    **{name: {"/tmp"} for name in APP_SERVICES},
+    "postgres": {"/var/run/postgresql", "/tmp"},  # the Unix socket and its lock file
+    "redis": {"/tmp"},  # the config generated from the password file
+}
+# The images' own unprivileged users, set from the start so no entrypoint needs root to chown
+# or switch user (InfluxDB's image already runs as its user).
+INFRA_USERS = {"postgres": "postgres", "redis": "redis", "rabbitmq": "rabbitmq"}
+
+# A variable that names a credential: its value may only be the path of a mounted secret.
+CREDENTIAL_NAME = re.compile(r"PASSWORD|PASS\b|PASS_|TOKEN|SECRET|AUTH|CREDENTIAL|_KEY\b")
+# ${NAME...}: a value Compose takes from the operator's environment ($$ is a literal $).
+INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 SECRET_FILE_REFERENCE = re.compile(r"(?:/run/secrets/|\./secrets/)[\w.-]+")
 
 
@@ -145,6 +177,51 @@ def volume_targets(service: dict[str, Any]) -> list[str]:
     return targets
 
 
+def shell_script(service: dict[str, Any]) -> str | None:
+    """The script of a ``sh -c SCRIPT`` command, else None."""
+    argv = command_of(service)
+    return argv[2] if argv[:2] == ["sh", "-c"] and len(argv) > 2 else None
+
+
+def server_argv(service: dict[str, Any], program: str) -> list[str]:
+    """The argv ``program`` runs with: the command itself, or the script's ``exec program``."""
+    script = shell_script(service)
+    if script is None:
+        return command_of(service)
+    for statement in script.split(";"):
+        words = statement.split()
+        if words[:2] == ["exec", program]:
+            return shlex.split(statement)[1:]
+    return []
+
+
+def tmpfs_targets(service: dict[str, Any]) -> set[str]:
+    tmpfs = service.get("tmpfs", [])
+    entries = [tmpfs] if isinstance(tmpfs, str) else tmpfs
+    targets = {entry.split(":")[0] for entry in entries}
+    for entry in service.get("volumes", []):
+        if isinstance(entry, dict) and entry.get("type") == "tmpfs":
+            targets.add(entry["target"])
+    return targets
+
+
+def readme_urls() -> dict[str, list[str]]:
+    """The URLs secrets/README.md writes into secret files, by file, the password as ``pw``.
+
+    The recipe writes them as ``printf 'scheme://...%s...\\n' "$(cat ...)" > secrets/NAME``.
+    """
+    text = (SECRETS_DIR / "README.md").read_text(encoding="utf-8")
+    urls: dict[str, list[str]] = {}
+    pattern = r"printf '([a-z+]+://[^'\\]*)\\n'[^>]*>\s*secrets/([\w.-]+)"
+    for template, file_name in re.findall(pattern, text):
+        urls.setdefault(file_name, []).append(template.replace("%s", "pw"))
+    return urls
+
+
+def secret_file_name(compose: dict[str, Any], secret: str) -> str:
+    return Path(compose["secrets"][secret]["file"]).name
+
+
 def declared_variables() -> set[str]:
     """Every variable declared in worker/settings_table.py, *_FILE twins included."""
     return {s.variable for s in SETTINGS} | {s.file_variable for s in SETTINGS if s.file_variable}
@@ -193,7 +270,7 @@ def test_influxdb_is_core_on_a_file_object_store_with_auth_on(
 
 def test_redis_keeps_queued_messages_across_a_restart(services: dict[str, dict[str, Any]]) -> None:
     redis = services["redis"]
-    argv = command_of(redis)
+    argv = server_argv(redis, "redis-server")
     assert option(argv, "--appendonly") == "yes"
     assert "/data" in volume_targets(redis), "the append-only file must live on a volume"
 
@@ -210,20 +287,28 @@ def test_rabbitmq_is_the_durable_broker_behind_a_profile(
     assert "/var/lib/rabbitmq" in volume_targets(rabbitmq)
     assert "check_port_connectivity" in rabbitmq["healthcheck"]["test"]
 
-    # The apps' broker is Redis by default and CELERY_BROKER_URL when set, and both the default
-    # and the RabbitMQ URL the file's header gives are brokers the settings accept
-    url = environment_of(services["worker"])["CELERY_BROKER_URL"] or ""
-    default = re.fullmatch(r"\$\{CELERY_BROKER_URL:-(.+)\}", url)
-    assert default, f"CELERY_BROKER_URL must be overridable, got {url!r}"
-    assert Settings.from_env({"CELERY_BROKER_URL": default.group(1)}).broker == "redis"
+    # Its password comes from its secret file, and it refuses to start without one
+    script = shell_script(rabbitmq) or ""
+    assert 'RABBITMQ_DEFAULT_PASS="$$(cat /run/secrets/rabbitmq_password)"' in script
+    assert "test -s /run/secrets/rabbitmq_password ||" in script
+    assert server_argv(rabbitmq, "docker-entrypoint.sh") == [
+        "docker-entrypoint.sh",
+        "rabbitmq-server",
+    ]
+
+    # The apps' broker URL is a file; both URLs secrets/README.md writes into it (Redis by
+    # default, RabbitMQ for the profile; the compose file's header repeats the second) are
+    # brokers the settings accept, naming the services of this file
+    urls = readme_urls()["celery_broker_url"]
+    brokers = {Settings.from_env({"CELERY_BROKER_URL": url}).broker: url for url in urls}
+    assert set(brokers) == {"redis", "rabbitmq"}, urls
     env = environment_of(rabbitmq)
-    header = COMPOSE_FILE.read_text(encoding="utf-8").split("\nservices:", 1)[0]
-    documented = re.search(r"CELERY_BROKER_URL=(amqp://\S+)", header)
-    assert documented, "the header must say which CELERY_BROKER_URL selects RabbitMQ"
-    amqp = documented.group(1).replace("${RABBITMQ_PASSWORD}", "pw")
-    assert Settings.from_env({"CELERY_BROKER_URL": amqp}).broker == "rabbitmq"
     user, vhost = env["RABBITMQ_DEFAULT_USER"], env["RABBITMQ_DEFAULT_VHOST"]
-    assert amqp == f"amqp://{user}:pw@rabbitmq:5672/{vhost}"
+    assert brokers["rabbitmq"] == f"amqp://{user}:pw@rabbitmq:5672/{vhost}"
+    header = COMPOSE_FILE.read_text(encoding="utf-8").split("\nservices:", 1)[0]
+    assert "COMPOSE_PROFILES=rabbitmq" in header
+    assert f"amqp://{user}:%s@rabbitmq:5672/{vhost}" in header
+    assert "secrets/celery_broker_url" in header
 
 
 def test_exactly_one_beat_keeps_its_schedule_on_a_volume(
@@ -331,26 +416,24 @@ def test_no_secret_is_written_in_the_compose_file(compose: dict[str, Any]) -> No
 
     for name, service in compose["services"].items():
         for key, value in environment_of(service).items():
-            # Tokens only as files, mounted from secrets
-            if "TOKEN" in key:
-                assert key.endswith("_FILE"), f"{name}: {key} would put a token in the environment"
+            # Passwords, tokens and credentials only as files, mounted from secrets
+            if CREDENTIAL_NAME.search(key):
+                assert key.endswith("_FILE"), f"{name}: {key} would put a secret in the environment"
                 assert value and value.startswith(SECRETS_MOUNT), f"{name}: {key}={value}"
-            # Passwords only from the operator's environment, and required
-            elif re.search("PASSWORD|SECRET|AUTH|_PASS$", key):
-                if service.get("profiles") and value and OPTIONAL_VARIABLE.fullmatch(value):
-                    guard = f'test -n "$${key}"'
-                    assert guard in " ".join(command_of(service)), (
-                        f"{name}: {key} may be empty, so its command must refuse it ({guard})"
-                    )
-                    continue
-                assert value and REQUIRED_VARIABLE.fullmatch(value), (
-                    f"{name}: {key} must be ${{VAR:?message}}, not a value or a default"
+            # Nor from the operator's environment: ${POSTGRES_PASSWORD}, ${FLOWER_BASIC_AUTH}...
+            for variable in INTERPOLATION.findall(value or ""):
+                assert not CREDENTIAL_NAME.search(variable), (
+                    f"{name}: {key} takes the secret ${{{variable}}} from the environment"
                 )
-            # A password inside a URL too
-            if value and "://" in value and "@" in value.split("://", 1)[1]:
-                userinfo = value.split("://", 1)[1].rsplit("@", 1)[0]
-                password = userinfo.partition(":")[2]
-                assert REQUIRED_VARIABLE.fullmatch(password), f"{name}: {key} has a password"
+            # Nor inside a URL (a URL with a password is a secret file: DATABASE_URL_FILE, ...)
+            if value and "://" in value:
+                authority = value.split("://", 1)[1].split("/", 1)[0]
+                assert "@" not in authority, f"{name}: {key} carries credentials in its URL"
+
+    # Nowhere else in the file either (commands, health checks): ${...} never names a secret
+    for text in strings_in(compose):
+        for variable in INTERPOLATION.findall(text):
+            assert not CREDENTIAL_NAME.search(variable), f"${{{variable}}} in {text!r}"
 
     # Any other mention of a token is a reference to a secret file, never a token
     for text in strings_in(compose):
@@ -376,6 +459,46 @@ def test_secret_files_are_mounted_where_they_are_read(compose: dict[str, Any]) -
                 assert path in mounted.values(), f"{name} reads {path} but does not mount it"
 
 
+def test_each_service_mounts_exactly_the_secrets_it_reads(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(EXPECTED_SECRETS) == set(services), "a service without its expected secrets"
+    for name, expected in EXPECTED_SECRETS.items():
+        mounted = mounted_secrets(services[name])
+        assert set(mounted) == expected, (
+            f"{name} mounts {sorted(mounted)}, needs {sorted(expected)}"
+        )
+
+        # Every *_FILE variable names one of them; every mounted secret is read by something
+        files = {
+            key: value
+            for key, value in environment_of(services[name]).items()
+            if key.endswith("_FILE")
+        }
+        for key, value in files.items():
+            assert value in mounted.values(), f"{name}: {key}={value} is not a mounted secret"
+        others = " ".join(strings_in({k: v for k, v in services[name].items() if k != "secrets"}))
+        for secret, path in mounted.items():
+            assert path in others, f"{name} mounts {secret} but nothing reads {path}"
+
+    # The app reads its URLs from files: the plain variables would put passwords in the
+    # environment, and the settings refuse both at once
+    for name in APP_SERVICES:
+        env = environment_of(services[name])
+        assert not {"DATABASE_URL", "CELERY_BROKER_URL", "FLOWER_BASIC_AUTH"} & set(env), name
+
+
+def test_flower_gets_no_database_url(services: dict[str, dict[str, Any]]) -> None:
+    # Flower (python -m worker flower, then celery -A worker flower) reads the broker only;
+    # importing the Celery app reads DATABASE_URL's default but never connects
+    flower = services["flower"]
+    env = environment_of(flower)
+    assert "DATABASE_URL" not in env
+    assert "DATABASE_URL_FILE" not in env
+    assert "database_url" not in mounted_secrets(flower)
+    assert env.get("CELERY_BROKER_URL_FILE") == SECRETS_MOUNT + "celery_broker_url"
+    assert env.get("FLOWER_BASIC_AUTH_FILE") == SECRETS_MOUNT + "flower_basic_auth"
+
+
 def test_secret_files_are_explained_and_never_committed(compose: dict[str, Any]) -> None:
     # secrets/ is ignored by design, so the files cannot be checked; their recipe can
     readme = SECRETS_DIR / "README.md"
@@ -387,6 +510,103 @@ def test_secret_files_are_explained_and_never_committed(compose: dict[str, Any])
     ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
     assert "secrets/*" in ignored
     assert "!secrets/README.md" in ignored
+
+
+# --- least privilege ----------------------------------------------------------------------------
+
+
+def test_the_app_connects_to_postgres_as_its_own_role_not_the_superuser(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    postgres = services["postgres"]
+    database = environment_of(postgres)["POSTGRES_DB"]
+
+    # Given the init script the postgres image runs on an empty volume, which makes the role
+    init_targets = {
+        entry.split(":")[0]: entry.split(":")[1]
+        for entry in postgres.get("volumes", [])
+        if isinstance(entry, str)
+    }
+    assert init_targets.get("./deploy/postgres-init") == "/docker-entrypoint-initdb.d"
+    script = (POSTGRES_INIT_DIR / "10-app-role.sh").read_text(encoding="utf-8")
+    assert f"${{APP_DB_USER:-{APP_ROLE}}}" in script
+    assert "NOSUPERUSER" in script and "OWNER TO" in script
+    # The superuser's own password comes from a file too (the image's POSTGRES_PASSWORD_FILE)
+    assert environment_of(postgres).get("POSTGRES_PASSWORD_FILE") == (
+        SECRETS_MOUNT + "postgres_password"
+    )
+    assert environment_of(postgres).get("APP_DB_PASSWORD_FILE") == (
+        SECRETS_MOUNT + "postgres_app_password"
+    )
+
+    # Then every app service that uses the database reads the URL secrets/README.md writes,
+    # which names that role (never `postgres`), on the postgres service and its database
+    urls = readme_urls().get(secret_file_name(compose, "database_url"), [])
+    assert len(urls) == 1, f"secrets/README.md must write the database URL once, found {urls}"
+    url = make_url(Settings.from_env({"DATABASE_URL": urls[0]}).database_url)
+    assert (url.username, url.host, url.port, url.database) == (
+        APP_ROLE,
+        "postgres",
+        5432,
+        database,
+    )
+    users = set()
+    for name in APP_SERVICES:
+        env = environment_of(services[name])
+        if "DATABASE_URL_FILE" in env:
+            assert env["DATABASE_URL_FILE"] == SECRETS_MOUNT + "database_url", name
+            users.add(name)
+    assert users == {"migrate", "worker", "api"}
+
+
+def test_redis_requires_a_password_and_its_health_check_authenticates(
+    compose: dict[str, Any],
+) -> None:
+    redis = compose["services"]["redis"]
+    password = SECRETS_MOUNT + "redis_password"
+    assert password in mounted_secrets(redis).values()
+
+    # The server starts from a config file written from the secret, on a tmpfs: the password
+    # is never in a command line (no --requirepass, no redis-cli -a)
+    script = shell_script(redis)
+    assert script, "redis must start from a script that reads its password file"
+    written = re.search(rf"printf 'requirepass %s\\n' \"\$\$\(cat {password}\)\" > (\S+);", script)
+    assert written, f"redis does not write requirepass from {password}: {script!r}"
+    config = written.group(1)
+    argv = server_argv(redis, "redis-server")
+    assert argv[:2] == ["redis-server", config]
+    assert str(Path(config).parent) in tmpfs_targets(redis)
+    assert "--requirepass" not in argv
+
+    check = " ".join(redis["healthcheck"]["test"])
+    assert f'REDISCLI_AUTH="$$(cat {password})" redis-cli ping' in check
+    assert " -a " not in check and "--pass" not in check
+
+    # And the broker URL secrets/README.md writes carries that password, for the redis service
+    urls = readme_urls()[secret_file_name(compose, "celery_broker_url")]
+    assert "redis://:pw@redis:6379/0" in urls
+
+
+def test_every_service_drops_its_privileges(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        # No capability, none regained through setuid binaries, never privileged
+        assert service.get("cap_drop") == ["ALL"], f"{name} must drop every capability"
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert not service.get("cap_add"), f"{name} adds capabilities back"
+        assert not service.get("privileged"), name
+
+    # Non-root from the first process (the app image and InfluxDB's set their own USER)
+    for name, user in INFRA_USERS.items():
+        assert services[name].get("user") == user, f"{name} must run as the image's {user} user"
+    assert "user" not in services["influxdb"]
+    for name in APP_SERVICES:
+        assert services[name].get("user") in (None, "10001", "app"), name
+
+    # Read-only root filesystems, with a tmpfs where the process writes outside its volumes
+    for name, tmpfs in READ_ONLY_TMPFS.items():
+        assert services[name].get("read_only") is True, f"{name} must run read-only"
+        assert tmpfs <= tmpfs_targets(services[name]), f"{name} needs the tmpfs {sorted(tmpfs)}"
 
 
 # --- the image ----------------------------------------------------------------------------------
