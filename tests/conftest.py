@@ -9,6 +9,7 @@ vhost of the run's own (created on first use, deleted at the end); the rest run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -34,9 +35,18 @@ PG_ADMIN_DSN = databases.ADMIN_DSN
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
-INFLUX_TOKEN = "influx-test-token-" + secrets.token_hex(8)
-OPERATOR_TOKEN = "operator-test-token-" + secrets.token_hex(8)
-LOCATIONS_TOKEN = "locations-test-token-" + secrets.token_hex(8)
+# One run, one set of tokens: pytest-xdist's workers must collect the same test ids, and some
+# ids carry a token. Random per run all the same (xdist names the run in every worker).
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or secrets.token_hex(16)
+
+
+def _token(purpose: str) -> str:
+    return hashlib.sha256(f"{_RUN}:{purpose}".encode()).hexdigest()[:16]
+
+
+INFLUX_TOKEN = "influx-test-token-" + _token("influx")
+OPERATOR_TOKEN = "operator-test-token-" + _token("operator")
+LOCATIONS_TOKEN = "locations-test-token-" + _token("locations")
 TEST_DATABASE = f"tp_test_{os.getpid()}_{secrets.token_hex(3)}"
 TEST_RABBITMQ_VHOST = TEST_DATABASE
 

@@ -60,8 +60,9 @@ def _seconds(work: Callable[[str], object], text: str) -> float:
 @pytest.mark.parametrize("shape", list(HOSTILE), ids=list(HOSTILE))
 def test_every_pattern_on_untrusted_text_stays_linear(shape):
     # Each pattern that reads what a client sent (log lines carry raw paths and queries; ids,
-    # retention periods and query keys come from requests), on 200 KB and 400 KB of a hostile
-    # shape: twice the text takes about twice the time (quadratic would take four times).
+    # retention periods and query keys come from requests), on 100 KB and 800 KB of a hostile
+    # shape: eight times the text takes about eight times as long; quadratic would take 64
+    # times. The bound, 20, leaves room for a loaded machine (other tests beside this one).
     unit = HOSTILE[shape]
     patterns: list[Callable[[str], object]] = [
         _redact_with_a_secret,
@@ -69,13 +70,13 @@ def test_every_pattern_on_untrusted_text_stays_linear(shape):
         RETENTION_PERIOD.fullmatch,
         _TENANT_ID_REST.fullmatch,
     ]
-    small = unit * (200_000 // len(unit))
+    small = unit * (100_000 // len(unit))
     for pattern in patterns:
-        once, twice = _seconds(pattern, small), _seconds(pattern, small + small)
+        once, eight = _seconds(pattern, small), _seconds(pattern, small * 8)
         if once < 0.002:  # too fast for a ratio to mean anything; quadratic would take seconds
-            assert twice < 0.050, (shape, pattern, twice)
+            assert eight < 0.2, (shape, pattern, eight)
         else:
-            assert twice / once < 3.0, (shape, pattern, once, twice)
+            assert eight / once < 20, (shape, pattern, once, eight)
 
 
 def _redact_with_a_secret(text: str) -> str:
