@@ -26,6 +26,7 @@ from bench import (
     metrics_scrape,
     node_pool,
     onboarding,
+    page,
     placement_scale,
     reconcile_cost,
     request_latency,
@@ -43,6 +44,8 @@ from bench.harness import (
 )
 from bench.measure import Result
 from bench.report import loadavg, machine_facts, render
+
+PAGE = config.ROOT / "docs" / "benchmarks.md"
 
 Benchmark = Callable[[Context, Sizes], list[Result]]
 
@@ -89,7 +92,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the processes' logs (kept anyway on error)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"also replace the current figures in {PAGE.relative_to(config.ROOT)} "
+        "(a full run only: no --quick, no --only)",
+    )
+    args = parser.parse_args(argv)
+    if args.write and (args.quick or args.only):
+        parser.error("--write records a full run: drop --quick and --only")
+    return args
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -164,4 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     title = f"tenant-provisioner benchmarks ({'quick smoke run' if args.quick else 'full run'})"
     footer = [f"Command: `{command}`. Method and formulas: docs/benchmarks.md."]
     sys.stdout.write(render(title, facts, results, footer))
+    if args.write and not failed:
+        page.write(PAGE, facts, results, command + " --write")
+        say(f"wrote {PAGE}")
+    elif args.write:
+        say(f"{PAGE} left as it was: a benchmark did not finish")
     return 1 if failed else 0
