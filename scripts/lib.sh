@@ -91,3 +91,13 @@ ensure_browser() {
   echo "==> installing chromium and chromium-driver (apt-get), for the browser tests"
   apt_install chromium chromium-driver
 }
+
+ensure_promtool() {
+  # The alert rules in deploy/prometheus are checked and unit-tested with promtool, which
+  # Debian's prometheus package ships. Installed once per machine, like the browser.
+  if command -v promtool >/dev/null; then
+    return
+  fi
+  echo "==> installing prometheus (apt-get), for promtool: the alert rules' tests"
+  apt_install prometheus
+}
