@@ -11,7 +11,6 @@ marker), none given a new home, and the stand-ins must have seen exactly one cal
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from bench import config
@@ -41,7 +40,7 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
             NodeConfig(f"old-{i:03d}", s.url, config.INFLUXDB_TOKEN, per_server * 2)
             for i, s in enumerate(standins)
         )
-        settings = dataclasses.replace(get_settings(), influxdb_nodes=nodes)
+        settings = get_settings().model_copy(update={"influxdb_nodes": nodes})
         say(f"adoption: {total:,} tenants from the UI's table over {servers} servers")
         ctx.db.execute(
             "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_adopt) "

@@ -15,7 +15,6 @@ Memory: the peak resident size of this process is read before and after the run 
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import time
 from multiprocessing.connection import Connection
@@ -71,7 +70,7 @@ def _one_fleet(ctx: Context, servers: int, per_server: int, runs: int) -> Result
             NodeConfig(f"fleet-{i:04d}", url, config.INFLUXDB_TOKEN, per_server * 2)
             for i, url in enumerate(urls)
         )
-        settings = dataclasses.replace(get_settings(), influxdb_nodes=nodes)
+        settings = get_settings().model_copy(update={"influxdb_nodes": nodes})
         published: list[str] = []
 
         def publish(tenant_id: str, job: Job, task_id: str | None = None) -> bool:

@@ -15,7 +15,6 @@ benchmark's process) listed in a nodes file:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -56,7 +55,7 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
             ]
         )
     )
-    settings = dataclasses.replace(get_settings(), influxdb_nodes=nodes)
+    settings = get_settings().model_copy(update={"influxdb_nodes": nodes})
     os.environ["INFLUXDB_NODES_FILE"] = str(nodes_file)  # the worker started below reads it
     try:
         placement = _placement(ctx, count, nodes)

@@ -9,7 +9,6 @@ function that only counts (it must stay at zero).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 
@@ -44,7 +43,7 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
     standin = StandIn(token=config.INFLUXDB_TOKEN, database_limit=max(sizes.reconcile_tenants))
     standin.start()
     node = NodeConfig("bench", standin.url, config.INFLUXDB_TOKEN, max(sizes.reconcile_tenants))
-    settings = dataclasses.replace(get_settings(), influxdb_nodes=(node,))
+    settings = get_settings().model_copy(update={"influxdb_nodes": (node,)})
     pool = NodePool(settings)
     published: list[str] = []
 

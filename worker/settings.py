@@ -1,9 +1,8 @@
 """Typed settings, read from the environment once, failing fast with the variable's name.
 
-Every process (worker, beat, operator API, CLI) calls :func:`get_settings`; nothing else in the
-code base reads ``os.environ`` for configuration. Each variable is declared once, in
-``worker.settings_table`` (name, field, type, default, bounds, help); the README's table is
-printed from there. The node pool's JSON and the checks across settings live here.
+Every process calls :func:`get_settings`; nothing else reads ``os.environ`` for configuration.
+Each variable is one field of the pydantic-settings model ``Settings`` (its name, default, bounds
+and checks; its help is the docstring below it): the README's table is printed from it.
 """
 
 from __future__ import annotations
@@ -16,32 +15,20 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
 
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from worker.settings_rules import Broker, broker_of
-from worker.settings_table import (
-    RETENTION_PERIOD,
-    RETENTION_PERIOD_RULE,
-    SettingsError,
-    http_url,
-    read_declared,
-    read_secret,
-)
+from worker import settings_rules as rules
+from worker.settings_rules import RETENTION_PERIOD, RETENTION_PERIOD_RULE, Broker, SettingsError
 
 # SettingsError, Broker and the retention rule are re-exported: callers import them from here.
-__all__ = [
-    "RETENTION_PERIOD",
-    "RETENTION_PERIOD_RULE",
-    "Broker",
-    "NodeConfig",
-    "Settings",
-    "SettingsError",
-    "get_settings",
-    "parse_nodes",
-    "read_nodes_file",
-]
+__all__ = ["MIN_TOKEN_LENGTH", "RETENTION_PERIOD", "RETENTION_PERIOD_RULE", "Broker", "NodeConfig"]
+__all__ += ["Settings", "SettingsError", "get_settings", "parse_nodes", "read_nodes_file"]
 
 MIN_TOKEN_LENGTH = 32  # OPERATOR_TOKEN, LOCATIONS_TOKEN: 32 random hex characters are 128 bits
 _NODE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -58,10 +45,8 @@ class NodeConfig:
 
 
 def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
-    """Nodes from JSON: ``[{"name", "url", "token"? | "token_file"?, "database_limit"?}]``.
-
-    ``source`` names the variable or file in every error message.
-    """
+    """Nodes from JSON: ``[{"name", "url", "token"? | "token_file"?, "database_limit"?}]``;
+    ``source`` names the variable or file in every error message."""
     try:
         entries = json.loads(text)
     except ValueError as exc:
@@ -73,96 +58,223 @@ def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
         where = f"{source}[{index}]"
         if not isinstance(entry, dict):
             raise SettingsError(f"{where}: must be an object with name and url")
-        unknown = set(entry) - {"name", "url", "token", "token_file", "database_limit"}
-        if unknown:
+        if unknown := set(entry) - {"name", "url", "token", "token_file", "database_limit"}:
             raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         name, url, limit = entry.get("name"), entry.get("url"), entry.get("database_limit", 5)
         if not isinstance(name, str) or not _NODE_NAME.match(name):
             raise SettingsError(f"{where}: name must match {_NODE_NAME.pattern}")
-        if not isinstance(url, str):
-            raise SettingsError(f"{where}: url must be a string")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise SettingsError(f"{where}.url must start with http:// or https:// (got {url!r})")
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise SettingsError(f"{where}: database_limit must be a positive integer")
-        token_key, file_key = f"{where}.token", f"{where}.token_file"
-        given = {token_key: entry.get("token"), file_key: entry.get("token_file")}
-        token = read_secret({k: str(v) for k, v in given.items() if v}, token_key, file_key)
-        nodes.append(NodeConfig(name, http_url(url, f"{where}.url"), token, limit))
-    names = [n.name for n in nodes]
-    if len(set(names)) != len(names):
+        given = {
+            f"{where}.token": entry.get("token"),
+            f"{where}.token_file": entry.get("token_file"),
+        }
+        token = rules.read_secret({k: str(v) for k, v in given.items() if v}, *given)
+        nodes.append(NodeConfig(name, url.rstrip("/"), token, limit))
+    if len({node.name for node in nodes}) != len(nodes):
         raise SettingsError(f"{source}: node names must be unique")
     return tuple(nodes)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Configuration of every tenant-provisioner process; build it with :meth:`from_env`.
+def read_nodes_file(path: str) -> tuple[NodeConfig, ...]:
+    """Nodes from the JSON file at ``path`` (INFLUXDB_NODES_FILE)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"INFLUXDB_NODES_FILE: cannot read {path}: {exc.strerror}") from None
+    return parse_nodes(text, f"INFLUXDB_NODES_FILE ({path})")
 
-    The fields have no defaults here: each default is declared once, in ``worker.settings_table``
-    (``Settings.from_env({})`` gives them all).
-    """
 
-    database_url: str
-    broker_url: str
-    influxdb_url: str
-    influxdb_token: str | None = field(repr=False)
-    influxdb_database_prefix: str
-    influxdb_telemetry_table: str
-    influxdb_database_limit: int
-    influxdb_nodes: tuple[NodeConfig, ...]
-    influxdb_nodes_file: str | None
-    influxdb_retention_period: str | None
-    influxdb_hard_delete_at: str | None
-    influxdb_connect_timeout: float
-    influxdb_read_timeout: float
-    live_check_timeout: float
-    backoff_base_seconds: float
-    backoff_cap_seconds: float
-    max_attempts: int
-    task_soft_time_limit: int
-    task_time_limit: int
-    broker_visibility_timeout: int
-    broker_consumer_timeout: int
-    broker_publish_timeout: float
-    reconcile_interval_seconds: float
-    reconcile_batch_size: int
-    reconcile_requeue_after_seconds: float
-    attempts_retention_days: int
-    operator_token: str | None = field(repr=False)
-    locations_token: str | None = field(repr=False)
-    locations_refresh_seconds: float
-    locations_max_staleness_seconds: float
-    console_session_minutes: int
-    console_session_idle_minutes: int
-    metrics_token: str | None = field(repr=False)
-    api_behind_tls: str
-    flower_url: str | None
-    log_level: str
+def var(
+    name: str,
+    default: Any = None,
+    ge: float | None = None,
+    unit: str = "",
+    *,
+    file: bool = False,
+    pattern: re.Pattern[str] | None = None,
+    accepted: str = "",
+    default_from: str | None = None,
+) -> Any:
+    """The field of variable ``name``; ``file``: or of the file ``name_FILE`` (and out of repr);
+    ``default_from``: unset, that earlier variable's value; ``accepted``: in words (README)."""
+    doc: dict[str, Any] = {
+        "unit": unit,
+        "file": file,
+        "default_from": default_from,
+        "accepted": accepted,
+    }
+    return Field(default, alias=name, ge=ge, pattern=pattern, repr=not file, json_schema_extra=doc)
+
+
+def check(rule: Any) -> Any:
+    """``rule`` checks and normalises the value, when set."""
+    return AfterValidator(lambda value: rule(value) if value else value)
+
+
+Nodes = BeforeValidator(lambda v: parse_nodes(v, "INFLUXDB_NODES") if isinstance(v, str) else v)
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    """Configuration of every tenant-provisioner process. Build it with :meth:`from_env` (which
+    reads ``X_FILE`` too; ``from_env({})``: every default); copy it with ``model_copy(update=)``."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, case_sensitive=True, use_attribute_docstrings=True, regex_engine="python-re"
+    )
+
+    # README order: storage and broker, InfluxDB, provisioning, reconcile, access, Flower.
+    database_url: Annotated[str, check(rules.psycopg_url)] = var(
+        "DATABASE_URL",
+        "postgresql+psycopg://postgres@127.0.0.1:5432/tenant_provisioner",
+        file=True,
+        accepted="a PostgreSQL URL",
+    )
+    """the tenant registry; `postgresql://` is accepted and uses psycopg 3"""
+    broker_url: Annotated[str, check(rules.broker_url)] = var(
+        "CELERY_BROKER_URL", "redis://127.0.0.1:6379/0", file=True, accepted=rules.BROKER_URL_RULE
+    )
+    """the Celery broker, Redis or RabbitMQ (see "Which broker")"""
+    broker_visibility_timeout: int = var("CELERY_VISIBILITY_TIMEOUT", 3600, 10, "s")
+    """Redis only: Redis re-delivers unacknowledged messages after this; at least twice
+    `PROVISION_BACKOFF_CAP_SECONDS` + `PROVISION_TIME_LIMIT`"""
+    broker_consumer_timeout: int = var("RABBITMQ_CONSUMER_TIMEOUT", 1800, 10, "s")
+    """RabbitMQ only: the server's `consumer_timeout` (rabbitmq.conf; 30 min by default), for a
+    check: at least twice `PROVISION_BACKOFF_CAP_SECONDS` + `PROVISION_TIME_LIMIT`"""
+    broker_publish_timeout: float = var("CELERY_PUBLISH_TIMEOUT", 2.0, 0.1, "s")
+    """how long a request may wait for the broker"""
+    influxdb_url: Annotated[str, check(rules.http_url)] = var(
+        "INFLUXDB_URL", "http://127.0.0.1:8181", accepted="an http:// or https:// URL"
+    )
+    """the InfluxDB server when no node pool is set"""
+    influxdb_token: str | None = var("INFLUXDB_TOKEN", file=True)
+    """token of the `INFLUXDB_URL` server; no `Authorization` header when unset"""
+    influxdb_database_prefix: str = var(
+        "INFLUXDB_DATABASE_PREFIX",
+        "telemetry_",
+        pattern=rules.DATABASE_PREFIX,
+        accepted="1 to 10 letters, digits, `_` or `-`, the first a letter or digit",
+    )
+    """database = prefix + tenant id, within InfluxDB's 64-byte name limit"""
+    influxdb_database_limit: int = var("INFLUXDB_DATABASE_LIMIT", 5, 1)
+    """limit of the `INFLUXDB_URL` node (Core: 5, Enterprise default: 100)"""
+    influxdb_nodes: Annotated[tuple[NodeConfig, ...], NoDecode, Nodes] = var(
+        "INFLUXDB_NODES", (), accepted="a JSON list of nodes"
+    )
+    """the node pool (see "The node pool"); unset: `INFLUXDB_URL` as a pool of one"""
+    influxdb_nodes_file: str | None = var(
+        "INFLUXDB_NODES_FILE", accepted="a file holding that JSON"
+    )
+    """instead of `INFLUXDB_NODES` (not both); re-read when it changes"""
+    influxdb_retention_period: str | None = var(
+        "INFLUXDB_RETENTION_PERIOD",
+        pattern=RETENTION_PERIOD,
+        accepted=f"a retention period such as 30d or 12h: {RETENTION_PERIOD_RULE}",
+    )
+    """default retention of new databases; unset: forever"""
+    influxdb_hard_delete_at: str | None = var(
+        "INFLUXDB_HARD_DELETE_AT",
+        pattern=rules.HARD_DELETE,
+        accepted="now, never, default or an RFC 3339 time",
+    )
+    """hard-delete policy on deprovisioning; unset: the server's default (72 h)"""
+    influxdb_telemetry_table: str = var("INFLUXDB_TELEMETRY_TABLE", "telemetry")
+    """the table counted by the live check"""
+    influxdb_connect_timeout: float = var("INFLUXDB_CONNECT_TIMEOUT", 3.0, 0.1, "s")
+    """per request of the worker"""
+    influxdb_read_timeout: float = var("INFLUXDB_READ_TIMEOUT", 10.0, 0.1, "s")
+    """per request of the worker; twice connect + read must stay below
+    `PROVISION_SOFT_TIME_LIMIT`"""
+    live_check_timeout: float = var("LIVE_CHECK_TIMEOUT", 2.0, 0.1, "s")
+    """bound of the stats endpoint's live check"""
+    backoff_base_seconds: float = var("PROVISION_BACKOFF_BASE_SECONDS", 2.0, 0.01, "s")
+    """delay = uniform(0, min(cap, base * 2^(attempt-1))); at most the cap"""
+    backoff_cap_seconds: float = var("PROVISION_BACKOFF_CAP_SECONDS", 300.0, 0.01, "s")
+    """the longest delay between two attempts"""
+    max_attempts: int = var("PROVISION_MAX_ATTEMPTS", 10, 1)
+    """then `failed`"""
+    task_soft_time_limit: int = var("PROVISION_SOFT_TIME_LIMIT", 60, 1, "s")
+    """Celery soft time limit of one run (the worker's own settings govern; messages carry none);
+    below `PROVISION_TIME_LIMIT`"""
+    task_time_limit: int = var("PROVISION_TIME_LIMIT", 90, 2, "s")
+    """Celery hard time limit of one run"""
+    reconcile_interval_seconds: float = var("RECONCILE_INTERVAL_SECONDS", 60.0, 1, "s")
+    """beat schedule (a missed run expires, never piles up)"""
+    reconcile_requeue_after_seconds: float = var(
+        "RECONCILE_REQUEUE_AFTER_SECONDS", None, 0, "s", default_from="RECONCILE_INTERVAL_SECONDS"
+    )
+    """grace before queued work counts as lost (re-publishing is harmless: one chain per
+    tenant)"""
+    reconcile_batch_size: int = var("RECONCILE_BATCH_SIZE", 500, 1)
+    """rows per keyset batch"""
+    attempts_retention_days: int = var("PROVISIONING_ATTEMPTS_RETENTION_DAYS", 30, 1, "d")
+    """how long the attempt log keeps a row (pruned hourly; the /metrics totals stay)"""
+    operator_token: str | None = var("OPERATOR_TOKEN", file=True)
+    """required by the operator API; at least 32 characters"""
+    locations_token: str | None = var("LOCATIONS_TOKEN", file=True)
+    """`/locations`' read-only credential, 32+ characters (unset: 401 to all)"""
+    locations_refresh_seconds: float = var("LOCATIONS_REFRESH_SECONDS", 2.0, 0.1, "s")
+    """how often a location client asks for changes (a hint in every answer)"""
+    locations_max_staleness_seconds: float = var("LOCATIONS_MAX_STALENESS_SECONDS", 10.0, 0, "s")
+    """a deletion waits this long after publishing it, then deletes the database"""
+    console_session_minutes: int = var("CONSOLE_SESSION_MINUTES", 480, 1, "min")
+    """the longest a console sign-in lasts, however active"""
+    console_session_idle_minutes: int = var("CONSOLE_SESSION_IDLE_MINUTES", 30, 1, "min")
+    """a console session unused this long ends (sign-out ends it at once)"""
+    metrics_token: str | None = var("METRICS_TOKEN", file=True)
+    """the scrape credential of `/metrics`, 32+ characters (unset: the operator token)"""
+    api_behind_tls: Literal["0", "1"] = var("API_BEHIND_TLS", "0")
+    """`1`: the API is reached over HTTPS only (a TLS proxy in front): console cookies are
+    `Secure` and every answer carries HSTS"""
+    flower_url: Annotated[str | None, check(rules.link_url)] = var(
+        "FLOWER_URL", accepted="an http(s) URL without credentials"
+    )
+    """where operators open Flower; the console links each attempt to its task there"""
+    log_level: Annotated[LogLevel, BeforeValidator(str.upper)] = var("LOG_LEVEL", "INFO")
+    """of every process's log; any case"""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``environ`` (default ``os.environ``); raise SettingsError."""
-        env = os.environ if environ is None else environ
-        nodes, nodes_file = _node_pool(env)
-        settings = cls(**read_declared(env), influxdb_nodes=nodes, influxdb_nodes_file=nodes_file)
-        settings.validate()
-        return settings
+        """Settings from ``environ`` only (default ``os.environ``); raise SettingsError."""
+        source = _Environ(cls, os.environ if environ is None else environ)
+        try:
+            # That source only (no .env; no os.environ unless given): BaseSettings' own argument.
+            return cls(_build_sources=((source,), {}))  # type: ignore[call-arg]
+        except ValidationError as exc:
+            raise SettingsError(_message(exc.errors()[0])) from None
 
-    def validate(self) -> None:
+    @model_validator(mode="before")
+    @classmethod
+    def _derived(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The pool from INFLUXDB_NODES_FILE; the requeue grace's default: the interval."""
+        if path := data.get("INFLUXDB_NODES_FILE"):
+            if "INFLUXDB_NODES" in data:
+                raise SettingsError("set either INFLUXDB_NODES or INFLUXDB_NODES_FILE, not both")
+            data["INFLUXDB_NODES"] = read_nodes_file(path)
+        interval = data.get(
+            "RECONCILE_INTERVAL_SECONDS", cls.model_fields["reconcile_interval_seconds"].default
+        )
+        return {"RECONCILE_REQUEUE_AFTER_SECONDS": interval} | data
+
+    @model_validator(mode="after")
+    def _relations(self) -> Settings:
         """Check relations between settings; raise SettingsError naming the variables."""
         if self.task_soft_time_limit >= self.task_time_limit:
             raise SettingsError("PROVISION_SOFT_TIME_LIMIT must be below PROVISION_TIME_LIMIT")
         # Two InfluxDB calls must fit inside the soft limit, or healthy-but-slow runs get killed.
-        worst_call = self.influxdb_connect_timeout + self.influxdb_read_timeout
-        if 2 * worst_call >= self.task_soft_time_limit:
+        if (
+            2 * (self.influxdb_connect_timeout + self.influxdb_read_timeout)
+            >= self.task_soft_time_limit
+        ):
             raise SettingsError(
                 "PROVISION_SOFT_TIME_LIMIT must exceed twice INFLUXDB_CONNECT_TIMEOUT + "
                 "INFLUXDB_READ_TIMEOUT (one create and one write)"
             )
-        for variable, token in (
-            ("OPERATOR_TOKEN", self.operator_token),
-            ("LOCATIONS_TOKEN", self.locations_token),
-            ("METRICS_TOKEN", self.metrics_token),
-        ):
+        for variable in ("OPERATOR_TOKEN", "LOCATIONS_TOKEN", "METRICS_TOKEN"):
+            token = getattr(self, variable.lower())
             if token is not None and len(token) < MIN_TOKEN_LENGTH:
                 raise SettingsError(
                     f"{variable} must be at least {MIN_TOKEN_LENGTH} characters (it is "
@@ -196,6 +308,7 @@ class Settings:
                 "PROVISION_BACKOFF_CAP_SECONDS + PROVISION_TIME_LIMIT, or RabbitMQ closes the "
                 "worker's channel while retries wait"
             )
+        return self
 
     @property
     def behind_tls(self) -> bool:
@@ -205,17 +318,12 @@ class Settings:
     @property
     def broker(self) -> Broker:
         """Redis or RabbitMQ, from the scheme of CELERY_BROKER_URL."""
-        return broker_of(self.broker_url)
+        return rules.BROKER_SCHEMES[self.broker_url.split("://", 1)[0].lower()]
 
     def default_nodes(self) -> tuple[NodeConfig, ...]:
         """The pool at start-up: INFLUXDB_NODES[_FILE], else INFLUXDB_URL as a pool of one."""
-        if self.influxdb_nodes:
-            return self.influxdb_nodes
-        return (
-            NodeConfig(
-                "default", self.influxdb_url, self.influxdb_token, self.influxdb_database_limit
-            ),
-        )
+        token, limit = self.influxdb_token, self.influxdb_database_limit
+        return self.influxdb_nodes or (NodeConfig("default", self.influxdb_url, token, limit),)
 
     def database_name(self, tenant_id: str) -> str:
         """The InfluxDB database that belongs to ``tenant_id``."""
@@ -223,8 +331,12 @@ class Settings:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of logs and stored errors."""
-        values = [self.influxdb_token, self.operator_token, self.locations_token]
-        values.append(self.metrics_token)
+        values = [
+            self.influxdb_token,
+            self.operator_token,
+            self.locations_token,
+            self.metrics_token,
+        ]
         values += [node.token for node in self.influxdb_nodes]
         for url in (self.database_url, self.broker_url):
             try:
@@ -236,24 +348,41 @@ class Settings:
         return tuple(dict.fromkeys(v for v in values if v))
 
 
-def _node_pool(env: Mapping[str, str]) -> tuple[tuple[NodeConfig, ...], str | None]:
-    """The pool from INFLUXDB_NODES or INFLUXDB_NODES_FILE (not both), and the file's path."""
-    nodes_json = env.get("INFLUXDB_NODES", "").strip()
-    nodes_file = env.get("INFLUXDB_NODES_FILE", "").strip() or None
-    if nodes_json and nodes_file:
-        raise SettingsError("set either INFLUXDB_NODES or INFLUXDB_NODES_FILE, not both")
-    if nodes_file:
-        return read_nodes_file(nodes_file), nodes_file
-    return (parse_nodes(nodes_json, "INFLUXDB_NODES") if nodes_json else ()), None
+class _Environ(EnvSettingsSource):
+    """The variables of ``environ``, stripped (empty is unset); ``X_FILE`` read in place of X."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        super().__init__(settings_cls, case_sensitive=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env: dict[str, str | None] = {k: v.strip() for k, v in self.environ.items() if v.strip()}
+        for name in (str(f.alias) for f in Settings.model_fields.values() if facts(f)["file"]):
+            env[name] = rules.read_secret(self.environ, name, f"{name}_FILE")
+        return env
 
 
-def read_nodes_file(path: str) -> tuple[NodeConfig, ...]:
-    """Nodes from the JSON file at ``path`` (INFLUXDB_NODES_FILE)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(f"INFLUXDB_NODES_FILE: cannot read {path}: {exc.strerror}") from None
-    return parse_nodes(text, f"INFLUXDB_NODES_FILE ({path})")
+def facts(info: Any) -> dict[str, Any]:
+    """The README facts of a field: unit, file, default_from, accepted."""
+    return info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+
+
+def _message(error: ErrorDetails) -> str:
+    """A validation error as a sentence naming the variable (never a URL or its password)."""
+    ctx, loc = error.get("ctx", {}), error["loc"]
+    if isinstance(ctx.get("error"), SettingsError) or not loc:
+        return str(ctx.get("error", error["msg"]))
+    field = next(f for f in Settings.model_fields.values() if f.alias == loc[0])
+    what = str(ctx.get("error", error["msg"]))
+    if error["type"] == "literal_error":
+        what = "must be one of " + ", ".join(get_args(field.annotation))
+    elif error["type"] == "string_pattern_mismatch":
+        what = f"must be {facts(field)['accepted']}"
+    elif error["type"] == "greater_than_equal":
+        what = f"must be at least {rules.show(ctx['ge'])}"
+    elif error["type"] in ("int_parsing", "float_parsing"):
+        what = "must be a whole number" if error["type"] == "int_parsing" else "must be a number"
+    return f"{loc[0]} {what} (got {error['input']!r})"
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""The README's settings table, printed from the declarations in ``worker.settings_table``.
+"""The README's settings table, printed from the ``Settings`` model (``worker.settings``).
 
 ``python -m worker.settings_doc`` prints it; paste the output over the table under "## Settings"
 in README.md. ``tests/fast/test_settings.py`` fails until the two agree. (A module of its own:
@@ -8,47 +8,69 @@ nothing imports it at start-up, so ``python -m`` runs it without a second import
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from typing import Literal, get_args, get_origin
 
-from worker.settings_table import SETTINGS, Setting, show
+from annotated_types import Ge
+from pydantic.fields import FieldInfo
+
+from worker.settings import Settings, facts
+from worker.settings_rules import show
+
+# Read by `python -m worker flower` and by Flower itself, not by Settings: name, accepted, help.
+ELSEWHERE = [
+    (
+        "FLOWER_BASIC_AUTH",
+        "`user:password`",
+        "`python -m worker flower` refuses to start without it",
+    ),
+    (
+        "FLOWER_BASIC_AUTH_FILE",
+        "a file holding `user:password`",
+        "instead of `FLOWER_BASIC_AUTH` (not both)",
+    ),
+    ("FLOWER_UNAUTHENTICATED_DEV", "`1`", "allows Flower without auth (development only)"),
+]
 
 
-def settings_table_markdown(settings: Sequence[Setting] = SETTINGS) -> str:
-    """The Markdown table of ``settings``: variable, default, accepted values, meaning."""
+def rows() -> list[tuple[str, str, str, str]]:
+    """Each variable: its name (and its file's), default, accepted values, meaning."""
+    described = [_row(field) for field in Settings.model_fields.values()]
+    return described + [
+        (f"`{name}`", "unset", accepted, help) for name, accepted, help in ELSEWHERE
+    ]
+
+
+def _row(field: FieldInfo) -> tuple[str, str, str, str]:
+    doc, unit = facts(field), f" {facts(field)['unit']}".rstrip()
+    variable = f"`{field.alias}`" + (f" / `{field.alias}_FILE`" if doc["file"] else "")
+    default = "unset" if field.default in (None, ()) else f"`{show(field.default)}`{unit}"
+    if doc["default_from"]:
+        default = f"`{doc['default_from']}`"
+    minimum = next((m.ge for m in field.metadata if isinstance(m, Ge)), None)
+    if doc["accepted"]:
+        accepted = doc["accepted"]
+    elif get_origin(field.annotation) is Literal:
+        accepted = ", ".join(f"`{choice}`" for choice in get_args(field.annotation))
+    elif minimum is not None:
+        number = "a whole number" if field.annotation is int else "a number"
+        accepted = f"{number} ≥ {show(minimum)}{unit}"
+    else:
+        accepted = "the value, or a file holding it (not both)" if doc["file"] else "any text"
+    return variable, default, accepted, " ".join(str(field.description).split())
+
+
+def variables() -> set[str]:
+    """Every variable the README documents, ``*_FILE`` twins included."""
+    return {name.strip("` ") for row in rows() for name in row[0].split(" / ")}
+
+
+def settings_table_markdown() -> str:
+    """The Markdown table of every variable: variable, default, accepted values, meaning."""
     lines = ["| variable | default | accepted | meaning |", "|---|---|---|---|"]
-    for setting in settings:
-        cells = (_variable(setting), _default(setting), _accepted(setting), setting.help)
+    for cells in rows():
         # A bare '|' would end the cell early, even inside backticks.
         lines.append("| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _variable(setting: Setting) -> str:
-    if setting.file_variable:
-        return f"`{setting.variable}` / `{setting.file_variable}`"
-    return f"`{setting.variable}`"
-
-
-def _default(setting: Setting) -> str:
-    if setting.default_from:
-        return f"`{setting.default_from}`"
-    if setting.default is None:
-        return "unset"
-    return f"`{show(setting.default)}`" + (f" {setting.unit}" if setting.unit else "")
-
-
-def _accepted(setting: Setting) -> str:
-    if setting.rule:
-        return setting.rule
-    if setting.choices:
-        return ", ".join(f"`{choice}`" for choice in setting.choices)
-    if setting.minimum is not None:
-        number = "a whole number" if setting.kind is int else "a number"
-        unit = f" {setting.unit}" if setting.unit else ""
-        return f"{number} ≥ {show(setting.minimum)}{unit}"
-    if setting.file_variable:
-        return "the value, or a file holding it (not both)"
-    return "any text"
 
 
 if __name__ == "__main__":

@@ -1,24 +1,16 @@
-"""How one setting's value is checked: the rules the settings table refers to by name.
-
-Retention periods as InfluxDB 3 Core takes them, URLs, database name prefixes, hard-delete
-times, and secrets read from a variable or a file; every failure is a SettingsError naming the
-variable.
-"""
+"""How one setting's value is checked: retention periods as InfluxDB 3 Core takes them, URLs,
+database name prefixes, hard-delete times, and secrets read from a variable or a file."""
 
 from __future__ import annotations
 
 import enum
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
-from dataclasses import KW_ONLY, dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeAlias
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
-
-Value: TypeAlias = str | int | float
 
 
 class SettingsError(ValueError):
@@ -38,24 +30,23 @@ HARD_DELETE = re.compile(
 DATABASE_PREFIX = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,9}\Z")
 
 
-def show(value: Value) -> str:
+def show(value: object) -> str:
     """``value`` as the README and the error messages write it (2.0 as ``2``)."""
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def http_url(url: str, name: str = "INFLUXDB_URL") -> str:
-    """``url`` without a trailing slash; SettingsError naming ``name`` unless http(s)."""
+def http_url(url: str) -> str:
+    """``url`` without a trailing slash; http(s) only."""
     if not url.startswith(("http://", "https://")):
-        raise SettingsError(f"{name} must start with http:// or https:// (got {url!r})")
+        raise ValueError("must start with http:// or https://")
     return url.rstrip("/")
 
 
 def link_url(url: str) -> str:
     """FLOWER_URL: http(s), and no password in it - the console puts it in pages."""
-    url = http_url(url, "FLOWER_URL")
-    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+    if "@" in http_url(url).split("://", 1)[1].split("/", 1)[0]:
         raise SettingsError("FLOWER_URL must not carry credentials (user:password@)")
-    return url
+    return http_url(url)
 
 
 class Broker(enum.StrEnum):
@@ -66,19 +57,9 @@ class Broker(enum.StrEnum):
 
 
 # The URL schemes kombu maps to each broker (amqp is the pure-Python py-amqp client).
-BROKER_SCHEMES = {
-    "redis": Broker.REDIS,
-    "rediss": Broker.REDIS,
-    "amqp": Broker.RABBITMQ,
-    "amqps": Broker.RABBITMQ,
-    "pyamqp": Broker.RABBITMQ,
-}
+BROKER_SCHEMES = dict.fromkeys(("redis", "rediss"), Broker.REDIS)
+BROKER_SCHEMES |= dict.fromkeys(("amqp", "amqps", "pyamqp"), Broker.RABBITMQ)
 BROKER_URL_RULE = "a `redis://`, `rediss://`, `amqp://`, `amqps://` or `pyamqp://` URL"
-
-
-def broker_of(url: str) -> Broker:
-    """The broker a checked CELERY_BROKER_URL names."""
-    return BROKER_SCHEMES[url.split("://", 1)[0].lower()]
 
 
 def broker_url(url: str) -> str:
@@ -91,13 +72,13 @@ def broker_url(url: str) -> str:
     scheme = parts.scheme if "://" in url else ""  # "redis:6379" is a host and port
     if scheme.lower() not in BROKER_SCHEMES:
         got = f"scheme {scheme!r}" if scheme else "no scheme"
-        raise SettingsError(
-            f"CELERY_BROKER_URL must be {BROKER_URL_RULE.replace('`', '')} (got {got})"
-        )
+        rule = BROKER_URL_RULE.replace("`", "")
+        raise SettingsError(f"CELERY_BROKER_URL must be {rule} (got {got})")
     return url
 
 
 def psycopg_url(url: str) -> str:
+    """DATABASE_URL for psycopg 3 (``postgresql://`` is rewritten); never repeats the URL."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -112,8 +93,7 @@ def psycopg_url(url: str) -> str:
 
 def read_secret(env: Mapping[str, str], name: str, file_name: str) -> str | None:
     """``env[name]``, or the stripped text of the file ``env[file_name]``; never both."""
-    value = env.get(name, "").strip()
-    path = env.get(file_name, "").strip()
+    value, path = env.get(name, "").strip(), env.get(file_name, "").strip()
     if value and path:
         raise SettingsError(f"set either {name} or {file_name}, not both")
     if path:
@@ -124,55 +104,3 @@ def read_secret(env: Mapping[str, str], name: str, file_name: str) -> str | None
         if not value:
             raise SettingsError(f"{file_name}: {path} is empty")
     return value or None
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One environment variable: the Settings field it fills, how it is checked, what it does."""
-
-    variable: str
-    field: str | None  # None: read outside Settings (documented here only)
-    kind: type[str] | type[int] | type[float] = str
-    default: Value | None = None  # None: unset
-    _: KW_ONLY
-    help: str
-    minimum: float | None = None
-    choices: tuple[str, ...] = ()
-    pattern: re.Pattern[str] | None = None
-    rule: str = ""  # what a valid value is, in words (README; errors of `pattern`)
-    unit: str = ""
-    normalise: Callable[[str], str] | None = None  # runs before the checks; may raise
-    file_variable: str | None = None  # the value may come from this file instead, never both
-    default_from: str | None = None  # unset: the value of this earlier variable
-    custom: bool = False  # read by Settings.from_env itself (the node pool's JSON)
-
-    def read(self, env: Mapping[str, str], fallback: Value | None = None) -> Value | None:
-        """The checked value from ``env``; when unset the default (``fallback`` if derived)."""
-        if self.file_variable:
-            raw = read_secret(env, self.variable, self.file_variable) or ""
-        else:
-            raw = env.get(self.variable, "").strip()
-        if not raw:
-            return fallback if self.default_from else self.default
-        return self.parse(raw)
-
-    def parse(self, raw: str) -> Value:
-        """``raw`` converted, normalised and checked; SettingsError naming the variable."""
-        name = self.variable
-        try:
-            value = self.kind(raw)
-        except ValueError:
-            what = "a whole number" if self.kind is int else "a number"
-            raise SettingsError(f"{name} must be {what} (got {raw!r})") from None
-        if isinstance(value, str):
-            if self.normalise:
-                value = self.normalise(value)
-            if self.choices and value not in self.choices:
-                raise SettingsError(
-                    f"{name} must be one of {', '.join(self.choices)} (got {raw!r})"
-                )
-            if self.pattern and not self.pattern.match(value):
-                raise SettingsError(f"{name} must be {self.rule} (got {raw!r})")
-        elif self.minimum is not None and value < self.minimum:
-            raise SettingsError(f"{name} must be at least {show(self.minimum)} (got {raw!r})")
-        return value

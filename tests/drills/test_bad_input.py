@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -142,7 +141,9 @@ RESPONSE_BODIES = st.one_of(
 def test_any_influxdb_answer_ends_in_a_recorded_outcome(db, scripted, report):
     outcomes: dict[str, int] = {}
     node = NodeConfig("scripted", scripted.url, "prop-token-abcdef", database_limit=5)
-    settings = replace(get_settings(), influxdb_nodes=(node,), influxdb_read_timeout=2.0)
+    settings = get_settings().model_copy(
+        update={"influxdb_nodes": (node,), "influxdb_read_timeout": 2.0}
+    )
     pool = NodePool(settings)
 
     @PROPERTY

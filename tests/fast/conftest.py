@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -87,7 +87,7 @@ class World:
             for name, server in self.servers.items()
             if name not in self.unlisted
         )
-        return replace(get_settings(), influxdb_nodes=nodes, **self.overrides)
+        return get_settings().model_copy(update={"influxdb_nodes": nodes, **self.overrides})
 
     def pool(self) -> NodePool:
         return NodePool(self.settings)

@@ -20,7 +20,8 @@ def result(case: str, figure: str) -> Result:
 def test_a_full_run_replaces_the_figures_and_keeps_the_prose(tmp_path: Path):
     # Given a page of appended runs (as before it was generated)
     path = tmp_path / "benchmarks.md"
-    path.write_text(OPENING + "\n## Last full run\n\n| a | b |\n\n### Re-run\n\nstale figures\n\n" + METHOD)
+    appended = "\n## Last full run\n\n| a | b |\n\n### Re-run\n\nstale figures\n\n"
+    path.write_text(OPENING + appended + METHOD)
     # When two full runs write it, one after the other
     first = {"date": "2026-12-04 08:00 UTC", "git rev": "abc1234"}
     page.write(path, first, [result("healthy", "p99 9 ms | fast")], "bash bench/run --write")

@@ -1,23 +1,22 @@
-"""Settings: one declaration per variable, read and checked from it, and the README agrees.
+"""Settings: one pydantic-settings model, read and checked from it, and the README agrees.
 
-Pure tests: no Redis, no Postgres, no worker. They read README.md and ``worker.settings_table``.
+Pure tests: no Redis, no Postgres, no worker. They read README.md and ``worker.settings``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
+import re
 from pathlib import Path
 
 import pytest
 
-from worker.settings import Settings, SettingsError
-from worker.settings_doc import settings_table_markdown
-from worker.settings_table import SETTINGS
+from worker.settings import Settings, SettingsError, facts
+from worker.settings_doc import rows, settings_table_markdown
+from worker.settings_rules import show
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+FIELDS = Settings.model_fields
 
 
 def readme_settings_table() -> list[str]:
@@ -39,50 +38,41 @@ def readme_settings_table() -> list[str]:
 def test_the_readme_table_is_the_one_printed_from_the_declarations():
     expected = settings_table_markdown().splitlines()
     assert readme_settings_table() == expected, (
-        "README.md's settings table differs from worker/settings_table.py; replace it with the "
-        "output of `python -m worker.settings_doc`"
+        "README.md's settings table differs from the Settings model (worker/settings.py); "
+        "replace it with the output of `python -m worker.settings_doc`"
     )
 
 
-def test_each_settings_field_is_declared_exactly_once():
-    declared = [s.field for s in SETTINGS if s.field is not None]
-    assert len(declared) == len(set(declared))
-    assert set(declared) == {f.name for f in dataclasses.fields(Settings)}
-    variables = [s.variable for s in SETTINGS] + [s.file_variable for s in SETTINGS]
-    named = [v for v in variables if v]
+def test_each_variable_is_declared_exactly_once():
+    assert all(field.alias for field in FIELDS.values()), "a field without its variable"
+    named = [name for row in rows() for name in re.findall(r"`(\w+)`", row[0])]
     assert len(named) == len(set(named)), "a variable is declared twice"
+    assert len(named) == len(FIELDS) + 3 + sum(bool(facts(f)["file"]) for f in FIELDS.values())
 
 
-def test_declared_types_and_defaults_match_the_settings_fields():
-    hints = typing.get_type_hints(Settings)
-    for setting in SETTINGS:
-        if setting.field is None or setting.custom:
-            continue
-        hint = hints[setting.field]
-        accepted = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        assert setting.kind in accepted, f"{setting.variable}: {setting.kind} vs {hint}"
-        unset_is_none = setting.default is None and setting.default_from is None
-        assert (type(None) in accepted) == unset_is_none, f"{setting.variable}: {hint}"
-        if setting.default is not None:
-            assert isinstance(setting.default, setting.kind), setting.variable
-            # Every default passes its own checks, as if it had been set explicitly
-            assert setting.parse(str(setting.default)) == setting.default, setting.variable
+def test_every_default_passes_its_own_checks():
+    defaults = Settings.from_env({})
+    for name, field in FIELDS.items():
+        if field.default not in (None, ()):
+            # As if it had been set explicitly, the default reads back as itself
+            explicit = Settings.from_env({str(field.alias): show(field.default)})
+            assert getattr(explicit, name) == field.default == getattr(defaults, name), name
 
 
 def test_derived_defaults_name_an_earlier_setting():
     seen: set[str] = set()
-    for setting in SETTINGS:
-        if setting.default_from:
-            assert setting.default_from in seen, setting.variable
-            assert setting.default is None, f"{setting.variable}: default and default_from"
-        seen.add(setting.variable)
+    for field in FIELDS.values():
+        if facts(field)["default_from"]:
+            assert facts(field)["default_from"] in seen, field.alias
+            assert field.default is None, f"{field.alias}: default and default_from"
+        seen.add(str(field.alias))
 
 
 def test_every_declaration_explains_itself_on_one_line():
-    for setting in SETTINGS:
-        assert setting.help.strip(), f"{setting.variable} has no help text"
-        assert "\n" not in setting.help + setting.rule, setting.variable
-        assert not setting.pattern or setting.rule, f"{setting.variable}: pattern without rule"
+    for field in FIELDS.values():
+        assert (field.description or "").strip(), f"{field.alias} has no help text"
+    for row in rows():
+        assert all(cell.strip() and "\n" not in cell for cell in row), row
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -95,6 +85,16 @@ def test_defaults_are_the_local_services():
     assert settings.influxdb_token is None
     assert settings.max_attempts == 10
     assert settings.database_name("acme") == "telemetry_acme"
+
+
+def test_a_given_mapping_is_all_that_is_read(monkeypatch, tmp_path):
+    # Given a process environment and a .env file that both set variables
+    monkeypatch.setenv("PROVISION_MAX_ATTEMPTS", "3")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("LOG_LEVEL=DEBUG\n")
+    # Then a mapping given to from_env is read alone; without one, the environment is read
+    assert (Settings.from_env({}).max_attempts, Settings.from_env({}).log_level) == (10, "INFO")
+    assert Settings.from_env().max_attempts == 3
 
 
 def test_requeue_grace_defaults_to_the_interval():
