@@ -2,7 +2,7 @@
 
 Every process calls :func:`get_settings`; nothing else reads ``os.environ`` for configuration.
 Each variable is one field of the pydantic-settings model ``Settings`` (its name, default, bounds
-and checks; its help is the docstring below it): the README's table is printed from it.
+and checks; its help is the docstring below it): docs/settings.md's table is printed from it.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def var(
     default_from: str | None = None,
 ) -> Any:
     """The field of variable ``name``; ``file``: or of the file ``name_FILE`` (and out of repr);
-    ``default_from``: unset, that earlier variable's value; ``accepted``: in words (README)."""
+    ``default_from``: unset, that earlier variable's value; ``accepted``: in words."""
     doc: dict[str, Any] = {
         "unit": unit,
         "file": file,
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
         frozen=True, case_sensitive=True, use_attribute_docstrings=True, regex_engine="python-re"
     )
 
-    # README order: storage and broker, InfluxDB, provisioning, reconcile, access, Flower.
+    # The table's order: storage and broker, InfluxDB, provisioning, reconcile, access, Flower.
     database_url: Annotated[str, check(rules.psycopg_url)] = var(
         "DATABASE_URL",
         "postgresql+psycopg://postgres@127.0.0.1:5432/tenant_provisioner",
@@ -363,7 +363,7 @@ class _Environ(EnvSettingsSource):
 
 
 def facts(info: Any) -> dict[str, Any]:
-    """The README facts of a field: unit, file, default_from, accepted."""
+    """The documented facts of a field: unit, file, default_from, accepted."""
     return info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
 
 

@@ -1,7 +1,7 @@
-"""The README's settings table, printed from the ``Settings`` model (``worker.settings``).
+"""The settings table of docs/settings.md, printed from the ``Settings`` model.
 
-``python -m worker.settings_doc`` prints it; paste the output over the table under "## Settings"
-in README.md. ``tests/fast/test_settings.py`` fails until the two agree. (A module of its own:
+``python -m worker.settings_doc`` prints it; paste the output over the table in
+docs/settings.md. ``tests/fast/test_settings.py`` fails until the two agree. (A module of its own:
 nothing imports it at start-up, so ``python -m`` runs it without a second import.)
 """
 
@@ -60,7 +60,7 @@ def _row(field: FieldInfo) -> tuple[str, str, str, str]:
 
 
 def variables() -> set[str]:
-    """Every variable the README documents, ``*_FILE`` twins included."""
+    """Every variable docs/settings.md documents, ``*_FILE`` twins included."""
     return {name.strip("` ") for row in rows() for name in row[0].split(" / ")}
 
 

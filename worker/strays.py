@@ -4,7 +4,7 @@ InfluxDB 3 creates a database on the first write to a name it does not know. A w
 sends a tenant's points to the wrong server makes a *stray* there (the tenant's database off
 its home); a stale writer that outlived a deletion makes an *orphan* (a ``telemetry_*``
 database of no tenant). Either may hold data someone wants, so the worker only reports them;
-an operator moves or exports the data, then deletes by hand (README, "Strays and orphans").
+an operator moves or exports the data, then deletes by hand (docs/operating.md, "Strays").
 
 They are found from the reconcile run's own listings (``worker.listings``), set-based in SQL:
 no InfluxDB call of its own, and a server that did not answer keeps what was last seen there.

@@ -99,7 +99,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
 
 
 def screenshot(driver: webdriver.Chrome, name: str) -> Path:
-    """Save what the browser shows as ``docs/screenshots/<name>.png`` (shown in the README)."""
+    """Save what the browser shows as ``docs/screenshots/<name>.png`` (docs/operating.md)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     size = driver.get_window_size()

@@ -1,7 +1,7 @@
 """The operator console in a real headless Chromium, against the operator API under uvicorn, a
 real Celery worker and the InfluxDB stand-in: what an operator does, click by click.
 
-The screenshots in ``docs/screenshots`` (shown in the README) are made here.
+The screenshots in ``docs/screenshots`` (shown in docs/operating.md) are made here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Settings: one pydantic-settings model, read and checked from it, and the README agrees.
+"""Settings: one pydantic-settings model, read and checked from it, and docs/settings.md agrees.
 
-Pure tests: no Redis, no Postgres, no worker. They read README.md and ``worker.settings``.
+Pure tests: no Redis, no Postgres, no worker. They read docs/settings.md and ``worker.settings``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from worker.settings import Settings, SettingsError, facts
 from worker.settings_doc import rows, settings_table_markdown
 from worker.settings_rules import show
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SETTINGS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 FIELDS = Settings.model_fields
 
 
 def readme_settings_table() -> list[str]:
-    """The table lines of README.md's "## Settings" section."""
-    lines = README.read_text(encoding="utf-8").splitlines()
-    heading = next(i for i, line in enumerate(lines) if line.startswith("## Settings"))
+    """The table lines of docs/settings.md (the first table of the page)."""
+    lines = SETTINGS_PAGE.read_text(encoding="utf-8").splitlines()
+    heading = next(i for i, line in enumerate(lines) if line.startswith("# Settings"))
     table: list[str] = []
     for line in lines[heading + 1 :]:
         if line.startswith("|"):
@@ -32,13 +32,13 @@ def readme_settings_table() -> list[str]:
     return table
 
 
-# --- the declarations and the README ------------------------------------------------------------
+# --- the declarations and the docs --------------------------------------------------------------
 
 
 def test_the_readme_table_is_the_one_printed_from_the_declarations():
     expected = settings_table_markdown().splitlines()
     assert readme_settings_table() == expected, (
-        "README.md's settings table differs from the Settings model (worker/settings.py); "
+        "docs/settings.md's settings table differs from the Settings model (worker/settings.py); "
         "replace it with the output of `python -m worker.settings_doc`"
     )
 
