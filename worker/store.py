@@ -20,7 +20,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Row
 
 from worker.models import tenants
-from worker.redaction import redact
+from worker.redaction import redact_capped
 from worker.states import STATES, Adoption, ProvisioningState, Reason
 
 MAX_STORED_ERROR = 500
@@ -29,9 +29,9 @@ _DELETING = _ROW.influxdb_state == ProvisioningState.DEPROVISIONING
 
 
 def clean_error(message: str, secrets: Iterable[str]) -> str:
-    """``message`` fit for storage: secrets removed, no NUL, bounded length."""
-    message = redact(message, secrets).replace("\x00", "")
-    return message if len(message) <= MAX_STORED_ERROR else message[:MAX_STORED_ERROR] + "..."
+    """``message`` fit for storage: secrets removed, no NUL, bounded length. Cut before it
+    is redacted (``redact_capped``): a server's megabyte of error costs what 500 characters do."""
+    return redact_capped(message, secrets, MAX_STORED_ERROR).replace("\x00", "")
 
 
 # -- reading ----------------------------------------------------------------------------------
