@@ -5,6 +5,7 @@ drop-in for its inline provisioning code from there too (``api_hooks.dropin``).
 """
 
 from api_hooks.errors import (
+    InvalidCursor,
     InvalidRetentionPeriod,
     InvalidTenantId,
     InvalidTenantName,
@@ -14,6 +15,7 @@ from api_hooks.errors import (
     TenantNotFound,
     UnknownNode,
 )
+from api_hooks.events import audit_trail, tenant_events
 from api_hooks.status import list_tenants, tenant_influxdb_status, tenant_stats
 from api_hooks.tenants import (
     adopt_database,
@@ -24,6 +26,7 @@ from api_hooks.tenants import (
 )
 
 __all__ = [
+    "InvalidCursor",
     "InvalidRetentionPeriod",
     "InvalidTenantId",
     "InvalidTenantName",
@@ -33,10 +36,12 @@ __all__ = [
     "TenantNotFound",
     "UnknownNode",
     "adopt_database",
+    "audit_trail",
     "create_tenant",
     "delete_tenant",
     "list_tenants",
     "request_provisioning",
+    "tenant_events",
     "tenant_influxdb_status",
     "tenant_stats",
     "validate_tenant_id",

@@ -17,7 +17,8 @@ from typing import ParamSpec, TypeVar
 
 from anyio import to_thread
 
-from api_hooks import dropin, status, tenants
+from api_hooks import dropin, events, status, tenants
+from api_hooks.events import TenantEventsBody
 from api_hooks.shapes import (
     CreatedTenant,
     DeletedTenant,
@@ -26,6 +27,7 @@ from api_hooks.shapes import (
     TenantStatsBody,
     TenantSummary,
 )
+from worker.events import Route
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -36,25 +38,49 @@ async def _in_thread(function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kw
 
 
 async def create_tenant(
-    tenant_id: str, name: str, retention_period: str | None = None
+    tenant_id: str,
+    name: str,
+    retention_period: str | None = None,
+    *,
+    actor: str | None = tenants.PYTHON_ACTOR,
+    route: str = Route.PYTHON,
 ) -> CreatedTenant:
-    """``api_hooks.create_tenant``, awaitable."""
-    return await _in_thread(tenants.create_tenant, tenant_id, name, retention_period)
+    """``api_hooks.create_tenant``, awaitable (``actor``: who asked, for the event log)."""
+    return await _in_thread(
+        tenants.create_tenant, tenant_id, name, retention_period, actor=actor, route=route
+    )
 
 
-async def request_provisioning(tenant_id: str) -> bool:
+async def request_provisioning(
+    tenant_id: str, *, actor: str | None = tenants.PYTHON_ACTOR, route: str = Route.PYTHON
+) -> bool:
     """``api_hooks.request_provisioning`` (an operator's retry), awaitable."""
-    return await _in_thread(tenants.request_provisioning, tenant_id)
+    return await _in_thread(tenants.request_provisioning, tenant_id, actor=actor, route=route)
 
 
-async def adopt_database(tenant_id: str, node: str | None = None) -> bool:
+async def adopt_database(
+    tenant_id: str,
+    node: str | None = None,
+    *,
+    actor: str | None = tenants.PYTHON_ACTOR,
+    route: str = Route.PYTHON,
+) -> bool:
     """``api_hooks.adopt_database``, awaitable."""
-    return await _in_thread(tenants.adopt_database, tenant_id, node)
+    return await _in_thread(tenants.adopt_database, tenant_id, node, actor=actor, route=route)
 
 
-async def delete_tenant(tenant_id: str) -> DeletedTenant:
+async def delete_tenant(
+    tenant_id: str, *, actor: str | None = tenants.PYTHON_ACTOR, route: str = Route.PYTHON
+) -> DeletedTenant:
     """``api_hooks.delete_tenant``, awaitable."""
-    return await _in_thread(tenants.delete_tenant, tenant_id)
+    return await _in_thread(tenants.delete_tenant, tenant_id, actor=actor, route=route)
+
+
+async def tenant_events(
+    tenant_id: str, after: int | str | None = None, limit: int | str | None = None
+) -> TenantEventsBody:
+    """``api_hooks.tenant_events`` (a tenant's events as CloudEvents), awaitable."""
+    return await _in_thread(events.tenant_events, tenant_id, after, limit)
 
 
 async def tenant_influxdb_status(tenant_id: str, live: bool = True) -> InfluxDBStatus:

@@ -24,6 +24,7 @@ from api_hooks.http_errors import error_responses, plain_validation_error
 from api_hooks.locations import locations_router, locations_token_auth
 from api_hooks.router import bearer_token_auth, operator_router
 from api_hooks.schemas import Health
+from api_hooks.throttle import THROTTLED
 from worker.db import get_engine
 from worker.metrics import ProvisioningCollector
 from worker.nodes import shared_pool
@@ -41,7 +42,7 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Prometheus text exposition format; no tenant ids in it",
         "content": {"text/plain": {"schema": {"type": "string"}}},
     },
-    **error_responses({401: "The scrape credential is missing or wrong"}),
+    **error_responses({401: "The scrape credential is missing or wrong", 429: THROTTLED}),
 }
 # One scrape runs about six queries: answers within this many seconds of each other share one.
 METRICS_CACHE_SECONDS = 1.0

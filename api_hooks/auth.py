@@ -17,10 +17,15 @@ from api_hooks.throttle import Throttle, refuse_if_throttled
 
 
 def bearer_auth(
-    expected_token: str | None, variable: str, scheme_name: str, description: str = ""
-) -> Callable[..., None]:
+    expected_token: str | None,
+    variable: str,
+    scheme_name: str,
+    description: str = "",
+    identity: str | None = None,
+) -> Callable[..., str | None]:
     """A dependency accepting ``Authorization: Bearer <expected_token>`` only; with no token
-    configured, nobody. ``scheme_name`` names the scheme in the OpenAPI document."""
+    configured, nobody. ``scheme_name`` names the scheme in the OpenAPI document. It returns
+    ``identity``: who the holder of this token is (``api_hooks.actors``)."""
     expected = (expected_token or "").encode()
     throttle = Throttle()
     # auto_error=False: every refusal is ours (401 with our message), not HTTPBearer's.
@@ -35,7 +40,7 @@ def bearer_auth(
     def require_token(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
-    ) -> None:
+    ) -> str | None:
         client = refuse_if_throttled(throttle, request)
         supplied = credentials.credentials.encode() if credentials is not None else b""
         if not expected or not hmac.compare_digest(supplied, expected):
@@ -43,5 +48,6 @@ def bearer_auth(
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, detail=refusal, headers={"WWW-Authenticate": "Bearer"}
             )
+        return identity
 
     return require_token

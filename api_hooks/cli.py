@@ -13,9 +13,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
+from api_hooks import cli_events
+from api_hooks.actors import cli_actor
 from api_hooks.printable import printable
 from worker.redaction import redact_url
 
@@ -44,7 +47,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "tenantctl") -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging("WARNING" if args.command != "reconcile" else "INFO")
-    handler = {
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "status": _status,
         "list": _list,
         "retry": _retry,
@@ -54,8 +57,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "tenantctl") -> int:
         "nodes": _nodes,
         "strays": _strays,
         "sessions": _sessions,
-    }[args.command]
-    return handler(args)
+        "events": partial(cli_events.events, fail=_fail),
+        "audit": partial(cli_events.audit, fail=_fail),
+    }
+    return handlers[args.command](args)
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -93,6 +98,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     ending = sessions.add_mutually_exclusive_group()
     ending.add_argument("--end", metavar="ID", help="end this session (its id, or a prefix)")
     ending.add_argument("--end-all", action="store_true", help="end every console session")
+    cli_events.add_commands(commands)
     commands.add_parser(
         "flower",
         help="start Flower (requires FLOWER_BASIC_AUTH unless FLOWER_UNAUTHENTICATED_DEV=1)",
@@ -155,7 +161,8 @@ def _retry(args: argparse.Namespace) -> int:
     not_queued: list[str] = []
     for tenant_id in ids:
         try:
-            (queued if request_provisioning(tenant_id) else not_queued).append(tenant_id)
+            asked = request_provisioning(tenant_id, actor=cli_actor(), route="cli")
+            (queued if asked else not_queued).append(tenant_id)
         except InvalidTenantId as exc:
             return _fail(str(exc), EXIT_USAGE)
         except TenantNotFound as exc:
@@ -179,7 +186,7 @@ def _adopt(args: argparse.Namespace) -> int:
     )
 
     try:
-        queued = adopt_database(args.tenant_id, args.node)
+        queued = adopt_database(args.tenant_id, args.node, actor=cli_actor(), route="cli")
     except (InvalidTenantId, UnknownNode, TenantBusy) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except TenantNotFound as exc:

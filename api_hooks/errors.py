@@ -33,3 +33,7 @@ class UnknownNode(TenantError, ValueError):
 
 class TenantBusy(TenantError):
     """The tenant's state does not allow the action now (e.g. adopting while provisioned)."""
+
+
+class InvalidCursor(TenantError, ValueError):
+    """An event page's cursor or size is not valid; the message says which and why."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from api_hooks.auth import bearer_auth
 from api_hooks.http_errors import PlainErrorRoute, error_responses
+from api_hooks.throttle import THROTTLED
 from locations_client.client import NEXT_SINCE_HEADER
 from worker import locations
 from worker.db import get_engine
@@ -65,7 +66,7 @@ class LocationsPage(BaseModel):
     )
 
 
-def locations_token_auth(expected_token: str | None) -> Callable[..., None]:
+def locations_token_auth(expected_token: str | None) -> Callable[..., str | None]:
     """An auth dependency accepting ``Authorization: Bearer <LOCATIONS_TOKEN>`` only; with no
     token configured, nobody."""
     return bearer_auth(
@@ -86,6 +87,7 @@ def locations_router(require_reader: Callable[..., Any]) -> APIRouter:
         responses=error_responses(
             {
                 401: "Locations credential missing or wrong",
+                429: THROTTLED,
                 422: "A parameter is not valid (the message names it)",
             }
         ),

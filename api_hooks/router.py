@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 
+from api_hooks.actors import OPERATOR_TOKEN_ACTOR, actor_from, identified
 from api_hooks.auth import bearer_auth
 from api_hooks.bodies import MAX_BODY_BYTES, adopt_body, create_tenant_body, json_body
 from api_hooks.errors import (
+    InvalidCursor,
     InvalidRetentionPeriod,
     InvalidTenantId,
     InvalidTenantName,
@@ -24,6 +26,7 @@ from api_hooks.errors import (
     TenantNotFound,
     UnknownNode,
 )
+from api_hooks.events import TenantEventsPage, tenant_events
 from api_hooks.http_errors import PlainErrorRoute, error_responses, unprocessable
 from api_hooks.schemas import (
     TENANT_ID_RULE,
@@ -45,6 +48,9 @@ from api_hooks.tenants import (
     validate_tenant_id,
     validate_tenant_name,
 )
+from api_hooks.throttle import THROTTLED
+from worker.event_reads import DEFAULT_LIMIT, MAX_LIMIT
+from worker.events import Route
 
 # Besides the router: names importable from here before the bodies got their own module.
 __all__ = [
@@ -68,22 +74,28 @@ NOT_FOUND = "No tenant has this id (a malformed id names none; the message gives
 TOO_LARGE = f"The body is over {MAX_BODY_BYTES} bytes"
 
 
-def bearer_token_auth(expected_token: str) -> Callable[..., None]:
+def bearer_token_auth(expected_token: str) -> Callable[..., str | None]:
     """An auth dependency accepting ``Authorization: Bearer <expected_token>`` only (the
-    operator token); a client that keeps failing is throttled (429)."""
-    return bearer_auth(expected_token, "OPERATOR_TOKEN", "OperatorToken")
+    operator token); a client that keeps failing is throttled (429). Its holder acts as
+    ``operator-token`` in the event log."""
+    return bearer_auth(
+        expected_token, "OPERATOR_TOKEN", "OperatorToken", identity=OPERATOR_TOKEN_ACTOR
+    )
 
 
 def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
-    """The ``/operator`` routes, every one behind ``require_operator``."""
+    """The ``/operator`` routes, every one behind ``require_operator``. What it returns is the
+    operator's identity: the actions are recorded in the event log with it as their actor
+    (``api_hooks.actors.actor_of``)."""
     router = APIRouter(
         prefix="/operator",
         tags=["operator"],
-        dependencies=[Depends(require_operator)],
+        dependencies=[Depends(identified(require_operator))],
         route_class=PlainErrorRoute,
         responses=error_responses(
             {
                 401: "Operator credentials missing or wrong",
+                429: THROTTLED,
                 422: "A parameter is not valid (the message names it)",
             }
         ),
@@ -106,6 +118,7 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
         openapi_extra=documented_body(CreateTenantRequest, required=True),
     )
     def post_tenant(
+        request: Request,
         body: Annotated[dict[str, object], Depends(create_tenant_body)],
     ) -> CreatedTenant:
         """Store the tenant as `pending` and queue its provisioning; never waits for InfluxDB.
@@ -117,7 +130,9 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
             tenant_id = validate_tenant_id(body["tenant_id"])
             name = validate_tenant_name(body["name"])
             retention = validate_retention_period(body.get("retention_period"))
-            return create_tenant(tenant_id, name, retention)
+            return create_tenant(
+                tenant_id, name, retention, actor=actor_from(request), route=Route.HTTP
+            )
         except (InvalidTenantId, InvalidTenantName, InvalidRetentionPeriod) as exc:
             raise unprocessable(str(exc)) from exc
         except TenantExists as exc:
@@ -150,10 +165,10 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
         response_description="Being deleted; the deletion is queued",
         responses=error_responses({404: NOT_FOUND}),
     )
-    def delete_tenant_route(tenant_id: TenantId) -> DeletedTenant:
+    def delete_tenant_route(request: Request, tenant_id: TenantId) -> DeletedTenant:
         """Move the tenant to `deprovisioning` at once; a task soft-deletes its database, then
         removes the tenant. Deleting a tenant already being deleted queues the work again."""
-        deleted: DeletedTenant = _lookup(delete_tenant, tenant_id)
+        deleted: DeletedTenant = _lookup(delete_tenant, tenant_id, **_who(request))
         return deleted
 
     @router.post(
@@ -163,11 +178,11 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
         response_description="Queued",
         responses=error_responses({404: NOT_FOUND}),
     )
-    def post_retry(tenant_id: TenantId) -> RetryAccepted:
+    def post_retry(request: Request, tenant_id: TenantId) -> RetryAccepted:
         """A failed tenant goes back to `pending` with a fresh attempt budget; a scheduled retry
         runs now instead (never a second chain); a tenant being deleted has its deletion run
         now; a provisioned one is verified again."""
-        queued: bool = _lookup(request_provisioning, tenant_id)
+        queued: bool = _lookup(request_provisioning, tenant_id, **_who(request))
         return RetryAccepted(tenant_id=tenant_id, queued=queued)
 
     @router.post(
@@ -187,25 +202,70 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
         openapi_extra=documented_body(AdoptRequest, required=False),
     )
     def post_adopt(
-        tenant_id: TenantId, node: Annotated[str | None, Depends(adopt_body)]
+        request: Request, tenant_id: TenantId, node: Annotated[str | None, Depends(adopt_body)]
     ) -> AdoptAccepted:
         """For a tenant stopped as `name_taken`, once an operator has checked that the data
         there is this tenant's: the database is declared its own and provisioning runs."""
         try:
-            queued: bool = _lookup(adopt_database, tenant_id, node)
+            queued: bool = _lookup(adopt_database, tenant_id, node, **_who(request))
         except UnknownNode as exc:
             raise unprocessable(str(exc)) from exc
         except TenantBusy as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
         return AdoptAccepted(tenant_id=tenant_id, queued=queued)
 
+    @router.get(
+        "/tenants/{tenant_id}/events",
+        summary="Read a tenant's events",
+        response_description="The tenant's events after `after`, oldest first, as CloudEvents",
+        response_model_exclude_none=True,
+        responses=error_responses(
+            {
+                400: "`after` or `limit` is not valid (the message says which)",
+                404: "No tenant has this id, and none ever had (a deleted tenant's events "
+                "stay readable)",
+            }
+        ),
+    )
+    def get_tenant_events(
+        tenant_id: TenantId,
+        after: Annotated[
+            str | None,
+            Query(
+                description="The `tenantseq` of the last event read (the page's `next`); "
+                "absent: from the first event kept",
+                examples=["12"],
+            ),
+        ] = None,
+        limit: Annotated[
+            str | None,
+            Query(
+                description=f"Events per page, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})",
+                examples=["100"],
+            ),
+        ] = None,
+    ) -> TenantEventsPage:
+        """Every transition of the tenant and every operator action on it, in its own
+        sequence (`tenantseq`: 1, 2, 3, ..., without gaps; events older than the retention
+        are pruned, the last one kept). Poll with `after` set to the page's `next`."""
+        try:
+            page = _lookup(tenant_events, tenant_id, after, limit)
+        except InvalidCursor as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+        return TenantEventsPage.model_validate(page)
+
     return router
 
 
-def _lookup(function: Callable[..., Any], tenant_id: str, *args: Any) -> Any:
+def _who(request: Request) -> dict[str, str]:
+    """The actor and route of an HTTP action, for the hook's keyword arguments."""
+    return {"actor": actor_from(request), "route": Route.HTTP}
+
+
+def _lookup(function: Callable[..., Any], tenant_id: str, *args: Any, **kwargs: Any) -> Any:
     try:
         validate_tenant_id(tenant_id)
-        return function(tenant_id, *args)
+        return function(tenant_id, *args, **kwargs)
     except InvalidTenantId as exc:
         # A malformed id cannot name a tenant: answer as for any unknown tenant, with the rule.
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no such tenant: {exc}") from exc

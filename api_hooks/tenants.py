@@ -25,9 +25,10 @@ from api_hooks.shapes import (
     CreatedTenant,
     DeletedTenant,
 )
-from worker import store
+from worker import events, store
 from worker.clock import database_clock
 from worker.db import get_engine
+from worker.events import OperatorAction, Route
 from worker.nodes import shared_pool
 from worker.queues import Job
 from worker.runs import new_chain, new_task_id
@@ -40,6 +41,8 @@ TENANT_NAME_MAX_LENGTH = 200
 TENANT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]*$"
 _TENANT_ID_FIRST = re.compile(r"[A-Za-z0-9]")
 _TENANT_ID_REST = re.compile(r"[A-Za-z0-9_-]*")
+# Who acts when a hook is called directly, without saying (see docs/events.md, "Actors").
+PYTHON_ACTOR = "python"
 
 
 def validate_tenant_id(tenant_id: object) -> str:
@@ -114,20 +117,32 @@ def validate_retention_period(retention_period: object) -> str | None:
     return retention_period
 
 
-def create_tenant(tenant_id: str, name: str, retention_period: str | None = None) -> CreatedTenant:
+def create_tenant(
+    tenant_id: str,
+    name: str,
+    retention_period: str | None = None,
+    *,
+    actor: str | None = PYTHON_ACTOR,
+    route: str = Route.PYTHON,
+) -> CreatedTenant:
     """Store the tenant as ``pending`` and enqueue its provisioning; never waits for InfluxDB.
 
     ``retention_period`` (e.g. ``"30d"``) is passed when the database is created; None takes
     INFLUXDB_RETENTION_PERIOD (unset: keep data forever). If the broker is down the tenant is
     still created and ``influxdb.queued`` is False: the reconciler enqueues it later.
+    ``actor`` and ``route`` name who asked, in the events of the change (docs/events.md).
     Raises InvalidTenantId, InvalidTenantName, InvalidRetentionPeriod, TenantExists.
     """
     tenant_id = validate_tenant_id(tenant_id)
     name = validate_tenant_name(name)
     retention = validate_retention_period(retention_period)
+    database = get_settings().database_name(tenant_id)
     try:
         with get_engine().begin() as conn:
+            events.acting(conn, actor, route)
             store.create(conn, tenant_id, name, retention)
+            details = {"name": name, "retention_period": retention, "database": database}
+            events.record(conn, tenant_id, OperatorAction.CREATED, details)
     except IntegrityError as exc:
         raise TenantExists(f"tenant {tenant_id!r} already exists") from exc
     # Only after the commit: a worker must find the row the message names.
@@ -143,46 +158,61 @@ def create_tenant(tenant_id: str, name: str, retention_period: str | None = None
         "influxdb": {
             "state": ProvisioningState.PENDING.value,
             "queued": queued,
-            "database": get_settings().database_name(tenant_id),
+            "database": database,
         },
     }
 
 
-def request_provisioning(tenant_id: str) -> bool:
+def request_provisioning(
+    tenant_id: str, *, actor: str | None = PYTHON_ACTOR, route: str = Route.PYTHON
+) -> bool:
     """Run provisioning now (an operator's retry); True when the message was published.
 
     A ``failed`` tenant goes back to ``pending`` with a fresh attempt budget. A tenant with a
     scheduled retry runs now, and this message *replaces* the scheduled one (one retry chain
     per tenant: pressing retry five times during an outage never starts five chains). A
     provisioned one is only re-verified; one being deleted gets its deletion run now.
-    Raises TenantNotFound.
+    ``actor`` and ``route``: who asked (docs/events.md). Raises TenantNotFound.
     """
     tenant_id = validate_tenant_id(tenant_id)
     task_id = new_task_id()
     with get_engine().begin() as conn:
+        events.acting(conn, actor, route)
         row = store.lock_for_request(conn, tenant_id)
         if row is None:
             raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
         store.request_retry(conn, row, new_chain(task_id), database_clock(conn)())
-    job = (
-        Job.DEPROVISION if row.influxdb_state == ProvisioningState.DEPROVISIONING else Job.PROVISION
-    )
+        job = (
+            Job.DEPROVISION
+            if row.influxdb_state == ProvisioningState.DEPROVISIONING
+            else Job.PROVISION
+        )
+        details = {"previous_state": row.influxdb_state, "job": job.value}
+        events.record(conn, tenant_id, OperatorAction.RETRY, details)
     return enqueue(tenant_id, job, task_id)
 
 
-def adopt_database(tenant_id: str, node: str | None = None) -> bool:
+def adopt_database(
+    tenant_id: str,
+    node: str | None = None,
+    *,
+    actor: str | None = PYTHON_ACTOR,
+    route: str = Route.PYTHON,
+) -> bool:
     """Declare the database of the tenant's name on ``node`` (default: the tenant's recorded
     server) the tenant's own, whoever made it, and provision with it; True when queued.
 
     For a tenant stopped as ``name_taken`` after the operator checked that the data there is
     this tenant's. Its marker is rewritten with the tenant's incarnation. Raises
     TenantNotFound, UnknownNode (not in the pool, or none given for a tenant without one) and
-    TenantBusy (provisioned, being provisioned or being deleted).
+    TenantBusy (provisioned, being provisioned or being deleted). ``actor`` and ``route``:
+    who asked (docs/events.md).
     """
     tenant_id = validate_tenant_id(tenant_id)
     if node is not None and shared_pool().node(node) is None:
         raise UnknownNode(f"node {node!r} is not in the node pool")
     with get_engine().begin() as conn:
+        events.acting(conn, actor, route)
         row = store.lock_for_request(conn, tenant_id)
         if row is None:
             raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
@@ -197,6 +227,8 @@ def adopt_database(tenant_id: str, node: str | None = None) -> bool:
                 f"tenant {tenant_id!r} has no server yet: name the node that holds its database"
             )
         store.request_adoption(conn, tenant_id, home, database_clock(conn)())
+        details = {"node": home, "previous_state": row.influxdb_state}
+        events.record(conn, tenant_id, OperatorAction.ADOPT, details)
     return enqueue(tenant_id, Job.PROVISION)
 
 
@@ -210,16 +242,23 @@ _ADOPTABLE_STATES = frozenset(
 )
 
 
-def delete_tenant(tenant_id: str) -> DeletedTenant:
+def delete_tenant(
+    tenant_id: str, *, actor: str | None = PYTHON_ACTOR, route: str = Route.PYTHON
+) -> DeletedTenant:
     """Start deprovisioning: the tenant goes to ``deprovisioning`` at once, a task soft-deletes
     its database and then removes the tenant, freeing its node slot and its id.
 
     Idempotent: deleting a tenant already being deleted queues the work again. If the broker
-    is down, ``influxdb.queued`` is False and the reconciler finishes it. Raises TenantNotFound.
+    is down, ``influxdb.queued`` is False and the reconciler finishes it. ``actor`` and
+    ``route``: who asked (docs/events.md). Raises TenantNotFound.
     """
     tenant_id = validate_tenant_id(tenant_id)
+    database = get_settings().database_name(tenant_id)
     with get_engine().begin() as conn:
+        events.acting(conn, actor, route)
         found = store.request_deletion(conn, tenant_id, database_clock(conn)())
+        if found:
+            events.record(conn, tenant_id, OperatorAction.DELETE, {"database": database})
     if not found:
         raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
     queued = enqueue(tenant_id, Job.DEPROVISION)
@@ -228,6 +267,6 @@ def delete_tenant(tenant_id: str) -> DeletedTenant:
         "influxdb": {
             "state": ProvisioningState.DEPROVISIONING.value,
             "queued": queued,
-            "database": get_settings().database_name(tenant_id),
+            "database": database,
         },
     }

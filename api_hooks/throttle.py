@@ -19,6 +19,9 @@ from collections.abc import Callable
 
 from fastapi import HTTPException, Request, status
 
+THROTTLED = (
+    "Too many failed credentials from this address, or from all together: wait Retry-After s"
+)
 MAX_CLIENTS = 10_000  # addresses remembered; the least recently failed are forgotten first
 
 

@@ -342,7 +342,7 @@ def db(database: str) -> Iterator[psycopg.Connection[Any]]:
     ) as conn:
         conn.execute(
             "TRUNCATE tenants, influxdb_nodes, provisioning_attempts, provisioning_attempt_totals, "
-            "tenant_locations, influxdb_strays, console_sessions"
+            "tenant_locations, influxdb_strays, console_sessions, tenant_events"
         )
         conn.execute("UPDATE tenant_location_map SET horizon = 0")
         yield conn

@@ -22,11 +22,13 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 from worker.states import STATES, Adoption, ProvisioningState
 
@@ -41,6 +43,7 @@ __all__ = [
     "ProvisioningState",
     "ReconcileStats",
     "Tenant",
+    "TenantEvent",
     "TenantLocation",
     "TenantLocationMap",
     "console_sessions",
@@ -50,6 +53,7 @@ __all__ = [
     "provisioning_attempt_totals",
     "provisioning_attempts",
     "reconcile_stats",
+    "tenant_events",
     "tenant_location_map",
     "tenant_locations",
     "tenants",
@@ -308,3 +312,44 @@ class ConsoleSession(Base):
 
 
 console_sessions = cast(Table, ConsoleSession.__table__)
+
+
+class Xid8(UserDefinedType[str]):
+    """Postgres' 64-bit transaction id; read it as text (``xid::text``)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+class TenantEvent(Base):
+    """One event of the log (migration 0011): a tenant's transition, written by a trigger on
+    ``tenants``, or an operator's action, written by the hook - in the transaction of the
+    change. ``seq`` counts per tenant; ``(xid, id)`` is the global order (``worker.events``)."""
+
+    __tablename__ = "tenant_events"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "seq", name="uq_tenant_events_tenant_seq"),
+        CheckConstraint(
+            "(tenant_id IS NULL) = (seq IS NULL)", name="ck_tenant_events_seq_per_tenant"
+        ),
+        Index("ix_tenant_events_cursor", "xid", "id"),
+        Index("ix_tenant_events_time", "time"),
+        Index("ix_tenant_events_operator", "id", postgresql_where=text("type LIKE 'operator.%'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(Text)  # NULL: an event of the deployment
+    seq: Mapped[int | None] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(Text)
+    time: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )
+    actor: Mapped[str | None] = mapped_column(Text)
+    route: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    xid: Mapped[str] = mapped_column(Xid8, server_default=func.pg_current_xact_id())
+
+
+tenant_events = cast(Table, TenantEvent.__table__)

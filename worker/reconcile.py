@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, update
 
-from worker import locations, store
+from worker import events, locations, store
 from worker.clock import Clock, database_clock
 from worker.db import advisory_lock
 from worker.findings import COLUMNS, Finding, Kind, View, find
@@ -152,7 +152,11 @@ def _run(
     errors: list[str] = []
     observed: list[tuple[NodeConfig, int]] = []
     sender = _Sender(publish, summary, clock)
-    with engine.connect() as conn, run_listings(conn, settings.influxdb_database_prefix) as seen:
+    with (
+        engine.connect() as conn,
+        events.session_route(conn, events.Route.RECONCILER),  # whose transitions these are
+        run_listings(conn, settings.influxdb_database_prefix) as seen,
+    ):
         with seen.copying() as copy_list:
             for node, listing in list_as_answered(pool, nodes):
                 summary.influxdb_calls += 1

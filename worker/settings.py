@@ -212,6 +212,8 @@ class Settings(BaseSettings):
     """rows per keyset batch"""
     attempts_retention_days: int = var("PROVISIONING_ATTEMPTS_RETENTION_DAYS", 30, 1, "d")
     """how long the attempt log keeps a row (pruned hourly; the /metrics totals stay)"""
+    events_retention_days: int = var("EVENTS_RETENTION_DAYS", 30, 1, "d")
+    """how long the event log keeps an event (pruned hourly; each tenant's last one stays)"""
     operator_token: str | None = var("OPERATOR_TOKEN", file=True)
     """required by the operator API; at least 32 characters"""
     locations_token: str | None = var("LOCATIONS_TOKEN", file=True)

@@ -16,7 +16,7 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import DBAPIError
 
-from worker import attempts, locations, store
+from worker import attempts, events, locations, store
 from worker.celery_app import app
 from worker.clock import DATABASE_NOW, database_clock
 from worker.db import get_engine
@@ -105,7 +105,8 @@ def reconcile_tenants() -> dict[str, Any]:
 def prune_attempt_log() -> dict[str, Any]:
     """Delete attempt-log rows older than PROVISIONING_ATTEMPTS_RETENTION_DAYS, in batches; the
     running totals that /metrics reads are kept. Then the location map's tombstones older
-    than a week (one batch an hour). Stops early before its time limit."""
+    than a week (one batch an hour), then events older than EVENTS_RETENTION_DAYS (each
+    tenant's last one kept). Stops early before its time limit."""
     settings = get_settings()
     deadline = time.monotonic() + PRUNE_BUDGET_SECONDS
     with get_engine().connect() as conn:
@@ -117,13 +118,24 @@ def prune_attempt_log() -> dict[str, Any]:
         tombstones = locations.prune_tombstones(
             conn, now - locations.TOMBSTONE_RETENTION, PRUNE_BATCH_SIZE
         )
+        events_before = now - timedelta(days=settings.events_retention_days)
+        pruned_events = events.prune(
+            conn, events_before, PRUNE_BATCH_SIZE, stop=lambda: time.monotonic() > deadline
+        )
     logger.info(
-        "attempt log pruned: %d rows older than %s; %d location tombstones",
+        "attempt log pruned: %d rows older than %s; %d location tombstones; %d events",
         deleted,
         older_than.isoformat(),
         tombstones,
+        pruned_events,
     )
-    return {"deleted": deleted, "older_than": older_than.isoformat(), "tombstones": tombstones}
+    return {
+        "deleted": deleted,
+        "older_than": older_than.isoformat(),
+        "tombstones": tombstones,
+        "events": pruned_events,
+        "events_older_than": events_before.isoformat(),
+    }
 
 
 def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None) -> bool:

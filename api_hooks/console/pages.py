@@ -1,5 +1,6 @@
-"""The console's pages: overview, tenants, one tenant, and its two actions (retry, delete);
-strays (databases nobody placed, reported by the reconciler).
+"""The console's pages: overview, tenants, one tenant (with its timeline), and its two actions
+(retry, delete); strays (databases nobody placed, reported by the reconciler); the audit
+trail of operator actions.
 
 Read-only pages are GET; actions are POST with a CSRF token and answer with a redirect to the
 page that shows what happened (post/redirect/get). Actions call the same hooks as the HTTP API.
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from api_hooks.actors import actor_from, identified
 from api_hooks.console import reads
 from api_hooks.console.guard import CSRF_FIELD, CsrfGuard
 from api_hooks.console.render import Pages
@@ -22,6 +24,8 @@ from api_hooks.errors import InvalidTenantId, TenantNotFound
 from api_hooks.status import node_report, tenant_stats
 from api_hooks.tenants import delete_tenant, request_provisioning
 from worker.db import get_engine
+from worker.event_reads import timeline
+from worker.events import Route
 from worker.settings import get_settings
 from worker.states import STATES
 from worker.strays import stray_rows
@@ -49,12 +53,13 @@ def console_router(
     sign_out_route: str | None = None,
 ) -> APIRouter:
     """The console's pages under ``/operator/console``, every one behind ``require_operator``
-    (the UI passes its own operator check). ``csrf_secret`` signs the forms' tokens: a
-    secret of the app's, the same in every process that serves the console."""
+    (the UI passes its own operator check; what it returns is the actor of the actions,
+    ``api_hooks.actors``). ``csrf_secret`` signs the forms' tokens: a secret of the app's,
+    the same in every process that serves the console."""
     pages = Pages(CsrfGuard(csrf_secret), sign_out_route=sign_out_route)
     router = APIRouter(
         prefix=PREFIX,
-        dependencies=[Depends(require_operator)],
+        dependencies=[Depends(identified(require_operator))],
         include_in_schema=False,
         # Refused (413) as it arrives, before the operator check: FastAPI parses a form
         # before any dependency runs.
@@ -99,6 +104,8 @@ def console_router(
             rows = stray_rows(conn)
         return pages.render(request, "strays.html", rows=rows)
 
+    _audit_route(router, pages)
+
     @router.get("/tenants/{tenant_id}", name="console_tenant", response_class=HTMLResponse)
     def tenant(
         request: Request, tenant_id: str, done: Annotated[str | None, Query()] = None
@@ -109,11 +116,13 @@ def console_router(
             return _not_found(request, exc, deleted=done == "delete-queued")
         with get_engine().connect() as conn:
             attempts = reads.attempt_history(conn, stats["tenant_id"])
+            events = timeline(conn, stats["tenant_id"], reads.EVENTS_SHOWN)
         return pages.render(
             request,
             "tenant.html",
             stats=stats,
             attempts=attempts,
+            timeline=events,
             flower_url=get_settings().flower_url,
             notice=DONE.get(done or ""),
         )
@@ -123,7 +132,7 @@ def console_router(
         if refused := pages.csrf.refusal(request, {CSRF_FIELD: csrf_token}):
             return pages.render(request, "refused.html", status.HTTP_403_FORBIDDEN, problem=refused)
         try:
-            queued = request_provisioning(tenant_id)
+            queued = request_provisioning(tenant_id, actor=actor_from(request), route=Route.CONSOLE)
         except (InvalidTenantId, TenantNotFound) as exc:
             return _not_found(request, exc)
         done = "retry-queued" if queued else "retry-not-queued"
@@ -160,7 +169,7 @@ def console_router(
                 stats=stats,
                 problem="Nothing was deleted: type the tenant id exactly as shown to confirm.",
             )
-        deleted = delete_tenant(stats["tenant_id"])
+        deleted = delete_tenant(stats["tenant_id"], actor=actor_from(request), route=Route.CONSOLE)
         done = "delete-queued" if deleted["influxdb"]["queued"] else "delete-not-queued"
         return _see(request, "console_tenant", done, tenant_id=stats["tenant_id"])
 
@@ -186,3 +195,33 @@ def _see(request: Request, route: str, done: str, **params: str) -> RedirectResp
     """Post/redirect/get: the page that shows what the action did."""
     target = request.url_for(route, **params).path + f"?done={done}"
     return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _audit_route(router: APIRouter, pages: Pages) -> None:
+    """``/operator/console/audit?actor=&tenant=``: operator actions, newest first."""
+
+    @router.get("/audit", name="console_audit", response_class=HTMLResponse)
+    def audit_page(
+        request: Request,
+        actor: Annotated[str | None, Query(max_length=200)] = None,
+        tenant: Annotated[str | None, Query(max_length=54)] = None,
+        before: Annotated[str | None, Query(max_length=20)] = None,
+    ) -> Response:
+        actor, tenant = (actor or "").strip() or None, (tenant or "").strip() or None
+        try:
+            with get_engine().connect() as conn:
+                rows, older = reads.audit_page(conn, actor, tenant, before)
+            problem: str | None = None
+        except reads.BadQuery as exc:
+            rows, older, problem = [], None, str(exc)
+        return pages.render(
+            request,
+            "audit.html",
+            status.HTTP_422_UNPROCESSABLE_CONTENT if problem else status.HTTP_200_OK,
+            rows=rows,
+            before=older,
+            actor=actor or "",
+            tenant=tenant or "",
+            retention_days=get_settings().events_retention_days,
+            problem=problem,
+        )

@@ -17,11 +17,13 @@ from sqlalchemy import Connection, select, text, tuple_
 from api_hooks.errors import InvalidTenantId
 from api_hooks.tenants import validate_tenant_id
 from worker import store
+from worker.event_reads import audit
 from worker.models import UNPROVISIONED, provisioning_attempts, reconcile_stats, tenants
 from worker.states import STATES
 
 PAGE_SIZE = 50
 ATTEMPTS_SHOWN = 50
+EVENTS_SHOWN = 50  # a tenant's timeline: its last events
 
 
 class BadQuery(ValueError):
@@ -142,3 +144,21 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     if changed.tzinfo is None:
         raise BadQuery("the page cursor is not valid; start again from the newest")
     return changed, tenant_id
+
+
+def audit_page(
+    conn: Connection, actor: str | None, tenant: str | None, before: str | None
+) -> tuple[list[Any], int | None]:
+    """A page of operator actions, newest first, and where the next starts (an event id);
+    BadQuery for a tenant id or cursor that cannot be one."""
+    if tenant:
+        try:
+            validate_tenant_id(tenant)
+        except InvalidTenantId as exc:
+            raise BadQuery(f"tenant: {exc}") from exc
+    start: int | None = None
+    if before:
+        if not (before.isascii() and before.isdigit()) or not 0 < int(before) < 2**63:
+            raise BadQuery("the page cursor is not valid; start again from the newest")
+        start = int(before)
+    return audit(conn, actor=actor, tenant=tenant, before=start, limit=PAGE_SIZE)

@@ -21,13 +21,15 @@ from urllib.parse import quote
 from fastapi import HTTPException, Request, status
 from sqlalchemy import ColumnElement, Connection, Engine, func, select, text, true, update
 
+from api_hooks.actors import OPERATOR_TOKEN_ACTOR
 from api_hooks.console.guard import key_for, mac_of
+from worker import events
 from worker.db import get_engine
 from worker.models import console_sessions
 
 SESSION_COOKIE = "tp_console_session"
 RETAINED_DAYS = 7  # ended sessions stay listed this long, then the next sign-in deletes them
-ACTOR = "operator-token"  # who signs in to the standalone console: the holder of the token
+ACTOR = OPERATOR_TOKEN_ACTOR  # who signs in to the standalone console: the token's holder
 
 
 class ConsoleSessions:
@@ -60,7 +62,8 @@ class ConsoleSessions:
         return hmac.compare_digest(supplied.encode(), self._token)
 
     def issue(self, address: str | None) -> str:
-        """A new session for a browser at ``address``; its cookie value."""
+        """A new session for a browser at ``address``; its cookie value. The sign-in is
+        recorded in the event log (``operator.sign_in``) in the same transaction."""
         session_id = secrets.token_urlsafe(32)
         with self._engine().begin() as conn:
             conn.execute(
@@ -84,27 +87,33 @@ class ConsoleSessions:
                     "max_age": self.max_age,
                 },
             )
+            events.acting(conn, ACTOR, events.Route.CONSOLE)
+            signed_in = {"address": (address or "")[:64] or None}
+            events.record(conn, None, events.OperatorAction.SIGN_IN, signed_in)
         return f"{session_id}.{mac_of(self._key, session_id)}"
 
     def valid(self, cookie: str | None) -> bool:
         """The cookie is ours and its session is live; marks it used now."""
+        return self.actor(cookie) is not None
+
+    def actor(self, cookie: str | None) -> str | None:
+        """Who the cookie's session signed in as, if the cookie is ours and its session is
+        live (None otherwise); marks it used now."""
         id_hash = self._id_hash(cookie)
         if id_hash is None:
-            return False
+            return None
         with self._engine().begin() as conn:
-            return (
-                conn.execute(
-                    text(
-                        "UPDATE console_sessions SET last_seen_at = clock_timestamp() "
-                        "WHERE id_hash = :id_hash AND ended_at IS NULL "
-                        "AND expires_at > clock_timestamp() "
-                        "AND last_seen_at > clock_timestamp() - make_interval(secs => :idle) "
-                        "RETURNING 1"
-                    ),
-                    {"id_hash": id_hash, "idle": self.idle},
-                ).first()
-                is not None
-            )
+            actor: str | None = conn.execute(
+                text(
+                    "UPDATE console_sessions SET last_seen_at = clock_timestamp() "
+                    "WHERE id_hash = :id_hash AND ended_at IS NULL "
+                    "AND expires_at > clock_timestamp() "
+                    "AND last_seen_at > clock_timestamp() - make_interval(secs => :idle) "
+                    "RETURNING actor"
+                ),
+                {"id_hash": id_hash, "idle": self.idle},
+            ).scalar()
+            return actor
 
     def end(self, cookie: str | None) -> None:
         """Sign-out: the session ends at once, wherever a copy of its cookie is."""
@@ -120,13 +129,14 @@ class ConsoleSessions:
             return None
         return _digest(session_id)
 
-    def dependency(self, sign_in_route: str) -> Callable[[Request], None]:
-        """A ``require_operator`` for the console: without a valid session, a redirect to
-        the sign-in page that comes back to the page asked for."""
+    def dependency(self, sign_in_route: str) -> Callable[[Request], str]:
+        """A ``require_operator`` for the console, returning who the session signed in as:
+        without a valid session, a redirect to the sign-in page that comes back to the page
+        asked for."""
 
-        def require_console_session(request: Request) -> None:
-            if self.valid(request.cookies.get(SESSION_COOKIE)):
-                return
+        def require_console_session(request: Request) -> str:
+            if (actor := self.actor(request.cookies.get(SESSION_COOKIE))) is not None:
+                return actor
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             sign_in = request.url_for(sign_in_route).path
             raise HTTPException(

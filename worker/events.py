@@ -1,0 +1,174 @@
+"""The tenant event log, writing side: who acts, operator actions, pruning (migration 0011).
+
+A tenant's transitions are written by the trigger ``tenants_write_event`` on ``tenants``, in
+the transaction of the change: no code path can change a tenant's state without its event, and
+a change that rolls back takes its event with it. Operator actions are written by the hooks
+with :func:`record`, in the transaction of their change. Both name who acted and by which
+route, from two transaction-local settings that :func:`acting` sets (``set_config(..., true)``:
+gone at commit, so a pooled connection carries nothing to its next user). Unset - the worker's
+own transactions, which pay no extra round trip - the actor is NULL and the route ``worker``.
+
+Reading (the CloudEvents envelope, pages, the global cursor) is ``worker.event_reads``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
+
+logger = logging.getLogger(__name__)
+
+ACTOR_SETTING = "tenant_provisioner.actor"
+ROUTE_SETTING = "tenant_provisioner.route"
+MAX_ACTOR_LENGTH = 200
+
+
+class Route(enum.StrEnum):
+    """Where an event came from (``tenant_events.route``)."""
+
+    HTTP = "http"  # the operator HTTP API (ours, or mounted in the UI)
+    CONSOLE = "console"  # the operator console's pages
+    CLI = "cli"  # tenantctl
+    PYTHON = "python"  # a hook called directly (the UI's Python, a script)
+    WORKER = "worker"  # a provisioning or deletion run (no route set)
+    RECONCILER = "reconciler"  # a reconcile run
+    EXTERNAL = "external"  # a tenants row inserted by SQL outside our code (the UI's own INSERT)
+    MIGRATION = "migration"  # the tenants as they were when migration 0011 ran
+
+
+class OperatorAction(enum.StrEnum):
+    """The operator actions of the audit trail (event type ``operator.<action>``)."""
+
+    CREATED = "operator.created"
+    RETRY = "operator.retry"
+    DELETE = "operator.delete"
+    ADOPT = "operator.adopt"
+    SIGN_IN = "operator.sign_in"
+
+
+# What the trigger writes (``tenant.<transition>``); docs/events.md says when each is written.
+TENANT_EVENT_TYPES = (
+    "tenant.imported",
+    "tenant.created",
+    "tenant.provisioning_started",
+    "tenant.retry_scheduled",
+    "tenant.provisioned",
+    "tenant.failed",
+    "tenant.waiting_for_capacity",
+    "tenant.waiting_for_node",
+    "tenant.drift_found",
+    "tenant.resumed",
+    "tenant.retry_requested",
+    "tenant.requeued",
+    "tenant.adopted",
+    "tenant.deletion_requested",
+    "tenant.deletion_failed",
+    "tenant.deprovisioned",
+    "tenant.state_changed",
+)
+EVENT_TYPES = TENANT_EVENT_TYPES + tuple(a.value for a in OperatorAction)
+
+
+def clean_actor(actor: str) -> str:
+    """``actor`` fit for storage: no NUL, bounded (it is shown escaped wherever it is shown)."""
+    actor = actor.replace("\x00", "")
+    return actor if len(actor) <= MAX_ACTOR_LENGTH else actor[:MAX_ACTOR_LENGTH] + "..."
+
+
+def acting(conn: Connection, actor: str | None, route: str) -> None:
+    """Name who acts, and by which route, for every event of the caller's open transaction
+    (the trigger's included); cleared by its commit or rollback. Call it before the change."""
+    conn.execute(
+        text(
+            "SELECT set_config(:actor_setting, :actor, true), "
+            "set_config(:route_setting, :route, true)"
+        ),
+        {
+            "actor_setting": ACTOR_SETTING,
+            "actor": clean_actor(actor) if actor else "",
+            "route_setting": ROUTE_SETTING,
+            "route": str(route),
+        },
+    )
+
+
+def record(
+    conn: Connection, tenant_id: str | None, event_type: str, data: Mapping[str, Any]
+) -> int:
+    """Append one event in the caller's transaction (the caller commits); its id. A tenant's
+    event takes the tenant's next ``seq``; ``tenant_id`` None is an event of the deployment.
+    ``data``'s None values are left out, as the trigger leaves out NULL columns."""
+    written = conn.execute(
+        text("SELECT tenant_events_append(:tenant_id, :type, CAST(:data AS jsonb))"),
+        {
+            "tenant_id": tenant_id,
+            "type": str(event_type),
+            "data": json.dumps({k: v for k, v in data.items() if v is not None}, default=str),
+        },
+    ).scalar_one()
+    return int(written)
+
+
+@contextmanager
+def session_route(conn: Connection, route: Route) -> Iterator[None]:
+    """Every transaction of ``conn`` inside the block writes its events with ``route`` (a
+    session setting: a reconcile run commits many times). Cleared on the way out; a connection
+    that cannot be cleared is not given back to the pool."""
+    conn.execute(
+        text("SELECT set_config(:setting, :route, false)"),
+        {"setting": ROUTE_SETTING, "route": route.value},
+    )
+    conn.commit()  # a session setting made in a transaction that rolls back is undone
+    try:
+        yield
+    finally:
+        try:
+            conn.rollback()
+            conn.execute(text("SELECT set_config(:setting, '', false)"), {"setting": ROUTE_SETTING})
+            conn.commit()
+        except DBAPIError:
+            # Never hide why the block ended; the connection leaves the pool with its session.
+            logger.warning("could not clear the session's event route", exc_info=True)
+            conn.invalidate()
+        except BaseException:
+            conn.invalidate()
+            raise
+
+
+def prune(conn: Connection, older_than: datetime, batch_size: int, stop: Callable[[], bool]) -> int:
+    """Delete events written before ``older_than``, ``batch_size`` per transaction (each
+    committed), until none is left or ``stop()``; the number deleted.
+
+    A tenant's last event is kept, however old: the next one's ``seq`` follows it (also for an
+    id deleted and created again), and the log's last word on every tenant stays its state.
+    """
+    deleted = 0
+    while not stop():
+        count = conn.execute(_PRUNE, {"older_than": older_than, "batch": batch_size}).rowcount
+        conn.commit()
+        deleted += count
+        if count < batch_size:
+            break
+    return deleted
+
+
+_PRUNE = text(
+    """
+    DELETE FROM tenant_events WHERE id IN (
+        SELECT old.id FROM tenant_events old
+        WHERE old.time < :older_than
+          AND (old.tenant_id IS NULL OR EXISTS (
+              SELECT 1 FROM tenant_events newer
+              WHERE newer.tenant_id = old.tenant_id AND newer.seq > old.seq))
+        ORDER BY old.time
+        LIMIT :batch)
+    """
+)
