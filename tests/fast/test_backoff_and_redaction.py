@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 import logging
-import math
 import random
-import time
-from collections.abc import Callable
 
-import pytest
-
-from api_hooks.tenants import _TENANT_ID_REST
 from worker.logs import MAX_LOG_LINE, RedactingFormatter
-from worker.redaction import _SECRET_QUERY_KEYS, redact, redact_capped
+from worker.redaction import redact, redact_capped
 from worker.runs import next_backoff
-from worker.settings_rules import RETENTION_PERIOD
 
 
 def test_backoff_is_full_jitter_under_a_growing_capped_ceiling():
@@ -37,69 +29,6 @@ def test_redaction_removes_known_secrets_headers_and_url_passwords():
 
 # Shapes that made a backtracking pattern quadratic, or stress each pattern's loops: runs of
 # scheme characters with and without "://", many almost-URLs, many auth words.
-HOSTILE = {
-    "scheme run": "a-",
-    "scheme run, dots": "a.",
-    "almost URLs": "a://",
-    "URL colons": "x:",
-    "URLs with passwords": "a://b:c@",
-    "auth words": "bearer ",
-    "query keys": "tokenpassword",
-    "digits": "1",
-}
-
-
-def _seconds(work: Callable[[str], object], text: str) -> float:
-    """The best of 5 runs of ``work(text)``, in this thread's CPU time with the collector off:
-    wall time counts whatever else the machine runs (two test workers on two cores, say)."""
-    best = math.inf
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(5):
-            started = time.thread_time()
-            work(text)
-            best = min(best, time.thread_time() - started)
-    finally:
-        if collecting:
-            gc.enable()
-    return best
-
-
-@pytest.mark.parametrize("shape", list(HOSTILE), ids=list(HOSTILE))
-def test_every_pattern_on_untrusted_text_stays_linear(shape):
-    # Each pattern that reads what a client sent (log lines carry raw paths and queries; ids,
-    # retention periods and query keys come from requests), on 100 KB and 800 KB of a hostile
-    # shape: eight times the text takes about eight times as long; quadratic would take 64
-    # times. The bound, 20, leaves room for a loaded machine (other tests beside this one).
-    unit = HOSTILE[shape]
-    patterns: list[Callable[[str], object]] = [
-        _redact_with_a_secret,
-        _SECRET_QUERY_KEYS.search,
-        RETENTION_PERIOD.fullmatch,
-        _TENANT_ID_REST.fullmatch,
-    ]
-    small = unit * (100_000 // len(unit))
-    for pattern in patterns:
-        once, eight = _seconds(pattern, small), _seconds(pattern, small * 8)
-        if once < 0.002:  # too fast for a ratio to mean anything; quadratic would take seconds
-            assert eight < 0.2, (shape, pattern, eight)
-        else:
-            assert eight / once < 20, (shape, pattern, once, eight)
-
-
-def _redact_with_a_secret(text: str) -> str:
-    return redact(text, ["known-secret"])
-
-
-def test_a_hostile_megabyte_is_redacted_in_well_under_a_second():
-    # The issue's measure is 50 ms on the reference machine (the closing note gives it); here
-    # a bound that no loaded CI machine misses but a quadratic pattern (minutes) cannot meet.
-    for unit in HOSTILE.values():
-        line = unit * (1_000_000 // len(unit))
-        assert _seconds(_redact_with_a_secret, line) < 1.0, unit
-
-
 def test_a_secret_cut_by_the_length_cap_is_cut_away_whole():
     # Given a secret that straddles the cap
     secret = "tok-" + "s" * 40

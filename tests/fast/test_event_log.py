@@ -21,7 +21,6 @@ from api_hooks import adopt_database, create_tenant, delete_tenant, request_prov
 from api_hooks.errors import TenantBusy, TenantExists
 from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
 from tests.fast.conftest import Published, World, insert
-from tests.fast.test_migrations import alembic
 from worker import events
 from worker.db import get_engine
 from worker.event_reads import BadCursor, events_after, horizon
@@ -527,58 +526,6 @@ def test_pruning_stops_when_told(db):
 
 def conn_now(conn: Any) -> Any:
     return conn.exec_driver_sql("SELECT now()").scalar() + timedelta(seconds=1)
-
-
-# -- the migration ----------------------------------------------------------------------------
-
-
-def test_the_migration_records_every_existing_tenant_and_downgrades_cleanly(scratch_database):
-    alembic(scratch_database, "upgrade", "0010")
-    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node) VALUES "
-            "('a', 'a', 'provisioned', 'alpha'), ('b', 'b', 'failed', NULL)"
-        )
-    alembic(scratch_database, "upgrade", "head")
-    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT tenant_id, seq, type, route, data->>'state' FROM tenant_events "
-            "ORDER BY tenant_id"
-        ).fetchall()
-        assert rows == [
-            ("a", 1, "tenant.imported", "migration", "provisioned"),
-            ("b", 1, "tenant.imported", "migration", "failed"),
-        ]
-        conn.execute("UPDATE tenants SET influxdb_state = 'pending' WHERE tenant_id = 'b'")
-        assert conn.execute(
-            "SELECT seq, type FROM tenant_events WHERE tenant_id = 'b' ORDER BY seq DESC LIMIT 1"
-        ).fetchone() == (2, "tenant.resumed")
-        # the model says what the migration made
-        columns = dict(
-            conn.execute(
-                "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_name = 'tenant_events'"
-            ).fetchall()
-        )
-        indexes = {
-            r[0]
-            for r in conn.execute(
-                "SELECT indexname FROM pg_indexes WHERE tablename = 'tenant_events'"
-            ).fetchall()
-        }
-    from worker.models import tenant_events  # noqa: PLC0415
-
-    assert set(columns) == {c.name for c in tenant_events.columns}
-    assert columns["xid"] == "xid8" and columns["data"] == "jsonb"
-    assert {i.name for i in tenant_events.indexes} | {
-        "tenant_events_pkey",
-        "uq_tenant_events_tenant_seq",
-    } == indexes
-
-    alembic(scratch_database, "downgrade", "0010")
-    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
-        assert conn.execute("SELECT to_regclass('tenant_events')").fetchone() == (None,)
-        conn.execute("UPDATE tenants SET influxdb_state = 'failed' WHERE tenant_id = 'b'")
 
 
 def test_a_deletion_that_fails_says_why_and_one_that_ends_says_so(db, world: World, queue):
