@@ -4,8 +4,9 @@
   UI's own (``require_operator_admin``) or ours. What it *returns* is the operator's identity,
   and :func:`actor_of` turns it into the actor: a string as it is; a mapping's ``username``,
   ``email``, ``id`` or ``sub`` (the first one present and not None); an object's
-  ``username``, ``email`` or ``id`` attribute (likewise); anything else ``str()`` of it; None
-  (a check that returns nothing) ``unidentified``.
+  ``username``, ``email`` or ``id`` attribute (likewise), when it is a string or a number;
+  anything else - and None, a check that returns nothing - ``unidentified``. Never ``str()`` of
+  an unknown object: FastAPI's bearer credentials print their token, a claims dict its secrets.
 - **Our bearer token** (``api_hooks.router.bearer_token_auth``) returns ``operator-token``; a
   **console session** returns the identity it signed in as (``operator-token`` for the
   standalone app's sign-in with the token).
@@ -35,15 +36,16 @@ def actor_of(identity: object) -> str:
         return UNIDENTIFIED
     if isinstance(identity, str):
         return identity or UNIDENTIFIED
+    if isinstance(identity, int) and not isinstance(identity, bool):
+        return str(identity)  # a user id
     if isinstance(identity, Mapping):
-        for key in _KEYS:
-            if identity.get(key) is not None:
-                return str(identity[key])
+        values = [identity.get(key) for key in _KEYS]
     else:
-        for attribute in _ATTRIBUTES:
-            if (value := getattr(identity, attribute, None)) is not None:
-                return str(value)
-    return str(identity) or UNIDENTIFIED
+        values = [getattr(identity, attribute, None) for attribute in _ATTRIBUTES]
+    for value in values:
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+            return str(value)
+    return UNIDENTIFIED
 
 
 def identified(require_operator: Callable[..., Any]) -> Callable[..., None]:

@@ -22,6 +22,7 @@ from worker.event_reads import (
     tenant_page,
 )
 from worker.event_reads import audit as audit_rows
+from worker.events import MAX_ACTOR_FILTER
 
 
 class TenantEventsBody(TypedDict):
@@ -77,6 +78,8 @@ def audit_trail(
         raise InvalidCursor(f"limit must be a whole number from 1 to {MAX_LIMIT}")
     if before is not None and before < 1:
         raise InvalidCursor("before must be an event's id (a positive whole number)")
+    if actor is not None and ("\x00" in actor or len(actor) > MAX_ACTOR_FILTER):
+        raise InvalidCursor(f"actor must be at most {MAX_ACTOR_FILTER} characters, no NUL")
     with get_engine().connect() as conn:
         rows, following = audit_rows(
             conn, actor=actor, tenant=tenant_id, before=before, limit=limit

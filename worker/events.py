@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 ACTOR_SETTING = "tenant_provisioner.actor"
 ROUTE_SETTING = "tenant_provisioner.route"
 MAX_ACTOR_LENGTH = 200
+MAX_ACTOR_FILTER = MAX_ACTOR_LENGTH + 3  # a longer actor is stored cut, ending "..."
 
 
 class Route(enum.StrEnum):

@@ -384,6 +384,8 @@ def _message(error: ErrorDetails) -> str:
         what = f"must be at least {rules.show(ctx['ge'])}"
     elif error["type"] in ("int_parsing", "float_parsing"):
         what = "must be a whole number" if error["type"] == "int_parsing" else "must be a number"
+    if facts(field).get("file") or "URL" in str(loc[0]):
+        return f"{loc[0]} {what}"  # a secret, or a URL that may carry a password: not repeated
     return f"{loc[0]} {what} (got {error['input']!r})"
 
 

@@ -81,7 +81,7 @@ def psycopg_url(url: str) -> str:
     """DATABASE_URL for psycopg 3 (``postgresql://`` is rewritten); never repeats the URL."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise SettingsError("DATABASE_URL is not a valid SQLAlchemy URL") from None
     if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)

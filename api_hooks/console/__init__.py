@@ -37,12 +37,17 @@ def standalone_console(
     router = APIRouter()
     router.include_router(
         sign_in_router(
-            sessions, Pages(CsrfGuard(console_secret), sign_out_route=None), secure_cookies
+            sessions,
+            Pages(CsrfGuard(console_secret), sign_out_route=None, secure_cookies=secure_cookies),
+            secure_cookies,
         )
     )
     router.include_router(
         console_router(
-            sessions.dependency(SIGN_IN_ROUTE), console_secret, sign_out_route=SIGN_OUT_ROUTE
+            sessions.dependency(SIGN_IN_ROUTE),
+            console_secret,
+            sign_out_route=SIGN_OUT_ROUTE,
+            secure_cookies=secure_cookies,
         )
     )
     return router

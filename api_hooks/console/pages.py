@@ -51,12 +51,16 @@ def console_router(
     csrf_secret: bytes | Callable[[], bytes],
     *,
     sign_out_route: str | None = None,
+    secure_cookies: bool = False,
 ) -> APIRouter:
     """The console's pages under ``/operator/console``, every one behind ``require_operator``
     (the UI passes its own operator check; what it returns is the actor of the actions,
     ``api_hooks.actors``). ``csrf_secret`` signs the forms' tokens: a secret of the app's,
-    the same in every process that serves the console."""
-    pages = Pages(CsrfGuard(csrf_secret), sign_out_route=sign_out_route)
+    the same in every process that serves the console. ``secure_cookies``: served only over
+    HTTPS (behind a TLS proxy), so the CSRF cookie is ``Secure`` whatever the proxy forwards."""
+    pages = Pages(
+        CsrfGuard(csrf_secret), sign_out_route=sign_out_route, secure_cookies=secure_cookies
+    )
     router = APIRouter(
         prefix=PREFIX,
         dependencies=[Depends(identified(require_operator))],

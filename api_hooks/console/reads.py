@@ -18,6 +18,7 @@ from api_hooks.errors import InvalidTenantId
 from api_hooks.tenants import validate_tenant_id
 from worker import store
 from worker.event_reads import audit
+from worker.events import MAX_ACTOR_FILTER
 from worker.models import UNPROVISIONED, provisioning_attempts, reconcile_stats, tenants
 from worker.states import STATES
 
@@ -150,7 +151,9 @@ def audit_page(
     conn: Connection, actor: str | None, tenant: str | None, before: str | None
 ) -> tuple[list[Any], int | None]:
     """A page of operator actions, newest first, and where the next starts (an event id);
-    BadQuery for a tenant id or cursor that cannot be one."""
+    BadQuery for a tenant id, actor or cursor that cannot be one."""
+    if actor and ("\x00" in actor or len(actor) > MAX_ACTOR_FILTER):
+        raise BadQuery(f"actor: at most {MAX_ACTOR_FILTER} characters, no NUL")
     if tenant:
         try:
             validate_tenant_id(tenant)

@@ -86,9 +86,14 @@ _ENVIRONMENT.globals.update(css=CSS, state_signs=STATE_SIGNS, csrf_field=CSRF_FI
 class Pages:
     """Renders console pages for one router: templates, CSRF tokens, security headers."""
 
-    def __init__(self, csrf: CsrfGuard, *, sign_out_route: str | None) -> None:
+    def __init__(
+        self, csrf: CsrfGuard, *, sign_out_route: str | None, secure_cookies: bool = False
+    ) -> None:
+        """``secure_cookies``: the deployment is behind TLS (``API_BEHIND_TLS``): the CSRF
+        cookie is ``Secure`` whatever scheme the proxy forwarded."""
         self.csrf = csrf
         self.sign_out_route = sign_out_route
+        self.secure_cookies = secure_cookies
 
     def render(
         self, request: Request, template: str, status_code: int = 200, **context: Any
@@ -116,6 +121,6 @@ class Pages:
                 path="/",
                 httponly=True,
                 samesite="strict",
-                secure=request.url.scheme == "https",
+                secure=self.secure_cookies or request.url.scheme == "https",
             )
         return response

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from api_hooks.app import CachedScrape, create_app
 from api_hooks.console.sessions import SESSION_COOKIE
 from api_hooks.headers import SECURITY_HEADERS
-from harness.console import sign_in
+from harness.console import form_token, sign_in
 from tests.conftest import OPERATOR_TOKEN
 from worker.settings import Settings, SettingsError
 
@@ -64,8 +64,15 @@ def test_every_answer_carries_the_security_headers(db, method, path, headers, ex
 def test_behind_tls_every_answer_says_so_and_cookies_are_secure(db):
     with app_with(API_BEHIND_TLS="1") as client:
         assert client.get("/nowhere").headers["strict-transport-security"].startswith("max-age=")
-        # Over plain HTTP from the proxy, the session cookie is still Secure
-        response = sign_in(client, CONSOLE, OPERATOR_TOKEN)
+        # Over plain HTTP from the proxy, the form token's cookie is Secure...
+        page = client.get(f"{CONSOLE}/sign-in")
+        csrf = next(c for c in page.headers.get_list("set-cookie") if "tp_console_csrf" in c)
+        assert "Secure" in csrf
+        # ...and so is the session's (the browser, on HTTPS, sends the first one back)
+        client.cookies.set("tp_console_csrf", csrf.split(";")[0].split("=", 1)[1], path="/")
+        fields = {"token": OPERATOR_TOKEN, "csrf_token": form_token(page.text), "next": CONSOLE}
+        response = client.post(f"{CONSOLE}/sign-in", data=fields)
+    assert response.status_code == 303
     cookie = next(c for c in response.headers.get_list("set-cookie") if SESSION_COOKIE in c)
     assert "Secure" in cookie
 

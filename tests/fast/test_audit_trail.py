@@ -15,10 +15,17 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
-from api_hooks import InvalidCursor, create_tenant, request_provisioning, tenant_events
+from api_hooks import (
+    InvalidCursor,
+    audit_trail,
+    create_tenant,
+    request_provisioning,
+    tenant_events,
+)
 from api_hooks.actors import actor_of
 from api_hooks.app import create_app
 from api_hooks.cli import main as cli_main
@@ -80,6 +87,10 @@ IDENTITIES = [
     ("carol", "carol"),
     (None, "unidentified"),
     (12345, "12345"),
+    # Never str() of what it cannot read: bearer credentials print their token, claims theirs
+    (HTTPAuthorizationCredentials(scheme="Bearer", credentials="eyJ.SECRET.jwt"), "unidentified"),
+    ({"token": "eyJ.SECRET.jwt", "role": "admin"}, "unidentified"),
+    (Admin(9, None, None), "9"),  # type: ignore[arg-type]
 ]
 
 
@@ -353,6 +364,11 @@ def test_the_audit_page_lists_operator_actions_filtered_by_actor_and_tenant(db, 
     bad = console.get(f"{CONSOLE}/audit", params={"tenant": "no such!"})
     assert bad.status_code == 422 and "tenant:" in bad.text
     assert console.get(f"{CONSOLE}/audit", params={"before": "x"}).status_code == 422
+    # An actor Postgres cannot hold (NUL) or longer than any stored one: refused, not a 500
+    for actor in ("\x00", "a\x00b", "x" * 300):
+        assert console.get(f"{CONSOLE}/audit", params={"actor": actor}).status_code == 422
+    with pytest.raises(InvalidCursor):
+        audit_trail(actor="\x00")
 
 
 def test_the_audit_page_needs_a_session(db):

@@ -335,3 +335,10 @@ def test_a_token_shorter_than_32_characters_stops_the_process_naming_it(variable
     with pytest.raises(SettingsError, match=f"{variable} must be at least 32 characters"):
         Settings.from_env({variable: "s3cret-but-short"})
     assert getattr(Settings.from_env({variable: "x" * 32}), variable.lower()) == "x" * 32
+
+
+def test_a_malformed_database_url_is_refused_without_repeating_its_password():
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"DATABASE_URL": "postgresql://user:s3cretpw@db:abc/x"})
+    assert "DATABASE_URL" in str(refused.value)
+    assert "s3cretpw" not in str(refused.value)
