@@ -4,14 +4,12 @@ lives beside the rest of the security suite rather than in the fast layer's edit
 
 from __future__ import annotations
 
-import gc
-import math
-import time
 from collections.abc import Callable
 
 import pytest
 
 from api_hooks.tenants import _TENANT_ID_REST
+from tests.security.timing import cpu_seconds as _seconds
 from worker.redaction import _SECRET_QUERY_KEYS, redact
 from worker.settings_rules import RETENTION_PERIOD
 
@@ -25,23 +23,6 @@ HOSTILE = {
     "query keys": "tokenpassword",
     "digits": "1",
 }
-
-
-def _seconds(work: Callable[[str], object], text: str) -> float:
-    """The best of 5 runs of ``work(text)``, in this thread's CPU time with the collector off:
-    wall time counts whatever else the machine runs (two test workers on two cores, say)."""
-    best = math.inf
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(5):
-            started = time.thread_time()
-            work(text)
-            best = min(best, time.thread_time() - started)
-    finally:
-        if collecting:
-            gc.enable()
-    return best
 
 
 @pytest.mark.parametrize("shape", list(HOSTILE), ids=list(HOSTILE))

@@ -20,15 +20,12 @@ before redacting it, ``worker.redaction.redact_capped``).
 from __future__ import annotations
 
 import ast
-import gc
 import importlib
 import logging
-import math
 import pkgutil
 import re
 import re._constants as sre
 import re._parser as sre_parse
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -37,6 +34,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tests.security.timing import cpu_seconds as _seconds
 
 PACKAGES = ("worker", "api_hooks", "locations_client")
 RE_FUNCTIONS = {"compile", "match", "search", "fullmatch", "findall", "finditer", "split", "sub"}
@@ -330,24 +328,6 @@ def hostile_units(pattern: re.Pattern[str]) -> list[str]:
         units += [whole, whole[:-1], whole + "\x00", whole.upper()]
     units += BATTERY
     return list(dict.fromkeys(u for u in units if u))  # in order, once each
-
-
-def _seconds(work: Callable[[str], object], text: str, runs: int) -> float:
-    """The best of ``runs`` timings in CPU seconds of this thread - on a shared, loaded machine
-    wall time also counts the time others had the core - with the garbage collector off (as
-    timeit does): findall's 100,000 empty matches would otherwise time a collection."""
-    best = math.inf
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(runs):
-            started = time.thread_time()
-            work(text)
-            best = min(best, time.thread_time() - started)
-    finally:
-        if collecting:
-            gc.enable()
-    return best
 
 
 def _too_slow(work: Callable[[str], object], unit: str, runs: int) -> str | None:
