@@ -147,3 +147,15 @@ class TenantEventsPage(BaseModel):
     events: list[CloudEvent]
     next: int = Field(description="`after` for the next page (or for polling)")
     more: bool = Field(description="The page is full: ask again with `after=next` at once")
+
+
+class EventsPage(BaseModel):
+    """A page of every tenant's events in the global order."""
+
+    events: list[CloudEvent]
+    next: str = Field(
+        description="`after` for the next page: the last event's id, or where the log was read "
+        "up to (also when the page is empty: poll with it)",
+        examples=["7342-0"],
+    )
+    more: bool = Field(description="The page is full: ask again with `after=next` at once")

@@ -11,7 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from anyio import to_thread
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from api_hooks.actors import OPERATOR_TOKEN_ACTOR, actor_from, identified
 from api_hooks.auth import bearer_auth
@@ -26,7 +38,7 @@ from api_hooks.errors import (
     TenantNotFound,
     UnknownNode,
 )
-from api_hooks.events import TenantEventsPage, tenant_events
+from api_hooks.events import EventsPage, TenantEventsPage, tenant_events
 from api_hooks.http_errors import PlainErrorRoute, error_responses, unprocessable
 from api_hooks.schemas import (
     TENANT_ID_RULE,
@@ -39,6 +51,7 @@ from api_hooks.schemas import (
 )
 from api_hooks.shapes import CreatedTenant, DeletedTenant, TenantStatsBody
 from api_hooks.status import tenant_stats
+from api_hooks.stream import TooManyStreams, check_capacity, event_stream, events_page, selection
 from api_hooks.tenants import (
     adopt_database,
     create_tenant,
@@ -254,7 +267,91 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
         return TenantEventsPage.model_validate(page)
 
+    _events_route(router)
     return router
+
+
+STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+def _events_route(router: APIRouter) -> None:
+    @router.get(
+        "/events",
+        summary="Follow every tenant's events: pages of JSON, or a Server-Sent Events stream",
+        response_model=None,
+        responses={
+            200: {
+                "description": "`Accept: text/event-stream`: a stream that stays open, one "
+                "message per event (`id:` the event's id, `event:` its type, `data:` the "
+                "CloudEvent), resumed from `Last-Event-ID`. Otherwise: a page of JSON",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/EventsPage"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+                "model": EventsPage,
+            },
+            **error_responses(
+                {
+                    400: "`after`, `Last-Event-ID`, `limit`, `tenant` or `type` is not valid "
+                    "(the message says which)",
+                    503: "This process serves as many streams as it may; try again later",
+                }
+            ),
+        },
+    )
+    async def get_events(
+        request: Request,
+        after: Annotated[
+            str | None,
+            Query(
+                description='Read after this event id (`"<xid>-<id>"`, a page\'s `next`); '
+                "`0-0`: from the first event kept; absent: from now on",
+                examples=["7342-120"],
+            ),
+        ] = None,
+        tenant: Annotated[str | None, Query(description="Only this tenant's events")] = None,
+        event_type: Annotated[
+            list[str],
+            Query(
+                alias="type",
+                description="Only events of these types (repeat the parameter), e.g. "
+                "`tenant.provisioned`",
+            ),
+        ] = [],  # noqa: B006 - FastAPI copies the default per request
+        limit: Annotated[
+            str | None,
+            Query(description=f"JSON pages: events per page, 1 to {MAX_LIMIT}"),
+        ] = None,
+        last_event_id: Annotated[
+            str | None,
+            Header(
+                alias="Last-Event-ID",
+                description="Sent by a reconnecting EventSource: wins over `after`",
+            ),
+        ] = None,
+    ) -> Response:
+        """Every tenant's events in one order that never changes (an event is listed once it
+        and every older transaction have committed), so that a reader resuming after the
+        last id it saw misses none and sees none twice."""
+        try:
+            chosen = await to_thread.run_sync(selection, after, last_event_id, tenant, event_type)
+            if "text/event-stream" not in request.headers.get("accept", ""):
+                page = await to_thread.run_sync(events_page, chosen, limit)
+                body = EventsPage.model_validate(page).model_dump(mode="json", exclude_none=True)
+                return JSONResponse(body)
+        except (InvalidCursor, InvalidTenantId) as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
+        try:
+            check_capacity()
+        except TooManyStreams as exc:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail="too many event streams on this process; try again later",
+                headers={"Retry-After": "5"},
+            ) from exc
+        return StreamingResponse(
+            event_stream(chosen), media_type="text/event-stream", headers=STREAM_HEADERS
+        )
 
 
 def _who(request: Request) -> dict[str, str]:

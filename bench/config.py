@@ -102,6 +102,9 @@ class Sizes:
     location_since_calls: int  # `since` calls timed, each after 1,000 changes
     location_clients: int  # concurrent clients polling the API ...
     location_client_seconds: float  # ... for this long
+    events_tenants: int  # provisioned per run of events on / off (four runs)
+    events_clients: int  # SSE clients on one API process ...
+    events_stream_events: int  # ... each receiving this many events
 
 
 FULL = Sizes(
@@ -134,6 +137,9 @@ FULL = Sizes(
     location_since_calls=20,
     location_clients=200,
     location_client_seconds=20.0,
+    events_tenants=2000,
+    events_clients=100,
+    events_stream_events=300,
 )
 
 QUICK = Sizes(
@@ -166,4 +172,7 @@ QUICK = Sizes(
     location_since_calls=5,
     location_clients=20,
     location_client_seconds=5.0,
+    events_tenants=100,
+    events_clients=10,
+    events_stream_events=20,
 )

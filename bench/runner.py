@@ -20,6 +20,7 @@ from bench import (
     adoption_scale,
     config,
     console_page,
+    events,
     fleet_reconcile,
     live_isolation,
     locations,
@@ -63,6 +64,7 @@ BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "adoption": (adoption_scale.BENCHMARK, adoption_scale.run),
     "fleet": (fleet_reconcile.BENCHMARK, fleet_reconcile.run),
     "locations": (locations.BENCHMARK, locations.run),
+    "events": (events.BENCHMARK, events.run),
 }
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from api_hooks.actors import actor_from, identified
 from api_hooks.console import reads
 from api_hooks.console.guard import CSRF_FIELD, CsrfGuard
+from api_hooks.console.live import timeline_route
 from api_hooks.console.render import Pages
 from api_hooks.errors import InvalidTenantId, TenantNotFound
 from api_hooks.status import node_report, tenant_stats
@@ -108,7 +109,7 @@ def console_router(
             rows = stray_rows(conn)
         return pages.render(request, "strays.html", rows=rows)
 
-    _audit_route(router, pages)
+    _audit_route(router, pages)  # the audit trail, and the tenant page's live timeline
 
     @router.get("/tenants/{tenant_id}", name="console_tenant", response_class=HTMLResponse)
     def tenant(
@@ -202,7 +203,9 @@ def _see(request: Request, route: str, done: str, **params: str) -> RedirectResp
 
 
 def _audit_route(router: APIRouter, pages: Pages) -> None:
-    """``/operator/console/audit?actor=&tenant=``: operator actions, newest first."""
+    """``/operator/console/audit?actor=&tenant=``: operator actions, newest first; and the
+    tenant page's live timeline (``api_hooks.console.live``)."""
+    timeline_route(router)
 
     @router.get("/audit", name="console_audit", response_class=HTMLResponse)
     def audit_page(

@@ -1,8 +1,9 @@
 """How a console page is made: Jinja2 templates with autoescape on (tenant names are free text),
 one stylesheet inlined and allowed by its hash, and the headers every page carries.
 
-The Content-Security-Policy allows no script at all, no inline style but the console's own
-(by its SHA-256), no framing, and forms posting only to this origin.
+The Content-Security-Policy allows no script but the console's one (the tenant page's live
+timeline) and no inline style but the console's own, each inlined and allowed by its SHA-256;
+connections (the timeline's stream) and forms only to this origin; no framing.
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ from worker.states import ProvisioningState
 
 HERE = Path(__file__).parent
 CSS = (HERE / "templates" / "console.css").read_text(encoding="utf-8")
-_CSS_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
+TIMELINE_JS = (HERE / "templates" / "timeline.js").read_text(encoding="utf-8")
+
+
+def _sha256(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
 CONTENT_SECURITY_POLICY = (
-    f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; img-src 'self'; "
+    f"default-src 'none'; style-src 'sha256-{_sha256(CSS)}'; "
+    f"script-src 'sha256-{_sha256(TIMELINE_JS)}'; connect-src 'self'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 SECURITY_HEADERS = {
@@ -80,7 +88,9 @@ _ENVIRONMENT = jinja2.Environment(
     ),
 )
 _ENVIRONMENT.filters.update(age=age, moment=moment)
-_ENVIRONMENT.globals.update(css=CSS, state_signs=STATE_SIGNS, csrf_field=CSRF_FIELD)
+_ENVIRONMENT.globals.update(
+    css=CSS, timeline_js=TIMELINE_JS, state_signs=STATE_SIGNS, csrf_field=CSRF_FIELD
+)
 
 
 class Pages:

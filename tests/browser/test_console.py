@@ -292,3 +292,44 @@ def test_a_forged_cross_site_post_is_refused(console, browser, db, provisioned_t
     row = tenant_row(db, provisioned_tenant)
     assert row is not None
     assert row["influxdb_state"] == "provisioned"
+
+
+def test_the_tenant_page_timeline_updates_by_itself(console, browser, db, influx, worker_process):
+    # Given a tenant that failed because InfluxDB refused the worker's token, its page open
+    influx.set_token("a-token-we-do-not-have")
+    tenant_id = new_tenant_id("live")
+    console.create(tenant_id, "Cold store 3")
+    wait_for_state(db, tenant_id, "failed")
+    sign_in(browser, console)
+    load(browser, f"{console.url}/tenants/{tenant_id}")
+    page = browser.find_element(By.TAG_NAME, "html")
+    shown = [
+        r.get_attribute("data-type")
+        for r in browser.find_elements(By.CSS_SELECTOR, "#timeline tbody tr")
+    ]
+    assert shown[0] == "tenant.failed"
+    wait_for(lambda: "Live:" in text(browser, "#timeline-live"), timeout=10, what="the stream")
+    # When the token is fixed and someone else retries it (the UI, through the HTTP API)
+    influx.set_token(INFLUX_TOKEN)
+    retried = console.api.post(
+        f"{console.base}/operator/tenants/{tenant_id}/influxdb/retry", timeout=10
+    )
+    assert retried.status_code == 202, retried.text
+
+    # Then, without a reload, the timeline shows the new events at the top, and the state
+    def newest() -> str | None:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#timeline tbody tr")
+        kind = rows[0].get_attribute("data-type") if rows else None
+        return kind if kind == "tenant.provisioned" else None
+
+    wait_for(newest, timeout=20, interval=0.2, what="the provisioned event on the open page")
+    assert page.is_enabled()  # the same document: it was not reloaded
+    assert "provisioned" in text(browser, "#state")
+    sequence = [
+        int(r.get_attribute("data-seq"))
+        for r in browser.find_elements(By.CSS_SELECTOR, "#timeline tbody tr")
+    ]
+    assert sequence == sorted(sequence, reverse=True)
+    assert len(sequence) == len(set(sequence))
+    assert sequence == list(range(sequence[0], 0, -1))[: len(sequence)]
+    screenshot(browser, "console-timeline-live")

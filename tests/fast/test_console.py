@@ -7,6 +7,7 @@ a real worker in ``tests/browser``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -22,12 +23,18 @@ from api_hooks.app import create_app
 from api_hooks.cli import main as cli_main
 from api_hooks.console.guard import CSRF_COOKIE, CsrfGuard
 from api_hooks.console.reads import PAGE_SIZE
+from api_hooks.console.render import TIMELINE_JS
 from api_hooks.console.sessions import SESSION_COOKIE, ConsoleSessions
 from harness.console import form_token
 from harness.console import sign_in as console_sign_in
 from tests.conftest import INFLUX_TOKEN, OPERATOR_TOKEN, tenant_row
 from tests.fast.conftest import T0, insert
 from worker.db import deployment_secret
+
+
+def sha256_b64(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
 
 CONSOLE = "/operator/console"
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
@@ -255,14 +262,19 @@ def test_every_page_carries_a_strict_policy_and_no_secret(db, operator):
         assert response.status_code == 200, path
         policy = response.headers["content-security-policy"]
         assert "default-src 'none'" in policy
-        assert "script-src" not in policy  # none allowed: default-src 'none' covers it
+        # One script allowed, the console's own, by its hash; connections to this origin only
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["script-src"] == f"'sha256-{sha256_b64(TIMELINE_JS)}'"
+        assert directives["connect-src"] == "'self'"
         assert "unsafe-inline" not in policy
         assert "frame-ancestors 'none'" in policy
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["cache-control"] == "no-store"
         assert OPERATOR_TOKEN not in response.text
         assert INFLUX_TOKEN not in response.text
-        assert "<script" not in response.text
+        scripts = re.findall(r"<script>(.*?)</script>", response.text, re.S)
+        assert scripts in ([], [TIMELINE_JS]), path
+        assert response.text.count("<script") == len(scripts)
 
 
 def test_the_overview_counts_every_state(db, operator):

@@ -1,0 +1,78 @@
+"""The tenant page's timeline, live: a Server-Sent Events stream of the tenant's events in its
+own sequence (``api_hooks.stream.tenant_stream``), read by the page's one script.
+
+The script is inlined and allowed by its SHA-256 in the Content-Security-Policy, as the
+stylesheet is; it may only connect to this origin. Without script the page is as before: the
+timeline as it was when the page was read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi.responses import StreamingResponse
+
+from api_hooks.console.render import STATE_SIGNS, moment
+from api_hooks.errors import InvalidTenantId
+from api_hooks.stream import tenant_stream
+from api_hooks.tenants import validate_tenant_id
+from worker.event_reads import TYPE_PREFIX
+
+MAX_SEQ = 2**31 - 1
+SIGNS = {str(state): sign for state, sign in STATE_SIGNS.items()}
+
+
+def timeline_route(router: APIRouter) -> None:
+    """``GET <console>/tenants/{id}/timeline``: the tenant's events after ``after`` (or the
+    ``Last-Event-ID`` a reconnecting EventSource sends), then each one as it commits."""
+
+    @router.get("/tenants/{tenant_id}/timeline", name="console_timeline")
+    async def timeline_stream(
+        tenant_id: str,
+        after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> StreamingResponse:
+        try:
+            tenant_id = validate_tenant_id(tenant_id)
+        except InvalidTenantId as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+        if last_event_id and last_event_id.isascii() and last_event_id.isdigit():
+            after = min(int(last_event_id[:10]), MAX_SEQ)
+        return StreamingResponse(
+            _messages(tenant_id, after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+
+async def _messages(tenant_id: str, after: int) -> AsyncIterator[bytes]:
+    yield b"retry: 3000\n\n"
+    async for event in tenant_stream(tenant_id, after):
+        if not event:
+            yield b": keepalive\n\n"
+            continue
+        row = shown(event)
+        yield f"id: {row['seq']}\nevent: tenant-event\ndata: {json.dumps(row)}\n\n".encode()
+
+
+def shown(event: dict[str, Any]) -> dict[str, Any]:
+    """What a timeline row shows of a CloudEvent, as the page's table shows it."""
+    data = event.get("data") or {}
+    state = data.get("state") or ""
+    by = event.get("actor") or ""
+    if event.get("route"):
+        by = f"{by} ({event['route']})".strip()
+    return {
+        "seq": event.get("tenantseq"),
+        "when": moment(datetime.fromisoformat(event["time"])),
+        "type": str(event["type"]).removeprefix(TYPE_PREFIX),
+        "state": state,
+        "sign": SIGNS.get(state, ""),
+        "reason": data.get("reason") or "",
+        "node": data.get("node") or "",
+        "by": by,
+    }

@@ -1,0 +1,213 @@
+"""Every tenant's events in the global order: ``GET /operator/events`` as a page of JSON, or,
+for ``Accept: text/event-stream``, as a Server-Sent Events stream that resumes from
+``Last-Event-ID`` with no gap and no duplicate (the reader: ``worker.event_stream``).
+
+Each event is sent as ``id: <cursor>``, ``event: <type>``, ``data: <CloudEvent JSON>``; the
+browser's EventSource sends the last id back when it reconnects. A comment line every
+``KEEPALIVE_SECONDS`` keeps proxies from closing an idle stream and finds a vanished client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from anyio import to_thread
+
+from api_hooks.errors import InvalidCursor
+from api_hooks.tenants import validate_tenant_id
+from worker.db import get_engine
+from worker.event_reads import (
+    MAX_LIMIT,
+    TYPE_PREFIX,
+    BadCursor,
+    events_after,
+    horizon,
+    page_size,
+    parse_cursor,
+    tenant_page,
+)
+from worker.event_stream import Behind, Cursor, cursor_text, get_hub
+from worker.events import EVENT_TYPES
+
+KEEPALIVE_SECONDS = 15.0
+RECONNECT_MS = 2000  # the EventSource's wait before it reconnects
+MAX_STREAMS = 1000  # per process: one more is refused (503), the others keep their pace
+MAX_TYPES = len(EVENT_TYPES)
+_open_streams = 0
+
+
+class EventsPageBody(TypedDict):
+    """A page of every tenant's events in the global order."""
+
+    events: list[dict[str, Any]]
+    next: str
+    more: bool
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which events a reader wants, and after which one (checked: see :func:`selection`)."""
+
+    cursor: Cursor
+    tenant: str | None
+    types: frozenset[str]
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        if self.tenant is not None and event.get("subject") != self.tenant:
+            return False
+        return not self.types or str(event["type"]).removeprefix(TYPE_PREFIX) in self.types
+
+
+class TooManyStreams(Exception):
+    """This process already serves MAX_STREAMS streams."""
+
+
+def selection(
+    after: str | None, last_event_id: str | None, tenant: str | None, types: Collection[str]
+) -> Selection:
+    """The reader's cursor (``Last-Event-ID`` wins over ``after``: it is where a reconnecting
+    EventSource stopped; neither: from now on, ``after=0-0``: from the first event kept), its
+    tenant and types (with or without the ``io.tenant-provisioner.`` prefix). Raises
+    InvalidCursor or InvalidTenantId, naming what is wrong."""
+    given = last_event_id if last_event_id not in (None, "") else after
+    try:
+        cursor = None if given in (None, "") else parse_cursor(given)
+    except BadCursor as exc:
+        source = "Last-Event-ID" if last_event_id not in (None, "") else "after"
+        raise InvalidCursor(f"{source}: {exc}") from exc
+    if len(types) > MAX_TYPES:
+        raise InvalidCursor(f"at most {MAX_TYPES} types")
+    wanted = frozenset(t.removeprefix(TYPE_PREFIX) for t in types)
+    unknown = sorted(wanted - set(EVENT_TYPES))
+    if unknown:
+        raise InvalidCursor(
+            f"unknown event type {unknown[0][:60]!r}; the types are: {', '.join(EVENT_TYPES)}"
+        )
+    if tenant is not None:
+        tenant = validate_tenant_id(tenant)
+    if cursor is None:
+        with get_engine().connect() as conn:
+            cursor = (horizon(conn), 0)
+    return Selection(cursor, tenant, wanted)
+
+
+def events_page(chosen: Selection, limit: str | int | None = None) -> EventsPageBody:
+    """One page of the events ``chosen`` selects (the JSON answer of ``GET
+    /operator/events``); ``next`` is the cursor to ask with next. Raises InvalidCursor."""
+    try:
+        size = page_size(limit)
+        with get_engine().connect() as conn:
+            page = events_after(
+                conn,
+                cursor_text(chosen.cursor),
+                size,
+                chosen.tenant,
+                sorted(chosen.types) or None,
+            )
+    except BadCursor as exc:
+        raise InvalidCursor(str(exc)) from exc
+    return {"events": page.events, "next": page.next, "more": page.more}
+
+
+def frame(event: dict[str, Any]) -> bytes:
+    """One event as an SSE message."""
+    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n".encode()
+
+
+def check_capacity() -> None:
+    """TooManyStreams when this process already serves MAX_STREAMS streams."""
+    if _open_streams >= MAX_STREAMS:
+        raise TooManyStreams
+
+
+async def event_stream(chosen: Selection) -> AsyncIterator[bytes]:
+    """The SSE body: events after the cursor, then each one as it becomes readable."""
+    global _open_streams  # noqa: PLW0603 - a per-process count, kept on the event loop
+    _open_streams += 1
+    hub = get_hub()
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
+    cursor = chosen.cursor
+    try:
+        yield f"retry: {RECONNECT_MS}\n\n".encode()
+        while True:
+            ready.clear()
+            more = False
+            try:
+                events, cursor = hub.take(cursor)
+            except Behind:  # older than the reader keeps (or it has not read yet): the table
+                page = await to_thread.run_sync(_catch_up, chosen, cursor)
+                events, cursor, more = page.events, parse_cursor(page.next), page.more
+            chunk = b"".join(frame(event) for event in events if chosen.wants(event))
+            if chunk:
+                yield chunk
+            if more:
+                continue
+            if not hub.wait_started(0):
+                await to_thread.run_sync(hub.wait_started, 1.0)
+                continue
+            try:
+                await asyncio.wait_for(ready.wait(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield b": keepalive\n\n"
+    finally:
+        hub.unsubscribe(token)
+        _open_streams -= 1
+
+
+def _catch_up(chosen: Selection, cursor: Cursor) -> Any:
+    with get_engine().connect() as conn:
+        return events_after(
+            conn, cursor_text(cursor), MAX_LIMIT, chosen.tenant, sorted(chosen.types) or None
+        )
+
+
+async def tenant_stream(tenant_id: str, after_seq: int) -> AsyncIterator[dict[str, Any]]:
+    """One tenant's events after ``after_seq`` in its own sequence, as they are committed
+    (the console's timeline): read by ``seq`` whenever the reader shows an event of it."""
+    hub = get_hub()
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
+    try:
+        while not hub.wait_started(0):
+            await to_thread.run_sync(hub.wait_started, 1.0)
+        # Where the reader is now, taken before reading the tenant's events: any event this
+        # read misses committed after the reader's last look, so it lies after this cursor.
+        cursor = hub.end()
+        while True:
+            ready.clear()
+            page = await to_thread.run_sync(_tenant_after, tenant_id, after_seq)
+            for event in page:
+                after_seq = max(after_seq, int(event.get("tenantseq", 0)))
+                yield event
+            while True:
+                try:
+                    events, cursor = hub.take(cursor)
+                except Behind:  # fell out of the ring: read the tenant's events again
+                    cursor = hub.end()
+                    break
+                if any(e.get("subject") == tenant_id for e in events):
+                    break
+                try:
+                    await asyncio.wait_for(ready.wait(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield {}
+                ready.clear()
+    finally:
+        hub.unsubscribe(token)
+
+
+def _tenant_after(tenant_id: str, after_seq: int) -> list[dict[str, Any]]:
+    with get_engine().connect() as conn:
+        page = tenant_page(conn, tenant_id, after_seq, MAX_LIMIT)
+    return [] if page is None else page.events
+
+
+__all__ = ["MAX_LIMIT", "Selection", "events_page", "frame", "selection"]
