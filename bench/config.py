@@ -105,6 +105,7 @@ class Sizes:
     events_tenants: int  # provisioned per run of events on / off (four runs)
     events_clients: int  # SSE clients on one API process ...
     events_stream_events: int  # ... each receiving this many events
+    profile_tenants: int  # provisioned while py-spy samples the worker
 
 
 FULL = Sizes(
@@ -140,6 +141,7 @@ FULL = Sizes(
     events_tenants=2000,
     events_clients=100,
     events_stream_events=300,
+    profile_tenants=2000,
 )
 
 QUICK = Sizes(
@@ -175,4 +177,5 @@ QUICK = Sizes(
     events_tenants=100,
     events_clients=10,
     events_stream_events=20,
+    profile_tenants=100,
 )

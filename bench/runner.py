@@ -29,6 +29,7 @@ from bench import (
     onboarding,
     page,
     placement_scale,
+    profile,
     reconcile_cost,
     request_latency,
     stats_endpoint,
@@ -65,6 +66,7 @@ BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "fleet": (fleet_reconcile.BENCHMARK, fleet_reconcile.run),
     "locations": (locations.BENCHMARK, locations.run),
     "events": (events.BENCHMARK, events.run),
+    "profile": (profile.BENCHMARK, profile.run),
 }
 
 
