@@ -1,8 +1,8 @@
 """Typed settings, read from the environment once, failing fast with the variable's name.
 
 Every process calls :func:`get_settings`; nothing else reads ``os.environ`` for configuration.
-Each variable is one field of the pydantic-settings model ``Settings`` (its name, default, bounds
-and checks; its help is the docstring below it): docs/settings.md's table is printed from it.
+Each variable is one field of ``Settings``, its help the docstring below it; docs/settings.md
+explains them, in a table printed from the fields by ``python -m worker.settings_doc``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -27,10 +27,9 @@ from worker import settings_rules as rules
 from worker.settings_rules import RETENTION_PERIOD, RETENTION_PERIOD_RULE, Broker, SettingsError
 
 # SettingsError, Broker and the retention rule are re-exported: callers import them from here.
-__all__ = ["MIN_TOKEN_LENGTH", "RETENTION_PERIOD", "RETENTION_PERIOD_RULE", "Broker", "NodeConfig"]
-__all__ += ["Settings", "SettingsError", "get_settings", "parse_nodes", "read_nodes_file"]
+__all__ = ["RETENTION_PERIOD", "RETENTION_PERIOD_RULE", "Broker", "NodeConfig", "Settings"]
+__all__ += ["SettingsError", "get_settings", "parse_nodes", "read_nodes_file"]
 
-MIN_TOKEN_LENGTH = 32  # OPERATOR_TOKEN, LOCATIONS_TOKEN: 32 random hex characters are 128 bits
 _NODE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 
 
@@ -67,11 +66,8 @@ def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
             raise SettingsError(f"{where}.url must start with http:// or https:// (got {url!r})")
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise SettingsError(f"{where}: database_limit must be a positive integer")
-        given = {
-            f"{where}.token": entry.get("token"),
-            f"{where}.token_file": entry.get("token_file"),
-        }
-        token = rules.read_secret({k: str(v) for k, v in given.items() if v}, *given)
+        given = {f"{where}.{k}": str(v) for k, v in entry.items() if k.startswith("token") and v}
+        token = rules.read_secret(given, f"{where}.token", f"{where}.token_file")
         nodes.append(NodeConfig(name, url.rstrip("/"), token, limit))
     if len({node.name for node in nodes}) != len(nodes):
         raise SettingsError(f"{source}: node names must be unique")
@@ -87,35 +83,21 @@ def read_nodes_file(path: str) -> tuple[NodeConfig, ...]:
     return parse_nodes(text, f"INFLUXDB_NODES_FILE ({path})")
 
 
-def var(
-    name: str,
-    default: Any = None,
-    ge: float | None = None,
-    unit: str = "",
-    *,
-    file: bool = False,
-    pattern: re.Pattern[str] | None = None,
-    accepted: str = "",
-    default_from: str | None = None,
-) -> Any:
-    """The field of variable ``name``; ``file``: or of the file ``name_FILE`` (and out of repr);
-    ``default_from``: unset, that earlier variable's value; ``accepted``: in words."""
-    doc: dict[str, Any] = {
-        "unit": unit,
-        "file": file,
-        "default_from": default_from,
-        "accepted": accepted,
-    }
-    return Field(default, alias=name, ge=ge, pattern=pattern, repr=not file, json_schema_extra=doc)
+def var(name: str, default: Any = None, ge: float | None = None, unit: str = "", **doc: Any) -> Any:
+    """The field of variable ``name``; ``file=True``: or of the file ``name_FILE`` (and out of
+    repr); ``default_from``: unset, that earlier variable's value."""
+    extra: dict[str, Any] = {"unit": unit, "file": False, "default_from": None} | doc
+    return Field(default, alias=name, ge=ge, repr=not extra["file"], json_schema_extra=extra)
 
 
-def check(rule: Any) -> Any:
-    """``rule`` checks and normalises the value, when set."""
-    return AfterValidator(lambda value: rule(value) if value else value)
+def facts(info: Any) -> dict[str, Any]:
+    """What ``var`` noted of a field (unit, file, default_from) and what it accepts, in words."""
+    accepted = next((m for m in info.metadata if isinstance(m, str)), "")
+    return {"accepted": accepted, **info.json_schema_extra}
 
 
 Nodes = BeforeValidator(lambda v: parse_nodes(v, "INFLUXDB_NODES") if isinstance(v, str) else v)
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+Pool = Annotated[tuple[NodeConfig, ...], NoDecode, Nodes, "a JSON list of nodes"]
 
 
 class Settings(BaseSettings):
@@ -127,67 +109,40 @@ class Settings(BaseSettings):
     )
 
     # The table's order: storage and broker, InfluxDB, provisioning, reconcile, access, Flower.
-    database_url: Annotated[str, check(rules.psycopg_url)] = var(
-        "DATABASE_URL",
-        "postgresql+psycopg://postgres@127.0.0.1:5432/tenant_provisioner",
-        file=True,
-        accepted="a PostgreSQL URL",
+    database_url: rules.PostgresUrl = var(
+        "DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/tenant_provisioner", file=True
     )
     """the tenant registry; `postgresql://` is accepted and uses psycopg 3"""
-    broker_url: Annotated[str, check(rules.broker_url)] = var(
-        "CELERY_BROKER_URL", "redis://127.0.0.1:6379/0", file=True, accepted=rules.BROKER_URL_RULE
-    )
+    broker_url: rules.BrokerUrl = var("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0", file=True)
     """the Celery broker, Redis or RabbitMQ (see "Which broker")"""
     broker_visibility_timeout: int = var("CELERY_VISIBILITY_TIMEOUT", 3600, 10, "s")
-    """Redis only: Redis re-delivers unacknowledged messages after this; at least twice
-    `PROVISION_BACKOFF_CAP_SECONDS` + `PROVISION_TIME_LIMIT`"""
+    """Redis only: Redis re-delivers unacknowledged messages after this (see "Rules")"""
     broker_consumer_timeout: int = var("RABBITMQ_CONSUMER_TIMEOUT", 1800, 10, "s")
-    """RabbitMQ only: the server's `consumer_timeout` (rabbitmq.conf; 30 min by default), for a
-    check: at least twice `PROVISION_BACKOFF_CAP_SECONDS` + `PROVISION_TIME_LIMIT`"""
+    """RabbitMQ only: the server's `consumer_timeout` (rabbitmq.conf), for a check (see "Rules")"""
     broker_publish_timeout: float = var("CELERY_PUBLISH_TIMEOUT", 2.0, 0.1, "s")
     """how long a request may wait for the broker"""
-    influxdb_url: Annotated[str, check(rules.http_url)] = var(
-        "INFLUXDB_URL", "http://127.0.0.1:8181", accepted="an http:// or https:// URL"
-    )
+    influxdb_url: rules.HttpUrl = var("INFLUXDB_URL", "http://127.0.0.1:8181")
     """the InfluxDB server when no node pool is set"""
     influxdb_token: str | None = var("INFLUXDB_TOKEN", file=True)
     """token of the `INFLUXDB_URL` server; no `Authorization` header when unset"""
-    influxdb_database_prefix: str = var(
-        "INFLUXDB_DATABASE_PREFIX",
-        "telemetry_",
-        pattern=rules.DATABASE_PREFIX,
-        accepted="1 to 10 letters, digits, `_` or `-`, the first a letter or digit",
-    )
+    influxdb_database_prefix: rules.DatabasePrefix = var("INFLUXDB_DATABASE_PREFIX", "telemetry_")
     """database = prefix + tenant id, within InfluxDB's 64-byte name limit"""
     influxdb_database_limit: int = var("INFLUXDB_DATABASE_LIMIT", 5, 1)
     """limit of the `INFLUXDB_URL` node (Core: 5, Enterprise default: 100)"""
-    influxdb_nodes: Annotated[tuple[NodeConfig, ...], NoDecode, Nodes] = var(
-        "INFLUXDB_NODES", (), accepted="a JSON list of nodes"
-    )
+    influxdb_nodes: Pool = var("INFLUXDB_NODES", ())
     """the node pool (see "The node pool"); unset: `INFLUXDB_URL` as a pool of one"""
-    influxdb_nodes_file: str | None = var(
-        "INFLUXDB_NODES_FILE", accepted="a file holding that JSON"
-    )
+    influxdb_nodes_file: rules.NodesFile = var("INFLUXDB_NODES_FILE")
     """instead of `INFLUXDB_NODES` (not both); re-read when it changes"""
-    influxdb_retention_period: str | None = var(
-        "INFLUXDB_RETENTION_PERIOD",
-        pattern=RETENTION_PERIOD,
-        accepted=f"a retention period such as 30d or 12h: {RETENTION_PERIOD_RULE}",
-    )
+    influxdb_retention_period: rules.Retention = var("INFLUXDB_RETENTION_PERIOD")
     """default retention of new databases; unset: forever"""
-    influxdb_hard_delete_at: str | None = var(
-        "INFLUXDB_HARD_DELETE_AT",
-        pattern=rules.HARD_DELETE,
-        accepted="now, never, default or an RFC 3339 time",
-    )
+    influxdb_hard_delete_at: rules.HardDelete = var("INFLUXDB_HARD_DELETE_AT")
     """hard-delete policy on deprovisioning; unset: the server's default (72 h)"""
     influxdb_telemetry_table: str = var("INFLUXDB_TELEMETRY_TABLE", "telemetry")
     """the table counted by the live check"""
     influxdb_connect_timeout: float = var("INFLUXDB_CONNECT_TIMEOUT", 3.0, 0.1, "s")
     """per request of the worker"""
     influxdb_read_timeout: float = var("INFLUXDB_READ_TIMEOUT", 10.0, 0.1, "s")
-    """per request of the worker; twice connect + read must stay below
-    `PROVISION_SOFT_TIME_LIMIT`"""
+    """per request of the worker (see "Rules")"""
     live_check_timeout: float = var("LIVE_CHECK_TIMEOUT", 2.0, 0.1, "s")
     """bound of the stats endpoint's live check"""
     backoff_base_seconds: float = var("PROVISION_BACKOFF_BASE_SECONDS", 2.0, 0.01, "s")
@@ -197,8 +152,7 @@ class Settings(BaseSettings):
     max_attempts: int = var("PROVISION_MAX_ATTEMPTS", 10, 1)
     """then `failed`"""
     task_soft_time_limit: int = var("PROVISION_SOFT_TIME_LIMIT", 60, 1, "s")
-    """Celery soft time limit of one run (the worker's own settings govern; messages carry none);
-    below `PROVISION_TIME_LIMIT`"""
+    """Celery soft time limit of one run (the worker's own settings govern; messages carry none)"""
     task_time_limit: int = var("PROVISION_TIME_LIMIT", 90, 2, "s")
     """Celery hard time limit of one run"""
     reconcile_interval_seconds: float = var("RECONCILE_INTERVAL_SECONDS", 60.0, 1, "s")
@@ -206,17 +160,16 @@ class Settings(BaseSettings):
     reconcile_requeue_after_seconds: float = var(
         "RECONCILE_REQUEUE_AFTER_SECONDS", None, 0, "s", default_from="RECONCILE_INTERVAL_SECONDS"
     )
-    """grace before queued work counts as lost (re-publishing is harmless: one chain per
-    tenant)"""
+    """grace before queued work counts as lost (re-publishing is harmless: one chain per tenant)"""
     reconcile_batch_size: int = var("RECONCILE_BATCH_SIZE", 500, 1)
     """rows per keyset batch"""
     attempts_retention_days: int = var("PROVISIONING_ATTEMPTS_RETENTION_DAYS", 30, 1, "d")
     """how long the attempt log keeps a row (pruned hourly; the /metrics totals stay)"""
     events_retention_days: int = var("EVENTS_RETENTION_DAYS", 30, 1, "d")
     """how long the event log keeps an event (pruned hourly; each tenant's last one stays)"""
-    operator_token: str | None = var("OPERATOR_TOKEN", file=True)
+    operator_token: rules.Token = var("OPERATOR_TOKEN", file=True)
     """required by the operator API; at least 32 characters"""
-    locations_token: str | None = var("LOCATIONS_TOKEN", file=True)
+    locations_token: rules.Token = var("LOCATIONS_TOKEN", file=True)
     """`/locations`' read-only credential, 32+ characters (unset: 401 to all)"""
     locations_refresh_seconds: float = var("LOCATIONS_REFRESH_SECONDS", 2.0, 0.1, "s")
     """how often a location client asks for changes (a hint in every answer)"""
@@ -226,16 +179,13 @@ class Settings(BaseSettings):
     """the longest a console sign-in lasts, however active"""
     console_session_idle_minutes: int = var("CONSOLE_SESSION_IDLE_MINUTES", 30, 1, "min")
     """a console session unused this long ends (sign-out ends it at once)"""
-    metrics_token: str | None = var("METRICS_TOKEN", file=True)
+    metrics_token: rules.Token = var("METRICS_TOKEN", file=True)
     """the scrape credential of `/metrics`, 32+ characters (unset: the operator token)"""
     api_behind_tls: Literal["0", "1"] = var("API_BEHIND_TLS", "0")
-    """`1`: the API is reached over HTTPS only (a TLS proxy in front): console cookies are
-    `Secure` and every answer carries HSTS"""
-    flower_url: Annotated[str | None, check(rules.link_url)] = var(
-        "FLOWER_URL", accepted="an http(s) URL without credentials"
-    )
+    """`1`: HTTPS only (a TLS proxy in front): console cookies are `Secure`, answers carry HSTS"""
+    flower_url: rules.LinkUrl = var("FLOWER_URL")
     """where operators open Flower; the console links each attempt to its task there"""
-    log_level: Annotated[LogLevel, BeforeValidator(str.upper)] = var("LOG_LEVEL", "INFO")
+    log_level: rules.LogLevel = var("LOG_LEVEL", "INFO")
     """of every process's log; any case"""
 
     @classmethod
@@ -263,27 +213,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _relations(self) -> Settings:
-        """Check relations between settings; raise SettingsError naming the variables."""
+        """The rules between settings (docs/settings.md, "Rules")."""
         if self.task_soft_time_limit >= self.task_time_limit:
             raise SettingsError("PROVISION_SOFT_TIME_LIMIT must be below PROVISION_TIME_LIMIT")
-        # Two InfluxDB calls must fit inside the soft limit, or healthy-but-slow runs get killed.
-        if (
-            2 * (self.influxdb_connect_timeout + self.influxdb_read_timeout)
-            >= self.task_soft_time_limit
-        ):
+        two_calls = 2 * (self.influxdb_connect_timeout + self.influxdb_read_timeout)
+        if two_calls >= self.task_soft_time_limit:
             raise SettingsError(
                 "PROVISION_SOFT_TIME_LIMIT must exceed twice INFLUXDB_CONNECT_TIMEOUT + "
                 "INFLUXDB_READ_TIMEOUT (one create and one write)"
             )
-        for variable in ("OPERATOR_TOKEN", "LOCATIONS_TOKEN", "METRICS_TOKEN"):
-            token = getattr(self, variable.lower())
-            if token is not None and len(token) < MIN_TOKEN_LENGTH:
-                raise SettingsError(
-                    f"{variable} must be at least {MIN_TOKEN_LENGTH} characters (it is "
-                    f"{len(token)}): a short token can be guessed; e.g. `openssl rand -hex 32`"
-                )
-        # A client refreshes once per interval, each refresh taking up to about as long again:
-        # a deletion must outwait two intervals for every client to have seen it.
         if self.locations_max_staleness_seconds < 2 * self.locations_refresh_seconds:
             raise SettingsError(
                 "LOCATIONS_MAX_STALENESS_SECONDS must be at least twice "
@@ -293,11 +231,6 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "PROVISION_BACKOFF_BASE_SECONDS must not exceed PROVISION_BACKOFF_CAP_SECONDS"
             )
-        # A retry waits in the worker as an unacknowledged ETA message, then runs before it is
-        # acknowledged (late acks): the longest wait plus a run must stay well inside the time
-        # the broker lets a message stay unacknowledged. Redis re-delivers it to another worker
-        # after the visibility timeout; RabbitMQ closes the worker's channel after its
-        # consumer_timeout, re-delivering every message the worker holds.
         held = 2 * (self.backoff_cap_seconds + self.task_time_limit)
         if self.broker is Broker.REDIS and held > self.broker_visibility_timeout:
             raise SettingsError(
@@ -333,13 +266,8 @@ class Settings(BaseSettings):
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of logs and stored errors."""
-        values = [
-            self.influxdb_token,
-            self.operator_token,
-            self.locations_token,
-            self.metrics_token,
-        ]
-        values += [node.token for node in self.influxdb_nodes]
+        values = [self.influxdb_token, self.operator_token, self.locations_token]
+        values += [self.metrics_token, *(node.token for node in self.influxdb_nodes)]
         for url in (self.database_url, self.broker_url):
             try:
                 values.append(make_url(url).password)
@@ -364,28 +292,28 @@ class _Environ(EnvSettingsSource):
         return env
 
 
-def facts(info: Any) -> dict[str, Any]:
-    """The documented facts of a field: unit, file, default_from, accepted."""
-    return info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-
-
 def _message(error: ErrorDetails) -> str:
-    """A validation error as a sentence naming the variable (never a URL or its password)."""
-    ctx, loc = error.get("ctx", {}), error["loc"]
+    """A validation error as a sentence naming the variable (never a secret, URL or password)."""
+    ctx, loc, kind = error.get("ctx", {}), error["loc"], error["type"]
     if isinstance(ctx.get("error"), SettingsError) or not loc:
         return str(ctx.get("error", error["msg"]))
     field = next(f for f in Settings.model_fields.values() if f.alias == loc[0])
     what = str(ctx.get("error", error["msg"]))
-    if error["type"] == "literal_error":
+    if kind == "literal_error":
         what = "must be one of " + ", ".join(get_args(field.annotation))
-    elif error["type"] == "string_pattern_mismatch":
+    elif kind == "string_pattern_mismatch":
         what = f"must be {facts(field)['accepted']}"
-    elif error["type"] == "greater_than_equal":
+    elif kind == "greater_than_equal":
         what = f"must be at least {rules.show(ctx['ge'])}"
-    elif error["type"] in ("int_parsing", "float_parsing"):
-        what = "must be a whole number" if error["type"] == "int_parsing" else "must be a number"
-    if facts(field).get("file") or "URL" in str(loc[0]):
-        return f"{loc[0]} {what}"  # a secret, or a URL that may carry a password: not repeated
+    elif kind == "string_too_short":  # a token
+        what = (
+            f"must be at least {ctx['min_length']} characters (it is {len(error['input'])}): "
+            "a short token can be guessed; e.g. `openssl rand -hex 32`"
+        )
+    elif kind in ("int_parsing", "float_parsing"):
+        what = "must be a whole number" if kind == "int_parsing" else "must be a number"
+    if facts(field)["file"] or "URL" in str(loc[0]):
+        return f"{loc[0]} {what}"
     return f"{loc[0]} {what} (got {error['input']!r})"
 
 
