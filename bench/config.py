@@ -106,6 +106,7 @@ class Sizes:
     events_clients: int  # SSE clients on one API process ...
     events_stream_events: int  # ... each receiving this many events
     profile_tenants: int  # provisioned while py-spy samples the worker
+    ready_tenants: int  # time to ready: tenants created one after another, per latency
 
 
 FULL = Sizes(
@@ -142,6 +143,7 @@ FULL = Sizes(
     events_clients=100,
     events_stream_events=300,
     profile_tenants=2000,
+    ready_tenants=200,
 )
 
 QUICK = Sizes(
@@ -178,4 +180,5 @@ QUICK = Sizes(
     events_clients=10,
     events_stream_events=20,
     profile_tenants=100,
+    ready_tenants=20,
 )

@@ -33,6 +33,7 @@ from bench import (
     reconcile_cost,
     request_latency,
     stats_endpoint,
+    time_to_ready,
     worker_memory,
 )
 from bench.config import Sizes
@@ -67,6 +68,7 @@ BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "locations": (locations.BENCHMARK, locations.run),
     "events": (events.BENCHMARK, events.run),
     "profile": (profile.BENCHMARK, profile.run),
+    "ready": (time_to_ready.BENCHMARK, time_to_ready.run),
 }
 
 

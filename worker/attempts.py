@@ -45,9 +45,11 @@ def log_attempt(
     node: str | None = None,
     task_id: str | None = None,
 ) -> None:
-    """Append one attempt to ``provisioning_attempts`` (the caller commits)."""
-    conn.execute(
-        insert(provisioning_attempts).values(
+    """Append one attempt to ``provisioning_attempts`` and count it in the totals, in one
+    statement (one round trip; the caller commits)."""
+    logged = (
+        insert(provisioning_attempts)
+        .values(
             tenant_id=tenant_id,
             attempt=number,
             started_at=started,
@@ -58,6 +60,8 @@ def log_attempt(
             node=node,
             task_id=task_id,
         )
+        .returning(provisioning_attempts.c.id)
+        .cte("logged")
     )
     totals = provisioning_attempt_totals
     counted = pg_insert(totals).values(
@@ -70,7 +74,7 @@ def log_attempt(
         counted.on_conflict_do_update(
             index_elements=[totals.c.outcome, totals.c.reason, totals.c.shard],
             set_={"total": totals.c.total + 1},
-        )
+        ).add_cte(logged)
     )
 
 

@@ -63,10 +63,11 @@ def advisory_lock(conn: Connection, key: int) -> Iterator[bool]:
     cut - a crashed holder never blocks anyone for long. An exception at any point - even an
     interrupt (a soft time limit, Ctrl-C) between taking the lock and entering the block -
     releases it: the whole of it sits inside the ``try``, the unlock runs unless the lock was
-    surely not taken, and the connection is flagged so that the pool's reset drops every lock
-    it might still hold when it goes back.
+    surely not taken, and the connection counts the locks it may hold, so that the pool's reset
+    drops every lock it might still hold when it goes back (and skips that when it holds none).
     """
-    _flag_advisory_locks(conn)
+    info = conn.connection.info
+    info[_ADVISORY_LOCKS] = info.get(_ADVISORY_LOCKS, 0) + 1  # counted before it may be held
     acquired: bool | None = None  # None: unknown (an interrupt landed around the query)
     try:
         acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
@@ -74,7 +75,8 @@ def advisory_lock(conn: Connection, key: int) -> Iterator[bool]:
         yield acquired
     finally:
         if acquired is not False:
-            _unlock(conn, key)
+            _unlock(conn, key)  # raises only after invalidating the connection
+        info[_ADVISORY_LOCKS] -= 1  # surely not held now: the pool's reset need not look
 
 
 def _unlock(conn: Connection, key: int) -> None:
@@ -90,18 +92,17 @@ def _unlock(conn: Connection, key: int) -> None:
         raise
 
 
-def _flag_advisory_locks(conn: Connection) -> None:
-    conn.connection.info[_HOLDS_ADVISORY_LOCKS] = True
-
-
-_HOLDS_ADVISORY_LOCKS = "tenant_provisioner.advisory_locks"
+# How many advisory locks the connection may hold (taken, or being taken, not surely released).
+_ADVISORY_LOCKS = "tenant_provisioner.advisory_locks"
 
 
 def _drop_advisory_locks(
     dbapi_connection: Any, connection_record: Any, reset_state: PoolResetState
 ) -> None:
-    """Pool reset hook: a connection that ever took an advisory lock goes back holding none."""
-    if reset_state.terminate_only or not connection_record.info.pop(_HOLDS_ADVISORY_LOCKS, False):
+    """Pool reset hook: a connection that may still hold an advisory lock (an unlock that never
+    ran: an interrupt, a generator not closed) goes back holding none. After a clean unlock it
+    holds none already, and this costs no round trip."""
+    if reset_state.terminate_only or connection_record.info.pop(_ADVISORY_LOCKS, 0) <= 0:
         return
     dbapi_connection.rollback()
     with dbapi_connection.cursor() as cursor:

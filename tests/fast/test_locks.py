@@ -3,7 +3,7 @@ an interrupt between taking a tenant's lock and releasing it never leaves the te
 
 from __future__ import annotations
 
-from sqlalchemy import text
+import contextlib
 
 from tests.conftest import new_tenant_id
 from worker.db import advisory_lock, get_engine
@@ -11,14 +11,13 @@ from worker.runs import advisory_lock_key, tenant_lock
 
 
 def test_a_pooled_connection_goes_back_to_the_pool_holding_no_advisory_lock(db):
-    # Given a run interrupted right after Postgres granted a tenant's lock - before the code
-    # that releases it was entered (simulated: the lock is taken beside the context manager)
+    # Given a run whose lock was granted but whose release never ran (its context manager
+    # abandoned, as when a generator holding it is never closed), the connection closed
     key = advisory_lock_key(new_tenant_id("lock"))
     engine = get_engine()
-    with engine.connect() as conn, advisory_lock(conn, 12345) as acquired:
-        assert acquired
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        conn.commit()
+    with engine.connect() as conn:
+        abandoned = advisory_lock(conn, key)
+        assert abandoned.__enter__()
     # (the connection is back in the pool now)
 
     # Then no other session finds the tenant busy
@@ -30,6 +29,8 @@ def test_a_pooled_connection_goes_back_to_the_pool_holding_no_advisory_lock(db):
         "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     ).fetchone()
     assert held == (0,)
+    with contextlib.suppress(Exception):  # the abandoned release, on a connection now closed
+        abandoned.__exit__(None, None, None)
 
 
 def test_an_interrupt_inside_the_lock_releases_it(db):
@@ -44,3 +45,13 @@ def test_an_interrupt_inside_the_lock_releases_it(db):
     key = advisory_lock_key(tenant_id)
     assert db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone() == (True,)
     db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def test_a_clean_release_leaves_the_pool_nothing_to_drop(db):
+    # Given a connection that took and released a lock, and a lock of another session's
+    key = advisory_lock_key(new_tenant_id("clean"))
+    with get_engine().connect() as conn:
+        with advisory_lock(conn, key) as acquired:
+            assert acquired
+        # Then it counts no lock it may hold: its return to the pool costs no unlock_all
+        assert conn.connection.info.get("tenant_provisioner.advisory_locks") == 0
