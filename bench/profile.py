@@ -1,7 +1,8 @@
 """Benchmark: where a provisioning run's CPU goes (issue 23).
 
 A burst of tenants is provisioned by a prefork-4 worker (InfluxDB 20 ms) while ``py-spy``
-samples every process of the worker (``--subprocesses``, 250 Hz, idle samples left out). Each
+samples every process of the worker (``--subprocesses``, 250 Hz), keeping only samples of a
+thread that holds the GIL (``--gil``): Python running, not a thread waiting on a socket. Each
 sample's stack is put in the first bucket, from the innermost frame out, whose module it
 calls: Postgres (SQLAlchemy, psycopg), HTTP to InfluxDB (requests, urllib3, http.client),
 logging, JSON, Celery and kombu (dispatch, acks, task events, the broker client), our code.
@@ -60,7 +61,7 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
                 [
                     *(spy, "record", "--pid", str(worker.process.pid), "--subprocesses"),
                     *("--rate", str(RATE_HZ), "--format", "raw", "--output", str(stacks)),
-                    "--nonblocking",
+                    *("--nonblocking", "--gil"),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
