@@ -25,6 +25,8 @@ from worker.queues import (
     PROVISIONING_QUEUE,
     PRUNE_TASK,
     RECONCILE_TASK,
+    WEBHOOKS_QUEUE,
+    WEBHOOKS_TASK,
 )
 from worker.settings import Broker, get_settings
 
@@ -104,6 +106,9 @@ task_routes = {
     DEPROVISION_TASK: {"queue": PROVISIONING_QUEUE},
     RECONCILE_TASK: {"queue": MAINTENANCE_QUEUE},
     PRUNE_TASK: {"queue": MAINTENANCE_QUEUE},
+    # Not in task_queues: only a worker started with `-Q webhooks` consumes it (Celery declares
+    # it on first use, with an exchange and routing key of its own name, durable, like those).
+    WEBHOOKS_TASK: {"queue": WEBHOOKS_QUEUE},
 }
 
 timezone = "UTC"
@@ -122,5 +127,11 @@ beat_schedule = {
         "task": PRUNE_TASK,
         "schedule": _PRUNE_INTERVAL_SECONDS,
         "options": {"expires": _PRUNE_INTERVAL_SECONDS},
+    },
+    # Webhook deliveries (docs/webhooks.md): a run that could not start in time is dropped.
+    "dispatch-webhooks": {
+        "task": WEBHOOKS_TASK,
+        "schedule": _settings.webhooks_poll_seconds,
+        "options": {"expires": _settings.webhooks_poll_seconds},
     },
 }

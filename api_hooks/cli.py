@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from api_hooks import cli_events
+from api_hooks import cli_events, cli_webhooks
 from api_hooks.actors import cli_actor
 from api_hooks.printable import printable
 from worker.redaction import redact_url
@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "tenantctl") -> int:
         "sessions": _sessions,
         "events": partial(cli_events.events, fail=_fail),
         "audit": partial(cli_events.audit, fail=_fail),
+        "webhooks": partial(cli_webhooks.webhooks, fail=_fail),
     }
     return handlers[args.command](args)
 
@@ -99,6 +100,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     ending.add_argument("--end", metavar="ID", help="end this session (its id, or a prefix)")
     ending.add_argument("--end-all", action="store_true", help="end every console session")
     cli_events.add_commands(commands)
+    cli_webhooks.add_command(commands)
     commands.add_parser(
         "flower",
         help="start Flower (requires FLOWER_BASIC_AUTH unless FLOWER_UNAUTHENTICATED_DEV=1)",

@@ -115,9 +115,10 @@ def start_worker(
     env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
     pool: str = "prefork",
+    queues: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """A real ``celery -A worker worker`` (prefork unless ``pool`` says otherwise), ready
-    when its log says so."""
+    when its log says so; ``queues``: only these (``-Q``), e.g. ``webhooks``."""
     options = [
         f"--pool={pool}",
         f"--concurrency={concurrency}",
@@ -125,6 +126,8 @@ def start_worker(
         "--without-mingle",
         "--without-gossip",
     ]
+    if queues:
+        options.append(f"--queues={queues}")
     return _celery("worker", options, log_path, "ready.", env, timeout)
 
 

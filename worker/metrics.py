@@ -7,10 +7,11 @@ while these come from the source of truth and survive restarts of every process.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, Row, func, select, text
 
 from worker import store
 from worker.models import (
@@ -71,6 +72,7 @@ class ProvisioningCollector(Collector):
                 ).all()
             )
             strays = counts_by_node(conn)
+            webhooks = _webhook_endpoints(conn)
             names = [n.name for n in configured]
             unconfigured = {
                 name: count for name, count in tenants_per_node(rows).items() if name not in names
@@ -78,6 +80,7 @@ class ProvisioningCollector(Collector):
         observed = {name: row.observed_databases for name, row in rows.items()}
 
         yield from _node_metrics(slots, observed, unconfigured)
+        yield from _webhook_metrics(webhooks)
 
         stalled_family = GaugeMetricFamily(
             f"{PREFIX}_stalled_tenants",
@@ -188,4 +191,52 @@ def _node_metrics(
         families["full"].add_metric([name], 1 if slot.full else 0)
         seen = observed.get(name)
         families["observed"].add_metric([name], -1 if seen is None else seen)
+    yield from families.values()
+
+
+def _webhook_endpoints(conn: Connection) -> list[Row[Any]]:
+    # Aged by the database's clock, which the dispatcher's times come from (worker.clock).
+    return list(
+        conn.execute(
+            text(
+                "SELECT e.name, e.disabled_at IS NOT NULL AS disabled, e.delivered, "
+                "count(d.id) AS pending, "
+                "extract(epoch FROM clock_timestamp() - min(d.created_at)) AS oldest "
+                "FROM webhook_endpoints e LEFT JOIN webhook_deliveries d ON d.endpoint = e.name "
+                "GROUP BY e.name ORDER BY e.name"
+            )
+        ).all()
+    )
+
+
+def _webhook_metrics(rows: list[Row[Any]]) -> Iterator[Metric]:
+    """Per webhook endpoint (docs/webhooks.md); none without WEBHOOKS_FILE."""
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+        "disabled": GaugeMetricFamily(
+            f"{PREFIX}_webhook_endpoint_disabled",
+            "1 while the endpoint is disabled (failing too long, or 410): nothing is sent to it; "
+            "its deliveries wait (tenantctl webhooks --enable NAME).",
+            labels=["endpoint"],
+        ),
+        "pending": GaugeMetricFamily(
+            f"{PREFIX}_webhook_deliveries_pending",
+            "Deliveries waiting for the endpoint (not yet answered 2xx).",
+            labels=["endpoint"],
+        ),
+        "oldest": GaugeMetricFamily(
+            f"{PREFIX}_webhook_oldest_pending_age_seconds",
+            "Age of the endpoint's oldest waiting delivery (0 when none).",
+            labels=["endpoint"],
+        ),
+        "delivered": CounterMetricFamily(
+            f"{PREFIX}_webhook_deliveries",
+            "Deliveries the endpoint answered 2xx.",
+            labels=["endpoint"],
+        ),
+    }
+    for row in rows:
+        families["disabled"].add_metric([row.name], 1 if row.disabled else 0)
+        families["pending"].add_metric([row.name], row.pending)
+        families["oldest"].add_metric([row.name], max(0.0, float(row.oldest or 0.0)))
+        families["delivered"].add_metric([row.name], row.delivered)
     yield from families.values()

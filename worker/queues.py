@@ -6,11 +6,16 @@ PROVISION_TASK = "worker.tasks.provision_tenant_influxdb"
 DEPROVISION_TASK = "worker.tasks.deprovision_tenant_influxdb"
 RECONCILE_TASK = "worker.tasks.reconcile_tenants"
 PRUNE_TASK = "worker.tasks.prune_attempt_log"
+WEBHOOKS_TASK = "worker.tasks.dispatch_webhooks"
 
 PROVISIONING_QUEUE = "provisioning"  # new work: created tenants, operator retries, requeues
 RETRY_QUEUE = "provisioning-retry"  # the task's own backoff retries
 MAINTENANCE_QUEUE = "maintenance"  # the reconciler
 ALL_QUEUES = (MAINTENANCE_QUEUE, RETRY_QUEUE, PROVISIONING_QUEUE)  # in priority order
+# Webhook deliveries, consumed only by a worker of its own (`-Q webhooks`): a slow receiver
+# never holds a provisioning worker. Not in ALL_QUEUES, so a worker started without -Q never
+# takes it.
+WEBHOOKS_QUEUE = "webhooks"
 
 
 class Job(enum.StrEnum):

@@ -7,7 +7,6 @@ explains them, in a table printed from the fields by ``python -m worker.settings
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -167,6 +166,19 @@ class Settings(BaseSettings):
     """how long the attempt log keeps a row (pruned hourly; the /metrics totals stay)"""
     events_retention_days: int = var("EVENTS_RETENTION_DAYS", 30, 1, "d")
     """how long the event log keeps an event (pruned hourly; each tenant's last one stays)"""
+    webhooks_file: Annotated[str | None, "a file holding a JSON list of endpoints"] = var(
+        "WEBHOOKS_FILE"
+    )
+    """webhook endpoints and secrets (see docs/webhooks.md), read by the webhooks worker at each
+    dispatch; unset: no webhooks"""
+    webhooks_poll_seconds: float = var("WEBHOOKS_POLL_SECONDS", 2.0, 0.1, "s")
+    """beat schedule of the webhooks dispatch (a missed run expires, never piles up)"""
+    webhooks_read_timeout_seconds: float = var("WEBHOOKS_READ_TIMEOUT_SECONDS", 10.0, 0.1, "s")
+    """how long a receiver may take to answer (connecting: 3 s); longer is a failure, retried"""
+    webhooks_backoff_cap_seconds: float = var("WEBHOOKS_BACKOFF_CAP_SECONDS", 300.0, 1, "s")
+    """the longest delay between two attempts of a delivery (full jitter, from 1 s, doubling)"""
+    webhooks_disable_after_hours: float = var("WEBHOOKS_DISABLE_AFTER_HOURS", 24.0, 0.01, "h")
+    """an endpoint failing this long is disabled: nothing is sent, its deliveries are kept"""
     operator_token: rules.Token = var("OPERATOR_TOKEN", file=True)
     """required by the operator API; at least 32 characters"""
     locations_token: rules.Token = var("LOCATIONS_TOKEN", file=True)

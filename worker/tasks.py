@@ -30,6 +30,7 @@ from worker.queues import (
     PRUNE_TASK,
     RECONCILE_TASK,
     RETRY_QUEUE,
+    WEBHOOKS_TASK,
     Job,
 )
 from worker.reconcile import reconcile
@@ -37,6 +38,8 @@ from worker.redaction import redact
 from worker.runs import Delivery, Outcome, next_backoff
 from worker.settings import get_settings
 from worker.states import RunResult
+from worker.webhook_config import WebhookConfigError, configured_endpoints
+from worker.webhook_dispatch import Policy, dispatch
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +139,23 @@ def prune_attempt_log() -> dict[str, Any]:
         "events": pruned_events,
         "events_older_than": events_before.isoformat(),
     }
+
+
+# On the webhooks queue only (its own worker): a slow receiver never holds a provisioning run.
+# A run spends at most its budget per endpoint, plus the answers then in flight.
+@app.task(name=WEBHOOKS_TASK, acks_late=False, soft_time_limit=120, time_limit=150)
+def dispatch_webhooks() -> dict[str, Any]:
+    """Fan out new events and deliver the due webhooks (worker.webhook_dispatch). No
+    argument: the endpoints and their secrets are read from WEBHOOKS_FILE here."""
+    settings = get_settings()
+    try:
+        endpoints = configured_endpoints(settings.webhooks_file)
+    except WebhookConfigError as exc:
+        logger.error("webhooks not sent: %s", exc)  # names the entry, never a secret
+        return {"error": str(exc)}
+    with get_engine().connect() as conn:
+        summary = dispatch(conn, endpoints, Policy.of(settings), secrets=settings.secrets())
+    return summary.as_dict()
 
 
 def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None) -> bool:

@@ -21,6 +21,7 @@ from api_hooks.console import reads
 from api_hooks.console.guard import CSRF_FIELD, CsrfGuard
 from api_hooks.console.live import timeline_route
 from api_hooks.console.render import Pages
+from api_hooks.console.webhooks import webhooks_route
 from api_hooks.errors import InvalidTenantId, TenantNotFound
 from api_hooks.status import node_report, tenant_stats
 from api_hooks.tenants import delete_tenant, request_provisioning
@@ -206,6 +207,7 @@ def _audit_route(router: APIRouter, pages: Pages) -> None:
     """``/operator/console/audit?actor=&tenant=``: operator actions, newest first; and the
     tenant page's live timeline (``api_hooks.console.live``)."""
     timeline_route(router)
+    webhooks_route(router, pages)  # and the webhook endpoints (api_hooks.console.webhooks)
 
     @router.get("/audit", name="console_audit", response_class=HTMLResponse)
     def audit_page(

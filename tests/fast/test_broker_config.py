@@ -72,3 +72,18 @@ def test_redis_keeps_its_own_options_and_queue_order():
 def test_a_process_refuses_a_broker_it_cannot_use(broker_url):
     with pytest.raises(AssertionError, match="CELERY_BROKER_URL must be a redis://"):
         config_for(broker_url)
+
+
+def test_webhooks_have_a_durable_queue_of_their_own_that_no_default_worker_consumes():
+    # A worker started without -Q consumes task_queues: the three provisioning queues only
+    import celeryconfig  # noqa: PLC0415
+    from worker import app  # noqa: PLC0415
+    from worker.queues import WEBHOOKS_QUEUE, WEBHOOKS_TASK  # noqa: PLC0415
+
+    assert WEBHOOKS_QUEUE not in {q.name for q in celeryconfig.task_queues}
+    # and the dispatch task goes to `webhooks`, declared like the others (durable, its own
+    # exchange and routing key), for the worker started with -Q webhooks
+    queue = app.amqp.router.route({}, WEBHOOKS_TASK, args=(), kwargs={})["queue"]
+    assert queue.name == queue.exchange.name == queue.routing_key == WEBHOOKS_QUEUE
+    assert queue.durable and queue.exchange.durable and queue.exchange.type == "direct"
+    assert celeryconfig.beat_schedule["dispatch-webhooks"]["task"] == WEBHOOKS_TASK

@@ -25,6 +25,7 @@ import yaml
 from celery import Celery
 from sqlalchemy.engine import make_url
 
+from worker.queues import ALL_QUEUES, WEBHOOKS_QUEUE
 from worker.settings import Settings
 from worker.settings_doc import variables
 
@@ -36,7 +37,7 @@ POSTGRES_INIT_DIR = ROOT / "deploy" / "postgres-init"
 APP_ROLE = "tenant_provisioner"  # the app's Postgres role: no superuser, owns its database
 
 INFRA_SERVICES = ("postgres", "redis", "rabbitmq", "influxdb")
-APP_SERVICES = ("migrate", "worker", "beat", "flower", "api")
+APP_SERVICES = ("migrate", "worker", "webhooks", "beat", "flower", "api")
 SECRETS_MOUNT = "/run/secrets/"
 
 # What each app service waits for before it starts (RabbitMQ: only when its profile is on).
@@ -47,6 +48,11 @@ EXPECTED_DEPENDENCIES = {
         "redis": "service_healthy",
         "rabbitmq": "service_healthy",
         "influxdb": "service_healthy",
+    },
+    "webhooks": {
+        "migrate": "service_completed_successfully",
+        "redis": "service_healthy",
+        "rabbitmq": "service_healthy",
     },
     "beat": {
         "migrate": "service_completed_successfully",
@@ -75,6 +81,8 @@ EXPECTED_SECRETS = {
     "influxdb": {"influxdb_admin_token", "influxdb_token"},
     "migrate": {"database_url"},
     "worker": {"database_url", "celery_broker_url", "influxdb_token"},
+    # the webhook endpoints and their signing secrets: this service alone
+    "webhooks": {"database_url", "celery_broker_url", "webhooks"},
     "beat": {"celery_broker_url"},
     "flower": {"celery_broker_url", "flower_basic_auth"},
     "api": {
@@ -557,7 +565,7 @@ def test_the_app_connects_to_postgres_as_its_own_role_not_the_superuser(
         if "DATABASE_URL_FILE" in env:
             assert env["DATABASE_URL_FILE"] == SECRETS_MOUNT + "database_url", name
             users.add(name)
-    assert users == {"migrate", "worker", "api"}
+    assert users == {"migrate", "worker", "webhooks", "api"}
 
 
 def test_redis_requires_a_password_and_its_health_check_authenticates(
@@ -726,3 +734,21 @@ def test_the_image_runs_unprivileged_and_holds_no_secret() -> None:
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     for entry in (".venv", ".git", "tests", "secrets"):
         assert entry in ignored, f".dockerignore must exclude {entry}"
+
+
+def test_webhooks_have_a_worker_of_their_own_and_the_worker_never_takes_them(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # The webhooks service consumes the webhooks queue only, and reads the endpoints file
+    hooks = command_of(services["webhooks"])
+    assert (option(hooks, "-Q") or option(hooks, "--queues")) == WEBHOOKS_QUEUE
+    assert environment_of(services["webhooks"])["WEBHOOKS_FILE"] == SECRETS_MOUNT + "webhooks"
+    # The provisioning worker consumes its default queues (celeryconfig.task_queues, which
+    # leave webhooks out) or a list without it; nothing else reads the endpoints file
+    worker = command_of(services["worker"])
+    queues = option(worker, "-Q") or option(worker, "--queues")
+    assert queues is None or WEBHOOKS_QUEUE not in queues.split(",")
+    assert WEBHOOKS_QUEUE not in ALL_QUEUES
+    for name, service in services.items():
+        if name != "webhooks":
+            assert "WEBHOOKS_FILE" not in environment_of(service), name

@@ -91,6 +91,12 @@ def served(db, world: World) -> set[str]:
     tenant of every kind the metrics count, so that every family has a sample."""
     world.add("alpha")
     insert(db, "acme", state="failed", error_reason="unreachable", node="alpha")
+    db.execute("TRUNCATE webhook_endpoints CASCADE")  # and a webhook endpoint (its families)
+    db.execute(
+        "INSERT INTO webhook_endpoints (name, url, cursor_xid, created_at) "
+        "VALUES ('ui', 'https://ui.example/hooks', '1', %s)",
+        (T0,),
+    )
     with get_engine().connect() as conn:
         log_attempt(conn, "acme", 1, T0, T0, AttemptOutcome.FAILED, Reason.UNREACHABLE)
         conn.commit()

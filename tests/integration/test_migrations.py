@@ -202,3 +202,36 @@ def test_the_migration_records_every_existing_tenant_and_downgrades_cleanly(scra
     with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('tenant_events')").fetchone() == (None,)
         conn.execute("UPDATE tenants SET influxdb_state = 'failed' WHERE tenant_id = 'b'")
+
+
+# -- 0013, webhooks -----------------------------------------------------------------------
+
+
+def test_the_webhook_tables_come_and_go_with_their_migration(scratch_database):
+    alembic(scratch_database, "upgrade", "head")
+    tables = ("webhook_endpoints", "webhook_deliveries", "webhook_lanes")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        for table in tables:
+            assert conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (table,)
+        # An endpoint's deliveries and lanes go with it; one event is one delivery per endpoint
+        conn.execute(
+            "INSERT INTO webhook_endpoints (name, url, cursor_xid, created_at) "
+            "VALUES ('ui', 'https://ui.example/hooks', '7', now())"
+        )
+        delivery = (
+            "INSERT INTO webhook_deliveries (endpoint, event_id, tenant_id, seq, type, payload, "
+            "next_attempt_at, created_at) VALUES ('ui', '7-1', 'a', 1, 't', '{}', now(), now())"
+        )
+        conn.execute(delivery)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(delivery)
+        conn.execute("INSERT INTO webhook_lanes VALUES ('ui', 'a', 1)")
+        conn.execute("DELETE FROM webhook_endpoints")
+        assert conn.execute("SELECT count(*) FROM webhook_deliveries").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM webhook_lanes").fetchone() == (0,)
+
+    alembic(scratch_database, "downgrade", "0012")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        for table in tables:
+            assert conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,)
+    alembic(scratch_database, "upgrade", "head")

@@ -1,0 +1,461 @@
+"""Webhooks in-process on real Postgres, to a real HTTP receiver that verifies every signature
+with the Standard Webhooks library: the fan-out from the event log (new endpoints start now,
+filters, each tenant in tenantseq order even against the global order), delivery in order per
+tenant, retries of every kind of failure with nothing lost, disabling after the window and
+re-enabling, one dispatcher per endpoint, no secret anywhere, and the CLI and console views.
+
+Every time compared here comes from the injected clock (the dispatcher's ``clock``), never from
+Postgres' ``now()``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from fastapi.testclient import TestClient
+
+from api_hooks.app import create_app
+from api_hooks.cli import main as cli_main
+from harness.console import sign_in
+from tests.conftest import OPERATOR_TOKEN, ROOT, wait_for
+from tests.fast.conftest import SEED, Clock, insert
+from tests.webhook_receiver import Answer, Receiver
+from worker.db import advisory_lock, get_engine
+from worker.webhook_config import Endpoint, parse_endpoints
+from worker.webhook_dispatch import Policy, Summary, dispatch, enable, lock_key
+from worker.webhook_sending import signed_headers
+
+SECRET = "whsec_" + base64.b64encode(b"s3cr3t-key-for-the-tests-" + b"x" * 7).decode()
+POLICY = Policy(read_timeout=0.5, backoff_cap=60.0, disable_after=timedelta(hours=24))
+
+
+@pytest.fixture
+def receiver(db: psycopg.Connection[Any]) -> Iterator[Receiver]:
+    """A receiver on loopback answering 204, and no webhook endpoint in the database yet."""
+    db.execute("TRUNCATE webhook_endpoints CASCADE")
+    started = Receiver(SECRET, check_time=False).start()
+    yield started
+    started.down()
+
+
+def endpoint_for(receiver: Receiver, name: str = "ui", **extra: Any) -> Endpoint:
+    entry = {"name": name, "url": receiver.url, "secret": SECRET, **extra}
+    (endpoint,) = parse_endpoints(json.dumps([entry]), "test")
+    return endpoint
+
+
+def run(clock: Clock, *endpoints: Endpoint, policy: Policy = POLICY) -> Summary:
+    with get_engine().connect() as conn:
+        return dispatch(conn, endpoints, policy, clock=clock, rng=random.Random(SEED))
+
+
+def move(db: psycopg.Connection[Any], tenant_id: str, *states: str) -> None:
+    for state in states:
+        db.execute(
+            "UPDATE tenants SET influxdb_state = %s WHERE tenant_id = %s", (state, tenant_id)
+        )
+
+
+def readable(db: psycopg.Connection[Any]) -> None:
+    """Wait until every event written so far is below the log's horizon (another session's
+    open transaction holds it back for a moment)."""
+    (last,) = db.execute("SELECT max(xid)::text FROM tenant_events").fetchone()
+
+    def below() -> bool:
+        (xmin,) = db.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()
+        return last is None or int(xmin) > int(last)
+
+    wait_for(below, timeout=20, what="the events to be below the horizon")
+
+
+def arrivals(receiver: Receiver, tenant_id: str) -> list[str]:
+    """The event types the tenant's first arrivals carried, in arrival order."""
+    return [
+        r.event["type"].removeprefix("io.tenant-provisioner.")
+        for r in receiver.first_arrivals()
+        if r.event.get("subject") == tenant_id
+    ]
+
+
+def deliveries(db: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    with db.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return cur.execute("SELECT * FROM webhook_deliveries ORDER BY tenant_id, seq").fetchall()
+
+
+def endpoint_row(db: psycopg.Connection[Any], name: str = "ui") -> dict[str, Any]:
+    with db.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        row = cur.execute("SELECT * FROM webhook_endpoints WHERE name = %s", (name,)).fetchone()
+    assert row is not None
+    return row
+
+
+def test_a_new_endpoint_gets_what_happens_from_then_on_signed_and_in_order(db, receiver):
+    clock = Clock()
+    ui = endpoint_for(receiver)
+    # Given a tenant created before the endpoint was configured
+    insert(db, "before", state="pending")
+    readable(db)
+    assert run(clock, ui).served == ["ui"]
+    # When another tenant is created and provisioned
+    insert(db, "acme", state="pending")
+    move(db, "acme", "provisioning", "provisioned")
+    readable(db)
+    summary = run(clock, ui)
+    # Then its three events arrive in order, each verified; nothing of the history
+    assert arrivals(receiver, "acme") == [
+        "tenant.created",
+        "tenant.provisioning_started",
+        "tenant.provisioned",
+    ]
+    assert all(r.verified for r in receiver.snapshot())
+    assert arrivals(receiver, "before") == []
+    assert [r.event["tenantseq"] for r in receiver.snapshot()] == [1, 2, 3]
+    assert (summary.delivered, summary.failed) == (3, 0)
+    # and nothing waits; the endpoint counted them, by the injected clock
+    assert deliveries(db) == []
+    row = endpoint_row(db)
+    assert (row["delivered"], row["last_success_at"], row["failing_since"]) == (3, clock(), None)
+
+
+def test_a_filter_sends_only_its_types_and_the_cursor_passes_the_rest(db, receiver):
+    clock = Clock()
+    ui = endpoint_for(receiver, types=["tenant.provisioned", "tenant.failed"])
+    run(clock, ui)
+    start = endpoint_row(db)["cursor_xid"]
+    insert(db, "acme", state="pending")
+    move(db, "acme", "provisioning", "provisioned")
+    readable(db)
+    run(clock, ui)
+    assert arrivals(receiver, "acme") == ["tenant.provisioned"]
+    # A second run finds nothing new: the cursor moved past what the filter dropped
+    assert int(endpoint_row(db)["cursor_xid"]) > int(start)
+    run(clock, ui)
+    assert len(receiver.snapshot()) == 1
+    assert deliveries(db) == []
+
+
+def test_a_tenants_failing_event_holds_back_its_later_ones_but_not_other_tenants(db, receiver):
+    clock = Clock()
+    ui = endpoint_for(receiver)
+    run(clock, ui)
+    receiver.answer_with(
+        lambda r: Answer(500) if r.event.get("subject") == "alpha" else Answer(204)
+    )
+    for tenant in ("alpha", "beta"):
+        insert(db, tenant, state="pending")
+    for tenant in ("alpha", "beta"):
+        move(db, tenant, "provisioning", "provisioned")
+    readable(db)
+
+    run(clock, ui)
+    # beta's three went; alpha's first failed once, and its later two were not sent
+    assert arrivals(receiver, "beta") == [
+        "tenant.created",
+        "tenant.provisioning_started",
+        "tenant.provisioned",
+    ]
+    assert [r.event["type"] for r in receiver.snapshot() if r.event["subject"] == "alpha"] == [
+        "io.tenant-provisioner.tenant.created"
+    ]
+    waiting = deliveries(db)
+    assert [(d["tenant_id"], d["seq"], d["attempts"]) for d in waiting] == [
+        ("alpha", 1, 1),
+        ("alpha", 2, 0),
+        ("alpha", 3, 0),
+    ]
+    head = waiting[0]
+    assert head["next_attempt_at"] > clock() and head["first_failed_at"] == clock()
+    assert head["last_error"] == "HTTP 500 Internal Server Error"
+    assert endpoint_row(db)["failing_since"] == clock()
+
+    # Not due yet: nothing is sent
+    run(clock, ui)
+    assert len(receiver.snapshot()) == 4
+
+    # When the receiver recovers and the backoff has passed, alpha's arrive, in order
+    receiver.answer_with(Answer(204))
+    clock.advance(POLICY.backoff_cap + 1)
+    run(clock, ui)
+    assert arrivals(receiver, "alpha") == [
+        "tenant.created",
+        "tenant.provisioning_started",
+        "tenant.provisioned",
+    ]
+    assert deliveries(db) == []
+    assert endpoint_row(db)["failing_since"] is None
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("redirect", "HTTP 302: a redirect, not followed"),
+        ("error", "HTTP 503 Service Unavailable"),
+        ("slow", "no answer within 3s / 0.5s"),
+        ("down", "connection failed: ConnectionRefusedError"),
+    ],
+)
+def test_every_failure_is_retried_later_and_nothing_is_lost(db, receiver, fault, error):
+    clock = Clock()
+    ui = endpoint_for(receiver)
+    elsewhere = Receiver(SECRET, check_time=False).start()
+    run(clock, ui)
+    insert(db, "acme", state="pending")
+    readable(db)
+    # Given a receiver that redirects, fails, answers too late, or is down
+    if fault == "redirect":
+        receiver.answer_with(Answer(302, headers=(("location", elsewhere.url),)))
+    elif fault == "error":
+        receiver.answer_with(Answer(503, headers=(("retry-after", "30"),)))
+    elif fault == "slow":
+        receiver.answer_with(Answer(204, delay=POLICY.read_timeout + 0.5))
+    else:
+        receiver.down()
+    summary = run(clock, ui)
+
+    # Then the delivery is kept, due again later; the redirect was not followed
+    assert (summary.delivered, summary.failed) == (0, 1)
+    (kept,) = deliveries(db)
+    assert kept["attempts"] == 1 and kept["next_attempt_at"] > clock()
+    assert kept["last_error"].startswith(error), kept["last_error"]
+    if fault == "error":  # Retry-After is honoured (within the cap)
+        assert kept["next_attempt_at"] >= clock() + timedelta(seconds=30)
+    assert elsewhere.snapshot() == []
+    assert endpoint_row(db)["failing_since"] == clock()
+
+    # When the receiver answers again and the retry is due, it is delivered
+    if fault == "down":
+        receiver.start()
+    receiver.answer_with(Answer(200))
+    clock.advance(POLICY.backoff_cap + 1)
+    run(clock, ui)
+    assert arrivals(receiver, "acme") == ["tenant.created"]
+    assert any(r.answered == 200 for r in receiver.snapshot())
+    assert deliveries(db) == [] and endpoint_row(db)["failing_since"] is None
+    elsewhere.down()
+
+
+def test_failing_past_the_window_disables_the_endpoint_and_enabling_resumes_it(db, receiver):
+    clock = Clock()
+    ui = endpoint_for(receiver)
+    run(clock, ui)
+    receiver.answer_with(Answer(503))
+    insert(db, "acme", state="pending")
+    readable(db)
+    run(clock, ui)
+    started = clock()
+    # Failing for 23 h: still retried, not disabled
+    clock.advance(23 * 3600)
+    run(clock, ui)
+    assert endpoint_row(db)["disabled_at"] is None
+    sent = len(receiver.snapshot())
+    assert sent == 2
+    # Past 24 h: the next failure disables it
+    clock.advance(3600 + 1)
+    summary = run(clock, ui)
+    row = endpoint_row(db)
+    assert summary.disabled == ["ui"]
+    assert (row["failing_since"], row["disabled_at"]) == (started, clock())
+
+    # While disabled nothing is sent, and new events still become deliveries (none lost)
+    move(db, "acme", "provisioning")
+    readable(db)
+    clock.advance(3600)
+    run(clock, ui)
+    assert len(receiver.snapshot()) == sent + 1
+    assert [d["seq"] for d in deliveries(db)] == [1, 2]
+
+    # When an operator re-enables it and the receiver is back, both go, in order
+    receiver.answer_with(Answer(204))
+    with get_engine().connect() as conn:
+        assert enable(conn, "ui", clock())
+        assert not enable(conn, "nobody", clock())
+    run(clock, ui)
+    assert arrivals(receiver, "acme") == ["tenant.created", "tenant.provisioning_started"]
+    row = endpoint_row(db)
+    assert (row["disabled_at"], row["failing_since"], row["delivered"]) == (None, None, 2)
+
+
+def test_410_gone_disables_the_endpoint_at_once(db, receiver):
+    clock = Clock()
+    ui = endpoint_for(receiver)
+    run(clock, ui)
+    receiver.answer_with(Answer(410))
+    insert(db, "acme", state="pending")
+    readable(db)
+    assert run(clock, ui).disabled == ["ui"]
+    assert endpoint_row(db)["disabled_at"] == clock()
+    assert len(deliveries(db)) == 1
+
+
+def test_a_tenants_events_go_in_tenantseq_order_even_when_the_global_order_differs(
+    db, receiver, database
+):
+    # Given a tenant whose event 2 is written by a transaction with a larger xid than its
+    # event 3's, while a transaction between them stays open: the global order (xid, id)
+    # shows event 3 first, and event 2 only once that transaction ends.
+    clock = Clock()
+    ui = endpoint_for(receiver)
+    run(clock, ui)
+    insert(db, "acme", state="pending")
+    readable(db)
+    run(clock, ui)
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    with psycopg.connect(dsn) as late, psycopg.connect(dsn) as between:
+        late.execute("SELECT pg_current_xact_id()")  # its xid first
+        between.execute("SELECT pg_current_xact_id()")  # holds the horizon below the next
+        move(db, "acme", "provisioning")  # event 2: a larger xid, committed first
+        late.execute("UPDATE tenants SET influxdb_state = 'retrying' WHERE tenant_id = 'acme'")
+        late.commit()  # event 3, in the smaller xid
+        (event3_xid,) = db.execute(
+            "SELECT xid::text FROM tenant_events WHERE tenant_id = 'acme' AND seq = 3"
+        ).fetchone()
+
+        def event3_readable() -> bool:
+            (xmin,) = db.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()
+            return int(xmin) > int(event3_xid)
+
+        wait_for(event3_readable, timeout=20, what="event 3 below the horizon")
+        # When the dispatcher runs while event 2 is still above the horizon
+        run(clock, ui)
+        # Then event 2 went first anyway (read by tenantseq), then event 3
+        assert arrivals(receiver, "acme") == [
+            "tenant.created",
+            "tenant.provisioning_started",
+            "tenant.retry_scheduled",
+        ]
+        between.rollback()
+    # And when the global order reaches event 2, it is not sent again
+    readable(db)
+    run(clock, ui)
+    assert len(receiver.snapshot()) == 3 and deliveries(db) == []
+
+
+def test_one_dispatcher_works_an_endpoint_at_a_time(db, receiver):
+    clock = Clock()
+    ui = endpoint_for(receiver)
+    run(clock, ui)
+    insert(db, "acme", state="pending")
+    readable(db)
+    with get_engine().connect() as other, advisory_lock(other, lock_key("ui")) as held:
+        assert held
+        assert run(clock, ui).served == []  # another dispatcher holds it: this run skips it
+        assert receiver.snapshot() == []
+    assert run(clock, ui).served == ["ui"]
+    assert arrivals(receiver, "acme") == ["tenant.created"]
+
+
+def test_no_secret_in_stored_errors_logs_or_the_runs_summary(db, receiver, caplog):
+    caplog.set_level(logging.DEBUG)
+    clock = Clock()
+    ui = endpoint_for(receiver)
+    run(clock, ui)
+    # A receiver that echoes the secret in its status line
+    receiver.answer_with(Answer(500, reason=f"bad signature for {SECRET}"))
+    insert(db, "acme", state="pending")
+    readable(db)
+    summary = run(clock, ui)
+    (kept,) = deliveries(db)
+    assert "[REDACTED]" in kept["last_error"]
+    stored = json.dumps([kept, endpoint_row(db)], default=str)
+    for text in (stored, caplog.text, json.dumps(summary.as_dict()), repr(ui)):
+        assert SECRET not in text
+        assert SECRET.removeprefix("whsec_") not in text
+
+
+def test_tenantctl_and_the_console_show_each_endpoint_and_enable_a_disabled_one(
+    db, receiver, capsys
+):
+    clock = Clock()
+    ui, ops = endpoint_for(receiver), endpoint_for(receiver, name="ops")
+    run(clock, ui, ops)
+    db.execute(
+        "UPDATE webhook_endpoints SET disabled_at = %s, failing_since = %s, "
+        "last_error = %s WHERE name = 'ops'",
+        (clock(), clock(), "HTTP 500 <script>alert(1)</script>"),
+    )
+    assert cli_main(["--json", "webhooks"]) == 0
+    listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert listed["ui"]["disabled_at"] is None and listed["ops"]["disabled_at"] is not None
+    assert listed["ui"]["url"] == receiver.url and listed["ops"]["pending"] == 0
+    assert cli_main(["webhooks"]) == 0
+    out = capsys.readouterr()
+    assert "DISABLED: ops" in out.err and "disabled" in out.out
+
+    with TestClient(create_app(), follow_redirects=False) as browser:
+        assert sign_in(browser, "/operator/console", OPERATOR_TOKEN).status_code == 303
+        page = browser.get("/operator/console/webhooks")
+        assert page.status_code == 200
+        assert 'data-endpoint="ops" data-state="disabled"' in page.text
+        assert 'data-endpoint="ui" data-state="ok"' in page.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+        assert SECRET not in page.text
+        assert 'href="/operator/console/webhooks"' in browser.get("/operator/console").text
+
+    assert cli_main(["webhooks", "--enable", "ops"]) == 0
+    assert endpoint_row(db, "ops")["disabled_at"] is None
+    assert cli_main(["webhooks", "--enable", "nobody"]) == 3
+
+
+def python_block(page: Path, heading: str) -> str:
+    """The first ```python block after ``heading`` in ``page``."""
+    text = page.read_text(encoding="utf-8").split(f"\n{heading}\n", 1)[1]
+    return text.split("```python\n", 1)[1].split("```\n", 1)[0]
+
+
+def test_the_documented_receiver_takes_a_real_delivery_and_refuses_forgeries(
+    db, receiver, capsys, monkeypatch
+):
+    # Given the receiver of docs/webhooks.md - the README shows the same one - serving
+    code = python_block(ROOT / "docs" / "webhooks.md", "## A receiver")
+    assert python_block(ROOT / "README.md", "## Webhooks") == code
+    serve = 'HTTPServer(("", 8080), Receiver).serve_forever()\n'
+    assert code.endswith(serve)
+    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+    namespace: dict[str, Any] = {}
+    exec(compile(code.removesuffix(serve), "docs/webhooks.md", "exec"), namespace)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), namespace["Receiver"])
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    (documented,) = parse_endpoints(
+        json.dumps([{"name": "doc", "url": url, "secret": SECRET}]), "t"
+    )
+    try:
+        # When an event is delivered (on the database's clock: the receiver checks the time)
+        with get_engine().connect() as conn:
+            dispatch(conn, [documented], POLICY)
+            insert(db, "acme", state="pending")
+            readable(db)
+            summary = dispatch(conn, [documented], POLICY)
+        # Then it verified and took it
+        assert (summary.delivered, summary.failed) == (1, 0)
+        assert "acme io.tenant-provisioner.tenant.created pending" in capsys.readouterr().out
+        # And it refuses a forged signature, a stale timestamp and missing headers
+        body = json.dumps({"id": "1-1", "type": "x", "data": {}}).encode()
+        now = int(time.time())
+        good = signed_headers(documented, "1-1", now, body)
+        for headers in (
+            {**good, "webhook-signature": "v1," + base64.b64encode(b"x" * 32).decode()},
+            signed_headers(documented, "1-1", now - 600, body),
+            {"content-type": "application/json"},
+            {**good, "webhook-timestamp": "\u00b2\u00b3"},  # digits, but not ASCII ones
+        ):
+            assert requests.post(url, data=body, headers=headers, timeout=5).status_code == 401
+        # And takes a repeat of an id once
+        for _ in range(2):
+            assert requests.post(url, data=body, headers=good, timeout=5).status_code == 204
+        assert capsys.readouterr().out.count(" x ") == 1
+    finally:
+        server.shutdown()
+        server.server_close()

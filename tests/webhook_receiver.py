@@ -1,0 +1,164 @@
+"""A webhook receiver for the tests: a real threaded HTTP server on loopback that verifies every
+request's signature with the Standard Webhooks library (``standardwebhooks``, the spec's own),
+records what it got, and answers what the test tells it - 2xx, an error, a redirect, slowly,
+or not at all (down: connections refused)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the receiver answers: a status, after ``delay`` seconds, with ``headers``."""
+
+    status: int = 204
+    delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
+    reason: str | None = None  # the status line's reason phrase
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as it arrived."""
+
+    webhook_id: str
+    timestamp: str
+    signature: str
+    body: bytes
+    verified: bool  # the signature checks out with the spec's library
+    at: float  # time.time() when it arrived
+    answered: int  # the status it was answered with (0: none, it was too slow for the sender)
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The CloudEvent in the body."""
+        return json.loads(self.body)
+
+
+class Receiver:
+    """Start with :meth:`start`; ``url`` is where it listens. ``check_time``: verify the
+    timestamp too (the library's 5-minute tolerance), which a test on an injected clock
+    cannot."""
+
+    def __init__(self, secret: str, *, check_time: bool = True, path: str = "/hooks") -> None:
+        self.webhook = Webhook(secret)
+        self.check_time = check_time
+        self.path = path
+        self.received: list[Received] = []
+        self.answer: Callable[[Received], Answer] = lambda _: Answer()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}{self.path}"
+
+    def start(self) -> Receiver:
+        """Listen (again, on the same port after :meth:`down`)."""
+        server = _Server(("127.0.0.1", self._port), self._handler())
+        self._port = server.server_address[1]
+        self._server = server
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def down(self) -> None:
+        """Stop listening: connections are refused until :meth:`start`."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def answer_with(self, answer: Answer | Callable[[Received], Answer]) -> None:
+        """Answer every request so (or as the function decides, per request)."""
+        self.answer = answer if callable(answer) else (lambda _: answer)
+
+    def verify(self, body: bytes, headers: dict[str, str]) -> bool:
+        if self.check_time:
+            try:
+                self.webhook.verify(body, headers)
+            except WebhookVerificationError:
+                return False
+            return True
+        # The library's signing (the spec's algorithm) at the request's own timestamp.
+        stamp = datetime.fromtimestamp(int(headers["webhook-timestamp"]), tz=UTC)
+        expected = self.webhook.sign(headers["webhook-id"], stamp, body.decode())
+        return expected in headers["webhook-signature"].split(" ")
+
+    def first_arrivals(self) -> list[Received]:
+        """Verified requests, duplicates (a ``webhook-id`` seen before) dropped."""
+        seen: set[str] = set()
+        firsts = []
+        for request in self.snapshot():
+            if request.verified and request.webhook_id not in seen:
+                seen.add(request.webhook_id)
+                firsts.append(request)
+        return firsts
+
+    def snapshot(self) -> list[Received]:
+        with self._lock:
+            return list(self.received)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                arrived = Received(
+                    headers.get("webhook-id", ""),
+                    headers.get("webhook-timestamp", ""),
+                    headers.get("webhook-signature", ""),
+                    body,
+                    self.path == receiver.path and receiver.verify(body, headers),
+                    time.time(),
+                    0,
+                )
+                answer = receiver.answer(arrived)
+                if answer.delay:
+                    time.sleep(answer.delay)
+                with receiver._lock:
+                    receiver.received.append(_answered(arrived, answer.status))
+                try:
+                    self.send_response(answer.status, answer.reason)
+                    for name, value in answer.headers:
+                        self.send_header(name, value)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the sender gave up waiting
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default backlog is 5: a sender's 8 connections at once would see SYNs
+    # dropped and retried a second later, as no real receiver does.
+    request_queue_size = 128
+
+
+def _answered(request: Received, status: int) -> Received:
+    return Received(
+        request.webhook_id,
+        request.timestamp,
+        request.signature,
+        request.body,
+        request.verified,
+        request.at,
+        status,
+    )

@@ -1,0 +1,162 @@
+"""Sending one webhook: signed per the Standard Webhooks spec, POSTed once, never redirected.
+
+Headers: ``webhook-id`` (the CloudEvent's id, the same on every retry: receivers drop
+duplicates by it), ``webhook-timestamp`` (Unix seconds of this attempt) and
+``webhook-signature``: ``v1,`` then the base64 of HMAC-SHA256 over ``{id}.{timestamp}.{body}``
+with the key the ``whsec_`` secret encodes - one signature per key, space separated, while a
+key is rotated. The body is the CloudEvent as compact JSON, the very bytes signed.
+
+Only 2xx counts as delivered. A 3xx is a failure (never followed: only configured URLs are
+called), and so is every other status, a refused connection, a reset or a timeout. No proxy,
+``.netrc`` or other environment setting applies (``trust_env`` off).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+
+from worker.webhook_config import Endpoint
+
+USER_AGENT = "tenant-provisioner-webhooks"
+CONNECT_TIMEOUT = 3.0  # s; the read timeout is WEBHOOKS_READ_TIMEOUT_SECONDS
+MAX_RETRY_AFTER = 86400.0  # a Retry-After beyond a day is not believed
+Result = TypeVar("Result")
+
+
+def body_of(event: dict[str, Any]) -> bytes:
+    """The CloudEvent as sent and signed: compact JSON, UTF-8."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(keys: Iterable[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>`` per key, space separated."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        for key in keys
+    )
+
+
+def signed_headers(endpoint: Endpoint, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Every header of one attempt."""
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(endpoint.keys, msg_id, timestamp, body),
+    }
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one POST got: ``status`` (None: no answer), an error for anything but 2xx, and
+    the receiver's ``Retry-After`` in seconds when it sent one."""
+
+    status: int | None
+    error: str | None = None
+    retry_after: float | None = None
+
+    @property
+    def delivered(self) -> bool:
+        """2xx: the receiver has it."""
+        return self.error is None
+
+    @property
+    def gone(self) -> bool:
+        """410: the receiver wants no more (the spec: disable the endpoint)."""
+        return self.status == 410
+
+
+def post(
+    session: requests.Session,
+    endpoint: Endpoint,
+    msg_id: str,
+    event: dict[str, Any],
+    timestamp: int,
+    read_timeout: float,
+) -> Attempt:
+    """POST one event to the endpoint, once; never raises for what the receiver does."""
+    body = body_of(event)
+    try:
+        response = session.post(
+            endpoint.url,
+            data=body,
+            headers=signed_headers(endpoint, msg_id, timestamp, body),
+            timeout=(CONNECT_TIMEOUT, read_timeout),
+            allow_redirects=False,
+            stream=True,  # the answer's body is not read: only its status counts
+        )
+    except requests.Timeout:
+        return Attempt(None, f"no answer within {CONNECT_TIMEOUT:g}s / {read_timeout:g}s")
+    except requests.ConnectionError as exc:
+        return Attempt(None, f"connection failed: {_cause(exc)}")
+    except requests.RequestException as exc:
+        return Attempt(None, f"{type(exc).__name__}: {_cause(exc)}")
+    with response:
+        status = response.status_code
+        if 200 <= status < 300:
+            return Attempt(status)
+        if 300 <= status < 400:
+            return Attempt(status, f"HTTP {status}: a redirect, not followed (fix the URL)")
+        reason = str(response.reason or "")[:80]
+        return Attempt(status, f"HTTP {status} {reason}".rstrip(), _retry_after(response))
+
+
+def _cause(exc: BaseException) -> str:
+    # The innermost reason ("Connection refused"), not urllib3's wrapping of the whole request.
+    while exc.__context__ is not None and exc.__context__ is not exc:
+        exc = exc.__context__
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    return None  # an HTTP date: our backoff decides
+
+
+class Sender:
+    """A small pool of threads, each with its own HTTP session (keep-alive per thread), that
+    sends the heads of different tenants at once. Use as a context manager: the sessions are
+    closed at its end."""
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook")
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    def session(self) -> requests.Session:
+        """The calling thread's session (made on first use)."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxy or .netrc from the environment
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def submit(self, send: Callable[..., Result], *args: Any) -> Future[Result]:
+        """``send(*args)`` on one of the threads."""
+        return self._pool.submit(send, *args)
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._pool.shutdown(wait=True)
+        for session in self._sessions:
+            session.close()
