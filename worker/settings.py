@@ -7,6 +7,7 @@ explains them, in a table printed from the fields by ``python -m worker.settings
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -278,6 +279,10 @@ class Settings(BaseSettings):
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of logs and stored errors."""
+        return self._secret_values
+
+    @functools.cached_property
+    def _secret_values(self) -> tuple[str, ...]:  # once: every log line asks
         values = [self.influxdb_token, self.operator_token, self.locations_token]
         values += [self.metrics_token, *(node.token for node in self.influxdb_nodes)]
         for url in (self.database_url, self.broker_url):
