@@ -279,20 +279,22 @@ class Settings(BaseSettings):
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of logs and stored errors."""
-        return self._secret_values
-
-    @functools.cached_property
-    def _secret_values(self) -> tuple[str, ...]:  # once: every log line asks
         values = [self.influxdb_token, self.operator_token, self.locations_token]
         values += [self.metrics_token, *(node.token for node in self.influxdb_nodes)]
-        for url in (self.database_url, self.broker_url):
-            try:
-                values.append(make_url(url).password)
-            except ArgumentError:
-                continue
-            # As written in the URL too (percent-encoded), the way a client may print it.
-            values.append(urllib.parse.urlsplit(url).password)
-        return tuple(dict.fromkeys(v for v in values if v))
+        return _secret_values(tuple(values), (self.database_url, self.broker_url))
+
+
+@functools.lru_cache(maxsize=32)  # every log line asks; a copy with other values is its own key
+def _secret_values(values: tuple[str | None, ...], urls: tuple[str, ...]) -> tuple[str, ...]:
+    found = list(values)
+    for url in urls:
+        try:
+            found.append(make_url(url).password)
+        except ArgumentError:
+            continue
+        # As written in the URL too (percent-encoded), the way a client may print it.
+        found.append(urllib.parse.urlsplit(url).password)
+    return tuple(dict.fromkeys(v for v in found if v))
 
 
 class _Environ(EnvSettingsSource):
