@@ -105,6 +105,7 @@ class Sizes:
     events_tenants: int  # provisioned per run of events on / off (four runs)
     events_clients: int  # SSE clients on one API process ...
     events_stream_events: int  # ... each receiving this many events
+    events_webhooks: int  # events delivered to one webhook receiver
     profile_tenants: int  # provisioned while py-spy samples the worker
     ready_tenants: int  # time to ready: tenants created one after another, per latency
 
@@ -142,6 +143,7 @@ FULL = Sizes(
     events_tenants=2000,
     events_clients=100,
     events_stream_events=300,
+    events_webhooks=5000,
     profile_tenants=2000,
     ready_tenants=200,
 )
@@ -179,6 +181,7 @@ QUICK = Sizes(
     events_tenants=100,
     events_clients=10,
     events_stream_events=20,
+    events_webhooks=200,
     profile_tenants=100,
     ready_tenants=20,
 )

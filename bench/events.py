@@ -7,12 +7,18 @@
 2. **Event to SSE client**: 100 clients follow ``GET /operator/events`` on one API process; a
    writer commits one tenant every 20 ms. Latency = when a client parsed the event minus when
    the writer's commit returned: both in this process, one clock.
+3. **Webhook throughput to one receiver**: N tenants created (N ``tenant.created`` events),
+   then the dispatcher (``worker.webhook_dispatch.dispatch``, run in this process as the
+   webhooks worker runs it) delivers them to one endpoint: a receiver in a process of its own
+   that verifies nothing and answers 204 at once. Deliveries per second, fan-out included.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -23,6 +29,10 @@ from api_hooks import create_tenant
 from bench.config import BENCH_ENV, Sizes
 from bench.harness import Context, celery_worker, http_server, say, wait_until
 from bench.measure import ProcessCpu, Result, cpu_busy_since, cpu_ticks, median, percentile, verdict
+from harness.processes import free_port, http_ok
+from worker.db import get_engine
+from worker.webhook_config import Endpoint
+from worker.webhook_dispatch import Policy, dispatch
 
 CORES = os.cpu_count() or 1
 BENCHMARK = "events · the event log and its stream"
@@ -33,7 +43,70 @@ INFLUXDB_LATENCY_SECONDS = 0.020
 
 
 def run(ctx: Context, sizes: Sizes) -> list[Result]:
-    return [_cpu_on_vs_off(ctx, sizes.events_tenants), _stream_latency(ctx, sizes)]
+    return [
+        _cpu_on_vs_off(ctx, sizes.events_tenants),
+        _stream_latency(ctx, sizes),
+        _webhook_throughput(ctx, sizes.events_webhooks),
+    ]
+
+
+RECEIVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Receiver(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.do_GET()
+    def do_GET(self):
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
+"""
+
+
+def _webhook_throughput(ctx: Context, count: int) -> Result:
+    ctx.fresh_state()
+    ctx.db.execute("TRUNCATE webhook_endpoints CASCADE")
+    port = free_port()
+    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)])
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/"), 10, "the receiver", 0.05)
+        endpoint = Endpoint("bench", f"http://127.0.0.1:{port}/hook", (b"k" * 32,))
+        policy = Policy(read_timeout=5.0, backoff_cap=1.0)
+        with get_engine().connect() as conn:
+            dispatch(conn, [endpoint], policy)  # the endpoint starts at the log's horizon
+            ctx.db.execute(
+                "INSERT INTO tenants (tenant_id, name, influxdb_state) "
+                "SELECT 'wh-' || i, 'x', 'pending' FROM generate_series(1, %s) i",
+                (count,),
+            )
+            started = time.monotonic()
+            delivered = 0
+            while delivered < count and time.monotonic() - started < 600:
+                delivered += dispatch(conn, [endpoint], policy).delivered
+            seconds = time.monotonic() - started
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=10)
+    rate = delivered / seconds
+    result = f"{rate:,.0f} deliveries/s ({delivered:,} in {seconds:.1f} s, fan-out included)"
+    if delivered < count:
+        result += f" · delivered {delivered:,} of {count:,}"
+    say(f"webhooks: {result}")
+    return Result(
+        BENCHMARK,
+        "webhook throughput to one receiver (8 in flight, answers 204 at once)",
+        f"{count:,}",
+        result,
+        "-",
+        "n/a" if delivered == count else "error",
+    )
 
 
 def _cpu_on_vs_off(ctx: Context, count: int) -> Result:
