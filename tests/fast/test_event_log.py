@@ -545,20 +545,3 @@ def test_a_deletion_that_fails_says_why_and_one_that_ends_says_so(db, world: Wor
         "tenant.deprovisioned",
     ]
     assert log_of(db, "leaving")[-2]["data"]["reason"] == "unreachable"
-
-
-def test_one_statement_may_change_tens_of_thousands_of_tenants(db):
-    # Given 10,000 tenants inserted by one statement (an import, a bulk change): more than
-    # Postgres' lock table holds (64 x 100 connections here) were each a lock of its own
-    db.execute(
-        "INSERT INTO tenants (tenant_id, name, influxdb_state) "
-        "SELECT 'bulk-' || i, 'x', 'pending' FROM generate_series(1, 10000) i"
-    )
-    # When one statement changes them all
-    db.execute("UPDATE tenants SET influxdb_state = 'provisioning' WHERE tenant_id LIKE 'bulk-%'")
-    # Then each has its two events, numbered 1 and 2
-    counts = db.execute(
-        "SELECT seq, count(*) FROM tenant_events WHERE tenant_id LIKE 'bulk-%' GROUP BY seq "
-        "ORDER BY seq"
-    ).fetchall()
-    assert counts == [(1, 10000), (2, 10000)]

@@ -48,3 +48,20 @@ def test_a_tenant_created_through_the_api_tells_its_provisioning_in_order(
     # And the times run forward
     times = [e["time"] for e in events]
     assert times == sorted(times)
+
+
+def test_one_statement_may_change_tens_of_thousands_of_tenants(db):
+    # Given 10,000 tenants inserted by one statement (an import, a bulk change): more than
+    # Postgres' lock table holds (64 x 100 connections here) were each a lock of its own
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state) "
+        "SELECT 'bulk-' || i, 'x', 'pending' FROM generate_series(1, 10000) i"
+    )
+    # When one statement changes them all
+    db.execute("UPDATE tenants SET influxdb_state = 'provisioning' WHERE tenant_id LIKE 'bulk-%'")
+    # Then each has its two events, numbered 1 and 2
+    counts = db.execute(
+        "SELECT seq, count(*) FROM tenant_events WHERE tenant_id LIKE 'bulk-%' GROUP BY seq "
+        "ORDER BY seq"
+    ).fetchall()
+    assert counts == [(1, 10000), (2, 10000)]
