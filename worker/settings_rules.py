@@ -19,7 +19,6 @@ MIN_TOKEN_LENGTH = 32  # 32 random hex characters are 128 bits
 # As InfluxDB 3 Core's configure API takes them (docs/settings.md, "Rules").
 RETENTION_PERIOD = re.compile(r"\A[1-9][0-9]{0,5}(?:h|d|w|mo|y)\Z")
 RETENTION_PERIOD_RULE = "a positive number (at most 6 digits) followed by h, d, w, mo or y"
-_RFC_3339 = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})"
 
 
 class SettingsError(ValueError):
@@ -121,7 +120,12 @@ Retention = Annotated[
 ]
 HardDelete = Annotated[
     str | None,
-    Field(pattern=re.compile(rf"\A(now|never|default|{_RFC_3339})\Z")),
+    Field(
+        pattern=re.compile(
+            r"\A(now|never|default|"  # or an RFC 3339 time:
+            r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))\Z"
+        )
+    ),
     "now, never, default or an RFC 3339 time",
 ]
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
