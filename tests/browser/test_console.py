@@ -179,7 +179,13 @@ def test_filter_to_failed_open_a_tenant_retry_and_see_it_provisioned(
         overflow = browser.execute_script(
             "return document.documentElement.scrollWidth - window.innerWidth"
         )
-        assert overflow <= 0
+        wide = browser.execute_script(
+            "return [...document.querySelectorAll('body *')].filter(e => "
+            "e.getBoundingClientRect().right > window.innerWidth && !e.closest('.scroll'))"
+            ".map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + "
+            "e.getBoundingClientRect().right).slice(0, 8)"
+        )
+        assert overflow <= 0, wide
         screenshot(browser, "console-tenant-phone")
     finally:
         browser.set_window_size(1280, 900)
