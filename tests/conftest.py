@@ -86,6 +86,8 @@ from influxdb3_standin import StandIn  # noqa: E402
 from tests.scripted_http import ScriptedServer  # noqa: E402
 from worker.queues import ALL_QUEUES, PROVISIONING_QUEUE  # noqa: E402
 
+# A stand-in stops within this (its serving thread's poll): tests start and stop dozens.
+STOP_POLL = 0.005
 STANDIN = StandIn(token=INFLUX_TOKEN, database_limit=5).start()
 os.environ["INFLUXDB_URL"] = STANDIN.url
 INTERVAL = float(TEST_ENV["RECONCILE_INTERVAL_SECONDS"])
@@ -101,7 +103,7 @@ class Pool:
         self.unlisted: set[str] = set()  # running, but left out of the nodes file
 
     def add(self, name: str, limit: int = 5) -> StandIn:
-        node = StandIn(token=INFLUX_TOKEN, database_limit=limit).start()
+        node = StandIn(token=INFLUX_TOKEN, database_limit=limit, poll_interval=STOP_POLL).start()
         self.nodes[name] = node
         self.limits[name] = limit
         self.write()
@@ -334,17 +336,32 @@ def influx() -> Iterator[StandIn]:
     STANDIN.reset()
 
 
+EMPTIED_PER_TEST = (
+    "tenants",
+    "influxdb_nodes",
+    "provisioning_attempts",
+    "provisioning_attempt_totals",
+    "tenant_locations",
+    "influxdb_strays",
+    "console_sessions",
+    "tenant_events",
+)
+
+
 @pytest.fixture
 def db(database: str) -> Iterator[psycopg.Connection[Any]]:
     """A direct connection to the test database, for Given / Then steps; tenants emptied."""
     with psycopg.connect(
         f"postgresql://postgres@127.0.0.1:5432/{database}", autocommit=True
     ) as conn:
+        # DELETE with triggers off leaves what TRUNCATE left (no row trigger fires on either),
+        # at 0.5 ms instead of TRUNCATE's 35 ms of file work: the fast layer runs this 400 times.
         conn.execute(
-            "TRUNCATE tenants, influxdb_nodes, provisioning_attempts, provisioning_attempt_totals, "
-            "tenant_locations, influxdb_strays, console_sessions, tenant_events"
+            "SET session_replication_role = replica;"
+            + "".join(f"DELETE FROM {table};" for table in EMPTIED_PER_TEST)
+            + "RESET session_replication_role;"
+            "UPDATE tenant_location_map SET horizon = 0"
         )
-        conn.execute("UPDATE tenant_location_map SET horizon = 0")
         yield conn
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from influxdb3_standin import StandIn
-from tests.conftest import INFLUX_TOKEN, tenant_row
+from tests.conftest import INFLUX_TOKEN, STOP_POLL, tenant_row
 from worker.db import get_engine
 from worker.deprovisioning import deprovision_tenant
 from worker.nodes import NodePool
@@ -75,7 +75,7 @@ class World:
     )
 
     def add(self, name: str, limit: int = 5) -> StandIn:
-        server = StandIn(token=INFLUX_TOKEN, database_limit=limit).start()
+        server = StandIn(token=INFLUX_TOKEN, database_limit=limit, poll_interval=STOP_POLL).start()
         self.servers[name] = server
         self.limits[name] = limit
         return server

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from influxdb3_standin import StandIn
-from tests.conftest import INFLUX_TOKEN
+from tests.conftest import INFLUX_TOKEN, STOP_POLL
 from worker.errors import InfluxDBTimeout
 from worker.influxdb import InfluxDB3Client
 from worker.live_checks import LANE_SIZE
@@ -22,7 +22,9 @@ TABLE = "telemetry"
 @pytest.fixture
 def servers() -> Iterator[tuple[InfluxDB3Client, InfluxDB3Client, StandIn]]:
     """A healthy server and a troubled one, each with a tenant database of two rows."""
-    healthy, troubled = (StandIn(token=INFLUX_TOKEN).start() for _ in range(2))
+    healthy, troubled = (
+        StandIn(token=INFLUX_TOKEN, poll_interval=STOP_POLL).start() for _ in range(2)
+    )
     clients = []
     for server in (healthy, troubled):
         written = requests.post(

@@ -8,22 +8,19 @@ import json
 import logging
 import re
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.conftest import ROOT
+from api_hooks.cli import main as tenantctl
 from tests.fast.conftest import T0, Published, World, insert
 from worker.db import get_engine
 from worker.metrics import ProvisioningCollector
 from worker.reconcile import reconcile
-
-TENANTCTL = Path(sys.executable).parent / "tenantctl"
 
 
 def run(world: World) -> dict[str, Any]:
@@ -152,7 +149,7 @@ def test_the_table_follows_the_servers_that_answer(db, world: World, caplog):
     assert "telemetry_acme" in beta.databases()
 
 
-def test_operators_read_them_from_the_cli_and_metrics(db, world: World):
+def test_operators_read_them_from_the_cli_and_metrics(db, world: World, capsys):
     # Given a stray on beta whose name carries a right-to-left override (a server's names are
     # untrusted: recorded here directly, as the listing's copy keeps such names out)
     world.add("alpha")
@@ -167,7 +164,7 @@ def test_operators_read_them_from_the_cli_and_metrics(db, world: World):
     )
 
     # Then tenantctl --json strays lists them, with times as ISO strings
-    listed = cli("--json", "strays")
+    listed = cli(capsys, "--json", "strays")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == [
         {
@@ -190,7 +187,7 @@ def test_operators_read_them_from_the_cli_and_metrics(db, world: World):
         },
     ]
     # and the table shows the override as its escape, never as a character a terminal obeys
-    table = cli("strays").stdout
+    table = cli(capsys, "strays").stdout
     assert "\u202e" not in table
     assert "telemetry_acme\\u202egnp.exe" in table
     assert "(2 database(s))" in table
@@ -204,10 +201,11 @@ def test_operators_read_them_from_the_cli_and_metrics(db, world: World):
     }
 
 
-def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(TENANTCTL), *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
-    )
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """tenantctl in this process (tests/integration/test_cli_entry_point.py runs the program)."""
+    code = tenantctl(list(argv))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["tenantctl", *argv], code, out, err)
 
 
 def stray_metric(world: World) -> dict[tuple[str, str], float]:
