@@ -7,6 +7,7 @@ while these come from the source of truth and survive restarts of every process.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -77,7 +78,7 @@ class ProvisioningCollector(Collector):
             unconfigured = {
                 name: count for name, count in tenants_per_node(rows).items() if name not in names
             }
-        observed = {name: row.observed_databases for name, row in rows.items()}
+        observed = {name: (row.observed_databases, row.observed_at) for name, row in rows.items()}
 
         yield from _node_metrics(slots, observed, unconfigured)
         yield from _webhook_metrics(webhooks)
@@ -155,7 +156,9 @@ class ProvisioningCollector(Collector):
 
 
 def _node_metrics(
-    slots: list[NodeUsage], observed: dict[str, int | None], unconfigured: dict[str, int]
+    slots: list[NodeUsage],
+    observed: dict[str, tuple[int | None, datetime | None]],
+    unconfigured: dict[str, int],
 ) -> Iterator[Metric]:
     families = {
         "configured": GaugeMetricFamily(
@@ -179,6 +182,12 @@ def _node_metrics(
             "Databases the last reconcile saw on the node (-1: not seen yet).",
             labels=["node"],
         ),
+        "listed": GaugeMetricFamily(
+            f"{PREFIX}_node_last_listed_timestamp_seconds",
+            "When a reconcile run last listed the node's databases (0: never); a server that "
+            "stops answering keeps its last count, and this time tells how old it is.",
+            labels=["node"],
+        ),
     }
     for name, count in sorted(unconfigured.items()):
         families["configured"].add_metric([name], 0)
@@ -189,8 +198,9 @@ def _node_metrics(
         families["tenants"].add_metric([name], slot.used)
         families["limit"].add_metric([name], slot.node.database_limit)
         families["full"].add_metric([name], 1 if slot.full else 0)
-        seen = observed.get(name)
+        seen, listed_at = observed.get(name, (None, None))
         families["observed"].add_metric([name], -1 if seen is None else seen)
+        families["listed"].add_metric([name], listed_at.timestamp() if listed_at else 0)
     yield from families.values()
 
 

@@ -149,6 +149,30 @@ def test_the_table_follows_the_servers_that_answer(db, world: World, caplog):
     assert "telemetry_acme" in beta.databases()
 
 
+def test_a_server_silent_since_its_last_listing_shows_how_long(db, world: World):
+    # Given alpha and beta listed by a run, and gamma, added later, never answering
+    world.add("alpha")
+    beta = world.add("beta")
+    run(world)
+    first = world.clock()
+    world.add("gamma").set_outage(True)
+
+    # When beta falls silent and two more runs come, ten minutes apart
+    beta.set_outage(True)
+    world.clock.advance(600)
+    run(world)
+    world.clock.advance(600)
+    run(world)
+
+    # Then alpha was listed by the last run, beta at the first one only, gamma never (0); beta
+    # keeps its last count meanwhile, which is why its time matters
+    assert listed_metric(world) == {
+        "alpha": world.clock().timestamp(),
+        "beta": first.timestamp(),
+        "gamma": 0.0,
+    }
+
+
 def test_operators_read_them_from_the_cli_and_metrics(db, world: World, capsys):
     # Given a stray on beta whose name carries a right-to-left override (a server's names are
     # untrusted: recorded here directly, as the listing's copy keeps such names out)
@@ -206,6 +230,16 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> subprocess.CompletedP
     code = tenantctl(list(argv))
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["tenantctl", *argv], code, out, err)
+
+
+def listed_metric(world: World) -> dict[str, float]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProvisioningCollector(get_engine(), world.pool()))
+    text = generate_latest(registry).decode()
+    found = re.findall(
+        r'tenant_provisioner_node_last_listed_timestamp_seconds\{node="(\w+)"\} (\S+)', text
+    )
+    return {node: float(value) for node, value in found}
 
 
 def stray_metric(world: World) -> dict[tuple[str, str], float]:
