@@ -99,15 +99,7 @@ def events_page(chosen: Selection, limit: str | int | None = None) -> EventsPage
     """One page of the events ``chosen`` selects (the JSON answer of ``GET
     /operator/events``); ``next`` is the cursor to ask with next. Raises InvalidCursor."""
     try:
-        size = page_size(limit)
-        with get_engine().connect() as conn:
-            page = events_after(
-                conn,
-                cursor_text(chosen.cursor),
-                size,
-                chosen.tenant,
-                sorted(chosen.types) or None,
-            )
+        page = _read(chosen, chosen.cursor, page_size(limit))
     except BadCursor as exc:
         raise InvalidCursor(str(exc)) from exc
     return {"events": page.events, "next": page.next, "more": page.more}
@@ -142,7 +134,7 @@ async def event_stream(chosen: Selection) -> AsyncIterator[bytes]:
             try:
                 events, cursor = hub.take(cursor)
             except Behind:  # older than the reader keeps (or it has not read yet): the table
-                page = await to_thread.run_sync(_catch_up, chosen, cursor)
+                page = await to_thread.run_sync(_read, chosen, cursor)
                 events, cursor, more = page.events, parse_cursor(page.next), page.more
             chunk = b"".join(frame(event) for event in events if chosen.wants(event))
             if chunk:
@@ -161,11 +153,11 @@ async def event_stream(chosen: Selection) -> AsyncIterator[bytes]:
         _open_streams -= 1
 
 
-def _catch_up(chosen: Selection, cursor: Cursor) -> Any:
+def _read(chosen: Selection, cursor: Cursor, limit: int = MAX_LIMIT) -> Any:
+    """The selection's events after ``cursor``, from the table (the ring's source of truth)."""
     with get_engine().connect() as conn:
-        return events_after(
-            conn, cursor_text(cursor), MAX_LIMIT, chosen.tenant, sorted(chosen.types) or None
-        )
+        types = sorted(chosen.types) or None
+        return events_after(conn, cursor_text(cursor), limit, chosen.tenant, types)
 
 
 async def tenant_stream(tenant_id: str, after_seq: int) -> AsyncIterator[dict[str, Any]]:
