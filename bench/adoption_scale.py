@@ -19,10 +19,11 @@ from bench.harness import Context, say
 from bench.measure import Result, verdict
 from influxdb3_standin import StandIn
 from worker.db import get_engine
+from worker.node_config import NodeConfig
 from worker.nodes import NodePool
 from worker.queues import Job
 from worker.reconcile import reconcile
-from worker.settings import NodeConfig, get_settings
+from worker.settings import get_settings
 
 BENCHMARK = "11 · upgrade adoption"
 

@@ -25,10 +25,11 @@ from bench.config import Sizes
 from bench.harness import Context, say
 from bench.measure import Result, median, verdict
 from worker.db import get_engine
+from worker.node_config import NodeConfig
 from worker.nodes import NodePool
 from worker.queues import Job
 from worker.reconcile import ReconcileSummary, reconcile
-from worker.settings import NodeConfig, get_settings
+from worker.settings import get_settings
 
 BENCHMARK = "12 · fleet reconcile"
 TARGET_SECONDS = 5.0

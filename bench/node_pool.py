@@ -26,11 +26,12 @@ from bench.harness import Context, celery_worker, say, wait_until
 from bench.measure import Result, verdict
 from influxdb3_standin import StandIn
 from worker.db import get_engine
+from worker.node_config import NodeConfig
 from worker.nodes import NodePool
 from worker.placement import place_tenant
 from worker.queues import Job
 from worker.reconcile import reconcile
-from worker.settings import NodeConfig, Settings, get_settings
+from worker.settings import Settings, get_settings
 
 BENCHMARK = "6 · node pool"
 

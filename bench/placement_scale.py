@@ -21,8 +21,8 @@ from bench.config import Sizes
 from bench.harness import Context, say
 from bench.measure import Result, Timings, cpu_busy_since, cpu_ticks, fmt_seconds, verdict
 from worker.db import get_engine
+from worker.node_config import NodeConfig
 from worker.placement import place_tenant, sync_nodes
-from worker.settings import NodeConfig
 
 BENCHMARK = "10 · placement"
 SERVERS = 1000

@@ -18,10 +18,11 @@ from bench.harness import Context, say
 from bench.measure import Result, median, verdict
 from influxdb3_standin import StandIn
 from worker.db import get_engine
+from worker.node_config import NodeConfig
 from worker.nodes import NodePool
 from worker.queues import Job
 from worker.reconcile import ReconcileSummary, reconcile
-from worker.settings import NodeConfig, get_settings
+from worker.settings import get_settings
 
 BENCHMARK = "3 · reconcile cost"
 TARGET_SECONDS_AT_100K = 5.0

@@ -29,10 +29,11 @@ from worker import identity, locations, store
 from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import PermanentError, ProvisioningError
+from worker.node_config import NodeConfig
 from worker.nodes import NodePool, list_everywhere
 from worker.placement import slot_freed
 from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
-from worker.settings import NodeConfig, Settings
+from worker.settings import Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
 
 logger = logging.getLogger(__name__)

@@ -33,8 +33,9 @@ from sqlalchemy import Connection, func, select, text, update
 
 from worker.clock import Clock
 from worker.models import tenant_location_map, tenant_locations
+from worker.node_config import NodeConfig
 from worker.nodes import NodePool
-from worker.settings import NodeConfig, Settings
+from worker.settings import Settings
 from worker.states import ProvisioningState
 
 # Any constant distinct from the other advisory keys (tenants hash to 64 bits; the reconciler's).

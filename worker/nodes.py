@@ -19,8 +19,18 @@ from pathlib import Path
 
 from worker.errors import ProvisioningError
 from worker.influxdb import InfluxDB3Client
-from worker.settings import NodeConfig, Settings, SettingsError, get_settings, read_nodes_file
+from worker.node_config import NodeConfig, read_nodes_file
+from worker.settings import Settings, SettingsError, get_settings
 
+# NodeConfig too: the pool's element (defined with its JSON format in worker.node_config).
+__all__ = [
+    "Listing",
+    "NodeConfig",
+    "NodePool",
+    "list_as_answered",
+    "list_everywhere",
+    "shared_pool",
+]
 logger = logging.getLogger(__name__)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Row
 
 from worker import store
 from worker.models import influxdb_nodes, tenants
-from worker.settings import NodeConfig
+from worker.node_config import NodeConfig
 
 logger = logging.getLogger(__name__)
 

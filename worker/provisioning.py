@@ -36,10 +36,11 @@ from worker.errors import (
     TransientError,
 )
 from worker.identity import Verdict
+from worker.node_config import NodeConfig
 from worker.nodes import NodePool, list_everywhere
 from worker.placement import mark_full, place_tenant
 from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
-from worker.settings import NodeConfig, Settings
+from worker.settings import Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
 
 logger = logging.getLogger(__name__)

@@ -40,12 +40,12 @@ from worker.db import advisory_lock
 from worker.findings import COLUMNS, Finding, Kind, View, find
 from worker.listings import run_listings
 from worker.models import reconcile_stats, tenants
-from worker.nodes import NodePool, list_as_answered
+from worker.nodes import NodeConfig, NodePool, list_as_answered
 from worker.placement import lock_nodes, record_observations, repair_counts, usage
 from worker.queues import Job
 from worker.redaction import redact
 from worker.runs import new_chain, new_task_id
-from worker.settings import NodeConfig, Settings
+from worker.settings import Settings
 from worker.states import ProvisioningState, Reason
 from worker.strays import record_strays
 

@@ -8,13 +8,9 @@ explains them, in a table printed from the fields by ``python -m worker.settings
 from __future__ import annotations
 
 import functools
-import json
 import os
-import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
@@ -24,63 +20,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from worker import settings_rules as rules
+from worker.node_config import NodeConfig, parse_nodes, read_nodes_file
 from worker.settings_rules import RETENTION_PERIOD, RETENTION_PERIOD_RULE, Broker, SettingsError
 
 # SettingsError, Broker and the retention rule are re-exported: callers import them from here.
-__all__ = ["RETENTION_PERIOD", "RETENTION_PERIOD_RULE", "Broker", "NodeConfig", "Settings"]
-__all__ += ["SettingsError", "get_settings", "parse_nodes", "read_nodes_file"]
-
-_NODE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """One InfluxDB server of the pool."""
-
-    name: str
-    url: str
-    token: str | None = field(default=None, repr=False)
-    database_limit: int = 5
-
-
-def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
-    """Nodes from JSON: ``[{"name", "url", "token"? | "token_file"?, "database_limit"?}]``;
-    ``source`` names the variable or file in every error message."""
-    try:
-        entries = json.loads(text)
-    except ValueError as exc:
-        raise SettingsError(f"{source}: not valid JSON ({exc})") from None
-    if not isinstance(entries, list) or not entries:
-        raise SettingsError(f"{source}: must be a non-empty JSON list of nodes")
-    nodes: list[NodeConfig] = []
-    for index, entry in enumerate(entries):
-        where = f"{source}[{index}]"
-        if not isinstance(entry, dict):
-            raise SettingsError(f"{where}: must be an object with name and url")
-        if unknown := set(entry) - {"name", "url", "token", "token_file", "database_limit"}:
-            raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-        name, url, limit = entry.get("name"), entry.get("url"), entry.get("database_limit", 5)
-        if not isinstance(name, str) or not _NODE_NAME.match(name):
-            raise SettingsError(f"{where}: name must match {_NODE_NAME.pattern}")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise SettingsError(f"{where}.url must start with http:// or https:// (got {url!r})")
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise SettingsError(f"{where}: database_limit must be a positive integer")
-        given = {f"{where}.{k}": str(v) for k, v in entry.items() if k.startswith("token") and v}
-        token = rules.read_secret(given, f"{where}.token", f"{where}.token_file")
-        nodes.append(NodeConfig(name, url.rstrip("/"), token, limit))
-    if len({node.name for node in nodes}) != len(nodes):
-        raise SettingsError(f"{source}: node names must be unique")
-    return tuple(nodes)
-
-
-def read_nodes_file(path: str) -> tuple[NodeConfig, ...]:
-    """Nodes from the JSON file at ``path`` (INFLUXDB_NODES_FILE)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(f"INFLUXDB_NODES_FILE: cannot read {path}: {exc.strerror}") from None
-    return parse_nodes(text, f"INFLUXDB_NODES_FILE ({path})")
+__all__ = ["RETENTION_PERIOD", "RETENTION_PERIOD_RULE", "Broker", "Settings", "SettingsError"]
+__all__ += ["get_settings"]
 
 
 def var(name: str, default: Any = None, ge: float | None = None, unit: str = "", **doc: Any) -> Any:
@@ -324,13 +269,13 @@ def _message(error: ErrorDetails) -> str:
         what = f"must be {facts(field)['accepted']}"
     elif kind == "greater_than_equal":
         what = f"must be at least {rules.show(ctx['ge'])}"
+    elif kind in ("int_parsing", "float_parsing"):
+        what = "must be a whole number" if kind == "int_parsing" else "must be a number"
     elif kind == "string_too_short":  # a token
         what = (
             f"must be at least {ctx['min_length']} characters (it is {len(error['input'])}): "
             "a short token can be guessed; e.g. `openssl rand -hex 32`"
         )
-    elif kind in ("int_parsing", "float_parsing"):
-        what = "must be a whole number" if kind == "int_parsing" else "must be a number"
     if facts(field)["file"] or "URL" in str(loc[0]):
         return f"{loc[0]} {what}"
     return f"{loc[0]} {what} (got {error['input']!r})"

@@ -15,7 +15,6 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-MIN_TOKEN_LENGTH = 32  # 32 random hex characters are 128 bits
 # As InfluxDB 3 Core's configure API takes them (docs/settings.md, "Rules").
 RETENTION_PERIOD = re.compile(r"\A[1-9][0-9]{0,5}(?:h|d|w|mo|y)\Z")
 RETENTION_PERIOD_RULE = "a positive number (at most 6 digits) followed by h, d, w, mo or y"
@@ -59,20 +58,6 @@ def read_secret(env: Mapping[str, str], name: str, file_name: str) -> str | None
 
 
 # The checks of one value: their errors follow the variable's name (never the value: a password).
-def http_url(url: str) -> str:
-    """``url`` without a trailing slash; http(s) only."""
-    if not url.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
-    return url.rstrip("/")
-
-
-def link_url(url: str | None) -> str | None:
-    """Unset, or an http(s) URL without a password - the console puts it in pages."""
-    if url and "@" in http_url(url).split("://", 1)[1].split("/", 1)[0]:
-        raise ValueError("must not carry credentials (user:password@)")
-    return http_url(url) if url else url
-
-
 def broker_url(url: str) -> str:
     """A Redis or RabbitMQ URL, by its scheme."""
     try:
@@ -104,9 +89,17 @@ def psycopg_url(url: str) -> str:
 # The types of the values in words (the last item): docs/settings.md's "accepted" column.
 PostgresUrl = Annotated[str, AfterValidator(psycopg_url), "a PostgreSQL URL"]
 BrokerUrl = Annotated[str, AfterValidator(broker_url), BROKER_URL_RULE]
-HttpUrl = Annotated[str, AfterValidator(http_url), "an http:// or https:// URL"]
-LinkUrl = Annotated[str | None, AfterValidator(link_url), "an http(s) URL without credentials"]
-Token = Annotated[str | None, Field(min_length=MIN_TOKEN_LENGTH)]
+NoSlash = AfterValidator(lambda url: url and url.rstrip("/"))  # None stays None
+HttpUrl = Annotated[
+    str, Field(pattern=re.compile(r"\Ahttps?://")), NoSlash, "an http:// or https:// URL"
+]
+LinkUrl = Annotated[
+    str | None,
+    Field(pattern=re.compile(r"\Ahttps?://[^/@]*(?:/|\Z)")),  # no user:password@ (put in pages)
+    NoSlash,
+    "an http(s) URL without credentials",
+]
+Token = Annotated[str | None, Field(min_length=32)]  # 32 random hex characters: 128 bits
 NodesFile = Annotated[str | None, "a file holding that JSON"]
 DatabasePrefix = Annotated[
     str,

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from tests.conftest import queued
 from worker.db import get_engine
+from worker.node_config import NodeConfig
 from worker.nodes import NodePool
 from worker.provisioning import provision_tenant
-from worker.settings import NodeConfig, get_settings
+from worker.settings import get_settings
 
 pytestmark = pytest.mark.drill
 

@@ -21,11 +21,12 @@ from influxdb3_standin import StandIn
 from tests.conftest import INFLUX_TOKEN, STOP_POLL, tenant_row
 from worker.db import get_engine
 from worker.deprovisioning import deprovision_tenant
+from worker.node_config import NodeConfig
 from worker.nodes import NodePool
 from worker.provisioning import provision_tenant
 from worker.queues import Job
 from worker.runs import Delivery, Outcome
-from worker.settings import NodeConfig, Settings, get_settings
+from worker.settings import Settings, get_settings
 
 
 def clock_origin(shift: str | None) -> datetime:

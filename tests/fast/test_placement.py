@@ -9,8 +9,8 @@ import pytest
 from tests.conftest import tenant_row
 from tests.fast.conftest import insert
 from worker.db import get_engine
+from worker.node_config import NodeConfig
 from worker.placement import mark_full, place_tenant, record_observations, usage
-from worker.settings import NodeConfig
 
 ALPHA = NodeConfig("alpha", "http://a", None, 3)
 BETA = NodeConfig("beta", "http://b", None, 3)

@@ -125,6 +125,11 @@ def test_values_are_converted_and_normalised():
         ({"LIVE_CHECK_TIMEOUT": "abc"}, "LIVE_CHECK_TIMEOUT must be a number (got 'abc')"),
         ({"LIVE_CHECK_TIMEOUT": "0.05"}, "LIVE_CHECK_TIMEOUT must be at least 0.1"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL must be one of DEBUG, INFO"),
+        ({"INFLUXDB_URL": "influx:8181"}, "INFLUXDB_URL must be an http:// or https:// URL"),
+        (
+            {"FLOWER_URL": "https://admin:pw@flower"},
+            "FLOWER_URL must be an http(s) URL without credentials",
+        ),
         ({"INFLUXDB_DATABASE_PREFIX": "much_too_long_"}, "INFLUXDB_DATABASE_PREFIX must be 1 to"),
         (
             {"INFLUXDB_TOKEN": "a", "INFLUXDB_TOKEN_FILE": "/x"},

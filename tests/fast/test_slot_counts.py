@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.fast.conftest import insert
 from worker.db import get_engine
+from worker.node_config import NodeConfig
 from worker.placement import place_tenant, repair_counts, usage
-from worker.settings import NodeConfig
 
 NODES = [NodeConfig(f"n{i}", f"http://n{i}", None, 20) for i in range(5)]
 

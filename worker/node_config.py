@@ -1,0 +1,66 @@
+"""The node pool's format: one InfluxDB server (``NodeConfig``) and the JSON list of them that
+INFLUXDB_NODES holds, or the file INFLUXDB_NODES_FILE names (re-read by ``worker.nodes`` when it
+changes; docs/operating.md, "The node pool"). Each error names the variable or file and the entry;
+a token is never in one, nor in a ``repr``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.settings_rules import SettingsError, read_secret
+
+_NODE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One InfluxDB server of the pool."""
+
+    name: str
+    url: str
+    token: str | None = field(default=None, repr=False)
+    database_limit: int = 5
+
+
+def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
+    """Nodes from JSON: ``[{"name", "url", "token"? | "token_file"?, "database_limit"?}]``;
+    ``source`` names the variable or file in every error message."""
+    try:
+        entries = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"{source}: not valid JSON ({exc})") from None
+    if not isinstance(entries, list) or not entries:
+        raise SettingsError(f"{source}: must be a non-empty JSON list of nodes")
+    nodes: list[NodeConfig] = []
+    for index, entry in enumerate(entries):
+        where = f"{source}[{index}]"
+        if not isinstance(entry, dict):
+            raise SettingsError(f"{where}: must be an object with name and url")
+        if unknown := set(entry) - {"name", "url", "token", "token_file", "database_limit"}:
+            raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        name, url, limit = entry.get("name"), entry.get("url"), entry.get("database_limit", 5)
+        if not isinstance(name, str) or not _NODE_NAME.match(name):
+            raise SettingsError(f"{where}: name must match {_NODE_NAME.pattern}")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise SettingsError(f"{where}.url must start with http:// or https:// (got {url!r})")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise SettingsError(f"{where}: database_limit must be a positive integer")
+        given = {f"{where}.{k}": str(v) for k, v in entry.items() if k.startswith("token") and v}
+        token = read_secret(given, f"{where}.token", f"{where}.token_file")
+        nodes.append(NodeConfig(name, url.rstrip("/"), token, limit))
+    if len({node.name for node in nodes}) != len(nodes):
+        raise SettingsError(f"{source}: node names must be unique")
+    return tuple(nodes)
+
+
+def read_nodes_file(path: str) -> tuple[NodeConfig, ...]:
+    """Nodes from the JSON file at ``path`` (INFLUXDB_NODES_FILE)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"INFLUXDB_NODES_FILE: cannot read {path}: {exc.strerror}") from None
+    return parse_nodes(text, f"INFLUXDB_NODES_FILE ({path})")
