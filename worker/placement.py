@@ -71,6 +71,18 @@ def place_tenant(
 
     Commits. Returns the node's name, or None when no node outside ``exclude`` has room.
     """
+    name = choose_node(conn, nodes, exclude)
+    if name is not None:
+        store.reserve_slot(conn, tenant_id, name)  # the trigger counts it
+        conn.commit()  # releases the node's row with the reservation made
+    return name
+
+
+def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]) -> str | None:
+    """The least-used node with room outside ``exclude`` (ties: by name), its row locked in
+    the open transaction: the caller writes the tenant's ``influxdb_node`` (the trigger counts
+    the slot) and commits, or rolls back. None (committed, nothing held) when none has room.
+    """
     nodes = tuple(nodes)
     sync_nodes(conn, nodes)
     resynced = False
@@ -96,9 +108,7 @@ def place_tenant(
                 if row is None:
                     continue  # held by another placer (first pass)
                 if row.full_since is None and row.placed < candidate.database_limit:
-                    store.reserve_slot(conn, tenant_id, candidate.name)  # the trigger counts it
-                    conn.commit()  # releases the node's row with the reservation made
-                    return str(candidate.name)
+                    return str(candidate.name)  # still locked: the caller reserves
                 conn.commit()  # filled meanwhile: let it go before locking another (no cycles)
     return None  # every candidate filled under our eyes, round after round
 

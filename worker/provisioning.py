@@ -8,7 +8,8 @@ as it happens, so operators see ``provisioning`` while it is under way. A run, i
    anywhere else (``waiting_for_node``). A row that predates the worker (``Adoption.UNMARKED``)
    and has no server yet is *located* - every server listed once - before anything is placed;
    a server that cannot answer means "unknown", and the run retries rather than place it.
-2. **Place** a tenant without a home on the least-used server with room (or wait for capacity).
+2. **Place** a tenant without a home on the least-used server with room (or wait for capacity),
+   in the transaction that starts the attempt (``worker.placement.choose_node``).
 3. **Attempt** on that server: create the database; a 409 is success only when the database is
    provably this tenant's (``worker.identity``), otherwise the tenant stops as ``name_taken``;
    then write the ``_init`` marker carrying the tenant's incarnation.
@@ -38,7 +39,7 @@ from worker.errors import (
 from worker.identity import Verdict
 from worker.node_config import NodeConfig
 from worker.nodes import NodePool, list_everywhere
-from worker.placement import mark_full, place_tenant
+from worker.placement import choose_node, mark_full
 from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
 from worker.settings import Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
@@ -170,9 +171,12 @@ class _Run(TenantRun):
                     return located
                 node = located
             if node is None:
-                name = place_tenant(self.conn, self.tenant_id, self.pool.nodes(), exclude=refused)
+                # The node's row stays locked until the attempt's start reserves the slot on
+                # it and commits: placing and starting are one transaction.
+                name = choose_node(self.conn, self.pool.nodes(), exclude=refused)
                 node = self.pool.node(name) if name else None
                 if node is None:
+                    self.conn.rollback()  # a node that left the file meanwhile: let it go
                     return self._wait_for_capacity()
             attempt = self._start(node)
             if attempt is None:

@@ -4,7 +4,11 @@ the random source seeded, so every delay and timestamp is exact."""
 from __future__ import annotations
 
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+
+import psycopg
 
 from tests.conftest import existing_database, tenant_row
 from tests.fast.conftest import SEED, World, insert
@@ -288,3 +292,41 @@ def test_failed_and_deleted_tenants_are_skipped(db, world: World):
     assert world.provision("broken").result == RunResult.SKIPPED
     assert world.provision("leaving").result == RunResult.SKIPPED
     assert world.provision("nobody").result == RunResult.NOT_FOUND
+
+
+def test_a_run_that_loses_its_chain_while_placing_reserves_no_slot(db, world: World, database):
+    # Given a pending tenant, and alpha's row held by another placer
+    alpha = world.add("alpha")
+    insert(db, "acme")
+    db.execute(
+        "INSERT INTO influxdb_nodes (name, database_limit, configured) VALUES ('alpha', 5, true)"
+    )
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as placer:
+        placer.execute("SELECT 1 FROM influxdb_nodes WHERE name = 'alpha' FOR UPDATE")
+        with ThreadPoolExecutor(1) as runner:
+            run = runner.submit(world.provision, "acme", MESSAGE)
+            wait_for_a_lock_wait(db)
+            # When an operator's retry hands the tenant to another message meanwhile
+            placer.execute("UPDATE tenants SET influxdb_retry_chain = %s", (OTHER.message,))
+            placer.commit()
+            outcome = run.result(timeout=30)
+
+    # Then the run does not start: placing and starting are one transaction, so it holds
+    # no slot on alpha and no node (the other message places the tenant itself)
+    assert outcome.result == RunResult.ABSORBED
+    assert tenant_row(db, "acme")["influxdb_node"] is None
+    assert db.execute("SELECT placed FROM influxdb_nodes WHERE name = 'alpha'").fetchone() == (0,)
+    assert alpha.create_calls() == 0
+
+
+def wait_for_a_lock_wait(db, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = db.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()[0]
+        if waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the run never waited for the node's row")
