@@ -63,13 +63,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         behind_tls=settings.behind_tls,
     )
     # The operator console: HTML pages behind a sign-in with the same token (not in OpenAPI).
-    application.include_router(
+    application.router.routes.extend(
         standalone_console(
             settings.operator_token,
             settings.console_session_minutes,
             settings.console_session_idle_minutes,
             secure_cookies=settings.behind_tls,
-        )
+        ).routes
     )
     return application
 
@@ -101,9 +101,11 @@ def _assemble(
     application.add_middleware(SecurityHeaders, behind_tls=behind_tls)
     # The router's routes answer validation errors plainly themselves; this covers the rest.
     application.add_exception_handler(RequestValidationError, plain_validation_error)
-    application.include_router(operator_router(bearer_token_auth(operator_token)))
+    # The routers' routes as they were built, prefixes and dependencies included: include_router
+    # would build each route again (half of building the app), and nothing here needs that.
+    application.router.routes.extend(operator_router(bearer_token_auth(operator_token)).routes)
     # For the services that write and read telemetry: a read-only credential of their own.
-    application.include_router(locations_router(locations_token_auth(locations_token)))
+    application.router.routes.extend(locations_router(locations_token_auth(locations_token)).routes)
     scrape = CachedScrape(registry)
     require_scraper = bearer_auth(
         metrics_token,

@@ -35,19 +35,20 @@ def standalone_console(
 
     sessions = ConsoleSessions(operator_token, session_minutes, idle_minutes, console_secret)
     router = APIRouter()
-    router.include_router(
+    # The routes as built: include_router would build every one of them again (api_hooks.app).
+    router.routes.extend(
         sign_in_router(
             sessions,
             Pages(CsrfGuard(console_secret), sign_out_route=None, secure_cookies=secure_cookies),
             secure_cookies,
-        )
+        ).routes
     )
-    router.include_router(
+    router.routes.extend(
         console_router(
             sessions.dependency(SIGN_IN_ROUTE),
             console_secret,
             sign_out_route=SIGN_OUT_ROUTE,
             secure_cookies=secure_cookies,
-        )
+        ).routes
     )
     return router
