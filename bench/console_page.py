@@ -30,7 +30,7 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
     ctx.fresh_state()
     total = sizes.console_tenants
     say(f"console: inserting {total:,} tenants")
-    ctx.db.execute(
+    ctx.insert_placed(
         """
         INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_error_reason,
                              influxdb_attempts, influxdb_node, influxdb_updated_at)

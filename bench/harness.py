@@ -229,8 +229,9 @@ class Context:
     def insert_placed(self, sql: str, params: tuple[Any, ...]) -> None:
         """Bulk-insert placed tenants with ``sql``, the slot-count and location triggers off,
         then set every node's count and every tenant's location in one statement each, as
-        migrations 0007 and 0008 do (a trigger per row would take minutes at a million), and
-        analyze."""
+        migrations 0007 and 0008 do, and analyze. The slot-count trigger updates its node's row
+        once per tenant: within one statement that is quadratic in the tenants placed on one
+        node (10,000: 8 s; 100,000: over 5 minutes)."""
         self.db.execute("ALTER TABLE tenants DISABLE TRIGGER tenants_count_slots")
         self.db.execute("ALTER TABLE tenants DISABLE TRIGGER tenants_track_location")
         try:
@@ -240,7 +241,8 @@ class Context:
             self.db.execute("ALTER TABLE tenants ENABLE TRIGGER tenants_track_location")
         self.db.execute(
             "INSERT INTO influxdb_nodes (name, placed) SELECT influxdb_node, count(*) "
-            "FROM tenants WHERE influxdb_node IS NOT NULL GROUP BY 1"
+            "FROM tenants WHERE influxdb_node IS NOT NULL GROUP BY 1 "
+            "ON CONFLICT (name) DO UPDATE SET placed = excluded.placed"
         )
         self.db.execute(
             "INSERT INTO tenant_locations (tenant_id, state, node, incarnation, version) "

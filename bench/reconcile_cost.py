@@ -74,8 +74,7 @@ def _seed(
     ctx: Context, standin: StandIn, database_name: Callable[[str], str], first: int, last: int
 ) -> None:
     started = time.perf_counter()
-    ctx.db.execute(_INSERT_PROVISIONED, (first, last))
-    ctx.db.execute("ANALYZE tenants")
+    ctx.insert_placed(_INSERT_PROVISIONED, (first, last))
     inserted = time.perf_counter()
     for number in range(first, last + 1):
         standin.create_database(database_name(f"rc-{number:06d}"))
