@@ -102,7 +102,9 @@ def _assemble(
     # The router's routes answer validation errors plainly themselves; this covers the rest.
     application.add_exception_handler(RequestValidationError, plain_validation_error)
     # The routers' routes as they were built, prefixes and dependencies included: include_router
-    # would build each route again (half of building the app), and nothing here needs that.
+    # would build each route again (half of building the app). They do not see the app's
+    # dependency_overrides (nothing here uses them); routes are added before the OpenAPI
+    # document is first built, so it has them all.
     application.router.routes.extend(operator_router(bearer_token_auth(operator_token)).routes)
     # For the services that write and read telemetry: a read-only credential of their own.
     application.router.routes.extend(locations_router(locations_token_auth(locations_token)).routes)

@@ -46,7 +46,8 @@ def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
         if not isinstance(name, str) or not _NODE_NAME.match(name):
             raise SettingsError(f"{where}: name must match {_NODE_NAME.pattern}")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise SettingsError(f"{where}.url must start with http:// or https:// (got {url!r})")
+            # (never echoed: a URL may carry a password, and the pool's errors are logged)
+            raise SettingsError(f"{where}.url must start with http:// or https://")
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise SettingsError(f"{where}: database_limit must be a positive integer")
         given = {f"{where}.{k}": str(v) for k, v in entry.items() if k.startswith("token") and v}

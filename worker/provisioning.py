@@ -173,10 +173,10 @@ class _Run(TenantRun):
             if node is None:
                 # The node's row stays locked until the attempt's start reserves the slot on
                 # it and commits: placing and starting are one transaction.
-                name = choose_node(self.conn, self.pool.nodes(), exclude=refused)
-                node = self.pool.node(name) if name else None
+                nodes = self.pool.nodes()
+                name = choose_node(self.conn, nodes, exclude=refused)
+                node = next((n for n in nodes if n.name == name), None)
                 if node is None:
-                    self.conn.rollback()  # a node that left the file meanwhile: let it go
                     return self._wait_for_capacity()
             attempt = self._start(node)
             if attempt is None:
