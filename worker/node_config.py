@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from worker.settings_rules import SettingsError, read_secret
+from worker.settings_rules import SettingsError, read_file, read_secret
 
 _NODE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 
@@ -60,8 +59,5 @@ def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
 
 def read_nodes_file(path: str) -> tuple[NodeConfig, ...]:
     """Nodes from the JSON file at ``path`` (INFLUXDB_NODES_FILE)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(f"INFLUXDB_NODES_FILE: cannot read {path}: {exc.strerror}") from None
+    text = read_file("INFLUXDB_NODES_FILE", path)
     return parse_nodes(text, f"INFLUXDB_NODES_FILE ({path})")

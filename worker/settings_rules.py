@@ -42,16 +42,22 @@ def show(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def read_file(variable: str, path: str, error: type[SettingsError] = SettingsError) -> str:
+    """The text of the file at ``path``, named by ``variable`` (a setting or a file's entry);
+    ``error`` names both when it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{variable}: cannot read {path}: {exc.strerror}") from None
+
+
 def read_secret(env: Mapping[str, str], name: str, file_name: str) -> str | None:
     """``env[name]``, or the stripped text of the file ``env[file_name]``; never both."""
     value, path = env.get(name, "").strip(), env.get(file_name, "").strip()
     if value and path:
         raise SettingsError(f"set either {name} or {file_name}, not both")
     if path:
-        try:
-            value = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SettingsError(f"{file_name}: cannot read {path}: {exc.strerror}") from None
+        value = read_file(file_name, path).strip()
         if not value:
             raise SettingsError(f"{file_name}: {path} is empty")
     return value or None

@@ -16,12 +16,12 @@ import json
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from worker.event_reads import TYPE_PREFIX
 from worker.events import EVENT_TYPES
 from worker.settings import SettingsError
+from worker.settings_rules import read_file
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix the spec gives secrets, not one
 MIN_KEY_BYTES, MAX_KEY_BYTES = 24, 64  # the spec: at least 192 bits
@@ -107,12 +107,7 @@ def _secrets(entry: dict[str, Any], where: str) -> tuple[str, ...]:
     if path is not None:
         if not isinstance(path, str) or not path:
             raise WebhookConfigError(f"{where}.secret_file must be a path")
-        try:
-            given = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise WebhookConfigError(
-                f"{where}.secret_file: cannot read {path}: {exc.strerror}"
-            ) from None
+        given = read_file(f"{where}.secret_file", path, WebhookConfigError)
     if not isinstance(given, str) or not given.strip():
         raise WebhookConfigError(f"{where}: a secret (whsec_...) or a secret_file is required")
     return tuple(given.split())
@@ -151,10 +146,7 @@ def _types(entry: dict[str, Any], where: str) -> frozenset[str] | None:
 
 def read_endpoints_file(path: str) -> tuple[Endpoint, ...]:
     """The endpoints of the file at ``path`` (WEBHOOKS_FILE)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WebhookConfigError(f"WEBHOOKS_FILE: cannot read {path}: {exc.strerror}") from None
+    text = read_file("WEBHOOKS_FILE", path, WebhookConfigError)
     return parse_endpoints(text, f"WEBHOOKS_FILE ({path})")
 
 
