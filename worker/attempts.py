@@ -17,16 +17,18 @@ pruned in batches (:func:`prune_attempt_log`); the totals stay.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, Update, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker import store
 from worker.clock import Clock
-from worker.models import provisioning_attempt_totals, provisioning_attempts
+from worker.db import autocommit
+from worker.models import provisioning_attempt_totals, provisioning_attempts, tenants
+from worker.placement import start_on_free_node
 from worker.states import AttemptOutcome, ProvisioningState, Reason
 
 TOTAL_SHARDS = 16  # rows per (outcome, reason): concurrent attempts rarely meet on one
@@ -44,9 +46,10 @@ def log_attempt(
     *,
     node: str | None = None,
     task_id: str | None = None,
+    settle: Update | None = None,
 ) -> None:
     """Append one attempt to ``provisioning_attempts`` and count it in the totals, in one
-    statement (one round trip; the caller commits)."""
+    statement (one round trip; the caller commits); with ``settle``, the tenant's row too."""
     logged = (
         insert(provisioning_attempts)
         .values(
@@ -70,12 +73,14 @@ def log_attempt(
         shard=random.randrange(TOTAL_SHARDS),
         total=1,
     )
-    conn.execute(
-        counted.on_conflict_do_update(
-            index_elements=[totals.c.outcome, totals.c.reason, totals.c.shard],
-            set_={"total": totals.c.total + 1},
-        ).add_cte(logged)
-    )
+    statement = counted.on_conflict_do_update(
+        index_elements=[totals.c.outcome, totals.c.reason, totals.c.shard],
+        set_={"total": totals.c.total + 1},
+    ).add_cte(logged)
+    if settle is not None:
+        # A data-modifying WITH runs to completion whether or not anything reads it.
+        statement = statement.add_cte(settle.returning(tenants.c.tenant_id).cte("settled"))
+    conn.execute(statement)
 
 
 def prune_attempt_log(
@@ -118,24 +123,16 @@ class AttemptRecord:
         create_sent_to: str | None,
         clock: Clock,
         secrets: Callable[[], Iterable[str]],
+        place: Sequence[str] | None = None,
     ) -> None:
-        """Start attempt ``number`` on ``node`` if the row's chain is still ``chain``; the
-        attempt's own retry will be carried by ``retry_chain``. Raises NotStarted."""
+        """Start attempt ``number`` on ``node`` - with ``place``, on the least-used of those
+        nodes free at once (``placement.start_on_free_node``) - if the row's chain is still
+        ``chain``; the attempt's own retry will be carried by ``retry_chain``. Raises
+        NotStarted (with ``place``: also when no node was free)."""
         self._conn, self.tenant_id, self.number = conn, tenant_id, number
         self._retry_chain, self._clock, self._secrets = retry_chain, clock, secrets
-        self._node, self._task_id = node, task_id
-        self._started = clock()
-        self._release = False
-        # Whether a create of ours sent there earlier was never answered.
-        self.unanswered_before = node is not None and create_sent_to == node
-        self.create_sent_to = node if node is not None else create_sent_to
-        placed: dict[str, Any] = {}
-        if node is not None:
-            # Written before the create is sent: if this run dies inside the call, the next
-            # one knows a create of ours may have landed there.
-            placed = {"influxdb_node": node, "influxdb_create_sent_to": node}
-        started = store.update(
-            conn,
+        self._task_id, self._started, self._release = task_id, clock(), False
+        start = store.update_statement(
             tenant_id,
             expect={"influxdb_retry_chain": chain},
             influxdb_state=ProvisioningState.PROVISIONING,
@@ -143,11 +140,24 @@ class AttemptRecord:
             influxdb_next_attempt_at=None,
             influxdb_retry_chain=None,
             influxdb_updated_at=self._started,
-            **placed,
         )
+        # Committed before the create is sent, with the node as influxdb_create_sent_to: if
+        # this run dies inside the call, the next one knows a create of ours may be there.
+        with autocommit(conn):  # or in the placing transaction, holding the node's row
+            if place is not None:
+                node = start_on_free_node(conn, start, place)
+                started = node is not None
+            else:
+                if node is not None:
+                    start = start.values(influxdb_node=node, influxdb_create_sent_to=node)
+                started = bool(conn.execute(start).rowcount)
         conn.commit()
         if not started:
             raise NotStarted(tenant_id)
+        self.node = node
+        # Whether a create of ours sent there earlier was never answered.
+        self.unanswered_before = node is not None and create_sent_to == node
+        self.create_sent_to = node if node is not None else create_sent_to
 
     def forget_create(self) -> None:
         """This attempt's create surely never left (connection refused): unless an earlier
@@ -236,17 +246,19 @@ class AttemptRecord:
         **values: Any,
     ) -> None:
         # A deletion asked for meanwhile wins: the outcome goes to the attempt log only.
-        store.update(self._conn, self.tenant_id, influxdb_updated_at=now, **values)
-        log_attempt(
-            self._conn,
-            self.tenant_id,
-            self.number,
-            self._started,
-            now,
-            outcome,
-            reason,
-            retry_at,
-            node=self._node,
-            task_id=self._task_id,
-        )
+        settle = store.update_statement(self.tenant_id, influxdb_updated_at=now, **values)
+        with autocommit(self._conn):  # one statement: the outcome and its log row, together
+            log_attempt(
+                self._conn,
+                self.tenant_id,
+                self.number,
+                self._started,
+                now,
+                outcome,
+                reason,
+                retry_at,
+                node=self.node,
+                task_id=self._task_id,
+                settle=settle,
+            )
         self._conn.commit()

@@ -45,12 +45,13 @@ DATABASE_NOW: ColumnElement[datetime] = func.clock_timestamp()
 REANCHOR_SECONDS = 10.0
 
 
-def database_clock(conn: Connection) -> Clock:
+def database_clock(conn: Connection, read_at: datetime | None = None) -> Clock:
     """A clock on the database server's time, read on ``conn`` when first asked (inside the
     caller's transaction when one is open, else in one of its own that it ends at once, so a
     connection kept for a lock is never left idle in a transaction) and again once it is
-    ``REANCHOR_SECONDS`` old; in between, that time plus the monotonic time since."""
-    anchor: tuple[datetime, float] | None = None
+    ``REANCHOR_SECONDS`` old; in between, that time plus the monotonic time since. ``read_at``:
+    the time a read just returned (``DATABASE_NOW`` in its columns), saving the first read."""
+    anchor = None if read_at is None else (read_at, time.monotonic())
 
     def now() -> datetime:
         nonlocal anchor

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.pool import PoolResetState
 
 from worker.models import deployment_secrets
@@ -35,7 +37,6 @@ def get_engine() -> Engine:
             _engine.dispose(close=False)  # the parent's connections stay the parent's
         _engine = create_engine(
             get_settings().database_url,
-            pool_pre_ping=True,  # survive Postgres restarts and terminated backends
             pool_size=_pool_size,
             max_overflow=5,
             connect_args={
@@ -49,9 +50,39 @@ def get_engine() -> Engine:
                 "keepalives_count": 3,
             },
         )
+        event.listen(_engine, "checkout", _ping)
         event.listen(_engine, "reset", _drop_advisory_locks)
         _engine_pid = os.getpid()
     return _engine
+
+
+def _ping(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
+    """Pool checkout: when Postgres has dropped a connection (a restart, a terminated
+    backend), the pool's connections are replaced before use, as ``pool_pre_ping`` does. This
+    ping is a statement of its own: one round trip, where pre-ping's leaves a transaction open
+    (two, and ``autocommit`` could not follow)."""
+    try:
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute("SELECT 1")
+        dbapi_connection.autocommit = False
+    except psycopg.Error as exc:
+        raise InvalidatePoolError(f"a pooled connection is gone: {type(exc).__name__}") from exc
+
+
+@contextmanager
+def autocommit(conn: Connection) -> Iterator[None]:
+    """Each statement in the block commits on its own: no ``BEGIN`` and no ``COMMIT`` round
+    trip, for steps that are one statement each. Within a transaction the caller has open, the
+    statements join it instead (the caller's commit ends them)."""
+    if conn.in_transaction():
+        yield
+        return
+    conn.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        yield
+    finally:
+        conn.rollback()  # ends SQLAlchemy's own marker: nothing is sent
+        conn.execution_options(isolation_level=conn.default_isolation_level)
 
 
 @contextmanager
@@ -70,8 +101,9 @@ def advisory_lock(conn: Connection, key: int) -> Iterator[bool]:
     info[_ADVISORY_LOCKS] = info.get(_ADVISORY_LOCKS, 0) + 1  # counted before it may be held
     acquired: bool | None = None  # None: unknown (an interrupt landed around the query)
     try:
-        acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
         conn.commit()
+        with autocommit(conn):
+            acquired = bool(conn.execute(_LOCK, {"k": key}).scalar())
         yield acquired
     finally:
         if acquired is not False:
@@ -84,14 +116,16 @@ def _unlock(conn: Connection, key: int) -> None:
         conn.rollback()
         # Also when unknown: an interrupt may land after Postgres took the lock but before
         # ``acquired`` was set. Unlocking a lock we do not hold only returns false.
-        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        conn.commit()
+        with autocommit(conn):
+            conn.execute(_UNLOCK, {"k": key})
     except BaseException:
         # Never hand a pooled connection back while it may still hold the lock.
         conn.invalidate()
         raise
 
 
+_LOCK = text("SELECT pg_try_advisory_lock(:k)")
+_UNLOCK = text("SELECT pg_advisory_unlock(:k)")
 # How many advisory locks the connection may hold (taken, or being taken, not surely released).
 _ADVISORY_LOCKS = "tenant_provisioner.advisory_locks"
 

@@ -63,7 +63,7 @@ def deprovision_tenant(
             return Outcome(RunResult.SKIPPED, tenant_id)
         if absorbed(row, delivery):
             return Outcome(RunResult.ABSORBED, tenant_id)
-        clock = clock or database_clock(conn)
+        clock = clock or database_clock(conn, row.read_at)
         return _Deletion(conn, row, pool, settings, delivery, clock, rng).run()
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
+from sqlalchemy.sql.dml import Update
 
 from worker import store
 from worker.models import influxdb_nodes, tenants
@@ -75,6 +76,29 @@ def place_tenant(
     if name is not None:
         store.reserve_slot(conn, tenant_id, name)  # the trigger counts it
         conn.commit()  # releases the node's row with the reservation made
+    return name
+
+
+def start_on_free_node(conn: Connection, start: Update, names: Sequence[str]) -> str | None:
+    """``start`` (an attempt's start: ``store.update_statement``) with the tenant placed on
+    the least-used of the nodes ``names`` that has room and that no other placer holds, in one
+    statement. The node's name; None when none was free at once or ``start``'s guard failed:
+    the caller goes the long way (:func:`choose_node`, then the start alone)."""
+    node = influxdb_nodes.c
+    free = (
+        select(node.name)
+        .where(node.configured, node.full_since.is_(None), node.placed < node.database_limit)
+        .where(node.name.in_(names))
+        .order_by(node.placed, node.name)
+        .limit(1)
+        # Locked as found; its room is checked again on the row as it is once locked.
+        .with_for_update(skip_locked=True)
+        .cte("free")
+    )
+    chosen = select(free.c.name).scalar_subquery()  # the CTE runs once, however often read
+    placed = start.values(influxdb_node=chosen, influxdb_create_sent_to=chosen)
+    placed = placed.where(select(free.c.name).exists()).add_cte(free)
+    name: str | None = conn.execute(placed.returning(tenants.c.influxdb_node)).scalar()
     return name
 
 

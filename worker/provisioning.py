@@ -39,7 +39,7 @@ from worker.errors import (
 from worker.identity import Verdict
 from worker.node_config import NodeConfig
 from worker.nodes import NodePool, list_everywhere
-from worker.placement import choose_node, mark_full
+from worker.placement import choose_node, mark_full, sync_nodes
 from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
 from worker.settings import Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
@@ -79,7 +79,7 @@ def provision_tenant(
         if absorbed(row, delivery):
             logger.info("a retry is already scheduled by another message; absorbed")
             return Outcome(RunResult.ABSORBED, tenant_id)
-        clock = clock or database_clock(conn)
+        clock = clock or database_clock(conn, row.read_at)
         return _Run(conn, row, pool, settings, delivery, clock, rng).run()
 
 
@@ -170,15 +170,22 @@ class _Run(TenantRun):
                 if isinstance(located, Outcome):
                     return located
                 node = located
+            attempt: AttemptRecord | None = None
             if node is None:
-                # The node's row stays locked until the attempt's start reserves the slot on
-                # it and commits: placing and starting are one transaction.
                 nodes = self.pool.nodes()
-                name = choose_node(self.conn, nodes, exclude=refused)
-                node = next((n for n in nodes if n.name == name), None)
-                if node is None:
-                    return self._wait_for_capacity()
-            attempt = self._start(node)
+                sync_nodes(self.conn, nodes)
+                # Placed and started in one statement, when a node with room is free at once.
+                attempt = self._start(None, [n.name for n in nodes if n.name not in refused])
+                if attempt is not None:
+                    node = next(n for n in nodes if n.name == attempt.node)
+                else:
+                    # The long way: the node's row stays locked until the attempt's start
+                    # reserves the slot on it and commits.
+                    name = choose_node(self.conn, nodes, exclude=refused)
+                    node = next((n for n in nodes if n.name == name), None)
+                    if node is None:
+                        return self._wait_for_capacity()
+            attempt = attempt or self._start(node)
             if attempt is None:
                 return self._not_started()
             try:
@@ -227,13 +234,14 @@ class _Run(TenantRun):
         logger.info("the retry chain went to another message; absorbed", extra=self.context)
         return Outcome(RunResult.ABSORBED, self.tenant_id)
 
-    def _start(self, node: NodeConfig | None) -> AttemptRecord | None:
-        self.attempts += 1
+    def _start(
+        self, node: NodeConfig | None, place: list[str] | None = None
+    ) -> AttemptRecord | None:
         try:
             attempt = AttemptRecord(
                 self.conn,
                 self.tenant_id,
-                number=self.attempts,
+                number=self.attempts + 1,
                 node=node.name if node else None,
                 # Still this run's to start: an operator retry or the reconciler may have
                 # handed the tenant's chain to another message since the row was read.
@@ -243,10 +251,11 @@ class _Run(TenantRun):
                 create_sent_to=self.create_sent_to,
                 clock=self.clock,
                 secrets=self.secrets,
+                place=place,
             )
         except NotStarted:
             return None
-        self.chain = None
+        self.attempts, self.chain = attempt.number, None
         return attempt
 
     def _attempt(self, attempt: AttemptRecord, node: NodeConfig) -> Outcome:

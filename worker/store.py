@@ -18,7 +18,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Row
+from sqlalchemy.sql.dml import Update
 
+from worker.clock import DATABASE_NOW
+from worker.db import autocommit
 from worker.models import tenants
 from worker.redaction import redact_capped
 from worker.states import STATES, Adoption, ProvisioningState, Reason
@@ -26,6 +29,7 @@ from worker.states import STATES, Adoption, ProvisioningState, Reason
 MAX_STORED_ERROR = 500
 _ROW = tenants.c
 _DELETING = _ROW.influxdb_state == ProvisioningState.DEPROVISIONING
+_NOW = DATABASE_NOW.label("read_at")  # a run's clock starts from it (worker.clock)
 
 
 def clean_error(message: str, secrets: Iterable[str]) -> str:
@@ -38,8 +42,9 @@ def clean_error(message: str, secrets: Iterable[str]) -> str:
 
 
 def load(conn: Connection, tenant_id: str) -> Row[Any] | None:
-    """The tenant's row (a committed read), or None."""
-    row = conn.execute(select(tenants).where(_ROW.tenant_id == tenant_id)).first()
+    """The tenant's row (a committed read) and ``read_at``, the database's time then; or None."""
+    with autocommit(conn):
+        row = conn.execute(select(tenants, _NOW).where(_ROW.tenant_id == tenant_id)).first()
     conn.commit()
     return row
 
@@ -183,32 +188,28 @@ def request_deletion(conn: Connection, tenant_id: str, now: datetime) -> bool:
 # -- the runs ---------------------------------------------------------------------------------
 
 
-def update(
-    conn: Connection,
+def update(conn: Connection, tenant_id: str, **options: Any) -> bool:
+    """Send :func:`update_statement`; False when no row was changed."""
+    return bool(conn.execute(update_statement(tenant_id, **options)).rowcount)
+
+
+def update_statement(
     tenant_id: str,
     *,
     deleting: bool = False,
     expect: Mapping[str, Any] | None = None,
     **values: Any,
-) -> bool:
-    """Set ``values`` on the tenant's row during a run. False when no row was changed.
+) -> Update:
+    """Set ``values`` on the tenant's row during a run (:func:`update` sends it alone).
 
     A provisioning run (``deleting=False``) never writes a tenant that is being deleted; a
     deprovisioning run (``deleting=True``) writes only a tenant that is. ``expect`` makes the
     write a compare-and-set: each named column must still hold the given value (NULL too).
     """
-    state = _ROW.influxdb_state
-    guards = [
-        state == ProvisioningState.DEPROVISIONING
-        if deleting
-        else state != ProvisioningState.DEPROVISIONING
-    ]
+    guards = [_DELETING if deleting else ~_DELETING]
     for name, value in (expect or {}).items():
         guards.append(_ROW[name].is_not_distinct_from(value))
-    changed = conn.execute(
-        sql_update(tenants).where(_ROW.tenant_id == tenant_id, *guards).values(**values)
-    )
-    return bool(changed.rowcount)
+    return sql_update(tenants).where(_ROW.tenant_id == tenant_id, *guards).values(**values)
 
 
 def settle(

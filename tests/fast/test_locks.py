@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 
+from sqlalchemy import text
+
 from tests.conftest import new_tenant_id
-from worker.db import advisory_lock, get_engine
+from worker.db import advisory_lock, autocommit, get_engine
 from worker.runs import advisory_lock_key, tenant_lock
 
 
@@ -55,3 +57,35 @@ def test_a_clean_release_leaves_the_pool_nothing_to_drop(db):
             assert acquired
         # Then it counts no lock it may hold: its return to the pool costs no unlock_all
         assert conn.connection.info.get("tenant_provisioner.advisory_locks") == 0
+
+
+def test_a_pooled_connection_postgres_dropped_is_replaced_before_use(db):
+    # Given a pooled connection whose backend Postgres terminated (a restart, an operator)
+    engine = get_engine()
+    with engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    # Then the next checkout hands out a live one, with no transaction open
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+        assert conn.connection.driver_connection.autocommit is False
+
+
+def test_autocommit_commits_each_statement_alone_or_joins_the_open_transaction(db):
+    visible = "SELECT count(*) FROM influxdb_nodes WHERE name = 'auto'"
+    with get_engine().connect() as conn:
+        # Outside a transaction: committed at once (another session sees it) ...
+        with autocommit(conn):
+            conn.execute(
+                text("INSERT INTO influxdb_nodes (name, database_limit) VALUES ('auto', 5)")
+            )
+            assert db.execute(visible).fetchone() == (1,)
+        assert not conn.in_transaction()
+        assert conn.connection.driver_connection.autocommit is False
+        # ... inside one: part of it, undone with it
+        conn.execute(text("SELECT 1"))
+        with autocommit(conn):
+            conn.execute(text("DELETE FROM influxdb_nodes WHERE name = 'auto'"))
+        conn.rollback()
+    assert db.execute(visible).fetchone() == (1,)

@@ -8,9 +8,17 @@ import pytest
 
 from tests.conftest import tenant_row
 from tests.fast.conftest import insert
-from worker.db import get_engine
+from worker import store
+from worker.db import autocommit, get_engine
 from worker.node_config import NodeConfig
-from worker.placement import mark_full, place_tenant, record_observations, usage
+from worker.placement import (
+    mark_full,
+    place_tenant,
+    record_observations,
+    start_on_free_node,
+    sync_nodes,
+    usage,
+)
 
 ALPHA = NodeConfig("alpha", "http://a", None, 3)
 BETA = NodeConfig("beta", "http://b", None, 3)
@@ -21,6 +29,17 @@ NOW = datetime(2026, 11, 28, tzinfo=UTC)
 def place(tenant_id, nodes, exclude=frozenset()):
     with get_engine().connect() as conn:
         return place_tenant(conn, tenant_id, nodes, exclude=set(exclude))
+
+
+def place_and_start(tenant_id, nodes, exclude=frozenset()):
+    """As a run places a new tenant when a node is free at once: with its start, in one
+    statement (it goes the long way, ``place``, only when none is)."""
+    with get_engine().connect() as conn:
+        sync_nodes(conn, tuple(nodes), force=True)  # each test empties influxdb_nodes
+        start = store.update_statement(tenant_id, influxdb_state="provisioning")
+        names = [node.name for node in nodes if node.name not in exclude]
+        with autocommit(conn):
+            return start_on_free_node(conn, start, names)
 
 
 def given_placed(db, **per_node: int) -> None:
@@ -41,11 +60,12 @@ def given_placed(db, **per_node: int) -> None:
         ({"alpha": 3, "beta": 2, "gamma": 1}, (), "beta"),  # only beta has room
     ],
 )
-def test_the_least_used_server_with_room_is_chosen(db, placed, exclude, expected):
+@pytest.mark.parametrize("way", [place, place_and_start])
+def test_the_least_used_server_with_room_is_chosen(db, placed, exclude, expected, way):
     given_placed(db, **placed)
     insert(db, "acme")
 
-    chosen = place("acme", [GAMMA, BETA, ALPHA], exclude)
+    chosen = way("acme", [GAMMA, BETA, ALPHA], exclude)
 
     assert chosen == expected
     assert tenant_row(db, "acme")["influxdb_node"] == expected  # reserved in the same step

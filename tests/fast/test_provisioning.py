@@ -13,6 +13,7 @@ import psycopg
 from tests.conftest import existing_database, tenant_row
 from tests.fast.conftest import SEED, World, insert
 from worker.db import get_engine
+from worker.placement import sync_nodes
 from worker.runs import Delivery, tenant_lock
 from worker.states import RunResult
 
@@ -317,6 +318,29 @@ def test_a_run_that_loses_its_chain_while_placing_reserves_no_slot(db, world: Wo
     assert tenant_row(db, "acme")["influxdb_node"] is None
     assert db.execute("SELECT placed FROM influxdb_nodes WHERE name = 'alpha'").fetchone() == (0,)
     assert alpha.create_calls() == 0
+
+
+def test_a_slot_being_taken_by_another_transaction_is_not_taken_twice(db, world: World, database):
+    # Given a server with one slot, which another transaction is taking (not yet committed)
+    world.add("alpha", limit=1)
+    insert(db, "acme")
+    insert(db, "globex")
+    with get_engine().connect() as conn:  # the nodes file written down, as a worker has
+        sync_nodes(conn, world.pool().nodes(), force=True)
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as placer:
+        placer.execute("UPDATE tenants SET influxdb_node = 'alpha' WHERE tenant_id = 'globex'")
+        # When a run places acme meanwhile, and the other transaction then commits
+        with ThreadPoolExecutor(1) as runner:
+            run = runner.submit(world.provision, "acme", MESSAGE)
+            wait_for_a_lock_wait(db)
+            placer.commit()
+            outcome = run.result(timeout=30)
+
+    # Then the run skipped the slot being taken, waited for it, and found the server full
+    assert outcome.result == RunResult.WAITING_FOR_CAPACITY
+    assert tenant_row(db, "acme")["influxdb_node"] is None
+    assert db.execute("SELECT placed FROM influxdb_nodes WHERE name = 'alpha'").fetchone() == (1,)
+    assert world.servers["alpha"].create_calls() == 0
 
 
 def wait_for_a_lock_wait(db, timeout: float = 10.0) -> None:

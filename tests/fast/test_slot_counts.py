@@ -75,3 +75,25 @@ def test_the_reconciler_repairs_a_count_changed_around_the_trigger(db):
         assert repair_counts(conn) == {"n0": (7, 2), "gone": (3, 0)}
         assert repair_counts(conn) == {}
     assert counted(db) == {"n0": 2}
+
+
+def test_eight_provisioning_runs_at_once_never_over_fill_a_server(db, world):
+    # Given two servers of 3 slots and 10 new tenants (runs place them in one statement each,
+    # or the long way when the row they want is held by another run)
+    world.add("alpha", limit=3)
+    world.add("beta", limit=3)
+    ids = [f"r{i:02d}" for i in range(10)]
+    for tenant_id in ids:
+        insert(db, tenant_id)
+
+    # When eight runs provision them at once
+    with ThreadPoolExecutor(max_workers=8) as runs:
+        results = [outcome.result.value for outcome in runs.map(world.provision, ids)]
+
+    # Then six are provisioned, three on each server, and four wait for capacity
+    assert results.count("provisioned") == 6
+    assert results.count("waiting_for_capacity") == 4
+    assert real(db) == {"alpha": 3, "beta": 3}
+    assert counted(db) == real(db)
+    for name in ("alpha", "beta"):
+        assert len(world.servers[name].databases()) == 3
