@@ -5,9 +5,11 @@ A tenant holds a slot on a node while ``tenants.influxdb_node`` names it. Each n
 or frees one (migration 0007). Placing reads one row per node - never the tenants - and locks
 only the node it reserves on, re-checking its count under that lock: two workers never over-fill
 a node, and placements on different nodes do not wait for each other (a node another placer
-holds is skipped for the next least-used one). A node that answers 422 (its real count disagrees
-with ours, e.g. databases made by hand) is marked full until the reconciler sees room on it
-again; the reconciler also repairs a count that differs from the real one.
+holds is skipped for the next least-used one). A run places and starts its attempt in one
+statement when a node with room is free at once (:func:`start_on_free_node`), else waits for one
+(:func:`choose_node`). A node that answers 422 (its real count disagrees with ours, e.g.
+databases made by hand) is marked full until the reconciler sees room on it again; the
+reconciler also repairs a count that differs from the real one.
 """
 
 from __future__ import annotations

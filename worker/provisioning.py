@@ -9,7 +9,9 @@ as it happens, so operators see ``provisioning`` while it is under way. A run, i
    and has no server yet is *located* - every server listed once - before anything is placed;
    a server that cannot answer means "unknown", and the run retries rather than place it.
 2. **Place** a tenant without a home on the least-used server with room (or wait for capacity),
-   in the transaction that starts the attempt (``worker.placement.choose_node``).
+   in the statement that starts the attempt (``worker.placement.start_on_free_node``); when
+   every server with room is held by another placer, in the start's transaction after waiting
+   for one (``worker.placement.choose_node``).
 3. **Attempt** on that server: create the database; a 409 is success only when the database is
    provably this tenant's (``worker.identity``), otherwise the tenant stops as ``name_taken``;
    then write the ``_init`` marker carrying the tenant's incarnation.
