@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from worker import store
 from worker.clock import Clock
 from worker.db import autocommit
-from worker.models import provisioning_attempt_totals, provisioning_attempts, tenants
+from worker.models import provisioning_attempt_totals, provisioning_attempts
 from worker.placement import start_on_free_node
 from worker.states import AttemptOutcome, ProvisioningState, Reason
 
@@ -73,14 +73,16 @@ def log_attempt(
         shard=random.randrange(TOTAL_SHARDS),
         total=1,
     )
-    statement = counted.on_conflict_do_update(
+    counted = counted.on_conflict_do_update(
         index_elements=[totals.c.outcome, totals.c.reason, totals.c.shard],
         set_={"total": totals.c.total + 1},
-    ).add_cte(logged)
-    if settle is not None:
-        # A data-modifying WITH runs to completion whether or not anything reads it.
-        statement = statement.add_cte(settle.returning(tenants.c.tenant_id).cte("settled"))
-    conn.execute(statement)
+    )
+    if settle is None:
+        conn.execute(counted.add_cte(logged))
+        return
+    # The tenant's row first (the main statement), as every writer of it takes it; then the
+    # log line and the total (a WITH that writes runs to completion, read or not).
+    conn.execute(settle.add_cte(logged).add_cte(counted.returning(totals.c.total).cte("counted")))
 
 
 def prune_attempt_log(
@@ -128,7 +130,7 @@ class AttemptRecord:
         """Start attempt ``number`` on ``node`` - with ``place``, on the least-used of those
         nodes free at once (``placement.start_on_free_node``) - if the row's chain is still
         ``chain``; the attempt's own retry will be carried by ``retry_chain``. Raises
-        NotStarted (with ``place``: also when no node was free)."""
+        NotStarted, and with ``place`` NoFreeNode (nothing done)."""
         self._conn, self.tenant_id, self.number = conn, tenant_id, number
         self._retry_chain, self._clock, self._secrets = retry_chain, clock, secrets
         self._task_id, self._started, self._release = task_id, clock(), False
@@ -145,7 +147,7 @@ class AttemptRecord:
         # this run dies inside the call, the next one knows a create of ours may be there.
         with autocommit(conn):  # or in the placing transaction, holding the node's row
             if place is not None:
-                node = start_on_free_node(conn, start, place)
+                node = start_on_free_node(conn, start, place)  # or raises NoFreeNode
                 started = node is not None
             else:
                 if node is not None:

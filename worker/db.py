@@ -8,10 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.pool import PoolResetState
 
 from worker.models import deployment_secrets
@@ -37,6 +35,9 @@ def get_engine() -> Engine:
             _engine.dispose(close=False)  # the parent's connections stay the parent's
         _engine = create_engine(
             get_settings().database_url,
+            # Survive Postgres restarts and terminated backends. Its ping runs in autocommit
+            # (one round trip, no transaction left open), so ``autocommit`` can follow it.
+            pool_pre_ping=True,
             pool_size=_pool_size,
             max_overflow=5,
             connect_args={
@@ -50,23 +51,9 @@ def get_engine() -> Engine:
                 "keepalives_count": 3,
             },
         )
-        event.listen(_engine, "checkout", _ping)
         event.listen(_engine, "reset", _drop_advisory_locks)
         _engine_pid = os.getpid()
     return _engine
-
-
-def _ping(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
-    """Pool checkout: when Postgres has dropped a connection (a restart, a terminated
-    backend), the pool's connections are replaced before use, as ``pool_pre_ping`` does. This
-    ping is a statement of its own: one round trip, where pre-ping's leaves a transaction open
-    (two, and ``autocommit`` could not follow)."""
-    try:
-        dbapi_connection.autocommit = True
-        dbapi_connection.execute("SELECT 1")
-        dbapi_connection.autocommit = False
-    except psycopg.Error as exc:
-        raise InvalidatePoolError(f"a pooled connection is gone: {type(exc).__name__}") from exc
 
 
 @contextmanager

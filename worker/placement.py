@@ -6,10 +6,11 @@ or frees one (migration 0007). Placing reads one row per node - never the tenant
 only the node it reserves on, re-checking its count under that lock: two workers never over-fill
 a node, and placements on different nodes do not wait for each other (a node another placer
 holds is skipped for the next least-used one). A run places and starts its attempt in one
-statement when a node with room is free at once (:func:`start_on_free_node`), else waits for one
-(:func:`choose_node`). A node that answers 422 (its real count disagrees with ours, e.g.
-databases made by hand) is marked full until the reconciler sees room on it again; the
-reconciler also repairs a count that differs from the real one.
+statement when a node with room is free at once (:func:`start_on_free_node`), else goes the long
+way (:func:`choose_node`, which waits for a node another placer holds). A node that answers 422
+(its real count disagrees with ours, e.g. databases made by hand) is marked full until the
+reconciler sees room on it again; the reconciler also repairs a count that differs from the
+real one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -81,11 +82,16 @@ def place_tenant(
     return name
 
 
+class NoFreeNode(Exception):
+    """No node with room was free at once (none has room, or another placer holds each one
+    that has): the caller goes the long way, :func:`choose_node` and then the start alone."""
+
+
 def start_on_free_node(conn: Connection, start: Update, names: Sequence[str]) -> str | None:
     """``start`` (an attempt's start: ``store.update_statement``) with the tenant placed on
     the least-used of the nodes ``names`` that has room and that no other placer holds, in one
-    statement. The node's name; None when none was free at once or ``start``'s guard failed:
-    the caller goes the long way (:func:`choose_node`, then the start alone)."""
+    statement. The node's name; None when ``start``'s guard failed (nothing is placed).
+    Raises NoFreeNode."""
     node = influxdb_nodes.c
     free = (
         select(node.name)
@@ -99,9 +105,14 @@ def start_on_free_node(conn: Connection, start: Update, names: Sequence[str]) ->
     )
     chosen = select(free.c.name).scalar_subquery()  # the CTE runs once, however often read
     placed = start.values(influxdb_node=chosen, influxdb_create_sent_to=chosen)
-    placed = placed.where(select(free.c.name).exists()).add_cte(free)
-    name: str | None = conn.execute(placed.returning(tenants.c.influxdb_node)).scalar()
-    return name
+    placed = placed.where(select(free.c.name).exists())
+    started = placed.returning(tenants.c.influxdb_node).cte("started")
+    found, name = conn.execute(
+        select(chosen, select(started.c.influxdb_node).scalar_subquery())
+    ).one()
+    if found is None:
+        raise NoFreeNode
+    return cast(str | None, name)
 
 
 def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]) -> str | None:

@@ -41,7 +41,7 @@ from worker.errors import (
 from worker.identity import Verdict
 from worker.node_config import NodeConfig
 from worker.nodes import NodePool, list_everywhere
-from worker.placement import choose_node, mark_full, sync_nodes
+from worker.placement import NoFreeNode, choose_node, mark_full, sync_nodes
 from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
 from worker.settings import Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
@@ -172,22 +172,25 @@ class _Run(TenantRun):
                 if isinstance(located, Outcome):
                     return located
                 node = located
-            attempt: AttemptRecord | None = None
             if node is None:
                 nodes = self.pool.nodes()
                 sync_nodes(self.conn, nodes)
-                # Placed and started in one statement, when a node with room is free at once.
-                attempt = self._start(None, [n.name for n in nodes if n.name not in refused])
-                if attempt is not None:
-                    node = next(n for n in nodes if n.name == attempt.node)
-                else:
+                try:  # placed and started in one statement, when a node is free at once
+                    attempt = self._start(None, [n.name for n in nodes if n.name not in refused])
+                except NoFreeNode:
                     # The long way: the node's row stays locked until the attempt's start
                     # reserves the slot on it and commits.
                     name = choose_node(self.conn, nodes, exclude=refused)
                     node = next((n for n in nodes if n.name == name), None)
                     if node is None:
                         return self._wait_for_capacity()
-            attempt = attempt or self._start(node)
+                    attempt = self._start(node)
+                else:
+                    if attempt is None:
+                        return self._not_started()
+                    node = next(n for n in nodes if n.name == attempt.node)
+            else:
+                attempt = self._start(node)
             if attempt is None:
                 return self._not_started()
             try:
@@ -378,7 +381,7 @@ class _Run(TenantRun):
         # Capacity is a state, not a retry loop: the reconciler places waiting tenants, oldest
         # first, when a server is added or a slot frees. The wait ends the episode.
         nodes = len(self.pool.nodes())
-        store.settle(
+        waiting = store.settle(
             self.conn,
             self.tenant_id,
             ProvisioningState.WAITING_FOR_CAPACITY,
@@ -388,7 +391,10 @@ class _Run(TenantRun):
             influxdb_node=None,
             influxdb_attempts=0,
             influxdb_create_sent_to=None,
+            expect={"influxdb_retry_chain": self.chain},  # not handed to another message since
         )
         self.conn.commit()
+        if not waiting:
+            return self._not_started()
         logger.warning("no node has room; waiting for capacity", extra=self.context)
         return Outcome(RunResult.WAITING_FOR_CAPACITY, self.tenant_id, reason=Reason.DATABASE_LIMIT)

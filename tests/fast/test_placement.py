@@ -12,6 +12,7 @@ from worker import store
 from worker.db import autocommit, get_engine
 from worker.node_config import NodeConfig
 from worker.placement import (
+    NoFreeNode,
     mark_full,
     place_tenant,
     record_observations,
@@ -39,7 +40,10 @@ def place_and_start(tenant_id, nodes, exclude=frozenset()):
         start = store.update_statement(tenant_id, influxdb_state="provisioning")
         names = [node.name for node in nodes if node.name not in exclude]
         with autocommit(conn):
-            return start_on_free_node(conn, start, names)
+            try:
+                return start_on_free_node(conn, start, names)
+            except NoFreeNode:
+                return None
 
 
 def given_placed(db, **per_node: int) -> None:

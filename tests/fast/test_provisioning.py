@@ -9,11 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import psycopg
+import pytest
 
 from tests.conftest import existing_database, tenant_row
 from tests.fast.conftest import SEED, World, insert
-from worker.db import get_engine
-from worker.placement import sync_nodes
+from worker import store
+from worker.db import autocommit, get_engine
+from worker.placement import NoFreeNode, start_on_free_node, sync_nodes
 from worker.runs import Delivery, tenant_lock
 from worker.states import RunResult
 
@@ -341,6 +343,51 @@ def test_a_slot_being_taken_by_another_transaction_is_not_taken_twice(db, world:
     assert tenant_row(db, "acme")["influxdb_node"] is None
     assert db.execute("SELECT placed FROM influxdb_nodes WHERE name = 'alpha'").fetchone() == (1,)
     assert world.servers["alpha"].create_calls() == 0
+
+
+def test_a_run_that_loses_its_chain_while_waiting_for_room_leaves_the_tenant_to_it(
+    db, world: World, database
+):
+    # Given a server with one slot, which another transaction is taking
+    world.add("alpha", limit=1)
+    insert(db, "acme")
+    insert(db, "globex")
+    with get_engine().connect() as conn:
+        sync_nodes(conn, world.pool().nodes(), force=True)
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as placer:
+        placer.execute("UPDATE tenants SET influxdb_node = 'alpha' WHERE tenant_id = 'globex'")
+        with ThreadPoolExecutor(1) as runner:
+            run = runner.submit(world.provision, "acme", MESSAGE)
+            wait_for_a_lock_wait(db)
+            # When an operator's retry hands acme to another message before the slot is taken
+            placer.execute("UPDATE tenants SET influxdb_retry_chain = %s", (OTHER.message,))
+            placer.commit()
+            outcome = run.result(timeout=30)
+
+    # Then the run finds no room but writes no wait over the other message's chain
+    assert outcome.result == RunResult.ABSORBED
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_state"], row["influxdb_retry_chain"]) == ("pending", OTHER.message)
+
+
+def test_the_one_statement_start_tells_no_room_from_a_lost_chain(db, world: World):
+    # Given a tenant whose chain another message owns, and a server with room
+    world.add("alpha", limit=1)
+    insert(db, "acme", retry_chain=OTHER.message)
+    with get_engine().connect() as conn:
+        sync_nodes(conn, world.pool().nodes(), force=True)
+        conn.commit()
+        start = store.update_statement("acme", expect={"influxdb_retry_chain": None})
+        with autocommit(conn):
+            # When this run's start is guarded by the chain it read (None): not started there
+            assert start_on_free_node(conn, start, ["alpha"]) is None
+            # and with no server it may use: no room, which is another answer
+            with pytest.raises(NoFreeNode):
+                start_on_free_node(conn, start, [])
+
+    # Then nothing was placed
+    assert tenant_row(db, "acme")["influxdb_node"] is None
+    assert db.execute("SELECT placed FROM influxdb_nodes WHERE name = 'alpha'").fetchone() == (0,)
 
 
 def wait_for_a_lock_wait(db, timeout: float = 10.0) -> None:
