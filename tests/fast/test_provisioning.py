@@ -297,6 +297,35 @@ def test_failed_and_deleted_tenants_are_skipped(db, world: World):
     assert world.provision("nobody").result == RunResult.NOT_FOUND
 
 
+HAND_ACME_TO_OTHER = (
+    "UPDATE tenants SET influxdb_retry_chain = %s WHERE tenant_id = 'acme'",
+    (OTHER.message,),
+)
+TAKE_ALPHAS_LAST_SLOT = "UPDATE tenants SET influxdb_node = 'alpha' WHERE tenant_id = 'globex'"
+
+
+def provision_while_held(db, world: World, database, holding: str, meanwhile=None):
+    """Provision acme while another transaction, having run ``holding``, holds a row the run
+    waits for; once it waits, that transaction runs ``meanwhile`` (if any) and commits."""
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as other:
+        other.execute(holding)
+        with ThreadPoolExecutor(1) as runner:
+            run = runner.submit(world.provision, "acme", MESSAGE)
+            wait_for_a_lock_wait(db)
+            if meanwhile:
+                other.execute(*meanwhile)
+            other.commit()
+            return run.result(timeout=30)
+
+
+def one_slot_and_two_tenants(db, world: World) -> None:
+    world.add("alpha", limit=1)
+    insert(db, "acme")
+    insert(db, "globex")
+    with get_engine().connect() as conn:  # the nodes file written down, as a worker has
+        sync_nodes(conn, world.pool().nodes(), force=True)
+
+
 def test_a_run_that_loses_its_chain_while_placing_reserves_no_slot(db, world: World, database):
     # Given a pending tenant, and alpha's row held by another placer
     alpha = world.add("alpha")
@@ -304,15 +333,9 @@ def test_a_run_that_loses_its_chain_while_placing_reserves_no_slot(db, world: Wo
     db.execute(
         "INSERT INTO influxdb_nodes (name, database_limit, configured) VALUES ('alpha', 5, true)"
     )
-    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as placer:
-        placer.execute("SELECT 1 FROM influxdb_nodes WHERE name = 'alpha' FOR UPDATE")
-        with ThreadPoolExecutor(1) as runner:
-            run = runner.submit(world.provision, "acme", MESSAGE)
-            wait_for_a_lock_wait(db)
-            # When an operator's retry hands the tenant to another message meanwhile
-            placer.execute("UPDATE tenants SET influxdb_retry_chain = %s", (OTHER.message,))
-            placer.commit()
-            outcome = run.result(timeout=30)
+    # When an operator's retry hands the tenant to another message meanwhile
+    holding = "SELECT 1 FROM influxdb_nodes WHERE name = 'alpha' FOR UPDATE"
+    outcome = provision_while_held(db, world, database, holding, HAND_ACME_TO_OTHER)
 
     # Then the run does not start: placing and starting are one transaction, so it holds
     # no slot on alpha and no node (the other message places the tenant itself)
@@ -324,19 +347,9 @@ def test_a_run_that_loses_its_chain_while_placing_reserves_no_slot(db, world: Wo
 
 def test_a_slot_being_taken_by_another_transaction_is_not_taken_twice(db, world: World, database):
     # Given a server with one slot, which another transaction is taking (not yet committed)
-    world.add("alpha", limit=1)
-    insert(db, "acme")
-    insert(db, "globex")
-    with get_engine().connect() as conn:  # the nodes file written down, as a worker has
-        sync_nodes(conn, world.pool().nodes(), force=True)
-    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as placer:
-        placer.execute("UPDATE tenants SET influxdb_node = 'alpha' WHERE tenant_id = 'globex'")
-        # When a run places acme meanwhile, and the other transaction then commits
-        with ThreadPoolExecutor(1) as runner:
-            run = runner.submit(world.provision, "acme", MESSAGE)
-            wait_for_a_lock_wait(db)
-            placer.commit()
-            outcome = run.result(timeout=30)
+    one_slot_and_two_tenants(db, world)
+    # When a run places acme meanwhile, and the other transaction then commits
+    outcome = provision_while_held(db, world, database, TAKE_ALPHAS_LAST_SLOT)
 
     # Then the run skipped the slot being taken, waited for it, and found the server full
     assert outcome.result == RunResult.WAITING_FOR_CAPACITY
@@ -349,20 +362,9 @@ def test_a_run_that_loses_its_chain_while_waiting_for_room_leaves_the_tenant_to_
     db, world: World, database
 ):
     # Given a server with one slot, which another transaction is taking
-    world.add("alpha", limit=1)
-    insert(db, "acme")
-    insert(db, "globex")
-    with get_engine().connect() as conn:
-        sync_nodes(conn, world.pool().nodes(), force=True)
-    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as placer:
-        placer.execute("UPDATE tenants SET influxdb_node = 'alpha' WHERE tenant_id = 'globex'")
-        with ThreadPoolExecutor(1) as runner:
-            run = runner.submit(world.provision, "acme", MESSAGE)
-            wait_for_a_lock_wait(db)
-            # When an operator's retry hands acme to another message before the slot is taken
-            placer.execute("UPDATE tenants SET influxdb_retry_chain = %s", (OTHER.message,))
-            placer.commit()
-            outcome = run.result(timeout=30)
+    one_slot_and_two_tenants(db, world)
+    # When an operator's retry hands acme to another message before the slot is taken
+    outcome = provision_while_held(db, world, database, TAKE_ALPHAS_LAST_SLOT, HAND_ACME_TO_OTHER)
 
     # Then the run finds no room but writes no wait over the other message's chain
     assert outcome.result == RunResult.ABSORBED
