@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, case, func, select, text, update
+from sqlalchemy import Connection, Select, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
@@ -92,12 +92,8 @@ def start_on_free_node(conn: Connection, start: Update, names: Sequence[str]) ->
     the least-used of the nodes ``names`` that has room and that no other placer holds, in one
     statement. The node's name; None when ``start``'s guard failed (nothing is placed).
     Raises NoFreeNode."""
-    node = influxdb_nodes.c
     free = (
-        select(node.name)
-        .where(node.configured, node.full_since.is_(None), node.placed < node.database_limit)
-        .where(node.name.in_(names))
-        .order_by(node.placed, node.name)
+        _least_used(select(_NODE.name).where(_NODE.name.in_(names)))
         .limit(1)
         # Locked as found; its room is checked again on the row as it is once locked.
         .with_for_update(skip_locked=True)
@@ -124,7 +120,7 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
     sync_nodes(conn, nodes)
     resynced = False
     for _ in range(ROUNDS):
-        candidates = conn.execute(_CANDIDATES, {"exclude": sorted(exclude), "k": CANDIDATES}).all()
+        candidates = conn.execute(_CANDIDATES, {"exclude": sorted(exclude)}).all()
         conn.commit()
         if not candidates and not resynced:
             # Before answering "no room": the rows may have been emptied behind this
@@ -150,18 +146,22 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
     return None  # every candidate filled under our eyes, round after round
 
 
-# The least-used configured nodes with room: the first rows of ix_influxdb_nodes_room,
-# whatever the number of tenants or servers.
-_CANDIDATES = text(
-    """
-    SELECT name, database_limit FROM influxdb_nodes
-    WHERE configured AND full_since IS NULL AND placed < database_limit
-      AND name <> ALL(CAST(:exclude AS text[]))
-    ORDER BY placed, name
-    LIMIT :k
-    """
-)
+_NODE = influxdb_nodes.c
+
+
+def _least_used(query: Select[Any]) -> Select[Any]:
+    """``query`` over the configured nodes with room, least used first (ties: by name): the
+    first rows of ix_influxdb_nodes_room, whatever the number of tenants or servers."""
+    room = (_NODE.configured, _NODE.full_since.is_(None), _NODE.placed < _NODE.database_limit)
+    return query.where(*room).order_by(_NODE.placed, _NODE.name)
+
+
 CANDIDATES = 16  # enough for concurrent placers to pass each other by
+_CANDIDATES = _least_used(
+    select(_NODE.name, _NODE.database_limit).where(
+        _NODE.name.not_in(bindparam("exclude", expanding=True))
+    )
+).limit(CANDIDATES)
 ROUNDS = 3
 _synced: tuple[NodeConfig, ...] | None = None  # the nodes file this process last wrote down
 
