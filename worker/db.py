@@ -69,7 +69,11 @@ def autocommit(conn: Connection) -> Iterator[None]:
         yield
     finally:
         conn.rollback()  # ends SQLAlchemy's own marker: nothing is sent
-        conn.execution_options(isolation_level=conn.default_isolation_level)
+        # A lost connection's next use reconnects, in the default mode. Resetting it here would
+        # reconnect now: in an outage, wait out the connect timeout and raise that in place of
+        # the error that ended the block.
+        if not conn.invalidated:
+            conn.execution_options(isolation_level=conn.default_isolation_level)
 
 
 @contextmanager

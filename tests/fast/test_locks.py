@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from tests.conftest import new_tenant_id
 from worker.db import advisory_lock, autocommit, get_engine
@@ -89,3 +91,21 @@ def test_autocommit_commits_each_statement_alone_or_joins_the_open_transaction(d
             conn.execute(text("DELETE FROM influxdb_nodes WHERE name = 'auto'"))
         conn.rollback()
     assert db.execute(visible).fetchone() == (1,)
+
+
+def test_a_connection_lost_inside_autocommit_raises_its_own_error_and_does_not_reconnect(db):
+    # Given a connection that Postgres terminates between two one-statement steps
+    with get_engine().connect() as conn:
+        with pytest.raises(OperationalError) as raised, autocommit(conn):
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+            db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            conn.execute(text("SELECT 1"))
+
+        # Then the error is the lost connection's, and leaving the block reconnected nothing
+        # (during an outage that would wait out the connect timeout, then hide the cause)
+        assert raised.value.connection_invalidated
+        assert conn.invalidated
+        # And the next use reconnects, in the pool's default mode: a transaction of its own
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+        assert conn.in_transaction()
+        assert conn.connection.driver_connection.autocommit is False
