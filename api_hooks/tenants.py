@@ -137,12 +137,10 @@ def create_tenant(
     name = validate_tenant_name(name)
     retention = validate_retention_period(retention_period)
     database = get_settings().database_name(tenant_id)
+    details = {"name": name, "retention_period": retention, "database": database}
     try:
-        with get_engine().begin() as conn:
-            events.acting(conn, actor, route)
-            store.create(conn, tenant_id, name, retention)
-            details = {"name": name, "retention_period": retention, "database": database}
-            events.record(conn, tenant_id, OperatorAction.CREATED, details)
+        with get_engine().connect() as conn:
+            store.create(conn, tenant_id, name, retention, actor=actor, route=route, data=details)
     except IntegrityError as exc:
         raise TenantExists(f"tenant {tenant_id!r} already exists") from exc
     # Only after the commit: a worker must find the row the message names.

@@ -78,9 +78,10 @@ TENANT_EVENT_TYPES = (
 EVENT_TYPES = TENANT_EVENT_TYPES + tuple(a.value for a in OperatorAction)
 
 
-def clean_actor(actor: str) -> str:
-    """``actor`` fit for storage: no NUL, bounded (it is shown escaped wherever it is shown)."""
-    actor = actor.replace("\x00", "")
+def clean_actor(actor: str | None) -> str:
+    """``actor`` fit for storage: no NUL, bounded (it is shown escaped wherever it is shown);
+    "" for None (the events then name no actor)."""
+    actor = (actor or "").replace("\x00", "")
     return actor if len(actor) <= MAX_ACTOR_LENGTH else actor[:MAX_ACTOR_LENGTH] + "..."
 
 
@@ -94,11 +95,17 @@ def acting(conn: Connection, actor: str | None, route: str) -> None:
         ),
         {
             "actor_setting": ACTOR_SETTING,
-            "actor": clean_actor(actor) if actor else "",
+            "actor": clean_actor(actor),
             "route_setting": ROUTE_SETTING,
             "route": str(route),
         },
     )
+
+
+def encode(data: Mapping[str, Any]) -> str:
+    """An event's ``data`` as JSON, its None values left out (as the trigger leaves out NULL
+    columns)."""
+    return json.dumps({k: v for k, v in data.items() if v is not None}, default=str)
 
 
 def record(
@@ -106,13 +113,13 @@ def record(
 ) -> int:
     """Append one event in the caller's transaction (the caller commits); its id. A tenant's
     event takes the tenant's next ``seq``; ``tenant_id`` None is an event of the deployment.
-    ``data``'s None values are left out, as the trigger leaves out NULL columns."""
+    ``data`` goes through :func:`encode`."""
     written = conn.execute(
         text("SELECT tenant_events_append(:tenant_id, :type, CAST(:data AS jsonb))"),
         {
             "tenant_id": tenant_id,
             "type": str(event_type),
-            "data": json.dumps({k: v for k, v in data.items() if v is not None}, default=str),
+            "data": encode(data),
         },
     ).scalar_one()
     return int(written)

@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func, insert, select
+from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
 
+from worker import events
 from worker.clock import DATABASE_NOW
 from worker.db import autocommit
 from worker.models import tenants
@@ -30,6 +31,7 @@ MAX_STORED_ERROR = 500
 _ROW = tenants.c
 _DELETING = _ROW.influxdb_state == ProvisioningState.DEPROVISIONING
 _NOW = DATABASE_NOW.label("read_at")  # a run's clock starts from it (worker.clock)
+_CREATE = text("SELECT tenant_create(:id, :name, :retention, :actor, :route, CAST(:data AS jsonb))")
 
 
 def clean_error(message: str, secrets: Iterable[str]) -> str:
@@ -83,22 +85,22 @@ def listing(conn: Connection, state: str | None, limit: int) -> list[Row[Any]]:
 # -- the hooks: what operators ask for --------------------------------------------------------
 
 
-def create(conn: Connection, tenant_id: str, name: str, retention_period: str | None) -> None:
-    """A new tenant, ``pending``, recorded as queued (raises IntegrityError if it exists).
-
-    Queued before the publish, to spare the request a second commit: if the process dies
-    before publishing, the reconciler treats the message as lost once the grace has passed.
-    """
-    conn.execute(
-        insert(tenants).values(
-            tenant_id=tenant_id,
-            name=name,
-            status="active",
-            influxdb_state=ProvisioningState.PENDING,
-            influxdb_retention_period=retention_period,
-            influxdb_enqueued_at=func.now(),
-        )
-    )
+def create(
+    conn: Connection,
+    tenant_id: str,
+    name: str,
+    retention_period: str | None,
+    *,
+    actor: str | None,
+    route: str,
+    data: Mapping[str, Any],
+) -> None:
+    """A new tenant, ``pending`` and queued, and its ``operator.created`` event: one statement
+    (migration 0015), committed unless a transaction is open. IntegrityError if it exists."""
+    row = {"id": tenant_id, "name": name, "retention": retention_period, "route": str(route)}
+    row |= {"actor": events.clean_actor(actor), "data": events.encode(data)}
+    with autocommit(conn):
+        conn.execute(_CREATE, row)
 
 
 def mark_enqueued(

@@ -286,6 +286,25 @@ def test_a_refused_operator_action_writes_nothing(db, queue):
     assert types_of(db, "acme") == ["tenant.created", "operator.created", "tenant.provisioned"]
 
 
+def test_who_created_a_tenant_is_not_left_on_the_connection_for_the_next_writer(db, queue):
+    # Given a tenant created by alice, in one statement on a pooled connection
+    create_tenant("acme", "Acme", actor="alice", route=events.Route.HTTP)
+
+    # When the next transaction on that connection changes another tenant, naming nobody
+    insert(db, "beta", state="pending")
+    with get_engine().begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE tenants SET influxdb_state = 'failed' WHERE tenant_id = 'beta'"
+        )
+
+    # Then alice is named only where she acted: the settings ended with her statement
+    assert [(e["type"], e["actor"], e["route"]) for e in log_of(db, "acme")] == [
+        ("tenant.created", "alice", "http"),
+        ("operator.created", "alice", "http"),
+    ]
+    assert [(e["actor"], e["route"]) for e in log_of(db, "beta")][-1] == (None, "worker")
+
+
 def test_every_committed_transition_has_its_event_and_no_rolled_back_one_has(db, database):
     # Given five tenants, and 300 transactions each changing one's state, a third rolled back
     rng = random.Random(21)
