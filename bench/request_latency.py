@@ -1,15 +1,17 @@
 """Benchmark 1: how long ``POST /operator/tenants`` takes, against the old inline approach.
 
 New: the operator API process (``python -m api_hooks``) commits the tenant and enqueues; a real
-worker (concurrency 2) drains the queue meanwhile. Old: ``bench.inline_baseline`` writes to
-InfluxDB inside the request. Both are measured with one ``requests.Session``, sequentially, under
-the same three InfluxDB conditions: healthy, 200 ms latency, blackholed (accepts, never answers).
+worker (concurrency 2) drains the queue meanwhile (healthy: also without one, the request
+alone). Old: ``bench.inline_baseline`` writes to InfluxDB inside the request. Both are measured
+with one ``requests.Session``, sequentially, under the same three InfluxDB conditions: healthy,
+200 ms latency, blackholed (accepts, never answers).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import requests
@@ -73,6 +75,20 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
                     verdict(not new.unexpected and new.p(99) < TARGET_P99_SECONDS),
                 )
             )
+            if not condition.switches:  # healthy: the request alone, as well
+                alone = _measure_new(
+                    ctx, session, f"{api_url}/operator/tenants", 9, condition, sizes, worker=False
+                )
+                results.append(
+                    Result(
+                        BENCHMARK,
+                        f"{condition.name}: new, no worker running (the request alone)",
+                        f"{len(alone.seconds):,}",
+                        alone.summary(),
+                        "reference",
+                        "n/a",
+                    )
+                )
             old, written = _measure_inline(
                 ctx, session, f"{baseline_url}/baseline/tenants", number, condition, sizes
             )
@@ -107,9 +123,14 @@ def _measure_new(
     number: int,
     condition: Condition,
     sizes: Sizes,
+    *,
+    worker: bool = True,
 ) -> Timings:
+    """``worker``: a worker drains the queue meanwhile, sharing the machine's cores with the
+    API (so the request pays for the provisioning it causes); without, the queue just grows."""
     ctx.fresh_state()
-    with celery_worker(ctx.workdir, WORKER_CONCURRENCY):
+    draining = celery_worker(ctx.workdir, WORKER_CONCURRENCY) if worker else nullcontext()
+    with draining:
         warmup = _posts(session, url, f"wn{number}", sizes.latency_warmup_requests)
         time_requests(warmup, expect_status(201))
         ctx.standin.switches(**condition.switches)
