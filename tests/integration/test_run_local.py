@@ -1,0 +1,137 @@
+"""The README's first command, ``bash scripts/run-local``, as an operator runs it: the whole job
+comes up, provisions a tenant, says where everything is without printing a secret, and stops
+every process it started on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from harness import databases
+from harness.processes import free_port
+from tests.conftest import REDIS_DB, ROOT, wait_for
+
+# Not the session worker's DB: that worker would take this job's messages.
+RUN_LOCAL_REDIS_DB = (REDIS_DB + 4) % 16
+
+
+@pytest.fixture
+def run_local_database() -> Iterator[str]:
+    """A database name run-local creates itself (it does when missing); dropped after."""
+    name = f"tp_runlocal_{secrets.token_hex(4)}"
+    yield name
+    databases.drop(name)
+
+
+@pytest.fixture
+def run_local_broker() -> Iterator[str]:
+    client = redis.Redis(db=RUN_LOCAL_REDIS_DB)
+    client.flushdb()
+    yield f"redis://127.0.0.1:6379/{RUN_LOCAL_REDIS_DB}"
+    client.flushdb()
+
+
+def test_run_local_with_tokens_given_as_values(
+    run_local_database: str, run_local_broker: str, tmp_path: Path
+) -> None:
+    # Given the operator's tokens set as values (not files), and free ports
+    operator_token, locations_token = secrets.token_hex(20), secrets.token_hex(20)
+    api_port, flower_port, standin_port = free_port(), free_port(), free_port()
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CELERY_", "INFLUXDB_", "FLOWER_", "PROVISION_", "RECONCILE_"))
+        and not k.endswith(("_TOKEN", "_TOKEN_FILE"))
+    }
+    env = inherited | {
+        "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{run_local_database}",
+        "CELERY_BROKER_URL": run_local_broker,
+        "OPERATOR_TOKEN": operator_token,
+        "LOCATIONS_TOKEN": locations_token,
+        "API_PORT": str(api_port),
+        "FLOWER_PORT": str(flower_port),
+        "STANDIN_PORT": str(standin_port),
+        "RUN_DIR": str(tmp_path / "run"),
+        "WORKER_CONCURRENCY": "2",
+    }
+    log_path = tmp_path / "run-local.log"
+    with log_path.open("wb") as log:
+        job = subprocess.Popen(
+            ["bash", "scripts/run-local"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    api = f"http://127.0.0.1:{api_port}"
+    auth = {"Authorization": f"Bearer {operator_token}"}
+    try:
+        # When it is up and a tenant is created
+        def started() -> bool:
+            assert job.poll() is None, f"run-local exited:\n{log_path.read_text()[-3000:]}"
+            return "tenantctl in another shell" in log_path.read_text()
+
+        wait_for(started, 120, 0.5, "run-local's processes")
+        wait_for(lambda: _answers(f"{api}/healthz"), 60, 0.2, "the operator API")
+        created = requests.post(
+            f"{api}/operator/tenants", json={"tenant_id": "acme", "name": "Acme"}, headers=auth
+        )
+        assert created.status_code == 201, created.text
+
+        # Then the tenant is provisioned on the stand-in it started, and Flower asks for a login
+        def state() -> str:
+            return str(requests.get(f"{api}/operator/tenants/acme/stats", headers=auth).json())
+
+        wait_for(lambda: "'provisioned'" in state(), 60, 0.2, "acme provisioned")
+        assert requests.get(f"http://127.0.0.1:{flower_port}/", timeout=5).status_code == 401
+
+        # And it says where the tokens are without printing them
+        printed = log_path.read_text()
+        assert "operator token: $OPERATOR_TOKEN (as you set it)" in printed
+        assert "(token: $LOCATIONS_TOKEN (as you set it))" in printed
+        assert f"INFLUXDB_URL='http://127.0.0.1:{standin_port}'" in printed
+        assert operator_token not in printed and locations_token not in printed
+    finally:
+        # When the operator presses Ctrl-C (the script's own process only)
+        job.send_signal(signal.SIGINT)
+        try:
+            job.wait(timeout=60)
+        finally:
+            stopped = _group_gone(job.pid)
+            if not stopped:
+                os.killpg(job.pid, signal.SIGKILL)
+    # Then every process it started has stopped
+    assert stopped, log_path.read_text()[-3000:]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _group_gone(pgid: int) -> bool:
+    """Whether no process of the group is left (waiting a little for the last ones)."""
+    try:
+        wait_for(lambda: not _group_alive(pgid), 30, 0.2, "run-local's processes to stop")
+    except pytest.fail.Exception:
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
