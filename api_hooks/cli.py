@@ -356,9 +356,22 @@ def _flower(extra: list[str]) -> int:
             "or FLOWER_BASIC_AUTH_FILE (or FLOWER_UNAUTHENTICATED_DEV=1 on a development machine)",
             EXIT_USAGE,
         )
-    command = [sys.executable, "-m", "celery", "-A", "worker", "flower", *extra]
+    command = [sys.executable, "-m", "celery", "-A", "worker", "flower", *_joined(extra)]
     os.execve(sys.executable, command, env)  # noqa: S606 - replaces this process, argv is ours
     return EXIT_OK  # pragma: no cover - execve does not return
+
+
+def _joined(options: list[str]) -> list[str]:
+    """``--port 5555`` as ``--port=5555``: Flower's options are tornado's, which reads a bare
+    ``--port`` as a value missing. Flags (``--persistent``) stay as they are."""
+    joined: list[str] = []
+    for arg in options:
+        last = joined[-1] if joined else ""
+        if last.startswith("--") and "=" not in last and not arg.startswith("-"):
+            joined[-1] = f"{last}={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 def _print_json(value: object) -> None:

@@ -60,7 +60,17 @@ def test_flower_shows_provisioning_tasks_to_authenticated_operators_only(
     log_path = tmp_path / "flower.log"
     with log_path.open("wb") as log:
         flower = subprocess.Popen(
-            [sys.executable, "-m", "worker", "flower", "--address=127.0.0.1", f"--port={port}"],
+            # As docs/operating.md writes it: an option and its value as two arguments.
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "flower",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             cwd=ROOT,
             env={**os.environ, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
             stdout=log,
