@@ -4,7 +4,9 @@ Its name says what it is for - operating tenants - and not that it starts a work
 itself is ``celery -A worker worker``.
 
 Exit codes: 0 ok; 1 InfluxDB problem (unreachable, token rejected, or no room left);
-2 bad usage or input; 3 unknown tenant; 4 the broker did not take a message.
+2 bad usage or input; 3 unknown tenant; 4 the broker did not take a message; 5 the database
+cannot be used (unreachable, missing, not migrated); 141 the reader of the output went away
+(``tenantctl audit | head``), quietly, as a Unix tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from api_hooks import cli_events, cli_webhooks
+from api_hooks import cli_events, cli_flower, cli_webhooks
 from api_hooks.actors import cli_actor
 from api_hooks.printable import printable
 from worker.redaction import redact_url
@@ -27,6 +29,8 @@ EXIT_INFLUXDB = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_NOT_QUEUED = 4
+EXIT_DATABASE = 5
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "tenantctl") -> int:
@@ -36,9 +40,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "tenantctl") -> int:
     if args.command != "flower" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "flower":
-        return _flower(extra)  # never imports our settings: Flower does that itself
+        return cli_flower.flower(extra, fail=_fail)  # never reads our settings: Flower does
+
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
 
     from worker.logs import configure_logging  # noqa: PLC0415
+    from worker.redaction import redact  # noqa: PLC0415
     from worker.settings import SettingsError, get_settings  # noqa: PLC0415
 
     try:
@@ -61,7 +68,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "tenantctl") -> int:
         "audit": partial(cli_events.audit, fail=_fail),
         "webhooks": partial(cli_webhooks.webhooks, fail=_fail),
     }
-    return handlers[args.command](args)
+    try:
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then ours to handle
+    except DBAPIError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        reason = redact(reason, get_settings().secrets())
+        return _fail(f"the database (DATABASE_URL) cannot be used: {reason}", EXIT_DATABASE)
+    except BrokenPipeError:
+        # Nothing more reaches the reader; no second error when Python flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
+    return code
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -336,42 +354,6 @@ def _sessions(args: argparse.Namespace) -> int:
         columns = ["id", "actor", "address", "created_at", "last_seen_at", "expires_at"]
         _print_table(rows, columns, noun="session")
     return EXIT_OK
-
-
-def _flower(extra: list[str]) -> int:
-    # Flower shows every task and its arguments: never serve it open by accident.
-    from worker.settings_rules import SettingsError, read_secret  # noqa: PLC0415
-
-    try:
-        credentials = read_secret(os.environ, "FLOWER_BASIC_AUTH", "FLOWER_BASIC_AUTH_FILE")
-    except SettingsError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    env = dict(os.environ)
-    env.pop("FLOWER_BASIC_AUTH_FILE", None)
-    if credentials:
-        env["FLOWER_BASIC_AUTH"] = credentials  # Flower reads it from its environment
-    elif os.environ.get("FLOWER_UNAUTHENTICATED_DEV") != "1":
-        return _fail(
-            "refusing to start Flower without authentication: set FLOWER_BASIC_AUTH=user:password "
-            "or FLOWER_BASIC_AUTH_FILE (or FLOWER_UNAUTHENTICATED_DEV=1 on a development machine)",
-            EXIT_USAGE,
-        )
-    command = [sys.executable, "-m", "celery", "-A", "worker", "flower", *_joined(extra)]
-    os.execve(sys.executable, command, env)  # noqa: S606 - replaces this process, argv is ours
-    return EXIT_OK  # pragma: no cover - execve does not return
-
-
-def _joined(options: list[str]) -> list[str]:
-    """``--port 5555`` as ``--port=5555``: Flower's options are tornado's, which reads a bare
-    ``--port`` as a value missing. Flags (``--persistent``) stay as they are."""
-    joined: list[str] = []
-    for arg in options:
-        last = joined[-1] if joined else ""
-        if last.startswith("--") and "=" not in last and not arg.startswith("-"):
-            joined[-1] = f"{last}={arg}"
-        else:
-            joined.append(arg)
-    return joined
 
 
 def _print_json(value: object) -> None:

@@ -76,3 +76,37 @@ def test_the_regeneration_command_writes_the_document_without_any_settings():
     assert written.stdout == OPENAPI_FILE.read_text(encoding="utf-8"), (
         f"docs/openapi.json is not what `{REGENERATE}` writes: run it and commit the file"
     )
+
+
+def test_an_unreachable_database_is_one_line_and_its_own_exit_code(tmp_path):
+    # Given a DATABASE_URL with a password, on a port where nothing listens
+    env = {**os.environ, "DATABASE_URL": "postgresql://ops:s3cret-pw@127.0.0.1:1/nowhere"}
+
+    # When an operator lists tenants
+    shown = run(str(TENANTCTL), "list", env=env)
+
+    # Then one line names the database as the problem: no traceback, no password
+    assert shown.returncode == 5, shown.stderr
+    assert shown.stderr.startswith("error: the database (DATABASE_URL) cannot be used: ")
+    assert len(shown.stderr.strip().splitlines()) == 1, shown.stderr
+    assert "Traceback" not in shown.stderr and "s3cret-pw" not in shown.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(db):
+    # Given more tenants than a reader wants
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name) SELECT 't' || i, 'n' FROM generate_series(1, 50) i"
+    )
+
+    # When the reader stops reading before the listing is written (`tenantctl list | head`)
+    listing = subprocess.Popen(
+        [str(TENANTCTL), "list"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert listing.stdout is not None and listing.stderr is not None
+    listing.stdout.close()
+    with listing.stderr:
+        errors = listing.stderr.read().decode()
+    code = listing.wait(timeout=60)
+
+    # Then it stops as a Unix tool does: the SIGPIPE exit code, nothing on stderr
+    assert (code, errors) == (141, "")
