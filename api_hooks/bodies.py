@@ -13,7 +13,7 @@ import json
 
 from fastapi import Request
 
-from api_hooks.http_errors import too_large, unprocessable
+from api_hooks.http_errors import not_json, too_large, unprocessable
 from api_hooks.schemas import AdoptRequest, CreateTenantRequest
 
 CREATE_FIELDS = tuple(n for n, f in CreateTenantRequest.model_fields.items() if f.is_required())
@@ -26,9 +26,13 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 async def json_body(request: Request) -> object:
-    """The request body as JSON: 413 past MAX_BODY_BYTES, 422 for anything not plain JSON.
+    """The request body as JSON: 413 past MAX_BODY_BYTES, 415 for a body not sent as
+    ``application/json``, 422 for anything not plain JSON.
 
-    Why by hand and not by a pydantic model: see the module's docstring.
+    Why by hand and not by a pydantic model: see the module's docstring. Why the media type:
+    a page on another site can post a form or ``text/plain`` with its visitor's cookies and no
+    preflight, but not ``application/json`` - so where the UI mounts these routes behind its
+    cookie session, a cross-site post is refused here, whatever its body says.
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
@@ -38,14 +42,29 @@ async def json_body(request: Request) -> object:
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise too_large(MAX_BODY_BYTES)
+    refuse_forms(request)
     if not raw:
         return None
+    if not _is_json(request):  # a body with no Content-Type
+        raise not_json()
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:
         raise unprocessable("body must be JSON nested at most a few levels deep") from None
     except ValueError:
         raise unprocessable('body must be JSON: {"tenant_id": ..., "name": ...}') from None
+
+
+def refuse_forms(request: Request) -> None:
+    """415 for a request that names a ``Content-Type`` other than ``application/json`` (an
+    empty form still names one): the dependency of a route that takes no body."""
+    if "content-type" in request.headers and not _is_json(request):
+        raise not_json()
+
+
+def _is_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0]
+    return media_type.strip().lower() == "application/json"
 
 
 async def create_tenant_body(request: Request) -> dict[str, object]:

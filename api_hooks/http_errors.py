@@ -55,6 +55,14 @@ def too_large(limit: int) -> HTTPException:
     )
 
 
+def not_json() -> HTTPException:
+    """A 415 for a body sent as anything but JSON."""
+    return HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        detail="body must be sent as Content-Type: application/json",
+    )
+
+
 def validation_detail(exc: RequestValidationError) -> str:
     """One plain message naming each parameter FastAPI refused, e.g. ``query parameter live:
     Input should be a valid boolean, unable to interpret input``.

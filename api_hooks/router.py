@@ -27,7 +27,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api_hooks.actors import OPERATOR_TOKEN_ACTOR, actor_from, identified
 from api_hooks.auth import bearer_auth
-from api_hooks.bodies import MAX_BODY_BYTES, adopt_body, create_tenant_body, json_body
+from api_hooks.bodies import (
+    MAX_BODY_BYTES,
+    adopt_body,
+    create_tenant_body,
+    json_body,
+    refuse_forms,
+)
 from api_hooks.errors import (
     InvalidCursor,
     InvalidRetentionPeriod,
@@ -85,6 +91,7 @@ TenantId = Annotated[
 
 NOT_FOUND = "No tenant has this id (a malformed id names none; the message gives the rule)"
 TOO_LARGE = f"The body is over {MAX_BODY_BYTES} bytes"
+NOT_JSON = "A body sent as anything but `Content-Type: application/json`"
 
 
 def bearer_token_auth(expected_token: str) -> Callable[..., str | None]:
@@ -123,6 +130,7 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
             {
                 409: "A tenant with this id exists",
                 413: TOO_LARGE,
+                415: NOT_JSON,
                 422: "The body is not valid: not JSON, nested too deep, a field missing or "
                 "unknown, or an id, name or retention period breaking its rule (the message "
                 "names it)",
@@ -189,7 +197,8 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
         status_code=status.HTTP_202_ACCEPTED,
         summary="Run a tenant's provisioning now",
         response_description="Queued",
-        responses=error_responses({404: NOT_FOUND}),
+        responses=error_responses({404: NOT_FOUND, 415: NOT_JSON}),
+        dependencies=[Depends(refuse_forms)],
     )
     def post_retry(request: Request, tenant_id: TenantId) -> RetryAccepted:
         """A failed tenant goes back to `pending` with a fresh attempt budget; a scheduled retry
@@ -208,6 +217,7 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
                 404: NOT_FOUND,
                 409: "The tenant is provisioned, being provisioned or being deleted",
                 413: TOO_LARGE,
+                415: NOT_JSON,
                 422: "The body is not valid, or the node is not in the pool (or none was given "
                 "for a tenant without a server)",
             }

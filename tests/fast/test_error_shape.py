@@ -21,6 +21,7 @@ from api_hooks.status import tenant_influxdb_status, tenant_stats
 from tests.conftest import OPERATOR_TOKEN
 
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+JSON_CONTENT = {"Content-Type": "application/json"}
 TENANT_ROUTES = [
     ("GET", "/operator/tenants/{}/stats"),
     ("DELETE", "/operator/tenants/{}"),
@@ -91,16 +92,59 @@ def test_422_for_a_bad_query_parameter_is_one_plain_message(client, value):
     ],
 )
 def test_422_for_a_bad_create_body_is_one_plain_message(client, body, message):
-    response = client.post(
-        "/operator/tenants", content=body, headers={"Content-Type": "application/json"}
-    )
+    response = client.post("/operator/tenants", content=body, headers=JSON_CONTENT)
     assert message in error_detail(response, 422)
 
 
 @pytest.mark.parametrize("body", [b"[]", b'{"node": 3}', b'{"nodes": "a"}'])
 def test_422_for_a_bad_adopt_body(client, body):
-    response = client.post("/operator/tenants/acme/influxdb/adopt", content=body)
+    response = client.post(
+        "/operator/tenants/acme/influxdb/adopt", content=body, headers=JSON_CONTENT
+    )
     error_detail(response, 422)
+
+
+@pytest.mark.parametrize("path", ["/operator/tenants", "/operator/tenants/acme/influxdb/adopt"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+def test_415_for_a_body_not_sent_as_json_and_nothing_is_done(client, db, path, content_type):
+    # Given a body a page on another site could post with its visitor's cookies, no preflight
+    body = b'{"tenant_id": "csrf", "name": "Forged", "node": "default"}'
+    headers = {} if content_type is None else {"Content-Type": content_type}
+
+    # Then it is refused for its media type, and no tenant is created or changed
+    response = client.post(path, content=body, headers=headers)
+    assert error_detail(response, 415) == "body must be sent as Content-Type: application/json"
+    assert db.execute("SELECT count(*) FROM tenants").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("action", ["adopt", "retry"])
+def test_415_for_an_empty_form_posted_to_an_action_and_nothing_is_done(client, db, action):
+    # Given a failed tenant, and a form with no fields (what another site's page can post)
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_error_reason) "
+        "VALUES ('acme', 'Acme', 'failed', 'name_taken')"
+    )
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    # Then the action is refused for its media type, and the tenant is as it was
+    response = client.post(f"/operator/tenants/acme/influxdb/{action}", content=b"", headers=form)
+    assert error_detail(response, 415) == "body must be sent as Content-Type: application/json"
+    assert db.execute("SELECT influxdb_state FROM tenants").fetchone() == ("failed",)
+    assert db.execute(
+        "SELECT count(*) FROM tenant_events WHERE type LIKE 'operator.%'"
+    ).fetchone() == (0,)
+
+
+def test_json_with_a_charset_is_json(client, db, broker):
+    response = client.post(
+        "/operator/tenants",
+        content=b'{"tenant_id": "acme", "name": "Acme"}',
+        headers={"Content-Type": "Application/JSON; charset=utf-8"},
+    )
+    assert response.status_code == 201, response.text
 
 
 @pytest.mark.parametrize("path", ["/operator/tenants", "/operator/tenants/acme/influxdb/adopt"])
@@ -153,6 +197,8 @@ def test_mounted_in_the_uis_app_validation_errors_are_still_plain(ui_client):
     response = ui_client.get("/ui/operator/tenants/acme/stats")
     assert error_detail(response, 422) == "query parameter session: Field required"
 
-    response = ui_client.post("/ui/operator/tenants?session=admin", content=b"{not json")
+    response = ui_client.post(
+        "/ui/operator/tenants?session=admin", content=b"{not json", headers=JSON_CONTENT
+    )
     assert "body must be JSON" in error_detail(response, 422)
     error_detail(ui_client.get("/ui/operator/tenants/acme/stats?session=guest"), 403)
