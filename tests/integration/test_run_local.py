@@ -92,7 +92,8 @@ def test_run_local_with_tokens_given_as_values(
             return str(requests.get(f"{api}/operator/tenants/acme/stats", headers=auth).json())
 
         wait_for(lambda: "'provisioned'" in state(), 60, 0.2, "acme provisioned")
-        assert requests.get(f"http://127.0.0.1:{flower_port}/", timeout=5).status_code == 401
+        flower = f"http://127.0.0.1:{flower_port}/"
+        wait_for(lambda: _answers(flower, expect=401), 30, 0.2, "Flower asking for a login")
 
         # And it says where the tokens are without printing them
         printed = log_path.read_text()
@@ -113,9 +114,9 @@ def test_run_local_with_tokens_given_as_values(
     assert stopped, log_path.read_text()[-3000:]
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, expect: int = 200) -> bool:
     try:
-        return requests.get(url, timeout=2).status_code == 200
+        return requests.get(url, timeout=2).status_code == expect
     except requests.RequestException:
         return False
 
