@@ -550,3 +550,42 @@ def legacy_row(db: Any, tenant_id: str, state: str = "pending", node: str | None
         "VALUES (%s, 'legacy', %s, %s, 'unmarked')",
         (tenant_id, state, node),
     )
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):
+    """A redis-server process of our own (no persistence, like the machine's), which a test
+    may kill or give to processes that flush it."""
+    port = free_port()
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        client = redis.Redis(port=port)
+        wait_for(lambda: _pings(client), what="redis-server to start")
+        return process
+
+    handle = {"process": start(), "start": start, "port": port}
+    yield handle
+    stop_process(handle["process"])
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False

@@ -10,17 +10,14 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import redis
 import requests
 
 from harness import databases
 from harness.processes import free_port
-from tests.conftest import REDIS_DB, ROOT, wait_for
-
-# Not the session worker's DB: that worker would take this job's messages.
-RUN_LOCAL_REDIS_DB = (REDIS_DB + 4) % 16
+from tests.conftest import ROOT, wait_for
 
 
 @pytest.fixture
@@ -31,19 +28,15 @@ def run_local_database() -> Iterator[str]:
     databases.drop(name)
 
 
-@pytest.fixture
-def run_local_broker() -> Iterator[str]:
-    client = redis.Redis(db=RUN_LOCAL_REDIS_DB)
-    client.flushdb()
-    yield f"redis://127.0.0.1:6379/{RUN_LOCAL_REDIS_DB}"
-    client.flushdb()
-
-
 def test_run_local_with_tokens_given_as_values(
-    run_local_database: str, run_local_broker: str, tmp_path: Path
+    run_local_database: str, own_redis: dict[str, Any], tmp_path: Path
 ) -> None:
-    # Given the operator's tokens set as values (not files), and free ports
+    # Given the operator's tokens set as values (not files), Flower's login in a file, and free
+    # ports
     operator_token, locations_token = secrets.token_hex(20), secrets.token_hex(20)
+    flower_login = ("ops", secrets.token_hex(12))
+    flower_file = tmp_path / "flower_auth"
+    flower_file.write_text(":".join(flower_login))
     api_port, flower_port, standin_port = free_port(), free_port(), free_port()
     inherited = {
         k: v
@@ -53,9 +46,10 @@ def test_run_local_with_tokens_given_as_values(
     }
     env = inherited | {
         "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{run_local_database}",
-        "CELERY_BROKER_URL": run_local_broker,
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{own_redis['port']}/0",
         "OPERATOR_TOKEN": operator_token,
         "LOCATIONS_TOKEN": locations_token,
+        "FLOWER_BASIC_AUTH_FILE": str(flower_file),
         "API_PORT": str(api_port),
         "FLOWER_PORT": str(flower_port),
         "STANDIN_PORT": str(standin_port),
@@ -94,13 +88,16 @@ def test_run_local_with_tokens_given_as_values(
         wait_for(lambda: "'provisioned'" in state(), 60, 0.2, "acme provisioned")
         flower = f"http://127.0.0.1:{flower_port}/"
         wait_for(lambda: _answers(flower, expect=401), 30, 0.2, "Flower asking for a login")
+        assert requests.get(flower, auth=flower_login, timeout=5).status_code == 200
 
         # And it says where the tokens are without printing them
         printed = log_path.read_text()
         assert "operator token: $OPERATOR_TOKEN (as you set it)" in printed
         assert "(token: $LOCATIONS_TOKEN (as you set it))" in printed
-        assert f"INFLUXDB_URL='http://127.0.0.1:{standin_port}'" in printed
-        assert operator_token not in printed and locations_token not in printed
+        assert f"Flower login: {flower_file}" in printed
+        assert f"INFLUXDB_URL=http://127.0.0.1:{standin_port}" in printed
+        for secret in (operator_token, locations_token, flower_login[1]):
+            assert secret not in printed
     finally:
         # When the operator presses Ctrl-C (the script's own process only)
         job.send_signal(signal.SIGINT)
