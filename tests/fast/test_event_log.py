@@ -16,12 +16,13 @@ import psycopg
 import pytest
 import requests
 from psycopg.rows import dict_row
+from sqlalchemy import text
 
 from api_hooks import adopt_database, create_tenant, delete_tenant, request_provisioning
 from api_hooks.errors import TenantBusy, TenantExists
 from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
 from tests.fast.conftest import Published, World, insert
-from worker import events
+from worker import events, store
 from worker.db import get_engine
 from worker.event_reads import BadCursor, events_after, horizon
 from worker.reconcile import reconcile
@@ -286,22 +287,31 @@ def test_a_refused_operator_action_writes_nothing(db, queue):
     assert types_of(db, "acme") == ["tenant.created", "operator.created", "tenant.provisioned"]
 
 
-def test_who_created_a_tenant_is_not_left_on_the_connection_for_the_next_writer(db, queue):
-    # Given a tenant created by alice, in one statement on a pooled connection
-    create_tenant("acme", "Acme", actor="alice", route=events.Route.HTTP)
+def test_who_created_a_tenant_is_not_left_on_the_connection_for_the_next_writer(db):
+    # Given a tenant created by alice, in one statement on a connection
+    with get_engine().connect() as conn:
+        store.create(conn, "acme", "Acme", None, actor="alice", route="http", data={})
 
-    # When the next transaction on that connection changes another tenant, naming nobody
-    insert(db, "beta", state="pending")
-    with get_engine().begin() as conn:
-        conn.exec_driver_sql(
-            "UPDATE tenants SET influxdb_state = 'failed' WHERE tenant_id = 'beta'"
-        )
+        # When the next transaction on that same connection changes another tenant, naming
+        # nobody
+        insert(db, "beta", state="pending")
+        with conn.begin():
+            left = conn.execute(
+                text(
+                    "SELECT current_setting('tenant_provisioner.actor', true), "
+                    "current_setting('tenant_provisioner.route', true)"
+                )
+            ).one()
+            conn.execute(
+                text("UPDATE tenants SET influxdb_state = 'failed' WHERE tenant_id = 'beta'")
+            )
 
     # Then alice is named only where she acted: the settings ended with her statement
     assert [(e["type"], e["actor"], e["route"]) for e in log_of(db, "acme")] == [
         ("tenant.created", "alice", "http"),
         ("operator.created", "alice", "http"),
     ]
+    assert tuple(value or None for value in left) == (None, None)
     assert [(e["actor"], e["route"]) for e in log_of(db, "beta")][-1] == (None, "worker")
 
 
