@@ -1,7 +1,8 @@
 """Bearer-token credentials of the API: one rule for each of its tokens (operator, locations,
 metrics). The token is compared in constant time; a client that keeps failing is throttled
 (429, ``api_hooks.throttle``); every refusal is a 401 naming the variable that holds the token,
-never the token.
+never the token. And where a browser carries the credential itself (the UI's cookie session,
+the console's), a change asked from another site's page is refused: :func:`cross_site`.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the dependency's annotations, and
@@ -9,6 +10,7 @@ never the token.
 import hmac
 from collections.abc import Callable
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -51,3 +53,23 @@ def bearer_auth(
         return identity
 
     return require_token
+
+
+def cross_site(request: Request) -> str | None:
+    """Why this request came from another origin's page, by what the browser says of it
+    (``Sec-Fetch-Site``, ``Origin``); None when it did not, or no browser sent it."""
+    fetched_from = request.headers.get("sec-fetch-site", "same-origin")
+    if fetched_from not in ("same-origin", "none"):
+        return f"refused: sent from a page of another origin ({fetched_from})"
+    origin = request.headers.get("origin")
+    if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
+        return "refused: sent from a page of another origin"
+    return None
+
+
+def refuse_cross_site_changes(request: Request) -> None:
+    """403 for a change (any method but GET, HEAD, OPTIONS) asked from another origin's page:
+    with the UI's cookie session, such a page could act with its visitor's credentials, and a
+    POST without a body needs no CORS preflight."""
+    if request.method not in ("GET", "HEAD", "OPTIONS") and (why := cross_site(request)):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=why)

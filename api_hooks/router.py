@@ -26,7 +26,7 @@ from fastapi import (
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api_hooks.actors import OPERATOR_TOKEN_ACTOR, actor_from, identified
-from api_hooks.auth import bearer_auth
+from api_hooks.auth import bearer_auth, refuse_cross_site_changes
 from api_hooks.bodies import (
     MAX_BODY_BYTES,
     adopt_body,
@@ -110,11 +110,12 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
     router = APIRouter(
         prefix="/operator",
         tags=["operator"],
-        dependencies=[Depends(identified(require_operator))],
+        dependencies=[Depends(identified(require_operator)), Depends(refuse_cross_site_changes)],
         route_class=PlainErrorRoute,
         responses=error_responses(
             {
                 401: "Operator credentials missing or wrong",
+                403: "A change asked from another origin's page (`Sec-Fetch-Site`, `Origin`)",
                 429: THROTTLED,
                 422: "A parameter is not valid (the message names it)",
             }

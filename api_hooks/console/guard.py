@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
+from api_hooks.auth import cross_site
+
 CSRF_COOKIE = "tp_console_csrf"
 CSRF_FIELD = "csrf_token"
 
@@ -65,12 +67,8 @@ class CsrfGuard:
 
     def refusal(self, request: Request, form: dict[str, Any]) -> str | None:
         """Why this POST is not the operator's own doing; None when it is."""
-        fetched_from = request.headers.get("sec-fetch-site", "same-origin")
-        if fetched_from not in ("same-origin", "none"):
-            return f"refused: the form was sent from another origin ({fetched_from})"
-        origin = request.headers.get("origin")
-        if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
-            return "refused: the form was sent from another origin"
+        if why := cross_site(request):
+            return why
         nonce = request.cookies.get(CSRF_COOKIE)
         supplied = form.get(CSRF_FIELD)
         if not nonce or not isinstance(supplied, str):

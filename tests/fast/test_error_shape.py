@@ -202,3 +202,47 @@ def test_mounted_in_the_uis_app_validation_errors_are_still_plain(ui_client):
     )
     assert "body must be JSON" in error_detail(response, 422)
     error_detail(ui_client.get("/ui/operator/tenants/acme/stats?session=guest"), 403)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/operator/tenants/acme/influxdb/adopt"),
+        ("POST", "/operator/tenants/acme/influxdb/retry"),
+        ("DELETE", "/operator/tenants/acme"),
+    ],
+)
+@pytest.mark.parametrize(
+    "browser",
+    [{"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://elsewhere.example"}],
+    ids=["sec-fetch-site", "origin"],
+)
+def test_403_for_a_change_asked_from_another_sites_page(client, db, method, path, browser):
+    # Given a failed tenant, and a request with no body and no Content-Type - what another
+    # site's page can send with its visitor's cookies (fetch, mode no-cors) with no preflight
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_error_reason) "
+        "VALUES ('acme', 'Acme', 'failed', 'name_taken')"
+    )
+
+    # Then it is refused for where it came from, and the tenant is as it was
+    response = client.request(method, path, headers=browser)
+    assert error_detail(response, 403).startswith("refused: sent from a page of another origin")
+    assert db.execute("SELECT influxdb_state FROM tenants").fetchone() == ("failed",)
+    assert db.execute(
+        "SELECT count(*) FROM tenant_events WHERE type LIKE 'operator.%'"
+    ).fetchone() == (0,)
+
+
+def test_the_same_origin_and_reads_from_anywhere_are_served(client, db, broker):
+    # A page of the API's own origin may change things; any page may read (answers are not
+    # readable across origins without CORS, which the API does not send)
+    same_origin = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    created = client.post(
+        "/operator/tenants", json={"tenant_id": "acme", "name": "Acme"}, headers=same_origin
+    )
+    assert created.status_code == 201, created.text
+    read = client.get(
+        "/operator/tenants/acme/stats?live=false", headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert read.status_code == 200, read.text
