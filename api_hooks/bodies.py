@@ -34,6 +34,7 @@ async def json_body(request: Request) -> object:
     preflight, but not ``application/json`` - so where the UI mounts these routes behind its
     cookie session, a cross-site post is refused here, whatever its body says.
     """
+    refuse_forms(request)  # before reading: a body refused for its type is never read
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise too_large(MAX_BODY_BYTES)
@@ -42,7 +43,6 @@ async def json_body(request: Request) -> object:
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise too_large(MAX_BODY_BYTES)
-    refuse_forms(request)
     if not raw:
         return None
     if not _is_json(request):  # a body with no Content-Type
