@@ -38,6 +38,8 @@ class Received:
     verified: bool  # the signature checks out with the spec's library
     at: float  # time.time() when it arrived
     answered: int  # the status it was answered with (0: none, it was too slow for the sender)
+    why: str = ""  # why it did not verify: "short body" (the sender died sending), "path", or
+    # the library's reason ("No matching signature found", "Message timestamp too old", ...)
 
     @property
     def event(self) -> dict[str, Any]:
@@ -83,17 +85,18 @@ class Receiver:
         """Answer every request so (or as the function decides, per request)."""
         self.answer = answer if callable(answer) else (lambda _: answer)
 
-    def verify(self, body: bytes, headers: dict[str, str]) -> bool:
+    def verify(self, body: bytes, headers: dict[str, str]) -> str:
+        """Why the request does not verify, or "" when it does."""
         if self.check_time:
             try:
                 self.webhook.verify(body, headers)
-            except WebhookVerificationError:
-                return False
-            return True
+            except WebhookVerificationError as exc:
+                return str(exc) or type(exc).__name__
+            return ""
         # The library's signing (the spec's algorithm) at the request's own timestamp.
         stamp = datetime.fromtimestamp(int(headers["webhook-timestamp"]), tz=UTC)
         expected = self.webhook.sign(headers["webhook-id"], stamp, body.decode())
-        return expected in headers["webhook-signature"].split(" ")
+        return "" if expected in headers["webhook-signature"].split(" ") else "signature"
 
     def first_arrivals(self) -> list[Received]:
         """Verified requests, duplicates (a ``webhook-id`` seen before) dropped."""
@@ -114,16 +117,24 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                if len(body) < length:
+                    why = "short body"  # the connection closed mid-body: the sender died
+                elif self.path != receiver.path:
+                    why = "path"
+                else:
+                    why = receiver.verify(body, headers)
                 arrived = Received(
                     headers.get("webhook-id", ""),
                     headers.get("webhook-timestamp", ""),
                     headers.get("webhook-signature", ""),
                     body,
-                    self.path == receiver.path and receiver.verify(body, headers),
+                    not why,
                     time.time(),
                     0,
+                    why,
                 )
                 answer = receiver.answer(arrived)
                 if answer.delay:
@@ -161,4 +172,5 @@ def _answered(request: Received, status: int) -> Received:
         request.verified,
         request.at,
         status,
+        request.why,
     )

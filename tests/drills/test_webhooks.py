@@ -38,6 +38,7 @@ from tests.conftest import (
 )
 from tests.webhook_receiver import Answer, Received, Receiver
 from worker.queues import WEBHOOKS_QUEUE
+from worker.webhook_dispatch import Policy
 
 pytestmark = pytest.mark.drill
 
@@ -180,7 +181,11 @@ def test_webhooks_survive_a_receiver_outage_and_killed_workers(
 
     # Then every event of these tenants arrived, each verified, in tenantseq order
     requests = receiver.snapshot()
-    assert all(r.verified for r in requests), "a request failed verification"
+    # Every request the sender finished verifies. Only one cut short by a SIGKILL (headers
+    # sent, the body not) may not: at most one per sending thread per kill, never taken.
+    refused = [r for r in requests if not r.verified]
+    assert all(r.why == "short body" for r in refused), Counter(r.why for r in refused)
+    assert len(refused) <= hooks.kills * Policy.threads, f"{len(refused)} cut short"
     expected = events_of(db, failing + others)
     firsts = receiver.first_arrivals()
     got = {r.webhook_id: r for r in firsts}
@@ -217,8 +222,9 @@ def test_webhooks_survive_a_receiver_outage_and_killed_workers(
     took = time.monotonic() - started
     report(
         f"verified: {len(firsts)} events delivered ({len(requests)} requests: retries after "
-        f"failure answers, and {duplicates} duplicates of taken ones, dropped by webhook-id); "
-        "every signature valid, every tenant in order; "
+        f"failure answers, {duplicates} duplicates of taken ones, dropped by webhook-id, and "
+        f"{len(refused)} cut short by a kill); "
+        "every finished request's signature valid, every tenant in order; "
         f"kills: webhooks worker x{hooks.kills}, provisioning worker x1; drill {took:.0f}s"
     )
     report(
