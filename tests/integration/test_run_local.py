@@ -31,21 +31,25 @@ def run_local_database() -> Iterator[str]:
 def test_run_local_with_tokens_given_as_values(
     run_local_database: str, own_redis: dict[str, Any], tmp_path: Path
 ) -> None:
-    # Given the operator's tokens set as values (not files), Flower's login in a file, and free
-    # ports
+    # Given the operator's tokens set as values (not files), Flower's login and the database's
+    # URL in files (the database not there yet, on a server named otherwise than run-local's
+    # default), and free ports
     operator_token, locations_token = secrets.token_hex(20), secrets.token_hex(20)
     flower_login = ("ops", secrets.token_hex(12))
     flower_file = tmp_path / "flower_auth"
     flower_file.write_text(":".join(flower_login))
+    database_file = tmp_path / "database_url"
+    database_file.write_text(f"postgresql://postgres@localhost:5432/{run_local_database}\n")
     api_port, flower_port, standin_port = free_port(), free_port(), free_port()
     inherited = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("CELERY_", "INFLUXDB_", "FLOWER_", "PROVISION_", "RECONCILE_"))
         and not k.endswith(("_TOKEN", "_TOKEN_FILE"))
+        and not k.startswith("DATABASE_URL")
     }
     env = inherited | {
-        "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{run_local_database}",
+        "DATABASE_URL_FILE": str(database_file),
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{own_redis['port']}/0",
         "OPERATOR_TOKEN": operator_token,
         "LOCATIONS_TOKEN": locations_token,
@@ -92,6 +96,8 @@ def test_run_local_with_tokens_given_as_values(
 
         # And it says where the tokens are without printing them
         printed = log_path.read_text()
+        assert f"==> creating database {run_local_database}" in printed
+        assert f"DATABASE_URL_FILE={database_file}" in printed
         assert "operator token: $OPERATOR_TOKEN (as you set it)" in printed
         assert "(token: $LOCATIONS_TOKEN (as you set it))" in printed
         assert f"Flower login: {flower_file}" in printed
