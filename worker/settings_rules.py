@@ -42,13 +42,23 @@ def show(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+MAX_FILE_BYTES = 4 * 1024 * 1024  # a secret, a nodes or webhooks file: far less
+
+
 def read_file(variable: str, path: str, error: type[SettingsError] = SettingsError) -> str:
-    """The text of the file at ``path``, named by ``variable`` (a setting or a file's entry);
-    ``error`` names both when it cannot be read."""
+    """The UTF-8 text of the file at ``path``, named by ``variable`` (a setting or a file's
+    entry); ``error`` names both, never the content (a secret), when it cannot be used."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)  # /dev/zero ends here
     except OSError as exc:
         raise error(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise error(f"{variable}: {path} is larger than {MAX_FILE_BYTES // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:  # its message would quote the bytes
+        raise error(f"{variable}: {path} is not UTF-8 text (saved as UTF-16?)") from None
 
 
 def read_secret(env: Mapping[str, str], name: str, file_name: str) -> str | None:

@@ -100,6 +100,31 @@ def test_names_are_unique_and_the_file_must_be_a_json_list(tmp_path: Path):
     assert configured_endpoints(None) == ()
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("utf-16", r"\(ui\).secret_file: .*utf16 is not UTF-8 text"),  # a Windows editor's
+        ("/dev/zero", r"\(ui\).secret_file: /dev/zero is larger than 4 MiB"),  # endless
+    ],
+)
+def test_a_secret_file_that_is_not_a_text_secret_is_named_never_quoted(
+    tmp_path: Path, content: str, message: str
+):
+    # Given a secret file saved as UTF-16, or one that never ends
+    path = "/dev/zero"
+    if content == "utf-16":
+        path = str(tmp_path / "utf16")
+        Path(path).write_text(SECRET + "\n", encoding="utf-16")
+    hooks = tmp_path / "hooks.json"
+    hooks.write_text(json.dumps([{"name": "ui", "url": "https://a/h", "secret_file": path}]))
+    # Then reading the endpoints fails naming the entry and the file, and no part of the secret
+    with pytest.raises(WebhookConfigError, match=message) as raised:
+        configured_endpoints(str(hooks))
+    assert SECRET[6:12] not in str(raised.value)
+    error = raised.value  # and no chained exception quotes the bytes either
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
 def test_a_secret_file_may_hold_two_keys_while_one_is_rotated(tmp_path: Path):
     old = "whsec_" + base64.b64encode(b"o" * 24).decode()
     (tmp_path / "ui").write_text(f"{SECRET}\n{old}\n")
