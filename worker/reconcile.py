@@ -169,7 +169,12 @@ def _run(
                     observed.append((node, len(listing.names)))
         record_observations(conn, observed, clock())  # and commits the copied lists
         found = record_strays(
-            conn, seen.answered, settings.influxdb_database_prefix, listed_version, clock()
+            conn,
+            seen.answered,
+            configured,
+            settings.influxdb_database_prefix,
+            listed_version,
+            clock(),
         )
         summary.strays, summary.orphans = found.strays, found.orphans
         if errors:

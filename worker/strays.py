@@ -56,8 +56,10 @@ _FOUND = f"""
             WHEN t.tenant_id IS NOT NULL THEN
                 CASE WHEN t.influxdb_node IS DISTINCT FROM l.node
                       AND t.influxdb_create_sent_to IS DISTINCT FROM l.node
+                      -- (a row from before the worker, not located yet, is no stray)
                       AND NOT (t.influxdb_node IS NULL
-                               AND t.influxdb_adopt = '{Adoption.UNMARKED.value}')
+                               AND t.influxdb_adopt IS NOT DISTINCT FROM
+                                   '{Adoption.UNMARKED.value}')
                      THEN '{StrayKind.STRAY.value}' END
             WHEN l.database !~ '{_SOFT_DELETED}' THEN '{StrayKind.ORPHAN.value}'
         END AS kind
@@ -91,8 +93,9 @@ _RECORD = f"""
     ),
     gone AS (
         DELETE FROM influxdb_strays s
-        WHERE s.node = ANY(:answered)
-          AND NOT EXISTS (SELECT 1 FROM found f WHERE f.node = s.node AND f.database = s.database)
+        WHERE NOT s.node = ANY(:configured)  -- a server that left the pool is listed no more
+           OR (s.node = ANY(:answered) AND NOT EXISTS
+                (SELECT 1 FROM found f WHERE f.node = s.node AND f.database = s.database))
     )
     SELECT node, database, kind, tenant_id, home_node FROM found WHERE new
     ORDER BY node, database
@@ -110,18 +113,19 @@ class StrayCounts:
 def record_strays(
     conn: Connection,
     answered: Collection[str],
+    configured: Collection[str],
     prefix: str,
     listed_version: int,
     now: datetime,
 ) -> StrayCounts:
     """Replace, for every server in ``answered``, its rows of ``influxdb_strays`` with what
     the run's listings (begun at location version ``listed_version``: a tenant changed since
-    is not judged) show there, stamped ``now`` (the run's clock); the other servers' rows
-    stay as last seen. Logs each new one. Commits."""
-    if not answered:
-        return StrayCounts()
+    is not judged) show there, stamped ``now`` (the run's clock); the other ``configured``
+    servers' rows stay as last seen, those of servers no longer configured go. Logs each new
+    one. Commits."""
     params = {
         "answered": list(answered),
+        "configured": list(configured),
         "prefix": prefix,
         "listed_version": listed_version,
         "now": now,

@@ -81,6 +81,46 @@ def test_strays_and_orphans_are_reported_and_the_rest_is_not(db, world: World, c
     assert len(beta.databases()) == 6
 
 
+def test_a_tenant_with_no_home_yet_has_strays_too(db, world: World):
+    # Given a new tenant waiting for room (no server yet), whose name a misrouted writer's
+    # first write made a database of on beta
+    world.add("alpha")
+    world.add("beta").create_database("telemetry_early")
+    insert(db, "early", state="waiting_for_capacity")
+
+    # When the reconciler runs
+    summary = run(world)
+
+    # Then it is reported: a stray of a tenant with no home
+    assert {key: (row["kind"], row["home_node"]) for key, row in recorded(db).items()} == {
+        ("beta", "telemetry_early"): ("stray", None)
+    }
+    assert summary["strays"] == 1
+
+
+def test_a_server_that_leaves_the_pool_takes_its_records_with_it(db, world: World):
+    # Given a stray and an orphan recorded on beta
+    world.add("alpha")
+    beta = world.add("beta")
+    insert(db, "acme", state="provisioned", node="alpha", provisioned_at=T0)
+    beta.create_database("telemetry_acme")
+    beta.create_database("telemetry_ghost")
+    run(world)
+    assert len(recorded(db)) == 2
+
+    # When beta leaves the nodes file
+    del world.servers["beta"]
+    beta.stop()
+    run(world)
+
+    # Then nothing is recorded of it: no alert stays up for a server nobody lists
+    assert recorded(db) == {}
+    assert stray_metric(world) == {
+        ("alpha", "orphan"): 0.0,
+        ("alpha", "stray"): 0.0,
+    }
+
+
 def test_a_tenant_deleted_while_the_servers_are_listed_is_no_orphan_yet(db, world: World):
     # Given two tenants whose databases are on alpha, and a listing of alpha that takes 1 s
     server = world.add("alpha")
