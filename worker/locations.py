@@ -276,11 +276,11 @@ def deletion_may_proceed(
 
 
 def public_url(url: str) -> str:
-    """``url`` without its userinfo: a node's URL is served to every location client."""
+    """``url`` without its userinfo, query or fragment (the settings refuse the last two; a
+    credential may hide in any): a node's URL is served to every location client."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=host, query="", fragment=""))
 
 
 def _horizon(conn: Connection) -> int:

@@ -47,6 +47,8 @@ def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             # (never echoed: a URL may carry a password, and the pool's errors are logged)
             raise SettingsError(f"{where}.url must start with http:// or https://")
+        if "?" in url or "#" in url:  # the API's paths are appended: a query would swallow them
+            raise SettingsError(f"{where}.url must not carry a ?query or #fragment")
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise SettingsError(f"{where}: database_limit must be a positive integer")
         given = {f"{where}.{k}": str(v) for k, v in entry.items() if k.startswith("token") and v}

@@ -106,8 +106,11 @@ def psycopg_url(url: str) -> str:
 PostgresUrl = Annotated[str, AfterValidator(psycopg_url), "a PostgreSQL URL"]
 BrokerUrl = Annotated[str, AfterValidator(broker_url), BROKER_URL_RULE]
 NoSlash = AfterValidator(lambda url: url and url.rstrip("/"))  # None stays None
-HttpUrl = Annotated[
-    str, Field(pattern=re.compile(r"\Ahttps?://")), NoSlash, "an http:// or https:// URL"
+HttpUrl = Annotated[  # the API's paths are appended: a query would swallow them
+    str,
+    Field(pattern=re.compile(r"\Ahttps?://[^?#]*\Z")),
+    NoSlash,
+    "an http:// or https:// URL, no ?query or #fragment",
 ]
 LinkUrl = Annotated[
     str | None,

@@ -233,3 +233,11 @@ def test_a_deletion_deletes_the_database_only_after_the_clients_staleness(db, wo
     retry = Delivery.of(row["influxdb_retry_chain"].split(":")[0], 2)
     assert world.deprovision("acme", retry).result is RunResult.DEPROVISIONED
     assert "telemetry_acme" not in world.servers["alpha"].databases()
+
+
+def test_a_served_server_url_carries_no_credential():
+    # A password, a query or a fragment may each hold a credential (the settings refuse the
+    # last two; this is the last line): every location client gets scheme, host and path
+    served = locations.public_url("https://ops:pw@influx-a:8181/base?token=s3cret#k=v")
+    assert served == "https://influx-a:8181/base"
+    assert locations.public_url("http://influx-b:8181") == "http://influx-b:8181"

@@ -126,6 +126,7 @@ def test_values_are_converted_and_normalised():
         ({"LIVE_CHECK_TIMEOUT": "0.05"}, "LIVE_CHECK_TIMEOUT must be at least 0.1"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL must be one of DEBUG, INFO"),
         ({"INFLUXDB_URL": "influx:8181"}, "INFLUXDB_URL must be an http:// or https:// URL"),
+        ({"INFLUXDB_URL": "http://i/?token=s"}, "INFLUXDB_URL must be an http:// or https:// URL"),
         (
             {"FLOWER_URL": "https://admin:pw@flower"},
             "FLOWER_URL must be an http(s) URL without credentials",
@@ -324,6 +325,8 @@ def test_nodes_file_is_read_and_remembered(tmp_path):
         ("[]", "non-empty JSON list"),
         ('[{"url": "http://a"}]', r"INFLUXDB_NODES\[0\]: name"),
         ('[{"name": "a", "url": "ftp://a"}]', r"INFLUXDB_NODES\[0\].url"),
+        ('[{"name": "a", "url": "http://a/?token=s"}]', r"INFLUXDB_NODES\[0\].url must not"),
+        ('[{"name": "a", "url": "http://a#s"}]', r"INFLUXDB_NODES\[0\].url must not"),
         ('[{"name": "a", "url": "http://a", "database_limit": 0}]', "database_limit"),
         ('[{"name": "a", "url": "http://a", "colour": "red"}]', "unknown key"),
         ('[{"name": "a", "url": "http://a"}, {"name": "a", "url": "http://b"}]', "unique"),
