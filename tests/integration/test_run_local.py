@@ -38,9 +38,15 @@ def test_run_local_with_tokens_given_as_values(
     flower_login = ("ops", secrets.token_hex(12))
     flower_file = tmp_path / "flower_auth"
     flower_file.write_text(":".join(flower_login))
+    api_port, flower_port, standin_port = free_port(), free_port(), free_port()
     database_file = tmp_path / "database_url"
     database_file.write_text(f"postgresql://postgres@localhost:5432/{run_local_database}\n")
-    api_port, flower_port, standin_port = free_port(), free_port(), free_port()
+    # and the pool in a nodes file: the stand-in run-local starts, with the token it generates
+    nodes_file = tmp_path / "nodes.json"
+    nodes_file.write_text(
+        f'[{{"name": "local", "url": "http://127.0.0.1:{standin_port}", '
+        f'"token_file": "{tmp_path / "run" / "influxdb_token"}"}}]'
+    )
     inherited = {
         k: v
         for k, v in os.environ.items()
@@ -50,6 +56,7 @@ def test_run_local_with_tokens_given_as_values(
     }
     env = inherited | {
         "DATABASE_URL_FILE": str(database_file),
+        "INFLUXDB_NODES_FILE": str(nodes_file),
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{own_redis['port']}/0",
         "OPERATOR_TOKEN": operator_token,
         "LOCATIONS_TOKEN": locations_token,
@@ -98,6 +105,7 @@ def test_run_local_with_tokens_given_as_values(
         printed = log_path.read_text()
         assert f"==> creating database {run_local_database}" in printed
         assert f"DATABASE_URL_FILE={database_file}" in printed
+        assert f"INFLUXDB_NODES_FILE={nodes_file}" in printed
         assert "operator token: $OPERATOR_TOKEN (as you set it)" in printed
         assert "(token: $LOCATIONS_TOKEN (as you set it))" in printed
         assert f"Flower login: {flower_file}" in printed
