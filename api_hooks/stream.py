@@ -24,6 +24,7 @@ from worker.event_reads import (
     MAX_LIMIT,
     TYPE_PREFIX,
     BadCursor,
+    check_not_ahead,
     events_after,
     horizon,
     page_size,
@@ -74,10 +75,10 @@ def selection(
     tenant and types (with or without the ``io.tenant-provisioner.`` prefix). Raises
     InvalidCursor or InvalidTenantId, naming what is wrong."""
     given = last_event_id if last_event_id not in (None, "") else after
+    source = "Last-Event-ID" if last_event_id not in (None, "") else "after"
     try:
         cursor = None if given in (None, "") else parse_cursor(given)
     except BadCursor as exc:
-        source = "Last-Event-ID" if last_event_id not in (None, "") else "after"
         raise InvalidCursor(f"{source}: {exc}") from exc
     if len(types) > MAX_TYPES:
         raise InvalidCursor(f"at most {MAX_TYPES} types")
@@ -89,9 +90,14 @@ def selection(
         )
     if tenant is not None:
         tenant = validate_tenant_id(tenant)
+    with get_engine().connect() as conn:
+        below = horizon(conn)
     if cursor is None:
-        with get_engine().connect() as conn:
-            cursor = (horizon(conn), 0)
+        cursor = (below, 0)
+    try:  # or a stream waits, silent, until the log catches up with it
+        check_not_ahead(cursor, below)
+    except BadCursor as exc:
+        raise InvalidCursor(f"{source}: {exc}") from exc
     return Selection(cursor, tenant, wanted)
 
 

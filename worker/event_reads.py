@@ -164,6 +164,15 @@ def horizon(conn: Connection) -> int:
     )
 
 
+def check_not_ahead(cursor: tuple[int, int], below: int) -> None:
+    """BadCursor when ``cursor`` is past what a reader at horizon ``below`` can have been
+    given: every event handed out lies below the horizon of its read, and horizons only
+    grow (a cursor from another database, or a restore, is)."""
+    xid, event_id = cursor
+    if xid > below or (xid == below and event_id > 0):
+        raise BadCursor("the cursor is ahead of the event log (another database?)")
+
+
 def events_after(
     conn: Connection,
     cursor: str | None,
@@ -178,8 +187,7 @@ def events_after(
     after_xid, after_id = parse_cursor(cursor)
     limit = page_size(limit)
     below = horizon(conn)  # one statement: the rows are read in a later snapshot, above it
-    if after_xid > below or (after_xid == below and after_id > 0):
-        raise BadCursor("the cursor is ahead of the event log (another database?)")
+    check_not_ahead((after_xid, after_id), below)
     where = ["(xid, id) > (CAST(:xid AS xid8), :id)", "xid < CAST(:below AS xid8)"]
     params: dict[str, Any] = {
         "xid": str(after_xid),

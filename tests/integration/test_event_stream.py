@@ -176,6 +176,9 @@ def test_without_event_stream_accepted_it_answers_pages_of_json(
         ({"after": "12"}, {}, "after:"),
         ({}, {"Last-Event-ID": "x-1"}, "Last-Event-ID:"),
         ({"after": f"{2**64}-1"}, {}, "cursor"),
+        # ahead of the log (another database, a restore): a stream would wait, silent
+        ({}, {"Last-Event-ID": f"{2**62}-1"}, "Last-Event-ID: the cursor is ahead of the event"),
+        ({"after": f"{2**62}-0"}, {}, "after: the cursor is ahead of the event log"),
         ({"type": "tenant.exploded"}, {}, "unknown event type"),
         ({"tenant": "NOT A TENANT"}, {}, "tenant"),
         ({"limit": "0"}, {}, "limit"),
