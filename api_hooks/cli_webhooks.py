@@ -13,7 +13,7 @@ from typing import Any
 from api_hooks.printable import printable
 
 Fail = Callable[[str, int], int]
-EXIT_OK, EXIT_NOT_FOUND = 0, 3
+EXIT_OK, EXIT_NOT_FOUND, EXIT_FILE_BROKEN = 0, 3, 6
 COLUMNS = ("name", "state", "pending", "failing_since", "delivered", "last_error", "url")
 
 
@@ -32,7 +32,7 @@ def webhooks(args: argparse.Namespace, fail: Fail) -> int:
     """List the endpoints, or re-enable one."""
     from worker.clock import database_clock  # noqa: PLC0415 - the CLI starts light
     from worker.db import get_engine  # noqa: PLC0415
-    from worker.webhook_dispatch import enable, endpoint_status  # noqa: PLC0415
+    from worker.webhook_dispatch import enable, endpoint_status, file_error  # noqa: PLC0415
 
     with get_engine().connect() as conn:
         if args.enable:
@@ -41,9 +41,10 @@ def webhooks(args: argparse.Namespace, fail: Fail) -> int:
             _say(f"enabled {printable(args.enable)}: its waiting deliveries are due now")
             return EXIT_OK
         rows = endpoint_status(conn)
+        broken = file_error(conn)
     if args.json:
         _say(json.dumps(rows, indent=2, default=_iso))  # JSON escapes what a terminal acts on
-        return EXIT_OK
+        return _file_broken(broken)
     table = [{**row, "state": state_of(row)} for row in rows]
     cells = [[_cell(row[c]) for c in COLUMNS] for row in table]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(COLUMNS)]
@@ -56,7 +57,20 @@ def webhooks(args: argparse.Namespace, fail: Fail) -> int:
             f"DISABLED: {', '.join(disabled)} - nothing is sent to them, their deliveries are "
             "kept; fix the receiver, then: tenantctl webhooks --enable NAME\n"
         )
-    return EXIT_OK
+    return _file_broken(broken)
+
+
+def _file_broken(broken: tuple[str, datetime] | None) -> int:
+    """Say why the webhooks worker cannot use its webhooks file, if so (every endpoint waits,
+    whatever its state says): exit 6."""
+    if broken is None:
+        return EXIT_OK
+    error, since = broken
+    sys.stderr.write(
+        f"WEBHOOKS FILE UNUSABLE since {since.isoformat(timespec='seconds')}: "
+        f"{printable(error)} - nothing is sent to any endpoint until it is fixed\n"
+    )
+    return EXIT_FILE_BROKEN
 
 
 def state_of(row: dict[str, Any]) -> str:

@@ -74,6 +74,9 @@ class ProvisioningCollector(Collector):
             )
             strays = counts_by_node(conn)
             webhooks = _webhook_endpoints(conn)
+            webhooks_file = conn.execute(
+                text("SELECT count(*) FROM webhook_config WHERE error IS NOT NULL")
+            ).scalar_one()
             names = [n.name for n in configured]
             unconfigured = {
                 name: count for name, count in tenants_per_node(rows).items() if name not in names
@@ -82,6 +85,12 @@ class ProvisioningCollector(Collector):
 
         yield from _node_metrics(slots, observed, unconfigured)
         yield from _webhook_metrics(webhooks)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_webhooks_file_unusable",
+            "1 while the webhooks worker cannot use its webhooks file (WEBHOOKS_FILE): nothing "
+            "is sent to any endpoint (tenantctl webhooks says why).",
+            value=webhooks_file,
+        )
 
         stalled_family = GaugeMetricFamily(
             f"{PREFIX}_stalled_tenants",

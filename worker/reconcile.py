@@ -168,14 +168,8 @@ def _run(
                     copy_list(node.name, listing.names)
                     observed.append((node, len(listing.names)))
         record_observations(conn, observed, clock())  # and commits the copied lists
-        found = record_strays(
-            conn,
-            seen.answered,
-            configured,
-            settings.influxdb_database_prefix,
-            listed_version,
-            clock(),
-        )
+        now, prefix = clock(), settings.influxdb_database_prefix
+        found = record_strays(conn, seen.answered, configured, prefix, listed_version, now)
         summary.strays, summary.orphans = found.strays, found.orphans
         if errors:
             summary.influxdb_error = redact(

@@ -39,7 +39,7 @@ from worker.runs import Delivery, Outcome, next_backoff
 from worker.settings import get_settings
 from worker.states import RunResult
 from worker.webhook_config import WebhookConfigError, configured_endpoints
-from worker.webhook_dispatch import Policy, dispatch
+from worker.webhook_dispatch import Policy, dispatch, record_file_error
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,11 @@ def dispatch_webhooks() -> dict[str, Any]:
     try:
         endpoints = configured_endpoints(settings.webhooks_file)
     except WebhookConfigError as exc:
-        logger.error("webhooks not sent: %s", exc)  # names the entry, never a secret
-        return {"error": str(exc)}
+        error = store.clean_error(str(exc), settings.secrets())  # names the entry, no secret
+        logger.error("webhooks not sent: %s", error)
+        with get_engine().connect() as conn:  # for tenantctl webhooks, the console, /metrics
+            record_file_error(conn, error, database_clock(conn)())
+        return {"error": error}
     with get_engine().connect() as conn:
         summary = dispatch(conn, endpoints, Policy.of(settings), secrets=settings.secrets())
     return summary.as_dict()

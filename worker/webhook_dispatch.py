@@ -109,6 +109,7 @@ def dispatch(
     """One run over every configured endpoint (see the module docstring). ``secrets``: the
     deployment's, kept out of stored errors with the endpoints' own."""
     clock = clock or database_clock(conn)
+    record_file_error(conn, None, clock())  # the file was read: whatever it said is over
     sync_endpoints(conn, endpoints, clock())
     summary = Summary(endpoints=len(endpoints))
     with Sender(policy.threads) as sender:
@@ -296,6 +297,33 @@ def enable(conn: Connection, name: str, now: datetime) -> bool:
         )
     conn.commit()
     return found is not None
+
+
+def record_file_error(conn: Connection, error: str | None, now: datetime) -> None:
+    """Whether the webhooks file could be used (``error``: why not, naming the file and the
+    entry, never a secret; None: it was). Written only when that changes; commits."""
+    conn.execute(
+        text(
+            "INSERT INTO webhook_config AS c (only_row, error, since) "
+            "VALUES (true, CAST(:error AS text), :now) "
+            "ON CONFLICT (only_row) DO UPDATE SET error = excluded.error, "
+            "since = CASE WHEN (c.error IS NULL) = (excluded.error IS NULL) THEN c.since "
+            "ELSE excluded.since END "
+            "WHERE c.error IS DISTINCT FROM excluded.error"
+        ),
+        {"error": error, "now": now},
+    )
+    conn.commit()
+
+
+def file_error(conn: Connection) -> tuple[str, datetime] | None:
+    """Why the webhooks worker could not use the webhooks file at its last dispatch, and
+    since when: nothing is sent to any endpoint meanwhile. None when it could (or never ran)."""
+    row = conn.execute(
+        text("SELECT error, since FROM webhook_config WHERE error IS NOT NULL")
+    ).first()
+    conn.commit()
+    return None if row is None else (str(row.error), row.since)
 
 
 def endpoint_status(conn: Connection) -> list[dict[str, Any]]:

@@ -33,6 +33,8 @@ from tests.conftest import OPERATOR_TOKEN, ROOT, wait_for
 from tests.fast.conftest import SEED, Clock, insert
 from tests.webhook_receiver import Answer, Receiver
 from worker.db import advisory_lock, get_engine
+from worker.settings import get_settings
+from worker.tasks import dispatch_webhooks
 from worker.webhook_config import Endpoint, parse_endpoints
 from worker.webhook_dispatch import Policy, Summary, dispatch, enable, lock_key
 from worker.webhook_sending import signed_headers
@@ -459,3 +461,59 @@ def test_the_documented_receiver_takes_a_real_delivery_and_refuses_forgeries(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def webhooks_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """WEBHOOKS_FILE for this test's settings (the process's, read again before and after)."""
+    path = tmp_path / "hooks.json"
+    monkeypatch.setenv("WEBHOOKS_FILE", str(path))
+    get_settings.cache_clear()
+    yield path
+    monkeypatch.delenv("WEBHOOKS_FILE")
+    get_settings.cache_clear()
+
+
+def test_an_unusable_webhooks_file_is_shown_everywhere_until_it_is_fixed(
+    db, receiver, webhooks_file, tmp_path, capsys
+):
+    # Given a webhooks file whose secret file an editor saved as UTF-16
+    db.execute("TRUNCATE webhook_config")
+    secret_file = tmp_path / "ui.secret"
+    secret_file.write_text(SECRET, encoding="utf-16")
+    entry = {"name": "ui", "url": receiver.url, "secret_file": str(secret_file)}
+    webhooks_file.write_text(json.dumps([entry]))
+
+    # When the webhooks worker's dispatch runs
+    result = dispatch_webhooks()
+
+    # Then it says why, naming the entry and never the secret
+    assert "[0] (ui).secret_file" in result["error"] and "not UTF-8" in result["error"]
+    # and tenantctl exits 6 saying so, the console says it above the endpoints, /metrics has 1
+    assert cli_main(["webhooks"]) == 6
+    said = capsys.readouterr().err
+    assert "WEBHOOKS FILE UNUSABLE since " in said and "(ui).secret_file" in said
+    assert unusable_metric() == 1.0
+    with TestClient(create_app(), follow_redirects=False) as browser:
+        assert sign_in(browser, "/operator/console", OPERATOR_TOKEN).status_code == 303
+        page = browser.get("/operator/console/webhooks").text
+        assert 'id="problem"' in page and "cannot use its webhooks file" in page
+        assert SECRET[6:20] not in page
+
+    # When the secret file is fixed, the next dispatch uses it, and every view says so
+    secret_file.write_text(SECRET)
+    assert "error" not in dispatch_webhooks()
+    assert cli_main(["webhooks"]) == 0
+    assert "UNUSABLE" not in capsys.readouterr().err
+    assert unusable_metric() == 0.0
+
+
+def unusable_metric() -> float:
+    with TestClient(create_app()) as client:
+        text = client.get("/metrics", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}).text
+    (value,) = [
+        line.split()[1]
+        for line in text.splitlines()
+        if line.startswith("tenant_provisioner_webhooks_file_unusable ")
+    ]
+    return float(value)

@@ -235,3 +235,21 @@ def test_the_webhook_tables_come_and_go_with_their_migration(scratch_database):
         for table in tables:
             assert conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,)
     alembic(scratch_database, "upgrade", "head")
+
+
+# -- 0016, the webhooks file's status -------------------------------------------------------
+
+
+def test_the_webhooks_file_status_is_one_row_and_goes_with_its_migration(scratch_database):
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        conn.execute("INSERT INTO webhook_config (error, since) VALUES ('bad', now())")
+        with pytest.raises(psycopg.errors.UniqueViolation):  # one row at most
+            conn.execute("INSERT INTO webhook_config (error, since) VALUES ('worse', now())")
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO webhook_config VALUES (false, 'other', now())")
+
+    alembic(scratch_database, "downgrade", "0015")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('webhook_config')").fetchone() == (None,)
+    alembic(scratch_database, "upgrade", "head")
