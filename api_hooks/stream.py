@@ -168,7 +168,10 @@ def _read(chosen: Selection, cursor: Cursor, limit: int = MAX_LIMIT) -> Any:
 
 async def tenant_stream(tenant_id: str, after_seq: int) -> AsyncIterator[dict[str, Any]]:
     """One tenant's events after ``after_seq`` in its own sequence, as they are committed
-    (the console's timeline): read by ``seq`` whenever the reader shows an event of it."""
+    (the console's timeline): read by ``seq`` whenever the reader shows an event of it.
+    Counted with the event streams: one budget of MAX_STREAMS per process."""
+    global _open_streams  # noqa: PLW0603 - a per-process count, kept on the event loop
+    _open_streams += 1
     hub = get_hub()
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
@@ -200,6 +203,7 @@ async def tenant_stream(tenant_id: str, after_seq: int) -> AsyncIterator[dict[st
                 ready.clear()
     finally:
         hub.unsubscribe(token)
+        _open_streams -= 1
 
 
 def _tenant_after(tenant_id: str, after_seq: int) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from api_hooks.console.render import STATE_SIGNS, moment
 from api_hooks.errors import InvalidTenantId
-from api_hooks.stream import tenant_stream
+from api_hooks.stream import TooManyStreams, check_capacity, tenant_stream
 from api_hooks.tenants import validate_tenant_id
 from worker.event_reads import TYPE_PREFIX
 
@@ -42,6 +42,14 @@ def timeline_route(router: APIRouter) -> None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
         if last_event_id and last_event_id.isascii() and last_event_id.isdigit():
             after = min(int(last_event_id[:10]), MAX_SEQ)
+        try:
+            check_capacity()
+        except TooManyStreams as exc:  # the page still shows the timeline as it was read
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail="too many event streams on this process; try again later",
+                headers={"Retry-After": "5"},
+            ) from exc
         return StreamingResponse(
             _messages(tenant_id, after),
             media_type="text/event-stream",

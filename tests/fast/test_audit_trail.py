@@ -24,6 +24,7 @@ from api_hooks import (
     audit_trail,
     create_tenant,
     request_provisioning,
+    stream,
     tenant_events,
 )
 from api_hooks.actors import actor_of
@@ -34,7 +35,7 @@ from api_hooks.console.render import TIMELINE_JS
 from api_hooks.router import operator_router
 from harness.console import form_token
 from harness.console import sign_in as console_sign_in
-from tests.conftest import OPERATOR_TOKEN
+from tests.conftest import OPERATOR_TOKEN, wait_for
 from tests.fast.conftest import insert
 
 CONSOLE = "/operator/console"
@@ -341,6 +342,27 @@ def test_the_tenant_page_shows_its_timeline_newest_first_escaped(db, console, qu
     assert "\u202e" not in html
     assert "script-src 'sha256-" in page.headers["Content-Security-Policy"]
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+
+
+def test_timelines_and_event_streams_share_one_budget_per_process(db, console, queue, monkeypatch):
+    # Given a process that serves at most one stream, and acme's timeline open in a browser
+    auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    monkeypatch.setattr(stream, "MAX_STREAMS", 1)
+    create_tenant("acme", "Acme", actor="alice")
+    with console.stream("GET", f"{CONSOLE}/tenants/acme/timeline") as first:
+        assert first.status_code == 200
+        body = first.iter_bytes()  # kept: a dropped iterator closes the stream
+        assert next(body).startswith(b"retry:")  # the stream goes on in the app's thread
+        wait_for(lambda: stream._open_streams == 1, 10, 0.01, "the timeline to be counted")
+
+        # Then another timeline, and an event stream, are refused for now (503, Retry-After)
+        for path, headers in (
+            (f"{CONSOLE}/tenants/acme/timeline", {}),
+            ("/operator/events", {"Accept": "text/event-stream", **auth}),
+        ):
+            refused = console.get(path, headers=headers)
+            assert refused.status_code == 503, path
+            assert refused.headers["Retry-After"] == "5"
 
 
 def test_the_audit_page_lists_operator_actions_filtered_by_actor_and_tenant(db, console, queue):
