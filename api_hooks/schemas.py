@@ -38,8 +38,9 @@ class CreateTenantRequest(BaseModel):
     )
     name: str = Field(
         description=f"Display name shown to operators: 1 to {TENANT_NAME_MAX_LENGTH} characters "
-        "once surrounding whitespace is stripped; no control characters, line breaks, "
-        "bidirectional or other invisible formatting characters (emoji sequences are fine)",
+        "once surrounding spaces are stripped; no control characters (at the edges neither), "
+        "line breaks, bidirectional or other invisible formatting characters (emoji sequences "
+        "are fine)",
         examples=["Acme Corp (production)"],
     )
     retention_period: str | None = Field(

@@ -40,7 +40,7 @@ class CreatedTenant(TypedDict):
     """A tenant just stored as pending; provisioning is queued."""
 
     tenant_id: str
-    name: Annotated[str, Field(description="The display name, surrounding whitespace stripped")]
+    name: Annotated[str, Field(description="The display name, surrounding spaces stripped")]
     status: Annotated[str, Field(description='Always "created"')]
     influxdb: QueueStatus
 

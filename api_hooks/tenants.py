@@ -74,7 +74,7 @@ def validate_tenant_name(name: object) -> str:
     """
     if not isinstance(name, str):
         raise InvalidTenantName("name must be a string")
-    stripped = name.strip()
+    stripped = name.strip(_SPACES)  # not str.strip(): it drops control characters at the edges
     if not stripped:
         raise InvalidTenantName("name must not be empty")
     if len(stripped) > TENANT_NAME_MAX_LENGTH:
@@ -93,6 +93,10 @@ def validate_tenant_name(name: object) -> str:
                 f"characters (U+{ord(ch):04X})"
             )
     return stripped
+
+
+# Unicode's space separators (category Zs): what may surround a name and is dropped.
+_SPACES = " \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
 
 
 def _allowed_format(ch: str) -> bool:

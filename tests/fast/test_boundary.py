@@ -40,6 +40,7 @@ def test_invalid_tenant_ids_name_the_rule(tenant_id, rule):
     ("name", "stored"),
     [
         ("  Acme  ", "Acme"),
+        ("\u00a0Acme\u3000", "Acme"),  # any space separator at the edges
         ("Café Zürich", "Café Zürich"),
         ("\U0001f468\u200d\U0001f469\u200d\U0001f467 family", None),  # ZWJ emoji sequence
         ("\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f", None),  # tags
@@ -57,6 +58,12 @@ def test_names_are_free_text(name, stored):
         ("   ", "must not be empty"),
         ("x" * 201, "at most 200"),
         ("tab\there", "control characters"),
+        # at the edges too: never dropped quietly, though str.strip() takes them for spaces
+        ("\tAcme", "control characters"),
+        ("\x1c\x1fAcme", "control characters"),
+        ("Acme\x85", "control characters"),
+        ("Acme\n", "control characters"),
+        ("Acme\u2029", "line breaks"),
         ("del\x7f", "control characters"),
         ("line\u2028break", "line breaks"),
         ("para\u2029break", "line breaks"),
