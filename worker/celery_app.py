@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from celery import Celery
@@ -28,16 +27,6 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     from worker import db  # noqa: PLC0415 - imported late to keep start-up light
 
     db.get_engine()
-
-
-@worker_init.connect
-def _requests_first(**_: Any) -> None:
-    # Background work yields the CPU: on a host it shares with the operator API (run-local,
-    # one machine), a provisioning burst must not slow the requests that cause it. Before the
-    # pool forks, so its processes inherit it; never raised back (that needs privileges).
-    wanted = min(get_settings().worker_niceness, 19)
-    if wanted > os.getpriority(os.PRIO_PROCESS, 0):
-        os.setpriority(os.PRIO_PROCESS, 0, wanted)
 
 
 @worker_init.connect

@@ -100,8 +100,6 @@ class Settings(BaseSettings):
     """Celery soft time limit of one run (the worker's own settings govern; messages carry none)"""
     task_time_limit: int = var("PROVISION_TIME_LIMIT", 90, 2, "s")
     """Celery hard time limit of one run"""
-    worker_niceness: int = var("WORKER_NICENESS", 10, 0)
-    """CPU priority of the workers (Unix nice, up to 19): on a shared host, requests come first"""
     reconcile_interval_seconds: float = var("RECONCILE_INTERVAL_SECONDS", 60.0, 1, "s")
     """beat schedule (a missed run expires, never piles up)"""
     reconcile_requeue_after_seconds: float = var(

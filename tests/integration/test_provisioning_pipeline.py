@@ -6,9 +6,7 @@ InfluxDB stand-in over HTTP. Nothing in our own code paths is mocked.
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -356,35 +354,3 @@ def test_a_threads_pool_worker_provisions_a_burst_each_database_once(
         assert influx.creations(f"telemetry_{tenant_id}") == 1
     # And it was the threads pool that ran them
     assert "concurrency: 16 (thread)" in worker.log()
-
-
-def test_the_workers_yield_the_cpu_to_requests(worker_process, custom_worker):
-    # Given the session worker, started with the default WORKER_NICENESS (10)
-    own = os.getpriority(os.PRIO_PROCESS, 0)
-    assert worker_process.process is not None
-    default = niceness_of_worker(worker_process.process.pid, children=4)
-    # Then the worker and every pool process run at niceness 10: requests come first
-    assert default == [max(own, 10)] * 5
-
-    # And a worker told WORKER_NICENESS=0 keeps the niceness it was started with
-    unchanged = custom_worker(concurrency=2, WORKER_NICENESS="0")
-    assert unchanged.process is not None
-    assert niceness_of_worker(unchanged.process.pid, children=2) == [own] * 3
-
-
-def niceness_of_worker(pid: int, children: int) -> list[int]:
-    """The niceness of the worker process and of its pool processes, once all have started."""
-
-    def pool() -> list[int]:
-        found = []
-        for entry in os.listdir("/proc"):
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
-            except OSError:
-                continue  # gone meanwhile
-            if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-        return found
-
-    wait_for(lambda: len(pool()) >= children, what="the pool processes")
-    return [os.getpriority(os.PRIO_PROCESS, p) for p in [pid, *pool()]]
