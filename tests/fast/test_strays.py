@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from api_hooks.cli import main as tenantctl
+from influxdb3_standin.server import StandIn
 from tests.fast.conftest import T0, Published, World, insert
 from worker.db import get_engine
 from worker.metrics import ProvisioningCollector
@@ -27,6 +28,17 @@ def run(world: World) -> dict[str, Any]:
     world.clock.advance(60)  # the tenants' last changes came before this run's listings
     summary = reconcile(get_engine(), world.pool(), world.settings, Published(), clock=world.clock)
     return summary.as_dict()
+
+
+def stray_and_orphan_on_beta(db: psycopg.Connection[Any], world: World) -> StandIn:
+    """acme at home on alpha with a stray on beta, and an orphan on beta, seen by one run."""
+    world.add("alpha")
+    beta = world.add("beta")
+    insert(db, "acme", state="provisioned", node="alpha", provisioned_at=T0)
+    beta.create_database("telemetry_acme")
+    beta.create_database("telemetry_ghost")
+    run(world)
+    return beta
 
 
 def recorded(db: psycopg.Connection[Any]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -100,12 +112,7 @@ def test_a_tenant_with_no_home_yet_has_strays_too(db, world: World):
 
 def test_a_server_that_leaves_the_pool_takes_its_records_with_it(db, world: World):
     # Given a stray and an orphan recorded on beta
-    world.add("alpha")
-    beta = world.add("beta")
-    insert(db, "acme", state="provisioned", node="alpha", provisioned_at=T0)
-    beta.create_database("telemetry_acme")
-    beta.create_database("telemetry_ghost")
-    run(world)
+    beta = stray_and_orphan_on_beta(db, world)
     assert len(recorded(db)) == 2
 
     # When beta leaves the nodes file
@@ -149,12 +156,7 @@ def test_a_tenant_deleted_while_the_servers_are_listed_is_no_orphan_yet(db, worl
 
 def test_the_table_follows_the_servers_that_answer(db, world: World, caplog):
     # Given a stray and an orphan on beta, seen by a first run
-    world.add("alpha")
-    beta = world.add("beta")
-    insert(db, "acme", state="provisioned", node="alpha", provisioned_at=T0)
-    beta.create_database("telemetry_acme")
-    beta.create_database("telemetry_ghost")
-    run(world)
+    beta = stray_and_orphan_on_beta(db, world)
     first = world.clock()
 
     # When beta is silent at the next run, it keeps what was last seen there
