@@ -23,7 +23,6 @@ import enum
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from worker.states import Adoption
 
@@ -79,19 +78,6 @@ def judge(
     if own_create_unanswered and not markers:
         return Verdict.OURS
     return Verdict.UNKNOWN
-
-
-def judge_row(
-    markers: Iterable[Marker], row: Any, adoption: Adoption | None, own_create_unanswered: bool
-) -> Verdict:
-    """:func:`judge` for the tenants row ``row`` (its id and incarnation)."""
-    return judge(
-        markers,
-        tenant_id=row.tenant_id,
-        incarnation=row.influxdb_incarnation,
-        adoption=adoption,
-        own_create_unanswered=own_create_unanswered,
-    )
 
 
 def describe(verdict: Verdict, database: str, node: str) -> str:

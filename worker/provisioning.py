@@ -109,17 +109,14 @@ class _Run(TenantRun):
         return self._provision(node)
 
     def _still_there(self, node: NodeConfig | None) -> bool:
-        """Re-verify a provisioned tenant; True unless its database is surely gone, or not its
-        own (a write made it again after a deletion): the attempt's 409 then judges it."""
+        """Re-verify a provisioned tenant; True unless its database is surely gone."""
         if node is not None:
-            try:  # None: no such database
-                markers = self.pool.client(node).read_markers(self.database)
+            try:
+                return self.database in self.pool.client(node).list_databases()
             except ProvisioningError as exc:
                 # Cannot tell now; a provisioned tenant stays so, the reconciler looks again.
                 logger.warning("cannot verify the database: %s", exc, extra=self.context)
                 return True
-            verdict = identity.judge_row(markers or (), self.row, self.adoption, False)
-            return markers is not None and verdict is Verdict.OURS
         # Provisioned before the pool existed: find where it is, never create a second one.
         location = self._locate()
         if len(location.found) == 1:
@@ -275,8 +272,12 @@ class _Run(TenantRun):
                 markers = client.read_markers(self.database)
                 if markers is None:
                     raise InfluxDBBadResponse("create answered 409 but the database is not there")
-                verdict = identity.judge_row(
-                    markers, self.row, self.adoption, attempt.unanswered_before
+                verdict = identity.judge(
+                    markers,
+                    tenant_id=self.tenant_id,
+                    incarnation=self.row.influxdb_incarnation,
+                    adoption=self.adoption,
+                    own_create_unanswered=attempt.unanswered_before,
                 )
                 if verdict is not Verdict.OURS:
                     return self._fail(

@@ -10,9 +10,8 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-import requests
 
-from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
+from tests.conftest import existing_database, tenant_row
 from tests.fast.conftest import SEED, World, insert
 from worker import store
 from worker.db import autocommit, get_engine
@@ -277,36 +276,6 @@ def test_a_provisioned_tenant_whose_database_is_there_is_only_verified(db, world
 
     assert world.provision("acme", OTHER).result == RunResult.ALREADY_PROVISIONED
     assert alpha.create_calls() == creates
-
-
-def test_a_provisioned_tenants_database_made_again_by_a_write_is_not_taken_for_its_own(
-    db, world: World
-):
-    # Given acme provisioned on alpha, then its database deleted behind the worker's back and
-    # made again at once by a writer's first write (InfluxDB creates it): no marker of acme
-    alpha = world.add("alpha")
-    insert(db, "acme")
-    world.provision("acme", MESSAGE)
-    alpha.delete_database("telemetry_acme")
-    written = requests.post(
-        f"{alpha.url}/api/v3/write_lp",
-        params={"db": "telemetry_acme", "precision": "ns"},
-        data=b"telemetry,device=d1 value=1 1",
-        headers={"Authorization": f"Bearer {INFLUX_TOKEN}"},
-        timeout=5,
-    )
-    assert written.status_code == 204
-
-    # When a run comes for it (a duplicate message, an operator's retry)
-    outcome = world.provision("acme", OTHER)
-
-    # Then the database is not handed to it: acme stops as name_taken, saying why
-    assert (outcome.result, outcome.reason) == (RunResult.FAILED, "name_taken")
-    row = tenant_row(db, "acme")
-    assert row is not None and "no marker of this tenant" in row["influxdb_last_error"]
-    # and the writer's point is where it was, nothing written over it
-    assert alpha.rows("telemetry_acme", "_init") == []
-    assert len(alpha.rows("telemetry_acme", "telemetry")) == 1
 
 
 def test_a_tenant_held_by_another_run_is_left_to_it(db, world: World):
