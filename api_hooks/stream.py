@@ -126,11 +126,11 @@ def check_capacity() -> None:
 async def event_stream(chosen: Selection) -> AsyncIterator[bytes]:
     """The SSE body: events after the cursor, then each one as it becomes readable."""
     global _open_streams  # noqa: PLW0603 - a per-process count, kept on the event loop
-    _open_streams += 1
     hub = get_hub()
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
     token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
+    _open_streams += 1  # after what may raise: the finally below takes it back
     cursor = chosen.cursor
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
@@ -171,11 +171,11 @@ async def tenant_stream(tenant_id: str, after_seq: int) -> AsyncIterator[dict[st
     (the console's timeline): read by ``seq`` whenever the reader shows an event of it.
     Counted with the event streams: one budget of MAX_STREAMS per process."""
     global _open_streams  # noqa: PLW0603 - a per-process count, kept on the event loop
-    _open_streams += 1
     hub = get_hub()
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
     token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
+    _open_streams += 1  # after what may raise: the finally below takes it back
     try:
         while not hub.wait_started(0):
             await to_thread.run_sync(hub.wait_started, 1.0)
