@@ -7,9 +7,11 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging, worker_init, worker_process_init
 
+from worker import broker_transport
 from worker.logs import configure_logging
 from worker.settings import get_settings
 
+broker_transport.install()
 app = Celery("tenant_provisioner")
 app.config_from_object("celeryconfig")
 

@@ -143,8 +143,9 @@ class System:
 
     def worker_wedged(self) -> bool:
         """True once the worker's log shows Celery's "Unrecoverable error" since the last
-        look: kombu's Redis transport can lose its connection object mid-read when the broker
-        goes away, and the worker then neither consumes nor exits (docs/schedule.md)."""
+        look: the worker then neither consumes nor exits. A lost Redis connection did this
+        often until worker/broker_transport.py; a rarer Celery race still can
+        (docs/schedule.md)."""
         log = self.workdir / "worker.log"
         size = log.stat().st_size if log.exists() else 0
         if size <= self._worker_log_seen:
