@@ -91,12 +91,15 @@ def parse_retention_period(text: str) -> float | None:
     return float(int(match.group(1)) * _RETENTION_UNITS_SECONDS[match.group(2)])
 
 
-def table_rows(table: Table) -> list[dict[str, object]]:
-    """The rows of a table as SELECT * returns them: by time, then series; time last."""
+def table_rows(table: Table, oldest_ns: int | None = None) -> list[dict[str, object]]:
+    """The rows of a table as SELECT * returns them: by time, then series; time last. With
+    ``oldest_ns``, only the points from then on (what a retention period leaves visible)."""
     rows: list[dict[str, object]] = []
     for (tags, timestamp), fields in sorted(
         table.points.items(), key=lambda item: (item[0][1], item[0][0])
     ):
+        if oldest_ns is not None and timestamp < oldest_ns:
+            continue
         row: dict[str, object] = dict(tags)
         row.update(sorted(fields.items()))
         row["time"] = _format_time(timestamp)

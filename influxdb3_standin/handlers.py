@@ -256,7 +256,7 @@ class Api:
             database = self._catalog.databases.get(database_name)
             if database is None:
                 return json_error(404, f"query error: database not found: {database_name}")
-            rows = run_sql(database, sql)
+            rows = run_sql(database, sql, time.time_ns())
         return encode_rows(rows, format_name)
 
 

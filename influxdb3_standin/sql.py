@@ -1,8 +1,9 @@
 """The few SQL shapes the stand-in answers, and the row encodings of the query API.
 
-Not a SQL engine: the worker only counts rows and reads them back, so anything beyond
-``COUNT(*)`` and ``SELECT *`` is refused with a 400 that names the stand-in, rather than answered
-wrongly.
+Not a SQL engine: the worker only counts rows, reads them back and lists a table's columns, so
+anything beyond ``COUNT(*)``, ``SELECT *`` and ``information_schema.columns`` of one table is
+refused with a 400 that names the stand-in, rather than answered wrongly. Like Core, queries
+apply the database's retention period: older points are hidden (still stored), the schema is not.
 """
 
 from __future__ import annotations
@@ -23,13 +24,27 @@ _SQL = re.compile(
         \s*;?\s*$""",
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
+_COLUMNS_SQL = re.compile(
+    r"""^\s*SELECT\s+column_name\s+FROM\s+information_schema\.columns\s+
+        WHERE\s+table_schema\s*=\s*'iox'\s+AND\s+table_name\s*=\s*'(?P<table>[^']*)'
+        \s*;?\s*$""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
 _SUPPORTED_SQL = (
-    "SELECT COUNT(*) [AS alias] FROM t, SELECT * FROM t [ORDER BY time [ASC|DESC]] [LIMIT n]"
+    "SELECT COUNT(*) [AS alias] FROM t, SELECT * FROM t [ORDER BY time [ASC|DESC]] [LIMIT n], "
+    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'iox' AND "
+    "table_name = 't'"
 )
 
 
-def run_sql(database: Database, sql: str) -> list[dict[str, object]]:
-    """The result rows of one supported statement; a 400 for anything else or a missing table."""
+def run_sql(database: Database, sql: str, now_ns: int) -> list[dict[str, object]]:
+    """The result rows of one supported statement; a 400 for anything else or a missing table.
+    ``now_ns``: the server's clock, from which the retention period hides older points."""
+    columns_of = _COLUMNS_SQL.match(sql)
+    if columns_of is not None:  # the schema: no retention, [] for a table not there
+        found = database.tables.get(columns_of.group("table"))
+        names = sorted(found.columns) if found is not None else []
+        return [{"column_name": name} for name in [*names, "time"]] if names else []
     match = _SQL.match(sql)
     if match is None:
         raise ApiError(
@@ -46,14 +61,19 @@ def run_sql(database: Database, sql: str) -> list[dict[str, object]]:
             text_error(400, f"Error during planning: table 'public.iox.{table_name}' not found")
         )
     limit = int(match.group("limit")) if match.group("limit") is not None else None
+    oldest = (
+        None
+        if database.retention_seconds is None
+        else now_ns - int(database.retention_seconds * 1_000_000_000)
+    )
     rows: list[dict[str, object]]
     if match.group("count"):
         alias = match.group("alias")
         # DataFusion names an unaliased COUNT(*) column "count(*)".
         column = _sql_identifier(alias) if alias else "count(*)"
-        rows = [{column: len(table.points)}]
+        rows = [{column: sum(1 for key in table.points if oldest is None or key[1] >= oldest)}]
     else:
-        rows = table_rows(table)
+        rows = table_rows(table, oldest)
         if (match.group("direction") or "").upper() == "DESC":
             rows.reverse()
     return rows if limit is None else rows[:limit]

@@ -13,6 +13,13 @@ is the tenant's own only when:
 Anything else - another incarnation's marker (a deleted tenant of the same id), a marker of
 another tenant, or no marker at all - is *not* handed to the tenant: it stops as ``name_taken``.
 
+The marker outlives the database's retention period. InfluxDB hides a point older than the
+period from every query, and the marker's timestamp is the tenant's creation, so a tenant older
+than the period would lose its mark: its database would read as unknown (a deletion would leave
+it in place, holding a slot). So the point also carries a field *named* after the incarnation,
+``incarnation_<id>=true``, and the table's schema (``information_schema.columns``), which no
+retention touches, names every incarnation that ever marked the database.
+
 Where a row's home is unknown (rows that predate the pool), the home is *located*: every
 server listed once; a server that cannot answer makes the answer "unknown", never "absent".
 """
@@ -27,6 +34,26 @@ from datetime import UTC, datetime, timedelta
 from worker.states import Adoption
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MARKER_TABLE = "_init"
+INCARNATION_COLUMN = "incarnation_"  # + the incarnation: a column of the marker table
+
+
+def marker_line(tenant_id: str, incarnation: str, timestamp_ns: int) -> str:
+    """The marker point in line protocol: ``_init,tenant=<id> incarnation="<incarnation>",
+    incarnation_<incarnation>=true,initialized=1i <timestamp>``."""
+    string = incarnation.replace("\\", "\\\\").replace('"', '\\"')
+    column = _lp_key(INCARNATION_COLUMN + incarnation)
+    return (
+        f"{MARKER_TABLE},tenant={_lp_key(tenant_id)} "
+        f'incarnation="{string}",{column}=true,initialized=1i {timestamp_ns}'
+    )
+
+
+def _lp_key(key: str) -> str:
+    """A line-protocol tag value or field key: commas, equals signs and spaces escaped."""
+    for char in "\\,= ":
+        key = key.replace(char, "\\" + char)
+    return key
 
 
 def marker_timestamp_ns(created_at: datetime | None) -> int:
@@ -40,10 +67,21 @@ def marker_timestamp_ns(created_at: datetime | None) -> int:
 
 @dataclass(frozen=True)
 class Marker:
-    """One ``_init`` point as read back: its ``tenant`` tag and ``incarnation`` field."""
+    """One ``_init`` point as read back (its ``tenant`` tag and ``incarnation`` field), or one
+    incarnation column of the table's schema (no tenant)."""
 
     tenant: str | None
     incarnation: str | None  # None: written by the inline code, before incarnations existed
+
+
+def schema_markers(columns: Iterable[str]) -> list[Marker]:
+    """The incarnations the marker table's columns name (no tenant: the schema has no values)."""
+    prefix = len(INCARNATION_COLUMN)
+    return [
+        Marker(None, column[prefix:])
+        for column in sorted(columns)
+        if column.startswith(INCARNATION_COLUMN) and column[prefix:]
+    ]
 
 
 class Verdict(enum.StrEnum):

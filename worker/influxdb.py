@@ -20,7 +20,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
-from worker import live_checks
+from worker import identity, live_checks
 from worker.errors import (
     DatabaseLimitReached,
     InfluxDBBadResponse,
@@ -38,8 +38,11 @@ from worker.redaction import redact, redact_capped
 logger = logging.getLogger(__name__)
 
 INTERNAL_DATABASE = "_internal"
-MARKER_MEASUREMENT = "_init"
 _MARKER_QUERY = 'SELECT * FROM "_init" LIMIT 100'  # a few markers: re-runs overwrite one point
+_MARKER_COLUMNS_QUERY = (
+    "SELECT column_name FROM information_schema.columns "
+    "WHERE table_schema = 'iox' AND table_name = '_init'"
+)
 _MAX_ERROR_TEXT = 300
 
 _BODY_CHUNK = 16384
@@ -137,34 +140,34 @@ class InfluxDB3Client:
     def write_marker(
         self, database: str, tenant_id: str, incarnation: str, timestamp_ns: int
     ) -> None:
-        """Write ``_init,tenant=<id> incarnation="<incarnation>",initialized=1i <ts>``.
-
-        A fixed timestamp (the tenant's creation) makes re-runs overwrite the point; the
-        incarnation field says which tenant row the database belongs to (``worker.identity``).
-        """
-        line = (
-            f'{MARKER_MEASUREMENT},tenant={tenant_id} incarnation="{_lp_string(incarnation)}",'
-            f"initialized=1i {timestamp_ns}"
-        )
+        """Write the ``_init`` marker point (``identity.marker_line``). A fixed timestamp (the
+        tenant's creation) makes re-runs overwrite the point."""
         response = self._send(
             "POST",
             "/api/v3/write_lp",
             params={"db": database, "precision": "ns"},
-            data=line.encode(),
+            data=identity.marker_line(tenant_id, incarnation, timestamp_ns).encode(),
             headers={"Content-Type": "text/plain; charset=utf-8"},
         )
         if response.status_code not in (200, 204):
             raise self._classify(response, "write marker")
 
     def read_markers(self, database: str) -> list[Marker] | None:
-        """The ``_init`` points of ``database`` (at most 100); None when it does not exist."""
+        """What marks ``database``: the incarnations its ``_init`` schema names, which outlive
+        retention, then the ``_init`` points still visible (at most 100). [] when it has no
+        ``_init`` table; None when the database does not exist."""
         try:
-            rows = self.query(database, _MARKER_QUERY)
+            rows = self.query(database, _MARKER_COLUMNS_QUERY)
         except _DatabaseNotFound:
             return None
-        except _TableNotFound:
+        columns = [row.get("column_name") for row in rows]
+        if not columns:
             return []
-        markers: list[Marker] = []
+        markers = identity.schema_markers(c for c in columns if isinstance(c, str))
+        try:
+            rows = self.query(database, _MARKER_QUERY)
+        except (_DatabaseNotFound, _TableNotFound):  # gone between the two queries
+            return markers
         for row in rows:
             tenant, incarnation = row.get("tenant"), row.get("incarnation")
             markers.append(
@@ -384,11 +387,6 @@ class InfluxDB3Client:
 
     def _secrets(self) -> tuple[str, ...]:
         return (self._token,) if self._token else ()
-
-
-def _lp_string(value: str) -> str:
-    """``value`` escaped for a line-protocol string field."""
-    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 class _DatabaseNotFound(InfluxDBRejected):

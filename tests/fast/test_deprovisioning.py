@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from tests.conftest import existing_database, tenant_row
 from tests.fast.conftest import Published, World, insert
 from worker.db import get_engine
@@ -23,6 +25,26 @@ def test_deleting_removes_the_tenants_own_database_then_the_row(db, world: World
     assert tenant_row(db, "acme") is None
     assert alpha.databases() == []
     assert any(name.startswith("telemetry_acme-") for name in alpha.state()["deleted_databases"])
+
+
+def test_deleting_a_tenant_older_than_its_retention_period_removes_its_database(db, world: World):
+    # Given a tenant whose database keeps 1 h of data, created 2 h ago: its marker point (the
+    # creation's time) is past the period, so InfluxDB hides it from every query. The stand-in
+    # applies retention by the wall clock, so the creation time is taken from that clock.
+    alpha = world.add("alpha")
+    insert(db, "acme", at=datetime.now(UTC) - timedelta(hours=2), retention_period="1h")
+    world.provision("acme")
+    assert alpha.databases() == ["telemetry_acme"]
+    pool = world.pool()
+    alpha_client = pool.client(pool.node("alpha"))
+    assert alpha_client.count_rows("telemetry_acme", "_init") == 0  # the point is hidden
+    db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
+
+    # When it is deleted
+    assert world.deprovision("acme", MESSAGE).result == RunResult.DEPROVISIONED
+
+    # Then its database goes too, not left behind as unknown (holding a slot for good)
+    assert alpha.databases() == []
 
 
 def test_deleting_leaves_a_database_that_is_not_the_tenants(db, world: World):

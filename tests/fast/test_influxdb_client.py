@@ -77,7 +77,8 @@ def test_marker_write_and_row_count(client, influx):
     client.write_marker("telemetry_t", "t", "inc-1", 1_700_000_000_000_000_000)
     client.write_marker("telemetry_t", "t", "inc-1", 1_700_000_000_000_000_000)
     assert client.count_rows("telemetry_t", "_init") == 1
-    assert client.read_markers("telemetry_t") == [Marker("t", "inc-1")]
+    # the incarnation twice: named by the table's schema, and in the point
+    assert client.read_markers("telemetry_t") == [Marker(None, "inc-1"), Marker("t", "inc-1")]
     assert client.read_markers("telemetry_missing") is None
     assert client.count_rows("telemetry_t", "telemetry") == 0  # table missing
     assert client.count_rows("telemetry_missing", "telemetry") is None  # database missing
@@ -189,3 +190,15 @@ def test_an_answer_over_the_size_cap_is_not_read(scripted):
     client = InfluxDB3Client(scripted.url, "secret-token-123456", read_timeout=5.0)
     with pytest.raises(InfluxDBBadResponse, match=f"over {MAX_ANSWER_BYTES} bytes"):
         client.list_databases()
+
+
+def test_a_marker_older_than_the_retention_period_still_names_its_incarnation(client, influx):
+    # Given a database with a retention period and a marker point older than it (its time is
+    # the tenant's creation): InfluxDB hides such a point from every query
+    client.ensure_database("telemetry_old", "1h")
+    two_hours_ago = time.time_ns() - 2 * 3600 * 1_000_000_000  # the server's clock: the wall's
+    client.write_marker("telemetry_old", "old", "inc-old", two_hours_ago)
+    assert client.count_rows("telemetry_old", "_init") == 0
+
+    # Then its schema, which no retention touches, still says whose it is
+    assert client.read_markers("telemetry_old") == [Marker(None, "inc-old")]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -194,6 +194,22 @@ def test_a_409_after_our_own_unanswered_create_is_ours(db, world: World):
     insert(db, "acme", state="retrying", node="alpha", create_sent_to="alpha", attempts=1)
 
     assert world.provision("acme").result == RunResult.PROVISIONED
+
+
+def test_a_409_on_the_tenants_own_database_past_its_retention_period_is_ours(db, world: World):
+    # Given the tenant's own database, made by an earlier run of it, keeping 1 h of data, and
+    # its marker (the creation's time, 2 h ago by the stand-in's wall clock) hidden by that
+    alpha = world.add("alpha")
+    insert(db, "acme", at=datetime.now(UTC) - timedelta(hours=2), retention_period="1h")
+    assert world.provision("acme", MESSAGE).result == RunResult.PROVISIONED
+    assert alpha.rows("telemetry_acme", "_init")  # stored, but no query shows it
+    db.execute("UPDATE tenants SET influxdb_state = 'retrying' WHERE tenant_id = 'acme'")
+
+    # When a run meets it again (409 on create)
+    outcome = world.provision("acme", OTHER)
+
+    # Then the schema's incarnation column says it is the tenant's: not name_taken
+    assert outcome.result == RunResult.PROVISIONED, tenant_row(db, "acme")["influxdb_last_error"]
 
 
 def test_a_row_from_before_the_worker_is_located_on_the_server_holding_it(db, world: World):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 
@@ -77,3 +79,47 @@ def test_unsupported_sql_is_400_text_naming_the_stand_in(
     response = query(client, standin, telemetry, "SELECT temp FROM telemetry WHERE temp > 1")
     assert_text_error(response, 400)
     assert "stand-in does not support" in response.text
+
+
+COLUMNS_SQL = (
+    "SELECT column_name FROM information_schema.columns "
+    "WHERE table_schema = 'iox' AND table_name = '{}'"
+)
+
+
+def test_the_columns_of_a_table_from_information_schema(
+    standin: StandIn, client: requests.Session, telemetry: str
+) -> None:
+    response = query(client, standin, telemetry, COLUMNS_SQL.format("telemetry"))
+    assert response.status_code == 200
+    assert response.json() == [
+        {"column_name": "device"},
+        {"column_name": "temp"},
+        {"column_name": "time"},
+    ]
+    # a table that is not there has no columns, and no error either
+    assert query(client, standin, telemetry, COLUMNS_SQL.format("nothing")).json() == []
+
+
+def test_a_retention_period_hides_older_points_from_queries_not_from_the_schema(
+    standin: StandIn, client: requests.Session
+) -> None:
+    # Given a database keeping 1 h of data, with a point from 2 h ago and one from now
+    created = client.post(
+        f"{standin.url}/api/v3/configure/database",
+        json={"db": "short", "retention_period": "1h"},
+        timeout=5,
+    )
+    assert created.status_code == 200
+    now = int(time.time())
+    lines = f"m,k=old old=1i {now - 7200}\nm,k=new new=1i {now}"
+    assert write(client, standin, "short", lines).status_code == 204
+
+    # Then a query shows only the recent point, the schema both columns, storage both points
+    assert query(client, standin, "short", "SELECT COUNT(*) AS n FROM m").json() == [{"n": 1}]
+    assert [row["k"] for row in query(client, standin, "short", "SELECT * FROM m").json()] == [
+        "new"
+    ]
+    columns = query(client, standin, "short", COLUMNS_SQL.format("m")).json()
+    assert [c["column_name"] for c in columns] == ["k", "new", "old", "time"]
+    assert len(standin.rows("short", "m")) == 2
