@@ -50,8 +50,9 @@ def marker_line(tenant_id: str, incarnation: str, timestamp_ns: int) -> str:
 
 
 def _lp_key(key: str) -> str:
-    """A line-protocol tag value or field key: commas, equals signs and spaces escaped."""
-    for char in "\\,= ":
+    """A line-protocol tag value or field key: commas, equals signs and spaces escaped (tenant
+    ids and incarnations hold none; a backslash before other characters is literal)."""
+    for char in ",= ":
         key = key.replace(char, "\\" + char)
     return key
 
