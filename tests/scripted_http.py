@@ -18,6 +18,7 @@ class ScriptedServer:
         self.body = b""
         self.headers: dict[str, str] = {}  # sent with every answer
         self.routes: dict[tuple[str, str], tuple[int, bytes]] = {}  # (method, path) -> answer
+        self.next_answers: list[tuple[int, bytes]] = []  # answered first, one per request
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         scripted = self
 
@@ -31,6 +32,8 @@ class ScriptedServer:
                 scripted.requests.append((self.command, self.path, dict(self.headers)))
                 route = (self.command, self.path.split("?", 1)[0])
                 status, body = scripted.routes.get(route, (scripted.status, scripted.body))
+                if scripted.next_answers:
+                    status, body = scripted.next_answers.pop(0)
                 self.send_response(status)
                 for name, value in scripted.headers.items():
                     self.send_header(name, value)
@@ -61,6 +64,11 @@ class ScriptedServer:
     def answer_route(self, method: str, path: str, status: int, body: bytes | str) -> None:
         """Answer ``method path`` (query ignored) with this, whatever the default says."""
         self.routes[(method, path)] = (status, body.encode() if isinstance(body, str) else body)
+
+    def answer_next(self, *answers: tuple[int, bytes | str]) -> None:
+        """Answer the next requests with these, in order, before anything else."""
+        for status, body in answers:
+            self.next_answers.append((status, body.encode() if isinstance(body, str) else body))
 
     def close(self) -> None:
         self._server.shutdown()

@@ -155,18 +155,21 @@ class InfluxDB3Client:
     def read_markers(self, database: str) -> list[Marker] | None:
         """What marks ``database``: the incarnations its ``_init`` schema names, which outlive
         retention, then the ``_init`` points still visible (at most 100). [] when it has no
-        ``_init`` table; None when the database does not exist."""
+        ``_init`` table; None when the database does not exist. A server that cannot answer the
+        schema query (no information_schema: a 4xx) is read by its points alone."""
         try:
             rows = self.query(database, _MARKER_COLUMNS_QUERY)
         except _DatabaseNotFound:
             return None
-        columns = [row.get("column_name") for row in rows]
-        if not columns:
-            return []
+        except InfluxDBRejected:
+            rows = []
+        columns = (row.get("column_name") for row in rows)
         markers = identity.schema_markers(c for c in columns if isinstance(c, str))
-        try:
+        try:  # even when the schema named no column: a server may not know information_schema
             rows = self.query(database, _MARKER_QUERY)
-        except (_DatabaseNotFound, _TableNotFound):  # gone between the two queries
+        except _DatabaseNotFound:
+            return markers or None
+        except _TableNotFound:
             return markers
         for row in rows:
             tenant, incarnation = row.get("tenant"), row.get("incarnation")

@@ -118,6 +118,35 @@ def test_unexpected_answers_map_to_a_family_and_reason(scripted, status, body, f
     assert "secret-token-123456" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "schema_answer",
+    [
+        (400, "Error during planning: table 'information_schema.columns' not found"),
+        (200, "[]"),  # a server that answers every query it does not know with no rows
+    ],
+    ids=["refused", "no-rows"],
+)
+def test_markers_are_read_from_the_points_where_the_schema_query_is_not_answered(
+    scripted, schema_answer
+):
+    # Given a server that does not answer the information_schema query, but holds a marker
+    points = '[{"tenant": "t", "incarnation": "inc-1", "initialized": 1, "time": "2026-01-01"}]'
+    scripted.answer_next(schema_answer, (200, points))
+    client = InfluxDB3Client(scripted.url, "secret-token-123456", read_timeout=1.0)
+
+    # Then the marker is still read: a 409 on such a server is not taken for a stranger's
+    assert client.read_markers("telemetry_t") == [Marker("t", "inc-1")]
+    queries = [path for method, path, _ in scripted.requests if "query_sql" in path]
+    assert len(queries) == 2 and "_init" in queries[1]
+
+
+def test_a_database_gone_by_both_marker_queries_is_missing(scripted):
+    not_found = (404, '{"error": "query error: database not found: telemetry_t"}')
+    scripted.answer_next((400, "table 'information_schema.columns' not found"), not_found)
+    client = InfluxDB3Client(scripted.url, "secret-token-123456", read_timeout=1.0)
+    assert client.read_markers("telemetry_t") is None
+
+
 def test_error_bodies_are_cut_and_redacted(scripted):
     scripted.answer(500, "token secret-token-123456 leaked " + "x" * 5000)
     client = InfluxDB3Client(scripted.url, "secret-token-123456")
