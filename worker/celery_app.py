@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.signals import beat_init, setup_logging, worker_init, worker_process_init
 
 from worker import broker_transport
 from worker.logs import configure_logging
@@ -41,3 +41,11 @@ def _pool_for_threads(sender: Any = None, **_: Any) -> None:
         concurrency = getattr(sender, "concurrency", 0)
         if isinstance(concurrency, int):  # "auto" is resolved later: the default size stays
             db.size_pool(concurrency + 2)
+
+
+@beat_init.connect
+def _no_sent_events_from_beat(sender: Any = None, **_: Any) -> None:
+    # Beat publishes bookkeeping (the webhooks poll every WEBHOOKS_POLL_SECONDS): a "task-sent"
+    # event for each would fill Flower's memory of tasks. Workers' events still show the runs
+    # (all but the poll's: worker.tasks.dispatch_webhooks). Beat's own process only.
+    sender.app.conf.task_send_sent_event = False

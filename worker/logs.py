@@ -2,17 +2,19 @@
 
 Each line carries ``tenant_id`` and ``task_id`` when known (from ``extra=`` or from the
 ``log_context`` around a task run), and the whole formatted line - traceback included - passes
-through ``redact`` with every secret of the settings.
+through ``redact`` with every secret of the settings. Celery's "received" and "succeeded"
+lines of the webhooks poll are left out (``QuietPolls``).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from worker.queues import WEBHOOKS_TASK
 from worker.redaction import redact_capped
 
 LOG_FORMAT = (
@@ -45,6 +47,21 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class QuietPolls(logging.Filter):
+    """Leaves out Celery's INFO lines ("received", "succeeded") of the webhooks poll: it runs
+    every ``WEBHOOKS_POLL_SECONDS``, so they would be most of the log. A run that sends
+    something logs a line of its own; a failure is still logged by Celery (ERROR)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args  # Celery passes those lines' fields as one mapping, "name" among them
+        return not (
+            record.levelno == logging.INFO
+            and record.name.startswith("celery.")
+            and isinstance(args, Mapping)
+            and args.get("name") == WEBHOOKS_TASK
+        )
+
+
 MAX_LOG_LINE = 16 * 1024  # characters; the rest of a longer line is cut, after redaction
 
 
@@ -72,6 +89,7 @@ def configure_logging(level: str, secrets: Callable[[], Iterable[str]] = current
     """Route every logger through one redacting, context-aware handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())
+    handler.addFilter(QuietPolls())
     handler.setFormatter(RedactingFormatter(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

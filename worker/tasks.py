@@ -143,10 +143,16 @@ def prune_attempt_log() -> dict[str, Any]:
 
 # On the webhooks queue only (its own worker): a slow receiver never holds a provisioning run.
 # A run spends at most its budget per endpoint, plus the answers then in flight.
-@app.task(name=WEBHOOKS_TASK, acks_late=False, soft_time_limit=120, time_limit=150)
+# No task events (send_events) and no Celery log lines (worker.logs.QuietPolls): a poll every
+# WEBHOOKS_POLL_SECONDS would fill Flower's memory of tasks (10,000 by default) within hours,
+# pushing the provisioning tasks out. Its work shows in tenantctl webhooks, the console, /metrics.
+@app.task(
+    name=WEBHOOKS_TASK, acks_late=False, soft_time_limit=120, time_limit=150, send_events=False
+)
 def dispatch_webhooks() -> dict[str, Any]:
     """Fan out new events and deliver the due webhooks (worker.webhook_dispatch). No
-    argument: the endpoints and their secrets are read from WEBHOOKS_FILE here."""
+    argument: the endpoints and their secrets are read from WEBHOOKS_FILE here. Logs one line
+    when the run fanned out or sent something."""
     settings = get_settings()
     try:
         endpoints = configured_endpoints(settings.webhooks_file)
@@ -158,6 +164,13 @@ def dispatch_webhooks() -> dict[str, Any]:
         return {"error": error}
     with get_engine().connect() as conn:
         summary = dispatch(conn, endpoints, Policy.of(settings), secrets=settings.secrets())
+    if summary.fanned_out or summary.delivered or summary.failed:
+        logger.info(
+            "webhooks: %d deliveries made from new events, %d delivered, %d failed",
+            summary.fanned_out,
+            summary.delivered,
+            summary.failed,
+        )
     return summary.as_dict()
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
+import time
+from typing import Any
 
 import requests
 
@@ -17,12 +21,43 @@ from tests.conftest import (
     ROOT,
     free_port,
     new_tenant_id,
+    start_beat,
     stop_process,
     wait_for,
     wait_for_state,
 )
+from tests.webhook_receiver import Receiver
+from worker.queues import PROVISION_TASK, WEBHOOKS_QUEUE, WEBHOOKS_TASK
 
 FLOWER_AUTH = ("ops", "flower-pass-" + OPERATOR_TOKEN[-6:])
+
+
+class EventBus:
+    """Every Celery task event published meanwhile, heard as Flower hears them."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._receiver: Any = None
+        self._ready = threading.Event()
+
+    def start(self) -> EventBus:
+        self._thread.start()
+        assert self._ready.wait(10), "the event receiver did not start"
+        return self
+
+    def _listen(self) -> None:
+        from worker import app  # noqa: PLC0415
+
+        with app.connection() as connection:
+            self._receiver = app.events.Receiver(connection, handlers={"*": self.events.append})
+            self._ready.set()
+            self._receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def stop(self) -> None:
+        time.sleep(0.5)  # the last events in flight
+        self._receiver.should_stop = True
+        self._thread.join(10)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -269,3 +304,56 @@ def test_worker_log_lines_carry_tenant_and_task_ids_and_no_secrets(api, db, infl
     assert re.search(r"task_id=[0-9a-f-]{36}", line)
     assert INFLUX_TOKEN not in log
     assert OPERATOR_TOKEN not in log
+
+
+def test_the_webhooks_poll_stays_out_of_flower_and_the_log(api, db, worker_process, tmp_path):
+    # Given a webhooks worker and a beat polling every 0.3 s, one endpoint configured, and a
+    # listener on the Celery event bus that Flower reads
+    db.execute("TRUNCATE webhook_endpoints CASCADE")
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    receiver = Receiver(secret).start()
+    hooks_file = tmp_path / "webhooks.json"
+    hooks_file.write_text(json.dumps([{"name": "quiet", "url": receiver.url, "secret": secret}]))
+    env = {**os.environ, "WEBHOOKS_POLL_SECONDS": "0.3", "WEBHOOKS_FILE": str(hooks_file)}
+    bus = EventBus().start()
+    hooks_log, beat_log = tmp_path / "hooks.log", tmp_path / "beat.log"
+    hooks = processes.start_worker(
+        hooks_log, concurrency=1, hostname="quiet@%h", env=env, queues=WEBHOOKS_QUEUE
+    )
+    beat = start_beat(beat_log, tmp_path / "schedule", {"WEBHOOKS_POLL_SECONDS": "0.3"})
+    try:
+        wait_for(
+            lambda: db.execute("SELECT 1 FROM webhook_endpoints WHERE name = 'quiet'").fetchone(),
+            timeout=30,
+            what="the endpoint to be registered",
+        )
+        # When a tenant is provisioned and its events are delivered by the poll
+        tenant_id = new_tenant_id("quiet")
+        api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "Quiet"})
+        wait_for_state(db, tenant_id, "provisioned")
+        wait_for(
+            lambda: any(
+                r.event["type"].endswith(".tenant.provisioned") for r in receiver.snapshot()
+            ),
+            timeout=30,
+            what="the provisioned event delivered",
+        )
+        time.sleep(1.0)  # a few idle polls more
+    finally:
+        stop_process(beat)
+        stop_process(hooks)
+        bus.stop()
+        receiver.down()
+
+    # Then beat sent polls, and the worker ran them: the deliveries say so, in a line of ours
+    polls = beat_log.read_text().count("Sending due task dispatch-webhooks")
+    assert polls >= 5
+    log = hooks_log.read_text()
+    assert re.search(r"webhooks: \d+ deliveries made from new events, \d+ delivered", log)
+    # And none of those polls reached the log through Celery, nor Flower's event bus
+    assert WEBHOOKS_TASK not in log
+    named = {event.get("uuid"): event.get("name") for event in bus.events if "name" in event}
+    assert WEBHOOKS_TASK not in named.values()
+    assert PROVISION_TASK in named.values()  # the bus heard the provisioning task's events
+    succeeded = {e["uuid"] for e in bus.events if e["type"] == "task-succeeded"}
+    assert succeeded <= set(named)  # no success event of a task the bus never heard named
