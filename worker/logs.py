@@ -48,18 +48,18 @@ class ContextFilter(logging.Filter):
 
 
 class QuietPolls(logging.Filter):
-    """Leaves out Celery's INFO lines ("received", "succeeded") of the webhooks poll: it runs
-    every ``WEBHOOKS_POLL_SECONDS``, so they would be most of the log. A run that sends
-    something logs a line of its own; a failure is still logged by Celery (ERROR)."""
+    """Leaves out Celery's INFO lines ("received", "succeeded", expired) of the webhooks
+    poll: it runs every ``WEBHOOKS_POLL_SECONDS``, so they would be most of the log. A run that
+    sends something logs a line of its own; a failure is still logged by Celery (ERROR)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args  # Celery passes those lines' fields as one mapping, "name" among them
-        return not (
-            record.levelno == logging.INFO
-            and record.name.startswith("celery.")
-            and isinstance(args, Mapping)
-            and args.get("name") == WEBHOOKS_TASK
-        )
+        if record.levelno != logging.INFO or not record.name.startswith("celery."):
+            return True
+        args = record.args  # "received"/"succeeded": a mapping with the name; "Discarding
+        # revoked task" (a poll expired while no worker took it): the name, then the id
+        if isinstance(args, Mapping):
+            return args.get("name") != WEBHOOKS_TASK
+        return not (isinstance(args, tuple) and args[:1] == (WEBHOOKS_TASK,))
 
 
 MAX_LOG_LINE = 16 * 1024  # characters; the rest of a longer line is cut, after redaction
