@@ -94,8 +94,6 @@ class InfluxDB3Client:
         """Close pooled connections."""
         self._session.close()
 
-    # -- databases ------------------------------------------------------------------------
-
     def ensure_database(self, name: str, retention_period: str | None = None) -> bool:
         """Create ``name`` unless it exists: True when created now, False when it was there."""
         body: dict[str, str] = {"db": name}
@@ -153,22 +151,23 @@ class InfluxDB3Client:
             raise self._classify(response, "write marker")
 
     def read_markers(self, database: str) -> list[Marker] | None:
-        """What marks ``database``: the incarnations its ``_init`` schema names, which outlive
-        retention, then the ``_init`` points still visible (at most 100). [] when it has no
-        ``_init`` table; None when the database does not exist. A server that cannot answer the
-        schema query (no information_schema: a 4xx) is read by its points alone."""
+        """Incarnations the ``_init`` schema names (they outlive retention), then its visible
+        points (at most 100); [] if no ``_init`` table; None if no database. A server without
+        information_schema is read by its points alone."""
         try:
             rows = self.query(database, _MARKER_COLUMNS_QUERY)
         except _DatabaseNotFound:
             return None
-        except InfluxDBRejected:
+        except _TableNotFound as exc:  # no information_schema; any other refusal raises
+            if "information_schema" not in str(exc).lower():
+                raise
             rows = []
         columns = (row.get("column_name") for row in rows)
         markers = identity.schema_markers(c for c in columns if isinstance(c, str))
-        try:  # even when the schema named no column: a server may not know information_schema
+        try:  # even when the schema named no column (a server that answers every query so)
             rows = self.query(database, _MARKER_QUERY)
         except _DatabaseNotFound:
-            return markers or None
+            return None
         except _TableNotFound:
             return markers
         for row in rows:

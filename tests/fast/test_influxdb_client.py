@@ -231,3 +231,13 @@ def test_a_marker_older_than_the_retention_period_still_names_its_incarnation(cl
 
     # Then its schema, which no retention touches, still says whose it is
     assert client.read_markers("telemetry_old") == [Marker(None, "inc-old")]
+
+
+def test_a_refused_schema_query_is_an_error_not_an_empty_schema(scripted):
+    # A proxy's 403 is not "no information_schema": past retention the schema is the only
+    # evidence of whose database it is, so reading the points alone could misjudge it
+    points = '[{"tenant": "t", "incarnation": "inc-1"}]'
+    scripted.answer_next((403, "forbidden by policy"), (200, points))
+    client = InfluxDB3Client(scripted.url, "secret-token-123456", read_timeout=1.0)
+    with pytest.raises(InfluxDBRejected):
+        client.read_markers("telemetry_t")
