@@ -2,8 +2,8 @@
 
 Each line carries ``tenant_id`` and ``task_id`` when known (from ``extra=`` or from the
 ``log_context`` around a task run), and the whole formatted line - traceback included - passes
-through ``redact`` with every secret of the settings. Celery's "received" and "succeeded"
-lines of the webhooks poll are left out (``QuietPolls``).
+through ``redact`` with every secret of the settings. Celery's "received", "succeeded" and
+"discarding" (expired) lines of the webhooks poll are left out (``QuietPolls``).
 """
 
 from __future__ import annotations

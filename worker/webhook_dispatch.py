@@ -77,7 +77,7 @@ class Policy:
 
 @dataclass
 class Summary:
-    """What one run did (the task's return value, as Flower shows it)."""
+    """What one run did (the task's return value; not shown in Flower: the poll sends no events)."""
 
     endpoints: int = 0
     served: list[str] = field(default_factory=list)
