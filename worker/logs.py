@@ -3,7 +3,8 @@
 Each line carries ``tenant_id`` and ``task_id`` when known (from ``extra=`` or from the
 ``log_context`` around a task run), and the whole formatted line - traceback included - passes
 through ``redact`` with every secret of the settings. Celery's "received", "succeeded" and
-"discarding" (expired) lines of the webhooks poll are left out (``QuietPolls``).
+"discarding" (expired) lines of the webhooks poll, and beat's "sending" ones, are left out
+(``QuietPolls``).
 """
 
 from __future__ import annotations
@@ -48,18 +49,22 @@ class ContextFilter(logging.Filter):
 
 
 class QuietPolls(logging.Filter):
-    """Leaves out Celery's INFO lines ("received", "succeeded", expired) of the webhooks
-    poll: it runs every ``WEBHOOKS_POLL_SECONDS``, so they would be most of the log. A run that
-    sends something logs a line of its own; a failure is still logged by Celery (ERROR)."""
+    """Leaves out Celery's INFO lines of the webhooks poll (the worker's "received",
+    "succeeded" and expired; beat's "Sending due task"): it runs every ``WEBHOOKS_POLL_SECONDS``,
+    so they would be most of the log. A run that sends something logs a line of its own; a
+    failure is still logged by Celery (ERROR). ``LOG_LEVEL=DEBUG`` shows them all."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno != logging.INFO or not record.name.startswith("celery."):
             return True
+        if logging.getLogger().level <= logging.DEBUG:
+            return True
         args = record.args  # "received"/"succeeded": a mapping with the name; "Discarding
-        # revoked task" (a poll expired while no worker took it): the name, then the id
+        # revoked task" (a poll expired while no worker took it): the name, then the id;
+        # beat's "Sending due task": the schedule's entry, then the name
         if isinstance(args, Mapping):
             return args.get("name") != WEBHOOKS_TASK
-        return not (isinstance(args, tuple) and args[:1] == (WEBHOOKS_TASK,))
+        return not (isinstance(args, tuple) and WEBHOOKS_TASK in args[:2])
 
 
 MAX_LOG_LINE = 16 * 1024  # characters; the rest of a longer line is cut, after redaction

@@ -198,11 +198,12 @@ def test_webhooks_survive_a_receiver_outage_and_killed_workers(
     for tenant_id, seqs in by_tenant.items():
         assert seqs == list(range(1, len(seqs) + 1)), f"{tenant_id} out of order: {seqs}"
     # Repeats only of an id already sent, with the very same body: after a failure answer (a
-    # retry), or of one the receiver took (an answer the sender never saw: a duplicate)
+    # retry), or of one the receiver took (an answer the sender never saw: a duplicate). A
+    # request cut short holds part of its body: it is bounded above, not compared.
     bodies: dict[str, bytes] = {}
     taken: set[str] = set()
     duplicates = 0
-    for request in requests:
+    for request in (r for r in requests if r.why != "short body"):
         assert request.body == bodies.setdefault(request.webhook_id, request.body)
         if request.answered // 100 == 2:
             duplicates += request.webhook_id in taken
