@@ -396,12 +396,15 @@ def test_the_one_statement_start_tells_no_room_from_a_lost_chain(db, world: Worl
         sync_nodes(conn, world.pool().nodes(), force=True)
         conn.commit()
         start = store.update_statement("acme", expect={"influxdb_retry_chain": None})
+        ours = store.update_statement("acme", expect={"influxdb_retry_chain": OTHER.message})
         with autocommit(conn):
-            # When this run's start is guarded by the chain it read (None): not started there
+            # When this run's start is guarded by the chain it read (None): not started there,
+            # nor where no server has room (a lost chain ends the run, whatever the room)
             assert start_on_free_node(conn, start, ["alpha"]) is None
-            # and with no server it may use: no room, which is another answer
+            assert start_on_free_node(conn, start, []) is None
+            # while the chain's own run, with no server it may use, is told: no room
             with pytest.raises(NoFreeNode):
-                start_on_free_node(conn, start, [])
+                start_on_free_node(conn, ours, [])
 
     # Then nothing was placed
     assert tenant_row(db, "acme")["influxdb_node"] is None
