@@ -6,7 +6,7 @@ import logging
 import random
 
 from worker.logs import MAX_LOG_LINE, QuietPolls, RedactingFormatter
-from worker.queues import PROVISION_TASK, WEBHOOKS_TASK
+from worker.queues import PROVISION_TASK, RECONCILE_TASK, WEBHOOKS_TASK
 from worker.redaction import redact, redact_capped
 from worker.runs import next_backoff
 
@@ -59,10 +59,10 @@ def test_a_megabyte_log_line_is_bounded_and_redacted(capsys):
     assert line.endswith("characters cut]")
 
 
-def test_the_webhooks_poll_lines_are_left_out_unless_debug():
+def test_the_webhooks_poll_lines_are_left_out_unless_debug(caplog):
     # Celery's own calls, as beat and the worker make them (celery/beat.py, celery/app/trace.py)
-    def line(name: str, msg: str, args: object) -> logging.LogRecord:
-        return logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, None)  # type: ignore[arg-type]
+    def line(name, msg, args):
+        return logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, None)
 
     sending = "Scheduler: Sending due task %s (%s)"
     poll = line("celery.beat", sending, ("dispatch-webhooks", WEBHOOKS_TASK))
@@ -73,16 +73,12 @@ def test_the_webhooks_poll_lines_are_left_out_unless_debug():
         "celery.worker.strategy", "Discarding revoked task: %s[%s]", (WEBHOOKS_TASK, "x")
     )
     others = [
-        line("celery.beat", sending, ("reconcile-tenants", "worker.tasks.reconcile_tenants")),
+        line("celery.beat", sending, ("reconcile-tenants", RECONCILE_TASK)),
         line("celery.app.trace", "Task %(name)s[%(id)s] succeeded", ({"name": PROVISION_TASK},)),
     ]
-    root, quiet = logging.getLogger(), QuietPolls()
-    level = root.level
-    try:
-        root.setLevel(logging.INFO)
-        assert not any(map(quiet.filter, (poll, succeeded, discarded)))
-        assert all(map(quiet.filter, others))
-        root.setLevel(logging.DEBUG)
-        assert all(map(quiet.filter, (poll, succeeded, discarded, *others)))
-    finally:
-        root.setLevel(level)
+    quiet = QuietPolls()
+    caplog.set_level(logging.INFO)  # the root logger's level, restored after the test
+    assert not any(map(quiet.filter, (poll, succeeded, discarded)))
+    assert all(map(quiet.filter, others))
+    caplog.set_level(logging.DEBUG)
+    assert all(map(quiet.filter, (poll, succeeded, discarded, *others)))
