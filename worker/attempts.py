@@ -2,8 +2,9 @@
 
 An attempt is ``provisioning`` from its start - counted then, so an attempt whose worker is
 killed counts too - and ends with one outcome, committed together with its row in the attempt
-log. Its start is a compare-and-set on the tenant's retry chain (``worker.runs``): an attempt
-is made only by the message that still owns the tenant.
+log. Its start is a compare-and-set on the tenant's retry chain, node and adoption mode as the
+run read them (``worker.runs``): an attempt is made only by the message that still owns the
+tenant, and never over an operator's adoption.
 
 It also keeps ``influxdb_create_sent_to`` (``worker.identity``): the server of a create of
 this incarnation whose answer was never seen, written *before* the create is sent.
@@ -17,7 +18,7 @@ pruned in batches (:func:`prune_attempt_log`); the totals stay.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from worker.clock import Clock
 from worker.db import autocommit
 from worker.models import provisioning_attempt_totals, provisioning_attempts
 from worker.placement import start_on_free_node
+from worker.runs import NotStarted
 from worker.states import AttemptOutcome, ProvisioningState, Reason
 
 TOTAL_SHARDS = 16  # rows per (outcome, reason): concurrent attempts rarely meet on one
@@ -104,11 +106,6 @@ def prune_attempt_log(
     return deleted
 
 
-class NotStarted(Exception):
-    """Since the run read the row, the tenant went to ``deprovisioning`` or its retry chain
-    went to another message: the attempt is not this run's to make."""
-
-
 class AttemptRecord:
     """The Postgres side of one attempt (see the module docstring)."""
 
@@ -119,7 +116,7 @@ class AttemptRecord:
         *,
         number: int,
         node: str | None,
-        chain: str | None,
+        expect: Mapping[str, Any],
         retry_chain: str,
         task_id: str | None,
         create_sent_to: str | None,
@@ -128,15 +125,15 @@ class AttemptRecord:
         place: Sequence[str] | None = None,
     ) -> None:
         """Start attempt ``number`` on ``node`` - with ``place``, on the least-used of those
-        nodes free at once (``placement.start_on_free_node``) - if the row's chain is still
-        ``chain``; the attempt's own retry will be carried by ``retry_chain``. Raises
-        NotStarted, and with ``place`` NoFreeNode (nothing done)."""
+        nodes free at once (``placement.start_on_free_node``) - if the row still holds what
+        ``expect`` says (``TenantRun.as_read``); the attempt's own retry will be carried by
+        ``retry_chain``. Raises NotStarted, and with ``place`` NoFreeNode (nothing done)."""
         self._conn, self.tenant_id, self.number = conn, tenant_id, number
         self._retry_chain, self._clock, self._secrets = retry_chain, clock, secrets
         self._task_id, self._started, self._release = task_id, clock(), False
         start = store.update_statement(
             tenant_id,
-            expect={"influxdb_retry_chain": chain},
+            expect=expect,
             influxdb_state=ProvisioningState.PROVISIONING,
             influxdb_attempts=number,
             influxdb_next_attempt_at=None,

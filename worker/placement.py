@@ -107,7 +107,8 @@ def start_on_free_node(conn: Connection, start: Update, names: Sequence[str]) ->
     if name is not None:
         return cast(str, name)
     # Nothing placed: no node was free, or the guard failed. Asked again, the guard tells
-    # which: it cannot fail and then hold (a chain handed on, a deletion asked, never revert).
+    # which: it cannot fail and then hold (a chain handed on, an adoption, a home recorded by
+    # the reconciler, a deletion asked: never reverted but by this run).
     # (A SELECT that read both from one WITH grew the worker's memory by ~300 B per run.)
     guard = cast(ColumnElement[bool], start.whereclause)  # every start names its tenant
     if conn.execute(select(tenants.c.tenant_id).where(guard)).first():

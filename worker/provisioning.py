@@ -29,7 +29,7 @@ import random
 from sqlalchemy import Connection
 
 from worker import identity, store
-from worker.attempts import AttemptRecord, NotStarted, log_attempt
+from worker.attempts import AttemptRecord, log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import (
     DatabaseLimitReached,
@@ -42,7 +42,15 @@ from worker.identity import Verdict
 from worker.node_config import NodeConfig
 from worker.nodes import NodePool, list_everywhere
 from worker.placement import NoFreeNode, choose_node, mark_full, sync_nodes
-from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
+from worker.runs import (
+    Delivery,
+    NotStarted,
+    Outcome,
+    TenantRun,
+    absorbed,
+    next_backoff,
+    tenant_lock,
+)
 from worker.settings import Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
 
@@ -90,8 +98,15 @@ class _Run(TenantRun):
 
     _location: identity.Location | None = None  # one listing per server per run
     _listing_errors: tuple[tuple[str, ProvisioningError], ...] = ()
+    _again = False  # a second run, on the row as an operator changed it under the first
 
     def run(self) -> Outcome:
+        try:
+            return self._run()
+        except NotStarted:  # a guarded write found the row changed since it was read
+            return self._not_started()
+
+    def _run(self) -> Outcome:
         node: NodeConfig | None = None
         if self.row.influxdb_node is not None:
             node = self.pool.node(self.row.influxdb_node)
@@ -136,10 +151,8 @@ class _Run(TenantRun):
         return self._location
 
     def _record_home(self, node_name: str) -> None:
-        store.update(
-            self.conn, self.tenant_id, influxdb_node=node_name, influxdb_updated_at=self.clock()
-        )
-        self.conn.commit()
+        self._write(influxdb_node=node_name, influxdb_updated_at=self.clock())
+        self.node_name = node_name
         logger.info("found the database on node %s", node_name, extra=self.context)
 
     def _wait_for_node(self, node_name: str) -> Outcome:
@@ -150,15 +163,7 @@ class _Run(TenantRun):
                 f"node {node_name} is not in the nodes file; the tenant stays on it and "
                 "resumes when it is configured again"
             )
-            store.settle(
-                self.conn,
-                self.tenant_id,
-                ProvisioningState.PENDING,
-                Reason.NODE_NOT_CONFIGURED,
-                message,
-                self.clock(),
-            )
-            self.conn.commit()
+            self._settle(ProvisioningState.PENDING, Reason.NODE_NOT_CONFIGURED, message)
         logger.warning("node %s is not configured; waiting for it", node_name, extra=self.context)
         return Outcome(
             RunResult.WAITING_FOR_NODE, self.tenant_id, reason=Reason.NODE_NOT_CONFIGURED
@@ -186,20 +191,16 @@ class _Run(TenantRun):
                         return self._wait_for_capacity()
                     attempt = self._start(node)
                 else:
-                    if attempt is None:
-                        return self._not_started()
                     node = next(n for n in nodes if n.name == attempt.node)
             else:
                 attempt = self._start(node)
-            if attempt is None:
-                return self._not_started()
             try:
                 return self._attempt(attempt, node)
             except DatabaseLimitReached as exc:
                 # Our count said there was room, the server disagrees: believe it, move on.
                 # A 422 also says the name does not exist there (existence is checked first).
                 mark_full(self.conn, node.name, self.clock())
-                self.create_sent_to = None
+                self.create_sent_to = self.node_name = None
                 attempt.move_off_node(exc.reason, f"node {node.name}: {exc}")
                 refused.add(node.name)
                 node = None
@@ -211,8 +212,6 @@ class _Run(TenantRun):
             return self.pool.node(location.found[0])
         if location.found:
             attempt = self._start(None)
-            if attempt is None:
-                return self._not_started()
             message = (
                 f"database {self.database} exists on nodes {', '.join(location.found)}; "
                 "adopt the right one (tenantctl adopt TENANT --node NODE)"
@@ -220,15 +219,12 @@ class _Run(TenantRun):
             return self._fail(attempt, Reason.NAME_TAKEN, message)
         if location.unanswered:
             attempt = self._start(None)
-            if attempt is None:
-                return self._not_started()
             name, why = self._listing_errors[0]
             # The listing's own error family decides: unreachable retries, unauthorized stops.
             error = type(why)(f"cannot tell where {self.database} is: node {name}: {why}")
             return self._after_error(attempt, None, error, created=None)
         # Confirmed absent on every server: nothing of it exists; it gets a new home.
-        store.update(self.conn, self.tenant_id, influxdb_adopt=None)
-        self.conn.commit()
+        self._write(influxdb_adopt=None)
         self.adoption = None
         return None
 
@@ -236,31 +232,37 @@ class _Run(TenantRun):
         row = store.load(self.conn, self.tenant_id)
         if row is None or row.influxdb_state == ProvisioningState.DEPROVISIONING:
             return Outcome(RunResult.SKIPPED, self.tenant_id, reason=None)
+        failed = row.influxdb_state == ProvisioningState.FAILED
+        if not (failed or absorbed(row, self.delivery) or self._again):
+            # Still this message's: an operator adopted a database, or the reconciler recorded
+            # where the database is, since the row was read. Start over from it, once.
+            logger.info("the tenant changed since it was read; starting over", extra=self.context)
+            again = _Run(
+                self.conn, row, self.pool, self.settings, self.delivery, self.clock, self.rng
+            )
+            again._again = True
+            return again.run()
         logger.info("the retry chain went to another message; absorbed", extra=self.context)
         return Outcome(RunResult.ABSORBED, self.tenant_id)
 
-    def _start(
-        self, node: NodeConfig | None, place: list[str] | None = None
-    ) -> AttemptRecord | None:
-        try:
-            attempt = AttemptRecord(
-                self.conn,
-                self.tenant_id,
-                number=self.attempts + 1,
-                node=node.name if node else None,
-                # Still this run's to start: an operator retry or the reconciler may have
-                # handed the tenant's chain to another message since the row was read.
-                chain=self.chain,
-                retry_chain=self.delivery.retry,
-                task_id=self.delivery.task_id,
-                create_sent_to=self.create_sent_to,
-                clock=self.clock,
-                secrets=self.secrets,
-                place=place,
-            )
-        except NotStarted:
-            return None
-        self.attempts, self.chain = attempt.number, None
+    def _start(self, node: NodeConfig | None, place: list[str] | None = None) -> AttemptRecord:
+        attempt = AttemptRecord(  # or raises NotStarted
+            self.conn,
+            self.tenant_id,
+            number=self.attempts + 1,
+            node=node.name if node else None,
+            # Still this run's to start: an operator retry or the reconciler may have handed
+            # the tenant's chain to another message since the row was read, or an operator
+            # adopted a database on a node of their choosing.
+            expect=self.as_read(),
+            retry_chain=self.delivery.retry,
+            task_id=self.delivery.task_id,
+            create_sent_to=self.create_sent_to,
+            clock=self.clock,
+            secrets=self.secrets,
+            place=place,
+        )
+        self.attempts, self.chain, self.node_name = attempt.number, None, attempt.node
         return attempt
 
     def _attempt(self, attempt: AttemptRecord, node: NodeConfig) -> Outcome:
@@ -360,8 +362,11 @@ class _Run(TenantRun):
         )
         now = self.clock()
         cleaned = store.clean_error(message, self.secrets())
-        failed = ProvisioningState.FAILED
-        if store.settle(self.conn, self.tenant_id, failed, reason, cleaned, now):
+        failed, expect = ProvisioningState.FAILED, self.as_read()
+        settled = store.settle(
+            self.conn, self.tenant_id, failed, reason, cleaned, now, expect=expect
+        )
+        if settled:
             log_attempt(
                 self.conn,
                 self.tenant_id,
@@ -373,7 +378,7 @@ class _Run(TenantRun):
                 node=self.row.influxdb_node,
                 task_id=self.delivery.task_id,
             )
-        self.conn.commit()
+        self._commit_or_stop(settled)
         logger.error("provisioning failed (%s): %s", reason, message, extra=self.context)
         return Outcome(RunResult.FAILED, self.tenant_id, self.attempts, reason)
 
@@ -381,20 +386,13 @@ class _Run(TenantRun):
         # Capacity is a state, not a retry loop: the reconciler places waiting tenants, oldest
         # first, when a server is added or a slot frees. The wait ends the episode.
         nodes = len(self.pool.nodes())
-        waiting = store.settle(
-            self.conn,
-            self.tenant_id,
+        self._settle(
             ProvisioningState.WAITING_FOR_CAPACITY,
             Reason.DATABASE_LIMIT,
             f"no InfluxDB node has room (all {nodes} at their limit)",
-            self.clock(),
             influxdb_node=None,
             influxdb_attempts=0,
             influxdb_create_sent_to=None,
-            expect={"influxdb_retry_chain": self.chain},  # not handed to another message since
         )
-        self.conn.commit()
-        if not waiting:
-            return self._not_started()
         logger.warning("no node has room; waiting for capacity", extra=self.context)
         return Outcome(RunResult.WAITING_FOR_CAPACITY, self.tenant_id, reason=Reason.DATABASE_LIMIT)

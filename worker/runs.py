@@ -7,6 +7,9 @@ every run obeys before it touches InfluxDB:
   (``tenants.influxdb_retry_chain``, "<task id>:<retries>"). Any other message for the tenant
   is absorbed while that retry is scheduled (:func:`absorbed`); an operator retry or the
   reconciler may *replace* the chain (:func:`new_chain`), never add a second one.
+
+Before and between its attempts, a run writes only if the row still holds the chain, node and
+adoption mode it read (:meth:`TenantRun.as_read`), so an operator's adoption is never undone.
 """
 
 from __future__ import annotations
@@ -23,14 +26,20 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 from sqlalchemy.engine import Row
 
+from worker import store
 from worker.db import advisory_lock
-from worker.states import Adoption, Reason, RunResult
+from worker.states import Adoption, ProvisioningState, Reason, RunResult
 
 if TYPE_CHECKING:  # only for annotations: nodes and settings need nothing from here
     from worker.nodes import NodePool
     from worker.settings import Settings
 
 _LOCK_NAMESPACE = b"tenant-provisioner:influxdb:"
+
+
+class NotStarted(Exception):
+    """Since the run read the row, the tenant went to ``deprovisioning``, its retry chain went
+    to another message or an operator adopted a database: the attempt is not this run's."""
 
 
 @dataclass(frozen=True)
@@ -135,10 +144,41 @@ class TenantRun:
         self.attempts: int = row.influxdb_attempts  # of this episode, so far
         self.create_sent_to: str | None = row.influxdb_create_sent_to
         self.chain: str | None = row.influxdb_retry_chain  # as read: an attempt start checks it
+        self.node_name: str | None = row.influxdb_node  # as read, then as this run wrote it
+
+    def as_read(self) -> dict[str, Any]:
+        """The guard of a run's write before its attempt ends: the chain, node and adoption as
+        this run last read or wrote them. An operator's retry or adoption since voids it."""
+        return {
+            "influxdb_retry_chain": self.chain,
+            "influxdb_node": self.node_name,
+            "influxdb_adopt": self.adoption,
+        }
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret to keep out of what this run stores or logs."""
         return self.settings.secrets() + self.pool.secrets()
+
+    def _write(self, **values: Any) -> None:
+        """Write ``values`` if the row is still as this run read it, else raise NotStarted."""
+        self._commit_or_stop(
+            store.update(self.conn, self.tenant_id, expect=self.as_read(), **values)
+        )
+
+    def _settle(
+        self, state: ProvisioningState, reason: Reason, message: str, **values: Any
+    ) -> None:
+        """End the run without an attempt (``store.settle``), guarded as :meth:`_write`."""
+        now, expect = self.clock(), self.as_read()
+        settled = store.settle(
+            self.conn, self.tenant_id, state, reason, message, now, expect=expect, **values
+        )
+        self._commit_or_stop(settled)
+
+    def _commit_or_stop(self, written: bool) -> None:
+        self.conn.commit()
+        if not written:
+            raise NotStarted(self.tenant_id)
 
 
 @contextmanager

@@ -313,7 +313,7 @@ def to_pending(
 
 def record_homes(conn: Connection, homes: Mapping[str, str]) -> list[str]:
     """Rows without a server: the server where their database was found (tenant -> node).
-    Only rows nobody holds (a worker holding one is locating it itself); returns those."""
+    Only rows no transaction holds (a run locating one meanwhile starts over); returns those."""
     if not homes:
         return []
     free = list(

@@ -388,6 +388,67 @@ def test_a_run_that_loses_its_chain_while_waiting_for_room_leaves_the_tenant_to_
     assert (row["influxdb_state"], row["influxdb_retry_chain"]) == ("pending", OTHER.message)
 
 
+ADOPT_BETAS_DATABASE = (  # what store.request_adoption writes
+    "UPDATE tenants SET influxdb_state = 'pending', influxdb_node = 'beta', "
+    "influxdb_adopt = 'any', influxdb_attempts = 0, influxdb_create_sent_to = NULL, "
+    "influxdb_retry_chain = NULL WHERE tenant_id = 'acme'",
+)
+
+
+def test_an_adoption_made_while_the_run_places_the_tenant_is_kept(db, world: World, database):
+    # Given a pending tenant without a server, every server's row held by another placer, and
+    # on beta a database of the tenant's name, with data, made by someone else
+    alpha = world.add("alpha")
+    beta = world.add("beta")
+    existing_database(beta, "acme", points=3, incarnation="someone-else")
+    insert(db, "acme")
+    with get_engine().connect() as conn:
+        sync_nodes(conn, world.pool().nodes(), force=True)
+        conn.commit()
+    # When the operator adopts beta's database while the run waits to place the tenant
+    holding = "SELECT 1 FROM influxdb_nodes FOR UPDATE"
+    outcome = provision_while_held(db, world, database, holding, ADOPT_BETAS_DATABASE)
+
+    # Then the run places nothing over the adoption: it starts over from the adopted row
+    assert outcome.result == RunResult.PROVISIONED
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_node"], row["influxdb_adopt"]) == ("beta", None)
+    assert alpha.create_calls() == 0
+    assert len(beta.rows("telemetry_acme", "telemetry")) == 3
+    placed = db.execute("SELECT name, placed FROM influxdb_nodes ORDER BY name").fetchall()
+    assert placed == [("alpha", 0), ("beta", 1)]
+
+
+def test_a_home_recorded_by_the_reconciler_while_the_run_locates_the_tenant_is_kept(
+    db, world: World
+):
+    # Given a row from before the worker whose retry this message owns, its database on
+    # alpha, and beta slow to answer the run's listing
+    alpha = world.add("alpha")
+    beta = world.add("beta")
+    existing_database(alpha, "acme", points=2)
+    insert(db, "acme", state="retrying", adopt="unmarked", retry_chain=MESSAGE.message)
+    beta.set_latency(1.0)
+    listing = ("GET", "/api/v3/configure/database")
+    # When the reconciler records alpha as its home while the run waits for beta's list
+    with ThreadPoolExecutor(1) as runner:
+        run = runner.submit(world.provision, "acme", MESSAGE)
+        deadline = time.monotonic() + 10
+        while not beta.request_count(*listing) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert beta.request_count(*listing), "the run never listed beta"
+        db.execute(  # what store.record_homes writes
+            "UPDATE tenants SET influxdb_node = 'alpha' "
+            "WHERE tenant_id = 'acme' AND influxdb_node IS NULL"
+        )
+        outcome = run.result(timeout=30)
+
+    # Then the run, still the owner of the tenant's chain, starts over from that row
+    assert outcome.result == RunResult.PROVISIONED
+    assert tenant_row(db, "acme")["influxdb_node"] == "alpha"
+    assert len(alpha.rows("telemetry_acme", "telemetry")) == 2
+
+
 def test_the_one_statement_start_tells_no_room_from_a_lost_chain(db, world: World):
     # Given a tenant whose chain another message owns, and a server with room
     world.add("alpha", limit=1)
