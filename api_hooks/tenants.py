@@ -30,6 +30,7 @@ from worker.clock import database_clock
 from worker.db import get_engine
 from worker.events import OperatorAction, Route
 from worker.nodes import shared_pool
+from worker.placement import lock_for_move
 from worker.queues import Job
 from worker.runs import new_chain, new_task_id
 from worker.settings import RETENTION_PERIOD, RETENTION_PERIOD_RULE, get_settings
@@ -215,7 +216,12 @@ def adopt_database(
         raise UnknownNode(f"node {node!r} is not in the node pool")
     with get_engine().begin() as conn:
         events.acting(conn, actor, route)
-        row = store.lock_for_request(conn, tenant_id)
+        # Moving its slot: the servers' rows before the tenant's, as a placer takes them.
+        row = (
+            lock_for_move(conn, tenant_id, node)
+            if node
+            else store.lock_for_request(conn, tenant_id)
+        )
         if row is None:
             raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
         if row.influxdb_state not in _ADOPTABLE_STATES:

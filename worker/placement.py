@@ -299,6 +299,33 @@ def lock_nodes(conn: Connection, names: Iterable[str]) -> None:
         ).all()
 
 
+def lock_for_move(conn: Connection, tenant_id: str, node: str) -> Row[Any] | None:
+    """The tenant's row locked in the caller's transaction (None: no such tenant), for a
+    write that moves its slot to ``node``. The slot trigger will take the rows of the servers
+    it leaves and goes to: a placer holds a server's row, then writes a tenant's; a worker
+    writes a tenant's row, then (the trigger) its server's. So the servers' rows are taken
+    first, then the tenant's only if nobody holds it; if somebody does, everything is let go
+    (a savepoint) while waiting for it. Where the tenant is, is read unlocked and checked once
+    locked. After a few rounds, the row is taken as it is (Postgres ends any cycle)."""
+    where = tenants.c.tenant_id == tenant_id
+    for _ in range(ROUNDS):
+        found = conn.execute(select(tenants.c.influxdb_node).where(where)).first()
+        if found is None:
+            return None
+        with conn.begin_nested() as taken:
+            lock_nodes(conn, [name for name in (node, found.influxdb_node) if name])
+            free = select(tenants).where(where).with_for_update(skip_locked=True)
+            row = conn.execute(free).first()
+            if row is not None and row.influxdb_node == found.influxdb_node:
+                return row  # the savepoint is released: its locks stay with the transaction
+            taken.rollback()
+        if row is None:  # held: wait until it is let go, holding nothing
+            with conn.begin_nested() as waited:
+                store.lock_for_request(conn, tenant_id)
+                waited.rollback()
+    return store.lock_for_request(conn, tenant_id)
+
+
 def record_observations(
     conn: Connection, seen: Sequence[tuple[NodeConfig, int]], now: datetime
 ) -> None:

@@ -4,12 +4,21 @@ over-fill a server. The reconciler repairs a count changed around the trigger.""
 
 from __future__ import annotations
 
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import psycopg
+import pytest
+
+from api_hooks import adopt_database
+from tests.conftest import tenant_row, wait_for
 from tests.fast.conftest import insert
+from worker import nodes
 from worker.db import get_engine
 from worker.node_config import NodeConfig
-from worker.placement import place_tenant, repair_counts, usage
+from worker.placement import place_tenant, repair_counts, sync_nodes, usage
 
 NODES = [NodeConfig(f"n{i}", f"http://n{i}", None, 20) for i in range(5)]
 
@@ -97,3 +106,66 @@ def test_eight_provisioning_runs_at_once_never_over_fill_a_server(db, world):
     assert counted(db) == real(db)
     for name in ("alpha", "beta"):
         assert len(world.servers[name].databases()) == 3
+
+
+PLACER = (  # a server's row, then a tenant's
+    "SELECT 1 FROM influxdb_nodes WHERE name = 'beta' FOR UPDATE",
+    "UPDATE tenants SET name = 'placed' WHERE tenant_id = 'acme'",
+)
+WORKER = (  # a tenant's row, then (the slot trigger) a server's
+    "UPDATE tenants SET name = 'placed' WHERE tenant_id = 'acme'",
+    "UPDATE influxdb_nodes SET placed = placed WHERE name = 'beta'",
+)
+
+
+@pytest.mark.parametrize("other", [PLACER, WORKER], ids=["placer", "worker"])
+def test_an_adoption_does_not_deadlock_with_a_placer_or_a_worker(
+    db, world, broker, monkeypatch, other
+):
+    # Given a pending tenant without a server, and another transaction that has taken the
+    # first of its two rows (a placer: beta's; a worker: the tenant's)
+    world.add("alpha")
+    world.add("beta")
+    monkeypatch.setattr(nodes, "_shared", world.pool())  # the hooks' pool is the world's
+    monkeypatch.setattr(nodes, "_shared_pid", os.getpid())
+    insert(db, "acme")
+    with get_engine().connect() as conn:
+        sync_nodes(conn, world.pool().nodes(), force=True)
+    holder = psycopg.connect(db.info.dsn)
+    holder.execute(other[0])
+
+    # When an operator adopts beta's database, moving the tenant's slot there, and the other
+    # transaction then takes its second row
+    outcome: dict[str, Any] = {}
+
+    def adopt() -> None:
+        try:
+            outcome["queued"] = adopt_database("acme", "beta")
+        except Exception as exc:  # a deadlock: Postgres aborted the adoption
+            outcome["adoption"] = exc
+
+    operator = threading.Thread(target=adopt)
+    operator.start()
+    wait_for(lambda: outcome or blocked_by(db, holder.info.backend_pid), what="the adoption")
+    try:
+        holder.execute(other[1])
+        holder.commit()
+    except Exception as exc:  # a deadlock: Postgres aborted the other transaction
+        outcome["other"] = exc
+    holder.close()
+    operator.join(timeout=20)
+
+    # Then neither was aborted: the adoption never held a server's row while it waited for
+    # the tenant's, nor the tenant's while it waited for a server's
+    assert outcome == {"queued": True}, outcome
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_node"], row["influxdb_adopt"], row["name"]) == ("beta", "any", "placed")
+    assert counted(db) == {"beta": 1}
+
+
+def blocked_by(db, pid: int) -> bool:
+    """Some session waits for a lock that session ``pid`` holds."""
+    row = db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
+    ).fetchone()
+    return bool(row and row[0])
