@@ -47,8 +47,8 @@ from worker.runs import (
     NotStarted,
     Outcome,
     TenantRun,
-    absorbed,
     next_backoff,
+    not_runnable,
     tenant_lock,
 )
 from worker.settings import Settings
@@ -77,18 +77,9 @@ def provision_tenant(
             logger.info("another run holds the tenant; nothing to do")
             return Outcome(RunResult.BUSY, tenant_id)
         row = store.load(conn, tenant_id)
-        if row is None:
-            logger.warning("tenant does not exist; nothing to do", extra={"tenant_id": tenant_id})
-            return Outcome(RunResult.NOT_FOUND, tenant_id)
-        if row.influxdb_state in (ProvisioningState.FAILED, ProvisioningState.DEPROVISIONING):
-            # A failed tenant waits for an operator retry or the reconciler's resume; one
-            # being deleted belongs to the deprovisioning task.
-            return Outcome(
-                RunResult.SKIPPED, tenant_id, reason=Reason.parse(row.influxdb_error_reason)
-            )
-        if absorbed(row, delivery):
-            logger.info("a retry is already scheduled by another message; absorbed")
-            return Outcome(RunResult.ABSORBED, tenant_id)
+        ended = not_runnable(row, tenant_id, delivery)
+        if ended is not None or row is None:
+            return ended or Outcome(RunResult.NOT_FOUND, tenant_id)
         clock = clock or database_clock(conn, row.read_at)
         return _Run(conn, row, pool, settings, delivery, clock, rng).run()
 
@@ -230,20 +221,18 @@ class _Run(TenantRun):
 
     def _not_started(self) -> Outcome:
         row = store.load(self.conn, self.tenant_id)
-        if row is None or row.influxdb_state == ProvisioningState.DEPROVISIONING:
-            return Outcome(RunResult.SKIPPED, self.tenant_id, reason=None)
-        failed = row.influxdb_state == ProvisioningState.FAILED
-        if not (failed or absorbed(row, self.delivery) or self._again):
-            # Still this message's: an operator adopted a database, or the reconciler recorded
-            # where the database is, since the row was read. Start over from it, once.
-            logger.info("the tenant changed since it was read; starting over", extra=self.context)
-            again = _Run(
-                self.conn, row, self.pool, self.settings, self.delivery, self.clock, self.rng
-            )
-            again._again = True
-            return again.run()
-        logger.info("the retry chain went to another message; absorbed", extra=self.context)
-        return Outcome(RunResult.ABSORBED, self.tenant_id)
+        ended = not_runnable(row, self.tenant_id, self.delivery)
+        if ended is not None or row is None:
+            return ended or Outcome(RunResult.NOT_FOUND, self.tenant_id)
+        if self._again:
+            logger.info("the tenant changed again; left to the reconciler", extra=self.context)
+            return Outcome(RunResult.ABSORBED, self.tenant_id)
+        # Still this message's: an operator adopted a database, or the reconciler recorded
+        # where the database is, since the row was read. Start over from it, once.
+        logger.info("the tenant changed since it was read; starting over", extra=self.context)
+        again = _Run(self.conn, row, self.pool, self.settings, self.delivery, self.clock, self.rng)
+        again._again = True
+        return again.run()
 
     def _start(self, node: NodeConfig | None, place: list[str] | None = None) -> AttemptRecord:
         attempt = AttemptRecord(  # or raises NotStarted

@@ -15,6 +15,7 @@ adoption mode it read (:meth:`TenantRun.as_read`), so an operator's adoption is 
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # only for annotations: nodes and settings need nothing from 
     from worker.settings import Settings
 
 _LOCK_NAMESPACE = b"tenant-provisioner:influxdb:"
+logger = logging.getLogger(__name__)
 
 
 class NotStarted(Exception):
@@ -79,6 +81,21 @@ def absorbed(row: Row[Any], delivery: Delivery) -> bool:
     """True when another message owns the tenant's scheduled retry: this one does nothing."""
     chain = row.influxdb_retry_chain
     return chain is not None and chain != delivery.message
+
+
+def not_runnable(row: Row[Any] | None, tenant_id: str, delivery: Delivery) -> Outcome | None:
+    """Why this provisioning message must not run the tenant as the row stands; None: it may."""
+    if row is None:
+        logger.warning("tenant does not exist; nothing to do", extra={"tenant_id": tenant_id})
+        return Outcome(RunResult.NOT_FOUND, tenant_id)
+    if row.influxdb_state in (ProvisioningState.FAILED, ProvisioningState.DEPROVISIONING):
+        # A failed tenant waits for an operator retry or the reconciler's resume; one
+        # being deleted belongs to the deprovisioning task.
+        return Outcome(RunResult.SKIPPED, tenant_id, reason=Reason.parse(row.influxdb_error_reason))
+    if absorbed(row, delivery):
+        logger.info("a retry is already scheduled by another message; absorbed")
+        return Outcome(RunResult.ABSORBED, tenant_id)
+    return None
 
 
 @dataclass(frozen=True)
