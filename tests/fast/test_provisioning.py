@@ -419,6 +419,29 @@ def test_an_adoption_made_while_the_run_places_the_tenant_is_kept(db, world: Wor
     assert placed == [("alpha", 0), ("beta", 1)]
 
 
+def test_an_adoption_made_while_the_run_waits_for_capacity_is_kept(db, world: World, database):
+    # Given a pending tenant, every server full, and on beta a database of the tenant's name,
+    # with data, made by someone else
+    alpha = world.add("alpha", limit=1)
+    beta = world.add("beta", limit=1)
+    existing_database(beta, "acme", points=2, incarnation="someone-else")
+    insert(db, "acme")
+    insert(db, "globex", state="provisioned", node="alpha")
+    insert(db, "initech", state="provisioned", node="beta")
+    with get_engine().connect() as conn:
+        sync_nodes(conn, world.pool().nodes(), force=True)
+    # When the operator adopts beta's database as the run, finding no room, writes its wait
+    holding = "SELECT 1 FROM tenants WHERE tenant_id = 'acme' FOR UPDATE"
+    outcome = provision_while_held(db, world, database, holding, ADOPT_BETAS_DATABASE)
+
+    # Then the run writes no wait over the adoption: it starts over from the adopted row
+    assert outcome.result == RunResult.PROVISIONED
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_state"], row["influxdb_node"]) == ("provisioned", "beta")
+    assert alpha.create_calls() == 0
+    assert len(beta.rows("telemetry_acme", "telemetry")) == 2
+
+
 def test_a_home_recorded_by_the_reconciler_while_the_run_locates_the_tenant_is_kept(
     db, world: World
 ):
