@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, bindparam, case, func, select, update
+from sqlalchemy import Connection, Select, bindparam, case, false, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
@@ -287,16 +287,19 @@ def slot_freed(conn: Connection, node: NodeConfig, now: datetime) -> list[str]:
 def lock_nodes(conn: Connection, names: Iterable[str]) -> None:
     """Lock these nodes' rows, in name order, in the caller's transaction: before a write that
     changes several nodes' counts (through the trigger), so that it takes them in the order
-    every other such write does. The caller must hold no tenant's row, and must not wait for
-    one while it holds these (see ``worker.reconcile``)."""
+    every other such write does. A node without a row yet (in the nodes file, not written
+    down by a worker yet) gets it now, in that order, as the trigger would write it. The
+    caller must hold no tenant's row, and must not wait for one while it holds these (see
+    ``worker.reconcile``)."""
     wanted = sorted(set(names))
     if wanted:
+        # One statement, rows taken in the VALUES' order; WHERE false: locked, not written.
+        upsert = pg_insert(influxdb_nodes).values([{"name": name} for name in wanted])
         conn.execute(
-            select(influxdb_nodes.c.name)
-            .where(influxdb_nodes.c.name.in_(wanted))
-            .order_by(influxdb_nodes.c.name)
-            .with_for_update()
-        ).all()
+            upsert.on_conflict_do_update(
+                index_elements=["name"], set_={"name": upsert.excluded.name}, where=false()
+            )
+        )
 
 
 def lock_for_move(conn: Connection, tenant_id: str, node: str) -> Row[Any] | None:
@@ -306,9 +309,10 @@ def lock_for_move(conn: Connection, tenant_id: str, node: str) -> Row[Any] | Non
     writes a tenant's row, then (the trigger) its server's. So the servers' rows are taken
     first, then the tenant's only if nobody holds it; if somebody does, everything is let go
     (a savepoint) while waiting for it. Where the tenant is, is read unlocked and checked once
-    locked. After a few rounds, the row is taken as it is (Postgres ends any cycle)."""
+    locked. After MOVE_ROUNDS rounds lost to writers of the tenant, the row is taken as it is:
+    then a placer holding a server's row at that moment would make Postgres end the cycle."""
     where = tenants.c.tenant_id == tenant_id
-    for _ in range(ROUNDS):
+    for _ in range(MOVE_ROUNDS):
         found = conn.execute(select(tenants.c.influxdb_node).where(where)).first()
         if found is None:
             return None
@@ -324,6 +328,9 @@ def lock_for_move(conn: Connection, tenant_id: str, node: str) -> Row[Any] | Non
                 store.lock_for_request(conn, tenant_id)
                 waited.rollback()
     return store.lock_for_request(conn, tenant_id)
+
+
+MOVE_ROUNDS = 10  # each lost only to a write of this tenant's row that committed meanwhile
 
 
 def record_observations(

@@ -108,52 +108,38 @@ def test_eight_provisioning_runs_at_once_never_over_fill_a_server(db, world):
         assert len(world.servers[name].databases()) == 3
 
 
-PLACER = (  # a server's row, then a tenant's
-    "SELECT 1 FROM influxdb_nodes WHERE name = 'beta' FOR UPDATE",
-    "UPDATE tenants SET name = 'placed' WHERE tenant_id = 'acme'",
-)
-WORKER = (  # a tenant's row, then (the slot trigger) a server's
-    "UPDATE tenants SET name = 'placed' WHERE tenant_id = 'acme'",
-    "UPDATE influxdb_nodes SET placed = placed WHERE name = 'beta'",
-)
+def placer(node: str) -> tuple[str, str]:  # a server's row, then a tenant's
+    return (
+        f"SELECT 1 FROM influxdb_nodes WHERE name = '{node}' FOR UPDATE",
+        "UPDATE tenants SET name = 'placed' WHERE tenant_id = 'acme'",
+    )
 
 
-@pytest.mark.parametrize("other", [PLACER, WORKER], ids=["placer", "worker"])
+def worker(node: str) -> tuple[str, str]:  # a tenant's row, then (the slot trigger) a server's
+    return (
+        "UPDATE tenants SET name = 'placed' WHERE tenant_id = 'acme'",
+        f"UPDATE influxdb_nodes SET placed = placed WHERE name = '{node}'",
+    )
+
+
+@pytest.mark.parametrize("other", [placer, worker])
+@pytest.mark.parametrize(
+    ("start", "held"), [(None, "beta"), ("alpha", "alpha")], ids=["unplaced", "moved"]
+)
 def test_an_adoption_does_not_deadlock_with_a_placer_or_a_worker(
-    db, world, broker, monkeypatch, other
+    db, world, broker, monkeypatch, other, start, held
 ):
-    # Given a pending tenant without a server, and another transaction that has taken the
-    # first of its two rows (a placer: beta's; a worker: the tenant's)
+    # Given a tenant without a server (or on alpha), and another transaction that has taken
+    # the first of its two rows (a placer: a server's; a worker: the tenant's)
     world.add("alpha")
     world.add("beta")
-    monkeypatch.setattr(nodes, "_shared", world.pool())  # the hooks' pool is the world's
-    monkeypatch.setattr(nodes, "_shared_pid", os.getpid())
-    insert(db, "acme")
+    insert(db, "acme", state="failed", node=start)
     with get_engine().connect() as conn:
         sync_nodes(conn, world.pool().nodes(), force=True)
-    holder = psycopg.connect(db.info.dsn)
-    holder.execute(other[0])
 
     # When an operator adopts beta's database, moving the tenant's slot there, and the other
     # transaction then takes its second row
-    outcome: dict[str, Any] = {}
-
-    def adopt() -> None:
-        try:
-            outcome["queued"] = adopt_database("acme", "beta")
-        except Exception as exc:  # a deadlock: Postgres aborted the adoption
-            outcome["adoption"] = exc
-
-    operator = threading.Thread(target=adopt)
-    operator.start()
-    wait_for(lambda: outcome or blocked_by(db, holder.info.backend_pid), what="the adoption")
-    try:
-        holder.execute(other[1])
-        holder.commit()
-    except Exception as exc:  # a deadlock: Postgres aborted the other transaction
-        outcome["other"] = exc
-    holder.close()
-    operator.join(timeout=20)
+    outcome = adopt_while_held(db, world, monkeypatch, "beta", *other(held))
 
     # Then neither was aborted: the adoption never held a server's row while it waited for
     # the tenant's, nor the tenant's while it waited for a server's
@@ -161,6 +147,59 @@ def test_an_adoption_does_not_deadlock_with_a_placer_or_a_worker(
     row = tenant_row(db, "acme")
     assert (row["influxdb_node"], row["influxdb_adopt"], row["name"]) == ("beta", "any", "placed")
     assert counted(db) == {"beta": 1}
+
+
+def test_an_adoption_onto_a_server_not_written_down_yet_does_not_deadlock_with_its_writer(
+    db, world, broker, monkeypatch
+):
+    # Given a tenant on beta, and alpha in the nodes file but without a row yet, which a
+    # worker is writing down (alpha's new row, then beta's: name order)
+    world.add("alpha")
+    world.add("beta")
+    insert(db, "acme", state="failed", node="beta")
+    writing = (
+        "INSERT INTO influxdb_nodes (name, database_limit, configured) VALUES ('alpha', 5, true)",
+        "UPDATE influxdb_nodes SET configured = true WHERE name = 'beta'",
+    )
+
+    # When an operator adopts alpha's database meanwhile
+    outcome = adopt_while_held(db, world, monkeypatch, "alpha", *writing)
+
+    # Then neither was aborted: the adoption took alpha's row, as new, before beta's
+    assert outcome == {"queued": True}, outcome
+    assert tenant_row(db, "acme")["influxdb_node"] == "alpha"
+    assert counted(db) == {"alpha": 1}
+
+
+def adopt_while_held(db, world, monkeypatch, node: str, first: str, then: str) -> dict[str, Any]:
+    """Adopt acme's database on ``node`` while another transaction, having run ``first``,
+    holds a row; once the adoption waits for it, that transaction runs ``then`` and commits.
+    What happened: ``queued`` (the adoption's answer) or the exception that aborted a side."""
+    monkeypatch.setattr(nodes, "_shared", world.pool())  # the hooks' pool is the world's
+    monkeypatch.setattr(nodes, "_shared_pid", os.getpid())
+    holder = psycopg.connect(db.info.dsn)
+    outcome: dict[str, Any] = {}
+
+    def adopt() -> None:
+        try:
+            outcome["queued"] = adopt_database("acme", node)
+        except Exception as exc:  # a deadlock: Postgres aborted the adoption
+            outcome["adoption"] = exc
+
+    operator = threading.Thread(target=adopt, daemon=True)
+    try:
+        holder.execute(first)
+        operator.start()
+        wait_for(lambda: outcome or blocked_by(db, holder.info.backend_pid), what="the adoption")
+        try:
+            holder.execute(then)
+            holder.commit()
+        except Exception as exc:  # a deadlock: Postgres aborted the other transaction
+            outcome["other"] = exc
+    finally:
+        holder.close()
+        operator.join(timeout=20)
+    return outcome
 
 
 def blocked_by(db, pid: int) -> bool:
