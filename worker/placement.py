@@ -177,22 +177,23 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
     global _synced  # noqa: PLW0603 - a per-process cache of what was written
     if (nodes is _synced or nodes == _synced) and not force:
         return
-    if nodes:
-        # In name order, as every write of several nodes' rows takes them (no deadlock).
-        ordered = sorted(nodes, key=lambda node: node.name)
-        rows = [{"name": n.name, "database_limit": n.database_limit} for n in ordered]
-        upsert = pg_insert(influxdb_nodes).values([{**row, "configured": True} for row in rows])
+    # One statement, every row it changes taken in name order, as every write of several
+    # nodes' rows takes them (no deadlock): the file's servers, and those that left it.
+    listed = {node.name for node in nodes}
+    left = conn.execute(
+        select(_NODE.name).where(_NODE.configured, _NODE.name.not_in(listed))
+    ).scalars()
+    rows = [{"name": n.name, "database_limit": n.database_limit, "configured": True} for n in nodes]
+    rows += [{"name": name, "database_limit": None, "configured": False} for name in left]
+    if rows:
+        upsert = pg_insert(influxdb_nodes).values(sorted(rows, key=lambda row: row["name"]))
+        limit = func.coalesce(upsert.excluded.database_limit, _NODE.database_limit)
         conn.execute(
             upsert.on_conflict_do_update(
                 index_elements=["name"],
-                set_={"configured": True, "database_limit": upsert.excluded.database_limit},
+                set_={"configured": upsert.excluded.configured, "database_limit": limit},
             )
         )
-    conn.execute(
-        update(influxdb_nodes)
-        .where(influxdb_nodes.c.configured, influxdb_nodes.c.name.not_in([n.name for n in nodes]))
-        .values(configured=False)
-    )
     conn.commit()
     _synced = nodes
 

@@ -171,6 +171,46 @@ def test_an_adoption_onto_a_server_not_written_down_yet_does_not_deadlock_with_i
     assert counted(db) == {"alpha": 1}
 
 
+def test_writing_down_the_nodes_file_takes_the_rows_in_name_order(db, world):
+    # Given alpha, which left the nodes file, and beta, in it; a transaction holding alpha's
+    # row that will then write beta's (as an adoption off alpha onto beta does)
+    world.add("beta")
+    db.execute(
+        "INSERT INTO influxdb_nodes (name, database_limit, configured) "
+        "VALUES ('alpha', 5, true), ('beta', 5, true)"
+    )
+    holder = psycopg.connect(db.info.dsn)
+    outcome: dict[str, Any] = {}
+
+    def write_down() -> None:
+        try:
+            with get_engine().connect() as conn:
+                sync_nodes(conn, world.pool().nodes(), force=True)
+            outcome["written"] = True
+        except Exception as exc:  # a deadlock: Postgres aborted the worker's write
+            outcome["worker"] = exc
+
+    writer = threading.Thread(target=write_down, daemon=True)
+    try:
+        holder.execute("SELECT 1 FROM influxdb_nodes WHERE name = 'alpha' FOR UPDATE")
+        # When a worker writes the nodes file down meanwhile, and the holder then writes beta
+        writer.start()
+        wait_for(lambda: outcome or blocked_by(db, holder.info.backend_pid), what="the write")
+        try:
+            holder.execute("UPDATE influxdb_nodes SET placed = placed WHERE name = 'beta'")
+            holder.commit()
+        except Exception as exc:  # a deadlock: Postgres aborted the holder
+            outcome["holder"] = exc
+    finally:
+        holder.close()
+        writer.join(timeout=20)
+
+    # Then neither was aborted: the worker took alpha's row (leaving) before beta's
+    assert outcome == {"written": True}, outcome
+    rows = db.execute("SELECT name, configured, database_limit FROM influxdb_nodes ORDER BY 1")
+    assert rows.fetchall() == [("alpha", False, 5), ("beta", True, 5)]
+
+
 def adopt_while_held(db, world, monkeypatch, node: str, first: str, then: str) -> dict[str, Any]:
     """Adopt acme's database on ``node`` while another transaction, having run ``first``,
     holds a row; once the adoption waits for it, that transaction runs ``then`` and commits.
