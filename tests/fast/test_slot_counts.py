@@ -171,6 +171,20 @@ def test_an_adoption_onto_a_server_not_written_down_yet_does_not_deadlock_with_i
     assert counted(db) == {"alpha": 1}
 
 
+def test_a_freed_slot_never_counts_below_zero(db):
+    # Given a tenant on alpha whose server's row was rebuilt with no slot counted (a restore
+    # emptied the table; the row was written again before the tenant's move)
+    insert(db, "acme", state="failed", node="alpha")
+    db.execute("UPDATE influxdb_nodes SET placed = 0 WHERE name = 'alpha'")
+
+    # When the tenant moves to beta
+    db.execute("UPDATE tenants SET influxdb_node = 'beta' WHERE tenant_id = 'acme'")
+
+    # Then alpha counts none, not -1 (which would let placement put one more there)
+    rows = db.execute("SELECT name, placed FROM influxdb_nodes ORDER BY 1").fetchall()
+    assert rows == [("alpha", 0), ("beta", 1)]
+
+
 def test_writing_down_the_nodes_file_takes_the_rows_in_name_order(db, world):
     # Given alpha, which left the nodes file, and beta, in it; a transaction holding alpha's
     # row that will then write beta's (as an adoption off alpha onto beta does)

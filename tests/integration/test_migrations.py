@@ -253,3 +253,23 @@ def test_the_webhooks_file_status_is_one_row_and_goes_with_its_migration(scratch
     with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('webhook_config')").fetchone() == (None,)
     alembic(scratch_database, "upgrade", "head")
+
+
+# -- 0017, the slot trigger in byte order, never below zero -------------------------------
+
+
+def test_the_slot_trigger_orders_servers_by_byte_and_goes_with_its_migration(scratch_database):
+    function = "SELECT pg_get_functiondef('tenants_count_slots'::regproc)"
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        body = conn.execute(function).fetchone()[0]
+        assert 'ORDER BY n COLLATE "C"' in body
+        assert "GREATEST(" in body
+
+    alembic(scratch_database, "downgrade", "0016")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        body = conn.execute(function).fetchone()[0]
+        assert 'COLLATE "C"' not in body
+        assert "GREATEST(" not in body
+        assert "ORDER BY n" in body
+    alembic(scratch_database, "upgrade", "head")
