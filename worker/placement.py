@@ -319,8 +319,7 @@ def lock_for_move(conn: Connection, tenant_id: str, node: str) -> Row[Any] | Non
             return None
         with conn.begin_nested() as taken:
             lock_nodes(conn, [name for name in (node, found.influxdb_node) if name])
-            free = select(tenants).where(where).with_for_update(skip_locked=True)
-            row = conn.execute(free).first()
+            row = store.lock_for_request(conn, tenant_id, skip=True)
             if row is not None and row.influxdb_node == found.influxdb_node:
                 return row  # the savepoint is released: its locks stay with the transaction
             taken.rollback()

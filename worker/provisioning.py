@@ -48,7 +48,7 @@ from worker.runs import (
     Outcome,
     TenantRun,
     next_backoff,
-    not_runnable,
+    runnable,
     tenant_lock,
 )
 from worker.settings import Settings
@@ -76,10 +76,9 @@ def provision_tenant(
             # message would only start a second chain.
             logger.info("another run holds the tenant; nothing to do")
             return Outcome(RunResult.BUSY, tenant_id)
-        row = store.load(conn, tenant_id)
-        ended = not_runnable(row, tenant_id, delivery)
-        if ended is not None or row is None:
-            return ended or Outcome(RunResult.NOT_FOUND, tenant_id)
+        row = runnable(store.load(conn, tenant_id), tenant_id, delivery)
+        if isinstance(row, Outcome):
+            return row
         clock = clock or database_clock(conn, row.read_at)
         return _Run(conn, row, pool, settings, delivery, clock, rng).run()
 
@@ -220,10 +219,9 @@ class _Run(TenantRun):
         return None
 
     def _not_started(self) -> Outcome:
-        row = store.load(self.conn, self.tenant_id)
-        ended = not_runnable(row, self.tenant_id, self.delivery)
-        if ended is not None or row is None:
-            return ended or Outcome(RunResult.NOT_FOUND, self.tenant_id)
+        row = runnable(store.load(self.conn, self.tenant_id), self.tenant_id, self.delivery)
+        if isinstance(row, Outcome):
+            return row
         if self._again:
             logger.info("the tenant changed again; left to the reconciler", extra=self.context)
             return Outcome(RunResult.ABSORBED, self.tenant_id)

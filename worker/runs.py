@@ -83,8 +83,8 @@ def absorbed(row: Row[Any], delivery: Delivery) -> bool:
     return chain is not None and chain != delivery.message
 
 
-def not_runnable(row: Row[Any] | None, tenant_id: str, delivery: Delivery) -> Outcome | None:
-    """Why this provisioning message must not run the tenant as the row stands; None: it may."""
+def runnable(row: Row[Any] | None, tenant_id: str, delivery: Delivery) -> Row[Any] | Outcome:
+    """The row, if this provisioning message may run the tenant as it stands; if not, why."""
     if row is None:
         logger.warning("tenant does not exist; nothing to do", extra={"tenant_id": tenant_id})
         return Outcome(RunResult.NOT_FOUND, tenant_id)
@@ -95,7 +95,7 @@ def not_runnable(row: Row[Any] | None, tenant_id: str, delivery: Delivery) -> Ou
     if absorbed(row, delivery):
         logger.info("a retry is already scheduled by another message; absorbed")
         return Outcome(RunResult.ABSORBED, tenant_id)
-    return None
+    return row
 
 
 @dataclass(frozen=True)

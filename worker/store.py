@@ -117,10 +117,10 @@ def mark_enqueued(
     )
 
 
-def lock_for_request(conn: Connection, tenant_id: str) -> Row[Any] | None:
-    """The row, locked until the caller's transaction ends (an operator request)."""
+def lock_for_request(conn: Connection, tenant_id: str, skip: bool = False) -> Row[Any] | None:
+    """The row, locked until the caller's transaction ends (``skip``: None if held elsewhere)."""
     return conn.execute(
-        select(tenants).where(_ROW.tenant_id == tenant_id).with_for_update()
+        select(tenants).where(_ROW.tenant_id == tenant_id).with_for_update(skip_locked=skip)
     ).first()
 
 

@@ -136,6 +136,14 @@ class Published(list[tuple[str, Job, str | None]]):
         return True
 
 
+def blocked_by(db: Any, pid: int) -> bool:
+    """Some session waits for a lock that session ``pid`` holds."""
+    row = db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def insert(db: Any, tenant_id: str, *, at: datetime = T0, **columns: Any) -> dict[str, Any]:
     """A tenants row with ``columns`` (influxdb_ prefix implied), as a test's Given. Its
     ``created_at`` and ``influxdb_updated_at`` are ``at`` (the injected clock's origin unless

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from tests.conftest import tenant_row, wait_for
-from tests.fast.conftest import T0, Published, World, insert
+from tests.fast.conftest import T0, Published, World, blocked_by, insert
 from worker.db import get_engine
 from worker.queues import Job
 from worker.reconcile import reconcile
@@ -129,11 +129,7 @@ class _Interleaving:
             self.outcome["run"] = exc
 
     def blocked_by(self, pid: int) -> bool:
-        """Some session waits for a lock that session ``pid`` holds."""
-        row = self.db.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
-        ).fetchone()
-        return bool(row and row[0])
+        return blocked_by(self.db, pid)
 
     def start(self) -> None:
         self.run.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from api_hooks import adopt_database
 from tests.conftest import tenant_row, wait_for
-from tests.fast.conftest import insert
+from tests.fast.conftest import blocked_by, insert
 from worker import nodes
 from worker.db import get_engine
 from worker.node_config import NodeConfig
@@ -193,31 +194,19 @@ def test_writing_down_the_nodes_file_takes_the_rows_in_name_order(db, world):
         "INSERT INTO influxdb_nodes (name, database_limit, configured) "
         "VALUES ('alpha', 5, true), ('beta', 5, true)"
     )
-    holder = psycopg.connect(db.info.dsn)
-    outcome: dict[str, Any] = {}
 
-    def write_down() -> None:
-        try:
-            with get_engine().connect() as conn:
-                sync_nodes(conn, world.pool().nodes(), force=True)
-            outcome["written"] = True
-        except Exception as exc:  # a deadlock: Postgres aborted the worker's write
-            outcome["worker"] = exc
+    def write_down() -> bool:
+        with get_engine().connect() as conn:
+            sync_nodes(conn, world.pool().nodes(), force=True)
+        return True
 
-    writer = threading.Thread(target=write_down, daemon=True)
-    try:
-        holder.execute("SELECT 1 FROM influxdb_nodes WHERE name = 'alpha' FOR UPDATE")
-        # When a worker writes the nodes file down meanwhile, and the holder then writes beta
-        writer.start()
-        wait_for(lambda: outcome or blocked_by(db, holder.info.backend_pid), what="the write")
-        try:
-            holder.execute("UPDATE influxdb_nodes SET placed = placed WHERE name = 'beta'")
-            holder.commit()
-        except Exception as exc:  # a deadlock: Postgres aborted the holder
-            outcome["holder"] = exc
-    finally:
-        holder.close()
-        writer.join(timeout=20)
+    # When a worker writes the nodes file down meanwhile, and the holder then writes beta
+    outcome = while_held(
+        db,
+        ("written", write_down),
+        "SELECT 1 FROM influxdb_nodes WHERE name = 'alpha' FOR UPDATE",
+        "UPDATE influxdb_nodes SET placed = placed WHERE name = 'beta'",
+    )
 
     # Then neither was aborted: the worker took alpha's row (leaving) before beta's
     assert outcome == {"written": True}, outcome
@@ -226,25 +215,33 @@ def test_writing_down_the_nodes_file_takes_the_rows_in_name_order(db, world):
 
 
 def adopt_while_held(db, world, monkeypatch, node: str, first: str, then: str) -> dict[str, Any]:
-    """Adopt acme's database on ``node`` while another transaction, having run ``first``,
-    holds a row; once the adoption waits for it, that transaction runs ``then`` and commits.
-    What happened: ``queued`` (the adoption's answer) or the exception that aborted a side."""
+    """Adopt acme's database on ``node`` while another transaction holds a row (see
+    :func:`while_held`); ``queued``: the adoption's answer."""
     monkeypatch.setattr(nodes, "_shared", world.pool())  # the hooks' pool is the world's
     monkeypatch.setattr(nodes, "_shared_pid", os.getpid())
+    return while_held(db, ("queued", lambda: adopt_database("acme", node)), first, then)
+
+
+def while_held(db, action: tuple[str, Callable[[], Any]], first: str, then: str) -> dict[str, Any]:
+    """Run ``action`` (a name, a call) in a thread while another transaction, having run
+    ``first``, holds a row; once the call waits for it, that transaction runs ``then`` and
+    commits. What happened: the call's answer under its name, or the exception that aborted
+    a side (a deadlock: ``action`` or ``other``)."""
+    name, call = action
     holder = psycopg.connect(db.info.dsn)
     outcome: dict[str, Any] = {}
 
-    def adopt() -> None:
+    def run() -> None:
         try:
-            outcome["queued"] = adopt_database("acme", node)
-        except Exception as exc:  # a deadlock: Postgres aborted the adoption
-            outcome["adoption"] = exc
+            outcome[name] = call()
+        except Exception as exc:  # a deadlock: Postgres aborted the call
+            outcome["action"] = exc
 
-    operator = threading.Thread(target=adopt, daemon=True)
+    runner = threading.Thread(target=run, daemon=True)
     try:
         holder.execute(first)
-        operator.start()
-        wait_for(lambda: outcome or blocked_by(db, holder.info.backend_pid), what="the adoption")
+        runner.start()
+        wait_for(lambda: outcome or blocked_by(db, holder.info.backend_pid), what=name)
         try:
             holder.execute(then)
             holder.commit()
@@ -252,13 +249,5 @@ def adopt_while_held(db, world, monkeypatch, node: str, first: str, then: str) -
             outcome["other"] = exc
     finally:
         holder.close()
-        operator.join(timeout=20)
+        runner.join(timeout=20)
     return outcome
-
-
-def blocked_by(db, pid: int) -> bool:
-    """Some session waits for a lock that session ``pid`` holds."""
-    row = db.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
-    ).fetchone()
-    return bool(row and row[0])
