@@ -4,6 +4,7 @@ every process it started on Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -47,14 +48,7 @@ def test_run_local_with_tokens_given_as_values(
         f'[{{"name": "local", "url": "http://127.0.0.1:{standin_port}", '
         f'"token_file": "{tmp_path / "run" / "influxdb_token"}"}}]'
     )
-    inherited = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CELERY_", "INFLUXDB_", "FLOWER_", "PROVISION_", "RECONCILE_"))
-        and not k.endswith(("_TOKEN", "_TOKEN_FILE"))
-        and not k.startswith("DATABASE_URL")
-    }
-    env = inherited | {
+    env = _inherited() | {
         "DATABASE_URL_FILE": str(database_file),
         "INFLUXDB_NODES_FILE": str(nodes_file),
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{own_redis['port']}/0",
@@ -68,24 +62,12 @@ def test_run_local_with_tokens_given_as_values(
         "WORKER_CONCURRENCY": "2",
     }
     log_path = tmp_path / "run-local.log"
-    with log_path.open("wb") as log:
-        job = subprocess.Popen(
-            ["bash", "scripts/run-local"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    job = _start(env, log_path)
     api = f"http://127.0.0.1:{api_port}"
     auth = {"Authorization": f"Bearer {operator_token}"}
     try:
         # When it is up and a tenant is created
-        def started() -> bool:
-            assert job.poll() is None, f"run-local exited:\n{log_path.read_text()[-3000:]}"
-            return "tenantctl in another shell" in log_path.read_text()
-
-        wait_for(started, 120, 0.5, "run-local's processes")
+        _wait_started(job, log_path)
         wait_for(lambda: _answers(f"{api}/healthz"), 60, 0.2, "the operator API")
         created = requests.post(
             f"{api}/operator/tenants", json={"tenant_id": "acme", "name": "Acme"}, headers=auth
@@ -113,16 +95,85 @@ def test_run_local_with_tokens_given_as_values(
         for secret in (operator_token, locations_token, flower_login[1]):
             assert secret not in printed
     finally:
-        # When the operator presses Ctrl-C (the script's own process only)
-        job.send_signal(signal.SIGINT)
-        try:
-            job.wait(timeout=60)
-        finally:
-            stopped = _group_gone(job.pid)
-            if not stopped:
-                os.killpg(job.pid, signal.SIGKILL)
-    # Then every process it started has stopped
-    assert stopped, log_path.read_text()[-3000:]
+        # When the operator presses Ctrl-C
+        exited, stopped = _interrupt(job)
+    # Then it exits, and every process it started has stopped
+    assert exited and stopped, log_path.read_text()[-3000:]
+
+
+def test_ctrl_c_kills_what_does_not_stop_in_time(
+    run_local_database: str, own_redis: dict[str, Any], tmp_path: Path
+) -> None:
+    # Given run-local up, with no time given for a warm shutdown (STOP_TIMEOUT=0)
+    env = _inherited() | {
+        "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{run_local_database}",
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{own_redis['port']}/0",
+        "API_PORT": str(free_port()),
+        "FLOWER_PORT": str(free_port()),
+        "STANDIN_PORT": str(free_port()),
+        "RUN_DIR": str(tmp_path / "run"),
+        "WORKER_CONCURRENCY": "2",
+        "STOP_TIMEOUT": "0",
+    }
+    log_path = tmp_path / "run-local.log"
+    job = _start(env, log_path)
+    try:
+        _wait_started(job, log_path)
+    finally:
+        # When the operator presses Ctrl-C
+        exited, stopped = _interrupt(job)
+    # Then it does not wait: it names what it kills, and every process it started is gone,
+    # the worker's pool children with it
+    printed = log_path.read_text()
+    assert exited and stopped, printed[-3000:]
+    assert "==> the worker (pid " in printed, printed[-3000:]
+    assert "did not stop within 0 s; killing it" in printed
+
+
+def _inherited() -> dict[str, str]:
+    """This environment without any of the job's own settings."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CELERY_", "INFLUXDB_", "FLOWER_", "PROVISION_", "RECONCILE_"))
+        and not k.endswith(("_TOKEN", "_TOKEN_FILE"))
+        and not k.startswith("DATABASE_URL")
+    }
+
+
+def _start(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            ["bash", "scripts/run-local"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_started(job: subprocess.Popen[bytes], log_path: Path) -> None:
+    def started() -> bool:
+        assert job.poll() is None, f"run-local exited:\n{log_path.read_text()[-3000:]}"
+        return "tenantctl in another shell" in log_path.read_text()
+
+    wait_for(started, 120, 0.5, "run-local's processes")
+
+
+def _interrupt(job: subprocess.Popen[bytes]) -> tuple[bool, bool]:
+    """Ctrl-C to the script's own process: whether it exited within a minute, and whether its
+    whole group is gone. Whatever is left is killed and the script reaped, so that nothing
+    outlives the test."""
+    job.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        job.wait(timeout=60)
+    exited = job.returncode is not None
+    stopped = _group_gone(job.pid)
+    if not stopped:
+        os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    return exited, stopped
 
 
 def _answers(url: str, expect: int = 200) -> bool:
