@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,10 +142,19 @@ def _inherited() -> dict[str, str]:
     }
 
 
+# As from a terminal: Ctrl-C's SIGINT at its default disposition. A shell ignores SIGINT in the
+# jobs it starts in the background, and a process inherits that; bash cannot trap a signal it was
+# started ignoring, so under a backgrounded test run the script would never see the Ctrl-C.
+AS_FROM_A_TERMINAL = (
+    "import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp('bash', ['bash', 'scripts/run-local'])"
+)
+
+
 def _start(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            ["bash", "scripts/run-local"],
+            [sys.executable, "-c", AS_FROM_A_TERMINAL],
             cwd=ROOT,
             env=env,
             stdout=log,
