@@ -442,6 +442,41 @@ def test_an_adoption_made_while_the_run_waits_for_capacity_is_kept(db, world: Wo
     assert len(beta.rows("telemetry_acme", "telemetry")) == 2
 
 
+DELETE_ACME = (  # what store.request_deletion writes
+    "UPDATE tenants SET influxdb_state = 'deprovisioning', influxdb_attempts = 0, "
+    "influxdb_retry_chain = NULL, influxdb_next_attempt_at = NULL WHERE tenant_id = 'acme'",
+)
+
+
+@pytest.mark.parametrize(
+    "holding",
+    [
+        pytest.param("SELECT 1 FROM influxdb_nodes FOR UPDATE", id="placing"),
+        pytest.param("SELECT 1 FROM tenants WHERE tenant_id = 'acme' FOR UPDATE", id="waiting"),
+    ],
+)
+def test_a_deletion_asked_while_the_run_places_or_waits_is_left_to_the_deletion(
+    db, world: World, database, holding: str
+):
+    # Given a pending tenant and every server full (its wait to be written) or held by a placer
+    alpha = world.add("alpha", limit=1)
+    insert(db, "acme")
+    insert(db, "globex", state="provisioned", node="alpha")
+    with get_engine().connect() as conn:
+        sync_nodes(conn, world.pool().nodes(), force=True)
+        conn.commit()
+    # When the operator deletes the tenant while the run waits for that row
+    outcome = provision_while_held(db, world, database, holding, DELETE_ACME)
+
+    # Then the run, reading the row again, skips it: nothing is placed, created or waited for
+    assert outcome.result == RunResult.SKIPPED
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_state"], row["influxdb_node"]) == ("deprovisioning", None)
+    assert row["influxdb_attempts"] == 0
+    assert alpha.create_calls() == 0
+    assert db.execute("SELECT placed FROM influxdb_nodes WHERE name = 'alpha'").fetchone() == (1,)
+
+
 def test_a_home_recorded_by_the_reconciler_while_the_run_locates_the_tenant_is_kept(
     db, world: World
 ):
