@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import requests
 
@@ -129,6 +130,28 @@ def test_ctrl_c_kills_what_does_not_stop_in_time(
     assert exited and stopped, printed[-3000:]
     assert "==> the worker (pid " in printed, printed[-3000:]
     assert "did not stop within 0 s; killing it" in printed
+
+
+def test_a_stop_timeout_that_is_not_a_number_stops_it_before_anything_starts(
+    run_local_database: str, tmp_path: Path
+) -> None:
+    # Given a STOP_TIMEOUT with a unit
+    env = _inherited() | {
+        "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{run_local_database}",
+        "RUN_DIR": str(tmp_path / "run"),
+        "STOP_TIMEOUT": "30s",
+    }
+    # When run-local starts
+    command = ["bash", "scripts/run-local"]
+    done = subprocess.run(
+        command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    # Then it says what is wrong and stops, having started and created nothing
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "STOP_TIMEOUT must be a whole number of seconds (got '30s')" in done.stderr
+    with psycopg.connect(databases.ADMIN_DSN) as admin:
+        found = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (run_local_database,))
+        assert found.fetchone() is None
 
 
 def _inherited() -> dict[str, str]:
