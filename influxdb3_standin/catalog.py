@@ -9,6 +9,7 @@ stand-in's lock.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -123,8 +124,8 @@ def _format_time(nanoseconds: int) -> str:
 class Catalog:
     """Active and soft-deleted databases of one server, and its database limit."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, clock: Callable[[], datetime]) -> None:
+        self.limit, self.clock = limit, clock
         self.databases: dict[str, Database] = {}
         self.deleted: dict[str, Database] = {}
 
@@ -148,7 +149,7 @@ class Catalog:
     def soft_delete(self, name: str) -> None:
         """Rename an active database to NAME-YYYYMMDDTHHMMSS; KeyError if there is none."""
         database = self.databases.pop(name)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        stamp = self.clock().astimezone(UTC).strftime("%Y%m%dT%H%M%S")
         deleted_name = f"{name}-{stamp}"
         suffix = 1
         while deleted_name in self.deleted:  # two deletes of one name within a second

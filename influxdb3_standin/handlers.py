@@ -191,9 +191,17 @@ class Api:
         format_name = request.params.get("format")
         if format_name is None:
             return text_error(400, "serde error: missing field `format`")
+        show_deleted = request.params.get("show_deleted", "false")
+        if show_deleted not in ("true", "false"):
+            return text_error(400, f"serde error: invalid value `{show_deleted}`, expected a bool")
         with self._lock:
-            names = self._catalog.listed_names()
-        return encode_rows([{"iox::database": name} for name in names], format_name)
+            active, deleted = self._catalog.listed_names(), sorted(self._catalog.deleted)
+        if show_deleted == "false":
+            rows: list[dict[str, object]] = [{"iox::database": name} for name in active]
+        else:  # a column more: active ones first, then the deleted ones, each by name
+            rows = [{"iox::database": name, "deleted": False} for name in active]
+            rows += [{"iox::database": name, "deleted": True} for name in deleted]
+        return encode_rows(rows, format_name)
 
     def _delete_database(self, request: Request) -> Response:
         name = request.params.get("db")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from types import TracebackType
 
 from influxdb3_standin import control
@@ -41,7 +43,9 @@ class StandIn:
         token: str | None = None,
         database_limit: int = 5,
         poll_interval: float = 0.05,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
+        """``clock``: the server's own, which stamps soft-deleted names (default: the host's)."""
         if database_limit < 0:
             raise ValueError("database_limit must be >= 0")
         self._host = host
@@ -59,7 +63,7 @@ class StandIn:
         self._outage = False
         self._outage_epoch = 0
 
-        self._catalog = Catalog(database_limit)
+        self._catalog = Catalog(database_limit, clock or (lambda: datetime.now(UTC)))
         self._counters = Counters()
         self._api = Api(self._lock, self._catalog, self._counters, token)
         self._faults = Faults(self._changed)

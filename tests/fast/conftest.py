@@ -76,7 +76,10 @@ class World:
     )
 
     def add(self, name: str, limit: int = 5) -> StandIn:
-        server = StandIn(token=INFLUX_TOKEN, database_limit=limit, poll_interval=STOP_POLL).start()
+        # The server's clock is the test's too: it stamps the names of soft-deleted databases.
+        server = StandIn(
+            token=INFLUX_TOKEN, database_limit=limit, poll_interval=STOP_POLL, clock=self.clock
+        ).start()
         self.servers[name] = server
         self.limits[name] = limit
         return server

@@ -105,6 +105,28 @@ def test_list_is_sorted_and_always_has_internal(standin: StandIn, client: reques
     ]
 
 
+def test_list_with_show_deleted_adds_a_deleted_column(
+    standin: StandIn, client: requests.Session
+) -> None:
+    # As InfluxDB 3's show_databases(include_deleted): active first, then deleted, by name
+    for name in ("telemetry_b", "telemetry_a"):
+        create(client, standin, name)
+    client.delete(f"{standin.url}{DATABASE_API}", params={"db": "telemetry_a"}, timeout=5)
+    url, params = f"{standin.url}{DATABASE_API}", {"format": "json", "show_deleted": "true"}
+
+    listed = client.get(url, params=params, timeout=5).json()
+
+    assert listed[:2] == [
+        {"iox::database": "_internal", "deleted": False},
+        {"iox::database": "telemetry_b", "deleted": False},
+    ]
+    assert len(listed) == 3 and listed[2]["deleted"] is True
+    assert re.fullmatch(r"telemetry_a-\d{8}T\d{6}", listed[2]["iox::database"])
+    shown = client.get(url, params={"format": "json", "show_deleted": "false"}, timeout=5)
+    assert [e["iox::database"] for e in shown.json()] == ["_internal", "telemetry_b"]
+    assert_text_error(client.get(url, params={**params, "show_deleted": "1"}, timeout=5), 400)
+
+
 def test_list_without_format_is_400_text(standin: StandIn, client: requests.Session) -> None:
     assert_text_error(client.get(f"{standin.url}{DATABASE_API}", timeout=5), 400)
 
