@@ -74,6 +74,15 @@ class Marker:
     tenant: str | None
     incarnation: str | None  # None: written by the inline code, before incarnations existed
 
+    @classmethod
+    def of_point(cls, row: Mapping[str, object]) -> Marker:
+        """The marker an ``_init`` row (as InfluxDB answers it, never trusted) holds."""
+        tenant, incarnation = row.get("tenant"), row.get("incarnation")
+        return cls(
+            tenant if isinstance(tenant, str) else None,
+            incarnation if isinstance(incarnation, str) and incarnation else None,
+        )
+
 
 def schema_markers(columns: Iterable[str]) -> list[Marker]:
     """The incarnations the marker table's columns name (no tenant: the schema has no values)."""

@@ -120,20 +120,27 @@ class InfluxDB3Client:
 
     def list_databases(self) -> list[str]:
         """Names of the active databases, ``_internal`` left out."""
-        response = self._send("GET", "/api/v3/configure/database", params={"format": "json"})
+        return self.list_all()[0]
+
+    def list_all(self) -> tuple[list[str], list[str]]:
+        """The active databases' names (``_internal`` left out), then the soft-deleted ones'
+        (``NAME-YYYYMMDDTHHMMSS``; none from a server that does not show them)."""
+        params = {"format": "json", "show_deleted": "true"}
+        response = self._send("GET", "/api/v3/configure/database", params=params)
         if response.status_code != 200:
             raise self._classify(response, "list databases")
         payload = self._json(response, "list databases")
         if not isinstance(payload, list):
             raise InfluxDBBadResponse("list databases: expected a JSON array")
-        names: list[str] = []
-        for entry in payload:
-            name = entry.get("iox::database") if isinstance(entry, dict) else None
-            if not isinstance(name, str):
-                raise InfluxDBBadResponse("list databases: entry without 'iox::database'")
+        listed: tuple[list[str], list[str]] = ([], [])
+        for item in payload:
+            entry = item if isinstance(item, dict) else {}
+            name, deleted = entry.get("iox::database"), entry.get("deleted", False)
+            if not isinstance(name, str) or not isinstance(deleted, bool):
+                raise InfluxDBBadResponse("list databases: an entry without a name or flag")
             if name != INTERNAL_DATABASE:
-                names.append(name)
-        return names
+                listed[int(deleted)].append(name)
+        return listed
 
     def write_marker(
         self, database: str, tenant_id: str, incarnation: str, timestamp_ns: int
@@ -170,15 +177,7 @@ class InfluxDB3Client:
             return None
         except _TableNotFound:
             return markers
-        for row in rows:
-            tenant, incarnation = row.get("tenant"), row.get("incarnation")
-            markers.append(
-                Marker(
-                    tenant if isinstance(tenant, str) else None,
-                    incarnation if isinstance(incarnation, str) and incarnation else None,
-                )
-            )
-        return markers
+        return markers + [Marker.of_point(row) for row in rows]
 
     def query(
         self,

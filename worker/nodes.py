@@ -106,10 +106,12 @@ _NEVER_READ = object()
 
 @dataclass(frozen=True)
 class Listing:
-    """One node's databases as one list call saw them; ``names`` is None when it failed."""
+    """One node's databases as one list call saw them; ``names`` is None when it failed.
+    ``deleted``: its soft-deleted ones (``NAME-YYYYMMDDTHHMMSS``, until their hard deletion)."""
 
     names: frozenset[str] | None
     error: ProvisioningError | None = None
+    deleted: frozenset[str] = frozenset()
 
 
 def list_everywhere(pool: NodePool, nodes: Sequence[NodeConfig]) -> dict[str, Listing]:
@@ -127,7 +129,8 @@ def list_as_answered(
 
     def list_one(node: NodeConfig) -> Listing:
         try:
-            return Listing(frozenset(pool.client(node).list_databases()))
+            names, deleted = pool.client(node).list_all()
+            return Listing(frozenset(names), deleted=frozenset(deleted))
         except ProvisioningError as exc:
             return Listing(None, exc)
 

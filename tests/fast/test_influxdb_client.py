@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -36,6 +37,25 @@ def test_ensure_database_creates_then_finds_it(client, influx):
     assert client.ensure_database("telemetry_a") is False
     assert client.list_databases() == ["telemetry_a"]
     assert influx.create_calls("telemetry_a") == 2
+
+
+def test_the_listing_tells_soft_deleted_databases_from_active_ones(client, influx):
+    # Given one database deleted, and a name made again after it
+    for name in ("telemetry_a", "telemetry_b"):
+        client.ensure_database(name)
+    client.delete_database("telemetry_b")
+    client.ensure_database("telemetry_b")
+    # Then the active names and the soft-deleted copy come apart; _internal is neither
+    active, deleted = client.list_all()
+    assert active == ["telemetry_a", "telemetry_b"] == client.list_databases()
+    assert len(deleted) == 1 and re.fullmatch(r"telemetry_b-\d{8}T\d{6}", deleted[0])
+
+
+def test_a_server_that_does_not_show_deleted_databases_lists_none(scripted):
+    # Given a server that ignores show_deleted (no `deleted` column): every name is active
+    scripted.answer(200, '[{"iox::database": "_internal"}, {"iox::database": "telemetry_a"}]')
+    assert InfluxDB3Client(scripted.url).list_all() == (["telemetry_a"], [])
+    assert "show_deleted=true" in scripted.requests[0][1]
 
 
 def test_limit_is_a_permanent_capacity_error_and_409_wins_over_it(client, influx):
@@ -102,6 +122,7 @@ def test_live_check_never_raises_and_is_bounded(client, influx):
         (200, "<html>proxy says hi</html>", TransientError, "bad_response"),
         (200, '{"not": "a list"}', TransientError, "bad_response"),
         (200, '[{"name": "x"}]', TransientError, "bad_response"),
+        (200, '[{"iox::database": "x", "deleted": "yes"}]', TransientError, "bad_response"),
         (502, "<html>Bad Gateway</html>", TransientError, "server_error"),
         (503, "", TransientError, "server_error"),
         (418, "I'm a teapot", PermanentError, "rejected"),
