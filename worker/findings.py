@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +39,7 @@ class Kind(enum.StrEnum):
     TAKE_OVER = "take_over"  # a scheduled retry is overdue: its message was lost
     STUCK = "stuck"  # an attempt outlived the task time limit: its worker died
     DRIFT = "drift"  # provisioned, and its database is gone from its server
+    REMADE = "remade"  # provisioned, and its database was deleted since and made again
     RECORD_HOME = "record_home"  # a row without a server: its database was found on one
     NEW_HOME = "new_home"  # a row from before the worker: confirmed absent everywhere
     AMBIGUOUS = "ambiguous"  # a row from before the worker: found on several servers
@@ -64,6 +65,9 @@ class View:
     grace: timedelta  # how long queued work may wait before its message counts as lost
     stuck_after: datetime  # an attempt updated before this has outlived the time limit
     listings: Mapping[str, Collection[str] | None]  # per configured server; None: no answer
+    # (server, database) -> when that server last soft-deleted a database of that name (the
+    # listing's NAME-YYYYMMDDTHHMMSS copies, InfluxDB's clock, UTC)
+    deletions: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
 
     @property
     def all_answered(self) -> bool:
@@ -133,4 +137,14 @@ def _verify(row: Any, database: str, view: View) -> Finding | None:
             return Finding(Kind.RECORD_HOME, location.found[0])
         return Finding(Kind.DRIFT) if location.absent else None
     seen = view.listings.get(node)
-    return Finding(Kind.DRIFT) if seen is not None and database not in seen else None
+    if seen is None:
+        return None
+    if database not in seen:
+        return Finding(Kind.DRIFT)
+    # Deleted behind our back after we provisioned it, and the name is back: a writer (InfluxDB
+    # creates a database on the first write) or a person made it again, without its marker.
+    # (Stamped to the second: a deletion in the second of the provisioning may be after it.)
+    deleted_at = view.deletions.get((node, database))
+    if deleted_at is not None and deleted_at + timedelta(seconds=1) > row.influxdb_provisioned_at:
+        return Finding(Kind.REMADE, node, deleted_at.isoformat())
+    return None

@@ -1,6 +1,7 @@
 """One reconcile run's listings, kept in Postgres so that the fleet is judged set-based.
 
-A healthy fleet is almost all ``provisioned`` rows whose database is on their server's list.
+A healthy fleet is almost all ``provisioned`` rows whose database is on their server's list
+(and was not soft-deleted there since it was provisioned: then it was made again).
 Judging them one by one in Python cost a second per 100,000 tenants and held every name in
 memory. Instead, each server's list is copied into a temporary table as it arrives (and
 dropped from memory), and one query keeps only the rows ``worker.findings.find`` could owe
@@ -14,10 +15,11 @@ The temporary tables live on the run's own connection and are dropped when it en
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -28,6 +30,7 @@ from worker.states import ProvisioningState
 logger = logging.getLogger(__name__)
 
 LISTED_TABLE = "reconcile_listed"
+_DELETED = "reconcile_deleted"
 _NODES = "reconcile_nodes"
 _OWED = "reconcile_owed"
 
@@ -48,11 +51,32 @@ _PASSED_OVER = f"""
                 t.influxdb_provisioned_at IS NULL
                 OR t.influxdb_provisioned_at >= :listed_at
                 OR NOT n.answered
-                OR own.node IS NOT NULL
+                OR (own.node IS NOT NULL AND NOT EXISTS (
+                    -- deleted there since it was provisioned, and made again: find() judges it
+                    SELECT FROM {_DELETED} d
+                    WHERE d.node = t.influxdb_node AND d.database = own.database
+                      AND d.deleted_at + interval '1 second' > t.influxdb_provisioned_at
+                ))
             )
         )
     )
 """
+# InfluxDB renames a soft-deleted database NAME-YYYYMMDDTHHMMSS (UTC, its own clock).
+# (NAME-YYYYMMDDTHHMMSS-ID when that name is taken: the same name deleted twice in a second).
+_SOFT_DELETED = re.compile(r"\A(.+)-([0-9]{8}T[0-9]{6})(?:-[0-9]+)?\Z")
+
+
+def soft_deleted(name: str) -> tuple[str, datetime | None]:
+    """The name a soft-deleted database had, and when it was deleted (None: not such a name)."""
+    found = _SOFT_DELETED.match(name)
+    if found is None:
+        return name, None
+    try:
+        return found[1], datetime.strptime(found[2], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    except ValueError:  # 20261399T...: not a time
+        return name, None
+
+
 # Hash joins over a million listed names want ~70 MB; with the default 4 MB they spill to disk.
 WORK_MEM = "128MB"
 
@@ -63,9 +87,11 @@ class RunListings:
     def __init__(self, conn: Connection, prefix: str) -> None:
         self._conn, self._prefix = conn, prefix
         self.answered: list[str] = []
+        # (server, database of the prefix) -> its latest soft-deletion there: few, kept here.
+        self.deletions: dict[tuple[str, str], datetime] = {}
 
     @contextmanager
-    def copying(self) -> Iterator[Callable[[str, Collection[str]], None]]:
+    def copying(self) -> Iterator[Callable[[str, Collection[str], Collection[str]], None]]:
         """A function that copies one server's list into the run's table, for as long as the
         block lasts: one COPY for every list (a COPY per server cost three round trips each),
         in the open transaction (a commit per server would cost a disk flush each)."""
@@ -74,7 +100,11 @@ class RunListings:
         cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         with cursor, cursor.copy(f"COPY {LISTED_TABLE} (node, database) FROM STDIN") as copy:
 
-            def add(node: str, names: Collection[str]) -> None:
+            def add(node: str, names: Collection[str], deleted: Collection[str] = ()) -> None:
+                for name, when in map(soft_deleted, deleted):
+                    if when is not None and name.startswith(self._prefix) and name.isprintable():
+                        key = (node, name)
+                        self.deletions[key] = max(when, self.deletions.get(key, when))
                 for name in names:
                     # Not ours, and not storable as text (NUL, lone surrogates from a broken
                     # server): a tenant's database name is printable.
@@ -92,6 +122,11 @@ class RunListings:
             self._conn.execute(
                 text(f"INSERT INTO {_NODES} VALUES (:node, :answered)"),  # noqa: S608 - constant
                 [{"node": node, "answered": node in answered} for node in configured],
+            )
+        if self.deletions:
+            self._conn.execute(
+                text(f"INSERT INTO {_DELETED} VALUES (:node, :database, :at)"),  # noqa: S608
+                [{"node": n, "database": d, "at": at} for (n, d), at in self.deletions.items()],
             )
         self._conn.execute(text(f"ANALYZE {LISTED_TABLE}, {_NODES}"))
         self._conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
@@ -157,6 +192,11 @@ def run_listings(conn: Connection, prefix: str) -> Iterator[RunListings]:
     conn.execute(text(f"CREATE TEMPORARY TABLE {_NODES} (node text PRIMARY KEY, answered bool)"))
     conn.execute(
         text(
+            f"CREATE TEMPORARY TABLE {_DELETED} (node text, database text, deleted_at timestamptz)"
+        )
+    )
+    conn.execute(
+        text(
             f"CREATE TEMPORARY TABLE {_OWED} (tenant_id text PRIMARY KEY, seen_on text[] NOT NULL)"
         )
     )
@@ -175,5 +215,5 @@ def run_listings(conn: Connection, prefix: str) -> Iterator[RunListings]:
 
 
 def _drop(conn: Connection) -> None:
-    conn.execute(text(f"DROP TABLE IF EXISTS {LISTED_TABLE}, {_NODES}, {_OWED}"))
+    conn.execute(text(f"DROP TABLE IF EXISTS {LISTED_TABLE}, {_NODES}, {_DELETED}, {_OWED}"))
     conn.commit()

@@ -5,16 +5,17 @@ someone deletes a database by hand. One run:
 
 1. takes a Postgres advisory lock (two beats by mistake: the second run is a no-op; a run that
    dies frees the lock with its connection);
-2. re-reads the node pool and lists each server's databases once - one InfluxDB call per
-   server, never one per tenant - recording what it saw (a server seen with room is no longer
-   "full"), and copies each list into a temporary table as it arrives (``worker.listings``);
-   from those lists it records the strays and orphans (``worker.strays``: reported, never
-   deleted);
+2. re-reads the node pool and lists each server's databases once, soft-deleted ones too - one
+   InfluxDB call per server, never one per tenant - recording what it saw (a server seen with
+   room is no longer "full"), and copies each list into a temporary table as it arrives
+   (``worker.listings``); from those lists it records the strays and orphans
+   (``worker.strays``: reported, never deleted);
 3. passes over, in one query, every row provably owed nothing (a provisioned tenant whose
-   database is on its server's list: nearly all of a healthy fleet), reads the rest in
-   keyset-paginated batches and asks ``worker.findings`` what each is owed;
-   state changes are guarded by the state they were found in (a worker may have moved on):
-   re-queue lost work, take over a lost retry chain, recover stuck attempts, repair drift,
+   database is on its server's list, not deleted there since: nearly all of a healthy fleet),
+   reads the rest in keyset-paginated batches and asks ``worker.findings`` what each is owed;
+   ``worker.repairs`` makes the changes, each guarded by the state it was found in (a worker
+   may have moved on): re-queue lost work, take over a lost retry chain, recover stuck
+   attempts, repair drift (a database gone, or deleted and made again by a write),
    locate rows from before the worker (adopt where found, new home where confirmed absent),
    resume tenants that failed for a transient reason once their server answers again;
 4. moves the oldest ``waiting_for_capacity`` tenants back to ``pending``, as many as the pool
@@ -37,16 +38,16 @@ from sqlalchemy import Connection, Engine, update
 from worker import events, locations, store
 from worker.clock import Clock, database_clock
 from worker.db import advisory_lock
-from worker.findings import COLUMNS, Finding, Kind, View, find
+from worker.findings import COLUMNS, View, find
 from worker.listings import run_listings
-from worker.models import reconcile_stats, tenants
+from worker.models import reconcile_stats
 from worker.nodes import NodeConfig, NodePool, list_as_answered
-from worker.placement import lock_nodes, record_observations, repair_counts, usage
+from worker.placement import record_observations, repair_counts, usage
 from worker.queues import Job
 from worker.redaction import redact
-from worker.runs import new_chain, new_task_id
+from worker.repairs import Owed, Repairs
 from worker.settings import Settings
-from worker.states import ProvisioningState, Reason
+from worker.states import ProvisioningState
 from worker.strays import record_strays
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ logger = logging.getLogger(__name__)
 RECONCILE_LOCK_KEY = 0x7465_6E61_6E74  # "tenant"
 
 Publish = Callable[[str, Job, str | None], bool]
-Owed = tuple[str, Job, str | None]  # tenant, job, the task id that owns its chain (or None)
 
 
 @dataclass
@@ -67,6 +67,7 @@ class ReconcileSummary:
     examined: int = 0  # the rows that query could not pass over, judged one by one
     requeued: int = 0
     drift: int = 0
+    remade: int = 0  # provisioned, then deleted behind our back and made again (by a write?)
     stuck: int = 0
     taken_over: int = 0  # retry chains whose message was lost, re-published once
     failed: int = 0  # tenants in the failed state
@@ -103,11 +104,7 @@ class ReconcileSummary:
 
     def line(self) -> str:
         """The one-line log form: every count that is not zero."""
-        counts = [
-            f"{k}={v}"
-            for k, v in self.as_dict().items()
-            if isinstance(v, int) and not isinstance(v, bool) and v
-        ]
+        counts = [f"{k}={v}" for k, v in self.as_dict().items() if type(v) is int and v]
         return " ".join(counts) or "nothing"
 
 
@@ -165,7 +162,7 @@ def _run(
                     error = listing.error
                     errors.append(f"{node.name}: {error.reason if error else '?'}: {error}")
                 else:
-                    copy_list(node.name, listing.names)
+                    copy_list(node.name, listing.names, listing.deleted)
                     observed.append((node, len(listing.names)))
         record_observations(conn, observed, clock())  # and commits the copied lists
         now, prefix = clock(), settings.influxdb_database_prefix
@@ -190,11 +187,12 @@ def _run(
                 grace=timedelta(seconds=settings.reconcile_requeue_after_seconds),
                 stuck_after=now - timedelta(seconds=settings.task_time_limit),
                 listings=seen.view_of(batch, configured),
+                deletions=seen.deletions,
             )
             findings = [
                 (row, find(row, settings.database_name(row.tenant_id), view)) for row in batch
             ]
-            owed = _Claims(conn, view, summary).apply(findings)
+            owed = Repairs(conn, view, summary).apply(findings)
             conn.commit()  # state changes are durable before any message goes out
             sender.send(conn, owed)
         # Before free slots are counted: a count that drifted would place too few or too many.
@@ -203,147 +201,6 @@ def _run(
         summary.unwaited = len(unwaited)
         sender.send(conn, [(tenant_id, Job.PROVISION, None) for tenant_id in unwaited])
     return summary
-
-
-class _Claims:
-    """Applies one batch's findings, each guarded by the state it was found in."""
-
-    def __init__(self, conn: Connection, view: View, summary: ReconcileSummary) -> None:
-        self.conn, self.view, self.summary = conn, view, summary
-        self.owed: list[Owed] = []
-
-    def apply(self, findings: list[tuple[Any, Finding | None]]) -> list[Owed]:
-        by_kind: dict[Kind, list[tuple[Any, Finding]]] = {}
-        for row, finding in findings:
-            if finding is not None:
-                by_kind.setdefault(finding.kind, []).append((row, finding))
-        for kind, items in by_kind.items():
-            rows = [row for row, _ in items]
-            getattr(self, f"_{kind.value}")(rows, [f for _, f in items])
-        return self.owed
-
-    def _provision(self, rows: list[Any], _: list[Finding]) -> None:
-        self.owed.extend((r.tenant_id, Job.PROVISION, None) for r in rows)
-
-    def _deprovision(self, rows: list[Any], _: list[Finding]) -> None:
-        self.owed.extend((r.tenant_id, Job.DEPROVISION, None) for r in rows)
-        self.summary.deprovisioning += len(rows)
-
-    def _take_over(self, rows: list[Any], _: list[Finding]) -> None:
-        # The scheduled retry's message is overdue: this run's message replaces it as the
-        # chain's owner, so the lost one - should it turn up late - is absorbed.
-        for row in rows:
-            task_id = new_task_id()
-            if store.take_over(self.conn, row, new_chain(task_id), self.view.now):
-                job = (
-                    Job.DEPROVISION
-                    if row.influxdb_state == ProvisioningState.DEPROVISIONING
-                    else Job.PROVISION
-                )
-                self.owed.append((row.tenant_id, job, task_id))
-                self.summary.taken_over += 1
-
-    def _stuck(self, rows: list[Any], _: list[Finding]) -> None:
-        moved = self._to_pending(
-            rows,
-            ProvisioningState.PROVISIONING,
-            tenants.c.influxdb_updated_at < self.view.stuck_after,
-            reason=Reason.WORKER_LOST,
-            message="attempt did not finish within the task time limit; re-queued",
-            new_episode=False,  # the killed attempt counts
-        )
-        self.summary.stuck += len(moved)
-
-    def _drift(self, rows: list[Any], _: list[Finding]) -> None:
-        moved = self._to_pending(
-            rows,
-            ProvisioningState.PROVISIONED,
-            tenants.c.influxdb_provisioned_at < self.view.listed_at,
-            reason=Reason.DRIFT,
-            message="database missing in InfluxDB; provisioning it again",
-            new_episode=True,
-        )
-        self.summary.drift += len(moved)
-
-    def _resume(self, rows: list[Any], findings: list[Finding]) -> None:
-        for row, finding in zip(rows, findings, strict=True):
-            where = f"node {finding.node}" if finding.node else "every node"
-            self.summary.resumed += len(
-                self._to_pending(
-                    [row],
-                    ProvisioningState.FAILED,
-                    tenants.c.influxdb_updated_at < self.view.listed_at,
-                    reason=Reason.parse(row.influxdb_error_reason) or Reason.UNREACHABLE,
-                    message=f"{where} answers again; resumed after: {row.influxdb_last_error}",
-                    new_episode=True,
-                )
-            )
-
-    def _stalled(self, rows: list[Any], _: list[Finding]) -> None:
-        self.summary.stalled += len(rows)
-
-    def _node_missing(self, rows: list[Any], _: list[Finding]) -> None:
-        self.summary.node_missing += len(rows)
-
-    def _unlocated(self, rows: list[Any], _: list[Finding]) -> None:
-        self.summary.unlocated += len(rows)
-
-    def _record_home(self, rows: list[Any], findings: list[Finding]) -> None:
-        # A transaction of its own, holding no tenant's row when it starts: it takes the nodes'
-        # rows (name order), then only the tenants' rows nobody holds. A worker writes a tenant's
-        # row, then its node's (the slot trigger); a placer locks a node's row, then writes a
-        # tenant's: waiting on a tenant while holding nodes would deadlock with either.
-        self.conn.commit()
-        homes = {r.tenant_id: f.node for r, f in zip(rows, findings, strict=True) if f.node}
-        lock_nodes(self.conn, homes.values())
-        adopted = set(store.record_homes(self.conn, homes))
-        self.conn.commit()
-        self.summary.adopted += len(adopted)
-        # Pending ones go on to provisioning there: a 409, the identity check, the marker.
-        # (A row held by a worker was skipped: that worker locates it, or the next run does.)
-        pending = [
-            r
-            for r in rows
-            if r.tenant_id in adopted and r.influxdb_state == ProvisioningState.PENDING
-        ]
-        self._provision(pending, [])
-
-    def _new_home(self, rows: list[Any], _: list[Finding]) -> None:
-        cleared = store.give_new_homes(self.conn, [r.tenant_id for r in rows], self.view.now)
-        self.owed.extend((tenant_id, Job.PROVISION, None) for tenant_id in cleared)
-        self.summary.new_home += len(cleared)
-
-    def _ambiguous(self, rows: list[Any], findings: list[Finding]) -> None:
-        for row, finding in zip(rows, findings, strict=True):
-            message = (
-                f"its database exists on nodes {finding.detail}; adopt the right one "
-                "(tenantctl adopt TENANT --node NODE)"
-            )
-            store.fail_unplaced(self.conn, row.tenant_id, Reason.NAME_TAKEN, message, self.view.now)
-        self.summary.ambiguous += len(rows)
-
-    def _to_pending(
-        self,
-        rows: list[Any],
-        expected: ProvisioningState,
-        still_true: Any,
-        *,
-        reason: Reason,
-        message: str,
-        new_episode: bool,
-    ) -> list[str]:
-        moved = store.to_pending(
-            self.conn,
-            [r.tenant_id for r in rows],
-            expected,
-            still_true,
-            reason=reason,
-            message=message,
-            new_episode=new_episode,
-            now=self.view.now,
-        )
-        self.owed.extend((tenant_id, Job.PROVISION, None) for tenant_id in moved)
-        return moved
 
 
 class _Sender:

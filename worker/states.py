@@ -104,7 +104,9 @@ class Adoption(enum.StrEnum):
     """
 
     # Rows that predate this worker (the UI's table at upgrade): their database was made by the
-    # inline code and has no incarnation in its marker. An unmarked one is theirs.
+    # inline code and has no incarnation in its marker. An unmarked one is theirs. Also set by
+    # the reconciler for a provisioned tenant whose database was deleted and made again since
+    # (by its writers: ``worker.repairs``).
     UNMARKED = "unmarked"
     # An operator said so (``adopt``): whatever database of that name is on the node is theirs.
     ANY = "any"

@@ -5,8 +5,7 @@ Each function is one intention (create, ask for a retry, start an attempt, take 
 tenant that is being deleted (the operator does not wait for the run's lock), the reconciler
 moves a row only from the state it found it in. Stored errors pass through :func:`clean_error`
 (secrets removed, no NUL, bounded); times come from the caller, on the database's clock
-(``worker.clock``). Nothing here commits unless its docstring says so: the caller owns the
-transaction.
+(``worker.clock``). Nothing here commits unless its docstring says so: the caller's to do.
 """
 
 from __future__ import annotations
@@ -279,12 +278,12 @@ def to_pending(
     message: str,
     new_episode: bool,
     now: datetime,
+    adopt: Adoption | None = None,
 ) -> list[str]:
-    """Move rows found in ``expected`` back to ``pending``; the ids that moved.
-
-    The state is re-checked under the row lock (skipping rows a worker holds): a worker may
-    have moved the tenant since it was read. ``new_episode`` restores the attempt budget.
-    """
+    """Move rows found in ``expected`` back to ``pending``; the ids that moved. The state is
+    re-checked under the row lock (skipping rows a worker holds): a worker may have moved the
+    tenant since it was read. ``new_episode`` restores the attempt budget; ``adopt``: which
+    database of its name the run may take (``worker.identity``)."""
     locked = list(
         conn.execute(
             select(_ROW.tenant_id)
@@ -305,6 +304,7 @@ def to_pending(
             influxdb_retry_chain=None,
             influxdb_updated_at=now,
             **({"influxdb_attempts": 0} if new_episode else {}),
+            **({"influxdb_adopt": adopt} if adopt else {}),
         )
         .returning(_ROW.tenant_id)
     ).scalars()

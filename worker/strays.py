@@ -35,7 +35,7 @@ class StrayKind(enum.StrEnum):
     ORPHAN = "orphan"  # a database of the tenant prefix whose tenant does not exist
 
 
-# InfluxDB renames a soft-deleted database NAME-YYYYMMDDTHHMMSS. The listing asks for active
+# InfluxDB renames a soft-deleted database NAME-YYYYMMDDTHHMMSS. The run's table holds active
 # databases only, but such a name of no tenant is a deletion's leftover, never an orphan.
 _SOFT_DELETED = "-[0-9]{8}T[0-9]{6}$"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -131,3 +132,25 @@ def test_a_row_from_before_the_worker_found_twice_is_ambiguous():
     finding = find(row(adopt="unmarked"), DB, view)
     assert finding is not None
     assert (finding.kind, finding.detail) == (Kind.AMBIGUOUS, "alpha, beta")
+
+
+@pytest.mark.parametrize(
+    ("deleted_at", "kind"),
+    [
+        # deleted there after it was provisioned, and the name listed again: made again
+        (JUST_NOW, Kind.REMADE),
+        # an earlier deletion of that name (a tenant of the same id before this one): nothing
+        (LONG_AGO - timedelta(seconds=1), None),
+    ],
+)
+def test_a_provisioned_database_deleted_since_and_listed_again_is_remade(deleted_at, kind):
+    view = replace(VIEW, deletions={("alpha", DB): deleted_at, ("beta", DB): T0})
+    given = row(state="provisioned", node="alpha", provisioned_at=LONG_AGO)
+    finding = find(given, DB, view)
+    if kind is None:
+        assert finding is None
+    else:
+        assert finding is not None and (finding.kind, finding.node) == (kind, "alpha")
+    # Gone from the list as well: drift, whatever the deletions say
+    drifted = find(given, DB, replace(view, listings={"alpha": set()}))
+    assert drifted is not None and drifted.kind is Kind.DRIFT

@@ -8,10 +8,13 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+import requests
 
-from tests.conftest import tenant_row, wait_for
+from influxdb3_standin import StandIn
+from tests.conftest import INFLUX_TOKEN, tenant_row, wait_for
 from tests.fast.conftest import T0, Published, World, blocked_by, insert
 from worker.db import get_engine
+from worker.influxdb import InfluxDB3Client
 from worker.queues import Job
 from worker.reconcile import reconcile
 
@@ -220,3 +223,63 @@ def test_a_run_adopting_onto_two_nodes_does_not_deadlock_with_a_placer(db, world
     assert scene.outcome["summary"]["adopted"] == 2
     assert tenant_row(db, "c-old")["influxdb_node"] == "beta"
     assert tenant_row(db, "b-old")["name"] == "placed"
+
+
+def write_points(server: StandIn, database: str, lines: str) -> None:
+    """A writer's points: InfluxDB creates the database on the first write to its name."""
+    written = requests.post(
+        f"{server.url}/api/v3/write_lp",
+        params={"db": database},
+        data=lines,
+        headers={"Authorization": f"Bearer {INFLUX_TOKEN}"},
+        timeout=5,
+    )
+    assert written.status_code == 204, written.text
+
+
+def test_a_database_deleted_behind_our_back_and_made_again_by_a_write_is_taken_back(
+    db, world: World
+):
+    # Given a provisioned tenant on alpha, a later tenant whose database an earlier tenant of
+    # its id left soft-deleted there, and a tenant whose database a person made again with
+    # another tenant's marker in it
+    alpha = world.add("alpha")
+    alpha.create_database("telemetry_later")
+    alpha.delete_database("telemetry_later")  # stamped T0, by the server's clock
+    world.clock.advance(1)
+    for tenant_id in ("acme", "later", "stolen"):
+        insert(db, tenant_id, at=world.clock())
+        assert world.provision(tenant_id).result == "provisioned"
+    # When someone deletes two of them an hour later, and a writer's point makes acme's again
+    world.clock.advance(3600)
+    for tenant_id in ("acme", "stolen"):
+        alpha.delete_database(f"telemetry_{tenant_id}")
+    write_points(alpha, "telemetry_acme", "telemetry,device=d1 v=1i")
+    write_points(alpha, "telemetry_stolen", '_init,tenant=other incarnation="someone-else"')
+    world.clock.advance(60)
+    published, summary = run(world)
+
+    # Then both are provisioned again, the way the identity rule says
+    assert summary["remade"] == 2 and summary["drift"] == 0
+    assert sorted(t for t, _, _ in published) == ["acme", "stolen"]
+    acme = tenant_row(db, "acme")
+    assert (acme["influxdb_state"], acme["influxdb_adopt"]) == ("pending", "unmarked")
+    assert "deleted on node alpha at " in acme["influxdb_last_error"]
+    assert world.provision("acme").result == "provisioned"
+    assert world.provision("stolen").result == "failed"
+    # acme's database is taken back with the writer's point, and marked again: the platform's
+    # `SELECT * FROM _init` finds the marker
+    client = InfluxDB3Client(alpha.url, INFLUX_TOKEN)
+    markers = client.read_markers("telemetry_acme")
+    assert markers is not None
+    assert str(tenant_row(db, "acme")["influxdb_incarnation"]) in {m.incarnation for m in markers}
+    assert client.count_rows("telemetry_acme", "telemetry") == 1
+    # the one holding another tenant's marker is never handed over; the later tenant is untouched
+    stolen = tenant_row(db, "stolen")
+    assert (stolen["influxdb_state"], stolen["influxdb_error_reason"]) == ("failed", "name_taken")
+    assert tenant_row(db, "later")["influxdb_state"] == "provisioned"
+    # and the next run finds nothing more to do
+    world.clock.advance(60)
+    published, summary = run(world)
+    assert (published, summary["remade"], summary["drift"]) == ([], 0, 0)
+    client.close()

@@ -10,8 +10,10 @@ import sys
 import time
 
 import psycopg
+import requests
 
 from tests.conftest import (
+    INFLUX_TOKEN,
     ROOT,
     TEST_ENV,
     concurrent_reconciles,
@@ -71,6 +73,50 @@ def test_drift_is_repaired_within_one_interval_and_counted(api, db, influx, work
     assert f"tenant_provisioner_reconcile_drift_total {drift_before + 1}.0" in metrics
     row = tenant_row(db, tenant_id)
     assert row["influxdb_attempts"] == 1  # the repair is a new effort, with all its attempts
+
+
+def test_a_database_deleted_and_made_again_by_a_write_is_marked_again(
+    api, db, influx, worker_process
+):
+    # Given a provisioned tenant
+    tenant_id = new_tenant_id()
+    api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "Remade"})
+    wait_for_state(db, tenant_id, "provisioned")
+    database, auth = f"telemetry_{tenant_id}", {"Authorization": f"Bearer {INFLUX_TOKEN}"}
+
+    # When someone deletes its database, and its writer's next point makes it again, unmarked
+    influx.delete_database(database)
+    written = requests.post(
+        f"{influx.url}/api/v3/write_lp",
+        params={"db": database},
+        data="telemetry,device=d1 v=1i",
+        headers=auth,
+        timeout=5,
+    )
+    assert written.status_code == 204, written.text
+    assert influx.rows(database, "_init") == []
+
+    # Then a reconcile run finds it, and the worker takes it back and marks it again
+    summary = json.loads(cli("--json", "reconcile").stdout)
+    assert (summary["remade"], summary["drift"]) == (1, 0)
+    wait_for_state(db, tenant_id, "provisioned")
+    incarnation = str(tenant_row(db, tenant_id)["influxdb_incarnation"])
+    # the platform's verification query finds the marker, and the writer's point is kept
+    init = requests.get(
+        f"{influx.url}/api/v3/query_sql",
+        params={"db": database, "q": "SELECT * FROM _init LIMIT 1", "format": "json"},
+        headers=auth,
+        timeout=5,
+    )
+    assert init.status_code == 200 and init.json()[0]["incarnation"] == incarnation
+    assert len(influx.rows(database, "telemetry")) == 1
+    # and the operator can see what happened in the tenant's events
+    found = db.execute(
+        "SELECT data FROM tenant_events WHERE tenant_id = %s AND type = 'tenant.drift_found'",
+        (tenant_id,),
+    ).fetchall()
+    assert len(found) == 1
+    assert found[0][0]["adopt"] == "unmarked" and "made again" in found[0][0]["error"]
 
 
 def test_flushed_broker_loses_no_tenant(api, db, influx, broker, custom_worker, beat):
