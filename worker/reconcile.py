@@ -45,7 +45,7 @@ from worker.nodes import NodeConfig, NodePool, list_as_answered
 from worker.placement import record_observations, repair_counts, usage
 from worker.queues import Job
 from worker.redaction import redact
-from worker.repairs import Owed, Repairs
+from worker.repairs import Owed, Repaired, Repairs
 from worker.settings import Settings
 from worker.states import ProvisioningState
 from worker.strays import record_strays
@@ -59,28 +59,16 @@ Publish = Callable[[str, Job, str | None], bool]
 
 
 @dataclass
-class ReconcileSummary:
-    """What one reconcile run saw and did."""
+class ReconcileSummary(Repaired):
+    """What one reconcile run saw and did (the repairs' counts first)."""
 
     ran: bool = True  # False when another run held the lock
     scanned: int = 0  # every row, judged by one set-based query
     examined: int = 0  # the rows that query could not pass over, judged one by one
     requeued: int = 0
-    drift: int = 0
-    remade: int = 0  # provisioned, then deleted behind our back and made again (by a write?)
-    stuck: int = 0
-    taken_over: int = 0  # retry chains whose message was lost, re-published once
     failed: int = 0  # tenants in the failed state
-    stalled: int = 0  # failed for a transient reason; resume when their server answers
-    resumed: int = 0  # stalled tenants whose server answered again: a fresh episode
     waiting: int = 0  # tenants waiting for capacity at the start of the run
     unwaited: int = 0  # waiting tenants sent back to provisioning (room appeared)
-    deprovisioning: int = 0  # interrupted deletions queued again
-    adopted: int = 0  # rows without a server matched to the server holding their database
-    new_home: int = 0  # rows from before the worker, confirmed absent everywhere
-    unlocated: int = 0  # rows from before the worker, a server silent: they wait
-    ambiguous: int = 0  # rows from before the worker found on several servers: name_taken
-    node_missing: int = 0  # tenants whose server left the nodes file
     not_queued: int = 0  # owed work the broker did not take this time
     counts_repaired: int = 0  # nodes whose slot count differed from the real one
     strays: int = 0  # tenants' databases off their home, on the servers that answered

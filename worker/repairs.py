@@ -9,7 +9,8 @@ is returned, to be published after the batch's transaction commits (``worker.rec
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -21,18 +22,33 @@ from worker.queues import Job
 from worker.runs import new_chain, new_task_id
 from worker.states import Adoption, ProvisioningState, Reason
 
-if TYPE_CHECKING:  # the summary belongs to the run, which imports this module
-    from worker.reconcile import ReconcileSummary
-
 logger = logging.getLogger(__name__)
 
 Owed = tuple[str, Job, str | None]  # tenant, job, the task id that owns its chain (or None)
 
 
+@dataclass
+class Repaired:
+    """What a run's repairs did, by kind (counted into its ``ReconcileSummary``)."""
+
+    drift: int = 0
+    remade: int = 0  # provisioned, then deleted behind our back and made again (by a write?)
+    stuck: int = 0
+    taken_over: int = 0  # retry chains whose message was lost, re-published once
+    stalled: int = 0  # failed for a transient reason; resume when their server answers
+    resumed: int = 0  # stalled tenants whose server answered again: a fresh episode
+    deprovisioning: int = 0  # interrupted deletions queued again
+    adopted: int = 0  # rows without a server matched to the server holding their database
+    new_home: int = 0  # rows from before the worker, confirmed absent everywhere
+    unlocated: int = 0  # rows from before the worker, a server silent: they wait
+    ambiguous: int = 0  # rows from before the worker found on several servers: name_taken
+    node_missing: int = 0  # tenants whose server left the nodes file
+
+
 class Repairs:
     """Applies one batch's findings, each guarded by the state it was found in."""
 
-    def __init__(self, conn: Connection, view: View, summary: ReconcileSummary) -> None:
+    def __init__(self, conn: Connection, view: View, summary: Repaired) -> None:
         self.conn, self.view, self.summary = conn, view, summary
         self.owed: list[Owed] = []
 
