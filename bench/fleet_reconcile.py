@@ -3,7 +3,8 @@ servers - set-based, with one list call per server and memory that does not grow
 
 Tenants are inserted with ``generate_series`` as ``provisioned`` an hour ago, round robin over
 the servers (the slot-count trigger off during the bulk insert, the counts then filled in one
-statement, as migration 0007 does). Each server is a stand-in holding its tenants' databases;
+statement, as migration 0007 does). Each server is a stand-in holding its tenants' databases,
+and the soft-deleted copy of a deprovisioned tenant's (churn: read, and judged for nobody);
 the stand-ins live in a child process, so their answering costs the measured process nothing
 but the HTTP round trips, as real servers would. The run is ``worker.reconcile.reconcile``
 with a publish function that only counts: a healthy fleet owes nothing.
@@ -164,6 +165,11 @@ def _host_standins(pipe: Connection, token: str, servers: int, per_server: int) 
     ]
     for g in range(servers * per_server):
         standins[g % servers].create_database(f"{prefix}fl-{g:07d}")
+    # And churn: each server holds the soft-deleted copy of a deprovisioned tenant's database
+    # (listed with show_deleted=true, for 72 h): the run reads them all, and judges none.
+    for i, standin in enumerate(standins):
+        standin.create_database(f"{prefix}gone-{i:04d}")
+        standin.delete_database(f"{prefix}gone-{i:04d}")
     pipe.send([s.url for s in standins])
     while (command := pipe.recv()) != "stop":
         assert command == "count"

@@ -232,7 +232,8 @@ def _store(engine: Engine, summary: ReconcileSummary, started_at: datetime) -> N
             .values(
                 runs_total=reconcile_stats.c.runs_total + 1,
                 requeued_total=reconcile_stats.c.requeued_total + summary.requeued,
-                drift_total=reconcile_stats.c.drift_total + summary.drift,
+                # (a database made again is drift too: /metrics and its alert count both)
+                drift_total=reconcile_stats.c.drift_total + summary.drift + summary.remade,
                 stuck_total=reconcile_stats.c.stuck_total + summary.stuck,
                 last_started_at=started_at,
                 last_duration_seconds=summary.duration_seconds,

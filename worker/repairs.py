@@ -100,22 +100,33 @@ class Repairs:
 
     def _remade(self, rows: list[Any], findings: list[Finding]) -> None:
         # Deleted behind our back after it was provisioned, and its name is back: a writer
-        # (InfluxDB creates a database on the first write) or a person made it again, without
-        # the marker. The run takes it back if it is unmarked - its writers' points since the
-        # deletion - and writes the marker; marked for anyone else, it stops name_taken.
+        # (InfluxDB creates a database on the first write) or a person made it again.
         for row, finding in zip(rows, findings, strict=True):
             message = (
                 f"database deleted on node {finding.node} at {finding.detail}, after it was "
                 "provisioned, and made again (by a write?); taking it back if it has no marker"
             )
-            if self._provision_again([row], message, Adoption.UNMARKED):
+            if self._provision_again([row], message):
                 logger.warning("tenant %s: %s", row.tenant_id, message)
                 self.summary.remade += 1
 
-    def _provision_again(
-        self, rows: list[Any], message: str, adopt: Adoption | None = None
-    ) -> list[str]:
-        """Provisioned rows (still so, and since before the listing) back to pending."""
+    def _provision_again(self, rows: list[Any], message: str) -> list[str]:
+        """Provisioned rows (still so, and since before the listing) whose database is gone
+        from their server, or was made again there, back to pending. The run takes back a
+        database of their name that holds no marker (``Adoption.UNMARKED``): it was made
+        since, on their own server - by their writers, whose points it holds, not by an
+        earlier tenant of the id (that one's deletion finished before this row existed). A
+        database marked for anyone else stops name_taken (``worker.identity``)."""
+        homed = [r for r in rows if r.influxdb_node is not None]  # before the pool: as ever
+        homeless = [r for r in rows if r.influxdb_node is None]
+        return [
+            *self._to_pending_again(homed, message, Adoption.UNMARKED),
+            *self._to_pending_again(homeless, message, None),
+        ]
+
+    def _to_pending_again(self, rows: list[Any], message: str, adopt: Adoption | None) -> list[str]:
+        if not rows:
+            return []
         return self._to_pending(
             rows,
             ProvisioningState.PROVISIONED,

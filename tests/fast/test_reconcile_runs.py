@@ -283,3 +283,31 @@ def test_a_database_deleted_behind_our_back_and_made_again_by_a_write_is_taken_b
     published, summary = run(world)
     assert (published, summary["remade"], summary["drift"]) == ([], 0, 0)
     client.close()
+
+
+def test_a_writer_that_makes_the_database_again_after_drift_was_found_does_not_fail_it(
+    db, world: World
+):
+    # Given a provisioned tenant whose database is deleted behind our back, and a run that
+    # finds it gone before any writer makes it again
+    alpha = world.add("alpha")
+    insert(db, "acme")
+    assert world.provision("acme").result == "provisioned"
+    world.clock.advance(3600)
+    alpha.delete_database("telemetry_acme")
+    world.clock.advance(60)
+    _, summary = run(world)
+    assert (summary["drift"], tenant_row(db, "acme")["influxdb_adopt"]) == (1, "unmarked")
+
+    # When a writer's point makes it again before the worker's run
+    write_points(alpha, "telemetry_acme", "telemetry,device=d1 v=1i")
+
+    # Then the run takes it back (the 409 is no stranger's database) and marks it
+    assert world.provision("acme").result == "provisioned"
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_state"], row["influxdb_adopt"]) == ("provisioned", None)
+    client = InfluxDB3Client(alpha.url, INFLUX_TOKEN)
+    markers = client.read_markers("telemetry_acme") or []
+    assert str(row["influxdb_incarnation"]) in {m.incarnation for m in markers}
+    assert client.count_rows("telemetry_acme", "telemetry") == 1
+    client.close()
