@@ -4,7 +4,9 @@ InfluxDB 3 Core cannot be installed on our test machines, so the test suite and 
 this small in-memory HTTP server instead. It follows the contract written down in
 ``../shared/influxdb3-api.md`` (status codes and bodies, including the mix of plain-text and JSON
 error bodies sent without a ``Content-Type``), and nothing more: a handful of SQL shapes, a simple
-line-protocol parser, no persistence. Production and ``docker-compose.yml`` use the real
+line-protocol parser, no persistence. Where the contract is silent, it follows InfluxDB 3's
+source (v3.10.1): the listing with ``show_deleted=true`` adds a boolean ``deleted`` column
+(``influxdb3_query_executor``'s ``show_databases``), active databases first. Production and ``docker-compose.yml`` use the real
 ``influxdb:3-core`` image.
 
 On top of the API it offers switches that real servers only show on bad days (latency, 5xx,
