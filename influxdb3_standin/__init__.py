@@ -6,8 +6,8 @@ this small in-memory HTTP server instead. It follows the contract written down i
 error bodies sent without a ``Content-Type``), and nothing more: a handful of SQL shapes, a simple
 line-protocol parser, no persistence. Where the contract is silent, it follows InfluxDB 3's
 source (v3.10.1): the listing with ``show_deleted=true`` adds a boolean ``deleted`` column
-(``influxdb3_query_executor``'s ``show_databases``), active databases first. Production and ``docker-compose.yml`` use the real
-``influxdb:3-core`` image.
+(``influxdb3_query_executor``'s ``show_databases``), active databases first. Production and
+``docker-compose.yml`` use the real ``influxdb:3-core`` image.
 
 On top of the API it offers switches that real servers only show on bad days (latency, 5xx,
 hanging requests, connection resets, outages), so that retry and failure handling can be tested

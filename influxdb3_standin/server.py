@@ -45,7 +45,8 @@ class StandIn:
         poll_interval: float = 0.05,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        """``clock``: the server's own, which stamps soft-deleted names (default: the host's)."""
+        """``clock``: the server's own, which stamps soft-deleted names and every answer's Date
+        (default: the host's)."""
         if database_limit < 0:
             raise ValueError("database_limit must be >= 0")
         self._host = host
@@ -67,7 +68,7 @@ class StandIn:
         self._counters = Counters()
         self._api = Api(self._lock, self._catalog, self._counters, token)
         self._faults = Faults(self._changed)
-        self._listener = Listener(self._changed, self._answer, poll_interval)
+        self._listener = Listener(self._changed, self._answer, poll_interval, clock)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ connection. Open connections are tracked so that an outage or ``stop()`` can cut
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
@@ -41,11 +43,16 @@ class Listener:
     """
 
     def __init__(
-        self, changed: threading.Condition, app: Application, poll_interval: float = 0.05
+        self,
+        changed: threading.Condition,
+        app: Application,
+        poll_interval: float = 0.05,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._changed = changed
         self._poll_interval = poll_interval
         self.app = app
+        self.clock = clock  # the server's own: every answer's Date (default: the host's)
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -146,6 +153,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        clock = cast(_Server, self.server).listener.clock
+        if timestamp is None and clock is not None:
+            return email.utils.format_datetime(clock().astimezone(UTC), usegmt=True)
+        return super().date_time_string(timestamp)
 
     def setup(self) -> None:
         super().setup()

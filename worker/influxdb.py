@@ -1,9 +1,8 @@
 """InfluxDB 3 HTTP client: the only module that talks to InfluxDB.
 
-It follows the contract in ``../shared/influxdb3-api.md`` (InfluxDB 3 Core, v3 API). Every
-third-party failure is converted here into the families of ``worker.errors``, with the token
-removed from every message. Error bodies are plain text or JSON, never trusted to be either.
-"""
+It follows the contract in ``../shared/influxdb3-api.md`` (InfluxDB 3 Core, v3 API). Every third-
+party failure becomes one of the families of ``worker.errors`` here, the token removed from every
+message. Error bodies are plain text or JSON, never trusted to be either."""
 
 from __future__ import annotations
 
@@ -13,8 +12,9 @@ import os
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, NamedTuple
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -33,6 +33,7 @@ from worker.errors import (
     ProvisioningError,
 )
 from worker.identity import Marker
+from worker.live_checks import LiveCheck
 from worker.redaction import redact, redact_capped
 
 logger = logging.getLogger(__name__)
@@ -49,14 +50,12 @@ _BODY_CHUNK = 16384
 MAX_ANSWER_BYTES = 32 * 1024 * 1024  # the largest answer read (100,000 databases listed: 5 MB)
 
 
-@dataclass(frozen=True)
-class LiveCheck:
-    """What InfluxDB says about one tenant database right now."""
+class Listed(NamedTuple):
+    """One listing: active and soft-deleted names (``_internal`` left out), the server's Date."""
 
-    exists: bool | None
-    telemetry_count: int | None
-    error: str | None
-    latency_ms: float
+    active: list[str]
+    deleted: list[str]
+    server_time: datetime | None
 
 
 class InfluxDB3Client:
@@ -120,11 +119,10 @@ class InfluxDB3Client:
 
     def list_databases(self) -> list[str]:
         """Names of the active databases, ``_internal`` left out."""
-        return self.list_all()[0]
+        return self.list_all().active
 
-    def list_all(self) -> tuple[list[str], list[str]]:
-        """The active databases' names (``_internal`` left out), then the soft-deleted ones'
-        (``NAME-YYYYMMDDTHHMMSS``; none from a server that does not show them)."""
+    def list_all(self) -> Listed:
+        """Every database, soft-deleted ones too (none from a server that does not show them)."""
         params = {"format": "json", "show_deleted": "true"}
         response = self._send("GET", "/api/v3/configure/database", params=params)
         if response.status_code != 200:
@@ -140,7 +138,11 @@ class InfluxDB3Client:
                 raise InfluxDBBadResponse("list databases: an entry without a name or flag")
             if name != INTERNAL_DATABASE:
                 listed[int(deleted)].append(name)
-        return listed
+        try:  # its time (Date): soft-deleted names are stamped by its clock, not ours
+            date: datetime | None = parsedate_to_datetime(response.headers.get("Date", ""))
+        except (TypeError, ValueError):  # none, or not a date
+            date = None
+        return Listed(*listed, date if date and date.tzinfo else None)
 
     def write_marker(
         self, database: str, tenant_id: str, incarnation: str, timestamp_ns: int

@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
@@ -85,6 +85,19 @@ def soft_deleted(name: str) -> tuple[str, datetime | None]:
 WORK_MEM = "128MB"
 
 
+class CopyList(Protocol):
+    """Copies one server's list into the run's table; ``deleted``: its soft-deleted names,
+    whose stamps are its clock, ``shift`` behind the run's (the run's time minus its Date)."""
+
+    def __call__(
+        self,
+        node: str,
+        names: Collection[str],
+        deleted: Collection[str] = (),
+        shift: timedelta | None = None,
+    ) -> None: ...
+
+
 class RunListings:
     """The servers' lists and the rows owed a judgement, for one run on one connection."""
 
@@ -95,7 +108,7 @@ class RunListings:
         self.deletions: dict[tuple[str, str], datetime] = {}
 
     @contextmanager
-    def copying(self) -> Iterator[Callable[[str, Collection[str], Collection[str]], None]]:
+    def copying(self) -> Iterator[CopyList]:
         """A function that copies one server's list into the run's table, for as long as the
         block lasts: one COPY for every list (a COPY per server cost three round trips each),
         in the open transaction (a commit per server would cost a disk flush each)."""
@@ -104,9 +117,15 @@ class RunListings:
         cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         with cursor, cursor.copy(f"COPY {LISTED_TABLE} (node, database) FROM STDIN") as copy:
 
-            def add(node: str, names: Collection[str], deleted: Collection[str] = ()) -> None:
-                for name, when in map(soft_deleted, deleted):
-                    if when is not None and name.startswith(self._prefix) and name.isprintable():
+            def add(
+                node: str,
+                names: Collection[str],
+                deleted: Collection[str] = (),
+                shift: timedelta | None = None,
+            ) -> None:
+                for name, stamp in map(soft_deleted, deleted):
+                    if stamp is not None and name.startswith(self._prefix) and name.isprintable():
+                        when = stamp + (shift or timedelta(0))  # on the run's clock
                         key = (node, name)
                         self.deletions[key] = max(when, self.deletions.get(key, when))
                 for name in names:

@@ -13,11 +13,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
 
 LANE_SIZE = 4  # checks of one server in flight at once
+
+
+@dataclass(frozen=True)
+class LiveCheck:
+    """What InfluxDB says about one tenant database right now."""
+
+    exists: bool | None
+    telemetry_count: int | None
+    error: str | None
+    latency_ms: float
 
 
 class LaneBusy(Exception):

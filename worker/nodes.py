@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 
@@ -107,11 +108,13 @@ _NEVER_READ = object()
 @dataclass(frozen=True)
 class Listing:
     """One node's databases as one list call saw them; ``names`` is None when it failed.
-    ``deleted``: its soft-deleted ones (``NAME-YYYYMMDDTHHMMSS``, until their hard deletion)."""
+    ``deleted``: its soft-deleted ones (``NAME-YYYYMMDDTHHMMSS``, until their hard deletion),
+    stamped by its clock, which read ``server_time`` as it answered (None: not said)."""
 
     names: frozenset[str] | None
     error: ProvisioningError | None = None
     deleted: frozenset[str] = frozenset()
+    server_time: datetime | None = None
 
 
 def list_everywhere(pool: NodePool, nodes: Sequence[NodeConfig]) -> dict[str, Listing]:
@@ -129,8 +132,8 @@ def list_as_answered(
 
     def list_one(node: NodeConfig) -> Listing:
         try:
-            names, deleted = pool.client(node).list_all()
-            return Listing(frozenset(names), deleted=frozenset(deleted))
+            names, deleted, server_time = pool.client(node).list_all()
+            return Listing(frozenset(names), None, frozenset(deleted), server_time)
         except ProvisioningError as exc:
             return Listing(None, exc)
 

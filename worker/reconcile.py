@@ -150,7 +150,11 @@ def _run(
                     error = listing.error
                     errors.append(f"{node.name}: {error.reason if error else '?'}: {error}")
                 else:
-                    copy_list(node.name, listing.names, listing.deleted)
+                    # Its soft-deleted names are stamped by its clock: read on ours (the
+                    # answer's Date is its time as it answered, a moment ago).
+                    server_time = listing.server_time
+                    shift = clock() - server_time if server_time is not None else None
+                    copy_list(node.name, listing.names, listing.deleted, shift)
                     observed.append((node, len(listing.names)))
         record_observations(conn, observed, clock())  # and commits the copied lists
         now, prefix = clock(), settings.influxdb_database_prefix

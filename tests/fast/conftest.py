@@ -75,10 +75,14 @@ class World:
         default_factory=lambda: {"locations_max_staleness_seconds": 0.0}
     )
 
-    def add(self, name: str, limit: int = 5) -> StandIn:
-        # The server's clock is the test's too: it stamps the names of soft-deleted databases.
+    def add(self, name: str, limit: int = 5, skew: float = 0.0) -> StandIn:
+        # The server's clock is the test's, ``skew`` seconds ahead: it stamps the names of
+        # soft-deleted databases, and every answer's Date.
+        def clock() -> datetime:
+            return self.clock() + timedelta(seconds=skew)
+
         server = StandIn(
-            token=INFLUX_TOKEN, database_limit=limit, poll_interval=STOP_POLL, clock=self.clock
+            token=INFLUX_TOKEN, database_limit=limit, poll_interval=STOP_POLL, clock=clock
         ).start()
         self.servers[name] = server
         self.limits[name] = limit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -46,15 +47,18 @@ def test_the_listing_tells_soft_deleted_databases_from_active_ones(client, influ
     client.delete_database("telemetry_b")
     client.ensure_database("telemetry_b")
     # Then the active names and the soft-deleted copy come apart; _internal is neither
-    active, deleted = client.list_all()
+    active, deleted, server_time = client.list_all()
     assert active == ["telemetry_a", "telemetry_b"] == client.list_databases()
     assert len(deleted) == 1 and re.fullmatch(r"telemetry_b-\d{8}T\d{6}", deleted[0])
+    # with the server's time as it answered (its Date), which stamped that name
+    assert server_time is not None and server_time.utcoffset() == timedelta(0)
 
 
 def test_a_server_that_does_not_show_deleted_databases_lists_none(scripted):
     # Given a server that ignores show_deleted (no `deleted` column): every name is active
     scripted.answer(200, '[{"iox::database": "_internal"}, {"iox::database": "telemetry_a"}]')
-    assert InfluxDB3Client(scripted.url).list_all() == (["telemetry_a"], [])
+    listed = InfluxDB3Client(scripted.url).list_all()
+    assert (listed.active, listed.deleted) == (["telemetry_a"], [])
     assert "show_deleted=true" in scripted.requests[0][1]
 
 

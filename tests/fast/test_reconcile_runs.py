@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+import pytest
 import requests
 
 from influxdb3_standin import StandIn
@@ -311,3 +312,28 @@ def test_a_writer_that_makes_the_database_again_after_drift_was_found_does_not_f
     assert str(row["influxdb_incarnation"]) in {m.incarnation for m in markers}
     assert client.count_rows("telemetry_acme", "telemetry") == 1
     client.close()
+
+
+@pytest.mark.parametrize("skew", [-3600, 3600])
+def test_a_server_whose_clock_is_an_hour_off_is_read_on_the_runs_clock(db, world: World, skew):
+    # Given a server whose clock is an hour off the run's, holding the soft-deleted database
+    # of an earlier tenant of the id, deleted a moment before this one was provisioned
+    alpha = world.add("alpha", skew=skew)
+    alpha.create_database("telemetry_acme")
+    alpha.delete_database("telemetry_acme")
+    world.clock.advance(5)
+    insert(db, "acme", at=world.clock())
+    assert world.provision("acme").result == "provisioned"
+
+    # Then a run owes it nothing: by the server's Date, that deletion predates the tenant
+    world.clock.advance(60)
+    published, summary = run(world)
+    assert (published, summary["remade"]) == ([], 0)
+
+    # And when its own database is deleted and made again by a write, the run sees it
+    world.clock.advance(600)
+    alpha.delete_database("telemetry_acme")
+    write_points(alpha, "telemetry_acme", "telemetry,device=d1 v=1i")
+    world.clock.advance(60)
+    published, summary = run(world)
+    assert (published, summary["remade"]) == ([("acme", Job.PROVISION, None)], 1)
