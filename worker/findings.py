@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker.identity import locate
@@ -146,5 +146,5 @@ def _verify(row: Any, database: str, view: View) -> Finding | None:
     # (Stamped to the second: a deletion in the second of the provisioning may be after it.)
     deleted_at = view.deletions.get((node, database))
     if deleted_at is not None and deleted_at + timedelta(seconds=1) > row.influxdb_provisioned_at:
-        return Finding(Kind.REMADE, node, deleted_at.isoformat())
+        return Finding(Kind.REMADE, node, f"{deleted_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")
     return None

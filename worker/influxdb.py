@@ -12,8 +12,6 @@ import os
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
 import requests
@@ -51,11 +49,12 @@ MAX_ANSWER_BYTES = 32 * 1024 * 1024  # the largest answer read (100,000 database
 
 
 class Listed(NamedTuple):
-    """One listing: active and soft-deleted names (``_internal`` left out), the server's Date."""
+    """One listing: active and soft-deleted names (``_internal`` left out), the answer's Date
+    header (the server's time as it answered: soft-deleted names are stamped by its clock)."""
 
     active: list[str]
     deleted: list[str]
-    server_time: datetime | None
+    date: str | None
 
 
 class InfluxDB3Client:
@@ -138,11 +137,7 @@ class InfluxDB3Client:
                 raise InfluxDBBadResponse("list databases: an entry without a name or flag")
             if name != INTERNAL_DATABASE:
                 listed[int(deleted)].append(name)
-        try:  # its time (Date): soft-deleted names are stamped by its clock, not ours
-            date: datetime | None = parsedate_to_datetime(response.headers.get("Date", ""))
-        except (TypeError, ValueError):  # none, or not a date
-            date = None
-        return Listed(*listed, date if date and date.tzinfo else None)
+        return Listed(*listed, response.headers.get("Date"))
 
     def write_marker(
         self, database: str, tenant_id: str, incarnation: str, timestamp_ns: int

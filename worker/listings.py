@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, text
@@ -75,10 +76,28 @@ def soft_deleted(name: str) -> tuple[str, datetime | None]:
     if found is None:
         return name, None
     try:
-        when = datetime.strptime(found[2], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        return found[1], datetime.strptime(found[2], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
     except ValueError:  # 20261399T...: not a time
         return name, None
-    return (found[1], when) if when.year < 9999 else (name, None)  # time arithmetic overflows
+
+
+def clock_shift(date: str | None, now: datetime) -> timedelta | None:
+    """How far a server's clock is behind ours: ``now`` (ours, as its answer arrived) minus its
+    ``Date`` header; None when it sent none that reads as a time in a zone."""
+    try:
+        server_time = parsedate_to_datetime(date or "")
+    except (TypeError, ValueError, OverflowError):  # garbage; a zone of 10**20 hours
+        return None
+    return now - server_time if server_time.tzinfo is not None else None  # "-0000": none said
+
+
+def on_our_clock(stamp: datetime, shift: timedelta | None) -> datetime | None:
+    """A server's time moved onto ours; None outside any real time (a broken server's)."""
+    try:
+        when = stamp + (shift or timedelta(0))
+    except OverflowError:
+        return None
+    return when if when.year < 9999 else None  # find() adds a second to it
 
 
 # Hash joins over a million listed names want ~70 MB; with the default 4 MB they spill to disk.
@@ -124,8 +143,8 @@ class RunListings:
                 shift: timedelta | None = None,
             ) -> None:
                 for name, stamp in map(soft_deleted, deleted):
-                    if stamp is not None and name.startswith(self._prefix) and name.isprintable():
-                        when = stamp + (shift or timedelta(0))  # on the run's clock
+                    when = on_our_clock(stamp, shift) if stamp is not None else None
+                    if when is not None and name.startswith(self._prefix) and name.isprintable():
                         key = (node, name)
                         self.deletions[key] = max(when, self.deletions.get(key, when))
                 for name in names:

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import islice
 from pathlib import Path
 
@@ -109,12 +108,12 @@ _NEVER_READ = object()
 class Listing:
     """One node's databases as one list call saw them; ``names`` is None when it failed.
     ``deleted``: its soft-deleted ones (``NAME-YYYYMMDDTHHMMSS``, until their hard deletion),
-    stamped by its clock, which read ``server_time`` as it answered (None: not said)."""
+    stamped by its clock, which read ``date`` (an HTTP date, or None) as it answered."""
 
     names: frozenset[str] | None
     error: ProvisioningError | None = None
     deleted: frozenset[str] = frozenset()
-    server_time: datetime | None = None
+    date: str | None = None
 
 
 def list_everywhere(pool: NodePool, nodes: Sequence[NodeConfig]) -> dict[str, Listing]:
@@ -132,8 +131,8 @@ def list_as_answered(
 
     def list_one(node: NodeConfig) -> Listing:
         try:
-            names, deleted, server_time = pool.client(node).list_all()
-            return Listing(frozenset(names), None, frozenset(deleted), server_time)
+            names, deleted, date = pool.client(node).list_all()
+            return Listing(frozenset(names), None, frozenset(deleted), date)
         except ProvisioningError as exc:
             return Listing(None, exc)
 

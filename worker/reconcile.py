@@ -39,7 +39,7 @@ from worker import events, locations, store
 from worker.clock import Clock, database_clock
 from worker.db import advisory_lock
 from worker.findings import COLUMNS, View, find
-from worker.listings import run_listings
+from worker.listings import clock_shift, run_listings
 from worker.models import reconcile_stats
 from worker.nodes import NodeConfig, NodePool, list_as_answered
 from worker.placement import record_observations, repair_counts, usage
@@ -150,10 +150,8 @@ def _run(
                     error = listing.error
                     errors.append(f"{node.name}: {error.reason if error else '?'}: {error}")
                 else:
-                    # Its soft-deleted names are stamped by its clock: read on ours (the
-                    # answer's Date is its time as it answered, a moment ago).
-                    server_time = listing.server_time
-                    shift = clock() - server_time if server_time is not None else None
+                    # Its soft-deleted names are stamped by its clock: read them on ours.
+                    shift = clock_shift(listing.date, clock())
                     copy_list(node.name, listing.names, listing.deleted, shift)
                     observed.append((node, len(listing.names)))
         record_observations(conn, observed, clock())  # and commits the copied lists

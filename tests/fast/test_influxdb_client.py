@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import timedelta
+from email.utils import parsedate_to_datetime
 
 import pytest
 
@@ -47,11 +48,11 @@ def test_the_listing_tells_soft_deleted_databases_from_active_ones(client, influ
     client.delete_database("telemetry_b")
     client.ensure_database("telemetry_b")
     # Then the active names and the soft-deleted copy come apart; _internal is neither
-    active, deleted, server_time = client.list_all()
+    active, deleted, date = client.list_all()
     assert active == ["telemetry_a", "telemetry_b"] == client.list_databases()
     assert len(deleted) == 1 and re.fullmatch(r"telemetry_b-\d{8}T\d{6}", deleted[0])
     # with the server's time as it answered (its Date), which stamped that name
-    assert server_time is not None and server_time.utcoffset() == timedelta(0)
+    assert date is not None and parsedate_to_datetime(date).utcoffset() == timedelta(0)
 
 
 def test_a_server_that_does_not_show_deleted_databases_lists_none(scripted):

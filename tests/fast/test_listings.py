@@ -5,14 +5,16 @@ as the whole listings would."""
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from tests.fast.conftest import T0
 from worker import store
 from worker.db import get_engine
 from worker.findings import COLUMNS, View, find
-from worker.listings import run_listings
+from worker.listings import clock_shift, on_our_clock, run_listings, soft_deleted
 from worker.states import Adoption, ProvisioningState, Reason
 
 PREFIX = "telemetry_"
@@ -123,3 +125,33 @@ def test_a_name_that_cannot_be_stored_is_skipped_not_fatal(db):
 
     # Then the run goes on, and the tenant is seen where it is: nothing is owed
     assert kept == 0
+
+
+@pytest.mark.parametrize(
+    ("date", "shift"),
+    [
+        ("Sat, 05 Dec 2026 11:00:00 GMT", timedelta(hours=1)),  # the server an hour behind
+        ("Sat, 05 Dec 2026 12:00:00 +0100", timedelta(hours=1)),  # the same time, in a zone
+        (None, None),  # no Date: read as if on our clock
+        ("yesterday", None),
+        ("Sat, 05 Dec 2026 11:00:00 -0000", None),  # no zone said
+        ("Mon, 01 Jan 2026 00:00:00 +99999999999999999999999", None),  # overflows
+    ],
+)
+def test_a_servers_clock_is_read_from_its_date_header(date, shift):
+    assert clock_shift(date, datetime(2026, 12, 5, 12, tzinfo=UTC)) == shift
+
+
+def test_a_stamp_that_leaves_real_time_is_not_judged():
+    stamp = datetime(2026, 12, 5, 10, 10, 10, tzinfo=UTC)
+    assert on_our_clock(stamp, timedelta(hours=-1)) == stamp - timedelta(hours=1)
+    assert on_our_clock(stamp, None) == stamp
+    # a server whose Date is in year 9999, or whose stamp is: nothing to compare
+    assert on_our_clock(stamp, datetime.max.replace(tzinfo=UTC) - stamp) is None
+    assert on_our_clock(datetime(9999, 12, 31, tzinfo=UTC), None) is None
+    assert on_our_clock(datetime(1, 1, 2, tzinfo=UTC), timedelta(days=-5)) is None
+    assert soft_deleted("telemetry_acme-20261205T101010-7") == ("telemetry_acme", stamp)
+    assert soft_deleted("telemetry_acme-20261399T101010") == (
+        "telemetry_acme-20261399T101010",
+        None,
+    )
