@@ -99,7 +99,9 @@ class EventData(BaseModel):
     incarnation: str | None = Field(None, description="The tenant row's identity")
     attempts: int | None = Field(None, description="Attempts of the current episode")
     next_attempt_at: str | None = Field(None, description="When the scheduled retry runs")
-    adopt: str | None = Field(None, description="`unmarked` or `any`: whose database counts")
+    adopt: str | None = Field(
+        None, description="`unmarked`, `any` or `remade`: whose database counts"
+    )
     name: str | None = Field(None, description="operator.created: the display name")
     retention_period: str | None = Field(None, description="operator.created: its retention")
     database: str | None = Field(None, description="The tenant's database name")

@@ -22,16 +22,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Update, delete, insert, select
+from sqlalchemy import Connection, Update, case, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker import store
 from worker.clock import Clock
 from worker.db import autocommit
-from worker.models import provisioning_attempt_totals, provisioning_attempts
+from worker.models import provisioning_attempt_totals, provisioning_attempts, tenants
 from worker.placement import start_on_free_node
 from worker.runs import NotStarted
-from worker.states import AttemptOutcome, ProvisioningState, Reason
+from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason
 
 TOTAL_SHARDS = 16  # rows per (outcome, reason): concurrent attempts rarely meet on one
 
@@ -104,6 +104,13 @@ def prune_attempt_log(
         if count < batch_size:
             break
     return deleted
+
+
+# A row's server released: a remade database of its name (``Adoption.REMADE``) was there, so
+# the mode goes with it (any other stays: a row from before the worker is located again).
+RELEASED_ADOPT = case(
+    (tenants.c.influxdb_adopt == Adoption.REMADE.value, None), else_=tenants.c.influxdb_adopt
+)
 
 
 class AttemptRecord:
@@ -212,13 +219,16 @@ class AttemptRecord:
             reason,
             self._clock(),
             influxdb_node=None,
+            influxdb_adopt=RELEASED_ADOPT,
             influxdb_create_sent_to=None,
             influxdb_error_reason=reason,
             influxdb_last_error=self._clean(message),
         )
 
     def fail(self, reason: Reason, message: str) -> None:
-        released: dict[str, Any] = {"influxdb_node": None} if self._release else {}
+        released: dict[str, Any] = {}
+        if self._release:
+            released = {"influxdb_node": None, "influxdb_adopt": RELEASED_ADOPT}
         if reason == Reason.NAME_TAKEN:
             self.create_sent_to = None  # now known: that database is not ours
         self._finish(

@@ -7,8 +7,9 @@ is the tenant's own only when:
 - its marker carries this incarnation, or
 - this incarnation sent a create to that server whose answer it never saw (a timeout), and no
   other marker is there, or
-- the row's adoption mode says so (``Adoption.UNMARKED`` for rows that predate the worker,
-  ``Adoption.ANY`` after an operator's ``adopt``).
+- the row's adoption mode says so (``Adoption.UNMARKED`` for rows that predate the worker and
+  ``Adoption.REMADE`` for a database deleted behind our back and made again: an unmarked one;
+  ``Adoption.ANY`` after an operator's ``adopt``: any).
 
 Anything else - another incarnation's marker (a deleted tenant of the same id), a marker of
 another tenant, or no marker at all - is *not* handed to the tenant: it stops as ``name_taken``.
@@ -121,7 +122,7 @@ def judge(
     if incarnations or other_tenants:
         return Verdict.FOREIGN
     # Unmarked, or marked by the inline code for this tenant id (no incarnation).
-    if adoption == Adoption.UNMARKED:
+    if adoption in (Adoption.UNMARKED, Adoption.REMADE):
         return Verdict.OURS
     if own_create_unanswered and not markers:
         return Verdict.OURS

@@ -113,14 +113,14 @@ class Repairs:
     def _provision_again(self, rows: list[Any], message: str) -> list[str]:
         """Provisioned rows (still so, and since before the listing) whose database is gone
         from their server, or was made again there, back to pending. The run takes back a
-        database of their name that holds no marker (``Adoption.UNMARKED``): it was made
+        database of their name that holds no marker (``Adoption.REMADE``): it was made
         since, on their own server - by their writers, whose points it holds, not by an
         earlier tenant of the id (that one's deletion finished before this row existed). A
         database marked for anyone else stops name_taken (``worker.identity``)."""
         homed = [r for r in rows if r.influxdb_node is not None]  # before the pool: as ever
         homeless = [r for r in rows if r.influxdb_node is None]
         return [
-            *self._to_pending_again(homed, message, Adoption.UNMARKED),
+            *self._to_pending_again(homed, message, Adoption.REMADE),
             *self._to_pending_again(homeless, message, None),
         ]
 

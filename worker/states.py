@@ -104,9 +104,11 @@ class Adoption(enum.StrEnum):
     """
 
     # Rows that predate this worker (the UI's table at upgrade): their database was made by the
-    # inline code and has no incarnation in its marker. An unmarked one is theirs. Also set by
-    # the reconciler for a provisioned tenant whose database was deleted and made again since
-    # (by its writers: ``worker.repairs``).
+    # inline code and has no incarnation in its marker. An unmarked one is theirs.
     UNMARKED = "unmarked"
     # An operator said so (``adopt``): whatever database of that name is on the node is theirs.
     ANY = "any"
+    # A provisioned tenant whose database was deleted behind our back (``worker.repairs``): an
+    # unmarked one on its server was made since, by its writers, and is theirs. Cleared with
+    # the server (a 422 there, a failure that frees the slot): placed as new, never located.
+    REMADE = "remade"

@@ -264,7 +264,7 @@ def test_a_database_deleted_behind_our_back_and_made_again_by_a_write_is_taken_b
     assert summary["remade"] == 2 and summary["drift"] == 0
     assert sorted(t for t, _, _ in published) == ["acme", "stolen"]
     acme = tenant_row(db, "acme")
-    assert (acme["influxdb_state"], acme["influxdb_adopt"]) == ("pending", "unmarked")
+    assert (acme["influxdb_state"], acme["influxdb_adopt"]) == ("pending", "remade")
     assert "deleted on node alpha at " in acme["influxdb_last_error"]
     assert world.provision("acme").result == "provisioned"
     assert world.provision("stolen").result == "failed"
@@ -298,7 +298,7 @@ def test_a_writer_that_makes_the_database_again_after_drift_was_found_does_not_f
     alpha.delete_database("telemetry_acme")
     world.clock.advance(60)
     _, summary = run(world)
-    assert (summary["drift"], tenant_row(db, "acme")["influxdb_adopt"]) == (1, "unmarked")
+    assert (summary["drift"], tenant_row(db, "acme")["influxdb_adopt"]) == (1, "remade")
 
     # When a writer's point makes it again before the worker's run
     write_points(alpha, "telemetry_acme", "telemetry,device=d1 v=1i")
@@ -337,3 +337,30 @@ def test_a_server_whose_clock_is_an_hour_off_is_read_on_the_runs_clock(db, world
     world.clock.advance(60)
     published, summary = run(world)
     assert (published, summary["remade"]) == ([("acme", Job.PROVISION, None)], 1)
+
+
+def test_a_remade_tenant_whose_server_refuses_it_is_placed_as_new_not_handed_a_stray(
+    db, world: World
+):
+    # Given a tenant provisioned on alpha, alpha's one slot since taken by a hand-made database
+    # after the tenant's was deleted behind our back, and a misrouted writer's stray of it on
+    # beta: the reconciler sends it back to provisioning, to take back an unmarked remake
+    alpha = world.add("alpha", limit=1)
+    insert(db, "acme")
+    assert world.provision("acme").result == "provisioned"
+    beta = world.add("beta")
+    world.clock.advance(3600)
+    alpha.delete_database("telemetry_acme")
+    alpha.create_database("telemetry_other")
+    write_points(beta, "telemetry_acme", "telemetry,device=d1 v=1i")
+    world.clock.advance(60)
+    _, summary = run(world)
+    assert (summary["drift"], tenant_row(db, "acme")["influxdb_adopt"]) == (1, "remade")
+
+    # When its run meets alpha full (422) and places it elsewhere
+    world.provision("acme")
+
+    # Then the adoption went with alpha: beta's stray is a stranger's database, never handed over
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_state"], row["influxdb_error_reason"]) == ("failed", "name_taken")
+    assert row["influxdb_adopt"] is None and "beta" in row["influxdb_last_error"]

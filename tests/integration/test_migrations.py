@@ -273,3 +273,27 @@ def test_the_slot_trigger_orders_servers_by_byte_and_goes_with_its_migration(scr
         assert "GREATEST(" not in body
         assert "ORDER BY n" in body
     alembic(scratch_database, "upgrade", "head")
+
+
+# -- 0018, 'remade': a database deleted behind our back, taken back if unmarked -------------
+
+
+def test_the_remade_adoption_comes_and_goes_with_its_migration(scratch_database):
+    # Given a database at head holding a tenant the reconciler sent back as remade
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node, influxdb_adopt)"
+            " VALUES ('acme', 'a', 'pending', 'alpha', 'remade')"
+        )
+
+    # When an operator downgrades to 0017, which knows no 'remade'
+    alembic(scratch_database, "downgrade", "0017")
+
+    # Then the same run goes on under the old name, and the old check is back
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        adopt = conn.execute("SELECT influxdb_adopt FROM tenants").fetchone()
+        assert adopt == ("unmarked",)
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE tenants SET influxdb_adopt = 'remade'")
+    alembic(scratch_database, "upgrade", "head")

@@ -116,7 +116,7 @@ def test_a_database_deleted_and_made_again_by_a_write_is_marked_again(
         (tenant_id,),
     ).fetchall()
     assert len(found) == 1
-    assert found[0][0]["adopt"] == "unmarked" and "made again" in found[0][0]["error"]
+    assert found[0][0]["adopt"] == "remade" and "made again" in found[0][0]["error"]
 
 
 def test_flushed_broker_loses_no_tenant(api, db, influx, broker, custom_worker, beat):
