@@ -118,11 +118,12 @@ class InfluxDB3Client:
 
     def list_databases(self) -> list[str]:
         """Names of the active databases, ``_internal`` left out."""
-        return self.list_all().active
+        return self.list_all(deleted=False).active
 
-    def list_all(self) -> Listed:
-        """Every database, soft-deleted ones too (none from a server that does not show them)."""
-        params = {"format": "json", "show_deleted": "true"}
+    def list_all(self, *, deleted: bool = True) -> Listed:
+        """Every database, soft-deleted ones too unless ``deleted=False`` (and none from a
+        server that does not show them)."""
+        params = {"format": "json", "show_deleted": "true" if deleted else "false"}
         response = self._send("GET", "/api/v3/configure/database", params=params)
         if response.status_code != 200:
             raise self._classify(response, "list databases")
@@ -132,11 +133,11 @@ class InfluxDB3Client:
         listed: tuple[list[str], list[str]] = ([], [])
         for item in payload:
             entry = item if isinstance(item, dict) else {}
-            name, deleted = entry.get("iox::database"), entry.get("deleted", False)
-            if not isinstance(name, str) or not isinstance(deleted, bool):
+            name, gone = entry.get("iox::database"), entry.get("deleted", False)
+            if not isinstance(name, str) or not isinstance(gone, bool):
                 raise InfluxDBBadResponse("list databases: an entry without a name or flag")
             if name != INTERNAL_DATABASE:
-                listed[int(deleted)].append(name)
+                listed[int(gone)].append(name)
         return Listed(*listed, response.headers.get("Date"))
 
     def write_marker(

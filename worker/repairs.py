@@ -117,25 +117,20 @@ class Repairs:
         since, on their own server - by their writers, whose points it holds, not by an
         earlier tenant of the id (that one's deletion finished before this row existed). A
         database marked for anyone else stops name_taken (``worker.identity``)."""
-        homed = [r for r in rows if r.influxdb_node is not None]  # before the pool: as ever
-        homeless = [r for r in rows if r.influxdb_node is None]
-        return [
-            *self._to_pending_again(homed, message, Adoption.REMADE),
-            *self._to_pending_again(homeless, message, None),
-        ]
-
-    def _to_pending_again(self, rows: list[Any], message: str, adopt: Adoption | None) -> list[str]:
-        if not rows:
-            return []
-        return self._to_pending(
-            rows,
-            ProvisioningState.PROVISIONED,
-            tenants.c.influxdb_provisioned_at < self.view.listed_at,
-            reason=Reason.DRIFT,
-            message=message,
-            new_episode=True,
-            adopt=adopt,
-        )
+        moved: list[str] = []
+        for adopt in (Adoption.REMADE, None):  # no server (rows from before the pool): strict
+            group = [r for r in rows if (r.influxdb_node is not None) == (adopt is not None)]
+            if group:
+                moved += self._to_pending(
+                    group,
+                    ProvisioningState.PROVISIONED,
+                    tenants.c.influxdb_provisioned_at < self.view.listed_at,
+                    reason=Reason.DRIFT,
+                    message=message,
+                    new_episode=True,
+                    adopt=adopt,
+                )
+        return moved
 
     def _resume(self, rows: list[Any], findings: list[Finding]) -> None:
         for row, finding in zip(rows, findings, strict=True):
