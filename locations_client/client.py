@@ -216,7 +216,7 @@ def _parse(body: bytes, since: int) -> dict[str, Any]:
     try:
         page = json.loads(body)
         _check(page, since)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise LocationServiceError(f"/locations answered garbage: {exc}") from None
     return page  # type: ignore[no-any-return]
 
@@ -271,7 +271,7 @@ def _bounded(value: float, low: float, high: float) -> float:
 def _detail(body: bytes) -> str:
     try:
         return str(json.loads(body)["detail"])[:200]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return "(no detail)"
 
 

@@ -32,7 +32,7 @@ from worker.errors import (
 )
 from worker.identity import Marker
 from worker.live_checks import LiveCheck
-from worker.redaction import redact, redact_capped
+from worker.redaction import REDACTION_WINDOW_BYTES, redact, redact_capped, redact_cut
 
 logger = logging.getLogger(__name__)
 
@@ -351,23 +351,24 @@ class InfluxDB3Client:
         return InfluxDBRejected(message)
 
     def _error_text(self, response: requests.Response) -> str:
-        text = response.content[:4096].decode("utf-8", errors="replace").strip()
+        # Redacted before it is cut: a secret split by the cut would no longer be recognised.
+        body = response.content[:REDACTION_WINDOW_BYTES].decode("utf-8", errors="replace")
+        text = redact_cut(body, self._secrets(), 4096).strip()
         try:
             payload = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[... a thousand deep
             payload = None
         if isinstance(payload, dict) and isinstance(payload.get("error"), str):
             text = payload["error"]
         # Bodies may hold anything (NUL included, which Postgres text refuses): keep it printable.
         text = "".join(ch if ch.isprintable() else " " for ch in text)
         text = " ".join(text.split()) or "(empty body)"
-        # Redacted before it is cut: a secret split by the cut would no longer be recognised.
         return redact_capped(text, self._secrets(), _MAX_ERROR_TEXT)
 
     def _json(self, response: requests.Response, action: str) -> Any:
         try:
             return json.loads(response.content)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[... a thousand deep
             raise InfluxDBBadResponse(f"{action}: response is not JSON") from None
 
     def _describe_connection_error(self, exc: requests.RequestException) -> str:

@@ -30,7 +30,7 @@ def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
     ``source`` names the variable or file in every error message."""
     try:
         entries = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested a thousand deep
         raise SettingsError(f"{source}: not valid JSON ({exc})") from None
     if not isinstance(entries, list) or not entries:
         raise SettingsError(f"{source}: must be a non-empty JSON list of nodes")

@@ -29,17 +29,30 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 # Longer than any secret we hold: what a first cut leaves of a secret lies past the second.
 _CUT_MARGIN = 4096
+# Bytes to decode for ``redact_cut(text, secrets, limit)`` with ``limit`` up to 4096: at four
+# bytes a character at most, its cut then lies before the bytes' (which may split a secret).
+REDACTION_WINDOW_BYTES = 4 * (4096 + _CUT_MARGIN)
+
+
+def redact_cut(text: str, secrets: Iterable[str], limit: int) -> str:
+    """``text`` redacted, then at most ``limit`` characters. A hostile megabyte costs no more
+    than ``limit`` plus a margin longer than any secret: a longer text is cut there first.
+    What that cut leaves of a secret, redaction cannot recognise; it ends what redaction
+    returns, shorter than the margin, so the margin is dropped from the end before the cut to
+    ``limit`` (redaction may have shortened the text in between: counting from the start would
+    bring the fragment back within ``limit``)."""
+    if len(text) <= limit + _CUT_MARGIN:  # nothing cut before redaction
+        return redact(text, secrets)[:limit]
+    kept = redact(text[: limit + _CUT_MARGIN], secrets)
+    return kept[: max(0, min(limit, len(kept) - _CUT_MARGIN))]
 
 
 def redact_capped(text: str, secrets: Iterable[str], limit: int) -> str:
-    """``text`` redacted and at most ``limit`` characters (then ``...`` and how many were
-    cut). It is cut first to ``limit`` plus a margin longer than any secret, so a hostile
-    megabyte costs no more than the margin to redact; then redacted; then cut to ``limit``,
-    so a secret the first cut split, which redaction could not recognise, is cut away whole."""
+    """``text`` redacted and at most ``limit`` characters (``redact_cut``), then ``...`` and
+    how many were cut."""
     if len(text) <= limit:
         return redact(text, secrets)
-    kept = redact(text[: limit + _CUT_MARGIN], secrets)[:limit]
-    return f"{kept}... [{len(text) - limit} characters cut]"
+    return f"{redact_cut(text, secrets, limit)}... [{len(text) - limit} characters cut]"
 
 
 _SECRET_QUERY_KEYS = re.compile(r"(?i)(token|password|passwd|secret|key|auth)")

@@ -54,7 +54,7 @@ def parse_endpoints(text: str, source: str) -> tuple[Endpoint, ...]:
     list is valid: no endpoint."""
     try:
         entries = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested a thousand deep
         raise WebhookConfigError(f"{source}: not valid JSON ({exc})") from None
     if not isinstance(entries, list):
         raise WebhookConfigError(f"{source}: must be a JSON list of endpoints")

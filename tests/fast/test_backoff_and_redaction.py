@@ -7,7 +7,7 @@ import random
 
 from worker.logs import MAX_LOG_LINE, QuietPolls, RedactingFormatter
 from worker.queues import PROVISION_TASK, RECONCILE_TASK, WEBHOOKS_TASK
-from worker.redaction import redact, redact_capped
+from worker.redaction import REDACTED, redact, redact_capped
 from worker.runs import next_backoff
 
 
@@ -43,6 +43,25 @@ def test_a_secret_cut_by_the_length_cap_is_cut_away_whole():
     assert capped.startswith("x" * 295) and capped.endswith("characters cut]")
     # (Cutting first, then redacting, left "tok-s" behind: what InfluxDB errors did.)
     assert "tok-s" in redact(text[:300], [secret])
+
+
+def test_a_secret_cut_by_the_first_cut_stays_out_when_redaction_shortens_the_text():
+    # Given a text of 21 copies of a 200-character secret, then the start of another, cut by
+    # the first cut (300 + the margin): redacting the copies shortens the text by 3,990
+    secret = "S" + "e" * 198 + "T"
+    text = secret * 22 + " tail"
+    # When it is capped at 300 characters
+    capped = redact_capped(text, [secret], 300)
+    # Then the cut copy's start, brought forward by that, is not left (nor is much else: a
+    # text shortened by more than the margin keeps nothing it is not sure of)
+    assert "Seeee" not in capped
+    assert capped.endswith(f"[{len(text) - 300} characters cut]")
+    # (Counted from the start, the cut kept 90 characters of it.)
+    assert "Seeee" in redact(text[: 300 + 4096], [secret])[:300]
+    # Shortened by less than the cap, it keeps the cap less what redaction took out
+    token = "t" * 64
+    capped = redact_capped("x" * 10 + token + "y" * 5000, [token], 300)
+    assert capped.startswith("x" * 10 + REDACTED + "y" * (300 - 54 - 20))
 
 
 def test_a_megabyte_log_line_is_bounded_and_redacted(capsys):

@@ -128,6 +128,8 @@ def test_live_check_never_raises_and_is_bounded(client, influx):
         (200, '{"not": "a list"}', TransientError, "bad_response"),
         (200, '[{"name": "x"}]', TransientError, "bad_response"),
         (200, '[{"iox::database": "x", "deleted": "yes"}]', TransientError, "bad_response"),
+        (200, "[" * 5000, TransientError, "bad_response"),  # too deep for json: RecursionError
+        (503, "[" * 5000, TransientError, "server_error"),  # error bodies are parsed too
         (502, "<html>Bad Gateway</html>", TransientError, "server_error"),
         (503, "", TransientError, "server_error"),
         (418, "I'm a teapot", PermanentError, "rejected"),
@@ -181,6 +183,18 @@ def test_error_bodies_are_cut_and_redacted(scripted):
     message = str(raised.value)
     assert "secret-token-123456" not in message
     assert len(message) < 400
+
+
+def test_a_token_split_by_the_first_cut_of_an_error_body_is_not_stored_in_part(scripted):
+    # Given a body whose first 4,096 characters end inside the token, padded with whitespace
+    # that the message collapses: what the cut left of the token would come within the 300
+    token = "0123456789abcdef" * 4
+    scripted.answer(500, "<pre>" + " " * 4050 + "echo: " + token)
+    client = InfluxDB3Client(scripted.url, token)
+    with pytest.raises(InfluxDBServerError) as raised:
+        client.ensure_database("x")
+    # Then no part of it is in the message
+    assert token[:12] not in str(raised.value)
 
 
 def test_no_token_means_no_authorization_header(scripted):
