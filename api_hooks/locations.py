@@ -16,7 +16,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, st
 from pydantic import BaseModel, Field
 
 from api_hooks.auth import bearer_auth
+from api_hooks.errors import InvalidTenantId
 from api_hooks.http_errors import PlainErrorRoute, error_responses
+from api_hooks.tenants import validate_tenant_id
 from api_hooks.throttle import THROTTLED
 from locations_client.client import NEXT_SINCE_HEADER
 from worker import locations
@@ -159,6 +161,10 @@ def locations_router(require_reader: Callable[..., Any]) -> APIRouter:
     def one(tenant_id: Annotated[str, Path(description="The tenant's id")]) -> LocationBody:
         """Where the tenant's database is; ``ready`` false (and no server) while it is being
         provisioned, failed or deleted."""
+        try:
+            validate_tenant_id(tenant_id)
+        except InvalidTenantId as exc:  # (a NUL would reach Postgres, which refuses it)
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no such tenant: {exc}") from exc
         settings, pool = get_settings(), shared_pool()
         with get_engine().connect() as conn:
             locations.publish(conn)

@@ -82,6 +82,7 @@ class _Map:
         self._nodes: dict[str, str] = {}  # name: URL
         self._names: dict[str, str] = {}  # name: the one string kept for it
         self._identity: tuple[str, dict[str, str], str] | None = None  # what entries assume
+        self._building = False  # a whole load is under way
         self._prefix = ""
         self.version = 0
         self.refresh_seconds: float | None = None  # the service's hint, once known
@@ -102,8 +103,14 @@ class _Map:
         with self._lock:
             try:
                 return self._refresh()
-            except LocationServiceError as exc:
-                self.last_error = str(exc)
+            except BaseException as exc:
+                if self._building:
+                    # A whole load cut short: its identity is taken from its first page, its
+                    # map only at the end. The entries held are the old map's; the next
+                    # refresh must load it whole again, not apply changes onto those.
+                    self._identity, self._building = None, False
+                if isinstance(exc, LocationServiceError):
+                    self.last_error = str(exc)
                 raise
 
     def _refresh(self) -> int:
@@ -144,6 +151,7 @@ class _Map:
                     return None
                 if building is not None and since == 0:
                     self._take_identity(page)
+                    self._building = True
                 entries = self._entries if building is None else building
                 for item in page["locations"]:
                     if item["deleted"]:
@@ -157,7 +165,7 @@ class _Map:
                 if ahead != since:  # no header, or not this page's: ask from the body's
                     coming = fetching.submit(self._fetch, since)
         if building is not None:
-            self._entries = building
+            self._entries, self._building = building, False
         self.version = since
         return changed
 

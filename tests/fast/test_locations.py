@@ -197,6 +197,13 @@ def test_a_wrong_or_missing_credential_answers_401_and_shows_nothing(db, headers
             assert "secret" not in answer.text and "127.0.0.1" not in answer.text
 
 
+@pytest.mark.parametrize("tenant_id", ["a%00b", "%00", "a%20b", "-a", "x" * 70])
+def test_an_id_that_cannot_name_a_tenant_answers_404_with_the_rule(service, tenant_id):
+    answer = service.get(f"/locations/{tenant_id}")
+    assert answer.status_code == 404
+    assert answer.json()["detail"].startswith("no such tenant: tenant_id ")
+
+
 def test_the_locations_token_opens_no_operator_route(db):
     insert(db, "acme")
     with TestClient(create_app(), headers=AUTH) as reader:

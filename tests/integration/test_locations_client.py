@@ -228,6 +228,34 @@ def test_a_server_that_leaves_the_nodes_file_and_returns_is_served_again(scripte
     client.close()
 
 
+def test_a_whole_load_cut_short_is_loaded_whole_again_not_patched(scripted):
+    # Given a client holding a and b on n1 at http://old, loaded in two pages
+    def page(ids: list[str], url: str, since: int, more: bool) -> tuple[int, str]:
+        items = [{**GOOD_PAGE["locations"][0], "tenant_id": i} for i in ids]
+        nodes = [{"name": "n1", "url": url}]
+        body = {**GOOD_PAGE, "locations": items, "nodes": nodes, "next_since": since, "more": more}
+        return 200, json.dumps(body)
+
+    scripted.answer_next(page(["a"], "http://old", 1, True), page(["b"], "http://old", 2, False))
+    client = LocationClient(scripted.url, LOCATIONS_TOKEN, refresh_seconds=3600, page_size=1)
+    client.refresh()
+    assert client.resolve("b").url == "http://old"  # type: ignore[union-attr]
+
+    # When n1 moves to http://new, and the whole load it causes fails at its second page
+    scripted.answer_next(page([], "http://new", 3, False), page(["a"], "http://new", 1, True))
+    scripted.answer_next((503, "busy"))
+    with pytest.raises(LocationServiceError):
+        client.refresh()
+    assert client.resolve("b").url == "http://old"  # type: ignore[union-attr]
+
+    # Then the next refresh loads it whole again (from 0), not the changes since the old map
+    scripted.answer_next(page(["a"], "http://new", 1, True), page(["b"], "http://new", 3, False))
+    client.refresh()
+    assert "since=0&" in scripted.requests[-2][1]
+    assert {client.resolve(i).url for i in "ab"} == {"http://new"}  # type: ignore[union-attr]
+    client.close()
+
+
 @pytest.mark.parametrize(
     ("status", "body"),
     [
