@@ -62,7 +62,11 @@ def cross_site(request: Request) -> str | None:
     if fetched_from not in ("same-origin", "none"):
         return f"refused: sent from a page of another origin ({fetched_from})"
     origin = request.headers.get("origin")
-    if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
+    try:
+        netloc = urlsplit(origin).netloc if origin else None
+    except ValueError:  # "http://[": no page of ours sends it
+        return "refused: the Origin header is not a URL"
+    if netloc is not None and netloc != request.headers.get("host", ""):
         return "refused: sent from a page of another origin"
     return None
 

@@ -50,12 +50,29 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 headers.extend(item for item in self._headers if item[0] not in present)
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Starlette's own 500 is sent outside every middleware, without these headers:
+            # send it here, with them; the error goes on to be logged (nothing more is sent).
+            if not started:
+                body = b"Internal Server Error"
+                kind = (b"content-type", b"text/plain; charset=utf-8")
+                length = (b"content-length", str(len(body)).encode())
+                await send_with_headers(
+                    {"type": "http.response.start", "status": 500, "headers": [kind, length]}
+                )
+                await send({"type": "http.response.body", "body": body})
+            raise

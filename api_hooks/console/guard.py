@@ -73,7 +73,8 @@ class CsrfGuard:
         supplied = form.get(CSRF_FIELD)
         if not nonce or not isinstance(supplied, str):
             return "refused: the form has no security token; reload the page and try again"
-        if not hmac.compare_digest(supplied, self._mac_of(nonce)):
+        # As bytes: compare_digest refuses (TypeError) a str that is not ASCII.
+        if not hmac.compare_digest(comparable(supplied), comparable(self._mac_of(nonce))):
             return "refused: the form's security token is not valid; reload the page"
         return None
 
@@ -85,3 +86,8 @@ def safe_next(target: str | None, base: str) -> str:
         if not parsed.scheme and not parsed.netloc:
             return target
     return base
+
+
+def comparable(text: str) -> bytes:
+    """``text`` to compare in constant time: any str encodes (a lone surrogate as ``?``)."""
+    return text.encode("utf-8", errors="replace")

@@ -22,7 +22,7 @@ from fastapi import HTTPException, Request, status
 from sqlalchemy import ColumnElement, Connection, Engine, func, select, text, true, update
 
 from api_hooks.actors import OPERATOR_TOKEN_ACTOR
-from api_hooks.console.guard import key_for, mac_of
+from api_hooks.console.guard import comparable, key_for, mac_of
 from worker import events
 from worker.db import get_engine
 from worker.models import console_sessions
@@ -125,7 +125,8 @@ class ConsoleSessions:
         if not cookie or cookie.count(".") != 1 or len(cookie) > 200:
             return None
         session_id, mac = cookie.split(".")
-        if not hmac.compare_digest(mac, mac_of(self._key, session_id)):
+        # As bytes: compare_digest refuses (TypeError) a str that is not ASCII ("x.\\351").
+        if not hmac.compare_digest(comparable(mac), comparable(mac_of(self._key, session_id))):
             return None
         return _digest(session_id)
 

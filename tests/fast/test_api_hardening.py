@@ -61,6 +61,39 @@ def test_every_answer_carries_the_security_headers(db, method, path, headers, ex
     assert "strict-transport-security" not in response.headers  # not behind TLS
 
 
+def test_an_unexpected_error_is_a_500_that_carries_them_too(db):
+    app = create_app()
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom")
+    assert response.status_code == 500 and response.text == "Internal Server Error"
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers.get(name) == value, name
+
+
+HOSTILE = [  # each was a 500: compare_digest refuses a str that is not ASCII; urlsplit "["
+    ("POST", f"{CONSOLE}/sign-in", {"Cookie": "tp_console_csrf=abc"}, {"csrf_token": "é"}, 403),
+    ("GET", CONSOLE, {"Cookie": 'tp_console_session="x.\\351"'}, None, 303),
+    ("POST", f"{CONSOLE}/sign-in", {"Origin": "http://["}, {"token": "x"}, 403),
+    ("POST", "/operator/tenants/acme/influxdb/retry", {"Origin": "http://[::1"}, None, 403),
+    ("DELETE", "/operator/tenants/acme", {"Origin": "http://["}, None, 403),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "form", "expected"), HOSTILE)
+def test_hostile_cookies_and_origins_are_refused_not_500(db, method, path, headers, form, expected):
+    with app_with() as client:
+        client.cookies.clear()
+        response = client.request(
+            method, path, headers={**bearer(OPERATOR_TOKEN), **headers}, data=form
+        )
+    assert response.status_code == expected, response.text
+
+
 def test_behind_tls_every_answer_says_so_and_cookies_are_secure(db):
     with app_with(API_BEHIND_TLS="1") as client:
         assert client.get("/nowhere").headers["strict-transport-security"].startswith("max-age=")
