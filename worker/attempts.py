@@ -106,10 +106,11 @@ def prune_attempt_log(
     return deleted
 
 
-# A row's server released: a remade database of its name (``Adoption.REMADE``) was there, so
-# the mode goes with it (any other stays: a row from before the worker is located again).
+# A row's server released (or none had room): a mode that named a database on that server
+# goes with it - a remade one (``REMADE``), the one an operator adopted (``ANY``): on the next
+# server a database of the name is another's. ``UNMARKED`` stays: such a row is located again.
 RELEASED_ADOPT = case(
-    (tenants.c.influxdb_adopt == Adoption.REMADE.value, None), else_=tenants.c.influxdb_adopt
+    (tenants.c.influxdb_adopt == Adoption.UNMARKED.value, tenants.c.influxdb_adopt), else_=None
 )
 
 

@@ -29,7 +29,7 @@ import random
 from sqlalchemy import Connection
 
 from worker import identity, store
-from worker.attempts import AttemptRecord, log_attempt
+from worker.attempts import RELEASED_ADOPT, AttemptRecord, log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import (
     DatabaseLimitReached,
@@ -378,6 +378,7 @@ class _Run(TenantRun):
             Reason.DATABASE_LIMIT,
             f"no InfluxDB node has room (all {nodes} at their limit)",
             influxdb_node=None,
+            influxdb_adopt=RELEASED_ADOPT,
             influxdb_attempts=0,
             influxdb_create_sent_to=None,
         )

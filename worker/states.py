@@ -107,8 +107,9 @@ class Adoption(enum.StrEnum):
     # inline code and has no incarnation in its marker. An unmarked one is theirs.
     UNMARKED = "unmarked"
     # An operator said so (``adopt``): whatever database of that name is on the node is theirs.
+    # Cleared with the server (a 422 there, a failure that frees the slot, a wait for room).
     ANY = "any"
     # A provisioned tenant whose database was deleted behind our back (``worker.repairs``): an
     # unmarked one on its server was made since, by its writers, and is theirs. Cleared with
-    # the server (a 422 there, a failure that frees the slot): placed as new, never located.
+    # the server, as ``ANY`` is: placed as new, never located.
     REMADE = "remade"

@@ -188,6 +188,40 @@ def test_an_adopted_database_is_provisioned_with_its_data(db, world: World):
     assert len(alpha.rows("telemetry_acme", "telemetry")) == 3
 
 
+def test_an_adoption_goes_with_its_server_when_that_server_refuses_the_tenant(db, world: World):
+    # Given an adoption on alpha, which holds no database of the name and is full, and on
+    # beta a database of the name marked for someone else
+    alpha = world.add("alpha", limit=1)
+    alpha.create_database("telemetry_other")
+    beta = world.add("beta")
+    existing_database(beta, "acme", points=3, incarnation="someone-else")
+    insert(db, "acme", state="pending", node="alpha", adopt="any")
+
+    # When its run meets alpha full (422) and places it on beta
+    outcome = world.provision("acme", MESSAGE)
+
+    # Then the adoption went with alpha: beta's database is a stranger's, left untouched
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, "name_taken")
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_node"], row["influxdb_adopt"]) == ("beta", None)
+    assert [m.get("incarnation") for m in beta.rows("telemetry_acme", "_init")] == ["someone-else"]
+
+
+def test_an_adoption_goes_with_its_server_into_a_wait_for_room(db, world: World):
+    # Given an adoption on alpha, which holds no database of the name and is full
+    alpha = world.add("alpha", limit=1)
+    alpha.create_database("telemetry_other")
+    insert(db, "acme", state="pending", node="alpha", adopt="any")
+
+    # When its run finds no room anywhere
+    outcome = world.provision("acme", MESSAGE)
+
+    # Then it waits as a new tenant does: whatever server it gets, the strict rule holds there
+    assert outcome.result == RunResult.WAITING_FOR_CAPACITY
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_node"], row["influxdb_adopt"]) == (None, None)
+
+
 def test_a_409_after_our_own_unanswered_create_is_ours(db, world: World):
     alpha = world.add("alpha")
     alpha.create_database("telemetry_acme")  # our earlier create landed; we never saw the 200
