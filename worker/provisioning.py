@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 
 from sqlalchemy import Connection
 
@@ -193,6 +194,9 @@ class _Run(TenantRun):
                 self.create_sent_to = self.node_name = None
                 attempt.move_off_node(exc.reason, f"node {node.name}: {exc}")
                 refused.add(node.name)
+                if self._location is not None:  # located there by a listing older than this
+                    found = tuple(n for n in self._location.found if n != node.name)
+                    self._location = replace(self._location, found=found)
                 node = None
 
     def _locate_before_placing(self) -> NodeConfig | Outcome | None:

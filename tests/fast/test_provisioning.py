@@ -422,6 +422,40 @@ def test_a_run_that_loses_its_chain_while_waiting_for_room_leaves_the_tenant_to_
     assert (row["influxdb_state"], row["influxdb_retry_chain"]) == ("pending", OTHER.message)
 
 
+def test_a_located_database_gone_before_the_create_is_not_asked_for_again(
+    db, world: World, database
+):
+    # Given a row from before the worker, its database listed on beta alone, beta otherwise
+    # full, and alpha with room
+    alpha = world.add("alpha")
+    beta = world.add("beta", limit=2)
+    beta.create_database("telemetry_acme")
+    beta.create_database("telemetry_other")
+    insert(db, "acme", adopt="unmarked")
+    # When, after its run listed the servers, the database on beta is deleted and another
+    # takes its slot (the run waits on the row, held by another transaction, meanwhile)
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as other:
+        other.execute("SELECT 1 FROM tenants WHERE tenant_id = 'acme' FOR UPDATE")
+        with ThreadPoolExecutor(1) as runner:
+            run = runner.submit(world.provision, "acme", MESSAGE)
+            wait_for_a_lock_wait(db)
+            beta.delete_database("telemetry_acme")
+            beta.create_database("telemetry_third")
+            other.commit()
+            outcome = run.result(timeout=30)
+
+    # Then beta's 422 says the name is gone from there: beta is not asked again, and the
+    # tenant, confirmed absent everywhere, is placed as new on alpha
+    assert outcome.result == RunResult.PROVISIONED
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_node"], row["influxdb_adopt"], row["influxdb_attempts"]) == (
+        "alpha",
+        None,
+        2,
+    )
+    assert (beta.create_calls("telemetry_acme"), alpha.create_calls("telemetry_acme")) == (1, 1)
+
+
 ADOPT_BETAS_DATABASE = (  # what store.request_adoption writes
     "UPDATE tenants SET influxdb_state = 'pending', influxdb_node = 'beta', "
     "influxdb_adopt = 'any', influxdb_attempts = 0, influxdb_create_sent_to = NULL, "
