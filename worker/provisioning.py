@@ -303,8 +303,10 @@ class _Run(TenantRun):
     ) -> Outcome:
         where = f"node {node.name}: " if node else ""
         if node is not None and created is None:
-            # This call's create was refused, or never left: nothing of it is there.
-            if isinstance(exc, PermanentError):
+            # This call's create was refused, or never left: nothing of it is there. Nor of
+            # the tenant's, unless an adoption says its database may be (remade there, adopted
+            # there, located there): then the tenant keeps the server, to take it back later.
+            if isinstance(exc, PermanentError) and self.adoption is None:
                 attempt.release_node()
             elif isinstance(exc, TransientError) and not exc.request_sent:
                 attempt.forget_create()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from tests.conftest import existing_database, tenant_row
+from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
 from tests.fast.conftest import SEED, World, insert
 from worker import store
 from worker.db import autocommit, get_engine
@@ -454,6 +454,30 @@ def test_a_located_database_gone_before_the_create_is_not_asked_for_again(
         2,
     )
     assert (beta.create_calls("telemetry_acme"), alpha.create_calls("telemetry_acme")) == (1, 1)
+
+
+def test_a_remade_database_refused_for_a_wrong_token_is_kept_and_taken_back_later(db, world: World):
+    # Given a tenant whose database on alpha was deleted behind our back and made again by
+    # its writers (the reconciler sent it back, to take it back), and alpha's token wrong
+    alpha = world.add("alpha")
+    existing_database(alpha, "acme", points=3, incarnation=None)
+    insert(db, "acme", state="pending", node="alpha", adopt="remade")
+    alpha.set_token("another")
+
+    # When its run is refused (401)
+    outcome = world.provision("acme", MESSAGE)
+
+    # Then it fails keeping its server and the adoption: its database is still there
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, "unauthorized")
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_node"], row["influxdb_adopt"]) == ("alpha", "remade")
+
+    # And once the token is right, the operator's retry takes it back, with its data
+    alpha.set_token(INFLUX_TOKEN)
+    db.execute("UPDATE tenants SET influxdb_state = 'pending', influxdb_attempts = 0")
+    assert world.provision("acme", MESSAGE).result == RunResult.PROVISIONED
+    assert tenant_row(db, "acme")["influxdb_node"] == "alpha"
+    assert len(alpha.rows("telemetry_acme", "telemetry")) == 3
 
 
 ADOPT_BETAS_DATABASE = (  # what store.request_adoption writes
