@@ -131,7 +131,7 @@ class _Deletion(TenantRun):
         # A row from before the worker: its database may be on any server.
         listings = list_everywhere(self.pool, self.pool.nodes())
         location = identity.locate(self.database, {n: ls.names for n, ls in listings.items()})
-        if not location.found and location.unanswered:
+        if location.unanswered:  # found elsewhere or not: it may be there too (a copy)
             name = location.unanswered[0]
             error = listings[name].error
             assert error is not None  # unanswered means the listing failed

@@ -93,6 +93,25 @@ def test_deleting_while_a_server_is_silent_does_not_finish(db, world: World):
     assert row["influxdb_next_attempt_at"] > world.clock.now
 
 
+def test_deleting_while_a_server_is_silent_does_not_finish_when_another_has_it(db, world: World):
+    # Given a row from before the worker, its database on alpha and beta, and beta silent
+    alpha, beta = world.add("alpha"), world.add("beta")
+    for server in (alpha, beta):
+        existing_database(server, "acme")
+    beta.set_outage(True)
+    insert(db, "acme", state="deprovisioning", adopt="unmarked")
+
+    # When it is deleted, it retries: beta's copy is not left behind, an orphan
+    outcome = world.deprovision("acme", MESSAGE)
+    assert (outcome.result, outcome.reason) == (RunResult.RETRYING, "unreachable")
+
+    # And once beta answers, its retry deletes both, then the row
+    beta.set_outage(False)
+    retry = Delivery(MESSAGE.retry, MESSAGE.retry + "'")
+    assert world.deprovision("acme", retry).result == RunResult.DEPROVISIONED
+    assert (alpha.databases(), beta.databases(), tenant_row(db, "acme")) == ([], [], None)
+
+
 def test_a_never_placed_tenant_is_deleted_without_asking_any_server(db, world: World):
     alpha = world.add("alpha")
     insert(db, "acme", state="deprovisioning")
