@@ -216,7 +216,8 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
         responses=error_responses(
             {
                 404: NOT_FOUND,
-                409: "The tenant is provisioned, being provisioned or being deleted",
+                409: "The tenant is provisioned (unless its server left the nodes file and "
+                "`node` names another), being provisioned or being deleted",
                 413: TOO_LARGE,
                 415: NOT_JSON,
                 422: "The body is not valid, or the node is not in the pool (or none was given "
@@ -229,7 +230,9 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
         request: Request, tenant_id: TenantId, node: Annotated[str | None, Depends(adopt_body)]
     ) -> AdoptAccepted:
         """For a tenant stopped as `name_taken`, once an operator has checked that the data
-        there is this tenant's: the database is declared its own and provisioning runs."""
+        there is this tenant's: the database is declared its own and provisioning runs. Also
+        moves a provisioned tenant off a server that left the nodes file, to its database
+        copied to `node`."""
         try:
             queued: bool = _lookup(adopt_database, tenant_id, node, **_who(request))
         except UnknownNode as exc:

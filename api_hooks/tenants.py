@@ -208,7 +208,8 @@ def adopt_database(
     For a tenant stopped as ``name_taken`` after the operator checked that the data there is
     this tenant's. Its marker is rewritten with the tenant's incarnation. Raises
     TenantNotFound, UnknownNode (not in the pool, or none given for a tenant without one) and
-    TenantBusy (provisioned, being provisioned or being deleted). ``actor`` and ``route``:
+    TenantBusy (provisioned, unless its server left the nodes file and ``node`` is given;
+    being provisioned or being deleted). ``actor`` and ``route``:
     who asked (docs/events.md).
     """
     tenant_id = validate_tenant_id(tenant_id)
@@ -224,10 +225,15 @@ def adopt_database(
         )
         if row is None:
             raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
-        if row.influxdb_state not in _ADOPTABLE_STATES:
+        # A provisioned tenant may move off a server that left the nodes file (runbook, "Node
+        # not configured"): its database copied to ``node`` first.
+        leaving = row.influxdb_node is not None and shared_pool().node(row.influxdb_node) is None
+        moving = row.influxdb_state == ProvisioningState.PROVISIONED and node and leaving
+        if row.influxdb_state not in _ADOPTABLE_STATES and not moving:
             raise TenantBusy(
                 f"tenant {tenant_id!r} is {row.influxdb_state}: only a failed, pending or "
-                "waiting tenant can adopt a database"
+                "waiting tenant can adopt a database (a provisioned one only to move off a "
+                "server that left the nodes file)"
             )
         home = node or row.influxdb_node
         if home is None:

@@ -3,6 +3,7 @@ the random source seeded, so every delay and timestamp is exact."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,9 +12,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from api_hooks.errors import TenantBusy
+from api_hooks.tenants import adopt_database
 from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
 from tests.fast.conftest import SEED, World, insert
-from worker import store
+from worker import nodes, store
 from worker.db import autocommit, get_engine
 from worker.placement import NoFreeNode, start_on_free_node, sync_nodes
 from worker.runs import Delivery, tenant_lock
@@ -220,6 +223,35 @@ def test_an_adoption_goes_with_its_server_into_a_wait_for_room(db, world: World)
     assert outcome.result == RunResult.WAITING_FOR_CAPACITY
     row = tenant_row(db, "acme")
     assert (row["influxdb_node"], row["influxdb_adopt"]) == (None, None)
+
+
+def test_a_provisioned_tenant_moves_off_a_server_that_left_the_nodes_file(
+    db, world: World, monkeypatch
+):
+    # Given a tenant provisioned on alpha, with points
+    alpha, beta = world.add("alpha"), world.add("beta")
+    insert(db, "acme")
+    assert world.provision("acme", MESSAGE).result == RunResult.PROVISIONED
+    monkeypatch.setattr(nodes, "_shared", world.pool())  # the hooks' pool is the world's
+    monkeypatch.setattr(nodes, "_shared_pid", os.getpid())
+    # While alpha is configured, it cannot adopt a database elsewhere
+    with pytest.raises(TenantBusy, match="left the nodes file"):
+        adopt_database("acme", "beta")
+
+    # When alpha is being retired: its database copied to beta, alpha out of the nodes file,
+    # and the operator adopts the copy there (runbook, "Node not configured")
+    existing_database(
+        beta, "acme", points=3, incarnation=tenant_row(db, "acme")["influxdb_incarnation"]
+    )
+    world.unlisted.add("alpha")
+    monkeypatch.setattr(nodes, "_shared", world.pool())
+    assert adopt_database("acme", "beta") in (True, False)  # queued, or left to the reconciler
+
+    # Then its run provisions it on beta, with the data
+    assert world.provision("acme", MESSAGE).result == RunResult.PROVISIONED
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_node"], row["influxdb_adopt"]) == ("beta", None)
+    assert len(beta.rows("telemetry_acme", "telemetry")) == 3 and alpha.create_calls() == 1
 
 
 def test_a_409_after_our_own_unanswered_create_is_ours(db, world: World):
