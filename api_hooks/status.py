@@ -30,9 +30,12 @@ from worker.states import RESUMABLE_REASONS, STATES, ProvisioningState, Reason
 
 
 def list_tenants(state: str | None = None, limit: int = 100) -> list[TenantSummary]:
-    """Tenants ordered by id, optionally only those in ``state``; ValueError for a bad state."""
+    """Tenants ordered by id, optionally only those in ``state``, at most ``limit`` (1 or
+    more); ValueError for a bad state or limit."""
     if state is not None and state not in STATES:
         raise ValueError(f"state must be one of {', '.join(STATES)} (got {state!r})")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a whole number of at least 1 (got {limit!r})")
     with get_engine().connect() as conn:
         rows = store.listing(conn, state, limit)
     return [

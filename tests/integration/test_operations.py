@@ -182,6 +182,8 @@ def test_cli_status_list_and_exit_codes(api, db, influx, worker_process):
     bad_state = cli("list", "--state", "sleeping")
     assert bad_state.returncode == 2
     assert "must be one of" in bad_state.stderr
+    bad_limit = cli("list", "--limit", "-1")  # was exit 5: "the database cannot be used"
+    assert (bad_limit.returncode, "limit must be" in bad_limit.stderr) == (2, True)
 
 
 def test_cli_retry_by_state_requeues_failed_tenants(api, db, influx, worker_process):
