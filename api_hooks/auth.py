@@ -43,9 +43,10 @@ def bearer_auth(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
     ) -> str | None:
-        client = refuse_if_throttled(throttle, request)
+        client = refuse_if_throttled(throttle, request, overall=False)
         supplied = credentials.credentials.encode() if credentials is not None else b""
         if not expected or not hmac.compare_digest(supplied, expected):
+            refuse_if_throttled(throttle, request)  # many addresses failing together
             throttle.failed(client)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, detail=refusal, headers={"WWW-Authenticate": "Bearer"}

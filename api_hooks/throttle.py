@@ -3,7 +3,10 @@
 Without it the sign-in form and bearer auth let anyone guess operator tokens as fast as the
 API answers. A client that failed ``per_client`` times within ``window`` seconds is refused
 (429, with ``Retry-After``) until its oldest failure leaves the window; so is everyone once
-``overall`` failures fell within it (many addresses guessing together). Successes are not
+``overall`` failures fell within it (many addresses guessing together) - everyone with a
+wrong credential: a bearer token that is right passes the overall limit (a few addresses
+failing together must not lock every location client of the data plane out), and a
+128-bit token is not guessed by trying. Successes are not
 counted, and a client refused by its own limit adds nothing to the overall count, so one
 address hammering away never locks out another. In memory, per process: what an attacker
 gets is multiplied by the API's processes, not unlimited.
@@ -45,13 +48,16 @@ class Throttle:
         self._all: deque[float] = deque()
         self._lock = threading.Lock()
 
-    def retry_after(self, client: str) -> float | None:
-        """Seconds ``client`` must wait before its next try, or None if it may try now."""
+    def retry_after(self, client: str, *, overall: bool = True) -> float | None:
+        """Seconds ``client`` must wait before its next try, or None if it may try now;
+        ``overall=False``: by its own failures only."""
         with self._lock:
             now = self._clock()
             own = self._recent(self._clients.get(client), now)
             if own is not None and len(own) >= self._per_client:
                 return own[0] + self._window - now
+            if not overall:
+                return None
             every = self._recent(self._all, now)
             if every is not None and len(every) >= self._overall:
                 return every[0] + self._window - now
@@ -77,10 +83,11 @@ class Throttle:
         return times
 
 
-def refuse_if_throttled(throttle: Throttle, request: Request) -> str:
-    """The request's client address; raises 429 (with Retry-After) if it must wait."""
+def refuse_if_throttled(throttle: Throttle, request: Request, *, overall: bool = True) -> str:
+    """The request's client address; raises 429 (with Retry-After) if it must wait
+    (``overall=False``: by its own failures only)."""
     client = request.client.host if request.client else "-"
-    if (wait := throttle.retry_after(client)) is not None:
+    if (wait := throttle.retry_after(client, overall=overall)) is not None:
         seconds = str(math.ceil(wait))
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,

@@ -67,6 +67,25 @@ def test_1000_wrong_bearer_tokens_from_one_address_are_throttled_not_the_next(db
         assert ops.get(path, headers={"Authorization": f"Bearer {right}"}).status_code in (200, 404)
 
 
+@pytest.mark.parametrize(
+    ("path", "right"),
+    [("/locations", LOCATIONS_TOKEN), ("/operator/tenants/acme/stats", OPERATOR_TOKEN)],
+)
+def test_many_addresses_failing_together_do_not_lock_out_the_right_token(db, path, right):
+    app = create_app()
+    # Given 30 addresses sending wrong tokens, 4 each (each under its own limit of 5)
+    for n in range(30):
+        with TestClient(app, client=(f"203.0.113.{n}", 40000)) as bot:
+            for _ in range(4):
+                bot.get(path, headers={"Authorization": "Bearer wrong"})
+    with TestClient(app, client=OPERATOR) as client:
+        # Then a new address with a wrong token is refused by the overall limit...
+        assert client.get(path, headers={"Authorization": "Bearer x"}).status_code == 429
+        # ... and the right token is not: the data plane keeps its locations
+        answer = client.get(path, headers={"Authorization": f"Bearer {right}"})
+        assert answer.status_code in (200, 404)
+
+
 def test_1000_wrong_sign_ins_from_one_address_do_not_lock_out_the_operator(db: Any):
     app = create_app()
     with (
