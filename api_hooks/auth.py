@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api_hooks.throttle import Throttle, refuse_if_throttled
+from api_hooks.throttle import Throttle, refuse_if_throttled, throttled
 
 
 def bearer_auth(
@@ -46,8 +46,10 @@ def bearer_auth(
         client = refuse_if_throttled(throttle, request, overall=False)
         supplied = credentials.credentials.encode() if credentials is not None else b""
         if not expected or not hmac.compare_digest(supplied, expected):
-            refuse_if_throttled(throttle, request)  # many addresses failing together
-            throttle.failed(client)
+            overall = throttle.retry_after(client)  # many addresses failing together
+            throttle.failed(client)  # counted either way: its own limit still holds
+            if overall is not None:
+                raise throttled(overall)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, detail=refusal, headers={"WWW-Authenticate": "Bearer"}
             )

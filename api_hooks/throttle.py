@@ -88,10 +88,15 @@ def refuse_if_throttled(throttle: Throttle, request: Request, *, overall: bool =
     (``overall=False``: by its own failures only)."""
     client = request.client.host if request.client else "-"
     if (wait := throttle.retry_after(client, overall=overall)) is not None:
-        seconds = str(math.ceil(wait))
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"too many failed credentials; try again in {seconds} s",
-            headers={"Retry-After": seconds},
-        )
+        raise throttled(wait)
     return client
+
+
+def throttled(wait: float) -> HTTPException:
+    """The 429 for a client that must wait ``wait`` seconds."""
+    seconds = str(math.ceil(wait))
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=f"too many failed credentials; try again in {seconds} s",
+        headers={"Retry-After": seconds},
+    )

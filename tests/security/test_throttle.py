@@ -84,6 +84,12 @@ def test_many_addresses_failing_together_do_not_lock_out_the_right_token(db, pat
         # ... and the right token is not: the data plane keeps its locations
         answer = client.get(path, headers={"Authorization": f"Bearer {right}"})
         assert answer.status_code in (200, 404)
+    with TestClient(app, client=ATTACKER) as attacker:
+        # While its own limit still holds: past 5 wrong tokens, even the right one waits
+        for _ in range(5):
+            assert attacker.get(path, headers={"Authorization": "Bearer x"}).status_code == 429
+        answer = attacker.get(path, headers={"Authorization": f"Bearer {right}"})
+        assert answer.status_code == 429
 
 
 def test_1000_wrong_sign_ins_from_one_address_do_not_lock_out_the_operator(db: Any):
