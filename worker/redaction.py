@@ -38,13 +38,16 @@ def redact_cut(text: str, secrets: Iterable[str], limit: int) -> str:
     """``text`` redacted, then at most ``limit`` characters. A hostile megabyte costs no more
     than ``limit`` plus a margin longer than any secret: a longer text is cut there first.
     What that cut leaves of a secret, redaction cannot recognise; it ends what redaction
-    returns, shorter than the margin, so the margin is dropped from the end before the cut to
-    ``limit`` (redaction may have shortened the text in between: counting from the start would
-    bring the fragment back within ``limit``)."""
+    returns, shorter than the secret, so the longest secret's length is dropped from the end
+    before the cut to ``limit`` (redaction may have shortened the text in between: counting
+    from the start would bring the fragment back within ``limit``)."""
+    secrets = tuple(secrets)
     if len(text) <= limit + _CUT_MARGIN:  # nothing cut before redaction
         return redact(text, secrets)[:limit]
     kept = redact(text[: limit + _CUT_MARGIN], secrets)
-    return kept[: max(0, min(limit, len(kept) - _CUT_MARGIN))]
+    # The fragment, if any, is the verbatim end of ``kept``, shorter than the longest secret.
+    fragment = min(max((len(secret) for secret in secrets), default=0), _CUT_MARGIN)
+    return kept[: max(0, min(limit, len(kept) - fragment))]
 
 
 def redact_capped(text: str, secrets: Iterable[str], limit: int) -> str:

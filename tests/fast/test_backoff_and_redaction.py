@@ -52,16 +52,18 @@ def test_a_secret_cut_by_the_first_cut_stays_out_when_redaction_shortens_the_tex
     text = secret * 22 + " tail"
     # When it is capped at 300 characters
     capped = redact_capped(text, [secret], 300)
-    # Then the cut copy's start, brought forward by that, is not left (nor is much else: a
-    # text shortened by more than the margin keeps nothing it is not sure of)
-    assert "Seeee" not in capped
+    # Then the cut copy's start, brought forward by that, is not left
+    assert "Seeee" not in capped and capped.startswith(REDACTED * 20)
     assert capped.endswith(f"[{len(text) - 300} characters cut]")
     # (Counted from the start, the cut kept 90 characters of it.)
     assert "Seeee" in redact(text[: 300 + 4096], [secret])[:300]
-    # Shortened by less than the cap, it keeps the cap less what redaction took out
+    # A text redaction shortens keeps its start: only what may be a fragment is dropped
     token = "t" * 64
     capped = redact_capped("x" * 10 + token + "y" * 5000, [token], 300)
-    assert capped.startswith("x" * 10 + REDACTED + "y" * (300 - 54 - 20))
+    assert capped.startswith("x" * 10 + REDACTED + "y" * 280)
+    # even when a hostile URL "password" of 2,000 characters shortens it by that much
+    line = "GET /x?a=http://u:" + "A" * 2000 + "@h" + "B" * 10000
+    assert redact_capped(line, [token], 300).startswith(f"GET /x?a=http://u:{REDACTED}@hBBB")
 
 
 def test_a_megabyte_log_line_is_bounded_and_redacted(capsys):
