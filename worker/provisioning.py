@@ -193,6 +193,8 @@ class _Run(TenantRun):
                 mark_full(self.conn, node.name, self.clock())
                 self.create_sent_to = self.node_name = None
                 attempt.move_off_node(exc.reason, f"node {node.name}: {exc}")
+                if self.adoption != Adoption.UNMARKED:  # as move_off_node wrote it
+                    self.adoption = None
                 refused.add(node.name)
                 if self._location is not None:  # located there by a listing older than this
                     found = tuple(n for n in self._location.found if n != node.name)

@@ -3,6 +3,7 @@ the random source seeded, so every delay and timestamp is exact."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -191,7 +192,9 @@ def test_an_adopted_database_is_provisioned_with_its_data(db, world: World):
     assert len(alpha.rows("telemetry_acme", "telemetry")) == 3
 
 
-def test_an_adoption_goes_with_its_server_when_that_server_refuses_the_tenant(db, world: World):
+def test_an_adoption_goes_with_its_server_when_that_server_refuses_the_tenant(
+    db, world: World, caplog
+):
     # Given an adoption on alpha, which holds no database of the name and is full, and on
     # beta a database of the name marked for someone else
     alpha = world.add("alpha", limit=1)
@@ -201,10 +204,12 @@ def test_an_adoption_goes_with_its_server_when_that_server_refuses_the_tenant(db
     insert(db, "acme", state="pending", node="alpha", adopt="any")
 
     # When its run meets alpha full (422) and places it on beta
+    caplog.set_level(logging.INFO, logger="worker.provisioning")
     outcome = world.provision("acme", MESSAGE)
 
     # Then the adoption went with alpha: beta's database is a stranger's, left untouched
     assert (outcome.result, outcome.reason) == (RunResult.FAILED, "name_taken")
+    assert "starting over" not in caplog.text  # the run knew what it wrote: no restart
     row = tenant_row(db, "acme")
     assert (row["influxdb_node"], row["influxdb_adopt"]) == ("beta", None)
     assert [m.get("incarnation") for m in beta.rows("telemetry_acme", "_init")] == ["someone-else"]
