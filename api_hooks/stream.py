@@ -184,7 +184,10 @@ async def tenant_stream(tenant_id: str, after_seq: int) -> AsyncIterator[dict[st
         cursor = hub.end()
         while True:
             ready.clear()
-            page = await to_thread.run_sync(_tenant_after, tenant_id, after_seq)
+            try:
+                page = await to_thread.run_sync(tenant_events_after, tenant_id, after_seq)
+            except BadCursor:  # its events went (deleted, made again) while it was followed
+                return
             for event in page:
                 after_seq = max(after_seq, int(event.get("tenantseq", 0)))
                 yield event
@@ -206,7 +209,7 @@ async def tenant_stream(tenant_id: str, after_seq: int) -> AsyncIterator[dict[st
         _open_streams -= 1
 
 
-def _tenant_after(tenant_id: str, after_seq: int) -> list[dict[str, Any]]:
+def tenant_events_after(tenant_id: str, after_seq: int) -> list[dict[str, Any]]:
     with get_engine().connect() as conn:
         page = tenant_page(conn, tenant_id, after_seq, MAX_LIMIT)
     return [] if page is None else page.events

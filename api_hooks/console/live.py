@@ -13,14 +13,15 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
 
 from api_hooks.console.render import STATE_SIGNS, moment
 from api_hooks.errors import InvalidTenantId
-from api_hooks.stream import TooManyStreams, check_capacity, tenant_stream
+from api_hooks.stream import TooManyStreams, check_capacity, tenant_events_after, tenant_stream
 from api_hooks.tenants import validate_tenant_id
-from worker.event_reads import TYPE_PREFIX
+from worker.event_reads import TYPE_PREFIX, BadCursor
 
 MAX_SEQ = 2**31 - 1
 SIGNS = {str(state): sign for state, sign in STATE_SIGNS.items()}
@@ -42,6 +43,10 @@ def timeline_route(router: APIRouter) -> None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
         if last_event_id and last_event_id.isascii() and last_event_id.isdigit():
             after = min(int(last_event_id[:10]), MAX_SEQ)
+        try:  # a cursor past the tenant's events (a stale page of an earlier tenant of the id)
+            await to_thread.run_sync(tenant_events_after, tenant_id, after)
+        except BadCursor as exc:  # an EventSource stops at a 400, not reconnecting for ever
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
         try:
             check_capacity()
         except TooManyStreams as exc:  # the page still shows the timeline as it was read

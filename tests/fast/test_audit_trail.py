@@ -344,6 +344,17 @@ def test_the_tenant_page_shows_its_timeline_newest_first_escaped(db, console, qu
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
 
 
+def test_a_timeline_asked_past_the_tenants_events_is_a_400_not_a_broken_stream(db, console, queue):
+    # Given acme with one event, and a page that followed an earlier acme's longer timeline
+    create_tenant("acme", "Acme", actor="alice")
+    for cursor in ({"after": "999"}, {}):
+        headers = {} if cursor else {"Last-Event-ID": "999"}
+        # Then its EventSource gets a 400 naming the rule (and stops reconnecting)
+        answer = console.get(f"{CONSOLE}/tenants/acme/timeline", params=cursor, headers=headers)
+        assert answer.status_code == 400
+        assert "tenantseq" in answer.json()["detail"]
+
+
 def test_timelines_and_event_streams_share_one_budget_per_process(db, console, queue, monkeypatch):
     # Given a process that serves at most one stream, and acme's timeline open in a browser
     auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
