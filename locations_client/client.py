@@ -82,7 +82,6 @@ class _Map:
         self._nodes: dict[str, str] = {}  # name: URL
         self._names: dict[str, str] = {}  # name: the one string kept for it
         self._identity: tuple[str, dict[str, str], str] | None = None  # what entries assume
-        self._building = False  # a whole load is under way
         self._prefix = ""
         self.version = 0
         self.refresh_seconds: float | None = None  # the service's hint, once known
@@ -103,21 +102,23 @@ class _Map:
         with self._lock:
             try:
                 return self._refresh()
-            except BaseException as exc:
-                if self._building:
-                    # A whole load cut short: its identity is taken from its first page, its
-                    # map only at the end. The entries held are the old map's; the next
-                    # refresh must load it whole again, not apply changes onto those.
-                    self._identity, self._building = None, False
-                if isinstance(exc, LocationServiceError):
-                    self.last_error = str(exc)
+            except LocationServiceError as exc:
+                self.last_error = str(exc)
                 raise
 
     def _refresh(self) -> int:
         started = time.monotonic()
         for _ in range(MAX_RELOADS):
             whole = self._identity is None  # the first load, or what it assumed changed
-            changed = self._apply_pages(0 if whole else self.version, reload=whole)
+            try:
+                changed = self._apply_pages(0 if whole else self.version, reload=whole)
+            except BaseException:
+                if whole:
+                    # Cut short: its identity is taken from its first page, its map only at
+                    # the end. The entries held are the old map's; the next refresh must
+                    # load it whole again, not apply changes onto those.
+                    self._identity = None
+                raise
             if changed is not None:
                 break
         else:
@@ -151,7 +152,6 @@ class _Map:
                     return None
                 if building is not None and since == 0:
                     self._take_identity(page)
-                    self._building = True
                 entries = self._entries if building is None else building
                 for item in page["locations"]:
                     if item["deleted"]:
@@ -165,7 +165,7 @@ class _Map:
                 if ahead != since:  # no header, or not this page's: ask from the body's
                     coming = fetching.submit(self._fetch, since)
         if building is not None:
-            self._entries, self._building = building, False
+            self._entries = building
         self.version = since
         return changed
 

@@ -114,6 +114,11 @@ RELEASED_ADOPT = case(
 )
 
 
+def released(adoption: Adoption | None) -> Adoption | None:
+    """``RELEASED_ADOPT`` of one mode: what the row holds once its server is released."""
+    return adoption if adoption == Adoption.UNMARKED else None
+
+
 class AttemptRecord:
     """The Postgres side of one attempt (see the module docstring)."""
 

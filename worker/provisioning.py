@@ -30,7 +30,7 @@ from dataclasses import replace
 from sqlalchemy import Connection
 
 from worker import identity, store
-from worker.attempts import RELEASED_ADOPT, AttemptRecord, log_attempt
+from worker.attempts import RELEASED_ADOPT, AttemptRecord, log_attempt, released
 from worker.clock import Clock, database_clock
 from worker.errors import (
     DatabaseLimitReached,
@@ -193,8 +193,7 @@ class _Run(TenantRun):
                 mark_full(self.conn, node.name, self.clock())
                 self.create_sent_to = self.node_name = None
                 attempt.move_off_node(exc.reason, f"node {node.name}: {exc}")
-                if self.adoption != Adoption.UNMARKED:  # as move_off_node wrote it
-                    self.adoption = None
+                self.adoption = released(self.adoption)  # as move_off_node wrote it
                 refused.add(node.name)
                 if self._location is not None:  # located there by a listing older than this
                     found = tuple(n for n in self._location.found if n != node.name)
