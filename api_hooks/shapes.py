@@ -85,8 +85,8 @@ class InfluxDBStatus(TypedDict):
     stalled_on: Annotated[
         str | None,
         Field(
-            description="Failed for a transient reason: resumes by itself when this server "
-            "(or 'any node') answers"
+            description="Failed for a transient reason or a refused token: resumes by itself "
+            "when this server (or 'any node') answers"
         ),
     ]
     attempts: Annotated[
@@ -151,3 +151,5 @@ class NodeReport(TypedDict):
     full: bool | None  # a 422 said so, or every slot is taken
     observed_databases: int | None  # databases the last reconcile listing saw there
     observed_at: datetime | None
+    unavailable_since: datetime | None  # its listing failed, or it refused our token, since
+    unavailable_reason: str | None  # why: unreachable, unauthorized, timeout, ...

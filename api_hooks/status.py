@@ -92,6 +92,8 @@ def node_report() -> list[NodeReport]:
             "full": u.full,
             "observed_databases": getattr(seen.get(u.node.name), "observed_databases", None),
             "observed_at": getattr(seen.get(u.node.name), "observed_at", None),
+            "unavailable_since": getattr(seen.get(u.node.name), "unavailable_since", None),
+            "unavailable_reason": getattr(seen.get(u.node.name), "unavailable_reason", None),
         }
         for u in slots
     ]
@@ -107,6 +109,8 @@ def node_report() -> list[NodeReport]:
             "full": None,
             "observed_databases": getattr(seen.get(name), "observed_databases", None),
             "observed_at": getattr(seen.get(name), "observed_at", None),
+            "unavailable_since": None,
+            "unavailable_reason": None,
         }
         for name in sorted(set(placed) - names)
     )

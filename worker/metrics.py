@@ -94,7 +94,8 @@ class ProvisioningCollector(Collector):
 
         stalled_family = GaugeMetricFamily(
             f"{PREFIX}_stalled_tenants",
-            "Tenants failed for a transient reason, waiting for their server to answer again "
+            "Tenants failed for a transient reason or a refused token, waiting for their server "
+            "to answer again "
             f"(they resume by themselves); node {_UNPLACED!r}: not placed yet.",
             labels=["node"],
         )
@@ -186,6 +187,12 @@ def _node_metrics(
             "1 while the node is marked full (it answered 422).",
             labels=["node"],
         ),
+        "unavailable": GaugeMetricFamily(
+            f"{PREFIX}_node_unavailable",
+            "1 while the node's last listing failed or it refused our token or a connection: "
+            "new tenants go to answering nodes first.",
+            labels=["node"],
+        ),
         "observed": GaugeMetricFamily(
             f"{PREFIX}_node_observed_databases",
             "Databases the last reconcile saw on the node (-1: not seen yet).",
@@ -207,6 +214,7 @@ def _node_metrics(
         families["tenants"].add_metric([name], slot.used)
         families["limit"].add_metric([name], slot.node.database_limit)
         families["full"].add_metric([name], 1 if slot.full else 0)
+        families["unavailable"].add_metric([name], 1 if slot.unavailable else 0)
         seen, listed_at = observed.get(name, (None, None))
         families["observed"].add_metric([name], -1 if seen is None else seen)
         families["listed"].add_metric([name], listed_at.timestamp() if listed_at else 0)

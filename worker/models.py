@@ -193,6 +193,7 @@ class InfluxDBNode(Base):
     __table_args__ = (
         Index(
             "ix_influxdb_nodes_room",
+            text("(unavailable_since IS NOT NULL)"),  # answering servers first (0019)
             "placed",
             "name",
             postgresql_where=text("configured AND full_since IS NULL"),
@@ -203,6 +204,9 @@ class InfluxDBNode(Base):
     full_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # from a 422
     observed_databases: Mapped[int | None] = mapped_column(Integer)  # at the last reconcile
     observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Since its listing failed or it refused our token; cleared by a listing that succeeds.
+    unavailable_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    unavailable_reason: Mapped[str | None] = mapped_column(Text)  # a Reason
     # Tenants holding a slot here: kept by a trigger on tenants (migration 0007).
     placed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     # The nodes file as placement last wrote it: in it, and its limit.

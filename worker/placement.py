@@ -10,7 +10,8 @@ statement when a node with room is free at once (:func:`start_on_free_node`), el
 way (:func:`choose_node`, which waits for a node another placer holds). A node that answers 422
 (its real count disagrees with ours, e.g. databases made by hand) is marked full until the
 reconciler sees room on it again; the reconciler also repairs a count that differs from the
-real one.
+real one. A node whose listing failed, or that refused our token or a connection, comes after
+every answering node with room until a listing succeeds (``unavailable_since``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from worker import store
 from worker.models import influxdb_nodes, tenants
 from worker.node_config import NodeConfig
+from worker.states import Reason
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class NodeUsage:
     node: NodeConfig
     used: int  # tenants holding a slot on it, by our count
     full: bool  # marked full by a 422 and not seen with room since
+    unavailable: bool = False  # its listing failed or it refused us; not listed well since
 
     @property
     def free(self) -> int:
@@ -64,6 +67,7 @@ def usage(
             node,
             known[node.name].placed if node.name in known else 0,
             node.name in known and known[node.name].full_since is not None,
+            node.name in known and known[node.name].unavailable_since is not None,
         )
         for node in nodes
     ]
@@ -155,10 +159,13 @@ _NODE = influxdb_nodes.c
 
 
 def _least_used(query: Select[Any]) -> Select[Any]:
-    """``query`` over the configured nodes with room, least used first (ties: by name): the
-    first rows of ix_influxdb_nodes_room, whatever the number of tenants or servers."""
+    """``query`` over the configured nodes with room, answering ones first, then least used
+    (ties: by name): the first rows of ix_influxdb_nodes_room, whatever the number of tenants
+    or servers."""
     room = (_NODE.configured, _NODE.full_since.is_(None), _NODE.placed < _NODE.database_limit)
-    return query.where(*room).order_by(_NODE.placed, _NODE.name)
+    return query.where(*room).order_by(
+        _NODE.unavailable_since.is_not(None), _NODE.placed, _NODE.name
+    )
 
 
 CANDIDATES = 16  # enough for concurrent placers to pass each other by
@@ -260,6 +267,23 @@ def mark_full(conn: Connection, node_name: str, now: datetime) -> None:
     logger.warning("node %s refused a new database (422): marked full", node_name)
 
 
+def mark_unavailable(conn: Connection, node_name: str, reason: Reason, now: datetime) -> None:
+    """Record that ``node_name`` refused our token or a connection: new tenants go to the
+    answering nodes first, until a listing there succeeds. Commits."""
+    stmt = pg_insert(influxdb_nodes).values(
+        name=node_name, unavailable_since=now, unavailable_reason=reason
+    )
+    since = func.coalesce(_NODE.unavailable_since, stmt.excluded.unavailable_since)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"unavailable_since": since, "unavailable_reason": reason},
+        )
+    )
+    conn.commit()
+    logger.warning("node %s: %s; placing elsewhere first until it lists again", node_name, reason)
+
+
 def slot_freed(conn: Connection, node: NodeConfig, now: datetime) -> list[str]:
     """A deletion removed a database from ``node``: room at once, not at the next listing.
 
@@ -334,34 +358,42 @@ MOVE_ROUNDS = 10  # each lost only to a write of this tenant's row that committe
 
 
 def record_observations(
-    conn: Connection, seen: Sequence[tuple[NodeConfig, int]], now: datetime
+    conn: Connection,
+    seen: Sequence[tuple[NodeConfig, int]],
+    now: datetime,
+    unanswered: Sequence[tuple[NodeConfig, Reason]] = (),
 ) -> None:
-    """Store what the list calls saw, ``(node, databases)`` each, in one statement; a node seen
-    with room is no longer marked full. Commits."""
-    if not seen:
+    """Store what the list calls saw, ``(node, databases)`` each, and which failed, ``(node,
+    reason)``, in one statement: a node seen with room is no longer full, a node seen is
+    available, one unanswered is unavailable and keeps what was last seen there. Commits."""
+    columns: tuple[str, ...] = ("name", "observed_databases", "observed_at", "full_since")
+    columns += ("unavailable_since", "unavailable_reason")
+    rows: list[tuple[Any, ...]] = [
+        (n.name, count, now, None if count < n.database_limit else now, None, None)
+        for n, count in seen
+    ]
+    rows += [(n.name, None, None, None, now, reason) for n, reason in unanswered]
+    if not rows:
         return
     stmt = pg_insert(influxdb_nodes)
+    new, old = stmt.excluded, influxdb_nodes.c
+    failed = new.unavailable_since.is_not(None)
+    values = [dict(zip(columns, row, strict=True)) for row in sorted(rows, key=lambda r: r[0])]
     conn.execute(
-        stmt.values(
-            [
-                {
-                    "name": node.name,
-                    "observed_databases": databases,
-                    "observed_at": now,
-                    "full_since": None if databases < node.database_limit else now,
-                }
-                for node, databases in sorted(seen, key=lambda seen_one: seen_one[0].name)
-            ]
-        ).on_conflict_do_update(
+        stmt.values(values).on_conflict_do_update(
             index_elements=["name"],
             set_={
-                "observed_databases": stmt.excluded.observed_databases,
-                "observed_at": stmt.excluded.observed_at,
-                # Full: since it was first seen full; room: no longer full.
+                # Unanswered: what was seen last stays (new is NULL there).
+                "observed_databases": func.coalesce(new.observed_databases, old.observed_databases),
+                "observed_at": func.coalesce(new.observed_at, old.observed_at),
+                # Full: since it was first seen full; room: no longer full; unanswered: as was.
                 "full_since": case(
-                    (stmt.excluded.full_since.is_(None), None),
-                    else_=func.coalesce(influxdb_nodes.c.full_since, stmt.excluded.full_since),
+                    (failed, old.full_since),
+                    (new.full_since.is_(None), None),
+                    else_=func.coalesce(old.full_since, new.full_since),
                 ),
+                "unavailable_since": case((failed, func.coalesce(old.unavailable_since, now))),
+                "unavailable_reason": new.unavailable_reason,
             },
         )
     )

@@ -35,6 +35,8 @@ from worker.clock import Clock, database_clock
 from worker.errors import (
     DatabaseLimitReached,
     InfluxDBBadResponse,
+    InfluxDBUnauthorized,
+    InfluxDBUnreachable,
     PermanentError,
     ProvisioningError,
     TransientError,
@@ -42,7 +44,7 @@ from worker.errors import (
 from worker.identity import Verdict
 from worker.node_config import NodeConfig
 from worker.nodes import NodePool, list_everywhere
-from worker.placement import NoFreeNode, choose_node, mark_full, sync_nodes
+from worker.placement import NoFreeNode, choose_node, mark_full, mark_unavailable, sync_nodes
 from worker.runs import (
     Delivery,
     NotStarted,
@@ -303,6 +305,8 @@ class _Run(TenantRun):
         self, attempt: AttemptRecord, node: NodeConfig | None, exc: Exception, created: bool | None
     ) -> Outcome:
         where = f"node {node.name}: " if node else ""
+        if node is not None and isinstance(exc, InfluxDBUnauthorized | InfluxDBUnreachable):
+            mark_unavailable(self.conn, node.name, exc.reason, self.clock())  # others first
         if node is not None and created is None:
             # This call's create was refused, or never left: nothing of it is there. Nor of
             # the tenant's, unless an adoption says its database may be (remade there, adopted

@@ -47,7 +47,7 @@ from worker.queues import Job
 from worker.redaction import redact
 from worker.repairs import Owed, Repaired, Repairs
 from worker.settings import Settings
-from worker.states import ProvisioningState
+from worker.states import ProvisioningState, Reason
 from worker.strays import record_strays
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ def _run(
         listed_version = locations.settled_version(conn)
     errors: list[str] = []
     observed: list[tuple[NodeConfig, int]] = []
+    unanswered: list[tuple[NodeConfig, Reason]] = []  # placement puts these last
     sender = _Sender(publish, summary, clock)
     with (
         engine.connect() as conn,
@@ -149,12 +150,13 @@ def _run(
                     # Without the list we cannot judge drift there; owed work is still queued.
                     error = listing.error
                     errors.append(f"{node.name}: {error.reason if error else '?'}: {error}")
+                    unanswered.append((node, error.reason if error else Reason.BAD_RESPONSE))
                 else:
                     # Its soft-deleted names are stamped by its clock: read them on ours.
                     shift = clock_shift(listing.date, clock())
                     copy_list(node.name, listing.names, listing.deleted, shift)
                     observed.append((node, len(listing.names)))
-        record_observations(conn, observed, clock())  # and commits the copied lists
+        record_observations(conn, observed, clock(), unanswered)  # and commits the copied lists
         now, prefix = clock(), settings.influxdb_database_prefix
         found = record_strays(conn, seen.answered, configured, prefix, listed_version, now)
         summary.strays, summary.orphans = found.strays, found.orphans
@@ -216,8 +218,9 @@ class _Sender:
 
 
 def _unwait(conn: Connection, pool: NodePool, clock: Clock) -> list[str]:
-    """Send the oldest waiting tenants back to pending, as many as there are free slots."""
-    free = sum(u.free for u in usage(conn, pool.nodes()))
+    """Send the oldest waiting tenants back to pending, as many as there are free slots on
+    servers that answer (one whose listing failed or that refused our token gets none)."""
+    free = sum(u.free for u in usage(conn, pool.nodes()) if not u.unavailable)
     conn.commit()
     if free <= 0:
         return []

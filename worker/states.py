@@ -64,9 +64,13 @@ class Reason(enum.StrEnum):
 
 
 # A tenant that failed for one of these resumes by itself, with a fresh attempt budget, once
-# its server answers the reconciler again: no outage is long enough to need a person. Others
-# (a bug, a worker that keeps dying, a server answering garbage) would loop: they wait.
-RESUMABLE_REASONS = frozenset({Reason.UNREACHABLE, Reason.TIMEOUT, Reason.SERVER_ERROR})
+# its server answers the reconciler again: no outage is long enough to need a person. A wrong
+# token is fixed in the nodes file: the listing, made with the same token, then answers too
+# (Core has only admin tokens: a token that lists can create). Others (a bug, a worker that
+# keeps dying, a server answering garbage) would loop: they wait.
+RESUMABLE_REASONS = frozenset(
+    {Reason.UNREACHABLE, Reason.TIMEOUT, Reason.SERVER_ERROR, Reason.UNAUTHORIZED}
+)
 
 
 class RunResult(enum.StrEnum):

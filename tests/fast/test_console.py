@@ -421,3 +421,17 @@ def test_the_public_form_token_says_nothing_about_the_operator_token(anonymous, 
     with TestClient(create_app(), follow_redirects=False, cookies={CSRF_COOKIE: nonce}) as other:
         fields = {"token": OPERATOR_TOKEN, "csrf_token": token, "next": CONSOLE}
         assert other.post(f"{CONSOLE}/sign-in", data=fields).status_code == 303
+
+
+def test_the_overview_says_which_server_does_not_answer(db, operator):
+    # Given the pool's one server marked: its listing was refused for our token
+    db.execute(
+        "INSERT INTO influxdb_nodes (name, unavailable_since, unavailable_reason) "
+        "VALUES ('default', %s, 'unauthorized')",
+        (T0,),
+    )
+
+    row = re.search(r'<tr data-node="default">.*?</tr>', operator.get(CONSOLE).text, re.S)
+
+    assert row is not None
+    assert "not answering (unauthorized)" in row.group(0)

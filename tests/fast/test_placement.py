@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -14,12 +14,14 @@ from worker.node_config import NodeConfig
 from worker.placement import (
     NoFreeNode,
     mark_full,
+    mark_unavailable,
     place_tenant,
     record_observations,
     start_on_free_node,
     sync_nodes,
     usage,
 )
+from worker.states import Reason
 
 ALPHA = NodeConfig("alpha", "http://a", None, 3)
 BETA = NodeConfig("beta", "http://b", None, 3)
@@ -92,3 +94,47 @@ def test_usage_counts_placed_tenants_and_free_slots(db):
     with get_engine().connect() as conn:
         slots = {u.node.name: (u.used, u.free, u.full) for u in usage(conn, [ALPHA, BETA])}
     assert slots == {"alpha": (2, 1, False), "beta": (0, 3, False)}
+
+
+def node_marks(db, name):
+    return db.execute(
+        "SELECT unavailable_since, unavailable_reason, observed_databases, full_since "
+        "FROM influxdb_nodes WHERE name = %s",
+        (name,),
+    ).fetchone()
+
+
+@pytest.mark.parametrize("way", [place, place_and_start])
+def test_a_server_that_did_not_answer_comes_after_every_answering_one_with_room(db, way):
+    given_placed(db, beta=2)  # alpha is the least used, by far
+    for tenant_id in ("acme", "globex", "initech"):
+        insert(db, tenant_id)
+    with get_engine().connect() as conn:
+        record_observations(conn, [(BETA, 2)], NOW, unanswered=[(ALPHA, Reason.UNAUTHORIZED)])
+
+    assert way("acme", [ALPHA, BETA]) == "beta"  # the last slot of the one that answers
+    assert way("globex", [ALPHA, BETA]) == "alpha"  # no answering one has room: still placed
+
+    with get_engine().connect() as conn:
+        record_observations(conn, [(ALPHA, 1), (BETA, 3)], NOW)  # its token works again
+    assert node_marks(db, "alpha")[:2] == (None, None)
+
+
+def test_a_failed_listing_keeps_what_was_seen_and_the_first_time_it_failed(db):
+    later = NOW + timedelta(minutes=5)
+    with get_engine().connect() as conn:
+        record_observations(conn, [(ALPHA, 3)], NOW)  # seen full
+        record_observations(conn, [], NOW, unanswered=[(ALPHA, Reason.UNREACHABLE)])
+        mark_unavailable(conn, "alpha", Reason.UNAUTHORIZED, later)
+    assert node_marks(db, "alpha") == (NOW, "unauthorized", 3, NOW)
+
+    with get_engine().connect() as conn:
+        record_observations(conn, [(ALPHA, 2)], later)
+    assert node_marks(db, "alpha") == (None, None, 2, None)
+
+
+def test_usage_tells_which_servers_did_not_answer(db):
+    with get_engine().connect() as conn:
+        mark_unavailable(conn, "beta", Reason.UNREACHABLE, NOW)
+        flags = {u.node.name: u.unavailable for u in usage(conn, [ALPHA, BETA])}
+    assert flags == {"alpha": False, "beta": True}

@@ -135,6 +135,25 @@ def test_a_rejected_token_fails_at_once_and_gives_the_slot_back(db, world: World
     assert (row["influxdb_node"], row["influxdb_attempts"]) == (None, 1)
 
 
+def test_a_server_that_refused_our_token_does_not_take_the_next_tenants(db, world: World):
+    # Given alpha, the least used, refusing our token, and beta with room
+    world.add("alpha").set_token("not-ours")
+    world.add("beta")
+    insert(db, "busy", state="provisioned", node="beta")
+    for tenant_id in ("first", "second", "third"):
+        insert(db, tenant_id)
+
+    outcomes = [world.provision(t, MESSAGE).result for t in ("first", "second", "third")]
+
+    # Then only the tenant that found out fails; the next ones go where they can be made
+    assert outcomes == [RunResult.FAILED, RunResult.PROVISIONED, RunResult.PROVISIONED]
+    assert [tenant_row(db, t)["influxdb_node"] for t in ("second", "third")] == ["beta"] * 2
+    marks = db.execute(
+        "SELECT unavailable_since, unavailable_reason FROM influxdb_nodes WHERE name = 'alpha'"
+    ).fetchone()
+    assert marks == (world.clock.now, "unauthorized")
+
+
 def test_a_422_moves_the_tenant_to_the_next_server_in_the_same_run(db, world: World):
     alpha = world.add("alpha")
     world.add("beta")

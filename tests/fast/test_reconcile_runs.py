@@ -82,6 +82,40 @@ def test_a_stalled_tenant_resumes_when_its_server_answers(db, world: World):
     assert (row["influxdb_state"], row["influxdb_attempts"]) == ("pending", 0)
 
 
+def test_a_tenant_refused_for_our_token_resumes_once_the_token_is_fixed(db, world: World):
+    alpha = world.add("alpha")
+    alpha.set_token("not-ours")
+    insert(db, "acme")
+    assert world.provision("acme").reason == "unauthorized"
+
+    world.clock.advance(60)
+    published, summary = run(world)  # the listing is refused too: still the wrong token
+    assert (published, summary["stalled"]) == ([], 1)
+
+    world.clock.advance(60)
+    alpha.set_token(INFLUX_TOKEN)  # an operator fixed the token
+    published, summary = run(world)
+    assert (published, summary["resumed"]) == ([("acme", Job.PROVISION, None)], 1)
+    assert world.provision("acme").result == "provisioned"
+
+
+def test_waiting_tenants_are_not_sent_to_a_server_that_does_not_answer(db, world: World):
+    # Given the only room on alpha, which refuses our token, and a tenant waiting for it
+    world.add("alpha").set_token("not-ours")
+    world.add("beta", limit=1)
+    insert(db, "placed", state="provisioned", node="beta", provisioned_at=T0)
+    insert(db, "waiting", state="waiting_for_capacity")
+
+    published, summary = run(world)
+
+    # Then it stays waiting (placed there, it would only fail) until alpha lists again
+    assert (published, summary["unwaited"]) == ([], 0)
+    assert tenant_row(db, "waiting")["influxdb_state"] == "waiting_for_capacity"
+    world.servers["alpha"].set_token(INFLUX_TOKEN)
+    published, summary = run(world)
+    assert (published, summary["unwaited"]) == ([("waiting", Job.PROVISION, None)], 1)
+
+
 def test_rows_from_before_the_worker_are_adopted_from_one_listing_per_server(db, world: World):
     world.add("alpha").create_database("telemetry_old")
     world.add("beta")

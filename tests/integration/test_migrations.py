@@ -297,3 +297,25 @@ def test_the_remade_adoption_comes_and_goes_with_its_migration(scratch_database)
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE tenants SET influxdb_adopt = 'remade'")
     alembic(scratch_database, "upgrade", "head")
+
+
+# -- 0019, a server that did not answer comes after the answering ones -------------------
+
+
+def test_the_unavailable_mark_comes_and_goes_with_its_migration(scratch_database):
+    index = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_influxdb_nodes_room'"
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO influxdb_nodes (name, unavailable_since, unavailable_reason) "
+            "VALUES ('alpha', now(), 'unauthorized')"
+        )
+        assert (
+            "((unavailable_since IS NOT NULL)), placed, name" in conn.execute(index).fetchone()[0]
+        )
+
+    alembic(scratch_database, "downgrade", "0018")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        assert "(placed, name)" in conn.execute(index).fetchone()[0]
+        assert conn.execute("SELECT name FROM influxdb_nodes").fetchall() == [("alpha",)]
+    alembic(scratch_database, "upgrade", "head")
