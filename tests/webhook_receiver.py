@@ -1,7 +1,7 @@
 """A webhook receiver for the tests: a real threaded HTTP server on loopback that verifies every
 request's signature with the Standard Webhooks library (``standardwebhooks``, the spec's own),
 records what it got, and answers what the test tells it - 2xx, an error, a redirect, slowly,
-or not at all (down: connections refused)."""
+a byte at a time for ever, or not at all (down: connections refused)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+DRIP_FOR = 60.0  # s: how long a dripping answer goes on, at most (then the thread ends)
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -25,6 +27,7 @@ class Answer:
     delay: float = 0.0
     headers: tuple[tuple[str, str], ...] = ()
     reason: str | None = None  # the status line's reason phrase
+    drip: float = 0.0  # seconds between bytes of the answer (a slowloris), up to DRIP_FOR
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Receiver:
         self.check_time = check_time
         self.path = path
         self.received: list[Received] = []
+        self.cut = 0  # dripping answers the sender shut before they ended
         self.answer: Callable[[Received], Answer] = lambda _: Answer()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -141,6 +145,9 @@ class Receiver:
                     time.sleep(answer.delay)
                 with receiver._lock:
                     receiver.received.append(_answered(arrived, answer.status))
+                if answer.drip:
+                    self._drip(answer)
+                    return
                 try:
                     self.send_response(answer.status, answer.reason)
                     for name, value in answer.headers:
@@ -149,6 +156,20 @@ class Receiver:
                     self.end_headers()
                 except OSError:
                     pass  # the sender gave up waiting
+
+            def _drip(self, answer: Answer) -> None:
+                # Never more than one read timeout between bytes, and never done.
+                line = f"HTTP/1.1 {answer.status} OK\r\nx-drip: ".encode()
+                until, sent = time.monotonic() + DRIP_FOR, 0
+                try:
+                    while time.monotonic() < until:
+                        self.wfile.write(line[sent : sent + 1] or b"x")
+                        self.wfile.flush()
+                        sent += 1
+                        time.sleep(answer.drip)
+                except OSError:
+                    with receiver._lock:
+                        receiver.cut += 1  # the sender shut the connection
 
             def log_message(self, *_: Any) -> None:
                 pass

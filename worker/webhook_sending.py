@@ -9,14 +9,21 @@ key is rotated. The body is the CloudEvent as compact JSON, the very bytes signe
 Only 2xx counts as delivered. A 3xx is a failure (never followed: only configured URLs are
 called), and so is every other status, a refused connection, a reset or a timeout. No proxy,
 ``.netrc`` or other environment setting applies (``trust_env`` off).
+
+A receiver has ``CONNECT_TIMEOUT`` plus the read timeout for its whole answer (status line and
+headers; the body is not read). The HTTP client's timeouts bound each wait for a byte only, so
+a receiver dripping a header byte a second would hold a sender thread, and the dispatch run,
+for ever: past the deadline a watchdog shuts the request's socket from outside.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +31,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from worker.webhook_config import Endpoint
 
@@ -88,6 +98,11 @@ def post(
 ) -> Attempt:
     """POST one event to the endpoint, once; never raises for what the receiver does."""
     body = body_of(event)
+    watch = _Watch()
+    _current.watch = watch  # the connection this request uses tells it (_Connection)
+    deadline = threading.Timer(CONNECT_TIMEOUT + read_timeout, watch.cut)
+    deadline.daemon = True
+    deadline.start()
     try:
         response = session.post(
             endpoint.url,
@@ -97,12 +112,18 @@ def post(
             allow_redirects=False,
             stream=True,  # the answer's body is not read: only its status counts
         )
-    except requests.Timeout:
-        return Attempt(None, f"no answer within {CONNECT_TIMEOUT:g}s / {read_timeout:g}s")
-    except requests.ConnectionError as exc:
-        return Attempt(None, f"connection failed: {_cause(exc)}")
     except requests.RequestException as exc:
+        if watch.was_cut or isinstance(exc, requests.Timeout):
+            return Attempt(None, f"no answer within {CONNECT_TIMEOUT:g}s / {read_timeout:g}s")
+        if isinstance(exc, requests.ConnectionError):
+            return Attempt(None, f"connection failed: {_cause(exc)}")
         return Attempt(None, f"{type(exc).__name__}: {_cause(exc)}")
+    finally:
+        deadline.cancel()
+        _current.watch = None
+    if watch.was_cut:  # headers cut short read as complete ones: never a delivery
+        response.close()
+        return Attempt(None, f"no answer within {CONNECT_TIMEOUT:g}s / {read_timeout:g}s")
     with response:
         status = response.status_code
         if 200 <= status < 300:
@@ -127,6 +148,60 @@ def _retry_after(response: requests.Response) -> float | None:
     return None  # an HTTP date: our backoff decides
 
 
+_current = threading.local()  # each sender thread's request under way: its _Watch
+
+
+class _Watch:
+    """One request's connection, shut from the deadline's thread if the answer is late."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: HTTPConnection | None = None
+        self.was_cut = False
+
+    def using(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            self._connection = connection
+
+    def cut(self) -> None:
+        with self._lock:
+            sock = None if self._connection is None else self._connection.sock
+            if sock is None:
+                return  # still connecting: the connect timeout bounds that
+            self.was_cut = True
+            # The plain socket's shutdown, also under TLS: the blocked read ends at once.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Connection(HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        watch: _Watch | None = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.using(self)
+        super().request(*args, **kwargs)
+
+
+class _TLSConnection(HTTPSConnection, _Connection):
+    pass
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter whose connections tell the request's watch which one it uses."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+
+
 class Sender:
     """A small pool of threads, each with its own HTTP session (keep-alive per thread), that
     sends the heads of different tenants at once. Use as a context manager: the sessions are
@@ -144,6 +219,8 @@ class Sender:
         if session is None:
             session = requests.Session()
             session.trust_env = False  # no proxy or .netrc from the environment
+            for scheme in ("http://", "https://"):
+                session.mount(scheme, _Adapter())
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)

@@ -205,6 +205,7 @@ def test_a_tenants_failing_event_holds_back_its_later_ones_but_not_other_tenants
         ("redirect", "HTTP 302: a redirect, not followed"),
         ("error", "HTTP 503 Service Unavailable"),
         ("slow", "no answer within 3s / 0.5s"),
+        ("drip", "no answer within 3s / 0.5s"),  # a header byte every 0.25 s, for ever
         ("down", "connection failed: ConnectionRefusedError"),
     ],
 )
@@ -222,6 +223,8 @@ def test_every_failure_is_retried_later_and_nothing_is_lost(db, receiver, fault,
         receiver.answer_with(Answer(503, headers=(("retry-after", "30"),)))
     elif fault == "slow":
         receiver.answer_with(Answer(204, delay=POLICY.read_timeout + 0.5))
+    elif fault == "drip":
+        receiver.answer_with(Answer(204, drip=POLICY.read_timeout / 2))
     else:
         receiver.down()
     summary = run(clock, ui)
@@ -235,6 +238,8 @@ def test_every_failure_is_retried_later_and_nothing_is_lost(db, receiver, fault,
         assert kept["next_attempt_at"] >= clock() + timedelta(seconds=30)
     assert elsewhere.snapshot() == []
     assert endpoint_row(db)["failing_since"] == clock()
+    if fault == "drip":  # the run ended because the connection was shut, not the receiver
+        wait_for(lambda: receiver.cut == 1, timeout=10, what="the dripping answer to be cut")
 
     # When the receiver answers again and the retry is due, it is delivered
     if fault == "down":
