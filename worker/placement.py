@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, bindparam, case, false, func, select, update
+from sqlalchemy import Connection, Select, bindparam, case, false, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
@@ -287,14 +287,15 @@ def mark_unavailable(conn: Connection, node_name: str, reason: Reason, now: date
 def slot_freed(conn: Connection, node: NodeConfig, now: datetime) -> list[str]:
     """A deletion removed a database from ``node``: room at once, not at the next listing.
 
-    Its full mark goes (that mark came from a listing or a 422 made before this database was
-    deleted; a server still full answers 422 again, and placement moves on), and the oldest
-    tenants waiting for capacity, as many as the node has free slots by our count, go back to
-    ``pending``. Commits. Returns their ids: the caller queues them."""
+    Its full mark goes (made before this database was deleted; a server still full answers
+    422 again, and placement moves on), and its unavailable mark (it answered our token); the
+    oldest tenants waiting for capacity, as many as the node has free slots by our count, go
+    back to ``pending``. Commits. Returns their ids: the caller queues them."""
+    marked = or_(_NODE.full_since.is_not(None), _NODE.unavailable_since.is_not(None))
     conn.execute(
         update(influxdb_nodes)
-        .where(influxdb_nodes.c.name == node.name, influxdb_nodes.c.full_since.is_not(None))
-        .values(full_since=None)
+        .where(_NODE.name == node.name, marked)
+        .values(full_since=None, unavailable_since=None, unavailable_reason=None)
     )
     placed = conn.execute(
         select(influxdb_nodes.c.placed).where(influxdb_nodes.c.name == node.name)
@@ -383,10 +384,9 @@ def record_observations(
         stmt.values(values).on_conflict_do_update(
             index_elements=["name"],
             set_={
-                # Unanswered: what was seen last stays (new is NULL there).
                 "observed_databases": func.coalesce(new.observed_databases, old.observed_databases),
                 "observed_at": func.coalesce(new.observed_at, old.observed_at),
-                # Full: since it was first seen full; room: no longer full; unanswered: as was.
+                # Full: since first seen full; room: not full; unanswered: all as was (new NULL)
                 "full_since": case(
                     (failed, old.full_since),
                     (new.full_since.is_(None), None),

@@ -17,6 +17,7 @@ from worker.placement import (
     mark_unavailable,
     place_tenant,
     record_observations,
+    slot_freed,
     start_on_free_node,
     sync_nodes,
     usage,
@@ -138,3 +139,11 @@ def test_usage_tells_which_servers_did_not_answer(db):
         mark_unavailable(conn, "beta", Reason.UNREACHABLE, NOW)
         flags = {u.node.name: u.unavailable for u in usage(conn, [ALPHA, BETA])}
     assert flags == {"alpha": False, "beta": True}
+
+
+def test_a_deletion_that_freed_a_slot_clears_the_unavailable_mark(db):
+    # A server that did not list a minute ago answered our deletion: it is back
+    with get_engine().connect() as conn:
+        record_observations(conn, [], NOW, unanswered=[(ALPHA, Reason.UNAUTHORIZED)])
+        slot_freed(conn, ALPHA, NOW)
+    assert node_marks(db, "alpha")[:2] == (None, None)
