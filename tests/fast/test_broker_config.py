@@ -65,6 +65,7 @@ def test_redis_keeps_its_own_options_and_queue_order():
     assert transport["queue_order_strategy"] == "priority"
     assert transport["visibility_timeout"] == int(os.environ["CELERY_VISIBILITY_TIMEOUT"])
     assert transport["socket_connect_timeout"] == 1.5
+    assert transport["max_retries"] == 0  # a refused connection: one try, no 2 s sleep
     assert "confirm_publish" not in transport
 
 
