@@ -94,11 +94,11 @@ class NoFreeNode(Exception):
 
 def start_on_free_node(conn: Connection, start: Update, names: Sequence[str]) -> str | None:
     """``start`` (an attempt's start: ``store.update_statement``) with the tenant placed on
-    the least-used of the nodes ``names`` that has room and that no other placer holds, in one
-    statement. The node's name; None when ``start``'s guard failed (nothing is placed, whatever
-    the room). Raises NoFreeNode."""
+    the least-used of the answering nodes ``names`` that has room and that no other placer
+    holds, in one statement. The node's name; None when ``start``'s guard failed (nothing is
+    placed, whatever the room). Raises NoFreeNode (then a marked node may be chosen)."""
     free = (
-        _least_used(select(_NODE.name).where(_NODE.name.in_(names)))
+        _least_used(select(_NODE.name).where(_NODE.name.in_(names), ~_UNAVAILABLE))
         .limit(1)
         # Locked as found; its room is checked again on the row as it is once locked.
         .with_for_update(skip_locked=True)
@@ -139,9 +139,11 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
             continue
         if not candidates:
             return None
-        # First pass: skip nodes another placer holds; second: wait for them.
-        for wait in (False, True):
-            for candidate in candidates:
+        # Answering nodes, then the others (only if every answering one filled meanwhile). In
+        # each: first pass, skip nodes another placer holds; second, wait for them.
+        groups = [[c for c in candidates if c.unavailable == marked] for marked in (False, True)]
+        for group, wait in ((group, wait) for group in groups for wait in (False, True)):
+            for candidate in group:
                 row = conn.execute(
                     select(influxdb_nodes.c.placed, influxdb_nodes.c.full_since)
                     .where(influxdb_nodes.c.name == candidate.name)
@@ -156,21 +158,19 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
 
 
 _NODE = influxdb_nodes.c
+_UNAVAILABLE = _NODE.unavailable_since.is_not(None)
 
 
 def _least_used(query: Select[Any]) -> Select[Any]:
     """``query`` over the configured nodes with room, answering ones first, then least used
-    (ties: by name): the first rows of ix_influxdb_nodes_room, whatever the number of tenants
-    or servers."""
+    (ties: by name): the first rows of ix_influxdb_nodes_room, whatever the number of nodes."""
     room = (_NODE.configured, _NODE.full_since.is_(None), _NODE.placed < _NODE.database_limit)
-    return query.where(*room).order_by(
-        _NODE.unavailable_since.is_not(None), _NODE.placed, _NODE.name
-    )
+    return query.where(*room).order_by(_UNAVAILABLE, _NODE.placed, _NODE.name)
 
 
 CANDIDATES = 16  # enough for concurrent placers to pass each other by
 _CANDIDATES = _least_used(
-    select(_NODE.name, _NODE.database_limit).where(
+    select(_NODE.name, _NODE.database_limit, _UNAVAILABLE.label("unavailable")).where(
         _NODE.name.not_in(bindparam("exclude", expanding=True))
     )
 ).limit(CANDIDATES)

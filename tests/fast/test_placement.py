@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import tenant_row
 from tests.fast.conftest import insert
@@ -114,7 +116,10 @@ def test_a_server_that_did_not_answer_comes_after_every_answering_one_with_room(
         record_observations(conn, [(BETA, 2)], NOW, unanswered=[(ALPHA, Reason.UNAUTHORIZED)])
 
     assert way("acme", [ALPHA, BETA]) == "beta"  # the last slot of the one that answers
-    assert way("globex", [ALPHA, BETA]) == "alpha"  # no answering one has room: still placed
+    # No answering one has room: placed all the same, the long way (the one-statement start
+    # takes answering nodes only)
+    assert place_and_start("globex", [ALPHA, BETA]) is None
+    assert place("globex", [ALPHA, BETA]) == "alpha"
 
     with get_engine().connect() as conn:
         record_observations(conn, [(ALPHA, 1), (BETA, 3)], NOW)  # its token works again
@@ -147,3 +152,42 @@ def test_a_deletion_that_freed_a_slot_clears_the_unavailable_mark(db):
         record_observations(conn, [], NOW, unanswered=[(ALPHA, Reason.UNAUTHORIZED)])
         slot_freed(conn, ALPHA, NOW)
     assert node_marks(db, "alpha")[:2] == (None, None)
+
+
+def one_statement(tenant_id, nodes):
+    """The one-statement start alone, on rows already written down (no sync that would wait)."""
+    with get_engine().connect() as conn:
+        start = store.update_statement(tenant_id, influxdb_state="provisioning")
+        with autocommit(conn):
+            try:
+                return start_on_free_node(conn, start, [node.name for node in nodes])
+            except NoFreeNode:
+                return "long way"
+
+
+@pytest.mark.parametrize(("way", "expected"), [(place, "alpha"), (one_statement, "long way")])
+def test_an_answering_server_held_by_another_placer_is_not_passed_over(db, way, expected):
+    # Given alpha answering with room, beta marked (wrong token), and alpha's row held for a
+    # moment by another placer
+    insert(db, "acme")
+    with get_engine().connect() as conn:
+        sync_nodes(conn, (ALPHA, BETA), force=True)
+        record_observations(conn, [(ALPHA, 0)], NOW, unanswered=[(BETA, Reason.UNAUTHORIZED)])
+    held, release = threading.Event(), threading.Event()
+
+    def hold_alpha() -> None:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1 FROM influxdb_nodes WHERE name = 'alpha' FOR UPDATE"))
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold_alpha)
+    holder.start()
+    held.wait(5)
+    threading.Timer(0.3, release.set).start()
+
+    # Then the long way waits for alpha; the one-statement start, which never waits, leaves
+    # the tenant to the long way. Neither puts it on beta.
+    chosen = way("acme", [ALPHA, BETA])
+    holder.join()
+    assert chosen == expected
