@@ -121,7 +121,8 @@ class Settings(BaseSettings):
     """beat schedule of the webhooks dispatch (a missed run expires, never piles up)"""
     webhooks_read_timeout_seconds: float = var("WEBHOOKS_READ_TIMEOUT_SECONDS", 10.0, 0.1, "s")
     """how long a receiver may take to answer, status line and headers whole, however slowly
-    they arrive (connecting: 3 s more); longer is a failure, retried"""
+    they arrive; one deadline, 3 s more, bounds the whole POST, connecting included; longer is
+    a failure, retried"""
     webhooks_backoff_cap_seconds: float = var("WEBHOOKS_BACKOFF_CAP_SECONDS", 300.0, 1, "s")
     """the longest delay between two attempts of a delivery (full jitter, from 1 s, doubling)"""
     webhooks_disable_after_hours: float = var("WEBHOOKS_DISABLE_AFTER_HOURS", 24.0, 0.01, "h")

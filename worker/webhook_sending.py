@@ -10,10 +10,11 @@ Only 2xx counts as delivered. A 3xx is a failure (never followed: only configure
 called), and so is every other status, a refused connection, a reset or a timeout. No proxy,
 ``.netrc`` or other environment setting applies (``trust_env`` off).
 
-A receiver has ``CONNECT_TIMEOUT`` plus the read timeout for its whole answer (status line and
-headers; the body is not read). The HTTP client's timeouts bound each wait for a byte only, so
-a receiver dripping a header byte a second would hold a sender thread, and the dispatch run,
-for ever: past the deadline a watchdog shuts the request's socket from outside.
+One deadline bounds each POST: ``CONNECT_TIMEOUT`` plus the read timeout from its start, name
+lookup and connecting included, to the answer's status line and headers (the body is not
+read). The HTTP client's timeouts bound each wait for a byte only, so a receiver dripping a
+header byte a second would hold a sender thread, and the dispatch run, for ever: past the
+deadline a watchdog shuts the request's socket from outside (or as soon as it is connected).
 """
 
 from __future__ import annotations
@@ -152,22 +153,29 @@ _current = threading.local()  # each sender thread's request under way: its _Wat
 
 
 class _Watch:
-    """One request's connection, shut from the deadline's thread if the answer is late."""
+    """One request's connection, shut from the deadline's thread if the answer is late - or,
+    if the deadline passed while it was still connecting, as soon as it is connected."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._connection: HTTPConnection | None = None
+        self._expired = False
         self.was_cut = False
 
     def using(self, connection: HTTPConnection) -> None:
         with self._lock:
             self._connection = connection
+            if self._expired:
+                self._shut()
 
     def cut(self) -> None:
         with self._lock:
-            sock = None if self._connection is None else self._connection.sock
-            if sock is None:
-                return  # still connecting: the connect timeout bounds that
+            self._expired = True
+            self._shut()
+
+    def _shut(self) -> None:
+        sock = None if self._connection is None else self._connection.sock
+        if sock is not None:
             self.was_cut = True
             # The plain socket's shutdown, also under TLS: the blocked read ends at once.
             with contextlib.suppress(OSError):
@@ -175,15 +183,25 @@ class _Watch:
 
 
 class _Connection(HTTPConnection):
+    """Tells the request's watch which connection it uses: when it is connected (TLS: before
+    the request), and when a request starts on it (a connection kept alive)."""
+
+    def connect(self) -> None:
+        super().connect()
+        self._watched()
+
     def request(self, *args: Any, **kwargs: Any) -> None:
+        self._watched()
+        super().request(*args, **kwargs)
+
+    def _watched(self) -> None:
         watch: _Watch | None = getattr(_current, "watch", None)
         if watch is not None:
             watch.using(self)
-        super().request(*args, **kwargs)
 
 
-class _TLSConnection(HTTPSConnection, _Connection):
-    pass
+class _TLSConnection(_Connection, HTTPSConnection):
+    pass  # _Connection's connect and request, around HTTPSConnection's (it connects by TLS)
 
 
 class _Pool(HTTPConnectionPool):
@@ -203,9 +221,9 @@ class _Adapter(HTTPAdapter):
 
 
 class Sender:
-    """A small pool of threads, each with its own HTTP session (keep-alive per thread), that
-    sends the heads of different tenants at once. Use as a context manager: the sessions are
-    closed at its end."""
+    """A small pool of threads, each with its own HTTP session (an answer is never read, so
+    each POST has a connection of its own), that sends the heads of different tenants at
+    once. Use as a context manager: the sessions are closed at its end."""
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook")

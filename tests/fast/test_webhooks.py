@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 import requests
+import urllib3
 from fastapi.testclient import TestClient
 
 from api_hooks.app import create_app
@@ -32,12 +33,13 @@ from harness.console import sign_in
 from tests.conftest import OPERATOR_TOKEN, ROOT, wait_for
 from tests.fast.conftest import SEED, Clock, insert
 from tests.webhook_receiver import Answer, Receiver
+from worker import webhook_sending
 from worker.db import advisory_lock, get_engine
 from worker.settings import get_settings
 from worker.tasks import dispatch_webhooks
 from worker.webhook_config import Endpoint, parse_endpoints
 from worker.webhook_dispatch import Policy, Summary, dispatch, enable, lock_key
-from worker.webhook_sending import signed_headers
+from worker.webhook_sending import Sender, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"s3cr3t-key-for-the-tests-" + b"x" * 7).decode()
 POLICY = Policy(read_timeout=0.5, backoff_cap=60.0, disable_after=timedelta(hours=24))
@@ -251,6 +253,33 @@ def test_every_failure_is_retried_later_and_nothing_is_lost(db, receiver, fault,
     assert any(r.answered == 200 for r in receiver.snapshot())
     assert deliveries(db) == [] and endpoint_row(db)["failing_since"] is None
     elsewhere.down()
+
+
+def test_a_deadline_that_passes_while_connecting_cuts_the_answer_once_connected(
+    receiver, monkeypatch
+):
+    # Given a receiver dripping its answer, reached only after the deadline has passed (a slow
+    # name lookup, several addresses tried: the connect timeout bounds each try, not them all)
+    receiver.answer_with(Answer(204, drip=0.1))
+    monkeypatch.setattr(webhook_sending, "CONNECT_TIMEOUT", 0.2)  # deadline: 0.2 + 0.3 s
+    connect = urllib3.util.connection.create_connection
+
+    def slow_connect(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", slow_connect)
+
+    # When one event is posted
+    with Sender(1) as sender:
+        attempt = sender.submit(
+            webhook_sending.post, sender.session(), endpoint_for(receiver), "m1", {}, 0, 0.3
+        ).result(timeout=30)
+
+    # Then it is not delivered: the connection was shut as soon as it was made, before the
+    # request went out (without that, the drip would go on, and end as a "delivered" 204)
+    assert (attempt.status, attempt.error) == (None, "no answer within 0.2s / 0.3s")
+    assert receiver.snapshot() == []
 
 
 def test_failing_past_the_window_disables_the_endpoint_and_enabling_resumes_it(db, receiver):

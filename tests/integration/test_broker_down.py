@@ -1,9 +1,10 @@
 """With the broker down, the operator API still creates tenants at once, and nothing is lost.
 
 "Down" comes in three shapes, each bounded by CELERY_PUBLISH_TIMEOUT (2 s): a refused port
-(the server is not running: answered at once, without waiting that long), a server that accepts the connection and never speaks (hung), and
-an address that drops the connection attempt (a firewall, a dead host). The last two are made
-here, in the test process, without touching the real servers.
+(the server is not running: answered at once, without waiting that long), a server that
+accepts the connection and never speaks (hung), and an address that drops the connection
+attempt (a firewall, a dead host). The last two are made here, in the test process, without
+touching the real servers.
 """
 
 from __future__ import annotations
