@@ -59,6 +59,19 @@ def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
     return tuple(nodes)
 
 
+def token_files(path: str) -> tuple[str, ...]:
+    """The token files the nodes file at ``path`` names (none if it cannot be read): a new token
+    in one of them is a change of the pool, as an edit of the file is."""
+    try:
+        entries = json.loads(read_file("INFLUXDB_NODES_FILE", path))
+    except (SettingsError, ValueError, RecursionError):
+        return ()
+    if not isinstance(entries, list):
+        return ()
+    named = [e.get("token_file") for e in entries if isinstance(e, dict)]
+    return tuple(str(p) for p in named if isinstance(p, str) and p.strip())
+
+
 def read_nodes_file(path: str) -> tuple[NodeConfig, ...]:
     """Nodes from the JSON file at ``path`` (INFLUXDB_NODES_FILE)."""
     text = read_file("INFLUXDB_NODES_FILE", path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from worker.errors import ProvisioningError
 from worker.influxdb import InfluxDB3Client
-from worker.node_config import NodeConfig, read_nodes_file
+from worker.node_config import NodeConfig, read_nodes_file, token_files
 from worker.settings import Settings, SettingsError, get_settings
 
 # NodeConfig too: the pool's element (defined with its JSON format in worker.node_config).
@@ -45,10 +45,12 @@ class NodePool:
         # sees the edit (the settings' copy may be older than the file).
         self._nodes = settings.default_nodes()
         self._file_stamp: object = _NEVER_READ
+        self._token_files: tuple[str, ...] = ()  # named by the nodes file as last read
         self._clients: dict[str, tuple[NodeConfig, InfluxDB3Client]] = {}
 
     def nodes(self) -> tuple[NodeConfig, ...]:
-        """The current nodes (the nodes file re-read if it changed since last time)."""
+        """The current nodes (the nodes file re-read if it, or a token file it names, changed
+        since last time: a rotated token is used without a restart)."""
         path = self._settings.influxdb_nodes_file
         if path is None:
             return self._nodes
@@ -57,6 +59,7 @@ class NodePool:
             if stamp != self._file_stamp:
                 try:
                     self._nodes = read_nodes_file(path)
+                    self._token_files = token_files(path)
                     logger.info("node pool re-read: %s", ", ".join(n.name for n in self._nodes))
                 except SettingsError as exc:
                     # A half-written or broken file must not empty the pool: keep the last one.
@@ -89,16 +92,20 @@ class NodePool:
         """Every node token as last read (no file check: cheap enough for every log line)."""
         return tuple(n.token for n in self._nodes if n.token)
 
-    def _stamp(self) -> tuple[int, int, int] | None:
+    def _stamp(self) -> tuple[tuple[int, int, int] | None, ...] | None:
         path = self._settings.influxdb_nodes_file
         if path is None:
             return None
-        try:
-            stat = Path(path).stat()
-        except OSError:
-            return None
-        # The inode too: an atomic replace (write, then rename) within one mtime tick.
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        return tuple(_stat(file) for file in (path, *self._token_files))
+
+
+def _stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    # The inode too: an atomic replace (write, then rename) within one mtime tick.
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 _NEVER_READ = object()

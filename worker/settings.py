@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     influxdb_nodes: Pool = var("INFLUXDB_NODES", ())
     """the node pool (see "The node pool"); unset: `INFLUXDB_URL` as a pool of one"""
     influxdb_nodes_file: rules.NodesFile = var("INFLUXDB_NODES_FILE")
-    """instead of `INFLUXDB_NODES` (not both); re-read when it changes"""
+    """instead of `INFLUXDB_NODES` (not both); re-read when it, or a `token_file` it names,
+    changes"""
     influxdb_retention_period: rules.Retention = var("INFLUXDB_RETENTION_PERIOD")
     """default retention of new databases; unset: forever"""
     influxdb_hard_delete_at: rules.HardDelete = var("INFLUXDB_HARD_DELETE_AT")

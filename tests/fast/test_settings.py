@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from influxdb3_standin import StandIn
+from worker.nodes import NodePool
 from worker.settings import Settings, SettingsError, facts
 from worker.settings_doc import FLOWER, row, settings_table_markdown
 from worker.settings_rules import show
@@ -353,3 +355,24 @@ def test_a_malformed_database_url_is_refused_without_repeating_its_password():
         Settings.from_env({"DATABASE_URL": "postgresql://user:s3cretpw@db:abc/x"})
     assert "DATABASE_URL" in str(refused.value)
     assert "s3cretpw" not in str(refused.value)
+
+
+def test_a_rotated_token_file_is_used_without_a_restart(tmp_path):
+    # Given a server and a pool whose node's token is in a file of its own
+    server = StandIn(token="first-token").start()
+    token = tmp_path / "core-1.token"
+    token.write_text("first-token")
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps([{"name": "core-1", "url": server.url, "token_file": str(token)}]))
+    pool = NodePool(Settings.from_env({"INFLUXDB_NODES_FILE": str(nodes)}))
+    try:
+        assert pool.client(pool.nodes()[0]).list_databases() == []
+
+        # When the secret is rotated on the server and in its file, the nodes file untouched
+        server.set_token("second-token-longer")
+        token.write_text("second-token-longer")
+
+        # Then the pool's next look uses it (the nodes file alone says nothing changed)
+        assert pool.client(pool.nodes()[0]).list_databases() == []
+    finally:
+        server.stop()
