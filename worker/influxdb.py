@@ -334,7 +334,9 @@ class InfluxDB3Client:
         status = response.status_code
         message = f"{action}: HTTP {status}: {self._error_text(response)}"
         lowered = message.lower()
-        if status == 401 or (status == 400 and "authoriz" in lowered):
+        # 400 for a malformed header says so ("Authorization header was malformed"); a word
+        # alone could be an echoed line of ours (a tenant id such as authorizer-co)
+        if status == 401 or (status == 400 and "authorization header" in lowered):
             return InfluxDBUnauthorized(message)
         if status >= 500 or status in (408, 429):  # 408/429: a proxy in front, try later
             return InfluxDBServerError(message)

@@ -134,6 +134,8 @@ def test_live_check_never_raises_and_is_bounded(client, influx):
         (503, "", TransientError, "server_error"),
         (418, "I'm a teapot", PermanentError, "rejected"),
         (401, "not json at all", PermanentError, "unauthorized"),
+        (400, '{"error": "Authorization header was malformed"}', PermanentError, "unauthorized"),
+        (400, "bad line: _init,tenant=authorizer-co x=1", PermanentError, "rejected"),
         (404, "", PermanentError, "rejected"),
     ],
 )
