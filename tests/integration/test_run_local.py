@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,6 +64,7 @@ def test_run_local_with_tokens_given_as_values(
         "STANDIN_PORT": str(standin_port),
         "RUN_DIR": str(tmp_path / "run"),
         "WORKER_CONCURRENCY": "2",
+        "LIVE_CHECK_TIMEOUT": "3",
     }
     log_path = tmp_path / "run-local.log"
     job = _start(env, log_path)
@@ -94,6 +97,9 @@ def test_run_local_with_tokens_given_as_values(
         assert "(token: $LOCATIONS_TOKEN (as you set it))" in printed
         assert f"Flower login: {flower_file}" in printed
         assert f"INFLUXDB_URL=http://127.0.0.1:{standin_port}" in printed
+        # every setting tenantctl must share, and the names of those it does not print
+        assert "LIVE_CHECK_TIMEOUT=3" in printed
+        assert "(secrets, not printed): LOCATIONS_TOKEN, OPERATOR_TOKEN\n" in printed
         for secret in (operator_token, locations_token, flower_login[1]):
             assert secret not in printed
     finally:
@@ -130,6 +136,37 @@ def test_ctrl_c_kills_what_does_not_stop_in_time(
     assert exited and stopped, printed[-3000:]
     assert "==> the worker (pid " in printed, printed[-3000:]
     assert "did not stop within 0 s; killing it" in printed
+
+
+def test_a_process_that_cannot_start_is_named_and_nothing_claims_to_be_up(
+    run_local_database: str, own_redis: dict[str, Any], tmp_path: Path
+) -> None:
+    # Given the API's port taken by another program
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(8)
+        env = _inherited() | {
+            "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{run_local_database}",
+            "CELERY_BROKER_URL": f"redis://127.0.0.1:{own_redis['port']}/0",
+            "API_PORT": str(squatter.getsockname()[1]),
+            "FLOWER_PORT": str(free_port()),
+            "STANDIN_PORT": str(free_port()),
+            "RUN_DIR": str(tmp_path / "run"),
+            "WORKER_CONCURRENCY": "2",
+        }
+        log_path = tmp_path / "run-local.log"
+        job = _start(env, log_path)
+        try:
+            job.wait(timeout=180)
+        finally:
+            exited, stopped = _interrupt(job)
+    # Then it says which process died and how, stops the rest, and never printed the banner
+    printed = log_path.read_text()
+    assert exited and stopped, printed[-3000:]
+    assert job.returncode == 1, printed[-3000:]
+    assert re.search(r"==> the operator API \(pid \d+\) exited with status \d+ before", printed)
+    assert "==> operator console:" not in printed
+    assert "tenantctl in another shell" not in printed
 
 
 def test_a_stop_timeout_that_is_not_a_number_stops_it_before_anything_starts(
