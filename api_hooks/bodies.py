@@ -48,9 +48,11 @@ async def json_body(request: Request) -> object:
     if not _is_json(request):  # a body with no Content-Type
         raise not_json()
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise unprocessable("body must be JSON nested at most a few levels deep") from None
+    except _DuplicateKey as exc:
+        raise unprocessable(f"body names {_printable(str(exc))[:80]!r} twice") from None
     except ValueError:
         raise unprocessable('body must be JSON: {"tenant_id": ..., "name": ...}') from None
 
@@ -103,3 +105,18 @@ def _printable(text: str) -> str:
 
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # A key named twice is refused: a proxy or log that reads the first would disagree with
+    # a parser that keeps the last, as json.loads does.
+    found: dict[str, object] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found

@@ -87,6 +87,7 @@ def test_422_for_a_bad_query_parameter_is_one_plain_message(client, value):
         (b'{"tenant_id": "a", "name": Infinity}', "body must be JSON"),
         (b'{"tenant_id": "a"}', "missing field(s): name"),
         (b'{"tenant_id": "a", "name": "n", "extra": 1}', "unknown field(s): extra"),
+        (b'{"tenant_id": "a", "tenant_id": "b", "name": "n"}', "body names 'tenant_id' twice"),
         (b'{"tenant_id": "-a", "name": "n"}', "must start with an ASCII letter or digit"),
         (b'{"tenant_id": "a", "name": "n", "retention_period": "90m"}', "h, d, w, mo or y"),
     ],
