@@ -57,9 +57,11 @@ class NodePool:
         with self._lock:
             stamp = self._stamp()
             if stamp != self._file_stamp:
+                # Watched even when the file cannot be used yet: a token file it names may
+                # arrive after it (a secret mounted a moment later).
+                self._token_files = token_files(path)
                 try:
                     self._nodes = read_nodes_file(path)
-                    self._token_files = token_files(path)
                     logger.info("node pool re-read: %s", ", ".join(n.name for n in self._nodes))
                 except SettingsError as exc:
                     # A half-written or broken file must not empty the pool: keep the last one.

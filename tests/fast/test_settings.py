@@ -376,3 +376,22 @@ def test_a_rotated_token_file_is_used_without_a_restart(tmp_path):
         assert pool.client(pool.nodes()[0]).list_databases() == []
     finally:
         server.stop()
+
+
+def test_a_node_whose_token_file_arrives_after_the_nodes_file_is_taken_when_it_does(tmp_path):
+    # Given a pool of one, then a second node added whose secret is not mounted yet
+    nodes = tmp_path / "nodes.json"
+    entries = [{"name": "a", "url": "http://a:8181"}]
+    nodes.write_text(json.dumps(entries))
+    pool = NodePool(Settings.from_env({"INFLUXDB_NODES_FILE": str(nodes)}))
+    assert [node.name for node in pool.nodes()] == ["a"]
+    late = tmp_path / "b.token"
+    entries.append({"name": "b", "url": "http://b:8181", "token_file": str(late)})
+    nodes.write_text(json.dumps(entries))
+    assert [node.name for node in pool.nodes()] == ["a"]  # b cannot be used yet: kept as was
+
+    # When the secret arrives, the nodes file untouched
+    late.write_text("b-token")
+
+    # Then the next look takes the whole file
+    assert [(node.name, node.token) for node in pool.nodes()] == [("a", None), ("b", "b-token")]

@@ -112,9 +112,13 @@ def test_run_local_with_tokens_given_as_values(
 def test_ctrl_c_kills_what_does_not_stop_in_time(
     run_local_database: str, own_redis: dict[str, Any], tmp_path: Path
 ) -> None:
-    # Given run-local up, with no time given for a warm shutdown (STOP_TIMEOUT=0)
+    # Given run-local up, with no time given for a warm shutdown (STOP_TIMEOUT=0), and a
+    # database password a URL parser would not see (it begins with '#'; trust auth ignores it)
+    password = "#pw-" + secrets.token_hex(6)
     env = _inherited() | {
-        "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{run_local_database}",
+        "DATABASE_URL": (
+            f"postgresql+psycopg://postgres:{password}@127.0.0.1:5432/{run_local_database}"
+        ),
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{own_redis['port']}/0",
         "API_PORT": str(free_port()),
         "FLOWER_PORT": str(free_port()),
@@ -136,6 +140,9 @@ def test_ctrl_c_kills_what_does_not_stop_in_time(
     assert exited and stopped, printed[-3000:]
     assert "==> the worker (pid " in printed, printed[-3000:]
     assert "did not stop within 0 s; killing it" in printed
+    # And the password was named for the second shell, never printed
+    assert "(secrets, not printed): DATABASE_URL" in printed
+    assert password not in printed
 
 
 def test_a_process_that_cannot_start_is_named_and_nothing_claims_to_be_up(
