@@ -110,7 +110,7 @@ def test_overview_counts_match_the_database(console, browser, db, influx, worker
         console.create(tenant_id, "Refused plant")
     for tenant_id in bad:
         wait_for_state(db, tenant_id, "failed")
-    influx.set_token(INFLUX_TOKEN)
+    # (the token stays wrong: fixed, the reconciler would resume the two at its next run)
     wait_for(lambda: db.execute("SELECT last_started_at FROM reconcile_stats").fetchone()[0])
     # When the operator opens the overview
     sign_in(browser, console)
@@ -130,6 +130,7 @@ def test_overview_counts_match_the_database(console, browser, db, influx, worker
     assert node.find_element(By.CSS_SELECTOR, ".placed").text == str(placed.fetchone()[0])
     assert "tenants read" in text(browser, "#reconcile")
     screenshot(browser, "console-overview")
+    influx.set_token(INFLUX_TOKEN)
 
 
 def test_filter_to_failed_open_a_tenant_retry_and_see_it_provisioned(

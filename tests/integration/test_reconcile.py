@@ -150,9 +150,14 @@ def test_sigkilled_worker_is_recovered_by_the_reconciler(
     api, db, influx, paused_worker, tmp_path, beat
 ):
     # Given a second worker whose InfluxDB calls are slow, so tenants sit in "provisioning"
-    influx.set_latency(3.0)
+    # until it is killed: its read timeout outlasts the latency (with the suite's 1.5 s, an
+    # attempt that timed out before the kill would end "retrying", a chain taken over, not
+    # stuck), and its time limits and visibility timeout follow, as the settings' rules ask
+    influx.set_latency(20.0)
     stuck_before = reconcile_stats(db)["stuck_total"]
-    victim = start_worker(tmp_path / "victim.log", concurrency=2, name="victim")
+    patient = {"INFLUXDB_READ_TIMEOUT": "30", "PROVISION_SOFT_TIME_LIMIT": "70"}
+    patient |= {"PROVISION_TIME_LIMIT": "80", "CELERY_VISIBILITY_TIMEOUT": "200"}
+    victim = start_worker(tmp_path / "victim.log", concurrency=2, name="victim", extra_env=patient)
     tenant_ids = [new_tenant_id("kill") for _ in range(2)]
     for tenant_id in tenant_ids:
         api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "k"})
