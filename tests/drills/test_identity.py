@@ -160,7 +160,11 @@ def test_servers_leaving_and_returning_to_the_nodes_file_never_duplicate_a_datab
         wait_for_state(db, tenant_id, "provisioned")
     alpha.set_outage(True)
     fifth = new_tenant_id("edit")
-    db.execute("INSERT INTO tenants (tenant_id, name) VALUES (%s, 'e')", (fifth,))
+    # Placed on alpha (as when alpha went down under its run): a new tenant would now go to
+    # beta, the server that answers
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_node) VALUES (%s, 'e', 'alpha')", (fifth,)
+    )
     cli(pool, "retry", fifth)
     wait_for(lambda: tenant_row(db, fifth)["influxdb_error_reason"] == "unreachable", what="5th")
     assert tenant_row(db, fifth)["influxdb_node"] == "alpha"
