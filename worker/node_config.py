@@ -28,10 +28,17 @@ class NodeConfig:
 def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
     """Nodes from JSON: ``[{"name", "url", "token"? | "token_file"?, "database_limit"?}]``;
     ``source`` names the variable or file in every error message."""
+    return _nodes(_decode(text, source), source)
+
+
+def _decode(text: str, source: str) -> object:
     try:
-        entries = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested a thousand deep
         raise SettingsError(f"{source}: not valid JSON ({exc})") from None
+
+
+def _nodes(entries: object, source: str) -> tuple[NodeConfig, ...]:
     if not isinstance(entries, list) or not entries:
         raise SettingsError(f"{source}: must be a non-empty JSON list of nodes")
     nodes: list[NodeConfig] = []
@@ -59,20 +66,36 @@ def parse_nodes(text: str, source: str) -> tuple[NodeConfig, ...]:
     return tuple(nodes)
 
 
-def token_files(path: str) -> tuple[str, ...]:
-    """The token files the nodes file at ``path`` names (none if it cannot be read): a new token
-    in one of them is a change of the pool, as an edit of the file is."""
+@dataclass(frozen=True)
+class NodesFile:
+    """The nodes file as read once: its nodes, or why they cannot be used, and the token files
+    it names (watched even then: a secret mounted a moment later makes it usable)."""
+
+    nodes: tuple[NodeConfig, ...] | SettingsError
+    token_files: tuple[str, ...]
+
+
+def load_nodes_file(path: str) -> NodesFile:
+    """The JSON file at ``path`` (INFLUXDB_NODES_FILE), read and parsed once."""
+    source, entries = f"INFLUXDB_NODES_FILE ({path})", None
     try:
-        entries = json.loads(read_file("INFLUXDB_NODES_FILE", path))
-    except (SettingsError, ValueError, RecursionError):
-        return ()
+        entries = _decode(read_file("INFLUXDB_NODES_FILE", path), source)
+        return NodesFile(_nodes(entries, source), _token_files(entries))
+    except SettingsError as exc:
+        return NodesFile(exc, _token_files(entries))
+
+
+def read_nodes_file(path: str) -> tuple[NodeConfig, ...]:
+    """Nodes from the JSON file at ``path`` (INFLUXDB_NODES_FILE); raise SettingsError."""
+    nodes = load_nodes_file(path).nodes
+    if isinstance(nodes, SettingsError):
+        raise nodes
+    return nodes
+
+
+def _token_files(entries: object) -> tuple[str, ...]:
+    """The token files ``entries`` name: a new token in one is a change of the pool."""
     if not isinstance(entries, list):
         return ()
     named = [e.get("token_file") for e in entries if isinstance(e, dict)]
     return tuple(str(p) for p in named if isinstance(p, str) and p.strip())
-
-
-def read_nodes_file(path: str) -> tuple[NodeConfig, ...]:
-    """Nodes from the JSON file at ``path`` (INFLUXDB_NODES_FILE)."""
-    text = read_file("INFLUXDB_NODES_FILE", path)
-    return parse_nodes(text, f"INFLUXDB_NODES_FILE ({path})")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from worker.errors import ProvisioningError
 from worker.influxdb import InfluxDB3Client
-from worker.node_config import NodeConfig, read_nodes_file, token_files
+from worker.node_config import NodeConfig, load_nodes_file
 from worker.settings import Settings, SettingsError, get_settings
 
 # NodeConfig too: the pool's element (defined with its JSON format in worker.node_config).
@@ -59,13 +59,14 @@ class NodePool:
             if stamp != self._file_stamp:
                 # Watched even when the file cannot be used yet: a token file it names may
                 # arrive after it (a secret mounted a moment later).
-                self._token_files = token_files(path)
-                try:
-                    self._nodes = read_nodes_file(path)
-                    logger.info("node pool re-read: %s", ", ".join(n.name for n in self._nodes))
-                except SettingsError as exc:
+                file = load_nodes_file(path)
+                self._token_files = file.token_files
+                if isinstance(file.nodes, SettingsError):
                     # A half-written or broken file must not empty the pool: keep the last one.
-                    logger.error("keeping the previous node pool: %s", exc)
+                    logger.error("keeping the previous node pool: %s", file.nodes)
+                else:
+                    self._nodes = file.nodes
+                    logger.info("node pool re-read: %s", ", ".join(n.name for n in self._nodes))
                 self._file_stamp = stamp
             return self._nodes
 
