@@ -23,7 +23,7 @@ from api_hooks.tenants import validate_tenant_id
 from worker import store
 from worker.db import get_engine
 from worker.nodes import shared_pool
-from worker.placement import node_rows, tenants_per_node, usage
+from worker.placement import NodeUsage, node_rows, tenants_per_node, usage
 from worker.redaction import redact_url
 from worker.settings import get_settings
 from worker.states import RESUMABLE_REASONS, STATES, ProvisioningState, Reason
@@ -79,42 +79,30 @@ def node_report() -> list[NodeReport]:
     configured = shared_pool().nodes()
     with get_engine().connect() as conn:
         seen = node_rows(conn)
-    slots = usage(conn, configured, seen)
+        slots = usage(conn, configured, seen)
     placed = tenants_per_node(seen)
-    reports: list[NodeReport] = [
-        {
-            "node": u.node.name,
-            "configured": True,
-            "url": redact_url(u.node.url),
-            "database_limit": u.node.database_limit,
-            "tenants": u.used,
-            "free": u.free,
-            "full": u.full,
-            "observed_databases": getattr(seen.get(u.node.name), "observed_databases", None),
-            "observed_at": getattr(seen.get(u.node.name), "observed_at", None),
-            "unavailable_since": getattr(seen.get(u.node.name), "unavailable_since", None),
-            "unavailable_reason": getattr(seen.get(u.node.name), "unavailable_reason", None),
-        }
-        for u in slots
-    ]
-    names = {n.name for n in configured}
-    reports.extend(
-        {
-            "node": name,
-            "configured": False,
-            "url": None,
-            "database_limit": None,
-            "tenants": placed[name],
-            "free": None,
-            "full": None,
-            "observed_databases": getattr(seen.get(name), "observed_databases", None),
-            "observed_at": getattr(seen.get(name), "observed_at", None),
-            "unavailable_since": None,
-            "unavailable_reason": None,
-        }
-        for name in sorted(set(placed) - names)
-    )
-    return reports
+    reports = [_report(u.node.name, u, seen.get(u.node.name), u.used) for u in slots]
+    left = sorted(set(placed) - {n.name for n in configured})
+    return reports + [_report(name, None, seen.get(name), placed[name]) for name in left]
+
+
+def _report(name: str, slots: NodeUsage | None, row: Any, tenants: int) -> NodeReport:
+    """One server: ``slots`` when it is in the pool; ``row``, what was last seen of it."""
+    # A server that left the nodes file is no longer ours to ask: no listing marks it.
+    marked = row if slots is not None else None
+    return {
+        "node": name,
+        "configured": slots is not None,
+        "url": redact_url(slots.node.url) if slots else None,
+        "database_limit": slots.node.database_limit if slots else None,
+        "tenants": tenants,
+        "free": slots.free if slots else None,
+        "full": slots.full if slots else None,
+        "observed_databases": getattr(row, "observed_databases", None),
+        "observed_at": getattr(row, "observed_at", None),
+        "unavailable_since": getattr(marked, "unavailable_since", None),
+        "unavailable_reason": getattr(marked, "unavailable_reason", None),
+    }
 
 
 def _row(tenant_id: str) -> Row[Any]:

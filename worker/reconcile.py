@@ -149,8 +149,9 @@ def _run(
                 if listing.names is None:
                     # Without the list we cannot judge drift there; owed work is still queued.
                     error = listing.error
-                    errors.append(f"{node.name}: {error.reason if error else '?'}: {error}")
-                    unanswered.append((node, error.reason if error else Reason.BAD_RESPONSE))
+                    reason = error.reason if error else Reason.BAD_RESPONSE
+                    errors.append(f"{node.name}: {reason}: {error}")
+                    unanswered.append((node, reason))
                 else:
                     # Its soft-deleted names are stamped by its clock: read them on ours.
                     shift = clock_shift(listing.date, clock())
