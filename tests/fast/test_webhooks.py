@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -266,6 +267,54 @@ def test_a_receiver_dripping_its_answer_is_cut_at_the_deadline(receiver, monkeyp
     # would read as complete ones: a 204), and the receiver saw its connection shut
     assert post_one(receiver, 0.3) == Attempt(None, "no answer within 0.2s / 0.3s")
     wait_for(lambda: receiver.cut == 1, timeout=10, what="the dripping answer to be cut")
+
+
+def test_one_thread_keeps_every_deadline_and_a_nearer_one_is_not_held_by_a_farther(
+    receiver, monkeypatch
+):
+    # Given a receiver dripping its answers, and a request whose deadline is far (3.2 s)
+    receiver.answer_with(Answer(204, drip=0.1))
+    monkeypatch.setattr(webhook_sending, "CONNECT_TIMEOUT", 0.2)
+    with Sender(2) as sender:
+        endpoint = endpoint_for(receiver)
+
+        def send(read_timeout: float) -> Attempt:
+            return webhook_sending.post(sender.session(), endpoint, "m", {}, 0, read_timeout)
+
+        far = sender.submit(send, 3.0)
+        wait_for(lambda: len(receiver.snapshot()) == 1, timeout=10, what="the first request")
+        # When a request with a nearer deadline (0.5 s) starts while the watchdog waits for it
+        near = sender.submit(send, 0.3)
+
+        # Then the nearer one is cut at its own deadline, not at the farther one's
+        assert near.result(timeout=10) == Attempt(None, "no answer within 0.2s / 0.3s")
+        assert not far.done()
+        assert far.result(timeout=10) == Attempt(None, "no answer within 0.2s / 3s")
+    watchdogs = [t for t in threading.enumerate() if t.name == "webhook-deadlines"]
+    assert len(watchdogs) == 1, "one watchdog thread per process, not a timer per request"
+
+
+def test_a_forked_process_keeps_its_own_deadlines(receiver, monkeypatch):
+    # Given a process that has sent (its watchdog runs) and then forks, as a prefork pool does
+    receiver.answer_with(Answer(204))
+    assert post_one(receiver, 1.0) == Attempt(204)
+    receiver.answer_with(Answer(204, drip=0.1))
+    monkeypatch.setattr(webhook_sending, "CONNECT_TIMEOUT", 0.2)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: post to the dripping receiver, report, leave at once
+        try:
+            os.write(write, repr(post_one(receiver, 0.3)).encode())
+        finally:
+            os._exit(0)
+    # Then the child's request is cut at its deadline by a watchdog of its own
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as answer:
+            reported = answer.read().decode()
+    finally:
+        os.waitpid(child, 0)
+    assert reported == repr(Attempt(None, "no answer within 0.2s / 0.3s"))
 
 
 def test_a_deadline_that_passes_while_connecting_cuts_the_answer_once_connected(
