@@ -382,6 +382,29 @@ def test_failing_past_the_window_disables_the_endpoint_and_enabling_resumes_it(d
     assert (row["disabled_at"], row["failing_since"], row["delivered"]) == (None, None, 2)
 
 
+def test_an_endpoint_idle_for_days_is_not_disabled_at_its_first_failure(db, receiver):
+    # Given an endpoint that delivered, then had nothing to send for 3 days
+    clock = Clock()
+    ui = endpoint_for(receiver)
+    run(clock, ui)
+    insert(db, "acme", state="pending")
+    readable(db)
+    run(clock, ui)
+    assert endpoint_row(db)["delivered"] == 1
+    clock.advance(3 * 86400)
+
+    # When its next event fails
+    receiver.answer_with(Answer(503))
+    move(db, "acme", "provisioning")
+    readable(db)
+    summary = run(clock, ui)
+
+    # Then it is failing from now, not disabled: the window counts failures, not idle time
+    row = endpoint_row(db)
+    assert summary.disabled == []
+    assert (row["failing_since"], row["disabled_at"]) == (clock(), None)
+
+
 def test_410_gone_disables_the_endpoint_at_once(db, receiver):
     clock = Clock()
     ui = endpoint_for(receiver)
