@@ -116,7 +116,8 @@ class _Deletion(TenantRun):
         self.conn.commit()
         logger.info("tenant deprovisioned; its slot and id are free", extra=self.context)
         freed_on = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
-        unwaited = slot_freed(self.conn, freed_on, self.clock()) if freed_on else []
+        nodes, now = self.pool.nodes(), self.clock()
+        unwaited = slot_freed(self.conn, freed_on, nodes, now) if freed_on else []
         return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt, unwaited=tuple(unwaited))
 
     def _homes(self) -> list[NodeConfig]:

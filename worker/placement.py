@@ -235,11 +235,8 @@ def repair_counts(conn: Connection) -> dict[str, tuple[int, int]]:
     conn.commit()
     repaired: dict[str, tuple[int, int]] = {}
     for name in suspects:
-        conn.execute(
-            pg_insert(influxdb_nodes)
-            .values(name=name)
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
+        written_down = pg_insert(influxdb_nodes).values(name=name)
+        conn.execute(written_down.on_conflict_do_nothing(index_elements=["name"]))
         counted = conn.execute(
             select(influxdb_nodes.c.placed).where(influxdb_nodes.c.name == name).with_for_update()
         ).scalar_one()
@@ -247,9 +244,7 @@ def repair_counts(conn: Connection) -> dict[str, tuple[int, int]]:
             select(func.count()).where(tenants.c.influxdb_node == name)
         ).scalar_one()
         if counted != actual:
-            conn.execute(
-                update(influxdb_nodes).where(influxdb_nodes.c.name == name).values(placed=actual)
-            )
+            conn.execute(update(influxdb_nodes).where(_NODE.name == name).values(placed=actual))
             repaired[name] = (counted, actual)
             logger.warning("node %s: slot count %d repaired to %d", name, counted, actual)
         conn.commit()
@@ -284,29 +279,34 @@ def mark_unavailable(conn: Connection, node_name: str, reason: Reason, now: date
     logger.warning("node %s: %s; placing elsewhere first until it lists again", node_name, reason)
 
 
-def slot_freed(conn: Connection, node: NodeConfig, now: datetime) -> list[str]:
+def slot_freed(
+    conn: Connection, node: NodeConfig, nodes: Iterable[NodeConfig], now: datetime
+) -> list[str]:
     """A deletion removed a database from ``node``: room at once, not at the next listing.
 
-    Its full mark goes (made before this database was deleted; a server still full answers
-    422 again, and placement moves on), and its unavailable mark (it answered our token); the
-    oldest tenants waiting for capacity, as many as the node has free slots by our count, go
-    back to ``pending``. Commits. Returns their ids: the caller queues them."""
+    Its full mark goes (a server still full answers 422 again), and its unavailable mark (it
+    answered our token); then :func:`unwait` over the pool ``nodes``. Commits; returns ids."""
     marked = or_(_NODE.full_since.is_not(None), _NODE.unavailable_since.is_not(None))
     conn.execute(
         update(influxdb_nodes)
         .where(_NODE.name == node.name, marked)
         .values(full_since=None, unavailable_since=None, unavailable_reason=None)
     )
-    placed = conn.execute(
-        select(influxdb_nodes.c.placed).where(influxdb_nodes.c.name == node.name)
-    ).scalar()
-    free = node.database_limit - int(placed or 0)
-    moved = store.end_waits(conn, free, now) if free > 0 else []
-    conn.commit()
+    moved = unwait(conn, nodes, now)
     if moved:
         logger.info(
             "a slot freed on node %s: %d waiting tenant(s) placed again", node.name, len(moved)
         )
+    return moved
+
+
+def unwait(conn: Connection, nodes: Iterable[NodeConfig], now: datetime) -> list[str]:
+    """The oldest tenants waiting for capacity go back to ``pending``, as many as there are
+    free slots by our count on the ``nodes`` that answer (one whose listing failed, or that
+    refused our token, gets none). Commits. Returns their ids: the caller queues them."""
+    free = sum(u.free for u in usage(conn, nodes) if not u.unavailable)
+    moved = store.end_waits(conn, free, now) if free > 0 else []
+    conn.commit()
     return moved
 
 

@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from sqlalchemy import Connection
 
-from worker import identity, store
+from worker import identity, placement, store
 from worker.attempts import RELEASED_ADOPT, AttemptRecord, log_attempt, released
 from worker.clock import Clock, database_clock
 from worker.errors import (
@@ -44,7 +44,6 @@ from worker.errors import (
 from worker.identity import Verdict
 from worker.node_config import NodeConfig
 from worker.nodes import NodePool, list_everywhere
-from worker.placement import NoFreeNode, choose_node, mark_full, mark_unavailable, sync_nodes
 from worker.runs import (
     Delivery,
     NotStarted,
@@ -172,13 +171,13 @@ class _Run(TenantRun):
                 node = located
             if node is None:
                 nodes = self.pool.nodes()
-                sync_nodes(self.conn, nodes)
+                placement.sync_nodes(self.conn, nodes)
                 try:  # placed and started in one statement, when a node is free at once
                     attempt = self._start(None, [n.name for n in nodes if n.name not in refused])
-                except NoFreeNode:
+                except placement.NoFreeNode:
                     # The long way: the node's row stays locked until the attempt's start
                     # reserves the slot on it and commits.
-                    name = choose_node(self.conn, nodes, exclude=refused)
+                    name = placement.choose_node(self.conn, nodes, exclude=refused)
                     node = next((n for n in nodes if n.name == name), None)
                     if node is None:
                         return self._wait_for_capacity()
@@ -192,7 +191,7 @@ class _Run(TenantRun):
             except DatabaseLimitReached as exc:
                 # Our count said there was room, the server disagrees: believe it, move on.
                 # A 422 also says the name does not exist there (existence is checked first).
-                mark_full(self.conn, node.name, self.clock())
+                placement.mark_full(self.conn, node.name, self.clock())
                 self.create_sent_to = self.node_name = None
                 attempt.move_off_node(exc.reason, f"node {node.name}: {exc}")
                 self.adoption = released(self.adoption)  # as move_off_node wrote it
@@ -306,7 +305,8 @@ class _Run(TenantRun):
     ) -> Outcome:
         where = f"node {node.name}: " if node else ""
         if node is not None and isinstance(exc, InfluxDBUnauthorized | InfluxDBUnreachable):
-            mark_unavailable(self.conn, node.name, exc.reason, self.clock())  # others first
+            # Others first: new tenants go to the servers that answer.
+            placement.mark_unavailable(self.conn, node.name, exc.reason, self.clock())
         if node is not None and created is None:
             # This call's create was refused, or never left: nothing of it is there. Nor of
             # the tenant's, unless an adoption says its database may be (remade there, adopted
@@ -382,16 +382,19 @@ class _Run(TenantRun):
 
     def _wait_for_capacity(self) -> Outcome:
         # Capacity is a state, not a retry loop: the reconciler places waiting tenants, oldest
-        # first, when a server is added or a slot frees. The wait ends the episode.
-        nodes = len(self.pool.nodes())
+        # first, when a server is added or a slot frees; the wait ends the episode. Room freed
+        # while this run chose (its un-wait saw no wait yet) is seen once the wait is written.
+        nodes = self.pool.nodes()
         self._settle(
             ProvisioningState.WAITING_FOR_CAPACITY,
             Reason.DATABASE_LIMIT,
-            f"no InfluxDB node has room (all {nodes} at their limit)",
+            f"no InfluxDB node has room (all {len(nodes)} at their limit)",
             influxdb_node=None,
             influxdb_adopt=RELEASED_ADOPT,
             influxdb_attempts=0,
             influxdb_create_sent_to=None,
         )
         logger.warning("no node has room; waiting for capacity", extra=self.context)
-        return Outcome(RunResult.WAITING_FOR_CAPACITY, self.tenant_id, reason=Reason.DATABASE_LIMIT)
+        moved = tuple(placement.unwait(self.conn, nodes, self.clock()))
+        result, reason = RunResult.WAITING_FOR_CAPACITY, Reason.DATABASE_LIMIT
+        return Outcome(result, self.tenant_id, reason=reason, unwaited=moved)

@@ -42,7 +42,7 @@ from worker.findings import COLUMNS, View, find
 from worker.listings import clock_shift, run_listings
 from worker.models import reconcile_stats
 from worker.nodes import NodeConfig, NodePool, list_as_answered
-from worker.placement import record_observations, repair_counts, usage
+from worker.placement import record_observations, repair_counts, unwait
 from worker.queues import Job
 from worker.redaction import redact
 from worker.repairs import Owed, Repaired, Repairs
@@ -190,7 +190,7 @@ def _run(
             sender.send(conn, owed)
         # Before free slots are counted: a count that drifted would place too few or too many.
         summary.counts_repaired = len(repair_counts(conn))
-        unwaited = _unwait(conn, pool, clock)
+        unwaited = unwait(conn, pool.nodes(), clock())
         summary.unwaited = len(unwaited)
         sender.send(conn, [(tenant_id, Job.PROVISION, None) for tenant_id in unwaited])
     return summary
@@ -216,18 +216,6 @@ class _Sender:
         self._summary.requeued += len(published)
         self._summary.requeued_ids.extend(published)
         self._summary.not_queued += len(owed) - len(published)
-
-
-def _unwait(conn: Connection, pool: NodePool, clock: Clock) -> list[str]:
-    """Send the oldest waiting tenants back to pending, as many as there are free slots on
-    servers that answer (one whose listing failed or that refused our token gets none)."""
-    free = sum(u.free for u in usage(conn, pool.nodes()) if not u.unavailable)
-    conn.commit()
-    if free <= 0:
-        return []
-    moved = store.end_waits(conn, free, clock())
-    conn.commit()
-    return moved
 
 
 def _store(engine: Engine, summary: ReconcileSummary, started_at: datetime) -> None:

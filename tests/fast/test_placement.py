@@ -150,7 +150,7 @@ def test_a_deletion_that_freed_a_slot_clears_the_unavailable_mark(db):
     # A server that did not list a minute ago answered our deletion: it is back
     with get_engine().connect() as conn:
         record_observations(conn, [], NOW, unanswered=[(ALPHA, Reason.UNAUTHORIZED)])
-        slot_freed(conn, ALPHA, NOW)
+        slot_freed(conn, ALPHA, [ALPHA], NOW)
     assert node_marks(db, "alpha")[:2] == (None, None)
 
 

@@ -17,7 +17,7 @@ from api_hooks.errors import TenantBusy
 from api_hooks.tenants import adopt_database
 from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
 from tests.fast.conftest import SEED, World, insert
-from worker import nodes, store
+from worker import nodes, placement, store
 from worker.db import autocommit, get_engine
 from worker.placement import NoFreeNode, start_on_free_node, sync_nodes
 from worker.runs import Delivery, tenant_lock
@@ -184,6 +184,37 @@ def test_no_room_anywhere_waits_for_capacity_without_an_attempt(db, world: World
     row = tenant_row(db, "acme")
     assert (row["influxdb_state"], row["influxdb_attempts"]) == ("waiting_for_capacity", 0)
     assert attempt_log(db, "acme") == []
+
+
+def test_a_slot_freed_while_a_run_decides_to_wait_is_not_missed(db, world: World, monkeypatch):
+    # Given a full server of one slot, and a run that has just found no room for "acme"
+    world.add("alpha", limit=1)
+    insert(db, "first")
+    assert world.provision("first").result == RunResult.PROVISIONED
+    insert(db, "acme")
+    choose = placement.choose_node
+
+    def deletion_in_between(*args: object, **kwargs: object) -> str | None:
+        chosen = choose(*args, **kwargs)
+        if chosen is None:
+            # When, before that run writes its wait down, a deletion frees the slot: its
+            # un-wait finds nobody waiting yet
+            db.execute(
+                "UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'first'"
+            )
+            freed = world.deprovision("first", Delivery.of("delete-first", 0))
+            assert (freed.result, freed.unwaited) == (RunResult.DEPROVISIONED, ())
+        return chosen
+
+    monkeypatch.setattr(placement, "choose_node", deletion_in_between)
+    outcome = world.provision("acme", MESSAGE)
+
+    # Then the run that waited sees the room once its wait is written, and ends the wait:
+    # "acme" is queued now, not a reconcile interval later
+    assert (outcome.result, outcome.unwaited) == (RunResult.WAITING_FOR_CAPACITY, ("acme",))
+    assert tenant_row(db, "acme")["influxdb_state"] == "pending"
+    monkeypatch.undo()
+    assert world.provision("acme", MESSAGE).result == RunResult.PROVISIONED
 
 
 def test_a_database_of_unknown_origin_is_name_taken_and_not_used(db, world: World):
