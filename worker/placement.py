@@ -145,15 +145,16 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
         for group, wait in ((group, wait) for group in groups for wait in (False, True)):
             for candidate in group:
                 row = conn.execute(
-                    select(influxdb_nodes.c.placed, influxdb_nodes.c.full_since)
-                    .where(influxdb_nodes.c.name == candidate.name)
+                    select(_NODE.placed, _NODE.full_since, _UNAVAILABLE.label("unavailable"))
+                    .where(_NODE.name == candidate.name)
                     .with_for_update(skip_locked=not wait)
                 ).first()
                 if row is None:
                     continue  # held by another placer (first pass)
-                if row.full_since is None and row.placed < candidate.database_limit:
+                room = row.full_since is None and row.placed < candidate.database_limit
+                if room and row.unavailable <= candidate.unavailable:  # not marked meanwhile
                     return str(candidate.name)  # still locked: the caller reserves
-                conn.commit()  # filled meanwhile: let it go before locking another (no cycles)
+                conn.commit()  # filled or marked: let it go before locking another (no cycles)
     return None  # every candidate filled under our eyes, round after round
 
 
@@ -294,9 +295,7 @@ def slot_freed(
     )
     moved = unwait(conn, nodes, now)
     if moved:
-        logger.info(
-            "a slot freed on node %s: %d waiting tenant(s) placed again", node.name, len(moved)
-        )
+        logger.info("a slot freed on node %s: %d waiting tenant(s) go on", node.name, len(moved))
     return moved
 
 

@@ -191,3 +191,38 @@ def test_an_answering_server_held_by_another_placer_is_not_passed_over(db, way, 
     chosen = way("acme", [ALPHA, BETA])
     holder.join()
     assert chosen == expected
+
+
+def test_a_server_marked_while_a_placer_waits_for_its_row_is_not_taken(db):
+    # Given alpha and beta answering with room (alpha the less used), each row held for a
+    # moment by another run: alpha's by one that finds it refuses our token and marks it
+    given_placed(db, beta=1)
+    insert(db, "acme")
+    with get_engine().connect() as conn:
+        sync_nodes(conn, (ALPHA, BETA), force=True)
+    held = threading.Barrier(3)
+
+    def hold(name: str, then_mark: bool) -> None:
+        with get_engine().connect() as conn:
+            conn.execute(
+                text("SELECT 1 FROM influxdb_nodes WHERE name = :n FOR UPDATE"), {"n": name}
+            )
+            held.wait(5)
+            threading.Event().wait(0.3 if then_mark else 0.6)  # the placer waits for alpha
+            if then_mark:
+                mark_unavailable(conn, name, Reason.UNAUTHORIZED, NOW)  # and commits
+            conn.rollback()
+
+    holders = [threading.Thread(target=hold, args=a) for a in (("alpha", True), ("beta", False))]
+    for holder in holders:
+        holder.start()
+    held.wait(5)
+
+    # When the long way places acme: both rows held, it waits for alpha's, the less used
+    chosen = place("acme", [ALPHA, BETA])
+    for holder in holders:
+        holder.join()
+
+    # Then alpha, marked by the time its row is free, is let go: acme goes to beta, which
+    # answers (taking alpha would have sent acme to a server refusing our token)
+    assert chosen == "beta"
