@@ -20,7 +20,7 @@ from api_hooks.errors import InvalidTenantId
 from api_hooks.http_errors import PlainErrorRoute, error_responses
 from api_hooks.tenants import validate_tenant_id
 from api_hooks.throttle import THROTTLED
-from locations_client.client import NEXT_SINCE_HEADER
+from locations_client.map import NEXT_SINCE_HEADER
 from worker import locations
 from worker.db import get_engine
 from worker.nodes import shared_pool

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         for tenant_id in tenants:
             where = client.resolve(tenant_id)
             if not isinstance(where, Location):
-                continue  # not ready, or unknown: write nowhere
+                continue  # not ready, unknown, or the map too old (Stale): write nowhere
             ready.append(where)
             if str(where.incarnation) not in written.get(tenant_id, {}):
                 write(where, args.points)  # first sight of this incarnation, ready

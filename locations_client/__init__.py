@@ -5,8 +5,10 @@ project. It holds the whole location map in memory, refreshes it in the backgrou
 ``/locations`` for the changes since its version, and answers :meth:`resolve` from memory in
 about a microsecond - a :class:`Location` (write there), :class:`NotReady` (being
 provisioned, failed, being deleted: write nowhere yet) or :data:`UNKNOWN` (no such tenant).
-It never answers a default server. When the service cannot be reached it keeps serving its
-last map and says how stale it is (:attr:`LocationClient.staleness`)::
+It never answers a default server. When the service cannot be reached it keeps its last map
+and says how stale it is (:attr:`LocationClient.staleness`); once that is longer than the
+service's deletion wait (``max_staleness_seconds``) it fails closed: :class:`Stale` for every
+tenant (``resolve(id, stale_ok=True)``: the map as held, for reads)::
 
     from locations_client import LocationClient, Location
 
@@ -18,15 +20,8 @@ last map and says how stale it is (:attr:`LocationClient.staleness`)::
 ``AsyncLocationClient`` does the same for asyncio services.
 """
 
-from locations_client.client import (
-    UNKNOWN,
-    AsyncLocationClient,
-    Location,
-    LocationClient,
-    LocationServiceError,
-    NotReady,
-    Unknown,
-)
+from locations_client.client import AsyncLocationClient, LocationClient
+from locations_client.map import UNKNOWN, Location, LocationServiceError, NotReady, Stale, Unknown
 
 __all__ = [
     "UNKNOWN",
@@ -35,5 +30,6 @@ __all__ = [
     "LocationClient",
     "LocationServiceError",
     "NotReady",
+    "Stale",
     "Unknown",
 ]

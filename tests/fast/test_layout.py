@@ -8,7 +8,7 @@ import re
 
 from tests.conftest import ROOT
 
-PACKAGES = ("worker", "api_hooks", "influxdb3_standin", "harness", "bench")
+PACKAGES = ("worker", "api_hooks", "influxdb3_standin", "harness", "bench", "locations_client")
 
 
 def layout_paths() -> set[str]:

@@ -20,6 +20,7 @@ from locations_client import (
     LocationClient,
     LocationServiceError,
     NotReady,
+    Stale,
 )
 from tests.conftest import (
     INFLUX_TOKEN,
@@ -91,11 +92,17 @@ def test_with_the_service_down_the_client_keeps_its_map_and_says_how_stale(db, t
     # When the service goes away
     stop_process(process)
     wait_for(lambda: client.last_error is not None, what="a failed refresh")
-    time.sleep(0.3)
 
-    # Then the last map is still served, and the staleness grows
-    assert isinstance(client.resolve("kept"), Location)
-    assert client.staleness > 0.3
+    # Then, once the map is older than the deletion wait (the service's max_staleness_seconds,
+    # 0.5 s here), a lookup fails closed: a deletion may have been published meanwhile, and
+    # a write would make the database again. The map is kept, for reads that ask for it.
+    stale = wait_for(
+        lambda: isinstance(client.resolve("kept"), Stale) and client.resolve("kept"),
+        what="the lookup to fail closed",
+    )
+    assert stale.tenant_id == "kept" and stale.staleness > 0.5
+    assert client.staleness > 0.5
+    assert isinstance(client.resolve("kept", stale_ok=True), Location)
     assert "unreachable" in (client.last_error or "")
     with pytest.raises(LocationServiceError):
         client.refresh()
@@ -194,7 +201,7 @@ def test_a_malformed_page_changes_nothing_and_the_refresh_thread_lives_on(script
     wait_for(lambda: client.last_error is not None, what="the refresh to fail")
 
     # Then nothing held changed, and once the service answers well again, refreshes resume
-    assert client.resolve("a") == held and client.version == 1
+    assert client.resolve("a", stale_ok=True) == held and client.version == 1
     fixed = {
         **GOOD_PAGE,
         "next_since": 2,
@@ -202,6 +209,30 @@ def test_a_malformed_page_changes_nothing_and_the_refresh_thread_lives_on(script
     }
     scripted.answer(200, json.dumps(fixed))
     wait_for(lambda: isinstance(client.resolve("b"), Location), what="the thread still alive")
+    client.close()
+
+
+def test_a_lookup_fails_closed_while_the_map_is_older_than_the_deletion_wait(scripted):
+    # Given a client whose service says deletions wait 0.3 s once published
+    page = {**GOOD_PAGE, "max_staleness_seconds": 0.3}
+    scripted.answer(200, json.dumps(page))
+    client = LocationClient(scripted.url, LOCATIONS_TOKEN, refresh_seconds=0.05).start()
+    assert isinstance(client.resolve("a"), Location)
+
+    # When its refreshes fail for longer than that
+    scripted.answer(503, "busy")
+    wait_for(lambda: client.last_error is not None, what="a failed refresh")
+
+    # Then every lookup answers Stale - a known tenant and an unknown one alike - while the
+    # map it holds is unchanged
+    wait_for(lambda: isinstance(client.resolve("a"), Stale), what="the lookup to fail closed")
+    assert isinstance(client.resolve("nobody"), Stale)
+    assert isinstance(client.resolve("a", stale_ok=True), Location)
+    assert client.resolve("nobody", stale_ok=True) is UNKNOWN
+
+    # And once a refresh succeeds again, lookups answer from the map again
+    scripted.answer(200, json.dumps({**page, "next_since": 1, "locations": []}))
+    wait_for(lambda: isinstance(client.resolve("a"), Location), what="the map fresh again")
     client.close()
 
 
@@ -246,7 +277,7 @@ def test_a_whole_load_cut_short_is_loaded_whole_again_not_patched(scripted):
     scripted.answer_next((503, "busy"))
     with pytest.raises(LocationServiceError):
         client.refresh()
-    assert client.resolve("b").url == "http://old"  # type: ignore[union-attr]
+    assert client.resolve("b", stale_ok=True).url == "http://old"  # type: ignore[union-attr]
 
     # Then the next refresh loads it whole again (from 0), not the changes since the old map
     scripted.answer_next(page(["a"], "http://new", 1, True), page(["b"], "http://new", 3, False))
