@@ -57,7 +57,7 @@ from api_hooks.schemas import (
 )
 from api_hooks.shapes import CreatedTenant, DeletedTenant, TenantStatsBody
 from api_hooks.status import tenant_stats
-from api_hooks.stream import TooManyStreams, check_capacity, event_stream, events_page, selection
+from api_hooks.stream import TooManyStreams, event_stream, events_page, reserve, selection
 from api_hooks.tenants import (
     adopt_database,
     create_tenant,
@@ -356,16 +356,14 @@ def _events_route(router: APIRouter) -> None:
         except (InvalidCursor, InvalidTenantId) as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
         try:
-            check_capacity()
+            stream = reserve(lambda slot: event_stream(chosen, slot))
         except TooManyStreams as exc:
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
                 detail="too many event streams on this process; try again later",
                 headers={"Retry-After": "5"},
             ) from exc
-        return StreamingResponse(
-            event_stream(chosen), media_type="text/event-stream", headers=STREAM_HEADERS
-        )
+        return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
 def _who(request: Request) -> dict[str, str]:

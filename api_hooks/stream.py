@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Collection
+import weakref
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -117,20 +118,40 @@ def frame(event: dict[str, Any]) -> bytes:
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n".encode()
 
 
-def check_capacity() -> None:
-    """TooManyStreams when this process already serves MAX_STREAMS streams."""
-    if _open_streams >= MAX_STREAMS:
-        raise TooManyStreams
+class StreamSlot:
+    """One stream's place in this process's MAX_STREAMS, taken when its request is answered -
+    so a burst of requests cannot all pass before any body has started - and given back once:
+    when its body ends, or, when the body never ran (a client gone before the first byte),
+    when that body is collected."""
+
+    def __init__(self) -> None:
+        global _open_streams  # noqa: PLW0603 - a per-process count, kept on the event loop
+        if _open_streams >= MAX_STREAMS:
+            raise TooManyStreams
+        _open_streams += 1
+        self._held = True
+
+    def release(self) -> None:
+        global _open_streams  # noqa: PLW0603
+        if self._held:
+            self._held = False
+            _open_streams -= 1
 
 
-async def event_stream(chosen: Selection) -> AsyncIterator[bytes]:
+def reserve(stream: Callable[[StreamSlot], AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
+    """``stream(slot)``, its slot taken now. Raises TooManyStreams (answer 503)."""
+    slot = StreamSlot()
+    body = stream(slot)
+    weakref.finalize(body, slot.release)
+    return body
+
+
+async def event_stream(chosen: Selection, slot: StreamSlot) -> AsyncIterator[bytes]:
     """The SSE body: events after the cursor, then each one as it becomes readable."""
-    global _open_streams  # noqa: PLW0603 - a per-process count, kept on the event loop
     hub = get_hub()
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
     token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
-    _open_streams += 1  # after what may raise: the finally below takes it back
     cursor = chosen.cursor
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
@@ -156,7 +177,7 @@ async def event_stream(chosen: Selection) -> AsyncIterator[bytes]:
                 yield b": keepalive\n\n"
     finally:
         hub.unsubscribe(token)
-        _open_streams -= 1
+        slot.release()
 
 
 def _read(chosen: Selection, cursor: Cursor, limit: int = MAX_LIMIT) -> Any:
@@ -166,16 +187,16 @@ def _read(chosen: Selection, cursor: Cursor, limit: int = MAX_LIMIT) -> Any:
         return events_after(conn, cursor_text(cursor), limit, chosen.tenant, types)
 
 
-async def tenant_stream(tenant_id: str, after_seq: int) -> AsyncIterator[dict[str, Any]]:
+async def tenant_stream(
+    tenant_id: str, after_seq: int, slot: StreamSlot
+) -> AsyncIterator[dict[str, Any]]:
     """One tenant's events after ``after_seq`` in its own sequence, as they are committed
     (the console's timeline): read by ``seq`` whenever the reader shows an event of it.
-    Counted with the event streams: one budget of MAX_STREAMS per process."""
-    global _open_streams  # noqa: PLW0603 - a per-process count, kept on the event loop
+    Counted with the event streams: one budget of MAX_STREAMS per process (``slot``)."""
     hub = get_hub()
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
     token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
-    _open_streams += 1  # after what may raise: the finally below takes it back
     try:
         while not hub.wait_started(0):
             await to_thread.run_sync(hub.wait_started, 1.0)
@@ -206,7 +227,7 @@ async def tenant_stream(tenant_id: str, after_seq: int) -> AsyncIterator[dict[st
                 ready.clear()
     finally:
         hub.unsubscribe(token)
-        _open_streams -= 1
+        slot.release()
 
 
 def tenant_events_after(tenant_id: str, after_seq: int) -> list[dict[str, Any]]:

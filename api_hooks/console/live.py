@@ -19,7 +19,13 @@ from fastapi.responses import StreamingResponse
 
 from api_hooks.console.render import STATE_SIGNS, moment
 from api_hooks.errors import InvalidTenantId
-from api_hooks.stream import TooManyStreams, check_capacity, tenant_events_after, tenant_stream
+from api_hooks.stream import (
+    StreamSlot,
+    TooManyStreams,
+    reserve,
+    tenant_events_after,
+    tenant_stream,
+)
 from api_hooks.tenants import validate_tenant_id
 from worker.event_reads import TYPE_PREFIX, BadCursor
 
@@ -48,7 +54,7 @@ def timeline_route(router: APIRouter) -> None:
         except BadCursor as exc:  # an EventSource stops at a 400, not reconnecting for ever
             raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
         try:
-            check_capacity()
+            body = reserve(lambda slot: _messages(tenant_id, after, slot))
         except TooManyStreams as exc:  # the page still shows the timeline as it was read
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -56,15 +62,15 @@ def timeline_route(router: APIRouter) -> None:
                 headers={"Retry-After": "5"},
             ) from exc
         return StreamingResponse(
-            _messages(tenant_id, after),
+            body,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
 
-async def _messages(tenant_id: str, after: int) -> AsyncIterator[bytes]:
+async def _messages(tenant_id: str, after: int, slot: StreamSlot) -> AsyncIterator[bytes]:
     yield b"retry: 3000\n\n"
-    async for event in tenant_stream(tenant_id, after):
+    async for event in tenant_stream(tenant_id, after, slot):
         if not event:
             yield b": keepalive\n\n"
             continue

@@ -4,10 +4,12 @@ from the CLI, and on the console's tenant and Audit pages (escaped: no script bu
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import getpass
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -374,6 +376,45 @@ def test_timelines_and_event_streams_share_one_budget_per_process(db, console, q
             refused = console.get(path, headers=headers)
             assert refused.status_code == 503, path
             assert refused.headers["Retry-After"] == "5"
+
+
+def test_a_burst_of_stream_requests_cannot_pass_the_budget_before_any_body_starts(monkeypatch):
+    # Given a process that serves at most two streams
+    base = stream._open_streams  # (none, unless a test before this one left one open)
+    monkeypatch.setattr(stream, "MAX_STREAMS", base + 2)
+    started: list[str] = []
+
+    async def body(name: str, slot: stream.StreamSlot) -> AsyncIterator[bytes]:
+        try:
+            started.append(name)
+            yield b"x"
+        finally:
+            slot.release()
+
+    # When three requests are answered before any of their bodies has run (a burst: each
+    # body starts only once its answer is on its way)
+    first = stream.reserve(lambda slot: body("first", slot))
+    second = stream.reserve(lambda slot: body("second", slot))
+
+    # Then the third is refused at once, though nothing has streamed yet
+    with pytest.raises(stream.TooManyStreams):
+        stream.reserve(lambda slot: body("third", slot))
+    assert started == []
+
+    # And a slot comes back once: when its body ends, or - a client gone before the first
+    # byte - when the body that never ran is dropped
+    async def run_to_the_end(ran: AsyncIterator[bytes]) -> None:
+        assert [chunk async for chunk in ran] == [b"x"]
+
+    asyncio.run(run_to_the_end(first))
+    assert stream._open_streams == base + 1
+    del first
+    gc.collect()
+    assert stream._open_streams == base + 1  # not given back twice
+    del second
+    gc.collect()
+    assert stream._open_streams == base
+    assert started == ["first"]
 
 
 def test_the_audit_page_lists_operator_actions_filtered_by_actor_and_tenant(db, console, queue):
