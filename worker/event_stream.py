@@ -132,17 +132,23 @@ class EventHub:
         """The events after ``cursor`` that the ring holds, and the cursor after them (the
         ring's end, or ``cursor`` itself when it is ahead of the ring). Raises Behind when
         ``cursor`` is older than the ring's first start."""
+        newer: list[Chunk] = []
         with self._lock:
-            chunks = list(self._ring.chunks)
-        if not chunks or cursor < chunks[0].start:
-            raise Behind
-        end = chunks[-1].end
-        if cursor >= end:
-            return [], cursor
+            chunks = self._ring.chunks
+            if not chunks or cursor < chunks[0].start:
+                raise Behind
+            end = chunks[-1].end
+            # From the newest back to the cursor: a stream that keeps up reads a chunk or two,
+            # not the whole ring (a thousand streams wake at each commit).
+            for chunk in reversed(chunks):
+                if chunk.end <= cursor:
+                    break
+                newer.append(chunk)
+        if not newer:  # at or ahead of the ring's end
+            return [], max(cursor, end)
         events = [
             event
-            for chunk in chunks
-            if chunk.end > cursor
+            for chunk in reversed(newer)
             for event in chunk.events
             if parse_cursor(event["id"]) > cursor
         ]
