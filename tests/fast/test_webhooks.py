@@ -272,24 +272,24 @@ def test_a_receiver_dripping_its_answer_is_cut_at_the_deadline(receiver, monkeyp
 def test_one_thread_keeps_every_deadline_and_a_nearer_one_is_not_held_by_a_farther(
     receiver, monkeypatch
 ):
-    # Given a receiver dripping its answers, and a request whose deadline is far (3.2 s)
+    # Given a receiver dripping its answers, and a request whose deadline is far (1.6 s)
     receiver.answer_with(Answer(204, drip=0.1))
-    monkeypatch.setattr(webhook_sending, "CONNECT_TIMEOUT", 0.2)
+    monkeypatch.setattr(webhook_sending, "CONNECT_TIMEOUT", 0.1)
     with Sender(2) as sender:
         endpoint = endpoint_for(receiver)
 
         def send(read_timeout: float) -> Attempt:
             return webhook_sending.post(sender.session(), endpoint, "m", {}, 0, read_timeout)
 
-        far = sender.submit(send, 3.0)
+        far = sender.submit(send, 1.5)
         wait_for(lambda: len(receiver.snapshot()) == 1, timeout=10, what="the first request")
-        # When a request with a nearer deadline (0.5 s) starts while the watchdog waits for it
-        near = sender.submit(send, 0.3)
+        # When a request with a nearer deadline (0.3 s) starts while the watchdog waits for it
+        near = sender.submit(send, 0.2)
 
         # Then the nearer one is cut at its own deadline, not at the farther one's
-        assert near.result(timeout=10) == Attempt(None, "no answer within 0.2s / 0.3s")
+        assert near.result(timeout=10) == Attempt(None, "no answer within 0.1s / 0.2s")
         assert not far.done()
-        assert far.result(timeout=10) == Attempt(None, "no answer within 0.2s / 3s")
+        assert far.result(timeout=10) == Attempt(None, "no answer within 0.1s / 1.5s")
     watchdogs = [t for t in threading.enumerate() if t.name == "webhook-deadlines"]
     assert len(watchdogs) == 1, "one watchdog thread per process, not a timer per request"
 
