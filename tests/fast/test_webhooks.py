@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -284,29 +285,46 @@ def test_one_thread_keeps_every_deadline_and_a_nearer_one_is_not_held_by_a_farth
         far = sender.submit(send, 1.5)
         wait_for(lambda: len(receiver.snapshot()) == 1, timeout=10, what="the first request")
         # When a request with a nearer deadline (0.3 s) starts while the watchdog waits for it
+        started = time.monotonic()
         near = sender.submit(send, 0.2)
 
-        # Then the nearer one is cut at its own deadline, not at the farther one's
+        # Then the nearer one is cut at its own deadline, well before the farther one's (the
+        # watchdog is woken: asleep until the farther deadline, it would cut both at 1.6 s)
         assert near.result(timeout=10) == Attempt(None, "no answer within 0.1s / 0.2s")
-        assert not far.done()
+        assert time.monotonic() - started < 1.0
         assert far.result(timeout=10) == Attempt(None, "no answer within 0.1s / 1.5s")
     watchdogs = [t for t in threading.enumerate() if t.name == "webhook-deadlines"]
     assert len(watchdogs) == 1, "one watchdog thread per process, not a timer per request"
 
 
-def test_a_forked_process_keeps_its_own_deadlines(receiver, monkeypatch):
-    # Given a process that has sent (its watchdog runs) and then forks, as a prefork pool does
+def test_a_process_forked_while_the_deadlines_are_locked_keeps_its_own(receiver, monkeypatch):
+    # Given a process whose watchdog runs, forked (as a prefork pool forks) while another of its
+    # threads holds the deadlines' lock: the child gets the lock held, by no thread of its own
     receiver.answer_with(Answer(204))
     assert post_one(receiver, 1.0) == Attempt(204)
     receiver.answer_with(Answer(204, drip=0.1))
     monkeypatch.setattr(webhook_sending, "CONNECT_TIMEOUT", 0.2)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with webhook_sending._deadlines._changed:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait(5)
     read, write = os.pipe()
     child = os.fork()
     if child == 0:  # the child: post to the dripping receiver, report, leave at once
         try:
+            signal.alarm(10)  # a child stuck on the inherited lock dies, and the test fails
             os.write(write, repr(post_one(receiver, 0.3)).encode())
         finally:
             os._exit(0)
+    release.set()
+    holder.join()
+
     # Then the child's request is cut at its deadline by a watchdog of its own
     os.close(write)
     try:
