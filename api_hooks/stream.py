@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ RECONNECT_MS = 2000  # the EventSource's wait before it reconnects
 MAX_STREAMS = 1000  # per process: one more is refused (503), the others keep their pace
 MAX_TYPES = len(EVENT_TYPES)
 _open_streams = 0
+_count_lock = threading.Lock()
 
 
 class EventsPageBody(TypedDict):
@@ -121,21 +123,23 @@ def frame(event: dict[str, Any]) -> bytes:
 class StreamSlot:
     """One stream's place in this process's MAX_STREAMS, taken when its request is answered -
     so a burst of requests cannot all pass before any body has started - and given back once:
-    when its body ends, or, when the body never ran (a client gone before the first byte),
-    when that body is collected."""
+    when its body ends, or, when the body never ran or was left suspended (a client gone),
+    when that body is collected, on whichever thread collects it (hence the lock)."""
 
     def __init__(self) -> None:
-        global _open_streams  # noqa: PLW0603 - a per-process count, kept on the event loop
-        if _open_streams >= MAX_STREAMS:
-            raise TooManyStreams
-        _open_streams += 1
+        global _open_streams  # noqa: PLW0603 - a per-process count
+        with _count_lock:
+            if _open_streams >= MAX_STREAMS:
+                raise TooManyStreams
+            _open_streams += 1
         self._held = True
 
     def release(self) -> None:
         global _open_streams  # noqa: PLW0603
-        if self._held:
-            self._held = False
-            _open_streams -= 1
+        with _count_lock:
+            if self._held:
+                self._held = False
+                _open_streams -= 1
 
 
 def reserve(stream: Callable[[StreamSlot], AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
@@ -148,12 +152,12 @@ def reserve(stream: Callable[[StreamSlot], AsyncIterator[bytes]]) -> AsyncIterat
 
 async def event_stream(chosen: Selection, slot: StreamSlot) -> AsyncIterator[bytes]:
     """The SSE body: events after the cursor, then each one as it becomes readable."""
-    hub = get_hub()
-    loop = asyncio.get_running_loop()
-    ready = asyncio.Event()
-    token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
-    cursor = chosen.cursor
-    try:
+    token, cursor = None, chosen.cursor
+    try:  # from the first line: the slot is given back whatever raises
+        hub = get_hub()
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
         yield f"retry: {RECONNECT_MS}\n\n".encode()
         while True:
             ready.clear()
@@ -176,7 +180,8 @@ async def event_stream(chosen: Selection, slot: StreamSlot) -> AsyncIterator[byt
             except TimeoutError:
                 yield b": keepalive\n\n"
     finally:
-        hub.unsubscribe(token)
+        if token is not None:
+            hub.unsubscribe(token)
         slot.release()
 
 
@@ -193,11 +198,12 @@ async def tenant_stream(
     """One tenant's events after ``after_seq`` in its own sequence, as they are committed
     (the console's timeline): read by ``seq`` whenever the reader shows an event of it.
     Counted with the event streams: one budget of MAX_STREAMS per process (``slot``)."""
-    hub = get_hub()
-    loop = asyncio.get_running_loop()
-    ready = asyncio.Event()
-    token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
-    try:
+    token = None
+    try:  # from the first line: the slot is given back whatever raises
+        hub = get_hub()
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
         while not hub.wait_started(0):
             await to_thread.run_sync(hub.wait_started, 1.0)
         # Where the reader is now, taken before reading the tenant's events: any event this
@@ -226,7 +232,8 @@ async def tenant_stream(
                     yield {}
                 ready.clear()
     finally:
-        hub.unsubscribe(token)
+        if token is not None:
+            hub.unsubscribe(token)
         slot.release()
 
 

@@ -417,6 +417,28 @@ def test_a_burst_of_stream_requests_cannot_pass_the_budget_before_any_body_start
     assert started == ["first"]
 
 
+def test_a_stream_whose_start_fails_gives_its_slot_back_at_once(monkeypatch):
+    # Given a stream whose start fails (the event reader cannot be started)
+    base = stream._open_streams
+
+    def no_reader() -> object:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(stream, "get_hub", no_reader)
+    chosen = stream.Selection((0, 0), None, frozenset())
+    body = stream.reserve(lambda slot: stream.event_stream(chosen, slot))
+    assert stream._open_streams == base + 1
+
+    async def first_chunk() -> None:
+        await anext(body)
+
+    # When its body runs, then it fails, and its slot is back at once (not when, some time
+    # later, a collection on some thread finds the body)
+    with pytest.raises(RuntimeError):
+        asyncio.run(first_chunk())
+    assert stream._open_streams == base
+
+
 def test_the_audit_page_lists_operator_actions_filtered_by_actor_and_tenant(db, console, queue):
     create_tenant("acme", "A", actor="alice")
     create_tenant("globex", "G", actor=HOSTILE)
