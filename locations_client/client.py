@@ -70,7 +70,8 @@ class LocationClient:
 
     @property
     def staleness(self) -> float:
-        """Seconds since the last successful refresh (infinity before the first)."""
+        """Seconds since the last successful refresh asked for its last page (infinity before
+        the first): the map holds every change visible then."""
         return self._map.staleness
 
     @property
@@ -147,7 +148,8 @@ class AsyncLocationClient:
 
     @property
     def staleness(self) -> float:
-        """Seconds since the last successful refresh (infinity before the first)."""
+        """Seconds since the last successful refresh asked for its last page (infinity before
+        the first): the map holds every change visible then."""
         return self._map.staleness
 
     @property

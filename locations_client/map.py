@@ -71,7 +71,7 @@ class Stale:
     answers from the map as it is, for reads, which make nothing."""
 
     tenant_id: str
-    staleness: float  # seconds since the last refresh that succeeded began
+    staleness: float  # seconds since the last successful refresh asked for its last page
 
 
 Resolution = Location | NotReady | Unknown | Stale
@@ -99,7 +99,10 @@ class _Map:
         self.refresh_seconds: float | None = None  # the service's hint, once known
         self.max_staleness_seconds: float | None = None
         self.last_error: str | None = None
-        self._refreshed_at: float | None = None  # time.monotonic() of the last success
+        # time.monotonic() when the last successful refresh asked for its last page: the map
+        # holds every change visible then (a whole load of a million takes seconds before it)
+        self._refreshed_at: float | None = None
+        self._asked_at = 0.0  # when the page being applied was asked for
         self._lock = threading.Lock()  # one refresh at a time
 
     @property
@@ -127,7 +130,6 @@ class _Map:
                 raise
 
     def _refresh(self) -> int:
-        started = time.monotonic()
         for _ in range(MAX_RELOADS):
             whole = self._identity is None  # the first load, or what it assumed changed
             try:
@@ -143,7 +145,7 @@ class _Map:
                 break
         else:
             raise LocationServiceError("the location map kept changing identity while loading")
-        self._refreshed_at = started
+        self._refreshed_at = self._asked_at
         self.last_error = None
         return changed
 
@@ -157,7 +159,7 @@ class _Map:
         with ThreadPoolExecutor(1, thread_name_prefix="locations-page") as fetching:
             coming = fetching.submit(self._fetch, since)
             while True:
-                status, ahead, body = coming.result()
+                status, ahead, body, self._asked_at = coming.result()
                 if status in (410, 400):
                     # 410: tombstones we never saw were pruned; 400: our version is ahead of
                     # this map (a restored database). Either way: load it whole.
@@ -216,9 +218,10 @@ class _Map:
         # One string per server name, not one per tenant: a million locations share a few.
         return Location(tenant_id, self._names[node], url, item["incarnation"], self._prefix)
 
-    def _fetch(self, since: int) -> tuple[int, int | None, bytes]:
+    def _fetch(self, since: int) -> tuple[int, int | None, bytes, float]:
         """One page's status, the version the page after it starts from (when more follow
-        and the service says so in its headers), and its body, unparsed."""
+        and the service says so in its headers), its body, unparsed, and when it was asked."""
+        asked = time.monotonic()
         query = urllib.parse.urlencode({"since": since, "limit": self._page_size})
         # http(s) only: checked in __init__
         request = urllib.request.Request(f"{self._url}?{query}", headers=self._headers)  # noqa: S310
@@ -229,7 +232,7 @@ class _Map:
                 status, headers = answer.status, answer.headers
         except urllib.error.HTTPError as exc:
             if exc.code == 410 or (exc.code == 400 and since > 0):
-                return exc.code, None, b""
+                return exc.code, None, b"", asked
             detail = _detail(exc.read(4096))
             raise LocationServiceError(f"/locations answered {exc.code}: {detail}") from None
         except (OSError, ValueError) as exc:  # refused, timed out, reset, bad URL
@@ -237,7 +240,7 @@ class _Map:
         if len(body) > MAX_ANSWER_BYTES:
             raise LocationServiceError("/locations answered more than a page can be")
         ahead = headers.get(NEXT_SINCE_HEADER, "")
-        return status, int(ahead) if ahead.isdigit() else None, body
+        return status, int(ahead) if ahead.isdigit() else None, body, asked
 
 
 def _parse(body: bytes, since: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ stand-in, following the contract, never does.
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -19,6 +20,7 @@ class ScriptedServer:
         self.headers: dict[str, str] = {}  # sent with every answer
         self.routes: dict[tuple[str, str], tuple[int, bytes]] = {}  # (method, path) -> answer
         self.next_answers: list[tuple[int, bytes]] = []  # answered first, one per request
+        self.next_delays: list[float] = []  # seconds before each next answer, one per request
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         scripted = self
 
@@ -34,6 +36,8 @@ class ScriptedServer:
                 status, body = scripted.routes.get(route, (scripted.status, scripted.body))
                 if scripted.next_answers:
                     status, body = scripted.next_answers.pop(0)
+                if scripted.next_delays:
+                    time.sleep(scripted.next_delays.pop(0))
                 self.send_response(status)
                 for name, value in scripted.headers.items():
                     self.send_header(name, value)

@@ -236,6 +236,29 @@ def test_a_lookup_fails_closed_while_the_map_is_older_than_the_deletion_wait(scr
     client.close()
 
 
+def test_a_whole_load_longer_than_the_deletion_wait_is_fresh_once_loaded(scripted):
+    # Given a service whose deletions wait 0.4 s, and a whole map in two pages, the first
+    # answered after 0.6 s (a million locations take seconds)
+    def page(tenant_id: str, since: int, more: bool) -> tuple[int, str]:
+        item = {**GOOD_PAGE["locations"][0], "tenant_id": tenant_id}
+        body = {**GOOD_PAGE, "locations": [item], "next_since": since, "more": more}
+        return 200, json.dumps({**body, "max_staleness_seconds": 0.4})
+
+    scripted.answer_next(page("a", 1, True), page("b", 2, False))
+    scripted.next_delays = [0.6, 0.0]
+    client = LocationClient(scripted.url, LOCATIONS_TOKEN, refresh_seconds=3600, page_size=1)
+
+    # When it is loaded
+    client.refresh()
+
+    # Then it answers from the map: it holds every change visible when its last page was
+    # asked for, a moment ago - not only those of when the load began, 0.6 s ago
+    assert isinstance(client.resolve("a"), Location)
+    assert isinstance(client.resolve("b"), Location)
+    assert client.staleness < 0.4
+    client.close()
+
+
 def test_a_server_that_leaves_the_nodes_file_and_returns_is_served_again(scripted):
     # Given a client holding a tenant on n1
     scripted.answer(200, json.dumps(GOOD_PAGE))
