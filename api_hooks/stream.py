@@ -41,7 +41,8 @@ RECONNECT_MS = 2000  # the EventSource's wait before it reconnects
 MAX_STREAMS = 1000  # per process: one more is refused (503), the others keep their pace
 MAX_TYPES = len(EVENT_TYPES)
 _open_streams = 0
-_count_lock = threading.Lock()
+# Reentrant: a collection inside a held section may run a finalizer that releases a slot.
+_count_lock = threading.RLock()
 
 
 class EventsPageBody(TypedDict):

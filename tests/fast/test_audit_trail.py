@@ -9,6 +9,7 @@ import gc
 import getpass
 import json
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -436,6 +437,25 @@ def test_a_stream_whose_start_fails_gives_its_slot_back_at_once(monkeypatch):
     # later, a collection on some thread finds the body)
     with pytest.raises(RuntimeError):
         asyncio.run(first_chunk())
+    assert stream._open_streams == base
+
+
+def test_a_slot_given_back_by_a_collection_inside_the_budgets_lock_does_not_deadlock():
+    # Given a slot whose body is collected - its finalizer gives the slot back - while the
+    # same thread holds the budget's lock (a collection can run at any allocation, e.g. the
+    # TooManyStreams raised inside StreamSlot.__init__)
+    base = stream._open_streams
+    slot = stream.StreamSlot()
+
+    def collected_inside_the_lock() -> None:
+        with stream._count_lock:
+            slot.release()
+
+    # Then it is given back, and the thread goes on
+    thread = threading.Thread(target=collected_inside_the_lock, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive(), "deadlocked on the budget's lock"
     assert stream._open_streams == base
 
 
