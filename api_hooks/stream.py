@@ -130,9 +130,11 @@ class StreamSlot:
     def __init__(self) -> None:
         global _open_streams  # noqa: PLW0603 - a per-process count
         with _count_lock:
-            if _open_streams >= MAX_STREAMS:
-                raise TooManyStreams
-            _open_streams += 1
+            full = _open_streams >= MAX_STREAMS
+            if not full:
+                _open_streams += 1
+        if full:  # raised outside the lock: nothing that may start a collection inside it
+            raise TooManyStreams
         self._held = True
 
     def release(self) -> None:
