@@ -127,8 +127,9 @@ def test_flapping_influxdb_200_tenants(api, db, influx, custom_worker, report):
     # When 200 tenants are onboarded
     create(api, tenant_ids)
 
-    # Then all end provisioned, within the maximum attempts
-    took = wait_all_provisioned(db, tenant_ids, timeout=240)
+    # Then all end provisioned, within the maximum attempts (a bound on waiting, not a speed
+    # target: 105-126 s alone on a 2-core machine; it ran past 240 s once in a loaded CI run)
+    took = wait_all_provisioned(db, tenant_ids, timeout=420)
     influx.set_faults()
     rows = db.execute(
         "SELECT max(influxdb_attempts), avg(influxdb_attempts) FROM tenants "
