@@ -5,6 +5,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
+# Some machines set PYTHONDONTWRITEBYTECODE. Then every Python this project starts (each test
+# process, each Celery worker and beat a test starts) compiles our modules and re-rewrites the
+# test files' asserts from source, about 2 s per pytest process. __pycache__/ is git-ignored.
+unset PYTHONDONTWRITEBYTECODE
 
 bootstrap_venv() {
   local stamp="$VENV/.requirements.sha"
