@@ -145,7 +145,10 @@ class NodeReport(TypedDict):
     node: str
     configured: bool  # False: it left the nodes file while tenants live there
     url: str | None  # credentials redacted; None when not configured
-    database_limit: int | None
+    database_limit: int | None  # the nodes file's
+    # The limit the server named when it refused a database (422), where it is below the
+    # file's: placement keeps to it (fix the nodes file). Forgotten when the file changes it.
+    refused_limit: int | None
     tenants: int  # tenants placed there (each holds a slot)
     free: int | None
     full: bool | None  # a 422 said so, or every slot is taken

@@ -30,8 +30,8 @@ from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import PermanentError, ProvisioningError
 from worker.node_config import NodeConfig
+from worker.node_marks import slot_freed
 from worker.nodes import NodePool, list_everywhere
-from worker.placement import slot_freed
 from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
 from worker.settings import Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult

@@ -9,6 +9,8 @@ Third-party exceptions (requests, HTTP statuses) are converted into these at the
 
 from __future__ import annotations
 
+import re
+
 from worker.states import Reason
 
 
@@ -69,6 +71,16 @@ class DatabaseLimitReached(PermanentError):
     """The server already holds its maximum number of databases (422): a capacity problem."""
 
     reason = Reason.DATABASE_LIMIT
+
+    @property
+    def server_limit(self) -> int | None:
+        """The limit the server named ("would exceed limit of 5 databases"), if it named a
+        sensible one: a nodes file may overstate it (Core's is 5, whatever the file says)."""
+        named = _NAMED_LIMIT.search(str(self))
+        return int(named[1]) if named and 0 < int(named[1]) < 2**31 else None
+
+
+_NAMED_LIMIT = re.compile(r"exceed limit of (\d{1,10}) databases")
 
 
 class InfluxDBRejected(PermanentError):

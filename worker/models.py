@@ -212,6 +212,8 @@ class InfluxDBNode(Base):
     # The nodes file as placement last wrote it: in it, and its limit.
     configured: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     database_limit: Mapped[int | None] = mapped_column(Integer)
+    # The limit the server named in a 422, when it refused a database (migration 0020).
+    refused_limit: Mapped[int | None] = mapped_column(Integer)
 
 
 influxdb_nodes = cast(Table, InfluxDBNode.__table__)

@@ -7,11 +7,11 @@ only the node it reserves on, re-checking its count under that lock: two workers
 a node, and placements on different nodes do not wait for each other (a node another placer
 holds is skipped for the next least-used one). A run places and starts its attempt in one
 statement when a node with room is free at once (:func:`start_on_free_node`), else goes the long
-way (:func:`choose_node`, which waits for a node another placer holds). A node that answers 422
-(its real count disagrees with ours, e.g. databases made by hand) is marked full until the
-reconciler sees room on it again; the reconciler also repairs a count that differs from the
-real one. A node whose listing failed, or that refused our token or a connection, comes after
-every answering node with room until a listing succeeds (``unavailable_since``).
+way (:func:`choose_node`, which waits for a node another placer holds). Room is our count under
+the nodes file's limit, and under the limit the server named in a 422 if it did. A node marked
+full (a 422) is skipped; one marked unavailable (its listing failed, or it refused our token or
+a connection) comes after every answering node with room. The marks, and what clears them, are
+``worker.node_marks``; the reconciler also repairs a count that differs from the real one.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, bindparam, case, false, func, or_, select, update
+from sqlalchemy import Connection, Select, bindparam, case, false, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
@@ -31,7 +30,6 @@ from sqlalchemy.sql.elements import ColumnElement
 from worker import store
 from worker.models import influxdb_nodes, tenants
 from worker.node_config import NodeConfig
-from worker.states import Reason
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +42,15 @@ class NodeUsage:
     used: int  # tenants holding a slot on it, by our count
     full: bool  # marked full by a 422 and not seen with room since
     unavailable: bool = False  # its listing failed or it refused us; not listed well since
+    refused_limit: int | None = None  # the limit it named in a 422, if lower than the file's
+
+    @property
+    def limit(self) -> int:
+        return min(self.node.database_limit, self.refused_limit or self.node.database_limit)
 
     @property
     def free(self) -> int:
-        return 0 if self.full else max(0, self.node.database_limit - self.used)
+        return 0 if self.full else max(0, self.limit - self.used)
 
 
 def node_rows(conn: Connection) -> dict[str, Row[Any]]:
@@ -65,10 +68,13 @@ def usage(
     return [
         NodeUsage(
             node,
-            known[node.name].placed if node.name in known else 0,
-            node.name in known and known[node.name].full_since is not None,
-            node.name in known and known[node.name].unavailable_since is not None,
+            row.placed,
+            row.full_since is not None,
+            row.unavailable_since is not None,
+            row.refused_limit,
         )
+        if (row := known.get(node.name)) is not None
+        else NodeUsage(node, 0, False)
         for node in nodes
     ]
 
@@ -151,7 +157,7 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
                 ).first()
                 if row is None:
                     continue  # held by another placer (first pass)
-                room = row.full_since is None and row.placed < candidate.database_limit
+                room = row.full_since is None and row.placed < candidate.limit
                 if room and row.unavailable <= candidate.unavailable:  # not marked meanwhile
                     return str(candidate.name)  # still locked: the caller reserves
                 conn.commit()  # filled or marked: let it go before locking another (no cycles)
@@ -160,18 +166,19 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
 
 _NODE = influxdb_nodes.c
 _UNAVAILABLE = _NODE.unavailable_since.is_not(None)
+_LIMIT = func.least(_NODE.database_limit, _NODE.refused_limit)  # NULL: the file's alone
 
 
 def _least_used(query: Select[Any]) -> Select[Any]:
     """``query`` over the configured nodes with room, answering ones first, then least used
     (ties: by name): the first rows of ix_influxdb_nodes_room, whatever the number of nodes."""
-    room = (_NODE.configured, _NODE.full_since.is_(None), _NODE.placed < _NODE.database_limit)
+    room = (_NODE.configured, _NODE.full_since.is_(None), _NODE.placed < _LIMIT)
     return query.where(*room).order_by(_UNAVAILABLE, _NODE.placed, _NODE.name)
 
 
 CANDIDATES = 16  # enough for concurrent placers to pass each other by
 _CANDIDATES = _least_used(
-    select(_NODE.name, _NODE.database_limit, _UNAVAILABLE.label("unavailable")).where(
+    select(_NODE.name, _LIMIT.label("limit"), _UNAVAILABLE.label("unavailable")).where(
         _NODE.name.not_in(bindparam("exclude", expanding=True))
     )
 ).limit(CANDIDATES)
@@ -196,10 +203,15 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
     if rows:
         upsert = pg_insert(influxdb_nodes).values(sorted(rows, key=lambda row: row["name"]))
         limit = func.coalesce(upsert.excluded.database_limit, _NODE.database_limit)
+        changed = limit.is_distinct_from(_NODE.database_limit)  # a 422's limit is learnt anew
         conn.execute(
             upsert.on_conflict_do_update(
                 index_elements=["name"],
-                set_={"configured": upsert.excluded.configured, "database_limit": limit},
+                set_={
+                    "configured": upsert.excluded.configured,
+                    "database_limit": limit,
+                    "refused_limit": case((changed, None), else_=_NODE.refused_limit),
+                },
             )
         )
     conn.commit()
@@ -252,63 +264,6 @@ def repair_counts(conn: Connection) -> dict[str, tuple[int, int]]:
     return repaired
 
 
-def mark_full(conn: Connection, node_name: str, now: datetime) -> None:
-    """Record that ``node_name`` refused a database (422): place nothing more there for now."""
-    conn.execute(
-        pg_insert(influxdb_nodes)
-        .values(name=node_name, full_since=now)
-        .on_conflict_do_update(index_elements=["name"], set_={"full_since": now})
-    )
-    conn.commit()
-    logger.warning("node %s refused a new database (422): marked full", node_name)
-
-
-def mark_unavailable(conn: Connection, node_name: str, reason: Reason, now: datetime) -> None:
-    """Record that ``node_name`` refused our token or a connection: new tenants go to the
-    answering nodes first, until a listing there succeeds. Commits."""
-    stmt = pg_insert(influxdb_nodes).values(
-        name=node_name, unavailable_since=now, unavailable_reason=reason
-    )
-    since = func.coalesce(_NODE.unavailable_since, stmt.excluded.unavailable_since)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["name"],
-            set_={"unavailable_since": since, "unavailable_reason": reason},
-        )
-    )
-    conn.commit()
-    logger.warning("node %s: %s; placing elsewhere first until it lists again", node_name, reason)
-
-
-def slot_freed(
-    conn: Connection, node: NodeConfig, nodes: Iterable[NodeConfig], now: datetime
-) -> list[str]:
-    """A deletion removed a database from ``node``: room at once, not at the next listing.
-
-    Its full mark goes (a server still full answers 422 again), and its unavailable mark (it
-    answered our token); then :func:`unwait` over the pool ``nodes``. Commits; returns ids."""
-    marked = or_(_NODE.full_since.is_not(None), _NODE.unavailable_since.is_not(None))
-    conn.execute(
-        update(influxdb_nodes)
-        .where(_NODE.name == node.name, marked)
-        .values(full_since=None, unavailable_since=None, unavailable_reason=None)
-    )
-    moved = unwait(conn, nodes, now)
-    if moved:
-        logger.info("a slot freed on node %s: %d waiting tenant(s) go on", node.name, len(moved))
-    return moved
-
-
-def unwait(conn: Connection, nodes: Iterable[NodeConfig], now: datetime) -> list[str]:
-    """The oldest tenants waiting for capacity go back to ``pending``, as many as there are
-    free slots by our count on the ``nodes`` that answer (one whose listing failed, or that
-    refused our token, gets none). Commits. Returns their ids: the caller queues them."""
-    free = sum(u.free for u in usage(conn, nodes) if not u.unavailable)
-    moved = store.end_waits(conn, free, now) if free > 0 else []
-    conn.commit()
-    return moved
-
-
 def lock_nodes(conn: Connection, names: Iterable[str]) -> None:
     """Lock these nodes' rows, in name order, in the caller's transaction: before a write that
     changes several nodes' counts (through the trigger), so that it takes them in the order
@@ -355,45 +310,3 @@ def lock_for_move(conn: Connection, tenant_id: str, node: str) -> Row[Any] | Non
 
 
 MOVE_ROUNDS = 10  # each lost only to a write of this tenant's row that committed meanwhile
-
-
-def record_observations(
-    conn: Connection,
-    seen: Sequence[tuple[NodeConfig, int]],
-    now: datetime,
-    unanswered: Sequence[tuple[NodeConfig, Reason]] = (),
-) -> None:
-    """Store what the list calls saw, ``(node, databases)`` each, and which failed, ``(node,
-    reason)``, in one statement: a node seen with room is no longer full, a node seen is
-    available, one unanswered is unavailable and keeps what was last seen there. Commits."""
-    columns: tuple[str, ...] = ("name", "observed_databases", "observed_at", "full_since")
-    columns += ("unavailable_since", "unavailable_reason")
-    rows: list[tuple[Any, ...]] = [
-        (n.name, count, now, None if count < n.database_limit else now, None, None)
-        for n, count in seen
-    ]
-    rows += [(n.name, None, None, None, now, reason) for n, reason in unanswered]
-    if not rows:
-        return
-    stmt = pg_insert(influxdb_nodes)
-    new, old = stmt.excluded, influxdb_nodes.c
-    failed = new.unavailable_since.is_not(None)
-    values = [dict(zip(columns, row, strict=True)) for row in sorted(rows, key=lambda r: r[0])]
-    conn.execute(
-        stmt.values(values).on_conflict_do_update(
-            index_elements=["name"],
-            set_={
-                "observed_databases": func.coalesce(new.observed_databases, old.observed_databases),
-                "observed_at": func.coalesce(new.observed_at, old.observed_at),
-                # Full: since first seen full; room: not full; unanswered: all as was (new NULL)
-                "full_since": case(
-                    (failed, old.full_since),
-                    (new.full_since.is_(None), None),
-                    else_=func.coalesce(old.full_since, new.full_since),
-                ),
-                "unavailable_since": case((failed, func.coalesce(old.unavailable_since, now))),
-                "unavailable_reason": new.unavailable_reason,
-            },
-        )
-    )
-    conn.commit()

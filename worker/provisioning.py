@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from sqlalchemy import Connection
 
-from worker import identity, placement, store
+from worker import identity, node_marks, placement, store
 from worker.attempts import RELEASED_ADOPT, AttemptRecord, log_attempt, released
 from worker.clock import Clock, database_clock
 from worker.errors import (
@@ -191,7 +191,7 @@ class _Run(TenantRun):
             except DatabaseLimitReached as exc:
                 # Our count said there was room, the server disagrees: believe it, move on.
                 # A 422 also says the name does not exist there (existence is checked first).
-                placement.mark_full(self.conn, node.name, self.clock())
+                node_marks.mark_full(self.conn, node.name, self.clock(), exc.server_limit)
                 self.create_sent_to = self.node_name = None
                 attempt.move_off_node(exc.reason, f"node {node.name}: {exc}")
                 self.adoption = released(self.adoption)  # as move_off_node wrote it
@@ -306,7 +306,7 @@ class _Run(TenantRun):
         where = f"node {node.name}: " if node else ""
         if node is not None and isinstance(exc, InfluxDBUnauthorized | InfluxDBUnreachable):
             # Others first: new tenants go to the servers that answer.
-            placement.mark_unavailable(self.conn, node.name, exc.reason, self.clock())
+            node_marks.mark_unavailable(self.conn, node.name, exc.reason, self.clock())
         if node is not None and created is None:
             # This call's create was refused, or never left: nothing of it is there. Nor of
             # the tenant's, unless an adoption says its database may be (remade there, adopted
@@ -395,6 +395,6 @@ class _Run(TenantRun):
             influxdb_create_sent_to=None,
         )
         logger.warning("no node has room; waiting for capacity", extra=self.context)
-        moved = tuple(placement.unwait(self.conn, nodes, self.clock()))
+        moved = tuple(node_marks.unwait(self.conn, nodes, self.clock()))
         result, reason = RunResult.WAITING_FOR_CAPACITY, Reason.DATABASE_LIMIT
         return Outcome(result, self.tenant_id, reason=reason, unwaited=moved)

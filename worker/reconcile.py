@@ -41,8 +41,9 @@ from worker.db import advisory_lock
 from worker.findings import COLUMNS, View, find
 from worker.listings import clock_shift, run_listings
 from worker.models import reconcile_stats
+from worker.node_marks import record_observations, unwait
 from worker.nodes import NodeConfig, NodePool, list_as_answered
-from worker.placement import record_observations, repair_counts, unwait
+from worker.placement import repair_counts, sync_nodes
 from worker.queues import Job
 from worker.redaction import redact
 from worker.repairs import Owed, Repaired, Repairs
@@ -133,6 +134,7 @@ def _run(
     configured = [node.name for node in nodes]
     listed_at = clock()
     with engine.connect() as conn:  # what the listings may predate: changes after this
+        sync_nodes(conn, nodes)  # the nodes file's limits, before the listings are judged
         listed_version = locations.settled_version(conn)
     errors: list[str] = []
     observed: list[tuple[NodeConfig, int]] = []

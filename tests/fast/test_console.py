@@ -435,3 +435,17 @@ def test_the_overview_says_which_server_does_not_answer(db, operator):
 
     assert row is not None
     assert "not answering (unauthorized)" in row.group(0)
+
+
+def test_the_overview_says_when_a_server_named_a_lower_limit_than_the_nodes_file(db, operator):
+    # Given the pool's one server (limit 5 in the settings), which refused at 2 databases
+    db.execute(
+        "INSERT INTO influxdb_nodes (name, full_since, refused_limit) VALUES ('default', %s, 2)",
+        (T0,),
+    )
+
+    row = re.search(r'<tr data-node="default">.*?</tr>', operator.get(CONSOLE).text, re.S)
+
+    assert row is not None
+    assert "the server says 2" in row.group(0)
+    assert "■ full" in row.group(0)

@@ -13,17 +13,8 @@ from tests.fast.conftest import insert
 from worker import store
 from worker.db import autocommit, get_engine
 from worker.node_config import NodeConfig
-from worker.placement import (
-    NoFreeNode,
-    mark_full,
-    mark_unavailable,
-    place_tenant,
-    record_observations,
-    slot_freed,
-    start_on_free_node,
-    sync_nodes,
-    usage,
-)
+from worker.node_marks import mark_full, mark_unavailable, record_observations, slot_freed
+from worker.placement import NoFreeNode, place_tenant, start_on_free_node, sync_nodes, usage
 from worker.states import Reason
 
 ALPHA = NodeConfig("alpha", "http://a", None, 3)

@@ -18,6 +18,7 @@ from worker.db import get_engine
 from worker.influxdb import InfluxDB3Client
 from worker.queues import Job
 from worker.reconcile import reconcile
+from worker.states import RunResult
 
 LONG_AGO = T0 - timedelta(hours=1)
 
@@ -398,3 +399,78 @@ def test_a_remade_tenant_whose_server_refuses_it_is_placed_as_new_not_handed_a_s
     row = tenant_row(db, "acme")
     assert (row["influxdb_state"], row["influxdb_error_reason"]) == ("failed", "name_taken")
     assert row["influxdb_adopt"] is None and "beta" in row["influxdb_last_error"]
+
+
+def test_a_server_whose_limit_the_nodes_file_overstates_is_not_tried_again_each_run(
+    db, world: World
+):
+    # Given alpha, which holds 2 databases (it says so in its 422s) while the nodes file says
+    # 5, filled by "first" and a database made by hand, and "second", refused there, waiting
+    alpha = world.add("alpha", limit=2)
+    world.limits["alpha"] = 5
+    alpha.create_database("by_hand")
+    for tenant_id in ("first", "second"):
+        insert(db, tenant_id)
+        world.provision(tenant_id)
+    assert tenant_row(db, "second")["influxdb_state"] == "waiting_for_capacity"
+
+    # When the reconciler lists it: 2 databases, under the file's 5, run after run
+    for _ in range(3):
+        published, summary = run(world)
+        # Then nobody is sent there to be refused again
+        assert (published, summary["unwaited"]) == ([], 0)
+    assert alpha.create_calls("telemetry_second") == 1
+    assert node_limits(db, "alpha") == (5, 2)
+
+    # When the database made by hand goes: room under the server's own limit
+    alpha.delete_database("by_hand")
+    published, summary = run(world)
+    assert (published, summary["unwaited"]) == ([("second", Job.PROVISION, None)], 1)
+    assert world.provision("second").result == RunResult.PROVISIONED
+
+
+def test_a_limit_a_server_named_is_forgotten_once_it_holds_more(db, world: World):
+    # Given alpha, refused at 1 database while the file says 3, and "second" waiting for it
+    alpha = world.add("alpha", limit=1)
+    world.limits["alpha"] = 3
+    for tenant_id in ("first", "second"):
+        insert(db, tenant_id)
+        world.provision(tenant_id)
+    assert node_limits(db, "alpha") == (3, 1)
+
+    # When its limit is raised and a database is made there by hand: 2 databases, over 1
+    alpha.set_database_limit(3)
+    alpha.create_database("by_hand")
+    published, summary = run(world)
+
+    # Then the limit it named is forgotten, and the room under the file's goes to "second"
+    assert node_limits(db, "alpha") == (3, None)
+    assert (published, summary["unwaited"]) == ([("second", Job.PROVISION, None)], 1)
+    assert world.provision("second").result == RunResult.PROVISIONED
+
+
+def test_a_limit_a_server_named_is_learnt_anew_when_the_nodes_file_changes_it(db, world: World):
+    alpha = world.add("alpha", limit=1)
+    world.limits["alpha"] = 3
+    for tenant_id in ("first", "second"):
+        insert(db, tenant_id)
+        world.provision(tenant_id)
+    assert node_limits(db, "alpha") == (3, 1)
+
+    # When the operator changes the nodes file (not yet right): the next run tries again
+    world.limits["alpha"] = 2
+    published, summary = run(world)
+    assert node_limits(db, "alpha") == (2, None)
+    assert (published, summary["unwaited"]) == ([("second", Job.PROVISION, None)], 1)
+
+    # and learns the server's limit from its answer
+    assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
+    assert node_limits(db, "alpha") == (2, 1)
+    assert alpha.create_calls("telemetry_second") == 2
+
+
+def node_limits(db: Any, name: str) -> tuple[int | None, int | None]:
+    row = db.execute(
+        "SELECT database_limit, refused_limit FROM influxdb_nodes WHERE name = %s", (name,)
+    ).fetchone()
+    return row[0], row[1]

@@ -1,0 +1,32 @@
+"""``influxdb_nodes.refused_limit``: the database limit a server named when it refused one (422)
+
+A nodes file can overstate a server's limit (InfluxDB 3 Core's is 5, whatever the file says).
+Before, a listing that saw fewer databases than the file's limit cleared the full mark, the
+oldest waiting tenant was sent there, refused again, and so on once per reconcile run. Now the
+limit the server named in its 422 ("would exceed limit of 5 databases") bounds the server with
+the file's: placement, the un-wait and the listing's full mark read the lower of the two. It is
+forgotten when a listing sees more databases than it (the server's limit was raised) or when
+the nodes file changes that server's limit.
+
+Revision ID: 0020
+Revises: 0019
+Create Date: 2026-12-06
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0020"
+down_revision: str | None = "0019"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("influxdb_nodes", sa.Column("refused_limit", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("influxdb_nodes", "refused_limit")

@@ -1,0 +1,137 @@
+"""What the servers told us, and what follows from it: marks on ``influxdb_nodes``.
+
+- **Full**: a server refused a database (422). Nothing more goes there until a listing sees it
+  with room; the limit it named ("would exceed limit of 5 databases") bounds it with the nodes
+  file's from then on (``refused_limit``), so a file that overstates it is not tried again and
+  again.
+- **Unavailable**: its listing failed, or it refused our token or a connection. It comes after
+  every answering server with room (``worker.placement``) until a listing succeeds.
+- **What a listing saw** (``observed_databases``), and the un-wait: when room appears, as many
+  tenants waiting for capacity as there are free slots go back to ``pending``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, func, or_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from worker import store
+from worker.models import influxdb_nodes
+from worker.node_config import NodeConfig
+from worker.placement import usage
+from worker.states import Reason
+
+logger = logging.getLogger(__name__)
+_NODE = influxdb_nodes.c
+
+
+def mark_full(conn: Connection, node_name: str, now: datetime, limit: int | None = None) -> None:
+    """Record that ``node_name`` refused a database (422): place nothing more there for now,
+    nor while it holds ``limit`` databases, the limit it named (kept if it named none)."""
+    stmt = pg_insert(influxdb_nodes).values(name=node_name, full_since=now, refused_limit=limit)
+    named = func.coalesce(stmt.excluded.refused_limit, _NODE.refused_limit)
+    set_ = {"full_since": now, "refused_limit": named}
+    conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=set_))
+    conn.commit()
+    logger.warning("node %s refused a new database (422, its limit: %s): full", node_name, limit)
+
+
+def mark_unavailable(conn: Connection, node_name: str, reason: Reason, now: datetime) -> None:
+    """Record that ``node_name`` refused our token or a connection: new tenants go to the
+    answering nodes first, until a listing there succeeds. Commits."""
+    stmt = pg_insert(influxdb_nodes).values(
+        name=node_name, unavailable_since=now, unavailable_reason=reason
+    )
+    since = func.coalesce(_NODE.unavailable_since, stmt.excluded.unavailable_since)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"unavailable_since": since, "unavailable_reason": reason},
+        )
+    )
+    conn.commit()
+    logger.warning("node %s: %s; placing elsewhere first until it lists again", node_name, reason)
+
+
+def slot_freed(
+    conn: Connection, node: NodeConfig, nodes: Iterable[NodeConfig], now: datetime
+) -> list[str]:
+    """A deletion removed a database from ``node``: room at once, not at the next listing.
+
+    Its full mark goes (a server still full answers 422 again), and its unavailable mark (it
+    answered our token); then :func:`unwait` over the pool ``nodes``. Commits; returns ids."""
+    marked = or_(_NODE.full_since.is_not(None), _NODE.unavailable_since.is_not(None))
+    conn.execute(
+        update(influxdb_nodes)
+        .where(_NODE.name == node.name, marked)
+        .values(full_since=None, unavailable_since=None, unavailable_reason=None)
+    )
+    moved = unwait(conn, nodes, now)
+    if moved:
+        logger.info("a slot freed on node %s: %d waiting tenant(s) go on", node.name, len(moved))
+    return moved
+
+
+def unwait(conn: Connection, nodes: Iterable[NodeConfig], now: datetime) -> list[str]:
+    """The oldest tenants waiting for capacity go back to ``pending``, as many as there are
+    free slots by our count on the ``nodes`` that answer (one whose listing failed, or that
+    refused our token, gets none). Commits. Returns their ids: the caller queues them."""
+    free = sum(u.free for u in usage(conn, nodes) if not u.unavailable)
+    moved = store.end_waits(conn, free, now) if free > 0 else []
+    conn.commit()
+    return moved
+
+
+def record_observations(
+    conn: Connection,
+    seen: Sequence[tuple[NodeConfig, int]],
+    now: datetime,
+    unanswered: Sequence[tuple[NodeConfig, Reason]] = (),
+) -> None:
+    """Store what the list calls saw, ``(node, databases)`` each, and which failed, ``(node,
+    reason)``, in one statement: a node seen with room is no longer full, a node seen is
+    available, one unanswered is unavailable and keeps what was last seen there. Commits."""
+    columns: tuple[str, ...] = ("name", "observed_databases", "observed_at", "full_since")
+    columns += ("unavailable_since", "unavailable_reason")
+    rows: list[tuple[Any, ...]] = [
+        (n.name, count, now, None if count < n.database_limit else now, None, None)
+        for n, count in seen
+    ]
+    rows += [(n.name, None, None, None, now, reason) for n, reason in unanswered]
+    if not rows:
+        return
+    stmt = pg_insert(influxdb_nodes)
+    new, old = stmt.excluded, influxdb_nodes.c
+    failed = new.unavailable_since.is_not(None)
+    # Room: under the file's limit, and not at the one the server named (more than that: it
+    # was raised since, and is forgotten below).
+    at_named = func.coalesce(new.observed_databases == old.refused_limit, False)
+    room = and_(new.full_since.is_(None), ~at_named)
+    values = [dict(zip(columns, row, strict=True)) for row in sorted(rows, key=lambda r: r[0])]
+    conn.execute(
+        stmt.values(values).on_conflict_do_update(
+            index_elements=["name"],
+            set_={
+                "observed_databases": func.coalesce(new.observed_databases, old.observed_databases),
+                "observed_at": func.coalesce(new.observed_at, old.observed_at),
+                # Full: since first seen full; room: not full; unanswered: all as was (new NULL)
+                "full_since": case(
+                    (failed, old.full_since),
+                    (room, None),
+                    else_=func.coalesce(old.full_since, now),
+                ),
+                # More databases than the limit it named: that limit was raised since.
+                "refused_limit": case(
+                    (new.observed_databases > old.refused_limit, None), else_=old.refused_limit
+                ),
+                "unavailable_since": case((failed, func.coalesce(old.unavailable_since, now))),
+                "unavailable_reason": new.unavailable_reason,
+            },
+        )
+    )
+    conn.commit()
