@@ -80,7 +80,7 @@ class DatabaseLimitReached(PermanentError):
         return int(named[1]) if named and 0 < int(named[1]) < 2**31 else None
 
 
-_NAMED_LIMIT = re.compile(r"exceed limit of (\d{1,10}) databases")
+_NAMED_LIMIT = re.compile(r"exceed limit of ([0-9]{1,10}) databases")
 
 
 class InfluxDBRejected(PermanentError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, or_, update
@@ -30,12 +30,28 @@ logger = logging.getLogger(__name__)
 _NODE = influxdb_nodes.c
 
 
-def mark_full(conn: Connection, node_name: str, now: datetime, limit: int | None = None) -> None:
-    """Record that ``node_name`` refused a database (422): place nothing more there for now,
-    nor while it holds ``limit`` databases, the limit it named (kept if it named none)."""
-    stmt = pg_insert(influxdb_nodes).values(name=node_name, full_since=now, refused_limit=limit)
-    named = func.coalesce(stmt.excluded.refused_limit, _NODE.refused_limit)
-    set_ = {"full_since": now, "refused_limit": named}
+def mark_full(
+    conn: Connection, node_name: str, now: datetime, limit: int | None = None, hold: float = 60.0
+) -> None:
+    """Record that ``node_name`` refused a database (422): place nothing more there for now.
+    ``limit``, the limit it named, holds with the nodes file's for ``hold`` seconds, doubled
+    each time it is named again once it was forgotten (at most 64 times). Commits."""
+    stmt = pg_insert(influxdb_nodes).values(
+        name=node_name, full_since=now, refused_limit=limit, refusals=1 if limit else 0
+    )
+    if limit is not None:
+        stmt = stmt.values(refused_until=now + timedelta(seconds=hold))
+    # Learnt anew (none in force): one more refusal, a hold twice as long; in force: as it is.
+    anew = and_(stmt.excluded.refused_limit.is_not(None), _NODE.refused_limit.is_(None))
+    doubled = now + func.make_interval(
+        0, 0, 0, 0, 0, 0, hold * func.power(2, func.least(_NODE.refusals, 6))
+    )
+    set_ = {
+        "full_since": now,
+        "refused_limit": func.coalesce(stmt.excluded.refused_limit, _NODE.refused_limit),
+        "refused_until": case((anew, doubled), else_=_NODE.refused_until),
+        "refusals": case((anew, _NODE.refusals + 1), else_=_NODE.refusals),
+    }
     conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=set_))
     conn.commit()
     logger.warning("node %s refused a new database (422, its limit: %s): full", node_name, limit)
@@ -108,10 +124,11 @@ def record_observations(
     stmt = pg_insert(influxdb_nodes)
     new, old = stmt.excluded, influxdb_nodes.c
     failed = new.unavailable_since.is_not(None)
-    # Room: under the file's limit, and not at the one the server named (more than that: it
-    # was raised since, and is forgotten below).
-    at_named = func.coalesce(new.observed_databases == old.refused_limit, False)
-    room = and_(new.full_since.is_(None), ~at_named)
+    # The limit a server named holds until its time is up (then one create may be refused
+    # again). At it, the full mark stays as it is: a listing older than a deletion that
+    # cleared it does not set it again.
+    in_force = and_(old.refused_limit.is_not(None), old.refused_until > now)
+    at_named = and_(in_force, new.observed_databases >= old.refused_limit)
     values = [dict(zip(columns, row, strict=True)) for row in sorted(rows, key=lambda r: r[0])]
     conn.execute(
         stmt.values(values).on_conflict_do_update(
@@ -122,13 +139,11 @@ def record_observations(
                 # Full: since first seen full; room: not full; unanswered: all as was (new NULL)
                 "full_since": case(
                     (failed, old.full_since),
-                    (room, None),
+                    (at_named, old.full_since),
+                    (new.full_since.is_(None), None),
                     else_=func.coalesce(old.full_since, now),
                 ),
-                # More databases than the limit it named: that limit was raised since.
-                "refused_limit": case(
-                    (new.observed_databases > old.refused_limit, None), else_=old.refused_limit
-                ),
+                "refused_limit": case((failed | in_force, old.refused_limit)),  # else forgotten
                 "unavailable_since": case((failed, func.coalesce(old.unavailable_since, now))),
                 "unavailable_reason": new.unavailable_reason,
             },

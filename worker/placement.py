@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, bindparam, case, false, func, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, case, false, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
@@ -203,7 +203,8 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
     if rows:
         upsert = pg_insert(influxdb_nodes).values(sorted(rows, key=lambda row: row["name"]))
         limit = func.coalesce(upsert.excluded.database_limit, _NODE.database_limit)
-        changed = limit.is_distinct_from(_NODE.database_limit)  # a 422's limit is learnt anew
+        # A limit changed in the file: the one a 422 named is learnt anew (and its hold).
+        changed = and_(_NODE.database_limit.is_not(None), limit != _NODE.database_limit)
         conn.execute(
             upsert.on_conflict_do_update(
                 index_elements=["name"],
@@ -211,6 +212,7 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
                     "configured": upsert.excluded.configured,
                     "database_limit": limit,
                     "refused_limit": case((changed, None), else_=_NODE.refused_limit),
+                    "refusals": case((changed, 0), else_=_NODE.refusals),
                 },
             )
         )

@@ -9,9 +9,8 @@ as it happens, so operators see ``provisioning`` while it is under way. A run, i
    and has no server yet is *located* - every server listed once - before anything is placed;
    a server that cannot answer means "unknown", and the run retries rather than place it.
 2. **Place** a tenant without a home on the least-used server with room (or wait for capacity),
-   in the statement that starts the attempt (``worker.placement.start_on_free_node``); when
-   every server with room is held by another placer, in the start's transaction after waiting
-   for one (``worker.placement.choose_node``).
+   in the statement that starts the attempt (``placement.start_on_free_node``); when every
+   server with room is held by another placer, after waiting for one (``choose_node``).
 3. **Attempt** on that server: create the database; a 409 is success only when the database is
    provably this tenant's (``worker.identity``), otherwise the tenant stops as ``name_taken``;
    then write the ``_init`` marker carrying the tenant's incarnation.
@@ -189,9 +188,10 @@ class _Run(TenantRun):
             try:
                 return self._attempt(attempt, node)
             except DatabaseLimitReached as exc:
-                # Our count said there was room, the server disagrees: believe it, move on.
-                # A 422 also says the name does not exist there (existence is checked first).
-                node_marks.mark_full(self.conn, node.name, self.clock(), exc.server_limit)
+                # Our count said there was room, the server disagrees: believe it (its limit
+                # too, for a while), move on. A 422 also says the name does not exist there.
+                hold = self.settings.reconcile_interval_seconds
+                node_marks.mark_full(self.conn, node.name, self.clock(), exc.server_limit, hold)
                 self.create_sent_to = self.node_name = None
                 attempt.move_off_node(exc.reason, f"node {node.name}: {exc}")
                 self.adoption = released(self.adoption)  # as move_off_node wrote it

@@ -4,9 +4,11 @@ A nodes file can overstate a server's limit (InfluxDB 3 Core's is 5, whatever th
 Before, a listing that saw fewer databases than the file's limit cleared the full mark, the
 oldest waiting tenant was sent there, refused again, and so on once per reconcile run. Now the
 limit the server named in its 422 ("would exceed limit of 5 databases") bounds the server with
-the file's: placement, the un-wait and the listing's full mark read the lower of the two. It is
-forgotten when a listing sees more databases than it (the server's limit was raised) or when
-the nodes file changes that server's limit.
+the file's: placement, the un-wait and the listing's full mark read the lower of the two. It
+holds for a while (``refused_until``): one reconcile interval the first time, twice as long
+each time it is named again after it was forgotten (``refusals``), at most 64 intervals; a
+server whose limit was raised, or whose refusal was passing, is tried again by then. A change
+of that server's limit in the nodes file forgets it at once.
 
 Revision ID: 0020
 Revises: 0019
@@ -26,7 +28,16 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("influxdb_nodes", sa.Column("refused_limit", sa.Integer(), nullable=True))
+    op.add_column(
+        "influxdb_nodes", sa.Column("refused_until", sa.DateTime(timezone=True), nullable=True)
+    )
+    op.add_column(
+        "influxdb_nodes",
+        sa.Column("refusals", sa.Integer(), server_default=sa.text("0"), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("influxdb_nodes", "refusals")
+    op.drop_column("influxdb_nodes", "refused_until")
     op.drop_column("influxdb_nodes", "refused_limit")

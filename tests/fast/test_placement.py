@@ -217,3 +217,27 @@ def test_a_server_marked_while_a_placer_waits_for_its_row_is_not_taken(db):
     # Then alpha, marked by the time its row is free, is let go: acme goes to beta, which
     # answers (taking alpha would have sent acme to a server refusing our token)
     assert chosen == "beta"
+
+
+def test_a_limit_named_before_the_nodes_file_was_written_down_is_kept(db):
+    # A 422 writes the server's row first (no limit of the file's yet)
+    with get_engine().connect() as conn:
+        mark_full(conn, "alpha", NOW, 1)
+        sync_nodes(conn, (ALPHA,), force=True)
+        (slots,) = usage(conn, [ALPHA])
+    assert (slots.node.database_limit, slots.refused_limit, slots.limit) == (3, 1, 1)
+
+
+def test_a_listing_older_than_a_deletion_does_not_mark_the_freed_server_full_again(db):
+    # Given alpha (limit 3 by the file), which named 1 and held "first"
+    insert(db, "first", state="provisioned", node="alpha")
+    with get_engine().connect() as conn:
+        sync_nodes(conn, (ALPHA,), force=True)
+        mark_full(conn, "alpha", NOW, 1)
+        # When "first" is deleted, after a listing saw its database, and the listing lands
+        db.execute("UPDATE tenants SET influxdb_node = NULL WHERE tenant_id = 'first'")
+        slot_freed(conn, ALPHA, (ALPHA,), NOW)
+        record_observations(conn, [(ALPHA, 1)], NOW)
+        (slots,) = usage(conn, [ALPHA])
+    # Then the slot the deletion freed stays free
+    assert (slots.full, slots.free) == (False, 1)

@@ -429,24 +429,50 @@ def test_a_server_whose_limit_the_nodes_file_overstates_is_not_tried_again_each_
     assert world.provision("second").result == RunResult.PROVISIONED
 
 
-def test_a_limit_a_server_named_is_forgotten_once_it_holds_more(db, world: World):
+def test_a_limit_a_server_named_holds_for_a_while_then_twice_as_long(db, world: World):
     # Given alpha, refused at 1 database while the file says 3, and "second" waiting for it
     alpha = world.add("alpha", limit=1)
     world.limits["alpha"] = 3
+    interval = world.settings.reconcile_interval_seconds
     for tenant_id in ("first", "second"):
         insert(db, tenant_id)
         world.provision(tenant_id)
     assert node_limits(db, "alpha") == (3, 1)
 
-    # When its limit is raised and a database is made there by hand: 2 databases, over 1
-    alpha.set_database_limit(3)
-    alpha.create_database("by_hand")
-    published, summary = run(world)
+    # While its hold lasts (one reconcile interval), nobody is sent there
+    world.clock.advance(interval - 1)
+    assert run(world)[1]["unwaited"] == 0
+    # Once it is up, the file's limit is tried again: refused again, the hold doubles
+    world.clock.advance(1)
+    assert run(world)[1]["unwaited"] == 1
+    assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
+    world.clock.advance(interval)
+    assert run(world)[1]["unwaited"] == 0  # (twice the interval: not yet)
+    assert alpha.create_calls("telemetry_second") == 2
 
-    # Then the limit it named is forgotten, and the room under the file's goes to "second"
-    assert node_limits(db, "alpha") == (3, None)
-    assert (published, summary["unwaited"]) == ([("second", Job.PROVISION, None)], 1)
+    # When the server's limit is raised (the file was right): taken at the next try
+    alpha.set_database_limit(3)
+    world.clock.advance(interval)
+    assert run(world)[1]["unwaited"] == 1
     assert world.provision("second").result == RunResult.PROVISIONED
+    assert node_limits(db, "alpha") == (3, None)
+
+
+def test_a_server_holding_more_than_the_limit_it_named_is_not_tried_each_run(db, world: World):
+    # Given alpha holding 3 databases, its limit lowered to 2, and a nodes file saying 5
+    alpha = world.add("alpha", limit=3)
+    world.limits["alpha"] = 5
+    for name in ("by_hand_1", "by_hand_2", "by_hand_3"):
+        alpha.create_database(name)
+    alpha.set_database_limit(2)
+    insert(db, "acme")
+    world.provision("acme")
+
+    for _ in range(3):  # runs within its hold (one reconcile interval)
+        world.clock.advance(world.settings.reconcile_interval_seconds / 4)
+        assert run(world)[1]["unwaited"] == 0
+
+    assert alpha.create_calls("telemetry_acme") == 1
 
 
 def test_a_limit_a_server_named_is_learnt_anew_when_the_nodes_file_changes_it(db, world: World):
@@ -457,7 +483,8 @@ def test_a_limit_a_server_named_is_learnt_anew_when_the_nodes_file_changes_it(db
         world.provision(tenant_id)
     assert node_limits(db, "alpha") == (3, 1)
 
-    # When the operator changes the nodes file (not yet right): the next run tries again
+    # When the operator changes the nodes file (not yet right): the next run tries again, at
+    # once (its hold not up)
     world.limits["alpha"] = 2
     published, summary = run(world)
     assert node_limits(db, "alpha") == (2, None)
