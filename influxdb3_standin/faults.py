@@ -119,11 +119,12 @@ class Faults:
             self._changed.notify_all()
 
     def reset(self) -> None:
-        """All switches off, a fresh random generator, hanging requests released."""
+        """All switches off, a fresh random generator; requests in flight (hanging, or in a
+        latency sleep) are dropped unanswered, as by a restart: none of them lands after it."""
         with self._changed:
             self._switches = _Switches()
             self._random = random.Random()
-            self.release_hangs()
+            self.disconnect()
 
     def snapshot(self) -> dict[str, object]:
         with self._changed:

@@ -134,3 +134,33 @@ def test_stop_returns_promptly_with_a_hanging_request(standin: StandIn) -> None:
     assert time.monotonic() - started < 1.5
     thread.join(timeout=5)
     assert outcome == ["ConnectionError"]
+
+
+def test_a_request_in_flight_when_the_stand_in_is_reset_never_lands(
+    standin: StandIn, client: requests.Session
+) -> None:
+    # Given a create sleeping in a long latency (as a killed worker's would, its client gone)
+    standin.set_latency(30.0)
+    answers: list[object] = []
+
+    def send() -> None:
+        try:
+            answers.append(create(client, standin, "late").status_code)
+        except requests.RequestException as exc:
+            answers.append(type(exc).__name__)
+
+    sent = threading.Thread(target=send, daemon=True)
+    sent.start()
+    deadline = time.monotonic() + 5
+    while standin.state()["connections_accepted"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # in its latency sleep
+
+    # When the stand-in is reset (a fresh server for the next test)
+    standin.reset()
+    sent.join(timeout=3)
+
+    # Then the create is dropped unanswered at once, and the database is never made
+    assert answers == ["ConnectionError"]
+    time.sleep(0.2)
+    assert standin.databases() == []
