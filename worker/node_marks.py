@@ -2,8 +2,8 @@
 
 - **Full**: a server refused a database (422). Nothing more goes there until a listing sees it
   with room; the limit it named ("would exceed limit of 5 databases") bounds it with the nodes
-  file's from then on (``refused_limit``), so a file that overstates it is not tried again and
-  again.
+  file's for a while (``refused_limit``, see :func:`mark_full`), so a file that overstates it
+  is not tried again at every reconcile run.
 - **Unavailable**: its listing failed, or it refused our token or a connection. It comes after
   every answering server with room (``worker.placement``) until a listing succeeds.
 - **What a listing saw** (``observed_databases``), and the un-wait: when room appears, as many
@@ -31,30 +31,32 @@ _NODE = influxdb_nodes.c
 
 
 def mark_full(
-    conn: Connection, node_name: str, now: datetime, limit: int | None = None, hold: float = 60.0
+    conn: Connection, node_name: str, now: datetime, limit: int | None = None, interval: float = 60
 ) -> None:
     """Record that ``node_name`` refused a database (422): place nothing more there for now.
-    ``limit``, the limit it named, holds with the nodes file's for ``hold`` seconds, doubled
-    each time it is named again once it was forgotten (at most 64 times). Commits."""
-    stmt = pg_insert(influxdb_nodes).values(
-        name=node_name, full_since=now, refused_limit=limit, refusals=1 if limit else 0
-    )
+
+    ``limit``, the limit it named, bounds it with the nodes file's. Named once, it goes at the
+    next listing (a passing refusal costs nothing more); named again after that, it holds 1,
+    3, 7 ... reconcile ``interval``s, at most 63: a nodes file that overstates it costs a few
+    refusals an hour, not one a run. Named long after its last hold, it counts as new. Commits.
+    """
+    stmt = pg_insert(influxdb_nodes).values(name=node_name, full_since=now)
+    set_: dict[str, Any] = {"full_since": now}
     if limit is not None:
-        stmt = stmt.values(refused_until=now + timedelta(seconds=hold))
-    # Learnt anew (none in force): one more refusal, a hold twice as long; in force: as it is.
-    anew = and_(stmt.excluded.refused_limit.is_not(None), _NODE.refused_limit.is_(None))
-    doubled = now + func.make_interval(
-        0, 0, 0, 0, 0, 0, hold * func.power(2, func.least(_NODE.refusals, 6))
-    )
-    set_ = {
-        "full_since": now,
-        "refused_limit": func.coalesce(stmt.excluded.refused_limit, _NODE.refused_limit),
-        "refused_until": case((anew, doubled), else_=_NODE.refused_until),
-        "refusals": case((anew, _NODE.refusals + 1), else_=_NODE.refusals),
-    }
+        stmt = stmt.values(refused_limit=limit, refused_until=now, refusals=1)
+        held = _NODE.refused_limit.is_not(None)  # not forgotten yet: as it is
+        recent = _NODE.refused_until > now - timedelta(seconds=interval * 2**HOLDS)
+        refusals = case((held, _NODE.refusals), (recent, _NODE.refusals + 1), else_=1)
+        hold = interval * (func.power(2, func.least(refusals - 1, HOLDS)) - 1)
+        until = now + func.make_interval(0, 0, 0, 0, 0, 0, hold)
+        set_ |= {"refused_limit": limit, "refusals": refusals}
+        set_["refused_until"] = case((held, _NODE.refused_until), else_=until)
     conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=set_))
     conn.commit()
     logger.warning("node %s refused a new database (422, its limit: %s): full", node_name, limit)
+
+
+HOLDS = 6  # doublings of a named limit's hold: at most 2**6 - 1 reconcile intervals
 
 
 def mark_unavailable(conn: Connection, node_name: str, reason: Reason, now: datetime) -> None:

@@ -4,11 +4,11 @@ A nodes file can overstate a server's limit (InfluxDB 3 Core's is 5, whatever th
 Before, a listing that saw fewer databases than the file's limit cleared the full mark, the
 oldest waiting tenant was sent there, refused again, and so on once per reconcile run. Now the
 limit the server named in its 422 ("would exceed limit of 5 databases") bounds the server with
-the file's: placement, the un-wait and the listing's full mark read the lower of the two. It
-holds for a while (``refused_until``): one reconcile interval the first time, twice as long
-each time it is named again after it was forgotten (``refusals``), at most 64 intervals; a
-server whose limit was raised, or whose refusal was passing, is tried again by then. A change
-of that server's limit in the nodes file forgets it at once.
+the file's: placement, the un-wait and the listing's full mark read the lower of the two until
+``refused_until``. Named once, it goes at the next listing (a refusal may be passing); named
+again after that, it holds 1, 3, 7 ... reconcile intervals, at most 63 (``refusals`` counts
+the times); a server whose limit was raised is tried again by then. A change of that server's
+limit in the nodes file forgets it at once.
 
 Revision ID: 0020
 Revises: 0019

@@ -234,6 +234,8 @@ def test_a_listing_older_than_a_deletion_does_not_mark_the_freed_server_full_aga
     with get_engine().connect() as conn:
         sync_nodes(conn, (ALPHA,), force=True)
         mark_full(conn, "alpha", NOW, 1)
+    db.execute("UPDATE influxdb_nodes SET refused_until = %s", (NOW + timedelta(hours=1),))
+    with get_engine().connect() as conn:  # (named again and again: held for an hour)
         # When "first" is deleted, after a listing saw its database, and the listing lands
         db.execute("UPDATE tenants SET influxdb_node = NULL WHERE tenant_id = 'first'")
         slot_freed(conn, ALPHA, (ALPHA,), NOW)

@@ -408,51 +408,56 @@ def test_a_server_whose_limit_the_nodes_file_overstates_is_not_tried_again_each_
     # 5, filled by "first" and a database made by hand, and "second", refused there, waiting
     alpha = world.add("alpha", limit=2)
     world.limits["alpha"] = 5
+    interval = world.settings.reconcile_interval_seconds
     alpha.create_database("by_hand")
     for tenant_id in ("first", "second"):
         insert(db, tenant_id)
         world.provision(tenant_id)
     assert tenant_row(db, "second")["influxdb_state"] == "waiting_for_capacity"
-
-    # When the reconciler lists it: 2 databases, under the file's 5, run after run
-    for _ in range(3):
-        published, summary = run(world)
-        # Then nobody is sent there to be refused again
-        assert (published, summary["unwaited"]) == ([], 0)
-    assert alpha.create_calls("telemetry_second") == 1
     assert node_limits(db, "alpha") == (5, 2)
 
-    # When the database made by hand goes: room under the server's own limit
+    # A first refusal may be passing: the next run, seeing 2 of 5, tries once more
+    assert run(world)[1]["unwaited"] == 1
+    assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
+
+    # Named again, the server's limit holds: run after run, nobody is sent to be refused
+    for _ in range(3):
+        world.clock.advance(interval / 4)
+        published, summary = run(world)
+        assert (published, summary["unwaited"]) == ([], 0)
+    assert alpha.create_calls("telemetry_second") == 2
+
+    # When the database made by hand goes: room under the server's own limit, at once
     alpha.delete_database("by_hand")
     published, summary = run(world)
     assert (published, summary["unwaited"]) == ([("second", Job.PROVISION, None)], 1)
     assert world.provision("second").result == RunResult.PROVISIONED
 
 
-def test_a_limit_a_server_named_holds_for_a_while_then_twice_as_long(db, world: World):
-    # Given alpha, refused at 1 database while the file says 3, and "second" waiting for it
+def test_a_limit_named_again_and_again_holds_twice_as_long_each_time(db, world: World):
+    # Given alpha, refused at 1 database while the file says 3, and "second" refused twice
     alpha = world.add("alpha", limit=1)
     world.limits["alpha"] = 3
     interval = world.settings.reconcile_interval_seconds
     for tenant_id in ("first", "second"):
         insert(db, tenant_id)
         world.provision(tenant_id)
-    assert node_limits(db, "alpha") == (3, 1)
+    assert run(world)[1]["unwaited"] == 1
+    assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
 
-    # While its hold lasts (one reconcile interval), nobody is sent there
-    world.clock.advance(interval - 1)
+    # It holds one reconcile interval, then is tried again; then three intervals
+    world.clock.advance(interval - 0.5)
     assert run(world)[1]["unwaited"] == 0
-    # Once it is up, the file's limit is tried again: refused again, the hold doubles
     world.clock.advance(1)
     assert run(world)[1]["unwaited"] == 1
     assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
-    world.clock.advance(interval)
-    assert run(world)[1]["unwaited"] == 0  # (twice the interval: not yet)
-    assert alpha.create_calls("telemetry_second") == 2
+    world.clock.advance(3 * interval - 0.5)
+    assert run(world)[1]["unwaited"] == 0
+    assert alpha.create_calls("telemetry_second") == 3
 
     # When the server's limit is raised (the file was right): taken at the next try
     alpha.set_database_limit(3)
-    world.clock.advance(interval)
+    world.clock.advance(1)
     assert run(world)[1]["unwaited"] == 1
     assert world.provision("second").result == RunResult.PROVISIONED
     assert node_limits(db, "alpha") == (3, None)
@@ -467,12 +472,14 @@ def test_a_server_holding_more_than_the_limit_it_named_is_not_tried_each_run(db,
     alpha.set_database_limit(2)
     insert(db, "acme")
     world.provision("acme")
+    assert run(world)[1]["unwaited"] == 1  # a first refusal may be passing
+    world.provision("acme")
 
     for _ in range(3):  # runs within its hold (one reconcile interval)
         world.clock.advance(world.settings.reconcile_interval_seconds / 4)
         assert run(world)[1]["unwaited"] == 0
 
-    assert alpha.create_calls("telemetry_acme") == 1
+    assert alpha.create_calls("telemetry_acme") == 2
 
 
 def test_a_limit_a_server_named_is_learnt_anew_when_the_nodes_file_changes_it(db, world: World):
@@ -481,6 +488,8 @@ def test_a_limit_a_server_named_is_learnt_anew_when_the_nodes_file_changes_it(db
     for tenant_id in ("first", "second"):
         insert(db, tenant_id)
         world.provision(tenant_id)
+    assert run(world)[1]["unwaited"] == 1
+    assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
     assert node_limits(db, "alpha") == (3, 1)
 
     # When the operator changes the nodes file (not yet right): the next run tries again, at
@@ -493,7 +502,7 @@ def test_a_limit_a_server_named_is_learnt_anew_when_the_nodes_file_changes_it(db
     # and learns the server's limit from its answer
     assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
     assert node_limits(db, "alpha") == (2, 1)
-    assert alpha.create_calls("telemetry_second") == 2
+    assert alpha.create_calls("telemetry_second") == 3
 
 
 def node_limits(db: Any, name: str) -> tuple[int | None, int | None]:
