@@ -146,8 +146,8 @@ class NodeReport(TypedDict):
     configured: bool  # False: it left the nodes file while tenants live there
     url: str | None  # credentials redacted; None when not configured
     database_limit: int | None  # the nodes file's
-    # The limit the server named when it refused a database (422), where it is below the
-    # file's: placement keeps to it (fix the nodes file). Forgotten when the file changes it.
+    # The limit the server named when it refused a database (422), where the file says more:
+    # fix the nodes file (until then, reconcile runs send waiting tenants there to be refused).
     refused_limit: int | None
     tenants: int  # tenants placed there (each holds a slot)
     free: int | None

@@ -95,7 +95,7 @@ def _report(name: str, slots: NodeUsage | None, row: Any, tenants: int) -> NodeR
         "configured": slots is not None,
         "url": redact_url(slots.node.url) if slots else None,
         "database_limit": slots.node.database_limit if slots else None,
-        "refused_limit": slots.limit if slots and slots.limit < slots.node.database_limit else None,
+        "refused_limit": slots.overstated if slots else None,
         "tenants": tenants,
         "free": slots.free if slots else None,
         "full": slots.full if slots else None,

@@ -212,11 +212,8 @@ class InfluxDBNode(Base):
     # The nodes file as placement last wrote it: in it, and its limit.
     configured: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     database_limit: Mapped[int | None] = mapped_column(Integer)
-    # The limit the server named in a 422, until when it holds, and how often it was learnt
-    # anew (each hold twice the last): migration 0020.
+    # The limit the server named in its last 422, for operators (migration 0020).
     refused_limit: Mapped[int | None] = mapped_column(Integer)
-    refused_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    refusals: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 influxdb_nodes = cast(Table, InfluxDBNode.__table__)

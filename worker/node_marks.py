@@ -1,9 +1,9 @@
 """What the servers told us, and what follows from it: marks on ``influxdb_nodes``.
 
 - **Full**: a server refused a database (422). Nothing more goes there until a listing sees it
-  with room; the limit it named ("would exceed limit of 5 databases") bounds it with the nodes
-  file's for a while (``refused_limit``, see :func:`mark_full`), so a file that overstates it
-  is not tried again at every reconcile run.
+  with room. The limit it named ("would exceed limit of 5 databases", ``refused_limit``) is
+  shown to operators where it is below the nodes file's: that file overstates it, and every
+  reconcile run that sees room by the file's limit sends a waiting tenant there to be refused.
 - **Unavailable**: its listing failed, or it refused our token or a connection. It comes after
   every answering server with room (``worker.placement``) until a listing succeeds.
 - **What a listing saw** (``observed_databases``), and the un-wait: when room appears, as many
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, or_, update
+from sqlalchemy import Connection, case, func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker import store
@@ -30,33 +30,15 @@ logger = logging.getLogger(__name__)
 _NODE = influxdb_nodes.c
 
 
-def mark_full(
-    conn: Connection, node_name: str, now: datetime, limit: int | None = None, interval: float = 60
-) -> None:
+def mark_full(conn: Connection, node_name: str, now: datetime, limit: int | None = None) -> None:
     """Record that ``node_name`` refused a database (422): place nothing more there for now.
-
-    ``limit``, the limit it named, bounds it with the nodes file's. Named once, it goes at the
-    next listing (a passing refusal costs nothing more); named again after that, it holds 1,
-    3, 7 ... reconcile ``interval``s, at most 63: a nodes file that overstates it costs a few
-    refusals an hour, not one a run. Named long after its last hold, it counts as new. Commits.
-    """
-    stmt = pg_insert(influxdb_nodes).values(name=node_name, full_since=now)
-    set_: dict[str, Any] = {"full_since": now}
-    if limit is not None:
-        stmt = stmt.values(refused_limit=limit, refused_until=now, refusals=1)
-        held = _NODE.refused_limit.is_not(None)  # not forgotten yet: as it is
-        recent = _NODE.refused_until > now - timedelta(seconds=interval * 2**HOLDS)
-        refusals = case((held, _NODE.refusals), (recent, _NODE.refusals + 1), else_=1)
-        hold = interval * (func.power(2, func.least(refusals - 1, HOLDS)) - 1)
-        until = now + func.make_interval(0, 0, 0, 0, 0, 0, hold)
-        set_ |= {"refused_limit": limit, "refusals": refusals}
-        set_["refused_until"] = case((held, _NODE.refused_until), else_=until)
+    ``limit``, the limit it named, is kept for operators (kept as it was if it named none)."""
+    stmt = pg_insert(influxdb_nodes).values(name=node_name, full_since=now, refused_limit=limit)
+    named = func.coalesce(stmt.excluded.refused_limit, _NODE.refused_limit)
+    set_ = {"full_since": now, "refused_limit": named}
     conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=set_))
     conn.commit()
     logger.warning("node %s refused a new database (422, its limit: %s): full", node_name, limit)
-
-
-HOLDS = 6  # doublings of a named limit's hold: at most 2**6 - 1 reconcile intervals
 
 
 def mark_unavailable(conn: Connection, node_name: str, reason: Reason, now: datetime) -> None:
@@ -126,11 +108,6 @@ def record_observations(
     stmt = pg_insert(influxdb_nodes)
     new, old = stmt.excluded, influxdb_nodes.c
     failed = new.unavailable_since.is_not(None)
-    # The limit a server named holds until its time is up (then one create may be refused
-    # again). At it, the full mark stays as it is: a listing older than a deletion that
-    # cleared it does not set it again.
-    in_force = and_(old.refused_limit.is_not(None), old.refused_until > now)
-    at_named = and_(in_force, new.observed_databases >= old.refused_limit)
     values = [dict(zip(columns, row, strict=True)) for row in sorted(rows, key=lambda r: r[0])]
     conn.execute(
         stmt.values(values).on_conflict_do_update(
@@ -141,11 +118,13 @@ def record_observations(
                 # Full: since first seen full; room: not full; unanswered: all as was (new NULL)
                 "full_since": case(
                     (failed, old.full_since),
-                    (at_named, old.full_since),
                     (new.full_since.is_(None), None),
-                    else_=func.coalesce(old.full_since, now),
+                    else_=func.coalesce(old.full_since, new.full_since),
                 ),
-                "refused_limit": case((failed | in_force, old.refused_limit)),  # else forgotten
+                # More databases than the limit it named: that limit was raised since.
+                "refused_limit": case(
+                    (new.observed_databases > old.refused_limit, None), else_=old.refused_limit
+                ),
                 "unavailable_since": case((failed, func.coalesce(old.unavailable_since, now))),
                 "unavailable_reason": new.unavailable_reason,
             },

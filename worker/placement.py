@@ -8,10 +8,10 @@ a node, and placements on different nodes do not wait for each other (a node ano
 holds is skipped for the next least-used one). A run places and starts its attempt in one
 statement when a node with room is free at once (:func:`start_on_free_node`), else goes the long
 way (:func:`choose_node`, which waits for a node another placer holds). Room is our count under
-the nodes file's limit, and under the limit the server named in a 422 if it did. A node marked
-full (a 422) is skipped; one marked unavailable (its listing failed, or it refused our token or
-a connection) comes after every answering node with room. The marks, and what clears them, are
-``worker.node_marks``; the reconciler also repairs a count that differs from the real one.
+the nodes file's limit. A node marked full (a 422) is skipped; one marked unavailable (its
+listing failed, or it refused our token or a connection) comes after every answering node with
+room. The marks, and what clears them, are ``worker.node_marks``; the reconciler also repairs a
+count that differs from the real one.
 """
 
 from __future__ import annotations
@@ -42,15 +42,17 @@ class NodeUsage:
     used: int  # tenants holding a slot on it, by our count
     full: bool  # marked full by a 422 and not seen with room since
     unavailable: bool = False  # its listing failed or it refused us; not listed well since
-    refused_limit: int | None = None  # the limit it named in a 422, if lower than the file's
-
-    @property
-    def limit(self) -> int:
-        return min(self.node.database_limit, self.refused_limit or self.node.database_limit)
+    refused_limit: int | None = None  # the limit it named in its last 422
 
     @property
     def free(self) -> int:
-        return 0 if self.full else max(0, self.limit - self.used)
+        return 0 if self.full else max(0, self.node.database_limit - self.used)
+
+    @property
+    def overstated(self) -> int | None:
+        """The limit the server named, where the nodes file says more (for operators)."""
+        named = self.refused_limit
+        return named if named is not None and named < self.node.database_limit else None
 
 
 def node_rows(conn: Connection) -> dict[str, Row[Any]]:
@@ -157,7 +159,7 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
                 ).first()
                 if row is None:
                     continue  # held by another placer (first pass)
-                room = row.full_since is None and row.placed < candidate.limit
+                room = row.full_since is None and row.placed < candidate.database_limit
                 if room and row.unavailable <= candidate.unavailable:  # not marked meanwhile
                     return str(candidate.name)  # still locked: the caller reserves
                 conn.commit()  # filled or marked: let it go before locking another (no cycles)
@@ -166,19 +168,18 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
 
 _NODE = influxdb_nodes.c
 _UNAVAILABLE = _NODE.unavailable_since.is_not(None)
-_LIMIT = func.least(_NODE.database_limit, _NODE.refused_limit)  # NULL: the file's alone
 
 
 def _least_used(query: Select[Any]) -> Select[Any]:
     """``query`` over the configured nodes with room, answering ones first, then least used
     (ties: by name): the first rows of ix_influxdb_nodes_room, whatever the number of nodes."""
-    room = (_NODE.configured, _NODE.full_since.is_(None), _NODE.placed < _LIMIT)
+    room = (_NODE.configured, _NODE.full_since.is_(None), _NODE.placed < _NODE.database_limit)
     return query.where(*room).order_by(_UNAVAILABLE, _NODE.placed, _NODE.name)
 
 
 CANDIDATES = 16  # enough for concurrent placers to pass each other by
 _CANDIDATES = _least_used(
-    select(_NODE.name, _LIMIT.label("limit"), _UNAVAILABLE.label("unavailable")).where(
+    select(_NODE.name, _NODE.database_limit, _UNAVAILABLE.label("unavailable")).where(
         _NODE.name.not_in(bindparam("exclude", expanding=True))
     )
 ).limit(CANDIDATES)
@@ -203,7 +204,7 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
     if rows:
         upsert = pg_insert(influxdb_nodes).values(sorted(rows, key=lambda row: row["name"]))
         limit = func.coalesce(upsert.excluded.database_limit, _NODE.database_limit)
-        # A limit changed in the file: the one a 422 named is learnt anew (and its hold).
+        # A limit changed in the file: the one a 422 named is learnt anew.
         changed = and_(_NODE.database_limit.is_not(None), limit != _NODE.database_limit)
         conn.execute(
             upsert.on_conflict_do_update(
@@ -212,7 +213,6 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
                     "configured": upsert.excluded.configured,
                     "database_limit": limit,
                     "refused_limit": case((changed, None), else_=_NODE.refused_limit),
-                    "refusals": case((changed, 0), else_=_NODE.refusals),
                 },
             )
         )

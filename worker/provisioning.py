@@ -188,10 +188,9 @@ class _Run(TenantRun):
             try:
                 return self._attempt(attempt, node)
             except DatabaseLimitReached as exc:
-                # Our count said there was room, the server disagrees: believe it (its limit
-                # too, for a while), move on. A 422 also says the name does not exist there.
-                every = self.settings.reconcile_interval_seconds  # a named limit's holds
-                node_marks.mark_full(self.conn, node.name, self.clock(), exc.server_limit, every)
+                # Our count said there was room, the server disagrees: believe it, move on.
+                # A 422 also says the name does not exist there (existence is checked first).
+                node_marks.mark_full(self.conn, node.name, self.clock(), exc.server_limit)
                 self.create_sent_to = self.node_name = None
                 attempt.move_off_node(exc.reason, f"node {node.name}: {exc}")
                 self.adoption = released(self.adoption)  # as move_off_node wrote it

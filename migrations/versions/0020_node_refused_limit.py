@@ -1,14 +1,12 @@
 """``influxdb_nodes.refused_limit``: the database limit a server named when it refused one (422)
 
 A nodes file can overstate a server's limit (InfluxDB 3 Core's is 5, whatever the file says).
-Before, a listing that saw fewer databases than the file's limit cleared the full mark, the
-oldest waiting tenant was sent there, refused again, and so on once per reconcile run. Now the
-limit the server named in its 422 ("would exceed limit of 5 databases") bounds the server with
-the file's: placement, the un-wait and the listing's full mark read the lower of the two until
-``refused_until``. Named once, it goes at the next listing (a refusal may be passing); named
-again after that, it holds 1, 3, 7 ... reconcile intervals, at most 63 (``refusals`` counts
-the times); a server whose limit was raised is tried again by then. A change of that server's
-limit in the nodes file forgets it at once.
+Then each reconcile run that lists fewer databases than the file's limit clears the server's
+full mark and sends a waiting tenant there, to be refused again. The server cannot tell that
+apart from a server full for a while, so nothing is held back; instead the limit it named in
+its 422 ("would exceed limit of 5 databases") is kept and shown to operators (``tenantctl
+nodes``, the console's overview) where the file says more. It is forgotten when the nodes file
+changes that server's limit, or when a listing sees more databases than it (raised since).
 
 Revision ID: 0020
 Revises: 0019
@@ -28,16 +26,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("influxdb_nodes", sa.Column("refused_limit", sa.Integer(), nullable=True))
-    op.add_column(
-        "influxdb_nodes", sa.Column("refused_until", sa.DateTime(timezone=True), nullable=True)
-    )
-    op.add_column(
-        "influxdb_nodes",
-        sa.Column("refusals", sa.Integer(), server_default=sa.text("0"), nullable=False),
-    )
 
 
 def downgrade() -> None:
-    op.drop_column("influxdb_nodes", "refusals")
-    op.drop_column("influxdb_nodes", "refused_until")
     op.drop_column("influxdb_nodes", "refused_limit")

@@ -16,6 +16,7 @@ from tests.conftest import INFLUX_TOKEN, tenant_row, wait_for
 from tests.fast.conftest import T0, Published, World, blocked_by, insert
 from worker.db import get_engine
 from worker.influxdb import InfluxDB3Client
+from worker.placement import usage
 from worker.queues import Job
 from worker.reconcile import reconcile
 from worker.states import RunResult
@@ -401,108 +402,49 @@ def test_a_remade_tenant_whose_server_refuses_it_is_placed_as_new_not_handed_a_s
     assert row["influxdb_adopt"] is None and "beta" in row["influxdb_last_error"]
 
 
-def test_a_server_whose_limit_the_nodes_file_overstates_is_not_tried_again_each_run(
-    db, world: World
-):
+def test_a_limit_the_nodes_file_overstates_is_shown_until_the_file_changes_it(db, world: World):
     # Given alpha, which holds 2 databases (it says so in its 422s) while the nodes file says
     # 5, filled by "first" and a database made by hand, and "second", refused there, waiting
     alpha = world.add("alpha", limit=2)
     world.limits["alpha"] = 5
-    interval = world.settings.reconcile_interval_seconds
     alpha.create_database("by_hand")
     for tenant_id in ("first", "second"):
         insert(db, tenant_id)
         world.provision(tenant_id)
     assert tenant_row(db, "second")["influxdb_state"] == "waiting_for_capacity"
-    assert node_limits(db, "alpha") == (5, 2)
 
-    # A first refusal may be passing: the next run, seeing 2 of 5, tries once more
-    assert run(world)[1]["unwaited"] == 1
-    assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
+    # Then operators see the limit it named, beside the file's, run after run
+    for _ in range(2):
+        run(world)
+        assert node_limits(db, "alpha") == (5, 2)
+        with get_engine().connect() as conn:
+            (slots,) = usage(conn, world.pool().nodes())
+        assert slots.overstated == 2
 
-    # Named again, the server's limit holds: run after run, nobody is sent to be refused
-    for _ in range(3):
-        world.clock.advance(interval / 4)
-        published, summary = run(world)
-        assert (published, summary["unwaited"]) == ([], 0)
-    assert alpha.create_calls("telemetry_second") == 2
-
-    # When the database made by hand goes: room under the server's own limit, at once
-    alpha.delete_database("by_hand")
-    published, summary = run(world)
-    assert (published, summary["unwaited"]) == ([("second", Job.PROVISION, None)], 1)
-    assert world.provision("second").result == RunResult.PROVISIONED
+    # When the operator fixes the nodes file, it is forgotten (learnt anew at the next 422)
+    world.limits["alpha"] = 2
+    run(world)
+    assert node_limits(db, "alpha") == (2, None)
 
 
-def test_a_limit_named_again_and_again_holds_twice_as_long_each_time(db, world: World):
-    # Given alpha, refused at 1 database while the file says 3, and "second" refused twice
-    alpha = world.add("alpha", limit=1)
-    world.limits["alpha"] = 3
-    interval = world.settings.reconcile_interval_seconds
-    for tenant_id in ("first", "second"):
-        insert(db, tenant_id)
-        world.provision(tenant_id)
-    assert run(world)[1]["unwaited"] == 1
-    assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
-
-    # It holds one reconcile interval, then is tried again; then three intervals
-    world.clock.advance(interval - 0.5)
-    assert run(world)[1]["unwaited"] == 0
-    world.clock.advance(1)
-    assert run(world)[1]["unwaited"] == 1
-    assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
-    world.clock.advance(3 * interval - 0.5)
-    assert run(world)[1]["unwaited"] == 0
-    assert alpha.create_calls("telemetry_second") == 3
-
-    # When the server's limit is raised (the file was right): taken at the next try
-    alpha.set_database_limit(3)
-    world.clock.advance(1)
-    assert run(world)[1]["unwaited"] == 1
-    assert world.provision("second").result == RunResult.PROVISIONED
-    assert node_limits(db, "alpha") == (3, None)
-
-
-def test_a_server_holding_more_than_the_limit_it_named_is_not_tried_each_run(db, world: World):
-    # Given alpha holding 3 databases, its limit lowered to 2, and a nodes file saying 5
-    alpha = world.add("alpha", limit=3)
-    world.limits["alpha"] = 5
-    for name in ("by_hand_1", "by_hand_2", "by_hand_3"):
-        alpha.create_database(name)
-    alpha.set_database_limit(2)
-    insert(db, "acme")
-    world.provision("acme")
-    assert run(world)[1]["unwaited"] == 1  # a first refusal may be passing
-    world.provision("acme")
-
-    for _ in range(3):  # runs within its hold (one reconcile interval)
-        world.clock.advance(world.settings.reconcile_interval_seconds / 4)
-        assert run(world)[1]["unwaited"] == 0
-
-    assert alpha.create_calls("telemetry_acme") == 2
-
-
-def test_a_limit_a_server_named_is_learnt_anew_when_the_nodes_file_changes_it(db, world: World):
+def test_a_limit_a_server_named_is_forgotten_once_it_holds_more(db, world: World):
+    # Given alpha, refused at 1 database while the file says 3, and "second" waiting for it
     alpha = world.add("alpha", limit=1)
     world.limits["alpha"] = 3
     for tenant_id in ("first", "second"):
         insert(db, tenant_id)
         world.provision(tenant_id)
-    assert run(world)[1]["unwaited"] == 1
-    assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
     assert node_limits(db, "alpha") == (3, 1)
 
-    # When the operator changes the nodes file (not yet right): the next run tries again, at
-    # once (its hold not up)
-    world.limits["alpha"] = 2
+    # When its limit is raised and a database is made there by hand: 2 databases, over 1
+    alpha.set_database_limit(3)
+    alpha.create_database("by_hand")
     published, summary = run(world)
-    assert node_limits(db, "alpha") == (2, None)
-    assert (published, summary["unwaited"]) == ([("second", Job.PROVISION, None)], 1)
 
-    # and learns the server's limit from its answer
-    assert world.provision("second").result == RunResult.WAITING_FOR_CAPACITY
-    assert node_limits(db, "alpha") == (2, 1)
-    assert alpha.create_calls("telemetry_second") == 3
+    # Then the limit it named is forgotten, and the room goes to "second"
+    assert node_limits(db, "alpha") == (3, None)
+    assert (published, summary["unwaited"]) == ([("second", Job.PROVISION, None)], 1)
+    assert world.provision("second").result == RunResult.PROVISIONED
 
 
 def node_limits(db: Any, name: str) -> tuple[int | None, int | None]:
