@@ -182,6 +182,12 @@ def _node_metrics(
         "limit": GaugeMetricFamily(
             f"{PREFIX}_node_database_limit", "The node's database limit.", labels=["node"]
         ),
+        "refused": GaugeMetricFamily(
+            f"{PREFIX}_node_refused_limit",
+            "The database limit the node named in its last 422 (absent: none known); below "
+            "the node's database_limit, the nodes file overstates it.",
+            labels=["node"],
+        ),
         "full": GaugeMetricFamily(
             f"{PREFIX}_node_full",
             "1 while the node is marked full (it answered 422).",
@@ -214,6 +220,8 @@ def _node_metrics(
         families["tenants"].add_metric([name], slot.used)
         families["limit"].add_metric([name], slot.node.database_limit)
         families["full"].add_metric([name], 1 if slot.full else 0)
+        if slot.refused_limit is not None:
+            families["refused"].add_metric([name], slot.refused_limit)
         families["unavailable"].add_metric([name], 1 if slot.unavailable else 0)
         seen, listed_at = observed.get(name, (None, None))
         families["observed"].add_metric([name], -1 if seen is None else seen)

@@ -22,6 +22,7 @@ from tests.fast.conftest import T0, World, insert
 from worker.attempts import log_attempt
 from worker.db import get_engine
 from worker.metrics import ProvisioningCollector
+from worker.node_marks import mark_full
 from worker.states import AttemptOutcome, Reason
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "tenant-provisioner.json"
@@ -100,6 +101,7 @@ def served(db, world: World) -> set[str]:
     with get_engine().connect() as conn:
         log_attempt(conn, "acme", 1, T0, T0, AttemptOutcome.FAILED, Reason.UNREACHABLE)
         conn.commit()
+        mark_full(conn, "alpha", T0, 3)  # a 422 that named its limit
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProvisioningCollector(get_engine(), world.pool()))
     families = list(text_string_to_metric_families(generate_latest(registry).decode()))
