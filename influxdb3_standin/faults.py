@@ -119,8 +119,9 @@ class Faults:
             self._changed.notify_all()
 
     def reset(self) -> None:
-        """All switches off, a fresh random generator; requests in flight (hanging, or in a
-        latency sleep) are dropped unanswered, as by a restart: none of them lands after it."""
+        """All switches off, a fresh random generator; requests hanging or in a latency sleep
+        are dropped unanswered, as by a restart (one past both, answering at that moment,
+        still lands)."""
         with self._changed:
             self._switches = _Switches()
             self._random = random.Random()

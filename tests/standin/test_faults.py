@@ -151,10 +151,10 @@ def test_a_request_in_flight_when_the_stand_in_is_reset_never_lands(
 
     sent = threading.Thread(target=send, daemon=True)
     sent.start()
-    deadline = time.monotonic() + 5
-    while standin.state()["connections_accepted"] == 0 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 5  # counted just before its latency sleep
+    while standin.request_count("POST", DATABASE_API) == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.2)  # in its latency sleep
+    time.sleep(0.1)
 
     # When the stand-in is reset (a fresh server for the next test)
     standin.reset()
