@@ -2,12 +2,14 @@
 
 - **Full**: a server refused a database (422). Nothing more goes there until a listing sees it
   with room. The limit it named ("would exceed limit of 5 databases", ``refused_limit``) is
-  shown to operators where it is below the nodes file's: that file overstates it, and every
-  reconcile run that sees room by the file's limit sends a waiting tenant there to be refused.
+  shown to operators where it is below the nodes file's: that file overstates it. While it is
+  known, the un-wait counts that server's room by the named limit, and at least one slot: one
+  waiting tenant a run probes it (refused again, or, if the limit was raised, placed, and the
+  next listing, seeing more than the named limit, forgets it).
 - **Unavailable**: its listing failed, or it refused our token or a connection. It comes after
   every answering server with room (``worker.placement``) until a listing succeeds.
 - **What a listing saw** (``observed_databases``), and the un-wait: when room appears, as many
-  tenants waiting for capacity as there are free slots go back to ``pending``.
+  tenants waiting for capacity as there are free slots (:func:`room`) go back to ``pending``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from worker import store
 from worker.models import influxdb_nodes
 from worker.node_config import NodeConfig
-from worker.placement import usage
+from worker.placement import NodeUsage, usage
 from worker.states import Reason
 
 logger = logging.getLogger(__name__)
@@ -78,13 +80,22 @@ def slot_freed(
 
 
 def unwait(conn: Connection, nodes: Iterable[NodeConfig], now: datetime) -> list[str]:
-    """The oldest tenants waiting for capacity go back to ``pending``, as many as there are
-    free slots by our count on the ``nodes`` that answer (one whose listing failed, or that
-    refused our token, gets none). Commits. Returns their ids: the caller queues them."""
-    free = sum(u.free for u in usage(conn, nodes) if not u.unavailable)
+    """The oldest tenants waiting for capacity go back to ``pending``, as many as the ``nodes``
+    that answer have :func:`room` for by our count (one whose listing failed, or that refused
+    our token, gets none). Commits. Returns their ids: the caller queues them."""
+    free = sum(room(u) for u in usage(conn, nodes) if not u.unavailable)
     moved = store.end_waits(conn, free, now) if free > 0 else []
     conn.commit()
     return moved
+
+
+def room(slots: NodeUsage) -> int:
+    """The waiting tenants a node can take: its free slots by the nodes file, but where the
+    server named a lower limit in a 422, what that limit leaves by our count, and one at least.
+    That one is the probe: a server whose limit was raised since shows it by taking it; one the
+    file overstates refuses one tenant a reconcile run, not one for each slot the file names."""
+    named = slots.overstated
+    return slots.free if named is None else min(slots.free, max(1, named - slots.used))
 
 
 def record_observations(

@@ -13,8 +13,15 @@ from tests.fast.conftest import insert
 from worker import store
 from worker.db import autocommit, get_engine
 from worker.node_config import NodeConfig
-from worker.node_marks import mark_full, mark_unavailable, record_observations, slot_freed
-from worker.placement import NoFreeNode, place_tenant, start_on_free_node, sync_nodes, usage
+from worker.node_marks import mark_full, mark_unavailable, record_observations, room, slot_freed
+from worker.placement import (
+    NodeUsage,
+    NoFreeNode,
+    place_tenant,
+    start_on_free_node,
+    sync_nodes,
+    usage,
+)
 from worker.states import Reason
 
 ALPHA = NodeConfig("alpha", "http://a", None, 3)
@@ -226,3 +233,20 @@ def test_a_limit_named_before_the_nodes_file_was_written_down_is_kept(db):
         sync_nodes(conn, (ALPHA,), force=True)
         (slots,) = usage(conn, [ALPHA])
     assert (slots.node.database_limit, slots.refused_limit, slots.overstated) == (3, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("used", "full", "named", "expected"),
+    [
+        (1, False, None, 9),  # no limit named: the file's
+        (1, False, 10, 9),  # the file's limit named: the file's
+        (3, False, 5, 2),  # a lower limit named: what it leaves
+        (5, False, 5, 1),  # none left by it: one, the probe
+        (9, False, 5, 1),  # the file leaves one: one
+        (10, False, 5, 0),  # the file leaves none: none
+        (3, True, 5, 0),  # marked full: none
+    ],
+)
+def test_the_room_an_un_wait_counts_on_a_server(used, full, named, expected):
+    slots = NodeUsage(NodeConfig("alpha", "http://a", None, 10), used, full, refused_limit=named)
+    assert room(slots) == expected

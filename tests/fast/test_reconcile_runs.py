@@ -447,6 +447,43 @@ def test_a_limit_a_server_named_is_forgotten_once_it_holds_more(db, world: World
     assert world.provision("second").result == RunResult.PROVISIONED
 
 
+def test_a_server_that_named_a_lower_limit_is_probed_with_one_waiting_tenant_a_run(
+    db, world: World
+):
+    # Given alpha, which allows 1 database while the nodes file says 3: "t1" is there, "t2"
+    # was refused (422: limit of 1), "t3" and "t4" wait behind it
+    alpha = world.add("alpha", limit=1)
+    world.limits["alpha"] = 3
+    for tenant_id in ("t1", "t2", "t3", "t4"):
+        insert(db, tenant_id)
+        world.provision(tenant_id)
+    waiting = ["t2", "t3", "t4"]
+    assert [tenant_row(db, t)["influxdb_state"] for t in waiting] == ["waiting_for_capacity"] * 3
+
+    # When reconcile runs: its listing sees 1 database, room by the file's 3
+    for _ in range(2):
+        published, summary = run(world)
+
+        # Then one waiting tenant is sent, not the two the file leaves: it is refused again
+        assert (published, summary["unwaited"]) == ([("t2", Job.PROVISION, None)], 1)
+        assert world.provision("t2").result == RunResult.WAITING_FOR_CAPACITY
+    # t1, then t2 refused three times: one 422 a run, not one for each slot the file names
+    assert alpha.request_count("POST", "/api/v3/configure/database") == 4
+
+    # When the server's limit is raised to the file's: the probe is placed there ...
+    alpha.set_database_limit(3)
+    published, summary = run(world)
+    assert (published, summary["unwaited"]) == ([("t2", Job.PROVISION, None)], 1)
+    assert world.provision("t2").result == RunResult.PROVISIONED
+
+    # ... and the next listing, seeing 2 databases, more than the 1 it named, forgets that
+    # limit: the room the file names goes to the next waiting tenant
+    published, summary = run(world)
+    assert node_limits(db, "alpha") == (3, None)
+    assert (published, summary["unwaited"]) == ([("t3", Job.PROVISION, None)], 1)
+    assert world.provision("t3").result == RunResult.PROVISIONED
+
+
 def node_limits(db: Any, name: str) -> tuple[int | None, int | None]:
     row = db.execute(
         "SELECT database_limit, refused_limit FROM influxdb_nodes WHERE name = %s", (name,)
