@@ -23,6 +23,7 @@ version (``locations_client``); this module is the map's source of truth, in Pos
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy.exc import NotSupportedError, ProgrammingError
 
 from worker.clock import Clock
 from worker.models import tenant_location_map, tenant_locations
@@ -44,6 +46,7 @@ PUBLISH_LOCK_KEY = 0x6C6F_6361_7465  # "locate"
 TOMBSTONE_RETENTION = timedelta(days=7)
 UNPUBLISHED_RETRY = timedelta(seconds=0.5)
 _L = tenant_locations.c
+logger = logging.getLogger(__name__)
 
 _NUMBER = text(
     "UPDATE tenant_locations SET state = next_state, node = next_node, "
@@ -103,7 +106,7 @@ class Page:
     next_since: int  # the version to ask from next time
     more: bool  # more changes wait after next_since
     current: int  # the map's version now
-    epoch: str  # which map: another database (restored, re-created) has another
+    epoch: str  # which map: another database (restored, re-created, failed over) has another
 
 
 def publish(conn: Connection, *, wait: bool = False) -> int:
@@ -172,6 +175,40 @@ _PAGE = text(
 )
 
 
+# Which database a connection reaches, in what changes when it is restored or failed over:
+# the cluster (another after initdb), the database (another OID when it is created again, from
+# a dump too, even in the same cluster) and the WAL timeline (another after a point-in-time
+# recovery or the promotion of a replica). A plain role may read all three.
+_DATABASE_IDENTITY = text(
+    "SELECT concat_ws('.', (SELECT system_identifier FROM pg_control_system()), "
+    "(SELECT oid FROM pg_database WHERE datname = current_database()), "
+    "left(pg_walfile_name(pg_current_wal_lsn()), 8))"
+)
+_IDENTITY_KEY = "tenant_provisioner.database_identity"
+
+
+def database_identity(conn: Connection) -> str:
+    """What identifies the database behind ``conn`` across restores (``_DATABASE_IDENTITY``),
+    read once per connection: a restore or a failover ends the connections to what was there.
+    Empty, with a warning, where the server will not tell (the stored epoch alone is left)."""
+    info = conn.connection.info
+    known = info.get(_IDENTITY_KEY)
+    if known is None:
+        try:
+            with conn.begin_nested():
+                known = str(conn.execute(_DATABASE_IDENTITY).scalar_one())
+        except (ProgrammingError, NotSupportedError) as exc:  # not allowed or not there; a
+            # lost connection raises on: a passing fault must not change the epoch
+            logger.warning(
+                "cannot tell this database's identity (%s): after a restore, give the location "
+                "map a new epoch by hand (docs/operating.md)",
+                type(exc.orig).__name__,
+            )
+            known = ""
+        info[_IDENTITY_KEY] = known
+    return str(known)
+
+
 def changes(
     conn: Connection, since: int, limit: int, nodes: Sequence[NodeConfig], prefix: str
 ) -> Page:
@@ -197,7 +234,10 @@ def changes(
     if 0 < since < horizon:
         raise SinceTooOld(f"since {since} is older than the tombstones kept; load the map again")
     next_since = int(row.last) if row.last is not None else since
-    return Page(row.locations, int(row.found), next_since, bool(row.more), current, row.epoch)
+    # The stored epoch (an operator may renew it) and the database's identity: a restore
+    # brings the stored one back, not the identity.
+    epoch = ".".join(filter(None, (row.epoch, database_identity(conn))))
+    return Page(row.locations, int(row.found), next_since, bool(row.more), current, epoch)
 
 
 def locate(conn: Connection, tenant_id: str, pool: NodePool, settings: Settings) -> Location | None:

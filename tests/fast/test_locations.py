@@ -3,6 +3,8 @@ plane (its own credential, 400/401/404/410), and a deletion that outwaits the cl
 
 from __future__ import annotations
 
+import secrets
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -10,8 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
 
 from api_hooks.app import create_app
+from harness import databases
 from tests.conftest import LOCATIONS_TOKEN, OPERATOR_TOKEN, tenant_row
 from tests.fast.conftest import T0, World, insert
 from worker import locations
@@ -248,3 +252,68 @@ def test_a_served_server_url_carries_no_credential():
     served = locations.public_url("https://ops:pw@influx-a:8181/base?token=s3cret#k=v")
     assert served == "https://influx-a:8181/base"
     assert locations.public_url("http://influx-b:8181") == "http://influx-b:8181"
+
+
+def test_a_database_restored_from_a_dump_serves_another_epoch(db, service, scratch_database):
+    # Given a map a client has loaded
+    insert(db, "acme", state="provisioned", node="default")
+    loaded = page(service)
+    (stored,) = db.execute("SELECT epoch FROM tenant_location_map").fetchone()
+
+    # When the database is dumped and restored (here: beside it, in the same cluster)
+    restored_url = restore_copy(db.info.dbname, scratch_database)
+
+    # Then the restored map holds the same stored epoch and version, yet serves another
+    # epoch: a client loads it whole, not the changes after a version of another history
+    restored_stored, restored = epochs(restored_url)
+    assert (restored_stored, restored.current) == (stored, loaded["version"])
+    assert restored.epoch.startswith(f"{stored}.") and restored.epoch != loaded["epoch"]
+
+    # And the database it was dumped from serves its epoch unchanged, on a new connection too
+    get_engine().dispose()
+    assert page(service)["epoch"] == loaded["epoch"]
+
+
+def test_where_the_server_will_not_tell_the_database_s_identity_the_stored_epoch_is_served(
+    db, caplog
+):
+    # Given a server that refuses a plain role what identifies the database
+    role = f"tp_plain_{secrets.token_hex(4)}"
+    db.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+    db.execute(f"CREATE ROLE {role} LOGIN")
+    db.execute(f"GRANT SELECT ON tenant_locations, tenant_location_map TO {role}")
+    try:
+        # When the map is read as that role
+        server = databases.ADMIN_DSN.rsplit("/", 1)[0].split("://", 1)[1]
+        host = server.split("@", 1)[1]
+        stored, served = epochs(f"postgresql+psycopg://{role}@{host}/{db.info.dbname}")
+
+        # Then it is served with its stored epoch, and operators are told to renew it by hand
+        assert served.epoch == stored
+        assert "after a restore, give the location map a new epoch by hand" in caplog.text
+    finally:
+        db.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
+        db.execute(f"REVOKE ALL ON tenant_locations, tenant_location_map FROM {role}")
+        db.execute(f"DROP ROLE {role}")
+
+
+def restore_copy(source: str, target: str) -> str:
+    """``pg_dump`` of ``source`` restored into ``target``; the SQLAlchemy URL of ``target``."""
+    server = databases.ADMIN_DSN.rsplit("/", 1)[0]
+    dump = subprocess.run(
+        ["pg_dump", "--no-owner", f"{server}/{source}"], capture_output=True, check=True
+    )
+    restore = ["psql", "-q", "-v", "ON_ERROR_STOP=1", f"{server}/{target}"]
+    subprocess.run(restore, input=dump.stdout, capture_output=True, check=True)
+    return f"postgresql+psycopg://{server.split('://', 1)[1]}/{target}"
+
+
+def epochs(url: str) -> tuple[str, locations.Page]:
+    """The stored epoch of the database at ``url``, and the map's first page as served."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            (stored,) = conn.execute(text("SELECT epoch FROM tenant_location_map")).one()
+            return str(stored), locations.changes(conn, 0, 10, (), "telemetry_")
+    finally:
+        engine.dispose()
