@@ -178,34 +178,43 @@ _PAGE = text(
 # Which database a connection reaches, in what changes when it is restored or failed over:
 # the cluster (another after initdb), the database (another OID when it is created again, from
 # a dump too, even in the same cluster) and the WAL timeline (another after a point-in-time
-# recovery or the promotion of a replica). A plain role may read all three.
+# recovery or the promotion of a replica; a server still in recovery has none to give yet).
+# A plain role may read all three.
 _DATABASE_IDENTITY = text(
-    "SELECT concat_ws('.', (SELECT system_identifier FROM pg_control_system()), "
+    "SELECT pg_is_in_recovery(), concat_ws('.', "
+    "(SELECT system_identifier FROM pg_control_system()), "
     "(SELECT oid FROM pg_database WHERE datname = current_database()), "
-    "left(pg_walfile_name(pg_current_wal_lsn()), 8))"
+    "CASE WHEN NOT pg_is_in_recovery() THEN left(pg_walfile_name(pg_current_wal_lsn()), 8) END)"
 )
 _IDENTITY_KEY = "tenant_provisioner.database_identity"
+_identity_refused: list[str] = []  # the error, once a server refused: every connection agrees
 
 
 def database_identity(conn: Connection) -> str:
     """What identifies the database behind ``conn`` across restores (``_DATABASE_IDENTITY``),
-    read once per connection: a restore or a failover ends the connections to what was there.
-    Empty, with a warning, where the server will not tell (the stored epoch alone is left)."""
+    read once per connection (a restore or a failover ends the connections to what was there;
+    a server in recovery is asked again each time). Empty, with one warning, for the rest of
+    the process once the server refuses (the stored epoch alone is left): every connection
+    serves the same epoch, and a client is not sent from one map to another by the pool."""
+    if _identity_refused:
+        return ""
     info = conn.connection.info
     known = info.get(_IDENTITY_KEY)
     if known is None:
         try:
             with conn.begin_nested():
-                known = str(conn.execute(_DATABASE_IDENTITY).scalar_one())
+                in_recovery, known = conn.execute(_DATABASE_IDENTITY).one()
         except (ProgrammingError, NotSupportedError) as exc:  # not allowed or not there; a
             # lost connection raises on: a passing fault must not change the epoch
+            _identity_refused.append(type(exc.orig).__name__)
             logger.warning(
                 "cannot tell this database's identity (%s): after a restore, give the location "
                 "map a new epoch by hand (docs/operating.md)",
-                type(exc.orig).__name__,
+                _identity_refused[0],
             )
-            known = ""
-        info[_IDENTITY_KEY] = known
+            return ""
+        if not in_recovery:
+            info[_IDENTITY_KEY] = known
     return str(known)
 
 

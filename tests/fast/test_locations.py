@@ -275,23 +275,29 @@ def test_a_database_restored_from_a_dump_serves_another_epoch(db, service, scrat
 
 
 def test_where_the_server_will_not_tell_the_database_s_identity_the_stored_epoch_is_served(
-    db, caplog
+    db, service, caplog
 ):
-    # Given a server that refuses a plain role what identifies the database
+    # Given a map served with the database's identity in its epoch
+    (stored,) = db.execute("SELECT epoch FROM tenant_location_map").fetchone()
+    assert page(service)["epoch"].startswith(f"{stored}.")
+
+    # When a connection of another role is refused what identifies the database
     role = f"tp_plain_{secrets.token_hex(4)}"
     db.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
     db.execute(f"CREATE ROLE {role} LOGIN")
     db.execute(f"GRANT SELECT ON tenant_locations, tenant_location_map TO {role}")
     try:
-        # When the map is read as that role
-        server = databases.ADMIN_DSN.rsplit("/", 1)[0].split("://", 1)[1]
-        host = server.split("@", 1)[1]
-        stored, served = epochs(f"postgresql+psycopg://{role}@{host}/{db.info.dbname}")
+        host = databases.ADMIN_DSN.rsplit("/", 1)[0].split("@", 1)[1]
+        _, served = epochs(f"postgresql+psycopg://{role}@{host}/{db.info.dbname}")
 
-        # Then it is served with its stored epoch, and operators are told to renew it by hand
+        # Then it serves the stored epoch alone, operators are told to renew it by hand, and
+        # every connection of the process serves that same epoch from then on (one change, not
+        # an epoch that differs by the connection an answer takes)
         assert served.epoch == stored
         assert "after a restore, give the location map a new epoch by hand" in caplog.text
+        assert page(service)["epoch"] == stored
     finally:
+        locations._identity_refused.clear()
         db.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
         db.execute(f"REVOKE ALL ON tenant_locations, tenant_location_map FROM {role}")
         db.execute(f"DROP ROLE {role}")
