@@ -17,12 +17,15 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api_hooks import cli_events, cli_flower, cli_webhooks
 from api_hooks.actors import cli_actor
 from api_hooks.printable import printable
 from worker.redaction import redact_url
+
+if TYPE_CHECKING:
+    from worker.node_config import NodeConfig
 
 EXIT_OK = 0
 EXIT_INFLUXDB = 1
@@ -104,7 +107,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     target.add_argument("--state", help="every tenant in this state (e.g. failed)")
     commands.add_parser("reconcile", help="run one reconcile now and print its summary")
     commands.add_parser(
-        "check-influxdb", help="per node: reachability, token, databases used vs limit"
+        "check-influxdb",
+        help="per node: reachability, token, databases used vs limit (the file's, or the lower "
+        "one the server named in a 422)",
     )
     commands.add_parser("nodes", help="the node pool: slots used and free, marked full, seen")
     commands.add_parser(
@@ -247,6 +252,7 @@ def _check_influxdb(args: argparse.Namespace) -> int:
 
     prefix = get_settings().influxdb_database_prefix
     pool = shared_pool()
+    named = _named_limits(pool.nodes())
     reports: list[dict[str, Any]] = []
     for node in pool.nodes():
         report: dict[str, Any] = {
@@ -257,6 +263,7 @@ def _check_influxdb(args: argparse.Namespace) -> int:
             "token_accepted": False,
             "databases_used": None,
             "database_limit": node.database_limit,
+            "refused_limit": named.get(node.name),
             "tenant_databases": None,
             "free_slots": None,
             "error": None,
@@ -268,12 +275,15 @@ def _check_influxdb(args: argparse.Namespace) -> int:
         except ProvisioningError as exc:
             report["error"] = f"{exc.reason}: {exc}"
         else:
+            limit = node.database_limit
+            if report["refused_limit"] is not None and len(databases) > report["refused_limit"]:
+                report["refused_limit"] = None  # it holds more than it named: raised since
             report.update(
                 reachable=True,
                 token_accepted=True,
                 databases_used=len(databases),
                 tenant_databases=sum(d.startswith(prefix) for d in databases),
-                free_slots=max(0, node.database_limit - len(databases)),
+                free_slots=max(0, min(limit, report["refused_limit"] or limit) - len(databases)),
             )
         reports.append(report)
     all_answer = all(r["token_accepted"] for r in reports)
@@ -283,10 +293,32 @@ def _check_influxdb(args: argparse.Namespace) -> int:
         _print_json({"ok": healthy, "free_slots": free, "nodes": reports})
     else:
         columns = ["node", "reachable", "token_accepted", "databases_used", "database_limit"]
-        _print_table(reports, [*columns, "free_slots", "error"], noun="node")
+        _print_table(reports, [*columns, "refused_limit", "free_slots", "error"], noun="node")
         if all_answer and not free:
             print("FULL: no database slot left for a new tenant on any node", file=sys.stderr)
     return EXIT_OK if healthy else EXIT_INFLUXDB
+
+
+def _named_limits(nodes: Sequence[NodeConfig]) -> dict[str, int]:
+    """The limit each server named in its last 422, where below the nodes file's (as
+    ``tenantctl nodes`` shows it); none when Postgres cannot be read: a check of the servers
+    goes on without it, and says so."""
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
+
+    from worker.db import get_engine  # noqa: PLC0415
+    from worker.placement import usage  # noqa: PLC0415
+
+    try:
+        with get_engine().connect() as conn:
+            slots = usage(conn, nodes)
+    except SQLAlchemyError as exc:
+        print(
+            f"note: the limits servers named in a 422 are unknown (Postgres: {type(exc).__name__});"
+            " free slots are counted by the nodes file",
+            file=sys.stderr,
+        )
+        return {}
+    return {u.node.name: u.overstated for u in slots if u.overstated is not None}
 
 
 def _nodes(args: argparse.Namespace) -> int:

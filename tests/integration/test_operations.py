@@ -222,7 +222,7 @@ def test_check_influxdb_reports_databases_used_against_the_limit(influx):
         influx.create_database(f"other_{i}")
     full = cli("check-influxdb")
     assert full.returncode == 1
-    assert re.search(r"^default\s+True\s+True\s+5\s+5\s+0\s", full.stdout, re.MULTILINE)
+    assert re.search(r"^default\s+True\s+True\s+5\s+5\s+-\s+0\s", full.stdout, re.MULTILINE)
     assert "FULL" in full.stderr
 
     influx.set_token("not-ours")
@@ -235,6 +235,40 @@ def test_check_influxdb_reports_databases_used_against_the_limit(influx):
     down = cli("--json", "check-influxdb")
     assert down.returncode == 1
     assert json.loads(down.stdout)["nodes"][0]["error"].startswith("unreachable")
+
+
+def test_check_influxdb_counts_free_slots_by_the_lower_limit_a_server_named(db, influx):
+    # Given a server whose last 422 named a limit of 3, below the nodes file's 5, holding 1
+    influx.create_database("telemetry_one")
+    db.execute(
+        "INSERT INTO influxdb_nodes (name, full_since, refused_limit) VALUES ('default', now(), 3)"
+    )
+
+    # When an operator checks the servers
+    named = cli("--json", "check-influxdb")
+
+    # Then its free slots are what the named limit leaves, and that limit is shown
+    (node,) = json.loads(named.stdout)["nodes"]
+    assert (node["database_limit"], node["refused_limit"], node["free_slots"]) == (5, 3, 2)
+    table = cli("check-influxdb").stdout
+    assert re.search(r"^default\s+True\s+True\s+1\s+5\s+3\s+2\s", table, re.MULTILINE), table
+
+    # When the server holds more than it named (its limit was raised since): the file's counts
+    for i in range(3):
+        influx.create_database(f"other_{i}")
+    (raised,) = json.loads(cli("--json", "check-influxdb").stdout)["nodes"]
+    assert (raised["databases_used"], raised["refused_limit"], raised["free_slots"]) == (4, None, 1)
+
+    # And without Postgres the servers are still checked, by the file's limit, and it says so
+    offline = cli(
+        "--json",
+        "check-influxdb",
+        env={"DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/x"},
+    )
+    assert offline.returncode == 0, offline.stderr
+    (unknown,) = json.loads(offline.stdout)["nodes"]
+    assert (unknown["refused_limit"], unknown["free_slots"]) == (None, 1)
+    assert "free slots are counted by the nodes file" in offline.stderr
 
 
 def test_cli_never_prints_a_password_from_a_node_url(db, influx, tmp_path):
