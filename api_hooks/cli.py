@@ -276,14 +276,17 @@ def _check_influxdb(args: argparse.Namespace) -> int:
             report["error"] = f"{exc.reason}: {exc}"
         else:
             limit = node.database_limit
-            if report["refused_limit"] is not None and len(databases) > report["refused_limit"]:
-                report["refused_limit"] = None  # it holds more than it named: raised since
+            if (named_limit := report["refused_limit"]) is not None:
+                if len(databases) > named_limit:  # it holds more than it named: raised since
+                    report["refused_limit"] = None
+                else:
+                    limit = named_limit
             report.update(
                 reachable=True,
                 token_accepted=True,
                 databases_used=len(databases),
                 tenant_databases=sum(d.startswith(prefix) for d in databases),
-                free_slots=max(0, min(limit, report["refused_limit"] or limit) - len(databases)),
+                free_slots=max(0, limit - len(databases)),
             )
         reports.append(report)
     all_answer = all(r["token_accepted"] for r in reports)
