@@ -205,6 +205,18 @@ def scratch_database() -> Iterator[str]:
     databases.drop(name)
 
 
+def restore_copy(source: str, target: str) -> str:
+    """A backup restored: ``pg_dump`` of ``source`` into ``target``; the SQLAlchemy URL of
+    ``target``."""
+    server = databases.ADMIN_DSN.rsplit("/", 1)[0]
+    dump = subprocess.run(
+        ["pg_dump", "--no-owner", f"{server}/{source}"], capture_output=True, check=True
+    )
+    restore = ["psql", "-q", "-v", "ON_ERROR_STOP=1", f"{server}/{target}"]
+    subprocess.run(restore, input=dump.stdout, capture_output=True, check=True)
+    return f"postgresql+psycopg://{server.split('://', 1)[1]}/{target}"
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[redis.Redis]:
     """Our own Redis DB, emptied before and after the run."""

@@ -9,7 +9,11 @@ events whose transaction id is below the reader's snapshot xmin, in ``(xid, id)`
 that horizon every transaction has ended, and every later one gets a larger xid: the events
 there are final, so resuming after the last one read misses none and repeats none (migration
 0011 explains why ids alone would not do). A page that comes back short moves the cursor up
-to the horizon, ``"<xmin>-0"``: filters never make a reader scan the same rows again.
+to the horizon, ``"<xmin>-0"``: filters never make a reader scan the same rows again. Both the
+xids and the horizon carry the log's shift, 0 until a restore (into another cluster, or to an
+earlier point of its history) would let new events take ids at or below those of the log or of
+a kept cursor: then new events still sort after them, and every kept cursor stays valid
+(migration 0021).
 """
 
 from __future__ import annotations
@@ -158,10 +162,9 @@ def parse_cursor(cursor: object) -> tuple[int, int]:
 
 
 def horizon(conn: Connection) -> int:
-    """The reader's snapshot xmin: every transaction below it has ended."""
-    return int(
-        conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")).scalar_one()
-    )
+    """The reader's snapshot xmin, plus the log's shift (0 unless the log was restored from
+    another cluster: migration 0021): every transaction below it has ended."""
+    return int(conn.execute(text("SELECT tenant_event_horizon()::text")).scalar_one())
 
 
 def check_not_ahead(cursor: tuple[int, int], below: int) -> None:

@@ -355,7 +355,8 @@ class TenantEvent(Base):
     actor: Mapped[str | None] = mapped_column(Text)
     route: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
-    xid: Mapped[str] = mapped_column(Xid8, server_default=func.pg_current_xact_id())
+    # The writer's transaction id plus the log's shift (0 unless restored: migration 0021)
+    xid: Mapped[str] = mapped_column(Xid8, server_default=func.tenant_event_xid())
 
 
 tenant_events = cast(Table, TenantEvent.__table__)

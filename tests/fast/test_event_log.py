@@ -16,12 +16,12 @@ import psycopg
 import pytest
 import requests
 from psycopg.rows import dict_row
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from api_hooks import adopt_database, create_tenant, delete_tenant, request_provisioning
 from api_hooks.errors import TenantBusy, TenantExists
-from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
-from tests.fast.conftest import Published, World, insert
+from tests.conftest import INFLUX_TOKEN, existing_database, restore_copy, tenant_row
+from tests.fast.conftest import T0, Published, World, insert
 from worker import events, store
 from worker.db import get_engine
 from worker.event_reads import BadCursor, events_after, horizon
@@ -29,6 +29,8 @@ from worker.reconcile import reconcile
 from worker.runs import Delivery
 from worker.settings import get_settings
 from worker.states import STATES
+from worker.webhook_config import Endpoint
+from worker.webhook_fanout import fan_out, sync_endpoints
 
 
 @pytest.fixture
@@ -500,6 +502,113 @@ def test_a_cursor_ahead_of_the_log_is_refused(db):
             events_after(conn, f"{ahead}-0")
         with pytest.raises(BadCursor):
             events_after(conn, "1-1", limit=0)
+
+
+# -- a restore into another cluster ------------------------------------------------------------
+
+OLD_CLUSTER_AHEAD = 10**12  # how far the old cluster's transaction ids were ahead of this one's
+
+
+def test_a_log_restored_into_another_cluster_keeps_its_order_and_every_cursor(db, scratch_database):
+    # Given events of a and b, read by a client and passed by a webhook endpoint's fan-out,
+    # then events of c and d, read by nobody yet
+    endpoint = Endpoint("ui", "http://127.0.0.1:9/hook", (b"k" * 32,))
+    with get_engine().connect() as conn:
+        for tenant in ("a", "b"):
+            conn.exec_driver_sql(append_sql(tenant))
+        conn.commit()
+        settle(conn)
+        kept = events_after(conn, None).next
+        sync_endpoints(conn, [endpoint], T0)
+        for tenant in ("c", "d"):
+            conn.exec_driver_sql(append_sql(tenant))
+        conn.commit()
+        settle(conn)
+
+        # When the database is dumped, and after the dump another client reads an event
+        # that the backup will not hold
+        url = restore_copy(db.info.dbname, scratch_database)
+        conn.exec_driver_sql(append_sql("lost"))
+        conn.commit()
+        settle(conn)
+        *_, lost = events_after(conn, kept).events
+        assert lost["subject"] == "lost"
+        past = events_after(conn, lost["id"]).next
+        conn.commit()
+
+    # ... and the dump is restored into another cluster, whose transaction ids are far behind
+    # the old one's (here: the copy's ids moved ahead by as much, and the clock's cluster is
+    # the old one: the same state)
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as copy:
+        for table, column in (("tenant_events", "xid"), ("webhook_endpoints", "cursor_xid")):
+            ahead = f"({column}::text::numeric + {OLD_CLUSTER_AHEAD})::text::xid8"
+            copy.execute(f"UPDATE {table} SET {column} = {ahead}")
+        copy.execute("UPDATE tenant_event_clock SET cluster = '7000000000000000001.00000001'")
+    kept, past = (moved_ahead(cursor) for cursor in (kept, past))
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            # Then the first client's cursor is valid, and gives what it had not read, before
+            # any write (once the transactions running elsewhere in the cluster have ended)
+            settle(conn)
+            restored = events_after(conn, kept)
+            assert [e["subject"] for e in restored.events] == ["c", "d"]
+            assert events_after(conn, past).events == []  # what it read is gone with the backup
+            conn.commit()
+
+            # When a tenant's event is written in the restored database
+            conn.exec_driver_sql(append_sql("e"))
+            conn.commit()
+            settle(conn)
+
+            # Then it comes after the restored ones, for both clients: nothing twice or missed
+            assert [e["subject"] for e in events_after(conn, restored.next).events] == ["e"]
+            assert [e["subject"] for e in events_after(conn, past).events] == ["e"]
+            everything = events_after(conn, None)
+            assert [e["subject"] for e in everything.events] == ["a", "b", "c", "d", "e"]
+            order = [cursor_of(e) for e in everything.events]
+            assert order == sorted(order)
+
+            # And the fan-out goes on from its restored cursor: c, d and e, none lost
+            assert fan_out(conn, endpoint, T0) == 3
+            sent = conn.exec_driver_sql("SELECT tenant_id FROM webhook_deliveries ORDER BY id")
+            assert [row[0] for row in sent] == ["c", "d", "e"]
+            clock = conn.exec_driver_sql("SELECT shift, cluster FROM tenant_event_clock").one()
+            assert clock.shift > 2**32
+            assert not clock.cluster.startswith("7000000000000000001.")
+    finally:
+        engine.dispose()
+
+    # And the log the copy was made from, in its own cluster, was never shifted
+    assert db.execute("SELECT shift FROM tenant_event_clock").fetchone() == (0,)
+
+
+def test_a_log_restored_in_its_own_cluster_keeps_its_ids(db, scratch_database):
+    # Given an event, and its log dumped and restored into another database of the cluster
+    db.execute(append_sql("a"))
+    url = restore_copy(db.info.dbname, scratch_database)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            # When an event is written there
+            conn.exec_driver_sql(append_sql("b"))
+            conn.commit()
+            settle(conn)
+            written, own = conn.exec_driver_sql(
+                "SELECT max(xid)::text, pg_current_xact_id()::text FROM tenant_events"
+            ).one()
+
+            # Then nothing is shifted: the same cluster, the same history
+            assert conn.exec_driver_sql("SELECT shift FROM tenant_event_clock").scalar() == 0
+            assert int(written) < int(own)
+            assert [e["subject"] for e in events_after(conn, None).events] == ["a", "b"]
+    finally:
+        engine.dispose()
+
+
+def moved_ahead(cursor: str) -> str:
+    xid, event_id = cursor_of({"id": cursor})
+    return f"{xid + OLD_CLUSTER_AHEAD}-{event_id}"
 
 
 # -- pruning ----------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ plane (its own credential, 400/401/404/410), and a deletion that outwaits the cl
 from __future__ import annotations
 
 import secrets
-import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -16,7 +15,7 @@ from sqlalchemy import create_engine, text
 
 from api_hooks.app import create_app
 from harness import databases
-from tests.conftest import LOCATIONS_TOKEN, OPERATOR_TOKEN, tenant_row
+from tests.conftest import LOCATIONS_TOKEN, OPERATOR_TOKEN, restore_copy, tenant_row
 from tests.fast.conftest import T0, World, insert
 from worker import locations
 from worker.db import get_engine
@@ -301,17 +300,6 @@ def test_where_the_server_will_not_tell_the_database_s_identity_the_stored_epoch
         db.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
         db.execute(f"REVOKE ALL ON tenant_locations, tenant_location_map FROM {role}")
         db.execute(f"DROP ROLE {role}")
-
-
-def restore_copy(source: str, target: str) -> str:
-    """``pg_dump`` of ``source`` restored into ``target``; the SQLAlchemy URL of ``target``."""
-    server = databases.ADMIN_DSN.rsplit("/", 1)[0]
-    dump = subprocess.run(
-        ["pg_dump", "--no-owner", f"{server}/{source}"], capture_output=True, check=True
-    )
-    restore = ["psql", "-q", "-v", "ON_ERROR_STOP=1", f"{server}/{target}"]
-    subprocess.run(restore, input=dump.stdout, capture_output=True, check=True)
-    return f"postgresql+psycopg://{server.split('://', 1)[1]}/{target}"
 
 
 def epochs(url: str) -> tuple[str, locations.Page]:

@@ -319,3 +319,52 @@ def test_the_unavailable_mark_comes_and_goes_with_its_migration(scratch_database
         assert "(placed, name)" in conn.execute(index).fetchone()[0]
         assert conn.execute("SELECT name FROM influxdb_nodes").fetchall() == [("alpha",)]
     alembic(scratch_database, "upgrade", "head")
+
+
+# -- 0021, the event log's shift ------------------------------------------------------------
+
+
+def test_the_event_log_shift_comes_with_its_migration_and_a_shifted_log_is_not_downgraded(
+    scratch_database,
+):
+    append = "SELECT tenant_events_append('acme', 'operator.retry', '{}'::jsonb)"
+    newest = (
+        "SELECT max(xid)::text::numeric, pg_current_xact_id()::text::numeric FROM tenant_events"
+    )
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        # At head an event's xid is its transaction's while nothing was restored ...
+        with conn.transaction():
+            conn.execute(append)
+            written, own = conn.execute(newest).fetchone()
+        assert written == own
+        assert conn.execute("SELECT shift FROM tenant_event_clock").fetchone() == (0,)
+
+    # ... and the migration goes back to the plain transaction id
+    alembic(scratch_database, "downgrade", "0020")
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('tenant_event_clock')").fetchone() == (None,)
+        assert conn.execute("SELECT to_regproc('tenant_event_xid')").fetchone() == (None,)
+        with conn.transaction():
+            conn.execute(append)
+            written, own = conn.execute(newest).fetchone()
+        assert written == own
+    alembic(scratch_database, "upgrade", "head")
+
+    # Given a log ahead of this cluster's transaction ids (restored from another cluster)
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        conn.execute("UPDATE tenant_events SET xid = (xid::text::numeric + 10^9)::text::xid8")
+        (restored,) = conn.execute("SELECT max(xid)::text::numeric FROM tenant_events").fetchone()
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as conn:
+        # When an event is written: it is shifted past the restored ones
+        with conn.transaction():
+            conn.execute(append)
+            written, own = conn.execute(newest).fetchone()
+        assert written > restored > own
+        (shift,) = conn.execute("SELECT shift FROM tenant_event_clock").fetchone()
+        assert written == own + shift
+
+    # Then a downgrade, which would sort new events before those, is refused
+    refused = alembic_unchecked(scratch_database, "downgrade", "0020")
+    assert refused.returncode != 0
+    assert "the event log's ids are shifted" in refused.stderr

@@ -1,0 +1,187 @@
+"""the event log's order survives restores: a shift added to its xids
+
+The global order of the log is ``(xid, id)``, the writing transaction's id (migration 0011), and
+a reader returns the events below its snapshot's xmin. Transaction ids are the cluster's and
+its history's, and a restore breaks them two ways:
+
+- A dump restored into another cluster (a move to a new server, an upgrade by dump and
+  restore) brings ids far ahead of the new cluster's counter. The restored events were not
+  served until the counter passed them, the new ones sorted before them, and every cursor kept
+  across the restore (the webhook fan-out's, a client's) was ahead of the log: the fan-out
+  failed at each dispatch and the events written meanwhile were never sent.
+- After a point-in-time recovery, or a failover to a replica that had not received the last
+  transactions, the cluster hands out again the ids of the history it lost. A reader that had
+  read events of that history holds a cursor among them: refused as ahead of the log at first,
+  it then passed over the new events that took those ids.
+
+Now an event's ``xid`` is the writing transaction's id plus the log's **shift**
+(``tenant_event_clock.shift``, 0 until a restore), and the horizon is the snapshot's xmin plus
+the same shift (``tenant_event_horizon()``): the argument of 0011 holds unchanged. Each
+session, at its first event or read of the horizon, compares the log with the cluster
+(``tenant_event_shift()``):
+
+- a log holding an xid at or above the snapshot's xmax (and past the session's own
+  transaction) plus the shift, which no transaction of this cluster can have written: the
+  shift becomes what puts every transaction that can still write (from the snapshot's xmin
+  on) past the log's newest event;
+- a cluster (system identifier) or WAL timeline other than the one the clock last saw
+  (``tenant_event_cluster()``, not known on a server in recovery or one that refuses the
+  functions): the shift grows by 2^32 more, so the ids the old history handed out after the
+  backup, held in readers' cursors, stay below every new event.
+
+New events then sort after every event and cursor of before, and nothing waits for the
+counter. A failover that lost nothing only makes the ids jump. The check is once per session
+(a restore or failover ends every session; the result is kept in the session's setting
+``tenant_provisioner.event_shift``), under a row lock, so two sessions finding it at once
+agree. The notification of 0012 carries the shifted xid. A log whose shift is not 0 is not
+downgraded below this migration: new events would sort before the shifted ones.
+
+Revision ID: 0021
+Revises: 0020
+Create Date: 2026-12-06
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0021"
+down_revision: str | None = "0020"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# The cluster and its history: system identifier and WAL timeline. NULL where not known: on a
+# server in recovery (it writes no event) or one that refuses the functions to our role.
+CLUSTER = """
+CREATE FUNCTION tenant_event_cluster() RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RETURN NULL;
+    END IF;
+    RETURN (pg_control_system()).system_identifier::text || '.'
+        || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8);
+EXCEPTION WHEN insufficient_privilege OR feature_not_supported THEN
+    RETURN NULL;
+END
+$$
+"""
+
+SHIFT = """
+CREATE FUNCTION tenant_event_shift() RETURNS numeric LANGUAGE plpgsql AS $$
+DECLARE
+    known text := current_setting('tenant_provisioner.event_shift', true);
+    here text;
+    clock record;
+    newest numeric;
+    snap pg_snapshot;
+    own numeric;
+    ahead boolean;
+    moved boolean;
+    new_shift numeric;
+BEGIN
+    IF known <> '' THEN
+        RETURN known::numeric;
+    END IF;
+    here := tenant_event_cluster();
+    FOR i IN 1..2 LOOP
+        IF i = 1 THEN
+            SELECT c.shift, c.cluster INTO clock FROM tenant_event_clock c;
+        ELSE  -- once more under the lock: another session may have moved it meanwhile
+            SELECT c.shift, c.cluster INTO clock FROM tenant_event_clock c FOR UPDATE;
+        END IF;
+        IF NOT FOUND THEN  -- a restore that has not loaded the clock yet: nothing kept
+            RETURN 0;
+        END IF;
+        newest := (SELECT max(xid)::text::numeric FROM tenant_events);
+        snap := pg_current_snapshot();
+        own := pg_current_xact_id_if_assigned()::text::numeric;
+        -- Every id of this cluster a snapshot can see is below its xmax, or is our own.
+        ahead := coalesce(
+            newest >= greatest(pg_snapshot_xmax(snap)::text::numeric, own + 1) + clock.shift,
+            false
+        );
+        moved := here IS NOT NULL AND here IS DISTINCT FROM clock.cluster;
+        EXIT WHEN NOT ahead AND NOT moved;
+        CONTINUE WHEN i = 1;
+        new_shift := clock.shift;
+        IF ahead THEN
+            -- Every transaction that can still write has an id at or above the snapshot's
+            -- xmin (or is ours): from there on, events sort after the log's newest.
+            new_shift := newest + 1 - least(pg_snapshot_xmin(snap)::text::numeric, own);
+        END IF;
+        IF moved AND clock.cluster IS NOT NULL THEN
+            -- Another cluster or another history: ids the old one handed out after the
+            -- backup (held in readers' cursors) stay below every new event.
+            new_shift := new_shift + 4294967296;
+        END IF;
+        IF new_shift <> clock.shift THEN
+            RAISE WARNING 'the event log was restored (%): the ids of new events are shifted '
+                'by % to follow it', CASE WHEN ahead THEN 'it is ahead of this cluster''s '
+                'transaction ids' ELSE 'another cluster or WAL timeline' END, new_shift;
+        END IF;
+        UPDATE tenant_event_clock SET shift = new_shift, cluster = here,
+            shifted_at = CASE WHEN new_shift <> clock.shift
+                THEN clock_timestamp() ELSE shifted_at END;
+        clock.shift := new_shift;
+    END LOOP;
+    -- Kept for the session; a transaction that rolls back takes it back too.
+    PERFORM set_config('tenant_provisioner.event_shift', clock.shift::text, false);
+    RETURN clock.shift;
+END
+$$
+"""
+
+XID = """
+CREATE FUNCTION tenant_event_xid() RETURNS xid8 LANGUAGE sql AS $$
+    SELECT (pg_current_xact_id()::text::numeric + tenant_event_shift())::text::xid8
+$$
+"""
+
+HORIZON = """
+CREATE FUNCTION tenant_event_horizon() RETURNS xid8 LANGUAGE sql AS $$
+    SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::numeric
+        + tenant_event_shift())::text::xid8
+$$
+"""
+
+
+def _notify(xid: str) -> str:
+    return (
+        "CREATE OR REPLACE FUNCTION tenant_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        f"BEGIN PERFORM pg_notify('tenant_events', {xid}::text); RETURN NULL; END $$"
+    )
+
+
+def upgrade() -> None:
+    op.create_table(
+        "tenant_event_clock",
+        sa.Column("only_row", sa.Boolean(), primary_key=True, server_default=sa.true()),
+        sa.Column("shift", sa.Numeric(20, 0), nullable=False, server_default="0"),
+        sa.Column("shifted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("cluster", sa.Text(), nullable=True),
+        sa.CheckConstraint("only_row", name="ck_tenant_event_clock_one_row"),
+    )
+    op.execute(CLUSTER)
+    op.execute("INSERT INTO tenant_event_clock (cluster) VALUES (tenant_event_cluster())")
+    op.execute(SHIFT)
+    op.execute(XID)
+    op.execute(HORIZON)
+    op.execute("ALTER TABLE tenant_events ALTER COLUMN xid SET DEFAULT tenant_event_xid()")
+    op.execute(_notify("tenant_event_xid()"))
+
+
+def downgrade() -> None:
+    # Without the shift, new events would sort before the shifted ones: cursors would skip them.
+    op.execute(
+        "DO $$ BEGIN IF (SELECT shift FROM tenant_event_clock) <> 0 THEN RAISE EXCEPTION "
+        "'the event log''s ids are shifted (it was restored): below 0021 new "
+        "events would sort before them; not downgrading'; END IF; END $$"
+    )
+    op.execute(_notify("pg_current_xact_id()"))
+    op.execute("ALTER TABLE tenant_events ALTER COLUMN xid SET DEFAULT pg_current_xact_id()")
+    op.execute("DROP FUNCTION tenant_event_horizon()")
+    op.execute("DROP FUNCTION tenant_event_xid()")
+    op.execute("DROP FUNCTION tenant_event_shift()")
+    op.execute("DROP FUNCTION tenant_event_cluster()")
+    op.drop_table("tenant_event_clock")
