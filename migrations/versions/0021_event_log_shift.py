@@ -16,25 +16,36 @@ its history's, and a restore breaks them two ways:
 
 Now an event's ``xid`` is the writing transaction's id plus the log's **shift**
 (``tenant_event_clock.shift``, 0 until a restore), and the horizon is the snapshot's xmin plus
-the same shift (``tenant_event_horizon()``): the argument of 0011 holds unchanged. Each
-session, at its first event or read of the horizon, compares the log with the cluster
-(``tenant_event_shift()``):
+the same shift (``tenant_event_horizon()``): the argument of 0011 holds unchanged. A session,
+at its first event or read of the horizon, compares the log with the cluster
+(``tenant_event_check()``):
 
-- a log holding an xid at or above the snapshot's xmax (and past the session's own
-  transaction) plus the shift, which no transaction of this cluster can have written: the
-  shift becomes what puts every transaction that can still write (from the snapshot's xmin
-  on) past the log's newest event;
+- a log holding an id (an event's, or a webhook endpoint's cursor) at or above the snapshot's
+  xmax (and past the session's own transaction) plus the shift, which no transaction of this
+  cluster can have written;
 - a cluster (system identifier) or WAL timeline other than the one the clock last saw
-  (``tenant_event_cluster()``, not known on a server in recovery or one that refuses the
-  functions): the shift grows by 2^32 more, so the ids the old history handed out after the
-  backup, held in readers' cursors, stay below every new event.
+  (``tenant_event_cluster()``).
 
-New events then sort after every event and cursor of before, and nothing waits for the
-counter. A failover that lost nothing only makes the ids jump. The check is once per session
-(a restore or failover ends every session; the result is kept in the session's setting
-``tenant_provisioner.event_shift``), under a row lock, so two sessions finding it at once
-agree. The notification of 0012 carries the shifted xid. A log whose shift is not 0 is not
-downgraded below this migration: new events would sort before the shifted ones.
+Either way the shift grows by 2^40 (for a log ahead, from the shift that puts every
+transaction that can still write, from the snapshot's xmin on, just past the log's newest id):
+the ids the old history handed out after the backup, held in readers' cursors, stay below
+every new event (2^40 is years of ids at 10,000 a second), nothing waits for the counter, and
+a Postgres WARNING says so. A failover that lost
+nothing, or an upgrade by ``pg_upgrade``, only makes the ids jump.
+
+The check runs as the role that migrated (SECURITY DEFINER), so every writer - the UI's own
+role too - runs it with no right on the clock, and is told the cluster's identity even where
+the server refuses its functions to that writer. Its result is kept for the session (the
+setting ``tenant_provisioner.event_shift``; a rollback takes it back), except on a server in
+recovery, whose sessions may live on after a promotion: they check at every call. Two sessions
+finding it at once agree (a row lock). A reader's check is not stored when its transaction
+rolls back: the next session checks again, to the same shift, until a writer commits it.
+
+Not seen, as for the location map's epoch: a restore that starts no new timeline and leaves
+the log behind the counter (a copy of the data directory started without recovery), and
+events written during a restore by sessions that outlive it. The notification of 0012 carries
+the shifted xid. A log whose shift is not 0 is not downgraded below this migration: new events
+would sort before the shifted ones.
 
 Revision ID: 0021
 Revises: 0020
@@ -52,7 +63,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # The cluster and its history: system identifier and WAL timeline. NULL where not known: on a
-# server in recovery (it writes no event) or one that refuses the functions to our role.
+# server in recovery, or one that refuses the functions to the role that migrated.
 CLUSTER = """
 CREATE FUNCTION tenant_event_cluster() RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
@@ -67,10 +78,13 @@ END
 $$
 """
 
-SHIFT = """
-CREATE FUNCTION tenant_event_shift() RETURNS numeric LANGUAGE plpgsql AS $$
+# The check, once per session. It runs as the role that migrated (SECURITY DEFINER): every
+# writer of events - the UI's own role too - can run it, needing no right on the clock, and is
+# told the cluster's identity even where the server refuses its functions to that writer.
+CHECK = """
+CREATE FUNCTION tenant_event_check() RETURNS numeric LANGUAGE plpgsql
+SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
-    known text := current_setting('tenant_provisioner.event_shift', true);
     here text;
     clock record;
     newest numeric;
@@ -80,9 +94,6 @@ DECLARE
     moved boolean;
     new_shift numeric;
 BEGIN
-    IF known <> '' THEN
-        RETURN known::numeric;
-    END IF;
     here := tenant_event_cluster();
     FOR i IN 1..2 LOOP
         IF i = 1 THEN
@@ -93,7 +104,11 @@ BEGIN
         IF NOT FOUND THEN  -- a restore that has not loaded the clock yet: nothing kept
             RETURN 0;
         END IF;
-        newest := (SELECT max(xid)::text::numeric FROM tenant_events);
+        -- The newest id the log has handed out: an event's, or a kept cursor's.
+        newest := greatest(
+            (SELECT max(xid)::text::numeric FROM tenant_events),
+            (SELECT max(cursor_xid)::text::numeric FROM webhook_endpoints)
+        );
         snap := pg_current_snapshot();
         own := pg_current_xact_id_if_assigned()::text::numeric;
         -- Every id of this cluster a snapshot can see is below its xmax, or is our own.
@@ -107,27 +122,42 @@ BEGIN
         new_shift := clock.shift;
         IF ahead THEN
             -- Every transaction that can still write has an id at or above the snapshot's
-            -- xmin (or is ours): from there on, events sort after the log's newest.
+            -- xmin (or is ours): from there on, events sort after the log's newest id.
             new_shift := newest + 1 - least(pg_snapshot_xmin(snap)::text::numeric, own);
         END IF;
-        IF moved AND clock.cluster IS NOT NULL THEN
-            -- Another cluster or another history: ids the old one handed out after the
-            -- backup (held in readers' cursors) stay below every new event.
-            new_shift := new_shift + 4294967296;
+        IF ahead OR clock.cluster IS NOT NULL THEN
+            -- Another cluster or another history: the ids the old one handed out after the
+            -- backup, held in readers' cursors, stay below every new event.
+            new_shift := new_shift + 1099511627776;  -- 2^40: the ids of years, at 10,000/s
+            RAISE WARNING 'the event log''s ids are shifted by % (%): restored, failed over or '
+                'upgraded; new events sort after every event and cursor of before', new_shift,
+                concat_ws(' and ', CASE WHEN ahead THEN 'the log is ahead of this cluster' END,
+                    CASE WHEN moved THEN 'another cluster or WAL timeline' END);
         END IF;
-        IF new_shift <> clock.shift THEN
-            RAISE WARNING 'the event log was restored (%): the ids of new events are shifted '
-                'by % to follow it', CASE WHEN ahead THEN 'it is ahead of this cluster''s '
-                'transaction ids' ELSE 'another cluster or WAL timeline' END, new_shift;
-        END IF;
-        UPDATE tenant_event_clock SET shift = new_shift, cluster = here,
+        UPDATE tenant_event_clock SET shift = new_shift, cluster = coalesce(here, cluster),
             shifted_at = CASE WHEN new_shift <> clock.shift
                 THEN clock_timestamp() ELSE shifted_at END;
         clock.shift := new_shift;
     END LOOP;
-    -- Kept for the session; a transaction that rolls back takes it back too.
-    PERFORM set_config('tenant_provisioner.event_shift', clock.shift::text, false);
+    -- Kept for the session, where it knows the cluster: a session that cannot tell (on a
+    -- server in recovery, promoted later) asks at every call. A rollback takes it back too.
+    IF here IS NOT NULL THEN
+        PERFORM set_config('tenant_provisioner.event_shift', clock.shift::text, false);
+    END IF;
     RETURN clock.shift;
+END
+$$
+"""
+
+SHIFT = """
+CREATE FUNCTION tenant_event_shift() RETURNS numeric LANGUAGE plpgsql AS $$
+DECLARE
+    known text := current_setting('tenant_provisioner.event_shift', true);
+BEGIN
+    IF known <> '' THEN
+        RETURN known::numeric;
+    END IF;
+    RETURN tenant_event_check();
 END
 $$
 """
@@ -164,6 +194,7 @@ def upgrade() -> None:
     )
     op.execute(CLUSTER)
     op.execute("INSERT INTO tenant_event_clock (cluster) VALUES (tenant_event_cluster())")
+    op.execute(CHECK)
     op.execute(SHIFT)
     op.execute(XID)
     op.execute(HORIZON)
@@ -183,5 +214,6 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION tenant_event_horizon()")
     op.execute("DROP FUNCTION tenant_event_xid()")
     op.execute("DROP FUNCTION tenant_event_shift()")
+    op.execute("DROP FUNCTION tenant_event_check()")
     op.execute("DROP FUNCTION tenant_event_cluster()")
     op.drop_table("tenant_event_clock")

@@ -6,6 +6,7 @@ when transactions commit out of id order, and pruning that keeps each tenant's l
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -513,6 +514,7 @@ def test_a_log_restored_into_another_cluster_keeps_its_order_and_every_cursor(db
     # Given events of a and b, read by a client and passed by a webhook endpoint's fan-out,
     # then events of c and d, read by nobody yet
     endpoint = Endpoint("ui", "http://127.0.0.1:9/hook", (b"k" * 32,))
+    late = Endpoint("late", "http://127.0.0.1:9/late", (b"k" * 32,))
     with get_engine().connect() as conn:
         for tenant in ("a", "b"):
             conn.exec_driver_sql(append_sql(tenant))
@@ -524,6 +526,8 @@ def test_a_log_restored_into_another_cluster_keeps_its_order_and_every_cursor(db
             conn.exec_driver_sql(append_sql(tenant))
         conn.commit()
         settle(conn)
+        # (an endpoint added now: its cursor, the horizon, is past the log's newest event)
+        sync_endpoints(conn, [endpoint, late], T0)
 
         # When the database is dumped, and after the dump another client reads an event
         # that the backup will not hold
@@ -569,18 +573,62 @@ def test_a_log_restored_into_another_cluster_keeps_its_order_and_every_cursor(db
             order = [cursor_of(e) for e in everything.events]
             assert order == sorted(order)
 
-            # And the fan-out goes on from its restored cursor: c, d and e, none lost
-            assert fan_out(conn, endpoint, T0) == 3
-            sent = conn.exec_driver_sql("SELECT tenant_id FROM webhook_deliveries ORDER BY id")
-            assert [row[0] for row in sent] == ["c", "d", "e"]
+            # And the fan-out goes on from its restored cursors: c, d and e, none lost
+            assert (fan_out(conn, endpoint, T0), fan_out(conn, late, T0)) == (3, 1)
+            sent = conn.exec_driver_sql(
+                "SELECT endpoint, tenant_id FROM webhook_deliveries ORDER BY endpoint, id"
+            )
+            assert [tuple(row) for row in sent] == [
+                ("late", "e"),
+                ("ui", "c"),
+                ("ui", "d"),
+                ("ui", "e"),
+            ]
             clock = conn.exec_driver_sql("SELECT shift, cluster FROM tenant_event_clock").one()
-            assert clock.shift > 2**32
+            assert clock.shift > 2**40
             assert not clock.cluster.startswith("7000000000000000001.")
     finally:
         engine.dispose()
 
     # And the log the copy was made from, in its own cluster, was never shifted
     assert db.execute("SELECT shift FROM tenant_event_clock").fetchone() == (0,)
+
+
+def test_a_role_refused_the_cluster_s_identity_follows_a_failover_too(db, scratch_database):
+    # Given a log whose clock last saw another WAL timeline (as after a failover, or a
+    # point-in-time recovery), where a role that writes events - the UI's own, say - is
+    # refused what identifies the cluster, and has no right on the clock
+    db.execute(append_sql("a"))
+    restore_copy(db.info.dbname, scratch_database)
+    role = f"tp_plain_{secrets.token_hex(4)}"
+    newest = "SELECT max(xid)::text::numeric FROM tenant_events"
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as copy:
+        (before,) = copy.execute(newest).fetchone()
+        copy.execute("UPDATE tenant_event_clock SET cluster = cluster || '-before'")
+        copy.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+        copy.execute(f"CREATE ROLE {role} LOGIN")
+        copy.execute(f"GRANT SELECT, INSERT, UPDATE ON tenants, tenant_events TO {role}")
+    try:
+        with psycopg.connect(f"postgresql://{role}@127.0.0.1:5432/{scratch_database}") as plain:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                plain.execute("SELECT pg_control_system()")
+            plain.rollback()
+
+            # When that role writes the first event since
+            plain.execute(append_sql("b"))
+            (own,) = plain.execute("SELECT pg_current_xact_id()::text::numeric").fetchone()
+            (written,) = plain.execute(newest).fetchone()
+            plain.commit()
+
+        # Then it is shifted past the old history, as any other writer's would be
+        with psycopg.connect(dsn_of(scratch_database), autocommit=True) as copy:
+            (shift,) = copy.execute("SELECT shift FROM tenant_event_clock").fetchone()
+        assert shift >= 2**40
+        assert written == own + shift > before + 2**40
+    finally:
+        with psycopg.connect(dsn_of(scratch_database), autocommit=True) as copy:
+            copy.execute(f"DROP OWNED BY {role}")
+        db.execute(f"DROP ROLE {role}")
 
 
 def test_a_log_restored_in_its_own_cluster_keeps_its_ids(db, scratch_database):
