@@ -26,24 +26,27 @@ at its first event or read of the horizon, compares the log with the cluster
 - a cluster (system identifier) or WAL timeline other than the one the clock last saw
   (``tenant_event_cluster()``).
 
-Either way the shift grows by 2^40 (for a log ahead, from the shift that puts every
-transaction that can still write, from the snapshot's xmin on, just past the log's newest id):
-the ids the old history handed out after the backup, held in readers' cursors, stay below
-every new event (2^40 is years of ids at 10,000 a second), nothing waits for the counter, and
-a Postgres WARNING says so. A failover that lost
+Either way the shift grows by 2^40 (for a log ahead, to the log's newest id + 1 + 2^40: the
+same for every session that checks the same log, whatever its snapshot): the ids the old
+history handed out after the backup, held in readers' cursors, stay below every new event
+(2^40 is years of ids at 10,000 a second), nothing waits for the counter, and a Postgres
+WARNING says so. A shift that would pass 2^62 is refused with an error, not written. A failover that lost
 nothing, or an upgrade by ``pg_upgrade``, only makes the ids jump.
 
-The check runs as the role that migrated (SECURITY DEFINER), so every writer - the UI's own
-role too - runs it with no right on the clock, and is told the cluster's identity even where
-the server refuses its functions to that writer. Its result is kept for the session (the
+The check runs as the role that migrated (SECURITY DEFINER, with a search path of our schema
+and the caller's temporary schema last), so every writer - the UI's own role too - runs it with
+no right on the clock, and is told the cluster's identity even where the server refuses its
+functions to that writer. Its result is kept for the session (the
 setting ``tenant_provisioner.event_shift``; a rollback takes it back), except on a server in
 recovery, whose sessions may live on after a promotion: they check at every call. Two sessions
 finding it at once agree (a row lock). A reader's check is not stored when its transaction
 rolls back: the next session checks again, to the same shift, until a writer commits it.
 
 Not seen, as for the location map's epoch: a restore that starts no new timeline and leaves
-the log behind the counter (a copy of the data directory started without recovery), and
-events written during a restore by sessions that outlive it. The notification of 0012 carries
+the log behind the counter (a copy of the data directory started without recovery), events
+written during a restore by sessions that outlive it, and, where the server refuses
+``pg_control_system()`` to the role that migrated, a new cluster or timeline (only a log ahead
+is seen there). The notification of 0012 carries
 the shifted xid. A log whose shift is not 0 is not downgraded below this migration: new events
 would sort before the shifted ones.
 
@@ -80,10 +83,11 @@ $$
 
 # The check, once per session. It runs as the role that migrated (SECURITY DEFINER): every
 # writer of events - the UI's own role too - can run it, needing no right on the clock, and is
-# told the cluster's identity even where the server refuses its functions to that writer.
+# told the cluster's identity even where the server refuses its functions to that writer. Its
+# search path (set below) names our schema and the caller's temporary one last: a caller's
+# temporary table or function never stands in for ours.
 CHECK = """
-CREATE FUNCTION tenant_event_check() RETURNS numeric LANGUAGE plpgsql
-SECURITY DEFINER SET search_path FROM CURRENT AS $$
+CREATE FUNCTION tenant_event_check() RETURNS numeric LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     here text;
     clock record;
@@ -121,16 +125,20 @@ BEGIN
         CONTINUE WHEN i = 1;
         new_shift := clock.shift;
         IF ahead THEN
-            -- Every transaction that can still write has an id at or above the snapshot's
-            -- xmin (or is ours): from there on, events sort after the log's newest id.
-            new_shift := newest + 1 - least(pg_snapshot_xmin(snap)::text::numeric, own);
+            -- Past the log's newest id whatever this cluster's ids (every id is at least 0):
+            -- the same shift for every session that checks the same log.
+            new_shift := newest + 1;
         END IF;
         IF ahead OR clock.cluster IS NOT NULL THEN
             -- Another cluster or another history: the ids the old one handed out after the
             -- backup, held in readers' cursors, stay below every new event.
             new_shift := new_shift + 1099511627776;  -- 2^40: the ids of years, at 10,000/s
-            RAISE WARNING 'the event log''s ids are shifted by % (%): restored, failed over or '
-                'upgraded; new events sort after every event and cursor of before', new_shift,
+            IF new_shift >= 4611686018427387904 THEN  -- 2^62: no restore we know of
+                RAISE EXCEPTION 'the event log''s ids would be shifted to %: not shifting', new_shift;
+            END IF;
+            RAISE WARNING 'the event log''s ids are shifted by % more, to % (%): restored, '
+                'failed over or upgraded; new events sort after every event and cursor of '
+                'before', new_shift - clock.shift, new_shift,
                 concat_ws(' and ', CASE WHEN ahead THEN 'the log is ahead of this cluster' END,
                     CASE WHEN moved THEN 'another cluster or WAL timeline' END);
         END IF;
@@ -139,9 +147,9 @@ BEGIN
                 THEN clock_timestamp() ELSE shifted_at END;
         clock.shift := new_shift;
     END LOOP;
-    -- Kept for the session, where it knows the cluster: a session that cannot tell (on a
-    -- server in recovery, promoted later) asks at every call. A rollback takes it back too.
-    IF here IS NOT NULL THEN
+    -- Kept for the session, but on a server in recovery: its sessions may outlive a promotion,
+    -- so they ask at every call. A rollback takes it back too.
+    IF here IS NOT NULL OR NOT pg_is_in_recovery() THEN
         PERFORM set_config('tenant_provisioner.event_shift', clock.shift::text, false);
     END IF;
     RETURN clock.shift;
@@ -195,6 +203,10 @@ def upgrade() -> None:
     op.execute(CLUSTER)
     op.execute("INSERT INTO tenant_event_clock (cluster) VALUES (tenant_event_cluster())")
     op.execute(CHECK)
+    op.execute(
+        "DO $$ BEGIN EXECUTE format('ALTER FUNCTION tenant_event_check() "
+        "SET search_path = pg_catalog, %I, pg_temp', current_schema()); END $$"
+    )
     op.execute(SHIFT)
     op.execute(XID)
     op.execute(HORIZON)

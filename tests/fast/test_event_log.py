@@ -631,6 +631,28 @@ def test_a_role_refused_the_cluster_s_identity_follows_a_failover_too(db, scratc
         db.execute(f"DROP ROLE {role}")
 
 
+def test_a_callers_temporary_table_never_stands_in_for_the_log(db, database):
+    # Given a role with no right on anything, and its temporary table named as the log,
+    # holding an id far ahead of the cluster
+    role = f"tp_plain_{secrets.token_hex(4)}"
+    db.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        with psycopg.connect(f"postgresql://{role}@127.0.0.1:5432/{database}") as evil:
+            evil.execute("CREATE TEMP TABLE tenant_events (xid xid8)")
+            evil.execute("INSERT INTO tenant_events VALUES ('100000000000')")
+
+            # When it runs the check, which runs as the role that migrated
+            assert evil.execute("SELECT tenant_event_check()").fetchone() == (0,)
+            # (dropped here: a backend that ends drops its temporary tables while DROP ROLE looks)
+            evil.execute("DROP TABLE pg_temp.tenant_events")
+            evil.commit()
+    finally:
+        db.execute(f"DROP ROLE {role}")
+
+    # Then the check read the log, not the caller's table: nothing is shifted
+    assert db.execute("SELECT shift FROM tenant_event_clock").fetchone() == (0,)
+
+
 def test_a_log_restored_in_its_own_cluster_keeps_its_ids(db, scratch_database):
     # Given an event, and its log dumped and restored into another database of the cluster
     db.execute(append_sql("a"))
