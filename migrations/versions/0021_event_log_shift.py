@@ -40,7 +40,9 @@ functions to that writer. Its result is kept for the session (the
 setting ``tenant_provisioner.event_shift``; a rollback takes it back), except on a server in
 recovery, whose sessions may live on after a promotion: they check at every call. Two sessions
 finding it at once agree (a row lock). A reader's check is not stored when its transaction
-rolls back: the next session checks again, to the same shift, until a writer commits it.
+rolls back: the next session checks again, to the same shift, until a writer commits it (the
+hourly prune commits it before deleting anything: the shift of a log ahead rests on its newest
+id).
 
 Not seen, as for the location map's epoch: a restore that starts no new timeline and leaves
 the log behind the counter (a copy of the data directory started without recovery), events

@@ -594,6 +594,41 @@ def test_a_log_restored_into_another_cluster_keeps_its_order_and_every_cursor(db
     assert db.execute("SELECT shift FROM tenant_event_clock").fetchone() == (0,)
 
 
+def test_a_restored_log_is_shifted_before_pruning_takes_its_newest_event(db, scratch_database):
+    # Given a log restored from another cluster whose newest event is an old sign-in, far past
+    # the tenant's (the old cluster was busy meanwhile)
+    db.execute(append_sql("a"))
+    db.execute("SELECT tenant_events_append(NULL, 'operator.sign_in', '{}'::jsonb)")
+    url = restore_copy(db.info.dbname, scratch_database)
+    with psycopg.connect(dsn_of(scratch_database), autocommit=True) as copy:
+        ahead = f"(xid::text::numeric + {OLD_CLUSTER_AHEAD})"
+        copy.execute(f"UPDATE tenant_events SET xid = {ahead}::text::xid8")
+        copy.execute(
+            f"UPDATE tenant_events SET xid = ({ahead} + 10^6)::text::xid8 WHERE seq IS NULL"
+        )
+        copy.execute("UPDATE tenant_events SET time = time - interval '400 days'")
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            # When a reader is given a cursor (its check is not stored: it rolls back), and the
+            # hourly prune then deletes the sign-in
+            given = events_after(conn, None).next
+            conn.rollback()
+            events.prune(conn, T0, batch_size=100, stop=lambda: False)
+            assert [e["type"] for e in events_after(conn, None).events] == [
+                "io.tenant-provisioner.operator.retry"
+            ]
+            conn.commit()
+
+            # Then a new event still comes after the reader's cursor
+            conn.exec_driver_sql(append_sql("b"))
+            conn.commit()
+            settle(conn)
+            assert [e["subject"] for e in events_after(conn, given).events] == ["b"]
+    finally:
+        engine.dispose()
+
+
 def test_a_role_refused_the_cluster_s_identity_follows_a_failover_too(db, scratch_database):
     # Given a log whose clock last saw another WAL timeline (as after a failover, or a
     # point-in-time recovery), where a role that writes events - the UI's own, say - is
