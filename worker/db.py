@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.pool import PoolResetState
@@ -15,6 +17,7 @@ from sqlalchemy.pool import PoolResetState
 from worker.models import deployment_secrets
 from worker.settings import get_settings
 
+logger = logging.getLogger(__name__)
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _pool_size = 5  # connections kept per process; a prefork child runs one task at a time
@@ -52,8 +55,24 @@ def get_engine() -> Engine:
             },
         )
         event.listen(_engine, "reset", _drop_advisory_locks)
+        watch_server_warnings(_engine)
         _engine_pid = os.getpid()
     return _engine
+
+
+def watch_server_warnings(engine: Engine) -> None:
+    """Postgres' warnings to our sessions go to our log as well as the server's: the event
+    log's shift after a restore (migration 0021) is one."""
+
+    def on_connect(dbapi_connection: psycopg.Connection[Any], _record: Any) -> None:
+        dbapi_connection.add_notice_handler(_log_warning)
+
+    event.listen(engine, "connect", on_connect)
+
+
+def _log_warning(diagnostic: psycopg.errors.Diagnostic) -> None:
+    if diagnostic.severity_nonlocalized == "WARNING":  # not the NOTICEs of DDL ("skipping")
+        logger.warning("Postgres: %s", diagnostic.message_primary)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from api_hooks.errors import TenantBusy, TenantExists
 from tests.conftest import INFLUX_TOKEN, existing_database, restore_copy, tenant_row
 from tests.fast.conftest import T0, Published, World, insert
 from worker import events, store
-from worker.db import get_engine
+from worker.db import get_engine, watch_server_warnings
 from worker.event_reads import BadCursor, events_after, horizon
 from worker.reconcile import reconcile
 from worker.runs import Delivery
@@ -510,7 +510,9 @@ def test_a_cursor_ahead_of_the_log_is_refused(db):
 OLD_CLUSTER_AHEAD = 10**12  # how far the old cluster's transaction ids were ahead of this one's
 
 
-def test_a_log_restored_into_another_cluster_keeps_its_order_and_every_cursor(db, scratch_database):
+def test_a_log_restored_into_another_cluster_keeps_its_order_and_every_cursor(
+    db, scratch_database, caplog
+):
     # Given events of a and b, read by a client and passed by a webhook endpoint's fan-out,
     # then events of c and d, read by nobody yet
     endpoint = Endpoint("ui", "http://127.0.0.1:9/hook", (b"k" * 32,))
@@ -550,6 +552,7 @@ def test_a_log_restored_into_another_cluster_keeps_its_order_and_every_cursor(db
         copy.execute("UPDATE tenant_event_clock SET cluster = '7000000000000000001.00000001'")
     kept, past = (moved_ahead(cursor) for cursor in (kept, past))
     engine = create_engine(url)
+    watch_server_warnings(engine)
     try:
         with engine.connect() as conn:
             # Then the first client's cursor is valid, and gives what it had not read, before
@@ -587,6 +590,8 @@ def test_a_log_restored_into_another_cluster_keeps_its_order_and_every_cursor(db
             clock = conn.exec_driver_sql("SELECT shift, cluster FROM tenant_event_clock").one()
             assert clock.shift > 2**40
             assert not clock.cluster.startswith("7000000000000000001.")
+            # (operators are told, in our log as in Postgres')
+            assert "Postgres: the event log's ids are shifted by" in caplog.text
     finally:
         engine.dispose()
 
