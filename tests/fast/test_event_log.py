@@ -611,7 +611,7 @@ def test_a_restored_log_is_shifted_before_pruning_takes_its_newest_event(db, scr
         copy.execute(
             f"UPDATE tenant_events SET xid = ({ahead} + 10^6)::text::xid8 WHERE seq IS NULL"
         )
-        copy.execute("UPDATE tenant_events SET time = time - interval '400 days'")
+        copy.execute("UPDATE tenant_events SET time = %s", (T0 - timedelta(days=400),))
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
