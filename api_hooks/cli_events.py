@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from api_hooks.printable import printable
+from api_hooks.printable import print_json, printable
 from worker.event_reads import TYPE_PREFIX
 
 Fail = Callable[[str, int], int]
@@ -47,7 +46,7 @@ def events(args: argparse.Namespace, fail: Fail) -> int:
     except TenantNotFound as exc:
         return fail(str(exc), EXIT_NOT_FOUND)
     if args.json:
-        _print_json(page["events"])
+        print_json(page["events"])
     else:
         _print_events(page["events"], show_tenant=False)
         if page["more"]:
@@ -65,14 +64,10 @@ def audit(args: argparse.Namespace, fail: Fail) -> int:
     except InvalidCursor as exc:
         return fail(str(exc), EXIT_USAGE)
     if args.json:
-        _print_json(page["events"])
+        print_json(page["events"])
     else:
         _print_events(page["events"], show_tenant=True)
     return EXIT_OK
-
-
-def _print_json(value: object) -> None:
-    _say(json.dumps(value, indent=2, default=str))  # JSON escapes what a terminal would act on
 
 
 def _print_events(events: list[dict[str, Any]], *, show_tenant: bool) -> None:
