@@ -280,12 +280,27 @@ def _check(page: Any, since: int) -> None:
         _typed(node.get("name"), str, "a node's name")
         _typed(node.get("url"), str, "a node's url")
     for item in _typed(page.get("locations"), list, "locations"):
+        # What json.loads makes is of these exact types: one test per field on a whole load
+        # of a million; the field at fault is named below.
+        if (
+            type(item) is dict
+            and type(item.get("tenant_id")) is str
+            and type(item.get("deleted")) is bool
+            and type(item.get("ready")) is bool
+            and type(item.get("state")) in _TEXT_OR_NULL
+            and type(item.get("node")) in _TEXT_OR_NULL
+            and type(item.get("incarnation")) in _TEXT_OR_NULL
+        ):
+            continue
         _typed(item, dict, "a location")
         _typed(item.get("tenant_id"), str, "tenant_id")
         _typed(item.get("deleted"), bool, "deleted")
         _typed(item.get("ready"), bool, "ready")
         for key in ("state", "node", "incarnation"):
             _typed(item.get(key), (str, type(None)), key)
+
+
+_TEXT_OR_NULL: Final = frozenset((str, type(None)))
 
 
 def _typed(value: Any, kind: type | tuple[type, ...], what: str) -> Any:

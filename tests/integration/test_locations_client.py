@@ -330,6 +330,42 @@ def test_garbage_from_the_service_changes_nothing_and_says_what(scripted, status
     assert LOCATIONS_TOKEN not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tenant_id", 7),
+        ("deleted", "no"),
+        ("ready", 1),
+        ("state", ["provisioned"]),
+        ("node", {"name": "n1"}),
+        ("incarnation", 1.5),
+    ],
+)
+def test_a_location_with_a_field_of_another_type_changes_nothing_and_names_it(
+    scripted, field, value
+):
+    # Given a page whose second location has one field of the wrong type
+    second = {**GOOD_PAGE["locations"][0], "tenant_id": "b", field: value}  # type: ignore[dict-item]
+    body = {**GOOD_PAGE, "locations": [*GOOD_PAGE["locations"], second]}  # type: ignore[list-item]
+    scripted.answer(200, json.dumps(body))
+    client = LocationClient(scripted.url, LOCATIONS_TOKEN)
+
+    # When the client loads it, then nothing of the page is taken, and the field is named
+    with pytest.raises(LocationServiceError, match=f"garbage: {field} is missing or not of"):
+        client.refresh()
+    assert client.version == 0
+    assert client.resolve("a") is UNKNOWN
+
+
+def test_a_location_that_is_not_an_object_is_named(scripted):
+    body = {**GOOD_PAGE, "locations": [*GOOD_PAGE["locations"], ["b"]]}  # type: ignore[list-item]
+    scripted.answer(200, json.dumps(body))
+    client = LocationClient(scripted.url, LOCATIONS_TOKEN)
+    with pytest.raises(LocationServiceError, match="garbage: a location is missing or not of"):
+        client.refresh()
+    assert client.resolve("a") is UNKNOWN
+
+
 def test_a_url_that_is_not_http_is_refused():
     with pytest.raises(ValueError, match="http"):
         LocationClient("file:///etc/passwd", LOCATIONS_TOKEN)
