@@ -57,7 +57,14 @@ from api_hooks.schemas import (
 )
 from api_hooks.shapes import CreatedTenant, DeletedTenant, TenantStatsBody
 from api_hooks.status import tenant_stats
-from api_hooks.stream import TooManyStreams, event_stream, events_page, reserve, selection
+from api_hooks.stream import (
+    TooManyStreams,
+    check_limit,
+    event_stream,
+    events_page,
+    reserve,
+    selection,
+)
 from api_hooks.tenants import (
     adopt_database,
     create_tenant,
@@ -353,6 +360,7 @@ def _events_route(router: APIRouter) -> None:
                 page = await to_thread.run_sync(events_page, chosen, limit)
                 body = EventsPage.model_validate(page).model_dump(mode="json", exclude_none=True)
                 return JSONResponse(body)
+            check_limit(limit)
         except (InvalidCursor, InvalidTenantId) as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc
         try:

@@ -115,6 +115,14 @@ def events_page(chosen: Selection, limit: str | int | None = None) -> EventsPage
     return {"events": page.events, "next": page.next, "more": page.more}
 
 
+def check_limit(limit: str | None) -> None:
+    """A stream has no pages, but a bad ``limit`` is refused as a page's is (InvalidCursor)."""
+    try:
+        page_size(limit)
+    except BadCursor as exc:
+        raise InvalidCursor(str(exc)) from exc
+
+
 def frame(event: dict[str, Any]) -> bytes:
     """One event as an SSE message."""
     data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
@@ -161,7 +169,10 @@ async def event_stream(chosen: Selection, slot: StreamSlot) -> AsyncIterator[byt
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         token = hub.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
-        yield f"retry: {RECONNECT_MS}\n\n".encode()
+        # The start is the stream's first id: an EventSource that reconnects before any event
+        # of its selection came sends it back, and resumes from here, not from a later "now".
+        sent = cursor_text(cursor)
+        yield f"retry: {RECONNECT_MS}\nid: {sent}\n\n".encode()
         while True:
             ready.clear()
             more = False
@@ -170,9 +181,10 @@ async def event_stream(chosen: Selection, slot: StreamSlot) -> AsyncIterator[byt
             except Behind:  # older than the reader keeps (or it has not read yet): the table
                 page = await to_thread.run_sync(_read, chosen, cursor)
                 events, cursor, more = page.events, parse_cursor(page.next), page.more
-            chunk = b"".join(frame(event) for event in events if chosen.wants(event))
-            if chunk:
-                yield chunk
+            wanted = [event for event in events if chosen.wants(event)]
+            if wanted:
+                yield b"".join(map(frame, wanted))
+                sent = str(wanted[-1]["id"])
             if more:
                 continue
             if not hub.wait_started(0):
@@ -181,7 +193,10 @@ async def event_stream(chosen: Selection, slot: StreamSlot) -> AsyncIterator[byt
             try:
                 await asyncio.wait_for(ready.wait(), KEEPALIVE_SECONDS)
             except TimeoutError:
-                yield b": keepalive\n\n"
+                # With the id past the events the selection skipped since: a reconnect does
+                # not read them again (an id-only message fires no event in an EventSource).
+                moved, sent = cursor_text(cursor) != sent, cursor_text(cursor)
+                yield (": keepalive\n" + (f"id: {sent}\n" if moved else "") + "\n").encode()
     finally:
         if token is not None:
             hub.unsubscribe(token)

@@ -440,6 +440,33 @@ def test_a_stream_whose_start_fails_gives_its_slot_back_at_once(monkeypatch):
     assert stream._open_streams == base
 
 
+def test_a_filtered_stream_s_keepalive_carries_its_id_past_the_events_it_skipped(db, monkeypatch):
+    # Given a stream of acme's events only, from now on, kept alive every 0.2 s
+    monkeypatch.setattr(stream, "KEEPALIVE_SECONDS", 0.2)
+    chosen = stream.selection(None, None, "acme", [])
+    body = stream.reserve(lambda slot: stream.event_stream(chosen, slot))
+
+    async def ids_sent() -> list[str]:
+        ids = re.findall(r"^id: (\S+)$", (await anext(body)).decode(), re.MULTILINE)
+        # When another tenant's event is written and read, and the stream stays idle
+        insert(db, "globex")
+        while len(ids) < 2:
+            ids += re.findall(r"^id: (\S+)$", (await anext(body)).decode(), re.MULTILINE)
+        await body.aclose()  # type: ignore[attr-defined]
+        return ids
+
+    start, moved = asyncio.run(asyncio.wait_for(ids_sent(), 20))
+
+    # Then its first id is the start, and a keepalive then moves it past globex's event: a
+    # reconnect from it reads nothing again, and from the start reads only what it skipped
+    def after(cursor: str) -> list[str]:
+        page = stream.events_page(stream.selection(cursor, None, None, []))
+        return [event["subject"] for event in page["events"]]
+
+    assert after(start) == ["globex"]
+    assert after(moved) == []
+
+
 def test_a_slot_given_back_by_a_collection_inside_the_budgets_lock_does_not_deadlock():
     # Given a slot whose body is collected - its finalizer gives the slot back - while the
     # same thread holds the budget's lock (a collection can run at any allocation, e.g. the
