@@ -83,11 +83,7 @@ class _Deletion(TenantRun):
         if node_name is not None and self.pool.node(node_name) is None:
             return self._wait_for_node(node_name)
         wait = locations.deletion_may_proceed(
-            self.conn,
-            self.tenant_id,
-            self.row.influxdb_delete_after,
-            self.clock,
-            self.settings.locations_max_staleness_seconds,
+            self.conn, self.tenant_id, self.row.influxdb_delete_after, self.clock, self._wait()
         )
         if wait is not None:
             return self._wait_for_clients(wait)
@@ -119,6 +115,17 @@ class _Deletion(TenantRun):
         nodes, now = self.pool.nodes(), self.clock()
         unwaited = slot_freed(self.conn, freed_on, nodes, now) if freed_on else []
         return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt, unwaited=tuple(unwaited))
+
+    def _wait(self) -> float:
+        """Seconds from the first run to the deletion: until every location client stops
+        writing; and while a create of ours may be unanswered, until its run surely ended. A
+        run whose Postgres session was cut lost its lock with it, but goes on to its time
+        limit: its create, or its marker write, landing after the deletion would make the
+        database again, with no tenant to own it."""
+        wait = self.settings.locations_max_staleness_seconds
+        if self.row.influxdb_create_sent_to is not None:
+            wait = max(wait, float(self.settings.task_time_limit))
+        return wait
 
     def _homes(self) -> list[NodeConfig]:
         """The servers that may hold the tenant's database."""

@@ -47,6 +47,25 @@ def test_deleting_a_tenant_older_than_its_retention_period_removes_its_database(
     assert alpha.databases() == []
 
 
+def test_a_create_whose_answer_was_never_seen_is_outwaited_before_deleting(db, world: World):
+    # Given a tenant whose attempt sent a create to alpha and never saw its answer: that run
+    # may go on without its lock (its Postgres session was cut) and create the database late
+    alpha = world.add("alpha")
+    row = insert(db, "acme", state="deprovisioning", node="alpha", create_sent_to="alpha")
+
+    # When it is deleted, then the deletion first waits out that run's time limit
+    first = world.deprovision("acme", MESSAGE)
+    assert first.result == RunResult.WAITING_FOR_CLIENTS
+    assert first.retry_in == world.settings.task_time_limit
+
+    # And a create and marker that land meanwhile are deleted with the tenant, not left behind
+    existing_database(alpha, "acme", points=0, incarnation=str(row["influxdb_incarnation"]))
+    world.clock.advance(world.settings.task_time_limit)
+    assert world.deprovision("acme", Delivery.of("delete-a", 1)).result == RunResult.DEPROVISIONED
+    assert tenant_row(db, "acme") is None
+    assert alpha.databases() == []
+
+
 def test_deleting_leaves_a_database_that_is_not_the_tenants(db, world: World):
     alpha = world.add("alpha")
     existing_database(alpha, "acme", points=2, incarnation="another-tenant")
