@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 from datetime import timedelta
 
 from sqlalchemy import Connection
@@ -64,7 +65,14 @@ def deprovision_tenant(
         if absorbed(row, delivery):
             return Outcome(RunResult.ABSORBED, tenant_id)
         clock = clock or database_clock(conn, row.read_at)
-        return _Deletion(conn, row, pool, settings, delivery, clock, rng).run()
+        deletion = _Deletion(conn, row, pool, settings, delivery, clock, rng)
+        outcome = deletion.run()
+    # The id is free once the row is gone, and its lock with it: a tenant made again with the
+    # id is not turned away (BUSY) while this run un-waits others for the slot it freed.
+    if outcome.result is RunResult.DEPROVISIONED and deletion.freed_on is not None:
+        unwaited = slot_freed(conn, deletion.freed_on, pool.nodes(), clock())
+        outcome = replace(outcome, unwaited=tuple(unwaited))
+    return outcome
 
 
 class _HomeUnknown(Exception):
@@ -77,6 +85,8 @@ class _HomeUnknown(Exception):
 
 class _Deletion(TenantRun):
     """One deletion run of one tenant, under its lock."""
+
+    freed_on: NodeConfig | None = None  # the server whose slot a finished deletion freed
 
     def run(self) -> Outcome:
         node_name: str | None = self.row.influxdb_node
@@ -111,10 +121,8 @@ class _Deletion(TenantRun):
         )
         self.conn.commit()
         logger.info("tenant deprovisioned; its slot and id are free", extra=self.context)
-        freed_on = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
-        nodes, now = self.pool.nodes(), self.clock()
-        unwaited = slot_freed(self.conn, freed_on, nodes, now) if freed_on else []
-        return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt, unwaited=tuple(unwaited))
+        self.freed_on = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
+        return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
 
     def _wait(self) -> float:
         """Seconds from the first run to the deletion: until every location client stops

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 from tests.conftest import existing_database, tenant_row
 from tests.fast.conftest import Published, World, insert
 from worker.db import get_engine
 from worker.reconcile import reconcile
-from worker.runs import Delivery
+from worker.runs import Delivery, advisory_lock_key
 from worker.states import RunResult
 
 MESSAGE = Delivery.of("delete-a", 0)
@@ -172,3 +173,40 @@ def test_a_slot_freed_by_a_deletion_places_the_oldest_waiting_tenant_at_once(db,
     assert tenant_row(db, "newer")["influxdb_state"] == "waiting_for_capacity"
     assert world.provision("older").result is RunResult.PROVISIONED
     assert tenant_row(db, "older")["influxdb_node"] == "n1"
+
+
+def test_a_deletion_frees_the_tenant_s_lock_before_it_un_waits_others(db, world: World):
+    # Given a server of one slot holding acme, and a tenant waiting for that slot
+    world.add("alpha", limit=1)
+    for tenant_id in ("acme", "waiting"):
+        insert(db, tenant_id)
+        world.provision(tenant_id)
+    assert tenant_row(db, "waiting")["influxdb_state"] == "waiting_for_capacity"
+    db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
+
+    # When acme's deletion frees the slot, and un-waits the waiting tenant
+    key, free_then = advisory_lock_key("acme"), []
+
+    class AtTheUnwait(logging.Handler):  # where the deletion says it un-waits
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("a slot freed on node alpha"):
+                took = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                free_then.append(took == (True,) and tenant_row(db, "acme") is None)
+
+    handler, logger = AtTheUnwait(), logging.getLogger("worker.node_marks")
+    kept = logger.level, logger.disabled  # (a logging set-up of an earlier test may disable it)
+    logger.disabled = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        outcome = world.deprovision("acme", MESSAGE)
+    finally:
+        logger.removeHandler(handler)
+        logger.disabled = kept[1]
+        logger.setLevel(kept[0])
+
+    # Then by then the row was gone and the id's lock free: a run of a tenant made again
+    # with the id is not turned away (BUSY) while the deletion un-waits others
+    assert (outcome.result, outcome.unwaited) == (RunResult.DEPROVISIONED, ("waiting",))
+    assert free_then == [True]
