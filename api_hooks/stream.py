@@ -10,6 +10,7 @@ browser's EventSource sends the last id back when it reconnects. A comment line 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import weakref
@@ -173,6 +174,7 @@ async def event_stream(chosen: Selection, slot: StreamSlot) -> AsyncIterator[byt
         # of its selection came sends it back, and resumes from here, not from a later "now".
         sent = cursor_text(cursor)
         yield f"retry: {RECONNECT_MS}\nid: {sent}\n\n".encode()
+        written = loop.time()  # a keepalive is due KEEPALIVE_SECONDS after the last write
         while True:
             ready.clear()
             more = False
@@ -184,19 +186,24 @@ async def event_stream(chosen: Selection, slot: StreamSlot) -> AsyncIterator[byt
             wanted = [event for event in events if chosen.wants(event)]
             if wanted:
                 yield b"".join(map(frame, wanted))
-                sent = str(wanted[-1]["id"])
+                sent, written = str(wanted[-1]["id"]), loop.time()
             if more:
                 continue
             if not hub.wait_started(0):
                 await to_thread.run_sync(hub.wait_started, 1.0)
                 continue
-            try:
-                await asyncio.wait_for(ready.wait(), KEEPALIVE_SECONDS)
-            except TimeoutError:
+            # Timed from the last write, not the last wake-up: a stream whose filter skips a
+            # busy log's every event is woken often, but writes nothing a proxy would see.
+            idle = loop.time() - written
+            if idle < KEEPALIVE_SECONDS:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), KEEPALIVE_SECONDS - idle)
+            if loop.time() - written >= KEEPALIVE_SECONDS:
                 # With the id past the events the selection skipped since: a reconnect does
                 # not read them again (an id-only message fires no event in an EventSource).
                 moved, sent = cursor_text(cursor) != sent, cursor_text(cursor)
                 yield (": keepalive\n" + (f"id: {sent}\n" if moved else "") + "\n").encode()
+                written = loop.time()
     finally:
         if token is not None:
             hub.unsubscribe(token)
