@@ -13,6 +13,7 @@ import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 import markupsafe
@@ -20,7 +21,9 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from api_hooks.console.guard import CSRF_COOKIE, CSRF_FIELD, CsrfGuard
+from api_hooks.errors import InvalidTenantId
 from api_hooks.printable import printable
+from api_hooks.tenants import validate_tenant_id
 from worker.states import ProvisioningState
 
 HERE = Path(__file__).parent
@@ -112,10 +115,23 @@ class Pages:
         token, fresh_nonce = self.csrf.token(request)
 
         def url(name: str, /, **params: str) -> str:
-            return request.url_for(name, **params).path
+            # A tenant id is one path segment, percent-encoded: the platform's rows may hold
+            # any text ("a/b", "q?x#y"), shown on the lists even when no page can be its.
+            quoted = {key: quote(value, safe="") for key, value in params.items()}
+            return request.url_for(name, **quoted).path
+
+        def tenant_page(tenant_id: str) -> str:
+            """The tenant's page; "" for an id no tenant may have (failed/invalid_name): the
+            lists show it as text, since no page answers for it."""
+            try:
+                validate_tenant_id(tenant_id)
+            except InvalidTenantId:
+                return ""
+            return url("console_tenant", tenant_id=tenant_id)
 
         body = _ENVIRONMENT.get_template(template).render(
             url=url,
+            tenant_page=tenant_page,
             csrf_token=token,
             sign_out_route=self.sign_out_route,
             notice=context.pop("notice", None),

@@ -255,6 +255,27 @@ def test_a_hostile_name_is_text_on_every_page(db, operator):
     assert "&lt;img src=x onerror=alert(1)&gt;" in operator.get(f"{CONSOLE}/tenants/xss").text
 
 
+def test_a_row_whose_id_is_no_valid_tenant_id_is_listed_and_linked_encoded(db, operator):
+    # Given rows of the platform's table whose ids no tenant may have (each ends up
+    # failed/invalid_name): a path separator, a query and a fragment mark, spaces, non-ASCII
+    odd = ["bad id/é", "q?x#y"]
+    for at, tenant_id in enumerate(odd):
+        insert(db, tenant_id, at=T0 - timedelta(days=1 + at), state="failed")
+        db.execute("UPDATE tenants SET influxdb_error_reason = 'invalid_name'")
+
+    # Then the overview (where the oldest is named) and the tenants pages answer, each id
+    # shown as text, and not linked: no page answers for it (where one would, a valid id's)
+    for path in ("", "/tenants", "/tenants?state=failed", "/tenants?q=bad"):
+        page = operator.get(CONSOLE + path)
+        assert page.status_code == 200, path
+    listed = operator.get(f"{CONSOLE}/tenants").text
+    assert "<td>bad id/é</td>" in listed
+    assert "<td>q?x#y</td>" in listed
+    assert 'id="oldest">q?x#y' in operator.get(CONSOLE).text.replace("\n", "")
+    for tenant_id in odd:
+        assert operator.get(f"{CONSOLE}/tenants/{quote(tenant_id, safe='')}").status_code == 404
+
+
 def test_every_page_carries_a_strict_policy_and_no_secret(db, operator):
     insert(db, "acme", state="provisioned")
     for path in ("", "/tenants", "/tenants/acme", "/tenants/acme/delete", "/strays", "/sign-in"):
