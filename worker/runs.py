@@ -78,9 +78,18 @@ def new_chain(task_id: str) -> str:
 
 
 def absorbed(row: Row[Any], delivery: Delivery) -> bool:
-    """True when another message owns the tenant's scheduled retry: this one does nothing."""
+    """True when another message owns the tenant's scheduled retry: this one does nothing.
+
+    The owner is the chain's message or a later retry of it: one sent again because the
+    tenant's lock was busy or Postgres was lost, which counts a retry the chain did not. An
+    earlier retry (a duplicate delivery) or another message is not."""
     chain = row.influxdb_retry_chain
-    return chain is not None and chain != delivery.message
+    if chain is None or chain == delivery.message:
+        return False
+    owner, _, number = chain.rpartition(":")
+    mine, _, retries = delivery.message.rpartition(":")
+    later = number.isdigit() and retries.isdigit() and int(retries) > int(number)
+    return not (owner == mine and later)
 
 
 def runnable(row: Row[Any] | None, tenant_id: str, delivery: Delivery) -> Row[Any] | Outcome:

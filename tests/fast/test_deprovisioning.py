@@ -210,3 +210,23 @@ def test_a_deletion_frees_the_tenant_s_lock_before_it_un_waits_others(db, world:
     # with the id is not turned away (BUSY) while the deletion un-waits others
     assert (outcome.result, outcome.unwaited) == (RunResult.DEPROVISIONED, ("waiting",))
     assert free_then == [True]
+
+
+def test_a_deletion_sent_again_for_a_busy_lock_still_owns_its_chain(db, world: World):
+    # Given a deletion whose wait for the location clients scheduled its retry (delete-a:1)
+    world.add("alpha")
+    insert(db, "acme")
+    world.provision("acme")
+    db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
+    world.overrides["locations_max_staleness_seconds"] = 10.0
+    assert world.deprovision("acme", MESSAGE).result == RunResult.WAITING_FOR_CLIENTS
+    assert tenant_row(db, "acme")["influxdb_retry_chain"] == "delete-a:1"
+    world.clock.advance(10)
+
+    # When that retry found the lock busy and was sent again (Celery counts it: delete-a:2),
+    # then a duplicate of an earlier delivery, or another message, is still absorbed ...
+    for other in (MESSAGE, Delivery.of("delete-b", 2)):
+        assert world.deprovision("acme", other).result == RunResult.ABSORBED
+    # ... and the message sent again finishes the deletion, not left to the reconciler
+    assert world.deprovision("acme", Delivery.of("delete-a", 2)).result == RunResult.DEPROVISIONED
+    assert tenant_row(db, "acme") is None
