@@ -47,7 +47,7 @@ def check_influxdb(args: argparse.Namespace) -> int:
             "url": redact_url(node.url),
             "token_configured": node.token is not None,
             "reachable": False,
-            "token_accepted": False,
+            "token_accepted": None,  # not known until the server answers
             "databases_used": None,
             "database_limit": node.database_limit,
             "refused_limit": named.get(node.name),
@@ -58,7 +58,7 @@ def check_influxdb(args: argparse.Namespace) -> int:
         try:
             databases = pool.client(node).list_databases()
         except InfluxDBUnauthorized as exc:
-            report.update(reachable=True, error=f"{exc.reason}: {exc}")
+            report.update(reachable=True, token_accepted=False, error=f"{exc.reason}: {exc}")
         except ProvisioningError as exc:
             report["error"] = f"{exc.reason}: {exc}"
         else:

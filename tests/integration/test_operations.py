@@ -234,7 +234,10 @@ def test_check_influxdb_reports_databases_used_against_the_limit(influx):
     influx.set_outage(True)
     down = cli("--json", "check-influxdb")
     assert down.returncode == 1
-    assert json.loads(down.stdout)["nodes"][0]["error"].startswith("unreachable")
+    (silent,) = json.loads(down.stdout)["nodes"]
+    assert silent["error"].startswith("unreachable")
+    assert (silent["reachable"], silent["token_accepted"]) == (False, None)  # never asked
+    assert re.search(r"^default\s+False\s+-\s", cli("check-influxdb").stdout, re.MULTILINE)
 
 
 def test_check_influxdb_counts_free_slots_by_the_lower_limit_a_server_named(db, influx):
