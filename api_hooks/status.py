@@ -130,6 +130,8 @@ def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
             "tenant's; not counted",
             "latency_ms": 0.0,
         }
+    elif live and (why := _not_counted(row)):
+        live_status = {"exists": None, "telemetry_count": None, "error": why, "latency_ms": 0.0}
     elif live:
         live_status = _live_check(node, database)
     stalled = row.influxdb_state == ProvisioningState.FAILED and reason in RESUMABLE_REASONS
@@ -149,6 +151,17 @@ def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
         "updated_at": _iso(row.influxdb_updated_at),
         "live": live_status,
     }
+
+
+def _not_counted(row: Row[Any]) -> str | None:
+    """Why a database of the tenant's name is not looked at, where it cannot be the tenant's
+    own: none is made while it waits for capacity, and one being deleted that was never
+    provisioned was never proven its own (a name_taken tenant deleted: another's data)."""
+    if row.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY:
+        return "waiting for capacity: no database made yet"
+    if row.influxdb_state == ProvisioningState.DEPROVISIONING and not row.influxdb_provisioned_at:
+        return "being deleted, never provisioned: a database of its name is not counted"
+    return None
 
 
 def _live_check(node_name: str | None, database: str) -> LiveStatus:

@@ -1,0 +1,37 @@
+"""The stats endpoint's live check never counts a database of the tenant's name that cannot be
+its own (docs/integrating.md, ``tenant_influxdb_status``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from api_hooks.status import tenant_influxdb_status
+from tests.conftest import existing_database
+from tests.fast.conftest import T0, insert
+
+
+@pytest.mark.parametrize(
+    ("columns", "why"),
+    [
+        ({"state": "waiting_for_capacity"}, "waiting for capacity"),
+        # A name_taken tenant, deleted: its reason is cleared, the database is another's
+        ({"state": "deprovisioning", "node": "default"}, "never provisioned"),
+    ],
+)
+def test_a_database_of_its_name_that_cannot_be_its_own_is_not_counted(db, influx, columns, why):
+    # Given someone else's database of the tenant's name, holding 2 points, on the one server
+    existing_database(influx, "acme", points=2, incarnation="someone-else")
+    insert(db, "acme", **columns)
+
+    # Then the live check neither counts it nor says it exists, and says why
+    live = tenant_influxdb_status("acme")["live"]
+    assert (live["exists"], live["telemetry_count"]) == (None, None)
+    assert why in live["error"]
+
+
+def test_a_tenant_provisioned_and_being_deleted_is_still_counted(db, influx):
+    existing_database(influx, "acme", points=2)
+    insert(db, "acme", state="deprovisioning", node="default", provisioned_at=T0)
+
+    live = tenant_influxdb_status("acme")["live"]
+    assert (live["exists"], live["telemetry_count"], live["error"]) == (True, 2, None)
