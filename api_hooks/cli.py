@@ -109,7 +109,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     cli_servers.add_commands(commands)
     cli_events.add_commands(commands)
     cli_webhooks.add_command(commands)
-    commands.add_parser(
+    for command in commands.choices.values():  # --json after the command too, on every one
+        # SUPPRESS: given before the command, --json is not reset by this parser's default.
+        command.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    commands.add_parser(  # its arguments are Flower's own
         "flower",
         help="start Flower (requires FLOWER_BASIC_AUTH unless FLOWER_UNAUTHENTICATED_DEV=1)",
         add_help=False,

@@ -21,17 +21,10 @@ def add_commands(commands: Any) -> None:
     events.add_argument("tenant_id")
     events.add_argument("--after", help="only events after this sequence number (tenantseq)")
     events.add_argument("--limit", default="500", help="at most this many (1 to 500)")
-    _json_flag(events)
     audit = commands.add_parser("audit", help="operator actions, newest first (the audit trail)")
     audit.add_argument("--actor", help="only this actor's (exact, e.g. cli:alice)")
     audit.add_argument("--tenant", help="only actions on this tenant")
     audit.add_argument("--limit", type=int, default=50, help="at most this many (1 to 500)")
-    _json_flag(audit)
-
-
-def _json_flag(parser: argparse.ArgumentParser) -> None:
-    # SUPPRESS: given before the command, --json is not reset by this parser's default.
-    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
 def events(args: argparse.Namespace, fail: Fail) -> int:

@@ -25,7 +25,6 @@ def add_command(commands: Any) -> None:
     webhooks.add_argument(
         "--enable", metavar="NAME", help="re-enable this endpoint (its deliveries go at once)"
     )
-    webhooks.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
 def webhooks(args: argparse.Namespace, fail: Fail) -> int:

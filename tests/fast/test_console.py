@@ -194,6 +194,18 @@ def test_operators_list_and_end_sessions_from_the_cli(db, operator, capsys):
     assert "hex digits" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["list"], ["status", "acme", "--no-live"], ["sessions"], ["nodes"], ["strays"], ["audit"]],
+)
+def test_json_comes_before_or_after_the_command_alike(db, capsys, command):
+    insert(db, "acme")
+    code = cli_main(["--json", *command])
+    before = json.loads(capsys.readouterr().out)
+    assert cli_main([*command, "--json"]) == code
+    assert json.loads(capsys.readouterr().out) == before
+
+
 def test_end_all_signs_everyone_out(db, operator):
     second = TestClient(create_app(), follow_redirects=False)
     assert sign_in(second).status_code == 303
