@@ -184,7 +184,8 @@ class AttemptRecord:
             self._release = True
             self.create_sent_to = None
 
-    def succeed(self) -> None:
+    def succeed(self, note: str | None = None) -> None:
+        """Provisioned; ``note``: what an operator should still know (kept as the last error)."""
         now = self._clock()
         self.create_sent_to = None
         self._finish(
@@ -193,7 +194,7 @@ class AttemptRecord:
             now,
             influxdb_state=ProvisioningState.PROVISIONED,
             influxdb_provisioned_at=now,
-            influxdb_last_error=None,
+            influxdb_last_error=note and self._clean(note),
             influxdb_error_reason=None,
             influxdb_create_sent_to=None,
             influxdb_adopt=None,  # the marker now says whose it is

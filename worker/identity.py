@@ -31,6 +31,7 @@ import enum
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from worker.states import Adoption
 
@@ -162,3 +163,16 @@ def locate(database: str, listings: Mapping[str, Collection[str] | None]) -> Loc
     )
     unanswered = tuple(sorted(n for n, names in listings.items() if names is None))
     return Location(found, unanswered)
+
+
+def retention_note(row: Any, adoption: Adoption | None, created: bool | None) -> str | None:
+    """What to tell of a database taken as the tenant's that the worker did not create (an
+    adopted, remade or pre-worker one): it keeps the retention it was made with (by a write:
+    none), which InfluxDB 3 Core cannot change, not the row's ``influxdb_retention_period``."""
+    period = row.influxdb_retention_period
+    if created or adoption is None or not period:
+        return None
+    return (
+        f"taken as made elsewhere ({adoption}): its retention is the one it was made with "
+        f"(none, if by a write), not {period}; InfluxDB 3 Core cannot change it"
+    )

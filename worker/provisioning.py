@@ -289,7 +289,7 @@ class _Run(TenantRun):
             raise
         except Exception as exc:
             return self._after_error(attempt, node, exc, created)
-        attempt.succeed()
+        attempt.succeed(identity.retention_note(self.row, self.adoption, created))
         logger.info(
             "provisioned %s on node %s (%s)",
             self.database,

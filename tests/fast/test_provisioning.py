@@ -567,6 +567,27 @@ def test_a_remade_database_refused_for_a_wrong_token_is_kept_and_taken_back_late
     assert len(alpha.rows("telemetry_acme", "telemetry")) == 3
 
 
+def test_a_database_made_elsewhere_keeps_its_retention_and_the_tenant_says_so(db, world: World):
+    # Given two tenants of a 30-day period: one whose database was made again by a write
+    # (taken back as remade), one that has none yet
+    alpha = world.add("alpha")
+    existing_database(alpha, "acme", points=1, incarnation=None)
+    insert(db, "acme", node="alpha", adopt="remade", retention_period="30d")
+    insert(db, "fresh", retention_period="30d")
+
+    # When both are provisioned
+    for tenant_id in ("acme", "fresh"):
+        assert world.provision(tenant_id).result == RunResult.PROVISIONED
+
+    # Then the one taken back keeps what it was made with (forever), and says so; the one
+    # created holds its period, with nothing to say
+    kept = alpha.state()["retention_seconds"]
+    assert kept == {"telemetry_acme": None, "telemetry_fresh": 30 * 86400}
+    note = tenant_row(db, "acme")["influxdb_last_error"]
+    assert "not 30d" in note and "cannot change it" in note
+    assert tenant_row(db, "fresh")["influxdb_last_error"] is None
+
+
 ADOPT_BETAS_DATABASE = (  # what store.request_adoption writes
     "UPDATE tenants SET influxdb_state = 'pending', influxdb_node = 'beta', "
     "influxdb_adopt = 'any', influxdb_attempts = 0, influxdb_create_sent_to = NULL, "
