@@ -7,7 +7,8 @@ when the tenant's database is gone, so that re-creating the id always starts emp
 - on the tenant's server, its database is soft-deleted (hard-delete policy from
   INFLUXDB_HARD_DELETE_AT); 404 means already gone;
 - a database there that is *not* the tenant's (``worker.identity``: another incarnation's, or of
-  unknown origin) is left alone - deleting a tenant never deletes someone else's data;
+  unknown origin) is left alone - deleting a tenant never deletes someone else's data; an
+  unmarked one its writers made again after it was deleted behind our back is the tenant's;
 - a row that predates the worker and has no server is located first (every server listed); a
   server that cannot answer means "unknown": the deletion retries, it does not finish;
 - a server that left the nodes file: the deletion waits for it (reason ``node_not_configured``);
@@ -30,6 +31,7 @@ from worker import identity, locations, store
 from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import PermanentError, ProvisioningError
+from worker.listings import clock_shift, on_our_clock, soft_deleted
 from worker.node_config import NodeConfig
 from worker.node_marks import slot_freed
 from worker.nodes import NodePool, list_everywhere
@@ -160,13 +162,16 @@ class _Deletion(TenantRun):
         if markers is None:
             logger.info("no database %s on node %s", self.database, node.name, extra=self.context)
             return
-        verdict = identity.judge(
-            markers,
-            tenant_id=self.tenant_id,
-            incarnation=self.row.influxdb_incarnation,
-            adoption=self.adoption,
-            own_create_unanswered=self.row.influxdb_create_sent_to == node.name,
-        )
+        judged = {
+            "tenant_id": self.tenant_id,
+            "incarnation": self.row.influxdb_incarnation,
+            "own_create_unanswered": self.row.influxdb_create_sent_to == node.name,
+        }
+        verdict = identity.judge(markers, adoption=self.adoption, **judged)
+        if verdict is identity.Verdict.UNKNOWN and self._remade_on(node):
+            # Its writers made it again before a reconcile run took it back: as that run
+            # would, the tenant's (an unmarked one); left, it would stop the id made again.
+            verdict = identity.judge(markers, adoption=Adoption.REMADE, **judged)
         if verdict is not identity.Verdict.OURS:
             logger.warning(
                 "left %s on node %s in place: it is not this tenant's (%s)",
@@ -184,6 +189,21 @@ class _Deletion(TenantRun):
             node.name,
             extra=self.context,
         )
+
+    def _remade_on(self, node: NodeConfig) -> bool:
+        """Whether the server soft-deleted the tenant's database after it was provisioned
+        (stamped to the second, on the server's clock: read on ours, as the reconciler does)."""
+        provisioned = self.row.influxdb_provisioned_at
+        if provisioned is None:
+            return False
+        listed = self.pool.client(node).list_all()
+        shift = clock_shift(listed.date, self.clock())
+        for name in listed.deleted:
+            original, stamp = soft_deleted(name)
+            when = on_our_clock(stamp, shift) if stamp and original == self.database else None
+            if when is not None and when + timedelta(seconds=1) > provisioned:
+                return True
+        return False
 
     def _wait_for_node(self, node_name: str) -> Outcome:
         # Its database is on that server: forgetting the tenant now would strand the data and

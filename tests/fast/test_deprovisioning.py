@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from tests.conftest import existing_database, tenant_row
+import requests
+
+from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
 from tests.fast.conftest import Published, World, insert
 from worker.db import get_engine
 from worker.reconcile import reconcile
@@ -76,6 +78,34 @@ def test_deleting_leaves_a_database_that_is_not_the_tenants(db, world: World):
 
     assert tenant_row(db, "acme") is None
     assert alpha.databases() == ["telemetry_acme"]  # someone else's data stays
+
+
+def test_deleting_a_tenant_whose_writers_made_its_database_again_deletes_that_one(db, world: World):
+    # Given a provisioned tenant whose database was deleted behind our back an hour later, and
+    # made again by a writer's point before any reconcile run took it back
+    alpha = world.add("alpha")
+    insert(db, "acme")
+    world.provision("acme")
+    world.clock.advance(3600)
+    alpha.delete_database("telemetry_acme")
+    written = requests.post(
+        f"{alpha.url}/api/v3/write_lp",
+        params={"db": "telemetry_acme"},
+        data="telemetry,device=d1 v=1i",
+        headers={"Authorization": f"Bearer {INFLUX_TOKEN}"},
+        timeout=5,
+    )
+    assert written.status_code == 204
+
+    # When the tenant is deleted
+    db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
+    assert world.deprovision("acme", MESSAGE).result == RunResult.DEPROVISIONED
+
+    # Then that database goes with it (the tenant's, as the reconciler would have taken it
+    # back), so that the id made again starts empty, not name_taken
+    assert alpha.databases() == []
+    insert(db, "acme")
+    assert world.provision("acme").result == RunResult.PROVISIONED
 
 
 def test_deleting_waits_for_a_server_that_left_the_nodes_file(db, world: World):
