@@ -35,10 +35,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, update
 
-from worker import events, locations, store
+from worker import events, identity, locations, store
 from worker.clock import Clock, database_clock
 from worker.db import advisory_lock
-from worker.findings import COLUMNS, View, find
+from worker.errors import ProvisioningError
+from worker.findings import COLUMNS, Finding, View, find
 from worker.listings import clock_shift, run_listings
 from worker.models import reconcile_stats
 from worker.node_marks import record_observations, unwait
@@ -184,9 +185,10 @@ def _run(
                 listings=seen.view_of(batch, configured),
                 deletions=seen.deletions,
             )
-            findings = [
-                (row, find(row, settings.database_name(row.tenant_id), view)) for row in batch
-            ]
+            findings = []
+            for row in batch:
+                database = settings.database_name(row.tenant_id)
+                findings.append((row, _sure(row, find(row, database, view), pool, database)))
             owed = Repairs(conn, view, summary).apply(findings)
             conn.commit()  # state changes are durable before any message goes out
             sender.send(conn, owed)
@@ -218,6 +220,26 @@ class _Sender:
         self._summary.requeued += len(published)
         self._summary.requeued_ids.extend(published)
         self._summary.not_queued += len(owed) - len(published)
+
+
+def _sure(row: Any, finding: Finding | None, pool: NodePool, database: str) -> Finding | None:
+    """An unsure REMADE (``Finding.unsure``) stands only where the database does not hold
+    this tenant's marker; where its server cannot tell now, the next run looks again."""
+    node = pool.node(finding.node) if finding and finding.unsure and finding.node else None
+    if node is None:
+        return finding
+    try:
+        markers = pool.client(node).read_markers(database)
+    except ProvisioningError:
+        return None
+    ours = identity.judge(
+        markers or (),
+        tenant_id=row.tenant_id,
+        incarnation=str(row.influxdb_incarnation),
+        adoption=None,
+        own_create_unanswered=False,
+    )
+    return None if ours is identity.Verdict.OURS else finding
 
 
 def _store(engine: Engine, summary: ReconcileSummary, started_at: datetime) -> None:

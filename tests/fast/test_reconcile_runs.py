@@ -322,6 +322,42 @@ def test_a_database_deleted_behind_our_back_and_made_again_by_a_write_is_taken_b
     client.close()
 
 
+def test_an_id_deleted_and_made_again_within_a_second_is_not_taken_for_drift(db, world: World):
+    # Given a tenant deleted (its database soft-deleted, stamped to the second) and its id
+    # made again and provisioned within that second, as a "reset tenant" flow does
+    alpha = world.add("alpha")
+    insert(db, "acme")
+    assert world.provision("acme").result == "provisioned"
+    world.clock.advance(3600.2)
+    db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
+    assert world.deprovision("acme").result == "deprovisioned"
+    world.clock.advance(0.5)
+    insert(db, "acme", at=world.clock())
+    assert world.provision("acme").result == "provisioned"
+    assert [n.startswith("telemetry_acme-") for n in alpha.state()["deleted_databases"]] == [True]
+
+    # When a reconcile run looks at it, a minute later
+    world.clock.advance(60)
+    published, summary = run(world)
+
+    # Then the earlier tenant's deletion is not read as this one's: its database holds its
+    # own marker, so nothing was deleted and made again since it was provisioned
+    assert (published, summary["remade"], summary["drift"]) == ([], 0, 0)
+    assert tenant_row(db, "acme")["influxdb_state"] == "provisioned"
+
+    # But a database deleted behind our back in the second it was provisioned, and made again
+    # by a writer, holds no marker of its tenant's: that one is taken back
+    world.clock.advance(0.4)  # x.1 s: its deletion below is stamped x, before it
+    insert(db, "beta", at=world.clock())
+    assert world.provision("beta").result == "provisioned"
+    world.clock.advance(0.3)
+    alpha.delete_database("telemetry_beta")
+    write_points(alpha, "telemetry_beta", "telemetry,device=d1 v=1i")
+    world.clock.advance(59.6)  # x.0 s: the listing's Date (whole seconds) shifts stamps by 0
+    published, summary = run(world)
+    assert ([t for t, _, _ in published], summary["remade"]) == (["beta"], 1)
+
+
 def test_a_writer_that_makes_the_database_again_after_drift_was_found_does_not_fail_it(
     db, world: World
 ):
