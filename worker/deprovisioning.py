@@ -95,7 +95,17 @@ class _Deletion(TenantRun):
         if node_name is not None and self.pool.node(node_name) is None:
             return self._wait_for_node(node_name)
         wait = locations.deletion_may_proceed(
-            self.conn, self.tenant_id, self.row.influxdb_delete_after, self.clock, self._wait()
+            self.conn,
+            self.tenant_id,
+            self.row.influxdb_delete_after,
+            self.clock,
+            self.settings.locations_max_staleness_seconds,
+            # Asked for during an attempt (store.request_deletion): that run's session may
+            # have been cut, its lock with it, while it goes on to its time limit; its create
+            # or marker write landing after the deletion would make the database again.
+            not_before=self.row.influxdb_next_attempt_at
+            if not self.row.influxdb_retry_chain
+            else None,
         )
         if wait is not None:
             return self._wait_for_clients(wait)
@@ -125,17 +135,6 @@ class _Deletion(TenantRun):
         logger.info("tenant deprovisioned; its slot and id are free", extra=self.context)
         self.freed_on = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
         return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
-
-    def _wait(self) -> float:
-        """Seconds from the first run to the deletion: until every location client stops
-        writing; and while a create of ours may be unanswered, until its run surely ended. A
-        run whose Postgres session was cut lost its lock with it, but goes on to its time
-        limit: its create, or its marker write, landing after the deletion would make the
-        database again, with no tenant to own it."""
-        wait = self.settings.locations_max_staleness_seconds
-        if self.row.influxdb_create_sent_to is not None:
-            wait = max(wait, float(self.settings.task_time_limit))
-        return wait
 
     def _homes(self) -> list[NodeConfig]:
         """The servers that may hold the tenant's database."""

@@ -299,13 +299,19 @@ class DeletionWait:
 
 
 def deletion_may_proceed(
-    conn: Connection, tenant_id: str, delete_after: datetime | None, clock: Clock, staleness: float
+    conn: Connection,
+    tenant_id: str,
+    delete_after: datetime | None,
+    clock: Clock,
+    staleness: float,
+    not_before: datetime | None = None,
 ) -> DeletionWait | None:
     """None when the tenant's database may be deleted now; else how long to wait.
 
     The first time, the tenant's "not ready" is published (waiting for a step running
     elsewhere) and the wait starts, from the moment it is published: every client refreshing
-    at least once per ``staleness`` seconds has stopped writing by its end.
+    at least once per ``staleness`` seconds has stopped writing by its end; and it lasts at
+    least until ``not_before``.
     """
     if delete_after is not None:
         now = clock()
@@ -316,13 +322,12 @@ def deletion_may_proceed(
     ).scalar()
     conn.commit()
     now = clock()  # after the publish, which may have waited for another step
+    floor = not_before or now
     if published != ProvisioningState.DEPROVISIONING:
         # A writer held its row: the next step publishes it; the wait has not begun.
-        return DeletionWait(now + UNPUBLISHED_RETRY, None)
-    if staleness <= 0:
-        return None
-    until = now + timedelta(seconds=staleness)
-    return DeletionWait(until, until)
+        return DeletionWait(max(now + UNPUBLISHED_RETRY, floor), None)
+    until = max(now + timedelta(seconds=staleness), floor)
+    return DeletionWait(until, until) if until > now else None
 
 
 def public_url(url: str) -> str:

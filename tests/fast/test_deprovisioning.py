@@ -9,6 +9,7 @@ import requests
 
 from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
 from tests.fast.conftest import Published, World, insert
+from worker import store
 from worker.db import get_engine
 from worker.reconcile import reconcile
 from worker.runs import Delivery, advisory_lock_key
@@ -50,20 +51,28 @@ def test_deleting_a_tenant_older_than_its_retention_period_removes_its_database(
     assert alpha.databases() == []
 
 
-def test_a_create_whose_answer_was_never_seen_is_outwaited_before_deleting(db, world: World):
-    # Given a tenant whose attempt sent a create to alpha and never saw its answer: that run
-    # may go on without its lock (its Postgres session was cut) and create the database late
+def test_a_deletion_asked_during_an_attempt_outwaits_that_run_s_time_limit(db, world: World):
+    # Given a tenant whose attempt sent a create to alpha (the run's Postgres session then
+    # cut: its lock went with it, but the run goes on to its time limit), and one retrying
+    # after an answered create, both deleted
     alpha = world.add("alpha")
-    row = insert(db, "acme", state="deprovisioning", node="alpha", create_sent_to="alpha")
+    limit = world.settings.task_time_limit
+    attempting = insert(db, "acme", state="provisioning", node="alpha", create_sent_to="alpha")
+    insert(db, "idle", state="retrying", node="alpha", create_sent_to="alpha", retry_chain="x:1")
+    with get_engine().begin() as conn:
+        for tenant_id in ("acme", "idle", "acme"):  # acme's asked again: its wait is kept
+            assert store.request_deletion(conn, tenant_id, world.clock(), timedelta(seconds=limit))
 
-    # When it is deleted, then the deletion first waits out that run's time limit
+    # When the deletions run, then the one asked during the attempt waits out its limit; the
+    # other, no run in flight, goes at once (with no location client wait set here)
     first = world.deprovision("acme", MESSAGE)
-    assert first.result == RunResult.WAITING_FOR_CLIENTS
-    assert first.retry_in == world.settings.task_time_limit
+    assert (first.result, first.retry_in) == (RunResult.WAITING_FOR_CLIENTS, limit)
+    assert world.deprovision("idle", MESSAGE).result == RunResult.DEPROVISIONED
 
-    # And a create and marker that land meanwhile are deleted with the tenant, not left behind
-    existing_database(alpha, "acme", points=0, incarnation=str(row["influxdb_incarnation"]))
-    world.clock.advance(world.settings.task_time_limit)
+    # And a create and marker that the run's late calls land meanwhile go with the tenant
+    incarnation = str(attempting["influxdb_incarnation"])
+    existing_database(alpha, "acme", points=0, incarnation=incarnation)
+    world.clock.advance(limit)
     assert world.deprovision("acme", Delivery.of("delete-a", 1)).result == RunResult.DEPROVISIONED
     assert tenant_row(db, "acme") is None
     assert alpha.databases() == []
