@@ -55,9 +55,6 @@ class Finding:
     kind: Kind
     node: str | None = None  # RECORD_HOME: where; RESUME/STALLED: which server
     detail: str | None = None
-    # REMADE: the deletion is stamped in the second of the provisioning, maybe just before it
-    # (an earlier tenant of the id, deleted as this one was made): its marker decides
-    unsure: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,6 +147,7 @@ def _verify(row: Any, database: str, view: View) -> Finding | None:
     # (Stamped to the second: a deletion in the second of the provisioning may be after it.)
     deleted_at = view.deletions.get((node, database))
     if deleted_at is not None and deleted_at + timedelta(seconds=1) > row.influxdb_provisioned_at:
-        when = f"{deleted_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
-        return Finding(Kind.REMADE, node, when, unsure=deleted_at <= row.influxdb_provisioned_at)
+        # (Maybe an earlier tenant of the id, deleted as this one was made: the run reads the
+        # database's markers before it acts, worker.reconcile.)
+        return Finding(Kind.REMADE, node, f"{deleted_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")
     return None

@@ -39,7 +39,7 @@ from worker import events, identity, locations, store
 from worker.clock import Clock, database_clock
 from worker.db import advisory_lock
 from worker.errors import ProvisioningError
-from worker.findings import COLUMNS, Finding, View, find
+from worker.findings import COLUMNS, Finding, Kind, View, find
 from worker.listings import clock_shift, run_listings
 from worker.models import reconcile_stats
 from worker.node_marks import record_observations, unwait
@@ -223,9 +223,12 @@ class _Sender:
 
 
 def _sure(row: Any, finding: Finding | None, pool: NodePool, database: str) -> Finding | None:
-    """An unsure REMADE (``Finding.unsure``) stands only where the database does not hold
-    this tenant's marker; where its server cannot tell now, the next run looks again."""
-    node = pool.node(finding.node) if finding and finding.unsure and finding.node else None
+    """A REMADE stands only where the database does not hold this tenant's marker (made
+    again by a write, it holds none): a copy stamped to the second, read on our clock by a
+    Date header of whole seconds, may be an earlier tenant's of the id, deleted as this one
+    was made. Where the server cannot tell now, the next run looks again."""
+    remade = finding is not None and finding.kind is Kind.REMADE
+    node = pool.node(finding.node) if remade and finding and finding.node else None
     if node is None:
         return finding
     try:

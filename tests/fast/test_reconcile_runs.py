@@ -331,13 +331,14 @@ def test_an_id_deleted_and_made_again_within_a_second_is_not_taken_for_drift(db,
     world.clock.advance(3600.2)
     db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
     assert world.deprovision("acme").result == "deprovisioned"
-    world.clock.advance(0.5)
+    world.clock.advance(0.05)
     insert(db, "acme", at=world.clock())
     assert world.provision("acme").result == "provisioned"
     assert [n.startswith("telemetry_acme-") for n in alpha.state()["deleted_databases"]] == [True]
 
-    # When a reconcile run looks at it, a minute later
-    world.clock.advance(60)
+    # When a reconcile run looks at it a minute later, at x.9 s: the listing's Date, in whole
+    # seconds, puts the copy's stamp 0.9 s later on our clock, after the provisioning
+    world.clock.advance(60.65)
     published, summary = run(world)
 
     # Then the earlier tenant's deletion is not read as this one's: its database holds its
@@ -347,13 +348,13 @@ def test_an_id_deleted_and_made_again_within_a_second_is_not_taken_for_drift(db,
 
     # But a database deleted behind our back in the second it was provisioned, and made again
     # by a writer, holds no marker of its tenant's: that one is taken back
-    world.clock.advance(0.4)  # x.1 s: its deletion below is stamped x, before it
+    world.clock.advance(0.4)
     insert(db, "beta", at=world.clock())
     assert world.provision("beta").result == "provisioned"
     world.clock.advance(0.3)
     alpha.delete_database("telemetry_beta")
     write_points(alpha, "telemetry_beta", "telemetry,device=d1 v=1i")
-    world.clock.advance(59.6)  # x.0 s: the listing's Date (whole seconds) shifts stamps by 0
+    world.clock.advance(59.6)
     published, summary = run(world)
     assert ([t for t, _, _ in published], summary["remade"]) == (["beta"], 1)
 
