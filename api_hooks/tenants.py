@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
 
@@ -271,8 +270,7 @@ def delete_tenant(
     database = get_settings().database_name(tenant_id)
     with get_engine().begin() as conn:
         events.acting(conn, actor, route)
-        limit = timedelta(seconds=get_settings().task_time_limit)
-        found = store.request_deletion(conn, tenant_id, database_clock(conn)(), limit)
+        found = store.request_deletion(conn, tenant_id, database_clock(conn)())
         if found:
             events.record(conn, tenant_id, OperatorAction.DELETE, {"database": database})
     if not found:

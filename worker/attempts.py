@@ -49,9 +49,10 @@ def log_attempt(
     node: str | None = None,
     task_id: str | None = None,
     settle: Update | None = None,
-) -> None:
+) -> bool:
     """Append one attempt to ``provisioning_attempts`` and count it in the totals, in one
-    statement (one round trip; the caller commits); with ``settle``, the tenant's row too."""
+    statement (one round trip; the caller commits); with ``settle``, the tenant's row too:
+    whether that row was changed (a guard may refuse it)."""
     logged = (
         insert(provisioning_attempts)
         .values(
@@ -81,10 +82,11 @@ def log_attempt(
     )
     if settle is None:
         conn.execute(counted.add_cte(logged))
-        return
+        return True
     # The tenant's row first (the main statement), as every writer of it takes it; then the
     # log line and the total (a WITH that writes runs to completion, read or not).
-    conn.execute(settle.add_cte(logged).add_cte(counted.returning(totals.c.total).cte("counted")))
+    totalled = counted.returning(totals.c.total).cte("counted")
+    return bool(conn.execute(settle.add_cte(logged).add_cte(totalled)).rowcount)
 
 
 def prune_attempt_log(
@@ -152,6 +154,7 @@ class AttemptRecord:
             influxdb_next_attempt_at=None,
             influxdb_retry_chain=None,
             influxdb_updated_at=self._started,
+            influxdb_attempt_started_at=self._started,  # until this run ends it (0022)
         )
         # Committed before the create is sent, with the node as influxdb_create_sent_to: if
         # this run dies inside the call, the next one knows a create of ours may be there.
@@ -261,10 +264,14 @@ class AttemptRecord:
         retry_at: datetime | None = None,
         **values: Any,
     ) -> None:
-        # A deletion asked for meanwhile wins: the outcome goes to the attempt log only.
-        settle = store.update_statement(self.tenant_id, influxdb_updated_at=now, **values)
+        # A deletion asked for meanwhile wins: the outcome goes to the attempt log only, and
+        # the row learns only that this run ended (its deletion need not wait for it).
+        cleared: dict[str, Any] = {"influxdb_attempt_started_at": None}
+        settle = store.update_statement(
+            self.tenant_id, influxdb_updated_at=now, **cleared, **values
+        )
         with autocommit(self._conn):  # one statement: the outcome and its log row, together
-            log_attempt(
+            settled = log_attempt(
                 self._conn,
                 self.tenant_id,
                 self.number,
@@ -277,4 +284,7 @@ class AttemptRecord:
                 task_id=self._task_id,
                 settle=settle,
             )
+            if not settled:  # (the one guard: a deletion) still, this run's attempt ended
+                ended = {"influxdb_attempt_started_at": self._started}
+                store.update(self._conn, self.tenant_id, deleting=True, expect=ended, **cleared)
         self._conn.commit()

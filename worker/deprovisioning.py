@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
@@ -100,12 +100,7 @@ class _Deletion(TenantRun):
             self.row.influxdb_delete_after,
             self.clock,
             self.settings.locations_max_staleness_seconds,
-            # Asked for during an attempt (store.request_deletion): that run's session may
-            # have been cut, its lock with it, while it goes on to its time limit; its create
-            # or marker write landing after the deletion would make the database again.
-            not_before=self.row.influxdb_next_attempt_at
-            if not self.row.influxdb_retry_chain
-            else None,
+            not_before=self._attempt_surely_over(),
         )
         if wait is not None:
             return self._wait_for_clients(wait)
@@ -135,6 +130,13 @@ class _Deletion(TenantRun):
         logger.info("tenant deprovisioned; its slot and id are free", extra=self.context)
         self.freed_on = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
         return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
+
+    def _attempt_surely_over(self) -> datetime | None:
+        """While an attempt's run has not said it ended (migration 0022), when its time limit
+        surely has: that run's session may have been cut, its lock with it, while it goes on;
+        its create or marker write landing after the deletion would make the database again."""
+        started: datetime | None = self.row.influxdb_attempt_started_at
+        return started and started + timedelta(seconds=self.settings.task_time_limit)
 
     def _homes(self) -> list[NodeConfig]:
         """The servers that may hold the tenant's database."""

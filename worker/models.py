@@ -123,6 +123,8 @@ class Tenant(Base):
     # A deletion's earliest moment to delete the database: its location published as not
     # ready, plus the clients' maximum staleness (worker.locations).
     influxdb_delete_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The attempt under way: set at its start, cleared when its run ends (migration 0022).
+    influxdb_attempt_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 tenants = cast(Table, Tenant.__table__)

@@ -11,7 +11,7 @@ moves a row only from the state it found it in. Stored errors pass through :func
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func, select, text
@@ -29,7 +29,6 @@ from worker.states import STATES, Adoption, ProvisioningState, Reason
 MAX_STORED_ERROR = 500
 _ROW = tenants.c
 _DELETING = _ROW.influxdb_state == ProvisioningState.DEPROVISIONING
-_WAITING = _ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY
 _NOW = DATABASE_NOW.label("read_at")  # a run's clock starts from it (worker.clock)
 _CREATE = text("SELECT tenant_create(:id, :name, :retention, :actor, :route, CAST(:data AS jsonb))")
 
@@ -165,22 +164,20 @@ def request_adoption(conn: Connection, tenant_id: str, node: str, now: datetime)
     )
 
 
-def request_deletion(conn: Connection, tenant_id: str, now: datetime, limit: timedelta) -> bool:
-    """To ``deprovisioning`` at once (a scheduled retry is void; False: no such tenant). Asked
-    during an attempt, it waits out the task's time ``limit`` (next_attempt_at, no chain)."""
-    kept = _DELETING & _ROW.influxdb_retry_chain.is_(None)  # (with a chain: a retry's time)
-    attempting = _ROW.influxdb_state == ProvisioningState.PROVISIONING
-    floor = case((attempting, now + limit), (kept, _ROW.influxdb_next_attempt_at), else_=None)
+def request_deletion(conn: Connection, tenant_id: str, now: datetime) -> bool:
+    """The tenant goes to ``deprovisioning`` at once (a scheduled provisioning retry is void);
+    False when there is no such tenant."""
     found = conn.execute(
         sql_update(tenants)
         .where(_ROW.tenant_id == tenant_id)
         .values(
             influxdb_state=ProvisioningState.DEPROVISIONING,
+            # A deletion asked again keeps its wait; a new one starts its own.
             influxdb_delete_after=case((_DELETING, _ROW.influxdb_delete_after), else_=None),
             influxdb_attempts=0,
             influxdb_error_reason=None,
             influxdb_last_error=None,
-            influxdb_next_attempt_at=floor,
+            influxdb_next_attempt_at=None,
             influxdb_retry_chain=None,
             influxdb_updated_at=now,
         )
@@ -381,7 +378,7 @@ def end_waits(conn: Connection, count: int, now: datetime) -> list[str]:
     oldest = list(
         conn.execute(
             select(_ROW.tenant_id)
-            .where(_WAITING)
+            .where(_ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY)
             .order_by(_ROW.created_at, _ROW.tenant_id)
             .limit(count)
             .with_for_update(skip_locked=True)
@@ -391,7 +388,10 @@ def end_waits(conn: Connection, count: int, now: datetime) -> list[str]:
         return []
     moved = conn.execute(
         sql_update(tenants)
-        .where(_ROW.tenant_id.in_(oldest), _WAITING)
+        .where(
+            _ROW.tenant_id.in_(oldest),
+            _ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY,
+        )
         .values(
             influxdb_state=ProvisioningState.PENDING, influxdb_attempts=0, influxdb_updated_at=now
         )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import requests
 
-from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
+from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row, wait_for
 from tests.fast.conftest import Published, World, insert
 from worker import store
 from worker.db import get_engine
@@ -51,31 +52,51 @@ def test_deleting_a_tenant_older_than_its_retention_period_removes_its_database(
     assert alpha.databases() == []
 
 
-def test_a_deletion_asked_during_an_attempt_outwaits_that_run_s_time_limit(db, world: World):
-    # Given a tenant whose attempt sent a create to alpha (the run's Postgres session then
-    # cut: its lock went with it, but the run goes on to its time limit), and one retrying
-    # after an answered create, both deleted
+def test_a_deletion_outwaits_an_attempt_whose_run_never_said_it_ended(db, world: World):
+    # Given a tenant whose attempt sent a create to alpha and whose run then lost its Postgres
+    # session (its lock with it; the run goes on to its time limit), and one whose run ended
     alpha = world.add("alpha")
     limit = world.settings.task_time_limit
-    attempting = insert(db, "acme", state="provisioning", node="alpha", create_sent_to="alpha")
+    at = world.clock()
+    row = insert(db, "acme", state="provisioning", node="alpha", attempt_started_at=at)
     insert(db, "idle", state="retrying", node="alpha", create_sent_to="alpha", retry_chain="x:1")
     with get_engine().begin() as conn:
-        for tenant_id in ("acme", "idle", "acme"):  # acme's asked again: its wait is kept
-            assert store.request_deletion(conn, tenant_id, world.clock(), timedelta(seconds=limit))
+        for tenant_id in ("acme", "idle"):
+            assert store.request_deletion(conn, tenant_id, world.clock())
 
-    # When the deletions run, then the one asked during the attempt waits out its limit; the
-    # other, no run in flight, goes at once (with no location client wait set here)
+    # When the deletions run, then the first waits until that attempt's time limit is over;
+    # the other goes at once (with no location client wait set here)
     first = world.deprovision("acme", MESSAGE)
     assert (first.result, first.retry_in) == (RunResult.WAITING_FOR_CLIENTS, limit)
     assert world.deprovision("idle", MESSAGE).result == RunResult.DEPROVISIONED
 
     # And a create and marker that the run's late calls land meanwhile go with the tenant
-    incarnation = str(attempting["influxdb_incarnation"])
-    existing_database(alpha, "acme", points=0, incarnation=incarnation)
+    existing_database(alpha, "acme", points=0, incarnation=str(row["influxdb_incarnation"]))
     world.clock.advance(limit)
     assert world.deprovision("acme", Delivery.of("delete-a", 1)).result == RunResult.DEPROVISIONED
     assert tenant_row(db, "acme") is None
     assert alpha.databases() == []
+
+
+def test_a_run_that_ends_after_its_tenant_was_deleted_says_so_and_is_not_outwaited(
+    db, world: World
+):
+    # Given a tenant whose create the server answers slowly
+    world.add("alpha").set_latency(0.5)
+    insert(db, "acme")
+    with ThreadPoolExecutor(1) as runner:
+        run = runner.submit(world.provision, "acme")
+        wait_for(lambda: tenant_row(db, "acme")["influxdb_attempt_started_at"], 10, 0.01)
+
+        # When the tenant is deleted during the attempt, whose outcome the row then refuses
+        with get_engine().begin() as conn:
+            assert store.request_deletion(conn, "acme", world.clock())
+        run.result(20)
+
+    # Then the run still said it ended, and the deletion does not wait for its time limit
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_state"], row["influxdb_attempt_started_at"]) == ("deprovisioning", None)
+    assert world.deprovision("acme", MESSAGE).result == RunResult.DEPROVISIONED
 
 
 def test_deleting_leaves_a_database_that_is_not_the_tenants(db, world: World):

@@ -26,6 +26,7 @@ PROVISIONING_COLUMNS = {
     "influxdb_create_sent_to",
     "influxdb_retry_chain",
     "influxdb_delete_after",
+    "influxdb_attempt_started_at",
 }
 
 
