@@ -6,7 +6,8 @@ someone deletes a database by hand. One run:
 1. takes a Postgres advisory lock (two beats by mistake: the second run is a no-op; a run that
    dies frees the lock with its connection);
 2. re-reads the node pool and lists each server's databases once, soft-deleted ones too - one
-   InfluxDB call per server, never one per tenant - recording what it saw (a server seen with
+   InfluxDB call per server, never one per tenant (but for a database that looks made again:
+   its markers are read before it is taken back) - recording what it saw (a server seen with
    room is no longer "full"), and copies each list into a temporary table as it arrives
    (``worker.listings``); from those lists it records the strays and orphans
    (``worker.strays``: reported, never deleted);
@@ -233,7 +234,8 @@ def _sure(row: Any, finding: Finding | None, pool: NodePool, database: str) -> F
         return finding
     try:
         markers = pool.client(node).read_markers(database)
-    except ProvisioningError:
+    except ProvisioningError as exc:
+        logger.warning("cannot read the markers of %s on node %s: %s", database, node.name, exc)
         return None
     ours = identity.judge(
         markers or (),
