@@ -138,6 +138,7 @@ class AttemptRecord:
         clock: Clock,
         secrets: Callable[[], Iterable[str]],
         place: Sequence[str] | None = None,
+        earlier_start: datetime | None = None,
     ) -> None:
         """Start attempt ``number`` on ``node`` - with ``place``, on the least-used of those
         nodes free at once (``placement.start_on_free_node``) - if the row still holds what
@@ -146,6 +147,10 @@ class AttemptRecord:
         self._conn, self.tenant_id, self.number = conn, tenant_id, number
         self._retry_chain, self._clock, self._secrets = retry_chain, clock, secrets
         self._task_id, self._started, self._release = task_id, clock(), False
+        # An earlier attempt's start this one replaces, put back at its end: that run may
+        # still be going without its lock (it lost its session); once past its time limit,
+        # the start is harmless (a deletion waits until then, which has passed).
+        self._earlier_start = earlier_start
         start = store.update_statement(
             tenant_id,
             expect=expect,
@@ -265,11 +270,11 @@ class AttemptRecord:
         **values: Any,
     ) -> None:
         # A deletion asked for meanwhile wins: the outcome goes to the attempt log only, and
-        # the row learns only that this run ended (its deletion need not wait for it).
-        cleared: dict[str, Any] = {"influxdb_attempt_started_at": None}
-        settle = store.update_statement(
-            self.tenant_id, influxdb_updated_at=now, **cleared, **values
-        )
+        # the row learns only that this run ended (its deletion need not wait for this one).
+        started = tenants.c.influxdb_attempt_started_at  # this attempt's: an earlier one's back
+        put_back = case((started == self._started, self._earlier_start), else_=started)
+        ended: dict[str, Any] = {"influxdb_attempt_started_at": put_back}
+        settle = store.update_statement(self.tenant_id, influxdb_updated_at=now, **ended, **values)
         with autocommit(self._conn):  # one statement: the outcome and its log row, together
             settled = log_attempt(
                 self._conn,
@@ -285,6 +290,5 @@ class AttemptRecord:
                 settle=settle,
             )
             if not settled:  # (the one guard: a deletion) still, this run's attempt ended
-                ended = {"influxdb_attempt_started_at": self._started}
-                store.update(self._conn, self.tenant_id, deleting=True, expect=ended, **cleared)
+                store.update(self._conn, self.tenant_id, deleting=True, **ended)
         self._conn.commit()

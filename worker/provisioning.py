@@ -250,6 +250,7 @@ class _Run(TenantRun):
             retry_chain=self.delivery.retry,
             task_id=self.delivery.task_id,
             create_sent_to=self.create_sent_to,
+            earlier_start=self.row.influxdb_attempt_started_at,
             clock=self.clock,
             secrets=self.secrets,
             place=place,

@@ -5,7 +5,8 @@ A provisioning run holds the tenant's lock in its Postgres session. When that se
 its marker write, until the task's time limit ends it. A deletion that took the lock then
 could finish first, and the run's late call would make the database again, with no tenant to
 own it. So an attempt's start records when it started, and its end clears it - also when a
-deletion asked for meanwhile refuses the outcome, since the run's session is alive to say so.
+deletion asked for meanwhile refuses the outcome, since the run's session is alive to say so -
+or puts back the start it replaced (a run that lost its session while another ran).
 A deletion waits until that start plus the time limit while it is set: only a run that lost
 its session leaves it behind.
 

@@ -78,6 +78,25 @@ def test_a_deletion_outwaits_an_attempt_whose_run_never_said_it_ended(db, world:
     assert alpha.databases() == []
 
 
+def test_a_second_run_that_ends_puts_back_the_start_of_one_that_never_said_it_ended(
+    db, world: World
+):
+    # Given a tenant whose attempt's run lost its Postgres session (its start noted, its lock
+    # gone, the run going on), and a second message (a redelivery, an operator retry) whose
+    # run then provisions it, 5 s later
+    world.add("alpha")
+    limit = world.settings.task_time_limit
+    insert(db, "acme", state="provisioning", node="alpha", attempt_started_at=world.clock())
+    world.clock.advance(5)
+    assert world.provision("acme").result == RunResult.PROVISIONED
+
+    # When the tenant is deleted, then the deletion still waits for the first run's limit
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "acme", world.clock())
+    first = world.deprovision("acme", MESSAGE)
+    assert (first.result, first.retry_in) == (RunResult.WAITING_FOR_CLIENTS, limit - 5)
+
+
 def test_a_run_that_ends_after_its_tenant_was_deleted_says_so_and_is_not_outwaited(
     db, world: World
 ):
