@@ -550,6 +550,18 @@ def existing_database(
     return database
 
 
+def write_points(server: StandIn, database: str, lines: str) -> None:
+    """A writer's points: InfluxDB creates the database on the first write to its name."""
+    written = requests.post(
+        f"{server.url}/api/v3/write_lp",
+        params={"db": database},
+        data=lines,
+        headers={"Authorization": f"Bearer {INFLUX_TOKEN}"},
+        timeout=5,
+    )
+    assert written.status_code == 204, written.text
+
+
 def telemetry_points(node: StandIn, database: str) -> int:
     """Telemetry rows in ``database`` on ``node``."""
     return len(node.rows(database, "telemetry"))

@@ -6,9 +6,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-import requests
-
-from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row, wait_for
+from tests.conftest import existing_database, tenant_row, wait_for, write_points
 from tests.fast.conftest import Published, World, insert
 from worker import store
 from worker.db import get_engine
@@ -137,14 +135,7 @@ def test_deleting_a_tenant_whose_writers_made_its_database_again_deletes_that_on
     world.provision("acme")
     world.clock.advance(3600)
     alpha.delete_database("telemetry_acme")
-    written = requests.post(
-        f"{alpha.url}/api/v3/write_lp",
-        params={"db": "telemetry_acme"},
-        data="telemetry,device=d1 v=1i",
-        headers={"Authorization": f"Bearer {INFLUX_TOKEN}"},
-        timeout=5,
-    )
-    assert written.status_code == 204
+    write_points(alpha, "telemetry_acme", "telemetry,device=d1 v=1i")
 
     # When the tenant is deleted
     db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")

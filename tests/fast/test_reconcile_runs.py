@@ -9,10 +9,8 @@ from typing import Any
 
 import psycopg
 import pytest
-import requests
 
-from influxdb3_standin import StandIn
-from tests.conftest import INFLUX_TOKEN, tenant_row, wait_for
+from tests.conftest import INFLUX_TOKEN, tenant_row, wait_for, write_points
 from tests.fast.conftest import T0, Published, World, blocked_by, insert
 from worker.db import get_engine
 from worker.influxdb import InfluxDB3Client
@@ -260,18 +258,6 @@ def test_a_run_adopting_onto_two_nodes_does_not_deadlock_with_a_placer(db, world
     assert scene.outcome["summary"]["adopted"] == 2
     assert tenant_row(db, "c-old")["influxdb_node"] == "beta"
     assert tenant_row(db, "b-old")["name"] == "placed"
-
-
-def write_points(server: StandIn, database: str, lines: str) -> None:
-    """A writer's points: InfluxDB creates the database on the first write to its name."""
-    written = requests.post(
-        f"{server.url}/api/v3/write_lp",
-        params={"db": database},
-        data=lines,
-        headers={"Authorization": f"Bearer {INFLUX_TOKEN}"},
-        timeout=5,
-    )
-    assert written.status_code == 204, written.text
 
 
 def test_a_database_deleted_behind_our_back_and_made_again_by_a_write_is_taken_back(
