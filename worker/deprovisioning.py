@@ -31,7 +31,7 @@ from worker import identity, locations, store
 from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import PermanentError, ProvisioningError
-from worker.listings import clock_shift, on_our_clock, soft_deleted
+from worker.listings import clock_shift, deleted_since, on_our_clock, soft_deleted
 from worker.node_config import NodeConfig
 from worker.node_marks import slot_freed
 from worker.nodes import NodePool, list_everywhere
@@ -193,7 +193,7 @@ class _Deletion(TenantRun):
 
     def _remade_on(self, node: NodeConfig) -> bool:
         """Whether the server soft-deleted the tenant's database after it was provisioned
-        (stamped to the second, on the server's clock: read on ours, as the reconciler does)."""
+        (its stamp read on our clock, as the reconciler does)."""
         provisioned = self.row.influxdb_provisioned_at
         if provisioned is None:
             return False
@@ -202,7 +202,7 @@ class _Deletion(TenantRun):
         for name in listed.deleted:
             original, stamp = soft_deleted(name)
             when = on_our_clock(stamp, shift) if stamp and original == self.database else None
-            if when is not None and when + timedelta(seconds=1) > provisioned:
+            if when is not None and deleted_since(when, provisioned):
                 return True
         return False
 

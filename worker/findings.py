@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker.identity import locate
+from worker.listings import deleted_since
 from worker.states import RESUMABLE_REASONS, Adoption, ProvisioningState, Reason
 
 # The columns of a tenants row that find() reads: all a reconcile batch needs to load.
@@ -144,9 +145,8 @@ def _verify(row: Any, database: str, view: View) -> Finding | None:
         return Finding(Kind.DRIFT)
     # Deleted behind our back after we provisioned it, and the name is back: a writer (InfluxDB
     # creates a database on the first write) or a person made it again, without its marker.
-    # (Stamped to the second: a deletion in the second of the provisioning may be after it.)
     deleted_at = view.deletions.get((node, database))
-    if deleted_at is not None and deleted_at + timedelta(seconds=1) > row.influxdb_provisioned_at:
+    if deleted_at is not None and deleted_since(deleted_at, row.influxdb_provisioned_at):
         # (Maybe an earlier tenant of the id, deleted as this one was made: the run reads the
         # database's markers before it acts, worker.reconcile.)
         return Finding(Kind.REMADE, node, f"{deleted_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")

@@ -43,6 +43,17 @@ _OWED = "reconcile_owed"
 # database on that server's list; ``gone``: that server's latest soft-deletion of its name.
 # Joins on equality, not ``= ANY(array)`` or a correlated NOT EXISTS: tested on each of
 # 1,000,000 rows, either took seconds.)
+# A soft-deletion's stamp is whole seconds: one in the second of a provisioning may be after it.
+STAMP_GRAIN_SECONDS = 1
+
+
+def deleted_since(deleted_at: datetime, provisioned_at: datetime) -> bool:
+    """Whether a soft-deletion stamped ``deleted_at`` (moved onto our clock) may have come
+    after the provisioning at ``provisioned_at``: then the name on the list was made again.
+    The one rule for the reconciler (here in SQL, and ``worker.findings``) and deletions."""
+    return deleted_at + timedelta(seconds=STAMP_GRAIN_SECONDS) > provisioned_at
+
+
 _PASSED_OVER = f"""
     (t.influxdb_node IS NULL OR n.node IS NOT NULL)
     AND (
@@ -56,9 +67,11 @@ _PASSED_OVER = f"""
                 OR NOT n.answered
                 OR (
                     own.node IS NOT NULL
-                    -- (stamped to the second: one in the second of the provisioning may be after)
+                    -- (deleted_since, below, in SQL)
                     AND NOT coalesce(
-                        gone.at + interval '1 second' > t.influxdb_provisioned_at, false
+                        gone.at + interval '{STAMP_GRAIN_SECONDS} second'
+                            > t.influxdb_provisioned_at,
+                        false
                     )
                 )
             )

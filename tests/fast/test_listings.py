@@ -13,8 +13,14 @@ import pytest
 from tests.fast.conftest import T0
 from worker import store
 from worker.db import get_engine
-from worker.findings import COLUMNS, View, find
-from worker.listings import clock_shift, on_our_clock, run_listings, soft_deleted
+from worker.findings import COLUMNS, Kind, View, find
+from worker.listings import (
+    clock_shift,
+    deleted_since,
+    on_our_clock,
+    run_listings,
+    soft_deleted,
+)
 from worker.states import Adoption, ProvisioningState, Reason
 
 PREFIX = "telemetry_"
@@ -125,6 +131,42 @@ def test_a_name_that_cannot_be_stored_is_skipped_not_fatal(db):
 
     # Then the run goes on, and the tenant is seen where it is: nothing is owed
     assert kept == 0
+
+
+def test_the_query_and_find_draw_the_made_again_line_in_the_same_place(db):
+    # Given tenants provisioned 0.4 s into a second, each with its database listed on alpha and
+    # a soft-deleted copy stamped (whole seconds) two and one seconds before, in the same
+    # second, and the second after
+    provisioned = LONG_AGO.replace(microsecond=400_000)
+    offsets = {"before2": -2, "before1": -1, "same": 0, "after": 1}
+    for tenant_id in offsets:
+        db.execute(
+            "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node, "
+            "influxdb_provisioned_at) VALUES (%s, 'n', 'provisioned', 'alpha', %s)",
+            (tenant_id, provisioned),
+        )
+    stamps = {
+        t: provisioned.replace(microsecond=0) + timedelta(seconds=s) for t, s in offsets.items()
+    }
+    deleted = [f"{PREFIX}{t}-{stamp:%Y%m%dT%H%M%S}" for t, stamp in stamps.items()]
+
+    # When the reconciler's query selects the owed rows, and find judges them
+    with get_engine().connect() as conn, run_listings(conn, PREFIX) as seen:
+        with seen.copying() as copy_list:
+            copy_list("alpha", [PREFIX + t for t in offsets], deleted)
+        seen.select_owed(["alpha"], LISTED_AT)
+        judged = {}
+        for batch in seen.batches(10, COLUMNS):
+            listings = seen.view_of(batch, ["alpha"])
+            batch_view = View(T0, LISTED_AT, timedelta(seconds=60), T0, listings, seen.deletions)
+            judged.update({r.tenant_id: find(r, PREFIX + r.tenant_id, batch_view) for r in batch})
+
+    # Then both, and deleted_since, take a deletion in the second of the provisioning or
+    # later as after it, and none before
+    assert {t for t in stamps if deleted_since(stamps[t], provisioned)} == {"same", "after"}
+    assert judged.keys() == {"same", "after"}
+    assert {finding.kind for finding in judged.values() if finding} == {Kind.REMADE}
+    assert all(judged.values())
 
 
 @pytest.mark.parametrize(
