@@ -156,11 +156,12 @@ def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
 def _not_counted(row: Row[Any]) -> str | None:
     """Why a database of the tenant's name is not looked at, where it cannot be the tenant's
     own: none is made while it waits for capacity, and one being deleted that was never
-    provisioned was never proven its own (a name_taken tenant deleted: another's data)."""
+    proven its own is not (a name_taken tenant deleted: another's data; its deletion clears
+    ``provisioned_at``, ``worker.store.request_deletion``)."""
     if row.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY:
         return "waiting for capacity: no database made yet"
     if row.influxdb_state == ProvisioningState.DEPROVISIONING and not row.influxdb_provisioned_at:
-        return "being deleted, never provisioned: a database of its name is not counted"
+        return "being deleted, never proven the owner of a database of its name: not counted"
     return None
 
 

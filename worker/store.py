@@ -29,6 +29,7 @@ from worker.states import STATES, Adoption, ProvisioningState, Reason
 MAX_STORED_ERROR = 500
 _ROW = tenants.c
 _DELETING = _ROW.influxdb_state == ProvisioningState.DEPROVISIONING
+_NAME_TAKEN = _ROW.influxdb_error_reason == Reason.NAME_TAKEN
 _NOW = DATABASE_NOW.label("read_at")  # a run's clock starts from it (worker.clock)
 _CREATE = text("SELECT tenant_create(:id, :name, :retention, :actor, :route, CAST(:data AS jsonb))")
 
@@ -66,10 +67,8 @@ def page(conn: Connection, after: str, size: int, columns: Sequence[str]) -> lis
 def count_by_state(conn: Connection) -> dict[str, int]:
     """Tenants per provisioning state, every state present (zero included)."""
     counts = dict.fromkeys(STATES, 0)
-    for state, count in conn.execute(
-        select(_ROW.influxdb_state, func.count()).group_by(_ROW.influxdb_state)
-    ):
-        counts[state] = int(count)
+    query = select(_ROW.influxdb_state, func.count()).group_by(_ROW.influxdb_state)
+    counts.update({state: int(count) for state, count in conn.execute(query)})
     return counts
 
 
@@ -165,8 +164,8 @@ def request_adoption(conn: Connection, tenant_id: str, node: str, now: datetime)
 
 
 def request_deletion(conn: Connection, tenant_id: str, now: datetime) -> bool:
-    """The tenant goes to ``deprovisioning`` at once (a scheduled provisioning retry is void);
-    False when there is no such tenant."""
+    """The tenant goes to ``deprovisioning`` at once (a scheduled provisioning retry is void;
+    a ``name_taken`` one never owned its database's name); False when there is no such tenant."""
     found = conn.execute(
         sql_update(tenants)
         .where(_ROW.tenant_id == tenant_id)
@@ -175,6 +174,7 @@ def request_deletion(conn: Connection, tenant_id: str, now: datetime) -> bool:
             # A deletion asked again keeps its wait; a new one starts its own.
             influxdb_delete_after=case((_DELETING, _ROW.influxdb_delete_after), else_=None),
             influxdb_attempts=0,
+            influxdb_provisioned_at=case((_NAME_TAKEN, None), else_=_ROW.influxdb_provisioned_at),
             influxdb_error_reason=None,
             influxdb_last_error=None,
             influxdb_next_attempt_at=None,

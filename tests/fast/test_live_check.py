@@ -8,6 +8,8 @@ import pytest
 from api_hooks.status import tenant_influxdb_status
 from tests.conftest import existing_database
 from tests.fast.conftest import T0, insert
+from worker import store
+from worker.db import get_engine
 
 
 @pytest.mark.parametrize(
@@ -15,7 +17,7 @@ from tests.fast.conftest import T0, insert
     [
         ({"state": "waiting_for_capacity"}, "waiting for capacity"),
         # A name_taken tenant, deleted: its reason is cleared, the database is another's
-        ({"state": "deprovisioning", "node": "default"}, "never provisioned"),
+        ({"state": "deprovisioning", "node": "default"}, "never proven"),
     ],
 )
 def test_a_database_of_its_name_that_cannot_be_its_own_is_not_counted(db, influx, columns, why):
@@ -35,3 +37,20 @@ def test_a_tenant_provisioned_and_being_deleted_is_still_counted(db, influx):
 
     live = tenant_influxdb_status("acme")["live"]
     assert (live["exists"], live["telemetry_count"], live["error"]) == (True, 2, None)
+
+
+def test_a_name_taken_tenant_once_provisioned_is_not_counted_once_it_is_deleted(db, influx):
+    # Given a tenant provisioned once, whose database of its name later proved someone else's
+    existing_database(influx, "acme", points=2, incarnation="someone-else")
+    insert(db, "acme", state="failed", node="default", provisioned_at=T0, error_reason="name_taken")
+
+    # When it is deleted (its reason is cleared)
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "acme", T0)
+
+    # Then the other's database is neither counted nor said to exist
+    status = tenant_influxdb_status("acme")
+    assert (status["state"], status["error_reason"]) == ("deprovisioning", None)
+    live = status["live"]
+    assert (live["exists"], live["telemetry_count"]) == (None, None)
+    assert "never proven" in live["error"]
