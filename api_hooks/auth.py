@@ -1,8 +1,9 @@
 """Bearer-token credentials of the API: one rule for each of its tokens (operator, locations,
 metrics). The token is compared in constant time; a client that keeps failing is throttled
-(429, ``api_hooks.throttle``); every refusal is a 401 naming the variable that holds the token,
-never the token. And where a browser carries the credential itself (the UI's cookie session,
-the console's), a change asked from another site's page is refused: :func:`cross_site`.
+(429, ``api_hooks.throttle``; a right token never is); every other refusal is a 401 naming
+the variable that holds the token, never the token. And where a browser carries the
+credential itself (the UI's cookie session, the console's), a change asked from another
+site's page is refused: :func:`cross_site`.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the dependency's annotations, and
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api_hooks.throttle import Throttle, refuse_if_throttled, throttled
+from api_hooks.throttle import Throttle, client_of, throttled
 
 
 def bearer_auth(
@@ -43,17 +44,14 @@ def bearer_auth(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
     ) -> str | None:
-        client = refuse_if_throttled(throttle, request, overall=False)
         supplied = credentials.credentials.encode() if credentials is not None else b""
-        if not expected or not hmac.compare_digest(supplied, expected):
-            overall = throttle.retry_after(client)  # many addresses failing together
-            throttle.failed(client)  # counted either way: its own limit still holds
-            if overall is not None:
-                raise throttled(overall)
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, detail=refusal, headers={"WWW-Authenticate": "Bearer"}
-            )
-        return identity
+        if expected and hmac.compare_digest(supplied, expected):
+            return identity  # never throttled: its address may be everyone's (a proxy's)
+        if (wait := throttle.refuse(client_of(request))) is not None:
+            raise throttled(wait)
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, detail=refusal, headers={"WWW-Authenticate": "Bearer"}
+        )
 
     return require_token
 

@@ -3,13 +3,13 @@
 Without it the sign-in form and bearer auth let anyone guess operator tokens as fast as the
 API answers. A client that failed ``per_client`` times within ``window`` seconds is refused
 (429, with ``Retry-After``) until its oldest failure leaves the window; so is everyone once
-``overall`` failures fell within it (many addresses guessing together) - everyone with a
-wrong credential: a bearer token that is right passes the overall limit (a few addresses
-failing together must not lock every location client of the data plane out), and a
-128-bit token is not guessed by trying. Successes are not
-counted, and a client refused by its own limit adds nothing to the overall count, so one
-address hammering away never locks out another. In memory, per process: what an attacker
-gets is multiplied by the API's processes, not unlimited.
+``overall`` failures fell within it (many addresses guessing together). Only wrong credentials
+are refused: a right one always passes, whatever its address did (behind a proxy every client
+may share one address, and a stranger's five guesses must not lock out the data plane's location
+clients or the operator), and a token of 32 characters or more is not guessed by trying.
+Successes are not counted, and a client refused by its own limit adds nothing to the overall
+count. In memory, per process: what an attacker gets is multiplied by the API's processes,
+not unlimited.
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ class Throttle:
                 return every[0] + self._window - now
             return None
 
+    def refuse(self, client: str) -> float | None:
+        """A wrong credential from ``client``: the seconds it must wait (429), or None (401).
+        Counted, unless its own limit refused it."""
+        if (own := self.retry_after(client, overall=False)) is not None:
+            return own
+        wait = self.retry_after(client)
+        self.failed(client)
+        return wait
+
     def failed(self, client: str) -> None:
         """Count a failed credential from ``client``."""
         with self._lock:
@@ -83,13 +92,10 @@ class Throttle:
         return times
 
 
-def refuse_if_throttled(throttle: Throttle, request: Request, *, overall: bool = True) -> str:
-    """The request's client address; raises 429 (with Retry-After) if it must wait
-    (``overall=False``: by its own failures only)."""
-    client = request.client.host if request.client else "-"
-    if (wait := throttle.retry_after(client, overall=overall)) is not None:
-        raise throttled(wait)
-    return client
+def client_of(request: Request) -> str:
+    """The address failures are counted by (the proxy's, unless uvicorn trusts its
+    ``X-Forwarded-For``: ``FORWARDED_ALLOW_IPS``, docs/security.md)."""
+    return request.client.host if request.client else "-"
 
 
 def throttled(wait: float) -> HTTPException:

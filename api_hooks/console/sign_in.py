@@ -15,7 +15,7 @@ from api_hooks.console.guard import CSRF_FIELD, safe_next
 from api_hooks.console.pages import MAX_FORM_BYTES, PREFIX
 from api_hooks.console.render import Pages
 from api_hooks.console.sessions import SESSION_COOKIE, ConsoleSessions
-from api_hooks.throttle import Throttle
+from api_hooks.throttle import Throttle, client_of
 
 SIGN_IN_ROUTE = "console_sign_in"
 SIGN_OUT_ROUTE = "console_sign_out"
@@ -44,18 +44,7 @@ def sign_in_router(
         next: Annotated[str | None, Form(max_length=2000)] = None,
     ) -> Response:
         target = safe_next(next, PREFIX)
-        client = request.client.host if request.client else "-"
-        if (wait := throttle.retry_after(client)) is not None:
-            throttled = pages.render(
-                request,
-                "sign_in.html",
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                signed_in=False,
-                next=target,
-                problem=f"Too many failed sign-ins. Try again in {ceil(wait)} s.",
-            )
-            throttled.headers["Retry-After"] = str(ceil(wait))
-            return throttled
+        client = client_of(request)
         if refused := pages.csrf.refusal(request, {CSRF_FIELD: csrf_token}):
             return pages.render(
                 request,
@@ -66,7 +55,18 @@ def sign_in_router(
                 problem=refused,
             )
         if not token or not sessions.token_matches(token):
-            throttle.failed(client)
+            # (the right token is never throttled: its address may be everyone's, a proxy's)
+            if (wait := throttle.refuse(client)) is not None:
+                throttled = pages.render(
+                    request,
+                    "sign_in.html",
+                    status.HTTP_429_TOO_MANY_REQUESTS,
+                    signed_in=False,
+                    next=target,
+                    problem=f"Too many failed sign-ins. Try again in {ceil(wait)} s.",
+                )
+                throttled.headers["Retry-After"] = str(ceil(wait))
+                return throttled
             return pages.render(
                 request,
                 "sign_in.html",
