@@ -109,9 +109,9 @@ def find(row: Any, database: str, view: View) -> Finding | None:
 
 def _locate(database: str, view: View) -> Finding:
     location = locate(database, view.listings)
-    if len(location.found) == 1:
-        return Finding(Kind.RECORD_HOME, location.found[0])
-    if location.found:
+    if location.home:
+        return Finding(Kind.RECORD_HOME, location.home)
+    if len(location.found) > 1:
         return Finding(Kind.AMBIGUOUS, detail=", ".join(location.found))
     if location.absent:
         return Finding(Kind.NEW_HOME)
@@ -135,8 +135,8 @@ def _verify(row: Any, database: str, view: View) -> Finding | None:
     node: str | None = row.influxdb_node
     if node is None:  # provisioned before the pool existed
         location = locate(database, view.listings)
-        if len(location.found) == 1:
-            return Finding(Kind.RECORD_HOME, location.found[0])
+        if location.home:
+            return Finding(Kind.RECORD_HOME, location.home)
         return Finding(Kind.DRIFT) if location.absent else None
     seen = view.listings.get(node)
     if seen is None:

@@ -155,6 +155,12 @@ class Location:
         """Confirmed absent: every server answered and none has it."""
         return not self.found and not self.unanswered
 
+    @property
+    def home(self) -> str | None:
+        """The one server holding it, known only once every server answered: a silent one may
+        hold the tenant's data, and the copy found elsewhere be a stray of a misrouted write."""
+        return self.found[0] if len(self.found) == 1 and not self.unanswered else None
+
 
 def locate(database: str, listings: Mapping[str, Collection[str] | None]) -> Location:
     """Where ``database`` is, from one listing per node (None: the node did not answer)."""

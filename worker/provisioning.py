@@ -125,8 +125,8 @@ class _Run(TenantRun):
                 return True
         # Provisioned before the pool existed: find where it is, never create a second one.
         location = self._locate()
-        if len(location.found) == 1:
-            self._record_home(location.found[0])
+        if location.home:
+            self._record_home(location.home)
             return True
         return not location.absent
 
@@ -202,10 +202,10 @@ class _Run(TenantRun):
 
     def _locate_before_placing(self) -> NodeConfig | Outcome | None:
         location = self._locate()
-        if len(location.found) == 1:
-            self._record_home(location.found[0])
-            return self.pool.node(location.found[0])
-        if location.found:
+        if location.home:
+            self._record_home(location.home)
+            return self.pool.node(location.home)
+        if len(location.found) > 1:
             attempt = self._start(None)
             message = (
                 f"database {self.database} exists on nodes {', '.join(location.found)}; "

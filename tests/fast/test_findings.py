@@ -57,8 +57,10 @@ def row(tenant_id: str = "acme", **columns: Any) -> SimpleNamespace:
         (row(enqueued_at=LONG_AGO), VIEW, Kind.PROVISION, None),
         # queued a moment ago: its message is on its way
         (row(enqueued_at=JUST_NOW), VIEW, None, None),
-        # rows from before the worker: located from the listings
-        (row(adopt="unmarked"), VIEW, Kind.RECORD_HOME, "alpha"),
+        # rows from before the worker: located from the listings, once every server answered
+        # (a silent one may hold the tenant's data, the copy found elsewhere a stray)
+        (row(adopt="unmarked"), ANSWERED, Kind.RECORD_HOME, "alpha"),
+        (row(adopt="unmarked"), VIEW, Kind.UNLOCATED, None),
         (row(adopt="unmarked", tenant_id="other"), VIEW, Kind.UNLOCATED, None),
         (row(adopt="unmarked", tenant_id="other"), ANSWERED, Kind.NEW_HOME, None),
         # a server that left the nodes file: its tenants wait there, whatever their state
@@ -94,7 +96,8 @@ def row(tenant_id: str = "acme", **columns: Any) -> SimpleNamespace:
         (row(state="provisioned", node="alpha", provisioned_at=LONG_AGO), VIEW, None, None),
         (row(state="provisioned", node="gamma", provisioned_at=LONG_AGO), VIEW, None, None),
         (row(state="provisioned", node="beta", provisioned_at=T0), VIEW, None, None),
-        (row(state="provisioned", provisioned_at=LONG_AGO), VIEW, Kind.RECORD_HOME, "alpha"),
+        (row(state="provisioned", provisioned_at=LONG_AGO), ANSWERED, Kind.RECORD_HOME, "alpha"),
+        (row(state="provisioned", provisioned_at=LONG_AGO), VIEW, None, None),
         # failed for a transient reason: resumed once its server answers, stalled until then
         (row(state="failed", error_reason="unreachable", node="alpha"), VIEW, Kind.RESUME, "alpha"),
         (row(state="failed", error_reason="timeout", node="gamma"), VIEW, Kind.STALLED, "gamma"),

@@ -15,7 +15,7 @@ import pytest
 
 from api_hooks.errors import TenantBusy
 from api_hooks.tenants import adopt_database
-from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row
+from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row, write_points
 from tests.fast.conftest import SEED, World, insert
 from worker import nodes, placement, store
 from worker.db import autocommit, get_engine
@@ -357,6 +357,31 @@ def test_a_silent_server_means_unknown_and_nothing_is_placed(db, world: World):
     assert (outcome.result, outcome.reason) == (RunResult.RETRYING, "unreachable")
     assert tenant_row(db, "acme")["influxdb_node"] is None
     assert alpha.create_calls() == 0
+
+
+def test_a_copy_on_one_server_is_no_home_while_another_is_silent(db, world: World):
+    # Given a row from before the worker whose database (7 points) is on alpha, and a stray of
+    # its name (a misrouted write) on beta, and alpha down while the run locates it
+    alpha = world.add("alpha")
+    beta = world.add("beta")
+    existing_database(alpha, "acme", points=7)
+    write_points(beta, "telemetry_acme", "telemetry,device=d1 v=1i")
+    insert(db, "acme", adopt="unmarked")
+    alpha.set_outage(True)
+
+    # When the worker runs it
+    outcome = world.provision("acme", MESSAGE)
+
+    # Then it waits for alpha to answer; it does not take the stray on beta as its home
+    assert (outcome.result, outcome.reason) == (RunResult.RETRYING, "unreachable")
+    assert tenant_row(db, "acme")["influxdb_node"] is None
+
+    # And once alpha answers, both copies are seen: the operator chooses (name_taken)
+    alpha.set_outage(False)
+    world.clock.advance(3600)
+    outcome = world.provision("acme", Delivery.of(MESSAGE.task_id, 1))  # its retry
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, "name_taken")
+    assert len(alpha.rows("telemetry_acme", "telemetry")) == 7
 
 
 def test_a_row_from_before_the_worker_found_nowhere_gets_a_new_home(db, world: World):
