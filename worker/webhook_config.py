@@ -18,6 +18,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3.util
+
 from worker.event_reads import TYPE_PREFIX
 from worker.events import EVENT_TYPES
 from worker.settings import SettingsError
@@ -97,6 +99,11 @@ def _url(url: object, where: str) -> str:
         raise WebhookConfigError(f"{where}.url must not carry credentials (user:password@)")
     if not parts.hostname or parts.fragment or any(c.isspace() for c in url):
         raise WebhookConfigError(f"{where}.url must name a host, with no space or #fragment")
+    try:  # what sending does with it: "hooks..example.com" is refused only then
+        urllib3.util.parse_url(url)
+        parts.hostname.encode("idna")
+    except ValueError:  # LocationParseError, UnicodeError: an empty or over-long label
+        raise WebhookConfigError(f"{where}.url: {parts.hostname!r} is not a host name") from None
     return url
 
 

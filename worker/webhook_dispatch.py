@@ -167,7 +167,11 @@ def _send(
 ) -> Attempt:
     # In a sender thread: no transaction is open, and none is touched.
     stamp = int(now.timestamp())
-    return post(sender.session(), endpoint, head.event_id, head.payload, stamp, read_timeout)
+    try:
+        return post(sender.session(), endpoint, head.event_id, head.payload, stamp, read_timeout)
+    except Exception as exc:  # a fault of ours: recorded as a failure, the others still served
+        logger.exception("sending event %s to %s failed", head.event_id, endpoint.name)
+        return Attempt(None, f"not sent: {type(exc).__name__}")
 
 
 def _lane(head: Any) -> str:

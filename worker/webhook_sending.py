@@ -115,7 +115,7 @@ def post(
             allow_redirects=False,
             stream=True,  # the answer's body is not read: only its status counts
         )
-    except requests.RequestException as exc:
+    except (requests.RequestException, ValueError) as exc:  # ValueError: a URL urllib3 refuses
         if watch.was_cut or isinstance(exc, requests.Timeout):
             return Attempt(None, f"no answer within {CONNECT_TIMEOUT:g}s / {read_timeout:g}s")
         if isinstance(exc, requests.ConnectionError):

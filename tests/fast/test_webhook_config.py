@@ -57,6 +57,9 @@ def test_a_valid_file_gives_endpoints_whose_repr_holds_no_secret():
         ({"name": "ui", "url": "https://a b/h", "secret": SECRET}, "(ui).url must name a host"),
         ({"name": "ui", "url": "https://:9/h", "secret": SECRET}, "(ui).url must name a host"),
         ({"name": "ui", "url": "https://a:port/h", "secret": SECRET}, "not a valid URL"),
+        # refused by sending alone before: an empty label, one over 63 characters
+        ({"name": "ui", "url": "https://hooks..example.com/in", "secret": SECRET}, "not a host"),
+        ({"name": "ui", "url": f"https://{'a' * 64}.com/", "secret": SECRET}, "not a host name"),
         ({"name": "ui", "url": "https://u:pw@a/h", "secret": SECRET}, "must not carry cred"),
         ({"name": "ui", "url": "https://a/h"}, "(ui): a secret (whsec_...) or a secret_file"),
         ({"name": "ui", "url": "https://a/h", "secret": "hunter2hunter2"}, "must be whsec_"),

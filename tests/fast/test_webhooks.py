@@ -10,6 +10,7 @@ Postgres' ``now()``."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -250,6 +251,26 @@ def test_every_failure_is_retried_later_and_nothing_is_lost(db, receiver, fault,
     assert any(r.answered == 200 for r in receiver.snapshot())
     assert deliveries(db) == [] and endpoint_row(db)["failing_since"] is None
     elsewhere.down()
+
+
+def test_an_endpoint_whose_url_cannot_be_sent_to_fails_alone(db, receiver):
+    # Given an endpoint whose URL urllib3 refuses when sending (older config let it in: an
+    # empty label), listed before a healthy one
+    clock = Clock()
+    typo = dataclasses.replace(endpoint_for(receiver, "typo"), url="http://hooks..example.com/in")
+    ui = endpoint_for(receiver)
+    assert run(clock, typo, ui).served == ["typo", "ui"]
+
+    # When a tenant is created
+    insert(db, "acme", state="pending")
+    readable(db)
+    summary = run(clock, typo, ui)
+
+    # Then the healthy endpoint gets its event, and the other's failure is recorded, to retry
+    assert arrivals(receiver, "acme") == ["tenant.created"]
+    assert (summary.delivered, summary.failed) == (1, 1)
+    (waiting,) = deliveries(db)
+    assert waiting["endpoint"] == "typo" and "LocationParseError" in waiting["last_error"]
 
 
 def post_one(receiver: Receiver, read_timeout: float) -> Attempt:
