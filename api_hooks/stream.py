@@ -14,7 +14,7 @@ import contextlib
 import json
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -219,7 +219,7 @@ def _read(chosen: Selection, cursor: Cursor, limit: int = MAX_LIMIT) -> Any:
 
 async def tenant_stream(
     tenant_id: str, after_seq: int, slot: StreamSlot
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """One tenant's events after ``after_seq`` in its own sequence, as they are committed
     (the console's timeline): read by ``seq`` whenever the reader shows an event of it.
     Counted with the event streams: one budget of MAX_STREAMS per process (``slot``)."""

@@ -9,7 +9,9 @@ timeline as it was when the page was read.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -30,6 +32,7 @@ from api_hooks.tenants import validate_tenant_id
 from worker.event_reads import TYPE_PREFIX, BadCursor
 
 MAX_SEQ = 2**31 - 1
+RECHECK_SECONDS = 60.0  # how long a timeline outlives a sign-out at most (plus a keepalive)
 SIGNS = {str(state): sign for state, sign in STATE_SIGNS.items()}
 
 
@@ -69,13 +72,20 @@ def timeline_route(router: APIRouter) -> None:
 
 
 async def _messages(tenant_id: str, after: int, slot: StreamSlot) -> AsyncIterator[bytes]:
+    # The operator check ran when the stream opened, not since: it ends after RECHECK_SECONDS
+    # (at its next event or keepalive) and the browser's EventSource reconnects from its last
+    # id through the check again. Signed out, ended or expired, that reconnect is refused.
+    ends_at = time.monotonic() + RECHECK_SECONDS
     yield b"retry: 3000\n\n"
-    async for event in tenant_stream(tenant_id, after, slot):
-        if not event:
-            yield b": keepalive\n\n"
-            continue
-        row = shown(event)
-        yield f"id: {row['seq']}\nevent: tenant-event\ndata: {json.dumps(row)}\n\n".encode()
+    async with aclosing(tenant_stream(tenant_id, after, slot)) as events:  # its slot back now
+        async for event in events:
+            if time.monotonic() >= ends_at:
+                return
+            if not event:
+                yield b": keepalive\n\n"
+                continue
+            row = shown(event)
+            yield f"id: {row['seq']}\nevent: tenant-event\ndata: {json.dumps(row)}\n\n".encode()
 
 
 def shown(event: dict[str, Any]) -> dict[str, Any]:

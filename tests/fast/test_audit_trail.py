@@ -33,7 +33,7 @@ from api_hooks import (
 from api_hooks.actors import actor_of
 from api_hooks.app import create_app
 from api_hooks.cli import main as cli_main
-from api_hooks.console import console_router
+from api_hooks.console import console_router, live
 from api_hooks.console.render import TIMELINE_JS
 from api_hooks.router import operator_router
 from harness.console import form_token
@@ -377,6 +377,29 @@ def test_timelines_and_event_streams_share_one_budget_per_process(db, console, q
             refused = console.get(path, headers=headers)
             assert refused.status_code == 503, path
             assert refused.headers["Retry-After"] == "5"
+
+
+def test_an_open_timeline_is_checked_again_so_a_sign_out_ends_it(db, console, queue, monkeypatch):
+    # Given acme's timeline open in a browser, rechecked every 0.5 s, kept alive every 0.1 s
+    monkeypatch.setattr(stream, "KEEPALIVE_SECONDS", 0.1)
+    monkeypatch.setattr(live, "RECHECK_SECONDS", 0.5)
+    create_tenant("acme", "Acme", actor="alice")
+    timeline = f"{CONSOLE}/tenants/acme/timeline"
+    with console.stream("GET", timeline) as opened:
+        assert opened.status_code == 200
+        chunks = opened.iter_bytes()
+        assert next(chunks).startswith(b"retry:")
+        # When the operator signs out in another tab
+        page = console.get(CONSOLE)
+        signed_out = console.post(f"{CONSOLE}/sign-out", data={"csrf_token": form_token(page.text)})
+        assert signed_out.status_code == 303
+
+        # Then the stream ends by itself (its event came before), its slot given back at once
+        assert b"operator.created" in b"".join(chunks)
+    wait_for(lambda: stream._open_streams == 0, 5, 0.01, "the timeline's slot to come back")
+    # and the browser's reconnect is sent to the sign-in page, not given the stream
+    again = console.get(timeline, headers={"Last-Event-ID": "1"})
+    assert again.status_code == 303 and "sign-in" in again.headers["location"]
 
 
 def test_a_burst_of_stream_requests_cannot_pass_the_budget_before_any_body_starts(monkeypatch):
