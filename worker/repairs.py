@@ -161,8 +161,12 @@ class Repairs:
         # row, then its node's (the slot trigger); a placer locks a node's row, then writes a
         # tenant's: waiting on a tenant while holding nodes would deadlock with either.
         self.conn.commit()
-        homes = {r.tenant_id: f.node for r, f in zip(rows, findings, strict=True) if f.node}
-        lock_nodes(self.conn, homes.values())
+        homes = {
+            r.tenant_id: (f.node, r.influxdb_incarnation)
+            for r, f in zip(rows, findings, strict=True)
+            if f.node
+        }
+        lock_nodes(self.conn, [node for node, _ in homes.values()])
         adopted = set(store.record_homes(self.conn, homes))
         self.conn.commit()
         self.summary.adopted += len(adopted)

@@ -311,25 +311,21 @@ def to_pending(
     return sorted(moved)
 
 
-def record_homes(conn: Connection, homes: Mapping[str, str]) -> list[str]:
-    """Rows without a server: the server where their database was found (tenant -> node).
-    Only rows no transaction holds (a run locating one meanwhile starts over); returns those."""
-    if not homes:
-        return []
-    free = list(
-        conn.execute(
-            select(_ROW.tenant_id)
-            .where(_ROW.tenant_id.in_(list(homes)), _ROW.influxdb_node.is_(None))
-            .order_by(_ROW.tenant_id)
-            .with_for_update(skip_locked=True)
-        ).scalars()
+def record_homes(conn: Connection, homes: Mapping[str, tuple[str, Any]]) -> list[str]:
+    """Rows without a server: the server where their database was found (tenant -> node, and
+    the incarnation it was found for: not an id deleted and made again since). Only rows no
+    transaction holds (a run locating one meanwhile starts over); returns those."""
+    found = select(_ROW.tenant_id, _ROW.influxdb_incarnation).where(
+        _ROW.tenant_id.in_(list(homes)), _ROW.influxdb_node.is_(None)
     )
+    rows = conn.execute(found.order_by(_ROW.tenant_id).with_for_update(skip_locked=True))
+    free = [tenant_id for tenant_id, seen in rows if seen == homes[tenant_id][1]]
     if free:
         conn.execute(
             sql_update(tenants)
             .where(_ROW.tenant_id == bindparam("id"), _ROW.influxdb_node.is_(None))
             .values(influxdb_node=bindparam("node")),
-            [{"id": tenant_id, "node": homes[tenant_id]} for tenant_id in free],
+            [{"id": tenant_id, "node": homes[tenant_id][0]} for tenant_id in free],
         )
     return free
 

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import INFLUX_TOKEN, tenant_row, wait_for, write_points
 from tests.fast.conftest import T0, Published, World, blocked_by, insert
+from worker import store
 from worker.db import get_engine
 from worker.influxdb import InfluxDB3Client
 from worker.placement import usage
@@ -128,6 +129,25 @@ def test_rows_from_before_the_worker_are_adopted_from_one_listing_per_server(db,
     assert tenant_row(db, "old")["influxdb_node"] == "alpha"
     assert tenant_row(db, "never-made")["influxdb_adopt"] is None
     assert sorted(t for t, _, _ in published) == ["never-made", "old"]
+
+
+def test_a_home_found_for_an_id_deleted_and_made_again_since_is_not_recorded(db, world: World):
+    # Given a row from before the worker, found on alpha by a run that then took a while: the
+    # id was deleted and made again meanwhile (a new incarnation, a new tenant, no server)
+    world.add("alpha")
+    found_for = insert(db, "old", adopt="unmarked")["influxdb_incarnation"]
+    db.execute("DELETE FROM tenants WHERE tenant_id = 'old'")
+    made_again = insert(db, "old")["influxdb_incarnation"]
+    assert made_again != found_for
+
+    # When the run records the homes it found
+    with get_engine().begin() as conn:
+        recorded = store.record_homes(conn, {"old": ("alpha", found_for)})
+
+    # Then the new tenant is not given the old one's server: it is placed as new
+    assert recorded == [] and tenant_row(db, "old")["influxdb_node"] is None
+    with get_engine().begin() as conn:
+        assert store.record_homes(conn, {"old": ("alpha", made_again)}) == ["old"]
 
 
 def test_waiting_tenants_get_the_free_slots_oldest_first_with_a_fresh_budget(db, world: World):
