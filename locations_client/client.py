@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 
@@ -81,8 +82,9 @@ class LocationClient:
 
     def _run(self) -> None:
         # Refreshes are spaced from their starts, so one every interval however long each takes
-        # (the deletion wait, LOCATIONS_MAX_STALENESS_SECONDS, counts on it).
-        started = time.monotonic()
+        # (the deletion wait, LOCATIONS_MAX_STALENESS_SECONDS, counts on it); the first at once
+        # when started without waiting for it.
+        started = _last_start(self._map)
         while not self._stop.wait(_until_next(started, self._refresh_seconds, self._map)):
             started = time.monotonic()
             try:
@@ -158,7 +160,7 @@ class AsyncLocationClient:
         return self._map.last_error
 
     async def _run(self) -> None:
-        started = time.monotonic()
+        started = _last_start(self._map)
         while True:
             await asyncio.sleep(_until_next(started, self._refresh_seconds, self._map))
             started = time.monotonic()
@@ -170,6 +172,12 @@ class AsyncLocationClient:
                 logger.exception(
                     "location refresh failed unexpectedly; serving version %d", self.version
                 )
+
+
+def _last_start(held: _Map) -> float:
+    """When the refreshes are spaced from at first: now, or never for a map not loaded yet (a
+    client started without waiting would otherwise know no tenant for a whole interval)."""
+    return time.monotonic() if held.staleness < math.inf else -math.inf
 
 
 def _until_next(started: float, chosen: float | None, held: _Map) -> float:

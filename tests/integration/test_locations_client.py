@@ -366,6 +366,34 @@ def test_a_location_that_is_not_an_object_is_named(scripted):
     assert client.resolve("a") is UNKNOWN
 
 
+def test_a_client_started_without_waiting_loads_its_map_at_once_not_an_interval_later(scripted):
+    # Given a service that answers, and clients that refresh once an hour, started without
+    # waiting for their first load (as a writer that must start while the service is away)
+    scripted.answer(200, json.dumps({**GOOD_PAGE, "refresh_seconds": 3600}))
+    client = LocationClient(scripted.url, LOCATIONS_TOKEN, refresh_seconds=3600).start(wait=False)
+
+    # Then each knows the tenants within moments, not an hour later
+    try:
+        wait_for(lambda: isinstance(client.resolve("a"), Location), 5, 0.02, "the first load")
+    finally:
+        client.close()
+
+    async def story() -> None:
+        aclient = await AsyncLocationClient(
+            scripted.url, LOCATIONS_TOKEN, refresh_seconds=3600
+        ).start(wait=False)
+        try:
+            for _ in range(250):
+                if isinstance(aclient.resolve("a"), Location):
+                    return
+                await asyncio.sleep(0.02)
+            raise AssertionError("the async client did not load its map within 5 s")
+        finally:
+            await aclient.close()
+
+    asyncio.run(story())
+
+
 def test_a_url_that_is_not_http_is_refused():
     with pytest.raises(ValueError, match="http"):
         LocationClient("file:///etc/passwd", LOCATIONS_TOKEN)
