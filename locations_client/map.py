@@ -18,6 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
+
+def _clock() -> float:
+    """Seconds on a clock that goes on while the host is suspended (Linux's CLOCK_BOOTTIME;
+    elsewhere monotonic): a writer waking from a long sleep must see its map as stale, not
+    write for a tenant deleted meanwhile (InfluxDB would make its database again)."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
+
+_BOOTTIME: Final = getattr(time, "CLOCK_BOOTTIME", None)
+
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE: Final = 5000
@@ -99,7 +109,7 @@ class _Map:
         self.refresh_seconds: float | None = None  # the service's hint, once known
         self.max_staleness_seconds: float | None = None
         self.last_error: str | None = None
-        # time.monotonic() when the last successful refresh asked for its last page: the map
+        # _clock() when the last successful refresh asked for its last page: the map
         # holds every change visible then (a whole load of a million takes seconds before it)
         self._refreshed_at: float | None = None
         self._asked_at = 0.0  # when the page being applied was asked for
@@ -109,7 +119,7 @@ class _Map:
     def staleness(self) -> float:
         if self._refreshed_at is None:
             return math.inf
-        return time.monotonic() - self._refreshed_at
+        return _clock() - self._refreshed_at
 
     def resolve(self, tenant_id: str, stale_ok: bool) -> Resolution:
         """Where ``tenant_id`` is, by the map in memory; Stale when it is older than the
@@ -221,7 +231,7 @@ class _Map:
     def _fetch(self, since: int) -> tuple[int, int | None, bytes, float]:
         """One page's status, the version the page after it starts from (when more follow
         and the service says so in its headers), its body, unparsed, and when it was asked."""
-        asked = time.monotonic()
+        asked = _clock()
         query = urllib.parse.urlencode({"since": since, "limit": self._page_size})
         # http(s) only: checked in __init__
         request = urllib.request.Request(f"{self._url}?{query}", headers=self._headers)  # noqa: S310
