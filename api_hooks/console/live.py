@@ -32,7 +32,9 @@ from api_hooks.tenants import validate_tenant_id
 from worker.event_reads import TYPE_PREFIX, BadCursor
 
 MAX_SEQ = 2**31 - 1
-RECHECK_SECONDS = 60.0  # how long a timeline outlives a sign-out at most (plus a keepalive)
+# How long a timeline runs before it ends for its session to be checked again; it ends at its
+# next event or keepalive (every 15 s), so a sign-out stops it within a minute.
+RECHECK_SECONDS = 45.0
 SIGNS = {str(state): sign for state, sign in STATE_SIGNS.items()}
 
 
@@ -79,7 +81,8 @@ async def _messages(tenant_id: str, after: int, slot: StreamSlot) -> AsyncIterat
     yield b"retry: 3000\n\n"
     async with aclosing(tenant_stream(tenant_id, after, slot)) as events:  # its slot back now
         async for event in events:
-            if time.monotonic() >= ends_at:
+            if time.monotonic() >= ends_at:  # the page reconnects at once, quietly (timeline.js)
+                yield b"event: recheck\ndata: session\n\n"
                 return
             if not event:
                 yield b": keepalive\n\n"

@@ -28,6 +28,19 @@ from worker.db import get_engine
 from worker.models import console_sessions
 
 SESSION_COOKIE = "tp_console_session"
+# Requests a page makes by itself (the timeline's reconnects, each RECHECK_SECONDS): checked,
+# but not counted as use (api_hooks.console.live).
+UNATTENDED_ROUTES = frozenset({"console_timeline"})
+_TOUCH = text(
+    "UPDATE console_sessions SET last_seen_at = clock_timestamp() "
+    "WHERE id_hash = :id_hash AND ended_at IS NULL AND expires_at > clock_timestamp() "
+    "AND last_seen_at > clock_timestamp() - make_interval(secs => :idle) RETURNING actor"
+)
+_LOOK = text(  # the same session, not marked used
+    "SELECT actor FROM console_sessions "
+    "WHERE id_hash = :id_hash AND ended_at IS NULL AND expires_at > clock_timestamp() "
+    "AND last_seen_at > clock_timestamp() - make_interval(secs => :idle)"
+)
 RETAINED_DAYS = 7  # ended sessions stay listed this long, then the next sign-in deletes them
 ACTOR = OPERATOR_TOKEN_ACTOR  # who signs in to the standalone console: the token's holder
 
@@ -96,22 +109,17 @@ class ConsoleSessions:
         """The cookie is ours and its session is live; marks it used now."""
         return self.actor(cookie) is not None
 
-    def actor(self, cookie: str | None) -> str | None:
+    def actor(self, cookie: str | None, *, touch: bool = True) -> str | None:
         """Who the cookie's session signed in as, if the cookie is ours and its session is
-        live (None otherwise); marks it used now."""
+        live (None otherwise); marks it used now (``touch=False``: a request the page made by
+        itself, which must not keep an unattended session from idling out)."""
         id_hash = self._id_hash(cookie)
         if id_hash is None:
             return None
+        query = _TOUCH if touch else _LOOK
         with self._engine().begin() as conn:
             actor: str | None = conn.execute(
-                text(
-                    "UPDATE console_sessions SET last_seen_at = clock_timestamp() "
-                    "WHERE id_hash = :id_hash AND ended_at IS NULL "
-                    "AND expires_at > clock_timestamp() "
-                    "AND last_seen_at > clock_timestamp() - make_interval(secs => :idle) "
-                    "RETURNING actor"
-                ),
-                {"id_hash": id_hash, "idle": self.idle},
+                query, {"id_hash": id_hash, "idle": self.idle}
             ).scalar()
             return actor
 
@@ -136,7 +144,9 @@ class ConsoleSessions:
         asked for."""
 
         def require_console_session(request: Request) -> str:
-            if (actor := self.actor(request.cookies.get(SESSION_COOKIE))) is not None:
+            route = getattr(request.scope.get("route"), "name", None)
+            touch = route not in UNATTENDED_ROUTES
+            if (actor := self.actor(request.cookies.get(SESSION_COOKIE), touch=touch)) is not None:
                 return actor
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             sign_in = request.url_for(sign_in_route).path

@@ -385,6 +385,12 @@ def test_an_open_timeline_is_checked_again_so_a_sign_out_ends_it(db, console, qu
     monkeypatch.setattr(live, "RECHECK_SECONDS", 0.5)
     create_tenant("acme", "Acme", actor="alice")
     timeline = f"{CONSOLE}/tenants/acme/timeline"
+    # (unused for 10 minutes: the timeline's own requests are no use of it)
+    db.execute("UPDATE console_sessions SET last_seen_at = last_seen_at - interval '10 minutes'")
+    (seen,) = db.execute("SELECT last_seen_at FROM console_sessions").fetchone()
+    with console.stream("GET", timeline) as ended:
+        assert b"event: recheck" in b"".join(ended.iter_bytes())  # it ended by itself
+    assert db.execute("SELECT last_seen_at FROM console_sessions").fetchone() == (seen,)
     with console.stream("GET", timeline) as opened:
         assert opened.status_code == 200
         chunks = opened.iter_bytes()

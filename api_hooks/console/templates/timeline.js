@@ -37,6 +37,19 @@
     live.textContent = "Live: last event " + e.when + " (state and reason above follow it; " +
       "reload for the other fields).";
   });
-  source.onopen = () => { live.textContent = "Live: new events appear here as they happen."; };
-  source.onerror = () => { live.textContent = "Live updates interrupted: reconnecting..."; };
+  // Every 45 s the server ends the stream so that the session is checked again: the reconnect
+  // is quiet; refused (signed out, session ended), the stream stops for good.
+  let rechecking = false;
+  source.addEventListener("recheck", () => { rechecking = true; });
+  source.onopen = () => {
+    if (!rechecking) live.textContent = "Live: new events appear here as they happen.";
+    rechecking = false;
+  };
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) {
+      live.textContent = "Live updates stopped (signed out?): reload the page.";
+    } else if (!rechecking) {
+      live.textContent = "Live updates interrupted: reconnecting...";
+    }
+  };
 })();
