@@ -121,7 +121,7 @@ def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
     configured = None if node is None else shared_pool().node(node) is not None
     reason = Reason.parse(row.influxdb_error_reason)
     live_status: LiveStatus | None = None
-    if live and reason == Reason.NAME_TAKEN and row.influxdb_state == ProvisioningState.FAILED:
+    if live and reason == Reason.NAME_TAKEN:  # failed, or retried by an operator since
         # The database of that name is someone else's: its data must not show as this tenant's.
         live_status = {
             "exists": None,

@@ -246,6 +246,7 @@ class AttemptRecord:
             released = {"influxdb_node": None, "influxdb_adopt": RELEASED_ADOPT}
         if reason == Reason.NAME_TAKEN:
             self.create_sent_to = None  # now known: that database is not ours
+            released["influxdb_provisioned_at"] = None  # nor was it: stats must not count it
         self._finish(
             AttemptOutcome.FAILED,
             reason,

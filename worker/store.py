@@ -359,6 +359,7 @@ def fail_unplaced(
         )
         .values(
             influxdb_state=ProvisioningState.FAILED,
+            influxdb_provisioned_at=None,  # not proven the owner of any database of its name
             influxdb_error_reason=reason,
             influxdb_last_error=message[:MAX_STORED_ERROR],
             influxdb_updated_at=now,

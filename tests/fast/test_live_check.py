@@ -54,3 +54,15 @@ def test_a_name_taken_tenant_once_provisioned_is_not_counted_once_it_is_deleted(
     live = status["live"]
     assert (live["exists"], live["telemetry_count"]) == (None, None)
     assert "never proven" in live["error"]
+
+
+@pytest.mark.parametrize("state", ["pending", "retrying", "provisioning"])
+def test_a_name_taken_tenant_retried_by_an_operator_is_not_counted(db, influx, state):
+    # Given someone else's database of the tenant's name, and the tenant retried after it
+    # stopped name_taken (the reason stays until an attempt ends)
+    existing_database(influx, "acme", points=2, incarnation="someone-else")
+    insert(db, "acme", state=state, node="default", error_reason="name_taken")
+
+    live = tenant_influxdb_status("acme")["live"]
+    assert (live["exists"], live["telemetry_count"]) == (None, None)
+    assert "not this tenant's" in live["error"]

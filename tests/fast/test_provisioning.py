@@ -384,6 +384,25 @@ def test_a_copy_on_one_server_is_no_home_while_another_is_silent(db, world: Worl
     assert len(alpha.rows("telemetry_acme", "telemetry")) == 7
 
 
+def test_a_tenant_whose_name_proves_taken_no_longer_counts_as_provisioned(db, world: World):
+    # Given a provisioned tenant whose database was deleted behind our back and made again by
+    # someone else (their marker), and the tenant sent back to pending, as drift is
+    alpha = world.add("alpha")
+    insert(db, "acme")
+    assert world.provision("acme", MESSAGE).result == RunResult.PROVISIONED
+    alpha.delete_database("telemetry_acme")
+    existing_database(alpha, "acme", points=2, incarnation="someone-else")
+    db.execute("UPDATE tenants SET influxdb_state = 'pending' WHERE tenant_id = 'acme'")
+
+    # When its run finds the name taken
+    outcome = world.provision("acme", OTHER)
+
+    # Then it is no longer taken for the owner of a database of its name: deleted or retried,
+    # its stats never count the other's rows
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, "name_taken")
+    assert tenant_row(db, "acme")["influxdb_provisioned_at"] is None
+
+
 def test_a_row_from_before_the_worker_found_nowhere_gets_a_new_home(db, world: World):
     world.add("alpha")
     insert(db, "acme", adopt="unmarked")
