@@ -20,7 +20,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from api_hooks.auth import bearer_auth
 from api_hooks.console import standalone_console
 from api_hooks.headers import SecurityHeaders
-from api_hooks.http_errors import error_responses, plain_validation_error
+from api_hooks.http_errors import (
+    UNREACHABLE,
+    error_responses,
+    plain_validation_error,
+    registry_unavailable_error,
+)
 from api_hooks.locations import locations_router, locations_token_auth
 from api_hooks.router import bearer_token_auth, operator_router
 from api_hooks.schemas import Health
@@ -101,6 +106,8 @@ def _assemble(
     application.add_middleware(SecurityHeaders, behind_tls=behind_tls)
     # The router's routes answer validation errors plainly themselves; this covers the rest.
     application.add_exception_handler(RequestValidationError, plain_validation_error)
+    for unreachable in UNREACHABLE:
+        application.add_exception_handler(unreachable, registry_unavailable_error)
     # The routers' routes as they were built, prefixes and dependencies included: include_router
     # would build each route again (half of building the app). They do not see the app's
     # dependency_overrides (nothing here uses them); routes are added before the OpenAPI

@@ -1,4 +1,5 @@
-"""The one shape of every 4xx answer of the operator API: ``{"detail": "<message>"}``.
+"""The one shape of every 4xx answer of the operator API: ``{"detail": "<message>"}``, and of
+its 503 when Postgres cannot be reached (with ``Retry-After``), not a bare 500.
 
 FastAPI answers its own request validation errors with a list of error objects; the routes of
 ``operator_router`` use ``PlainErrorRoute`` instead, which turns them into one plain message.
@@ -9,6 +10,7 @@ for anything outside the router.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
@@ -17,6 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+logger = logging.getLogger(__name__)
+UNREACHABLE = (OperationalError, InterfaceError)  # the connection, not the statement
 
 # Where FastAPI found the bad value ("loc"[0]) in the words an operator knows.
 _SOURCES = {
@@ -79,6 +85,26 @@ def validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(messages) or "request not valid"
 
 
+def registry_unavailable(exc: Exception) -> HTTPException:
+    """A 503 for a request Postgres could not serve (down, unreachable, restarting): the client
+    tries again; nothing was changed (a change commits or is rolled back as a whole)."""
+    logger.warning("Postgres cannot be reached: %s", getattr(exc, "orig", None) or exc)
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail="the tenant registry (Postgres) cannot be reached; nothing was changed, try again",
+        headers={"Retry-After": "5"},
+    )
+
+
+async def registry_unavailable_error(request: Request, exc: Exception) -> Response:
+    """Exception handler: Postgres unreachable, as 503 ``{"detail"}`` with ``Retry-After``
+    (for routes outside ``PlainErrorRoute``: the console, /metrics)."""
+    answer = registry_unavailable(exc)
+    return JSONResponse(
+        {"detail": answer.detail}, status_code=answer.status_code, headers=answer.headers
+    )
+
+
 async def plain_validation_error(request: Request, exc: Exception) -> Response:
     """Exception handler: a RequestValidationError as 422 ``{"detail": "<message>"}``."""
     if not isinstance(exc, RequestValidationError):  # registered for that class only
@@ -89,7 +115,8 @@ async def plain_validation_error(request: Request, exc: Exception) -> Response:
 
 
 class PlainErrorRoute(APIRoute):
-    """An APIRoute that answers request validation errors as 422 ``{"detail": "<message>"}``.
+    """An APIRoute that answers request validation errors as 422 ``{"detail": "<message>"}``,
+    and Postgres unreachable as 503.
 
     Raised as an HTTPException, which any FastAPI app (the UI's too) renders as ErrorBody.
     """
@@ -103,5 +130,7 @@ class PlainErrorRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError as exc:
                 raise unprocessable(validation_detail(exc)) from exc
+            except UNREACHABLE as exc:
+                raise registry_unavailable(exc) from exc
 
         return plain_errors
