@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from worker import store
 from worker.models import influxdb_nodes
 from worker.node_config import NodeConfig
-from worker.placement import NodeUsage, usage
+from worker.placement import NodeUsage, lock_nodes, usage
 from worker.states import Reason
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def slot_freed(
         .where(_NODE.name == node.name, marked)
         .values(full_since=None, unavailable_since=None, unavailable_reason=None)
     )
+    conn.commit()  # this node's row let go: the un-wait takes every node's, in name order
     moved = unwait(conn, nodes, now)
     if moved:
         logger.info("a slot freed on node %s: %d waiting tenant(s) go on", node.name, len(moved))
@@ -82,11 +83,29 @@ def slot_freed(
 def unwait(conn: Connection, nodes: Iterable[NodeConfig], now: datetime) -> list[str]:
     """The oldest tenants waiting for capacity go back to ``pending``, as many as the ``nodes``
     that answer have :func:`room` for by our count (one whose listing failed, or that refused
-    our token, gets none). Commits. Returns their ids: the caller queues them."""
-    free = sum(room(u) for u in usage(conn, nodes) if not u.unavailable)
-    moved = store.end_waits(conn, free, now) if free > 0 else []
+    our token, gets none), each with a slot reserved on one, least used first. The nodes' rows
+    are held meanwhile: no placer takes that room twice. Commits. Returns their ids: the
+    caller queues them. The caller holds no tenant's or node's row."""
+    nodes = list(nodes)
+    lock_nodes(conn, [node.name for node in nodes])
+    rooms = {u.node.name: (u.used, room(u)) for u in usage(conn, nodes) if not u.unavailable}
+    free = sum(count for _, count in rooms.values())
+    moved = store.end_waits(conn, _slots(rooms), free, now) if free > 0 else []
     conn.commit()
     return moved
+
+
+def _slots(rooms: dict[str, tuple[int, int]]) -> Iterator[str]:
+    """One node name per free slot (``rooms``: name -> (used, room)), least used first (ties:
+    by name), as placement would fill them one tenant at a time."""
+    left = {name: [used, count] for name, (used, count) in rooms.items() if count > 0}
+    while left:
+        name = min(left, key=lambda n: (left[n][0], n))
+        yield name
+        left[name][0] += 1
+        left[name][1] -= 1
+        if not left[name][1]:
+            del left[name]
 
 
 def room(slots: NodeUsage) -> int:

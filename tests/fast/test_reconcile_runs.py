@@ -527,6 +527,30 @@ def test_a_server_that_named_a_lower_limit_is_probed_with_one_waiting_tenant_a_r
     assert world.provision("t3").result == RunResult.PROVISIONED
 
 
+def test_a_slot_given_to_a_waiting_tenant_is_not_given_again_before_its_run(db, world: World):
+    # Given one free slot on alpha and five tenants waiting, and no worker running meanwhile
+    # (a broker down, a backlog): the tenant sent the slot does not run before the next runs
+    world.add("alpha", limit=2).create_database("telemetry_first")
+    insert(db, "first", state="provisioned", node="alpha", provisioned_at=T0)
+    for number in range(5):
+        insert(db, f"w{number}", state="waiting_for_capacity", at=T0 + timedelta(seconds=number))
+
+    # When reconcile runs four times
+    sent = []
+    for _ in range(4):
+        world.clock.advance(60)
+        published, _ = run(world)
+        sent += [tenant_id for tenant_id, _, _ in published]
+
+    # Then one waiting tenant was sent, holding the slot; the others still wait
+    assert sent[0] == "w0" and set(sent) == {"w0"}  # re-sent as lost work, the same one
+    assert tenant_row(db, "w0")["influxdb_node"] == "alpha"
+    waiting = db.execute(
+        "SELECT count(*) FROM tenants WHERE influxdb_state = 'waiting_for_capacity'"
+    ).fetchone()
+    assert waiting == (4,)
+
+
 def node_limits(db: Any, name: str) -> tuple[int | None, int | None]:
     row = db.execute(
         "SELECT database_limit, refused_limit FROM influxdb_nodes WHERE name = %s", (name,)
