@@ -26,7 +26,7 @@ from worker.nodes import shared_pool
 from worker.placement import NodeUsage, node_rows, tenants_per_node, usage
 from worker.redaction import redact_url
 from worker.settings import get_settings
-from worker.states import RESUMABLE_REASONS, STATES, ProvisioningState, Reason
+from worker.states import RESUMABLE_REASONS, STATES, Adoption, ProvisioningState, Reason
 
 
 def list_tenants(state: str | None = None, limit: int = 100) -> list[TenantSummary]:
@@ -162,7 +162,17 @@ def _not_counted(row: Row[Any]) -> str | None:
         return "waiting for capacity: no database made yet"
     if row.influxdb_state == ProvisioningState.DEPROVISIONING and not row.influxdb_provisioned_at:
         return "being deleted, never proven the owner of a database of its name: not counted"
+    if row.influxdb_node is None and not _may_hold_one(row):
+        # (a pool of one would otherwise be asked: one of its name there is not yet its own)
+        return "not placed on a node yet: a database of its name is not counted"
     return None
+
+
+def _may_hold_one(row: Row[Any]) -> bool:
+    """Whether a tenant on no node may have a database all the same: provisioned before the
+    pool existed, or a row from before the worker (its data is wherever it was made)."""
+    provisioned = row.influxdb_state == ProvisioningState.PROVISIONED
+    return bool(provisioned or row.influxdb_adopt == Adoption.UNMARKED)
 
 
 def _live_check(node_name: str | None, database: str) -> LiveStatus:

@@ -18,6 +18,9 @@ from worker.db import get_engine
         ({"state": "waiting_for_capacity"}, "waiting for capacity"),
         # A name_taken tenant, deleted: its reason is cleared, the database is another's
         ({"state": "deprovisioning", "node": "default"}, "never proven"),
+        # created, its run not come yet (a broker down): the pool of one is not asked
+        ({"state": "pending"}, "not placed on a node yet"),
+        ({"state": "retrying", "error_reason": "unreachable"}, "not placed on a node yet"),
     ],
 )
 def test_a_database_of_its_name_that_cannot_be_its_own_is_not_counted(db, influx, columns, why):
@@ -66,3 +69,20 @@ def test_a_name_taken_tenant_retried_by_an_operator_is_not_counted(db, influx, s
     live = tenant_influxdb_status("acme")["live"]
     assert (live["exists"], live["telemetry_count"]) == (None, None)
     assert "not this tenant's" in live["error"]
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {"state": "pending", "adopt": "unmarked"},  # from before the worker: its data is there
+        {"state": "provisioned", "provisioned_at": T0},  # provisioned before the pool existed
+    ],
+)
+def test_a_tenant_on_no_node_that_may_hold_a_database_is_looked_for_on_a_pool_of_one(
+    db, influx, columns
+):
+    existing_database(influx, "acme", points=2)
+    insert(db, "acme", **columns)
+
+    live = tenant_influxdb_status("acme")["live"]
+    assert (live["exists"], live["telemetry_count"], live["error"]) == (True, 2, None)

@@ -246,6 +246,8 @@ def test_hanging_influxdb_never_slows_the_api(api, db, influx, worker_process):
     started = time.monotonic()
     created = api.post("/operator/tenants", json={"tenant_id": tenant_id, "name": "Hang"})
     create_seconds = time.monotonic() - started
+    # (once placed: before, the live check asks no server)
+    wait_for(lambda: (r := tenant_row(db, tenant_id)) and r["influxdb_node"], what="placement")
     started = time.monotonic()
     stats = api.get(f"/operator/tenants/{tenant_id}/stats")
     stats_seconds = time.monotonic() - started
