@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, and_, bindparam, case, false, func, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, case, false, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
@@ -189,7 +189,9 @@ _synced: tuple[NodeConfig, ...] | None = None  # the nodes file this process las
 
 def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = False) -> None:
     """Write the nodes file's names and limits into ``influxdb_nodes`` when they changed
-    since this process last did (the file changes rarely; every process converges on it)."""
+    since this process last did (the file changes rarely; every process converges on it).
+    ``force``: whatever this process last wrote - another may have written an older file
+    since (the reconciler does, each run); rows that already agree are not written."""
     global _synced  # noqa: PLW0603 - a per-process cache of what was written
     if (nodes is _synced or nodes == _synced) and not force:
         return
@@ -214,6 +216,10 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
                     "database_limit": limit,
                     "refused_limit": case((changed, None), else_=_NODE.refused_limit),
                 },
+                where=or_(
+                    _NODE.configured.is_distinct_from(upsert.excluded.configured),
+                    _NODE.database_limit.is_distinct_from(limit),
+                ),
             )
         )
     conn.commit()

@@ -136,7 +136,9 @@ def _run(
     configured = [node.name for node in nodes]
     listed_at = clock()
     with engine.connect() as conn:  # what the listings may predate: changes after this
-        sync_nodes(conn, nodes)  # the nodes file's limits, before the listings are judged
+        # The nodes file's limits, before the listings are judged: written whatever this process
+        # last wrote, as another may have written an older file since (a one-off tenantctl run)
+        sync_nodes(conn, nodes, force=True)
         listed_version = locations.settled_version(conn)
     errors: list[str] = []
     observed: list[tuple[NodeConfig, int]] = []

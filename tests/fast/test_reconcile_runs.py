@@ -15,7 +15,7 @@ from tests.fast.conftest import T0, Published, World, blocked_by, insert
 from worker import store
 from worker.db import get_engine
 from worker.influxdb import InfluxDB3Client
-from worker.placement import usage
+from worker.placement import sync_nodes, usage
 from worker.queues import Job
 from worker.reconcile import reconcile
 from worker.states import RunResult
@@ -549,6 +549,24 @@ def test_a_slot_given_to_a_waiting_tenant_is_not_given_again_before_its_run(db, 
         "SELECT count(*) FROM tenants WHERE influxdb_state = 'waiting_for_capacity'"
     ).fetchone()
     assert waiting == (4,)
+
+
+def test_a_run_writes_the_nodes_file_down_whatever_another_process_wrote_since(db, world: World):
+    # Given this process has written the nodes file down (alpha and beta, 5 each), and then a
+    # one-off process wrote an edit the operator reverted since (beta gone, alpha 10)
+    world.add("alpha")
+    world.add("beta")
+    with get_engine().connect() as conn:
+        sync_nodes(conn, world.pool().nodes())
+    db.execute("UPDATE influxdb_nodes SET database_limit = 10 WHERE name = 'alpha'")
+    db.execute("UPDATE influxdb_nodes SET configured = false WHERE name = 'beta'")
+
+    # When reconcile runs here, then the rows say what the file says again
+    run(world)
+    rows = db.execute(
+        "SELECT name, database_limit, configured FROM influxdb_nodes ORDER BY name"
+    ).fetchall()
+    assert rows == [("alpha", 5, True), ("beta", 5, True)]
 
 
 def node_limits(db: Any, name: str) -> tuple[int | None, int | None]:
