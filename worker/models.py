@@ -205,6 +205,8 @@ class InfluxDBNode(Base):
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     full_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # from a 422
     observed_databases: Mapped[int | None] = mapped_column(Integer)  # at the last reconcile
+    # Of those, the ones beyond the tenants placed here then: someone else's (migration 0023).
+    other_databases: Mapped[int | None] = mapped_column(Integer)
     observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Since its listing failed or it refused our token; cleared by a listing that succeeds.
     unavailable_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

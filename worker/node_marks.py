@@ -125,14 +125,16 @@ def record_observations(
 ) -> None:
     """Store what the list calls saw, ``(node, databases)`` each, and which failed, ``(node,
     reason)``, in one statement: a node seen with room is no longer full, a node seen is
-    available, one unanswered is unavailable and keeps what was last seen there. Commits."""
+    available, one unanswered is unavailable and keeps what was last seen there; the
+    databases seen beyond the tenants placed there now are someone else's (never fewer than
+    none: a tenant placed whose database is not made yet is none of theirs). Commits."""
     columns: tuple[str, ...] = ("name", "observed_databases", "observed_at", "full_since")
-    columns += ("unavailable_since", "unavailable_reason")
+    columns += ("unavailable_since", "unavailable_reason", "other_databases")
     rows: list[tuple[Any, ...]] = [
-        (n.name, count, now, None if count < n.database_limit else now, None, None)
-        for n, count in seen
+        (n.name, count, now, None if count < n.database_limit else now, None, None, count)
+        for n, count in seen  # (other_databases: for a server new here, none placed yet)
     ]
-    rows += [(n.name, None, None, None, now, reason) for n, reason in unanswered]
+    rows += [(n.name, None, None, None, now, reason, None) for n, reason in unanswered]
     if not rows:
         return
     stmt = pg_insert(influxdb_nodes)
@@ -145,6 +147,10 @@ def record_observations(
             set_={
                 "observed_databases": func.coalesce(new.observed_databases, old.observed_databases),
                 "observed_at": func.coalesce(new.observed_at, old.observed_at),
+                "other_databases": case(
+                    (failed, old.other_databases),
+                    else_=func.greatest(0, new.observed_databases - old.placed),
+                ),
                 # Full: since first seen full; room: not full; unanswered: all as was (new NULL)
                 "full_since": case(
                     (failed, old.full_since),

@@ -43,10 +43,11 @@ class NodeUsage:
     full: bool  # marked full by a 422 and not seen with room since
     unavailable: bool = False  # its listing failed or it refused us; not listed well since
     refused_limit: int | None = None  # the limit it named in its last 422
+    others: int = 0  # databases not ours its last listing saw there: slots taken all the same
 
     @property
     def free(self) -> int:
-        return 0 if self.full else max(0, self.node.database_limit - self.used)
+        return 0 if self.full else max(0, self.node.database_limit - self.used - self.others)
 
     @property
     def overstated(self) -> int | None:
@@ -74,6 +75,7 @@ def usage(
             row.full_since is not None,
             row.unavailable_since is not None,
             row.refused_limit,
+            row.other_databases or 0,
         )
         if (row := known.get(node.name)) is not None
         else NodeUsage(node, 0, False)
@@ -153,13 +155,15 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
         for group, wait in ((group, wait) for group in groups for wait in (False, True)):
             for candidate in group:
                 row = conn.execute(
-                    select(_NODE.placed, _NODE.full_since, _UNAVAILABLE.label("unavailable"))
+                    select(
+                        _TAKEN.label("taken"), _NODE.full_since, _UNAVAILABLE.label("unavailable")
+                    )
                     .where(_NODE.name == candidate.name)
                     .with_for_update(skip_locked=not wait)
                 ).first()
                 if row is None:
                     continue  # held by another placer (first pass)
-                room = row.full_since is None and row.placed < candidate.database_limit
+                room = row.full_since is None and row.taken < candidate.database_limit
                 if room and row.unavailable <= candidate.unavailable:  # not marked meanwhile
                     return str(candidate.name)  # still locked: the caller reserves
                 conn.commit()  # filled or marked: let it go before locking another (no cycles)
@@ -168,12 +172,13 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
 
 _NODE = influxdb_nodes.c
 _UNAVAILABLE = _NODE.unavailable_since.is_not(None)
+_TAKEN = _NODE.placed + func.coalesce(_NODE.other_databases, 0)  # slots: ours and the others'
 
 
 def _least_used(query: Select[Any]) -> Select[Any]:
     """``query`` over the configured nodes with room, answering ones first, then least used
     (ties: by name): the first rows of ix_influxdb_nodes_room, whatever the number of nodes."""
-    room = (_NODE.configured, _NODE.full_since.is_(None), _NODE.placed < _NODE.database_limit)
+    room = (_NODE.configured, _NODE.full_since.is_(None), _NODE.database_limit > _TAKEN)
     return query.where(*room).order_by(_UNAVAILABLE, _NODE.placed, _NODE.name)
 
 

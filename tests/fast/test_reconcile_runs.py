@@ -569,6 +569,44 @@ def test_a_run_writes_the_nodes_file_down_whatever_another_process_wrote_since(d
     assert rows == [("alpha", 5, True), ("beta", 5, True)]
 
 
+def test_databases_that_are_not_ours_take_slots_an_un_wait_does_not_count_free(db, world: World):
+    # Given alpha, 5 databases at most, holding 3 made by hand and 2 tenants', and 4 tenants
+    # waiting for room; a reconcile run has listed it
+    alpha = world.add("alpha")
+    for number in range(3):
+        alpha.create_database(f"by_hand_{number}")
+    for number in range(6):
+        insert(db, f"t{number}", at=T0 + timedelta(seconds=number))
+        world.provision(f"t{number}")
+    states = [tenant_row(db, f"t{n}")["influxdb_state"] for n in range(6)]
+    assert states == ["provisioned"] * 2 + ["waiting_for_capacity"] * 4
+    world.clock.advance(60)
+    run(world)
+    assert usage_of(db, "alpha") == (2, 3)  # ours, and the others'
+
+    # When one of the tenants is deleted: one slot is free
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "t0", world.clock())
+    outcome = world.deprovision("t0")
+
+    # Then one waiting tenant is sent, not the four the tenants' count alone leaves room for
+    assert outcome.unwaited == ("t2",)
+    assert world.provision("t2").result == RunResult.PROVISIONED
+
+    # And a tenant created then waits without asking alpha for a database it has no room for
+    creates = alpha.request_count("POST", "/api/v3/configure/database")
+    insert(db, "t6", at=world.clock())
+    assert world.provision("t6").result == RunResult.WAITING_FOR_CAPACITY
+    assert alpha.request_count("POST", "/api/v3/configure/database") == creates
+
+
+def usage_of(db: Any, node: str) -> tuple[int, int]:
+    row = db.execute(
+        "SELECT placed, other_databases FROM influxdb_nodes WHERE name = %s", (node,)
+    ).fetchone()
+    return row[0], row[1]
+
+
 def node_limits(db: Any, name: str) -> tuple[int | None, int | None]:
     row = db.execute(
         "SELECT database_limit, refused_limit FROM influxdb_nodes WHERE name = %s", (name,)
