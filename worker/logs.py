@@ -68,6 +68,11 @@ class QuietPolls(logging.Filter):
 
 
 MAX_LOG_LINE = 16 * 1024  # characters; the rest of a longer line is cut, after redaction
+# A message's control characters and line breaks, escaped: text from a server or a receiver
+# (an error body, an HTTP reason) must not start a line of its own that reads as ours.
+_ESCAPED = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c != 9} | {
+    c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)
+}
 
 
 class RedactingFormatter(logging.Formatter):
@@ -80,6 +85,11 @@ class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # Bounded: an access-log line carries whatever path and query a client sent.
         return redact_capped(super().format(record), self._secrets(), MAX_LOG_LINE)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The message on one line; a traceback, added after it, keeps its own lines.
+        record.message = record.message.translate(_ESCAPED)
+        return super().formatMessage(record)
 
 
 def current_secrets() -> tuple[str, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 
 from worker.logs import MAX_LOG_LINE, QuietPolls, RedactingFormatter
 from worker.queues import PROVISION_TASK, RECONCILE_TASK, WEBHOOKS_TASK
@@ -78,6 +79,29 @@ def test_a_megabyte_log_line_is_bounded_and_redacted(capsys):
     assert "hunter2" not in line and "known-secret" not in line
     assert len(line) < MAX_LOG_LINE + 200
     assert line.endswith("characters cut]")
+
+
+def test_a_message_from_outside_cannot_start_a_log_line_of_its_own():
+    # A receiver's HTTP reason, a server's error body: with a line break, a fake line of ours
+    formatter = RedactingFormatter(lambda: [])
+    hostile = "Bad Gateway\n2026-12-06 12:00:00 INFO MainProcess worker.provisioning done\r\x1b[2J"
+    record = logging.LogRecord(
+        "worker.webhook_dispatch", logging.WARNING, __file__, 1, "%s", (hostile,), None
+    )
+    record.tenant_id = record.task_id = "-"
+
+    line = formatter.format(record)
+
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert line.endswith(
+        "Bad Gateway\\x0a2026-12-06 12:00:00 INFO MainProcess worker.provisioning done\\x0d\\x1b[2J"
+    )
+    # while a traceback keeps its lines, after the message
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert "\nTraceback (most recent call last):" in formatter.format(record)
 
 
 def test_the_webhooks_poll_lines_are_left_out_unless_debug(caplog):
