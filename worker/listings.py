@@ -78,6 +78,13 @@ _PASSED_OVER = f"""
         )
     )
 """
+_OURS_BY_SERVER = f"""
+    SELECT l.node, count(*) FROM {LISTED_TABLE} l
+    JOIN tenants t
+        ON t.tenant_id = substr(l.database, length(:prefix) + 1) AND t.influxdb_node = l.node
+    WHERE starts_with(l.database, :prefix)
+    GROUP BY l.node
+"""  # noqa: S608 - a constant table name; the prefix is a bound parameter
 # InfluxDB renames a soft-deleted database NAME-YYYYMMDDTHHMMSS (UTC, its own clock).
 # (NAME-YYYYMMDDTHHMMSS-ID when that name is taken: the same name deleted twice in a second).
 _SOFT_DELETED = re.compile(r"\A(.+)-([0-9]{8}T[0-9]{6})(?:-[0-9]+)?\Z")
@@ -168,6 +175,16 @@ class RunListings:
                 self.answered.append(node)
 
             yield add
+
+    def ours_by_server(self) -> dict[str, int]:
+        """Per server listed, how many databases on its list are those of tenants placed
+        there: the rest take its slots all the same (someone else's, strays)."""
+        return dict(
+            self._conn.execute(
+                text(_OURS_BY_SERVER),
+                {"prefix": self._prefix},
+            ).all()
+        )
 
     def select_owed(self, configured: Sequence[str], listed_at: datetime) -> int:
         """Keep, in one query, every row find() may owe something, with the servers listing

@@ -15,21 +15,34 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, func, or_, update
+from sqlalchemy import Connection, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker import store
-from worker.models import influxdb_nodes
+from worker.models import influxdb_nodes, tenants
 from worker.node_config import NodeConfig
-from worker.placement import NodeUsage, lock_nodes, usage
-from worker.states import Reason
+from worker.placement import NodeUsage, usage
+from worker.states import Adoption, ProvisioningState, Reason
 
 logger = logging.getLogger(__name__)
 _NODE = influxdb_nodes.c
+_T = tenants.c
+# Tenants on their way to a slot, up to :most: pending or retrying and not placed yet (one an
+# un-wait sent, a new one), not a row from before the worker (it is located first).
+_ON_THEIR_WAY = select(func.count()).select_from(
+    select(_T.tenant_id)
+    .where(
+        _T.influxdb_state.in_([ProvisioningState.PENDING, ProvisioningState.RETRYING]),
+        _T.influxdb_node.is_(None),
+        _T.influxdb_adopt.is_distinct_from(Adoption.UNMARKED),
+    )
+    .limit(bindparam("most"))
+    .subquery()
+)
 
 
 def mark_full(conn: Connection, node_name: str, now: datetime, limit: int | None = None) -> None:
@@ -73,7 +86,6 @@ def slot_freed(
         .where(_NODE.name == node.name, marked)
         .values(full_since=None, unavailable_since=None, unavailable_reason=None)
     )
-    conn.commit()  # this node's row let go: the un-wait takes every node's, in name order
     moved = unwait(conn, nodes, now)
     if moved:
         logger.info("a slot freed on node %s: %d waiting tenant(s) go on", node.name, len(moved))
@@ -83,29 +95,15 @@ def slot_freed(
 def unwait(conn: Connection, nodes: Iterable[NodeConfig], now: datetime) -> list[str]:
     """The oldest tenants waiting for capacity go back to ``pending``, as many as the ``nodes``
     that answer have :func:`room` for by our count (one whose listing failed, or that refused
-    our token, gets none), each with a slot reserved on one, least used first. The nodes' rows
-    are held meanwhile: no placer takes that room twice. Commits. Returns their ids: the
-    caller queues them. The caller holds no tenant's or node's row."""
-    nodes = list(nodes)
-    lock_nodes(conn, [node.name for node in nodes])
-    rooms = {u.node.name: (u.used, room(u)) for u in usage(conn, nodes) if not u.unavailable}
-    free = sum(count for _, count in rooms.values())
-    moved = store.end_waits(conn, _slots(rooms), free, now) if free > 0 else []
+    our token, gets none), less the tenants already on their way to a slot: a tenant sent
+    earlier whose run has not come yet (a broker down, a backlog) is not sent for again.
+    Commits. Returns their ids: the caller queues them."""
+    free = sum(room(u) for u in usage(conn, nodes) if not u.unavailable)
+    if free > 0:
+        free -= conn.execute(_ON_THEIR_WAY, {"most": free}).scalar_one()
+    moved = store.end_waits(conn, free, now) if free > 0 else []
     conn.commit()
     return moved
-
-
-def _slots(rooms: dict[str, tuple[int, int]]) -> Iterator[str]:
-    """One node name per free slot (``rooms``: name -> (used, room)), least used first (ties:
-    by name), as placement would fill them one tenant at a time."""
-    left = {name: [used, count] for name, (used, count) in rooms.items() if count > 0}
-    while left:
-        name = min(left, key=lambda n: (left[n][0], n))
-        yield name
-        left[name][0] += 1
-        left[name][1] -= 1
-        if not left[name][1]:
-            del left[name]
 
 
 def room(slots: NodeUsage) -> int:
@@ -114,7 +112,8 @@ def room(slots: NodeUsage) -> int:
     That one is the probe: a server whose limit was raised since shows it by taking it; one the
     file overstates refuses one tenant a reconcile run, not one for each slot the file names."""
     named = slots.overstated
-    return slots.free if named is None else min(slots.free, max(1, named - slots.used))
+    taken = slots.used + slots.others
+    return slots.free if named is None else min(slots.free, max(1, named - taken))
 
 
 def record_observations(
@@ -122,17 +121,19 @@ def record_observations(
     seen: Sequence[tuple[NodeConfig, int]],
     now: datetime,
     unanswered: Sequence[tuple[NodeConfig, Reason]] = (),
+    others: Mapping[str, int] | None = None,
 ) -> None:
     """Store what the list calls saw, ``(node, databases)`` each, and which failed, ``(node,
     reason)``, in one statement: a node seen with room is no longer full, a node seen is
-    available, one unanswered is unavailable and keeps what was last seen there; the
-    databases seen beyond the tenants placed there now are someone else's (never fewer than
-    none: a tenant placed whose database is not made yet is none of theirs). Commits."""
+    available, one unanswered is unavailable and keeps what was last seen there; ``others``:
+    per server seen, its databases that are not a tenant's placed there (kept as was where
+    not given). Commits."""
     columns: tuple[str, ...] = ("name", "observed_databases", "observed_at", "full_since")
     columns += ("unavailable_since", "unavailable_reason", "other_databases")
     rows: list[tuple[Any, ...]] = [
-        (n.name, count, now, None if count < n.database_limit else now, None, None, count)
-        for n, count in seen  # (other_databases: for a server new here, none placed yet)
+        (n.name, count, now, None if count < n.database_limit else now, None, None, other)
+        for n, count in seen
+        for other in [None if others is None else others.get(n.name, 0)]
     ]
     rows += [(n.name, None, None, None, now, reason, None) for n, reason in unanswered]
     if not rows:
@@ -147,10 +148,7 @@ def record_observations(
             set_={
                 "observed_databases": func.coalesce(new.observed_databases, old.observed_databases),
                 "observed_at": func.coalesce(new.observed_at, old.observed_at),
-                "other_databases": case(
-                    (failed, old.other_databases),
-                    else_=func.greatest(0, new.observed_databases - old.placed),
-                ),
+                "other_databases": func.coalesce(new.other_databases, old.other_databases),
                 # Full: since first seen full; room: not full; unanswered: all as was (new NULL)
                 "full_since": case(
                     (failed, old.full_since),

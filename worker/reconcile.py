@@ -163,7 +163,10 @@ def _run(
                     shift = clock_shift(listing.date, clock())
                     copy_list(node.name, listing.names, listing.deleted, shift)
                     observed.append((node, len(listing.names)))
-        record_observations(conn, observed, clock(), unanswered)  # and commits the copied lists
+        ours = seen.ours_by_server()
+        others = {node.name: count - ours.get(node.name, 0) for node, count in observed}
+        # (and commits the copied lists)
+        record_observations(conn, observed, clock(), unanswered, others)
         now, prefix = clock(), settings.influxdb_database_prefix
         found = record_strays(conn, seen.answered, configured, prefix, listed_version, now)
         summary.strays, summary.orphans = found.strays, found.orphans

@@ -30,7 +30,6 @@ MAX_STORED_ERROR = 500
 _ROW = tenants.c
 _DELETING = _ROW.influxdb_state == ProvisioningState.DEPROVISIONING
 _NAME_TAKEN = _ROW.influxdb_error_reason == Reason.NAME_TAKEN
-_UNMARKED = _ROW.influxdb_adopt == Adoption.UNMARKED
 _NOW = DATABASE_NOW.label("read_at")  # a run's clock starts from it (worker.clock)
 _CREATE = text("SELECT tenant_create(:id, :name, :retention, :actor, :route, CAST(:data AS jsonb))")
 
@@ -368,11 +367,9 @@ def fail_unplaced(
     )
 
 
-def end_waits(conn: Connection, slots: Iterable[str], count: int, now: datetime) -> list[str]:
+def end_waits(conn: Connection, count: int, now: datetime) -> list[str]:
     """The ``count`` oldest tenants waiting for capacity go back to ``pending`` with a fresh
-    budget (the wait ended the last episode), each holding the next slot of ``slots`` (node
-    names; the trigger counts it): no newer tenant takes it first, and no later un-wait counts
-    it free again. A row from before the worker holds none: it is located first. Their ids."""
+    budget (the wait ended the last episode); their ids, oldest first."""
     # Two statements on purpose: in ``UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE
     # SKIP LOCKED)`` Postgres may run the subquery more than once, and move more than n rows.
     oldest = list(
@@ -384,16 +381,17 @@ def end_waits(conn: Connection, slots: Iterable[str], count: int, now: datetime)
             .with_for_update(skip_locked=True)
         ).scalars()
     )
-    if oldest:  # locked: still waiting, each one
-        conn.execute(
-            sql_update(tenants)
-            .where(_ROW.tenant_id == bindparam("id"))
-            .values(
-                influxdb_state=ProvisioningState.PENDING,
-                influxdb_node=case((_UNMARKED, None), else_=bindparam("node")),
-                influxdb_attempts=0,
-                influxdb_updated_at=now,
-            ),
-            [{"id": t, "node": node} for t, node in zip(oldest, slots, strict=False)],
+    if not oldest:
+        return []
+    moved = conn.execute(
+        sql_update(tenants)
+        .where(
+            _ROW.tenant_id.in_(oldest),
+            _ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY,
         )
-    return oldest
+        .values(
+            influxdb_state=ProvisioningState.PENDING, influxdb_attempts=0, influxdb_updated_at=now
+        )
+        .returning(_ROW.tenant_id, _ROW.created_at)
+    ).all()
+    return [row.tenant_id for row in sorted(moved, key=lambda r: (r.created_at, r.tenant_id))]

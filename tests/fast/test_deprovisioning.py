@@ -245,27 +245,6 @@ def test_a_slot_freed_by_a_deletion_places_the_oldest_waiting_tenant_at_once(db,
     assert tenant_row(db, "older")["influxdb_node"] == "n1"
 
 
-def test_a_new_tenant_does_not_take_the_slot_freed_for_the_oldest_waiting_one(db, world: World):
-    # Given a server of one slot holding "first", and "waiter" waiting for it
-    world.add("alpha", limit=1)
-    insert(db, "first")
-    assert world.provision("first").result is RunResult.PROVISIONED
-    insert(db, "waiter", at=world.clock.advance(1))
-    assert world.provision("waiter").result is RunResult.WAITING_FOR_CAPACITY
-
-    # When "first" is deleted, and a tenant created meanwhile runs before the waiter does
-    with get_engine().begin() as conn:
-        assert store.request_deletion(conn, "first", world.clock())
-    assert world.deprovision("first", MESSAGE).unwaited == ("waiter",)
-    insert(db, "newcomer", at=world.clock.advance(1))
-    newcomer = world.provision("newcomer")
-
-    # Then the freed slot is the waiter's: the newcomer waits behind it
-    assert newcomer.result is RunResult.WAITING_FOR_CAPACITY
-    assert world.provision("waiter").result is RunResult.PROVISIONED
-    assert tenant_row(db, "waiter")["influxdb_node"] == "alpha"
-
-
 def test_a_deletion_frees_the_tenant_s_lock_before_it_un_waits_others(db, world: World):
     # Given a server of one slot holding acme, and a tenant waiting for that slot
     world.add("alpha", limit=1)
