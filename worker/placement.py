@@ -139,7 +139,12 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
     sync_nodes(conn, nodes)
     resynced = False
     for _ in range(ROUNDS):
-        candidates = conn.execute(_CANDIDATES, {"exclude": sorted(exclude)}).all()
+        # Only this process's nodes: the rows may say what another's file says (a one-off
+        # tenantctl run with other settings wrote it down), and a tenant must not be placed
+        # where this worker cannot reach it.
+        limits = {node.name: node.database_limit for node in nodes}
+        mine = {"names": sorted(limits), "exclude": sorted(exclude)}
+        candidates = conn.execute(_CANDIDATES, mine).all()
         conn.commit()
         if not candidates and not resynced:
             # Before answering "no room": the rows may have been emptied behind this
@@ -163,7 +168,8 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
                 ).first()
                 if row is None:
                     continue  # held by another placer (first pass)
-                room = row.full_since is None and row.taken < candidate.database_limit
+                limit = limits.get(candidate.name, candidate.database_limit)  # this file's
+                room = row.full_since is None and row.taken < limit
                 if room and row.unavailable <= candidate.unavailable:  # not marked meanwhile
                     return str(candidate.name)  # still locked: the caller reserves
                 conn.commit()  # filled or marked: let it go before locking another (no cycles)
@@ -185,7 +191,8 @@ def _least_used(query: Select[Any]) -> Select[Any]:
 CANDIDATES = 16  # enough for concurrent placers to pass each other by
 _CANDIDATES = _least_used(
     select(_NODE.name, _NODE.database_limit, _UNAVAILABLE.label("unavailable")).where(
-        _NODE.name.not_in(bindparam("exclude", expanding=True))
+        _NODE.name.in_(bindparam("names", expanding=True)),
+        _NODE.name.not_in(bindparam("exclude", expanding=True)),
     )
 ).limit(CANDIDATES)
 ROUNDS = 3

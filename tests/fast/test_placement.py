@@ -250,3 +250,19 @@ def test_a_limit_named_before_the_nodes_file_was_written_down_is_kept(db):
 def test_the_room_an_un_wait_counts_on_a_server(used, full, named, expected):
     slots = NodeUsage(NodeConfig("alpha", "http://a", None, 10), used, full, refused_limit=named)
     assert room(slots) == expected
+
+
+def test_a_tenant_is_placed_only_on_this_process_s_servers_whatever_the_rows_say(db):
+    # Given this worker has written its nodes file down (alpha), and a one-off tenantctl run
+    # in a shell with other settings wrote its own since (a "default" server, alpha gone)
+    with get_engine().connect() as conn:
+        sync_nodes(conn, (ALPHA,), force=True)
+    db.execute("UPDATE influxdb_nodes SET configured = false")
+    db.execute(
+        "INSERT INTO influxdb_nodes (name, configured, database_limit) VALUES ('default', true, 5)"
+    )
+    insert(db, "acme")
+
+    # When the worker places a tenant, then it goes to alpha, a server this worker can reach
+    assert place("acme", (ALPHA,)) == "alpha"
+    assert tenant_row(db, "acme")["influxdb_node"] == "alpha"
