@@ -153,6 +153,7 @@ class NodeReport(TypedDict):
     free: int | None
     full: bool | None  # a 422 said so, or every slot is taken
     observed_databases: int | None  # databases the last reconcile listing saw there
+    other_databases: int | None  # of those, not a tenant's placed there: slots taken too
     observed_at: datetime | None
     unavailable_since: datetime | None  # its listing failed, or it refused our token, since
     unavailable_reason: str | None  # why: unreachable, unauthorized, timeout, ...

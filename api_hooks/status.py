@@ -100,6 +100,7 @@ def _report(name: str, slots: NodeUsage | None, row: Any, tenants: int) -> NodeR
         "free": slots.free if slots else None,
         "full": slots.full if slots else None,
         "observed_databases": getattr(row, "observed_databases", None),
+        "other_databases": getattr(row, "other_databases", None),
         "observed_at": getattr(row, "observed_at", None),
         "unavailable_since": getattr(marked, "unavailable_since", None),
         "unavailable_reason": getattr(marked, "unavailable_reason", None),

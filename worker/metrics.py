@@ -199,6 +199,18 @@ def _node_metrics(
             "new tenants go to answering nodes first.",
             labels=["node"],
         ),
+        "others": GaugeMetricFamily(
+            f"{PREFIX}_node_other_databases",
+            "Databases on the node that are not a tenant's placed there (made by hand, "
+            "another's, strays), by the last reconcile listing: they take slots too.",
+            labels=["node"],
+        ),
+        "free": GaugeMetricFamily(
+            f"{PREFIX}_node_free_slots",
+            "Slots placement may still use on the node: its limit less our tenants and the "
+            "other databases there; 0 while it is marked full.",
+            labels=["node"],
+        ),
         "observed": GaugeMetricFamily(
             f"{PREFIX}_node_observed_databases",
             "Databases the last reconcile saw on the node (-1: not seen yet).",
@@ -220,6 +232,8 @@ def _node_metrics(
         families["tenants"].add_metric([name], slot.used)
         families["limit"].add_metric([name], slot.node.database_limit)
         families["full"].add_metric([name], 1 if slot.full else 0)
+        families["others"].add_metric([name], slot.others)
+        families["free"].add_metric([name], slot.free)
         if slot.refused_limit is not None:
             families["refused"].add_metric([name], slot.refused_limit)
         families["unavailable"].add_metric([name], 1 if slot.unavailable else 0)

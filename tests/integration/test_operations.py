@@ -331,6 +331,9 @@ def test_metrics_count_tenants_by_state_and_attempts_by_reason(api, db, influx, 
     assert 'tenant_provisioner_node_tenants{node="default"} 1.0' in text
     assert 'tenant_provisioner_node_full{node="default"} 1.0' in text
     assert 'tenant_provisioner_node_database_limit{node="default"} 5.0' in text
+    # its free slots as placement counts them: none while it is marked full
+    assert 'tenant_provisioner_node_free_slots{node="default"} 0.0' in text
+    assert 'tenant_provisioner_node_other_databases{node="default"} 0.0' in text
 
 
 def test_worker_log_lines_carry_tenant_and_task_ids_and_no_secrets(api, db, influx, worker_process):
