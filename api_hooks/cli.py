@@ -5,7 +5,8 @@ itself is ``celery -A worker worker``.
 
 Exit codes: 0 ok; 1 InfluxDB problem (unreachable, token rejected, or no room left);
 2 bad usage or input; 3 unknown tenant; 4 the broker did not take a message; 5 the database
-cannot be used (unreachable, missing, not migrated); 141 the reader of the output went away
+cannot be used (unreachable, missing, not migrated); 6 the webhooks file cannot be used;
+141 the reader of the output went away
 (``tenantctl audit | head``), quietly, as a Unix tool killed by SIGPIPE.
 """
 
@@ -91,7 +92,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=100)
     adopt = commands.add_parser(
         "adopt",
-        help="declare the existing database of a name_taken tenant its own, then provision",
+        help="declare the existing database of a name_taken tenant (or one on a server that "
+        "left the nodes file) its own, then provision",
     )
     adopt.add_argument("tenant_id")
     adopt.add_argument("--node", help="the server holding it (default: the tenant's server)")
@@ -152,6 +154,8 @@ def _list(args: argparse.Namespace) -> int:
     else:
         columns = ["tenant_id", "name", "state", "node", "attempts", "error_reason", "updated_at"]
         print_table(rows, columns)
+        if len(rows) == args.limit:  # (the JSON is the list itself: its length says as much)
+            print(f"(the first {args.limit} by id; there may be more: --limit N)", file=sys.stderr)
     return EXIT_OK
 
 

@@ -482,3 +482,14 @@ def test_the_overview_says_when_a_server_named_a_lower_limit_than_the_nodes_file
     assert row is not None
     assert "the server says 2" in row.group(0)
     assert "■ full" in row.group(0)
+
+
+def test_tenantctl_list_says_when_it_stopped_at_its_limit(db, capsys):
+    insert(db, "acme")
+    insert(db, "beta")
+    assert cli_main(["list", "--limit", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "acme" in out and "beta" not in out
+    assert "there may be more: --limit N" in err
+    assert cli_main(["list", "--limit", "5"]) == 0
+    assert "there may be more" not in capsys.readouterr().err
