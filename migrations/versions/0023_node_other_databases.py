@@ -3,9 +3,9 @@
 A server's slots are taken by its databases, ours or not: made by hand, another tool's, a
 stray of a misrouted write. Counted by our tenants alone, a deletion that freed one slot on a
 server holding three of someone else's looked like room for four: waiting tenants were sent,
-refused (422) and sent back to wait. Each listing now records how many databases it saw beyond
-the tenants placed there at that moment (never fewer than none), and placement and the
-un-wait count them as taken until the next listing.
+refused (422) and sent back to wait. Each reconcile run now records how many databases on a
+server's list are not those of tenants placed there (``RunListings.ours_by_server``), and
+placement and the un-wait count them as taken until the next listing.
 
 Revision ID: 0023
 Revises: 0022
