@@ -266,3 +266,22 @@ def test_a_tenant_is_placed_only_on_this_process_s_servers_whatever_the_rows_say
     # When the worker places a tenant, then it goes to alpha, a server this worker can reach
     assert place("acme", (ALPHA,)) == "alpha"
     assert tenant_row(db, "acme")["influxdb_node"] == "alpha"
+
+
+def test_a_tenant_started_at_once_is_placed_by_this_process_s_limit_whatever_the_rows_say(db):
+    # Given alpha, 3 databases by this worker's nodes file, holding 3 tenants, and a row another
+    # process wrote from another file since (limit 10)
+    with get_engine().connect() as conn:
+        sync_nodes(conn, (ALPHA,), force=True)
+    for number in range(3):
+        insert(db, f"p{number}", state="provisioned", node="alpha")
+    db.execute("UPDATE influxdb_nodes SET database_limit = 10 WHERE name = 'alpha'")
+    insert(db, "acme")
+
+    # When the worker places a tenant with its start, in one statement: none is free at once
+    with get_engine().connect() as conn:
+        sync_nodes(conn, (ALPHA,))  # (this file written down before: not again)
+        start = store.update_statement("acme", influxdb_state="provisioning")
+        with autocommit(conn), pytest.raises(NoFreeNode):
+            start_on_free_node(conn, start, ["alpha"])
+    assert tenant_row(db, "acme")["influxdb_node"] is None
