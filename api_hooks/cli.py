@@ -152,7 +152,8 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        columns = ["tenant_id", "name", "state", "node", "attempts", "error_reason", "updated_at"]
+        columns = ["tenant_id", "name", "state", "node", "attempts", "error_reason", "created_at"]
+        columns.append("updated_at")
         print_table(rows, columns)
         if len(rows) == args.limit:  # (the JSON is the list itself: its length says as much)
             print(f"(the first {args.limit} by id; there may be more: --limit N)", file=sys.stderr)

@@ -136,6 +136,7 @@ class TenantSummary(TypedDict):
     node: str | None
     attempts: int
     error_reason: str | None
+    created_at: str | None  # the tenant's age (the unprovisioned alert's), not its last change
     updated_at: str | None
 
 

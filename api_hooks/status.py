@@ -46,6 +46,7 @@ def list_tenants(state: str | None = None, limit: int = 100) -> list[TenantSumma
             "node": row.influxdb_node,
             "attempts": row.influxdb_attempts,
             "error_reason": row.influxdb_error_reason,
+            "created_at": _iso(row.created_at),
             "updated_at": _iso(row.influxdb_updated_at),
         }
         for row in rows

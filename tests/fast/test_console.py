@@ -490,6 +490,7 @@ def test_tenantctl_list_says_when_it_stopped_at_its_limit(db, capsys):
     assert cli_main(["list", "--limit", "1"]) == 0
     out, err = capsys.readouterr()
     assert "acme" in out and "beta" not in out
+    assert "CREATED_AT" in out.splitlines()[0]  # the age the unprovisioned alert counts
     assert "there may be more: --limit N" in err
     assert cli_main(["list", "--limit", "5"]) == 0
     assert "there may be more" not in capsys.readouterr().err
