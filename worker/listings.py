@@ -35,14 +35,6 @@ _DELETED = "reconcile_deleted"
 _NODES = "reconcile_nodes"
 _OWED = "reconcile_owed"
 
-# Rows find() returns None for whatever else holds: on a configured server (or none, where the
-# state ignores it), and either waiting for capacity, or provisioned and not contradicted by
-# the listing - provisioned after the servers were listed, on a server that did not answer, or
-# with its database on its server's list and not soft-deleted there since it was provisioned
-# (then it was made again). (``n``: the row's server among the configured ones; ``own``: its
-# database on that server's list; ``gone``: that server's latest soft-deletion of its name.
-# Joins on equality, not ``= ANY(array)`` or a correlated NOT EXISTS: tested on each of
-# 1,000,000 rows, either took seconds.)
 # A soft-deletion's stamp is whole seconds: one in the second of a provisioning may be after it.
 STAMP_GRAIN_SECONDS = 1
 
@@ -54,6 +46,14 @@ def deleted_since(deleted_at: datetime, provisioned_at: datetime) -> bool:
     return deleted_at + timedelta(seconds=STAMP_GRAIN_SECONDS) > provisioned_at
 
 
+# Rows find() returns None for whatever else holds: on a configured server (or none, where the
+# state ignores it), and either waiting for capacity, or provisioned and not contradicted by
+# the listing - provisioned after the servers were listed, on a server that did not answer, or
+# with its database on its server's list and not soft-deleted there since it was provisioned
+# (then it was made again). (``n``: the row's server among the configured ones; ``own``: its
+# database on that server's list; ``gone``: that server's latest soft-deletion of its name.
+# Joins on equality, not ``= ANY(array)`` or a correlated NOT EXISTS: tested on each of
+# 1,000,000 rows, either took seconds.)
 _PASSED_OVER = f"""
     (t.influxdb_node IS NULL OR n.node IS NOT NULL)
     AND (
@@ -67,7 +67,7 @@ _PASSED_OVER = f"""
                 OR NOT n.answered
                 OR (
                     own.node IS NOT NULL
-                    -- (deleted_since, below, in SQL)
+                    -- (deleted_since, above, in SQL)
                     AND NOT coalesce(
                         gone.at + interval '{STAMP_GRAIN_SECONDS} second'
                             > t.influxdb_provisioned_at,

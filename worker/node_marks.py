@@ -130,11 +130,11 @@ def record_observations(
     not given). Commits."""
     columns: tuple[str, ...] = ("name", "observed_databases", "observed_at", "full_since")
     columns += ("unavailable_since", "unavailable_reason", "other_databases")
-    rows: list[tuple[Any, ...]] = [
-        (n.name, count, now, None if count < n.database_limit else now, None, None, other)
-        for n, count in seen
-        for other in [None if others is None else others.get(n.name, 0)]
-    ]
+    rows: list[tuple[Any, ...]] = []
+    for n, count in seen:
+        full_since = None if count < n.database_limit else now
+        other = None if others is None else others.get(n.name, 0)
+        rows.append((n.name, count, now, full_since, None, None, other))
     rows += [(n.name, None, None, None, now, reason, None) for n, reason in unanswered]
     if not rows:
         return

@@ -144,12 +144,12 @@ def choose_node(conn: Connection, nodes: Iterable[NodeConfig], exclude: set[str]
     nodes = tuple(nodes)
     sync_nodes(conn, nodes)
     resynced = False
+    # Only this process's nodes: the rows may say what another's file says (a one-off
+    # tenantctl run with other settings wrote it down), and a tenant must not be placed
+    # where this worker cannot reach it.
+    limits = {node.name: node.database_limit for node in nodes}
+    mine = {"names": sorted(limits), "exclude": sorted(exclude)}
     for _ in range(ROUNDS):
-        # Only this process's nodes: the rows may say what another's file says (a one-off
-        # tenantctl run with other settings wrote it down), and a tenant must not be placed
-        # where this worker cannot reach it.
-        limits = {node.name: node.database_limit for node in nodes}
-        mine = {"names": sorted(limits), "exclude": sorted(exclude)}
         candidates = conn.execute(_CANDIDATES, mine).all()
         conn.commit()
         if not candidates and not resynced:
