@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import requests
 
+from harness import processes
 from tests.conftest import (
     INFLUX_TOKEN,
     OPERATOR_TOKEN,
@@ -66,13 +67,27 @@ def count_in_state(db: psycopg.Connection[Any], tenant_ids: list[str], state: st
 
 def wait_all_provisioned(db: psycopg.Connection[Any], ids: list[str], timeout: float) -> float:
     started = time.monotonic()
-    wait_for(
-        lambda: count_in_state(db, ids, "provisioned") == len(ids),
-        timeout=timeout,
-        interval=0.2,
-        what=f"all {len(ids)} tenants provisioned",
-    )
+    try:
+        processes.wait_until(
+            lambda: count_in_state(db, ids, "provisioned") == len(ids),
+            timeout,
+            f"all {len(ids)} tenants provisioned",
+            0.2,
+        )
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}; not provisioned: {stragglers(db, ids)}")
     return time.monotonic() - started
+
+
+def stragglers(db: psycopg.Connection[Any], ids: list[str]) -> str:
+    """The tenants still short of provisioned, as a failed drill's message names them."""
+    rows = db.execute(
+        "SELECT tenant_id, influxdb_state, influxdb_attempts, influxdb_last_error FROM tenants "
+        "WHERE tenant_id = ANY(%s) AND influxdb_state <> 'provisioned' "
+        "ORDER BY influxdb_attempts DESC LIMIT 5",
+        (ids,),
+    ).fetchall()
+    return "; ".join(f"{t} {state} after {n} attempts ({error})" for t, state, n, error in rows)
 
 
 def assert_created_once(influx: Any, tenant_ids: list[str]) -> None:
@@ -116,27 +131,37 @@ def test_worker_killed_inside_the_influxdb_call(api, db, influx, custom_worker, 
     )
 
 
+# Once a tenant's create has landed, an attempt makes three calls (create, answered 409; read
+# the markers; write the marker), each failing half the time here: about one attempt in ten
+# succeeds. The longest of 200 such chains is typically 40-60 attempts, and 93 has been seen, so
+# the attempts allowed (200 * 0.9**300: about 4e-12 that any tenant runs out) and the time
+# allowed (about 1.1 s an attempt alone, that longest chain run end to end) are set for the tail.
+FLAPPING = {**PATIENT, "PROVISION_MAX_ATTEMPTS": "300"}
+
+
+@pytest.mark.timeout(900)
 def test_flapping_influxdb_200_tenants(api, db, influx, custom_worker, report):
     # Given InfluxDB answering 30% 5xx, 10% hangs past the read timeout, 10% connection resets
     influx.set_database_limit(1000)
     influx.set_faults(error_rate=0.3, hang_rate=0.1, reset_rate=0.1, seed=20261127)
     report("injected: 30% 5xx, 10% hangs (> 1.5 s read timeout), 10% resets, on every call")
-    custom_worker(concurrency=8, **PATIENT)
+    custom_worker(concurrency=8, **FLAPPING)
     tenant_ids = [new_tenant_id("flap") for _ in range(200)]
 
     # When 200 tenants are onboarded
     create(api, tenant_ids)
 
     # Then all end provisioned, within the maximum attempts (a bound on waiting, not a speed
-    # target: 105-126 s alone on a 2-core machine; it ran past 240 s once in a loaded CI run)
-    took = wait_all_provisioned(db, tenant_ids, timeout=420)
+    # target: 105-126 s alone on a 2-core machine, set by the longest chain; past 300 s in a
+    # loaded CI run)
+    took = wait_all_provisioned(db, tenant_ids, timeout=840)
     influx.set_faults()
     rows = db.execute(
         "SELECT max(influxdb_attempts), avg(influxdb_attempts) FROM tenants "
         "WHERE tenant_id = ANY(%s)",
         (tenant_ids,),
     ).fetchone()
-    assert rows[0] <= int(PATIENT["PROVISION_MAX_ATTEMPTS"])
+    assert rows[0] <= int(FLAPPING["PROVISION_MAX_ATTEMPTS"])
     assert_created_once(influx, tenant_ids)
 
     # And each retry was scheduled within the backoff ceiling, with full jitter, and never
