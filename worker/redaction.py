@@ -59,10 +59,15 @@ def redact_capped(text: str, secrets: Iterable[str], limit: int) -> str:
 
 
 _SECRET_QUERY_KEYS = re.compile(r"(?i)(token|password|passwd|secret|key|auth)")
+# A path segment that reads as a credential: 16+ URL characters, letters and digits mixed.
+# Receivers put their token there (Slack's /services/T…/B…/TOKEN, Discord's /webhooks/ID/TOKEN,
+# a random hook path); words (/provisioning-events) and plain numbers (an id) are kept.
+_OPAQUE_SEGMENT = re.compile(r"\A(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9._~%+=-]{16,}\Z")
 
 
 def redact_url(url: str) -> str:
-    """``url`` fit to print: the userinfo password and secret-looking query values replaced."""
+    """``url`` fit to print: the userinfo password, secret-looking query values and
+    credential-looking path segments replaced."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -72,8 +77,23 @@ def redact_url(url: str) -> str:
         userinfo, host = netloc.rsplit("@", 1)
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{REDACTED}@{host}"
+    path = "/".join(REDACTED if _OPAQUE_SEGMENT.match(s) else s for s in parts.path.split("/"))
     query = "&".join(
         f"{key}={REDACTED}" if _SECRET_QUERY_KEYS.search(key) else f"{key}={value}"
         for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """What :func:`redact_url` hides of ``url``, as :func:`redact`'s ``secrets``: for text that
+    may quote the URL (a client's error)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return ()
+    found = [parts.password or ""]
+    found += [s for s in parts.path.split("/") if _OPAQUE_SEGMENT.match(s)]
+    found += [value for key, value in query if _SECRET_QUERY_KEYS.search(key)]
+    return tuple(s for s in found if s)

@@ -22,6 +22,7 @@ import urllib3.util
 
 from worker.event_reads import TYPE_PREFIX
 from worker.events import EVENT_TYPES
+from worker.redaction import url_secrets
 from worker.settings import SettingsError
 from worker.settings_rules import read_file
 
@@ -81,9 +82,9 @@ def _endpoint(entry: Any, where: str) -> Endpoint:
     where = f"{where} ({name})"
     url = _url(entry.get("url"), where)
     secrets = _secrets(entry, where)
-    return Endpoint(
-        name, url, tuple(_key(s, where) for s in secrets), _types(entry, where), secrets
-    )
+    keys = tuple(_key(s, where) for s in secrets)
+    # The URL's own credentials (a token in its path or query) are hidden like the keys.
+    return Endpoint(name, url, keys, _types(entry, where), (*secrets, *url_secrets(url)))
 
 
 def _url(url: object, where: str) -> str:

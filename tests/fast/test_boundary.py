@@ -100,6 +100,18 @@ def test_retention_periods_core_refuses(period):
         ("https://ops:s3cret@influx:8181/", "https://ops:[REDACTED]@influx:8181/"),
         ("http://tokenonly@influx", "http://[REDACTED]@influx"),
         ("http://influx/?api_token=abc&region=eu", "http://influx/?api_token=[REDACTED]&region=eu"),
+        (
+            "https://hooks.slack.com/services/T0001/B0001/xoxb7Q2mZt9KfA41bR0c",
+            "https://hooks.slack.com/services/T0001/B0001/[REDACTED]",
+        ),
+        (
+            "https://discord.com/api/webhooks/1234567890123456789/aB3-dE6fG9hJ2kL5mN8p",
+            "https://discord.com/api/webhooks/1234567890123456789/[REDACTED]",
+        ),
+        (
+            "https://ui.example.com/provisioning-events/v2",
+            "https://ui.example.com/provisioning-events/v2",
+        ),
     ],
 )
 def test_urls_are_printed_without_credentials(url, shown):

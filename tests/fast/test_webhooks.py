@@ -531,6 +531,34 @@ def test_no_secret_in_stored_errors_logs_or_the_runs_summary(db, receiver, caplo
         assert SECRET.removeprefix("whsec_") not in text
 
 
+def test_a_token_in_the_url_s_path_is_kept_out_of_stored_errors_and_listings(db, capsys):
+    # Given a receiver whose URL carries its credential in the path (as Slack's do), behind a
+    # proxy that quotes the path in its status line
+    db.execute("TRUNCATE webhook_endpoints CASCADE")
+    token = "xoxb7Q2mZt9KfA41bR0c"
+    path = f"/services/T0001/B0001/{token}"
+    receiver = Receiver(SECRET, check_time=False, path=path).start()
+    try:
+        receiver.answer_with(Answer(502, reason=f"no upstream for {path}"))
+        clock, slack = Clock(), endpoint_for(receiver, "slack")
+        run(clock, slack)
+
+        # When an event fails to reach it
+        insert(db, "acme", state="pending")
+        readable(db)
+        assert run(clock, slack).failed == 1
+    finally:
+        receiver.down()
+
+    # Then the stored error and the operator's listing name the path without the token
+    (kept,) = deliveries(db)
+    assert kept["last_error"] == "HTTP 502 no upstream for /services/T0001/B0001/[REDACTED]"
+    assert cli_main(["--json", "webhooks"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["url"] == receiver.url.replace(token, "[REDACTED]")
+    assert token not in str(endpoint_row(db, "slack")["last_error"])  # (its url column has it)
+
+
 def test_tenantctl_and_the_console_show_each_endpoint_and_enable_a_disabled_one(
     db, receiver, capsys
 ):
