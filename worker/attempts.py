@@ -29,6 +29,7 @@ from worker import store
 from worker.clock import Clock
 from worker.db import autocommit
 from worker.models import provisioning_attempt_totals, provisioning_attempts, tenants
+from worker.node_config import NodeConfig
 from worker.placement import start_on_free_node
 from worker.runs import NotStarted
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason
@@ -137,7 +138,7 @@ class AttemptRecord:
         create_sent_to: str | None,
         clock: Clock,
         secrets: Callable[[], Iterable[str]],
-        place: Sequence[str] | None = None,
+        place: Sequence[NodeConfig] | None = None,
         earlier_start: datetime | None = None,
     ) -> None:
         """Start attempt ``number`` on ``node`` - with ``place``, on the least-used of those

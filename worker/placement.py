@@ -102,16 +102,17 @@ class NoFreeNode(Exception):
     that has): the caller goes the long way, :func:`choose_node` and then the start alone."""
 
 
-def start_on_free_node(conn: Connection, start: Update, names: Sequence[str]) -> str | None:
+def start_on_free_node(conn: Connection, start: Update, nodes: Sequence[NodeConfig]) -> str | None:
     """``start`` (an attempt's start: ``store.update_statement``) with the tenant placed on
-    the least-used of the answering nodes ``names`` that has room and that no other placer
-    holds, in one statement. The node's name; None when ``start``'s guard failed (nothing is
-    placed, whatever the room). Raises NoFreeNode (then a marked node may be chosen)."""
-    # Room by this process's nodes file too (the one sync_nodes last wrote down here), not
-    # only by the rows, which another process may have written from another file.
-    limits = {node.name: node.database_limit for node in _synced or () if node.name in names}
+    the least-used of the answering ``nodes`` (this process's) that has room and that no other
+    placer holds, in one statement. The node's name; None when ``start``'s guard failed
+    (nothing is placed, whatever the room). Raises NoFreeNode (then a marked node may be
+    chosen)."""
+    # Room by this process's limits too, not only by the rows, which another process may
+    # have written from another nodes file.
+    limits = {node.name: node.database_limit for node in nodes}
     by_file = case(limits, value=_NODE.name, else_=_NODE.database_limit) if limits else None
-    mine: list[ColumnElement[bool]] = [_NODE.name.in_(names), ~_UNAVAILABLE]
+    mine: list[ColumnElement[bool]] = [_NODE.name.in_(list(limits)), ~_UNAVAILABLE]
     mine += [] if by_file is None else [by_file > _TAKEN]
     free = (
         _least_used(select(_NODE.name).where(*mine))

@@ -15,9 +15,9 @@ as it happens, so operators see ``provisioning`` while it is under way. A run, i
    provably this tenant's (``worker.identity``), otherwise the tenant stops as ``name_taken``;
    then write the ``_init`` marker carrying the tenant's incarnation.
 
-Attempts are counted per episode (a new one starts with the tenant, an operator retry, a
-drift repair, the end of a capacity wait, a resume) when an attempt *starts*, so a run whose
-worker is killed counts too. It knows nothing of Celery: it returns an ``Outcome``.
+Attempts are counted per episode (a new one starts with the tenant, an operator retry, a drift
+repair, the end of a capacity wait, a resume) when an attempt *starts*, so a killed run counts
+too. It knows nothing of Celery: it returns an ``Outcome``.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ class _Run(TenantRun):
                 nodes = self.pool.nodes()
                 placement.sync_nodes(self.conn, nodes)
                 try:  # placed and started in one statement, when a node is free at once
-                    attempt = self._start(None, [n.name for n in nodes if n.name not in refused])
+                    attempt = self._start(None, [n for n in nodes if n.name not in refused])
                 except placement.NoFreeNode:
                     # The long way: the node's row stays locked until the attempt's start
                     # reserves the slot on it and commits.
@@ -237,15 +237,16 @@ class _Run(TenantRun):
         again._again = True
         return again.run()
 
-    def _start(self, node: NodeConfig | None, place: list[str] | None = None) -> AttemptRecord:
+    def _start(
+        self, node: NodeConfig | None, place: list[NodeConfig] | None = None
+    ) -> AttemptRecord:
         attempt = AttemptRecord(  # or raises NotStarted
             self.conn,
             self.tenant_id,
             number=self.attempts + 1,
             node=node.name if node else None,
-            # Still this run's to start: an operator retry or the reconciler may have handed
-            # the tenant's chain to another message since the row was read, or an operator
-            # adopted a database on a node of their choosing.
+            # Still this run's to start: since the row was read, an operator retry or the
+            # reconciler may have handed the chain on, or an operator adopted a database.
             expect=self.as_read(),
             retry_chain=self.delivery.retry,
             task_id=self.delivery.task_id,
@@ -322,16 +323,13 @@ class _Run(TenantRun):
         else:  # a bug or a surprise: still recorded, still bounded by max attempts
             logger.exception("unexpected error while provisioning", extra=self.context)
             reason, message = Reason.INTERNAL_ERROR, f"{where}unexpected {type(exc).__name__}"
-        if attempt.number >= self.settings.max_attempts:
+        settings = self.settings
+        if attempt.number >= settings.max_attempts:
             return self._fail(
                 attempt, reason, f"gave up after {attempt.number} attempts: {message}"
             )
-        delay = next_backoff(
-            attempt.number,
-            self.settings.backoff_base_seconds,
-            self.settings.backoff_cap_seconds,
-            self.rng,
-        )
+        base, cap = settings.backoff_base_seconds, settings.backoff_cap_seconds
+        delay = next_backoff(attempt.number, base, cap, self.rng)
         attempt.retry_later(reason, message, delay)
         logger.warning(
             "attempt failed (%s), retrying in %.1fs: %s",

@@ -41,10 +41,10 @@ def place_and_start(tenant_id, nodes, exclude=frozenset()):
     with get_engine().connect() as conn:
         sync_nodes(conn, tuple(nodes), force=True)  # each test empties influxdb_nodes
         start = store.update_statement(tenant_id, influxdb_state="provisioning")
-        names = [node.name for node in nodes if node.name not in exclude]
+        mine = [node for node in nodes if node.name not in exclude]
         with autocommit(conn):
             try:
-                return start_on_free_node(conn, start, names)
+                return start_on_free_node(conn, start, mine)
             except NoFreeNode:
                 return None
 
@@ -158,7 +158,7 @@ def one_statement(tenant_id, nodes):
         start = store.update_statement(tenant_id, influxdb_state="provisioning")
         with autocommit(conn):
             try:
-                return start_on_free_node(conn, start, [node.name for node in nodes])
+                return start_on_free_node(conn, start, nodes)
             except NoFreeNode:
                 return "long way"
 
@@ -283,5 +283,5 @@ def test_a_tenant_started_at_once_is_placed_by_this_process_s_limit_whatever_the
         sync_nodes(conn, (ALPHA,))  # (this file written down before: not again)
         start = store.update_statement("acme", influxdb_state="provisioning")
         with autocommit(conn), pytest.raises(NoFreeNode):
-            start_on_free_node(conn, start, ["alpha"])
+            start_on_free_node(conn, start, [ALPHA])
     assert tenant_row(db, "acme")["influxdb_node"] is None

@@ -763,7 +763,7 @@ def test_the_one_statement_start_tells_no_room_from_a_lost_chain(db, world: Worl
         with autocommit(conn):
             # When this run's start is guarded by the chain it read (None): not started there,
             # nor where no server has room (a lost chain ends the run, whatever the room)
-            assert start_on_free_node(conn, start, ["alpha"]) is None
+            assert start_on_free_node(conn, start, world.pool().nodes()) is None
             assert start_on_free_node(conn, start, []) is None
             # while the chain's own run, with no server it may use, is told: no room
             with pytest.raises(NoFreeNode):
