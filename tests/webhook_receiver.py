@@ -43,6 +43,7 @@ class Received:
     answered: int  # the status it was answered with (0: none, it was too slow for the sender)
     why: str = ""  # why it did not verify: "short body" (the sender died sending), "path", or
     # the library's reason ("No matching signature found", "Message timestamp too old", ...)
+    content_type: str = ""
 
     @property
     def event(self) -> dict[str, Any]:
@@ -139,6 +140,7 @@ class Receiver:
                     time.time(),
                     0,
                     why,
+                    headers.get("content-type", ""),
                 )
                 answer = receiver.answer(arrived)
                 if answer.delay:
@@ -194,4 +196,5 @@ def _answered(request: Received, status: int) -> Received:
         request.at,
         status,
         request.why,
+        request.content_type,
     )

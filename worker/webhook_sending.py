@@ -62,10 +62,15 @@ def sign(keys: Iterable[bytes], msg_id: str, timestamp: int, body: bytes) -> str
     )
 
 
+# The body is a whole CloudEvent (structured mode): the HTTP binding (3.2.1) names its format
+# in Content-Type, which SDKs read to tell the mode. Nothing signed depends on it.
+CLOUDEVENTS_JSON = "application/cloudevents+json; charset=utf-8"
+
+
 def signed_headers(endpoint: Endpoint, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """Every header of one attempt."""
     return {
-        "content-type": "application/json",
+        "content-type": CLOUDEVENTS_JSON,
         "user-agent": USER_AGENT,
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),

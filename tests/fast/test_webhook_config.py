@@ -158,7 +158,7 @@ def test_the_headers_verify_with_the_spec_library_and_the_body_is_what_was_signe
     now = int(datetime.now(UTC).timestamp())
     headers = signed_headers(ui, event["id"], now, body)
     assert Webhook(SECRET).verify(body, headers) == event
-    assert headers["content-type"] == "application/json"
+    assert headers["content-type"] == "application/cloudevents+json; charset=utf-8"
     assert headers["webhook-id"] == "812-4" and headers["webhook-timestamp"] == str(now)
     tampered = body.replace(b"created", b"deleted")
     with pytest.raises(Exception, match="No matching signature"):

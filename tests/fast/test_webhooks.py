@@ -42,7 +42,7 @@ from worker.settings import get_settings
 from worker.tasks import dispatch_webhooks
 from worker.webhook_config import Endpoint, parse_endpoints
 from worker.webhook_dispatch import Policy, Summary, dispatch, enable, lock_key
-from worker.webhook_sending import Attempt, Sender, signed_headers
+from worker.webhook_sending import CLOUDEVENTS_JSON, Attempt, Sender, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"s3cr3t-key-for-the-tests-" + b"x" * 7).decode()
 POLICY = Policy(read_timeout=0.5, backoff_cap=60.0, disable_after=timedelta(hours=24))
@@ -127,6 +127,8 @@ def test_a_new_endpoint_gets_what_happens_from_then_on_signed_and_in_order(db, r
         "tenant.provisioned",
     ]
     assert all(r.verified for r in receiver.snapshot())
+    # as CloudEvents' structured mode names them (HTTP binding 3.2.1)
+    assert {r.content_type for r in receiver.snapshot()} == {CLOUDEVENTS_JSON}
     assert arrivals(receiver, "before") == []
     assert [r.event["tenantseq"] for r in receiver.snapshot()] == [1, 2, 3]
     assert (summary.delivered, summary.failed) == (3, 0)
