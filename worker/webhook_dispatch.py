@@ -243,7 +243,10 @@ def record(
             "delivered = delivered + :done, last_attempt_at = :now, "
             "last_success_at = CASE WHEN :done > 0 THEN :now ELSE last_success_at END, "
             "last_status = :status, last_error = :error, "
-            "disabled_at = CASE WHEN e.disabled_at IS NULL AND (:gone OR f.since <= :limit) "
+            # Failing without a break: nothing delivered in the window either, so one event the
+            # receiver keeps refusing holds its tenant's line (shown pending), not every tenant's.
+            "disabled_at = CASE WHEN e.disabled_at IS NULL AND (:gone OR (f.since <= :limit "
+            "AND :done = 0 AND (e.last_success_at IS NULL OR e.last_success_at <= :limit))) "
             "THEN :now ELSE e.disabled_at END "
             "FROM (SELECT min(first_failed_at) AS since FROM webhook_deliveries "
             "WHERE endpoint = :name AND first_failed_at IS NOT NULL) f "

@@ -423,6 +423,41 @@ def test_failing_past_the_window_disables_the_endpoint_and_enabling_resumes_it(d
     assert (row["disabled_at"], row["failing_since"], row["delivered"]) == (None, None, 2)
 
 
+def test_one_event_the_receiver_keeps_refusing_does_not_disable_an_endpoint_taking_the_rest(
+    db, receiver
+):
+    # Given a receiver that refuses every event of one tenant and takes the others'
+    clock = Clock()
+    ui = endpoint_for(receiver)
+    run(clock, ui)
+    receiver.answer_with(lambda got: Answer(422 if got.event["subject"] == "odd" else 204))
+    insert(db, "odd", state="pending")
+    readable(db)
+    run(clock, ui)
+    started = clock()
+
+    # When, for two days, other tenants' events keep arriving while that one is refused
+    for hour in range(48):
+        clock.advance(3600)
+        insert(db, f"t{hour}", state="pending")
+        readable(db)
+        assert run(clock, ui).disabled == []
+
+    # Then the endpoint stays enabled, every other event delivered; the refused one waits,
+    # retried, and shows as the endpoint's oldest failure
+    row = endpoint_row(db)
+    assert (row["disabled_at"], row["failing_since"], row["delivered"]) == (None, started, 48)
+    assert [d["tenant_id"] for d in deliveries(db)] == ["odd"]
+    assert arrivals(receiver, "t47") == ["tenant.created"]
+
+    # And once nothing is delivered for the whole window, it is disabled after all
+    receiver.answer_with(Answer(503))
+    clock.advance(12 * 3600)
+    assert run(clock, ui).disabled == []
+    clock.advance(12 * 3600 + 1)
+    assert run(clock, ui).disabled == ["ui"]
+
+
 def test_an_endpoint_idle_for_days_is_not_disabled_at_its_first_failure(db, receiver):
     # Given an endpoint that delivered, then had nothing to send for 3 days
     clock = Clock()
