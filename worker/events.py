@@ -157,6 +157,8 @@ def prune(conn: Connection, older_than: datetime, batch_size: int, stop: Callabl
 
     A tenant's last event is kept, however old: the next one's ``seq`` follows it (also for an
     id deleted and created again), and the log's last word on every tenant stays its state.
+    So is every event a configured webhook endpoint has not had yet (its dispatcher stopped,
+    its file unusable): pruned, it would never reach the receiver.
     """
     # A log restored from another cluster is shifted by its newest id (migration 0021): that
     # shift is committed before any row goes, so every session computes the same one.
@@ -180,6 +182,9 @@ _PRUNE = text(
           AND (old.tenant_id IS NULL OR EXISTS (
               SELECT 1 FROM tenant_events newer
               WHERE newer.tenant_id = old.tenant_id AND newer.seq > old.seq))
+          AND NOT EXISTS (
+              SELECT 1 FROM webhook_endpoints e
+              WHERE e.configured AND (old.xid, old.id) > (e.cursor_xid, e.cursor_id))
         ORDER BY old.time
         LIMIT :batch)
     """

@@ -752,6 +752,35 @@ def test_pruning_deletes_old_events_in_batches_and_keeps_each_tenants_last(db):
     assert [e["seq"] for e in log_of(db, "old")] == [5, 6]
 
 
+def test_pruning_keeps_what_a_configured_webhook_endpoint_has_not_had(db):
+    # Given a tenant's events, all 40 days old, and an endpoint that had the first two only
+    # (its dispatcher stopped, or its webhooks file unusable, for longer than the retention)
+    insert(db, "acme")
+    for state in ("provisioning", "retrying", "provisioning", "provisioned"):
+        db.execute("UPDATE tenants SET influxdb_state = %s WHERE tenant_id = 'acme'", (state,))
+    db.execute("UPDATE tenant_events SET time = time - interval '40 days'")
+    had = db.execute("SELECT xid, id FROM tenant_events WHERE tenant_id = 'acme' AND seq = 2")
+    db.execute(
+        "INSERT INTO webhook_endpoints (name, url, cursor_xid, cursor_id, created_at) "
+        "VALUES ('ui', 'http://ui.example/hooks', %s, %s, now())",
+        had.fetchone(),
+    )
+
+    def prune() -> int:
+        with get_engine().connect() as conn:
+            cutoff = conn.exec_driver_sql("SELECT now() - interval '30 days'").scalar()
+            return events.prune(conn, cutoff, batch_size=2, stop=lambda: False)
+
+    # When the log is pruned, only what the endpoint had goes
+    assert prune() == 2
+    assert [e["seq"] for e in log_of(db, "acme")] == [3, 4, 5]
+
+    # And once the endpoint is out of the file, the rest goes too (the last word stays)
+    db.execute("UPDATE webhook_endpoints SET configured = false")
+    assert prune() == 2
+    assert [e["seq"] for e in log_of(db, "acme")] == [5]
+
+
 def test_the_hourly_prune_task_prunes_events_past_the_retention(db):
     from worker.tasks import prune_attempt_log  # noqa: PLC0415 - imports the Celery app
 
