@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -78,10 +79,15 @@ TENANT_EVENT_TYPES = (
 EVENT_TYPES = TENANT_EVENT_TYPES + tuple(a.value for a in OperatorAction)
 
 
+# C0 and C1 controls and DEL: CloudEvents string attributes must not hold them (the actor is
+# the envelope's `actor`), and a log line or a terminal would act on them.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def clean_actor(actor: str | None) -> str:
-    """``actor`` fit for storage: no NUL, bounded (it is shown escaped wherever it is shown);
-    "" for None (the events then name no actor)."""
-    actor = (actor or "").replace("\x00", "")
+    """``actor`` fit for storage: each control character U+FFFD (NUL dropped), bounded (it is
+    shown escaped wherever it is shown); "" for None (the events then name no actor)."""
+    actor = _CONTROLS.sub("\ufffd", (actor or "").replace("\x00", ""))
     return actor if len(actor) <= MAX_ACTOR_LENGTH else actor[:MAX_ACTOR_LENGTH] + "..."
 
 

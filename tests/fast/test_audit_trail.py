@@ -138,6 +138,21 @@ def test_the_uis_operator_is_the_actor_of_every_http_action(db, queue):
     assert ("tenant.deletion_requested", "alice", "http") in who(db, "acme")
 
 
+def test_an_actor_s_control_characters_are_stored_replaced(db, queue):
+    # Given a UI whose operator name carries a line break, an escape sequence and a C1 control
+    with ui_app("mallory\n\x1b[2Jroot\x85") as ui:
+        # When that operator creates a tenant (a transition and an action)
+        assert ui.post("/operator/tenants", json={"tenant_id": "acme", "name": "A"}).status_code
+
+    # Then both events name the actor with each control replaced: nothing a CloudEvents
+    # attribute may not hold, nothing a terminal would act on
+    shown = "mallory\ufffd\ufffd[2Jroot\ufffd"
+    assert who(db, "acme") == [
+        ("tenant.created", shown, "http"),
+        ("operator.created", shown, "http"),
+    ]
+
+
 def test_the_operator_token_is_recorded_as_operator_token(db, api, queue):
     assert api.post("/operator/tenants", json={"tenant_id": "acme", "name": "A"}).status_code
     assert who(db, "acme") == [
