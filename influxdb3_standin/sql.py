@@ -1,7 +1,8 @@
 """The few SQL shapes the stand-in answers, and the row encodings of the query API.
 
 Not a SQL engine: the worker only counts rows, reads them back and lists a table's columns, so
-anything beyond ``COUNT(*)``, ``SELECT *`` and ``information_schema.columns`` of one table is
+anything beyond ``COUNT(*)``, ``SELECT *``, ``information_schema.columns`` of one table and the
+list of tables (``information_schema.tables``) is
 refused with a 400 that names the stand-in, rather than answered wrongly. Like Core, queries
 apply the database's retention period: older points are hidden (still stored), the schema is not.
 """
@@ -30,10 +31,17 @@ _COLUMNS_SQL = re.compile(
         \s*;?\s*$""",
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
+_TABLES_SQL = re.compile(
+    r"""^\s*SELECT\s+table_name\s+FROM\s+information_schema\.tables\s+
+        WHERE\s+table_schema\s*=\s*'iox'(?:\s+LIMIT\s+(?P<limit>\d+))?
+        \s*;?\s*$""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
 _SUPPORTED_SQL = (
     "SELECT COUNT(*) [AS alias] FROM t, SELECT * FROM t [ORDER BY time [ASC|DESC]] [LIMIT n], "
     "SELECT column_name FROM information_schema.columns WHERE table_schema = 'iox' AND "
-    "table_name = 't'"
+    "table_name = 't', SELECT table_name FROM information_schema.tables WHERE table_schema = "
+    "'iox' [LIMIT n]"
 )
 
 
@@ -45,6 +53,10 @@ def run_sql(database: Database, sql: str, now_ns: int) -> list[dict[str, object]
         found = database.tables.get(columns_of.group("table"))
         names = sorted(found.columns) if found is not None else []
         return [{"column_name": name} for name in [*names, "time"]] if names else []
+    tables = _TABLES_SQL.match(sql)
+    if tables is not None:  # the database's tables, made by writes (a create makes none)
+        listed: list[dict[str, object]] = [{"table_name": n} for n in sorted(database.tables)]
+        return listed if tables.group("limit") is None else listed[: int(tables.group("limit"))]
     match = _SQL.match(sql)
     if match is None:
         raise ApiError(

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
-from worker import identity, locations, store
+from worker import events, identity, locations, store
 from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import PermanentError, ProvisioningError
@@ -109,11 +109,12 @@ class _Deletion(TenantRun):
         store.update(self.conn, self.tenant_id, deleting=True, influxdb_attempts=attempt)
         self.conn.commit()
         try:
-            for home in self._homes():
-                self._delete_if_ours(home)
+            left = [home.name for home in self._homes() if not self._delete_if_ours(home)]
         except (ProvisioningError, _HomeUnknown) as exc:
             error = exc.error if isinstance(exc, _HomeUnknown) else exc
             return self._record_failure(error, str(exc), attempt)
+        if left:  # the event says so: its readers must not take that data for deleted
+            events.kept_on(self.conn, ", ".join(left))
         store.remove(self.conn, self.tenant_id)
         log_attempt(
             self.conn,
@@ -127,6 +128,15 @@ class _Deletion(TenantRun):
             task_id=self.delivery.task_id,
         )
         self.conn.commit()
+        if left:  # not this tenant's: it stays, and so does the slot it takes
+            logger.warning(
+                "tenant deprovisioned; its id is free; %s stays on node %s (not this tenant's: "
+                "an orphan from the next reconcile run)",
+                self.database,
+                ", ".join(left),
+                extra=self.context,
+            )
+            return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
         logger.info("tenant deprovisioned; its slot and id are free", extra=self.context)
         self.freed_on = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
         return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
@@ -157,16 +167,21 @@ class _Deletion(TenantRun):
             raise _HomeUnknown(name, error)
         return [n for n in self.pool.nodes() if n.name in location.found]
 
-    def _delete_if_ours(self, node: NodeConfig) -> None:
+    def _delete_if_ours(self, node: NodeConfig) -> bool:
+        """Delete the tenant's database there; False when one is there that is not its own
+        (left in place)."""
         client = self.pool.client(node)
         markers = client.read_markers(self.database)
         if markers is None:
             logger.info("no database %s on node %s", self.database, node.name, extra=self.context)
-            return
+            return True
         judged = {
             "tenant_id": self.tenant_id,
             "incarnation": self.row.influxdb_incarnation,
-            "own_create_unanswered": self.row.influxdb_create_sent_to == node.name,
+            # (our create, unanswered, made it only if writes made nothing in it)
+            "own_create_unanswered": self.row.influxdb_create_sent_to == node.name
+            and not markers
+            and client.holds_no_table(self.database),
         }
         verdict = identity.judge(markers, adoption=self.adoption, **judged)
         if verdict is identity.Verdict.UNKNOWN and self._remade_on(node):
@@ -181,7 +196,7 @@ class _Deletion(TenantRun):
                 verdict,
                 extra=self.context,
             )
-            return
+            return False
         deleted = client.delete_database(self.database, self.settings.influxdb_hard_delete_at)
         logger.info(
             "%s %s on node %s",
@@ -190,6 +205,7 @@ class _Deletion(TenantRun):
             node.name,
             extra=self.context,
         )
+        return True
 
     def _remade_on(self, node: NodeConfig) -> bool:
         """Whether the server soft-deleted the tenant's database after it was provisioned

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 ACTOR_SETTING = "tenant_provisioner.actor"
 ROUTE_SETTING = "tenant_provisioner.route"
+KEPT_ON_SETTING = "tenant_provisioner.kept_on"  # migration 0024
 MAX_ACTOR_LENGTH = 200
 MAX_ACTOR_FILTER = MAX_ACTOR_LENGTH + 3  # a longer actor is stored cut, ending "..."
 
@@ -89,6 +90,15 @@ def clean_actor(actor: str | None) -> str:
     shown escaped wherever it is shown); "" for None (the events then name no actor)."""
     actor = _CONTROLS.sub("\ufffd", (actor or "").replace("\x00", ""))
     return actor if len(actor) <= MAX_ACTOR_LENGTH else actor[:MAX_ACTOR_LENGTH] + "..."
+
+
+def kept_on(conn: Connection, nodes: str) -> None:
+    """Name, for the ``tenant.deprovisioned`` event of the caller's open transaction, the
+    servers where a database of the tenant's name was left in place (not its own)."""
+    conn.execute(
+        text("SELECT set_config(:setting, :nodes, true)"),
+        {"setting": KEPT_ON_SETTING, "nodes": nodes},
+    )
 
 
 def acting(conn: Connection, actor: str | None, route: str) -> None:

@@ -5,8 +5,9 @@ worker writes into the tenant's database carries it as a field. A database of th
 is the tenant's own only when:
 
 - its marker carries this incarnation, or
-- this incarnation sent a create to that server whose answer it never saw (a timeout), and no
-  other marker is there, or
+- this incarnation sent a create to that server whose answer it never saw (a timeout), and the
+  database holds nothing: no marker, no table (a create makes none; writes, such as an earlier
+  tenant's late writers, make theirs), or
 - the row's adoption mode says so (``Adoption.UNMARKED`` for rows that predate the worker and
   ``Adoption.REMADE`` for a database deleted behind our back and made again: an unmarked one;
   ``Adoption.ANY`` after an operator's ``adopt``: any).
@@ -38,6 +39,15 @@ from worker.states import Adoption
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MARKER_TABLE = "_init"
 INCARNATION_COLUMN = "incarnation_"  # + the incarnation: a column of the marker table
+# What the client reads of a database to judge it: the marker points (a few: re-runs overwrite
+# one), the marker table's columns (incarnations outlive retention), and whether it holds any
+# table (a create makes none; writes make theirs).
+MARKER_QUERY = 'SELECT * FROM "_init" LIMIT 100'
+MARKER_COLUMNS_QUERY = (
+    "SELECT column_name FROM information_schema.columns "
+    "WHERE table_schema = 'iox' AND table_name = '_init'"
+)
+TABLES_QUERY = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'iox' LIMIT 1"
 
 
 def marker_line(tenant_id: str, incarnation: str, timestamp_ns: int) -> str:

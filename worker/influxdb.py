@@ -37,13 +37,7 @@ from worker.redaction import REDACTION_WINDOW_BYTES, redact, redact_capped, reda
 logger = logging.getLogger(__name__)
 
 INTERNAL_DATABASE = "_internal"
-_MARKER_QUERY = 'SELECT * FROM "_init" LIMIT 100'  # a few markers: re-runs overwrite one point
-_MARKER_COLUMNS_QUERY = (
-    "SELECT column_name FROM information_schema.columns "
-    "WHERE table_schema = 'iox' AND table_name = '_init'"
-)
 _MAX_ERROR_TEXT = 300
-
 _BODY_CHUNK = 16384
 MAX_ANSWER_BYTES = 32 * 1024 * 1024  # the largest answer read (100,000 databases listed: 5 MB)
 
@@ -160,7 +154,7 @@ class InfluxDB3Client:
         points (at most 100); [] if no ``_init`` table; None if no database. A server without
         information_schema is read by its points alone."""
         try:
-            rows = self.query(database, _MARKER_COLUMNS_QUERY)
+            rows = self.query(database, identity.MARKER_COLUMNS_QUERY)
         except _DatabaseNotFound:
             return None
         except _TableNotFound as exc:  # no information_schema; any other refusal raises
@@ -170,12 +164,19 @@ class InfluxDB3Client:
         columns = (row.get("column_name") for row in rows)
         markers = identity.schema_markers(c for c in columns if isinstance(c, str))
         try:  # even when the schema named no column (a server that answers every query so)
-            rows = self.query(database, _MARKER_QUERY)
+            rows = self.query(database, identity.MARKER_QUERY)
         except _DatabaseNotFound:
             return None
         except _TableNotFound:
             return markers
         return markers + [Marker.of_point(row) for row in rows]
+
+    def holds_no_table(self, database: str) -> bool:
+        """No table at all, as a create leaves it (writes make theirs); True if it cannot tell."""
+        try:
+            return not self.query(database, identity.TABLES_QUERY)
+        except (_DatabaseNotFound, _TableNotFound):  # (the query names no other table)
+            return True
 
     def query(
         self,

@@ -273,7 +273,9 @@ class _Run(TenantRun):
                     tenant_id=self.tenant_id,
                     incarnation=self.row.influxdb_incarnation,
                     adoption=self.adoption,
-                    own_create_unanswered=attempt.unanswered_before,
+                    # (our create, unanswered, made it only if writes made nothing in it)
+                    own_create_unanswered=attempt.unanswered_before
+                    and client.holds_no_table(self.database),
                 )
                 if verdict is not Verdict.OURS:
                     return self._fail(

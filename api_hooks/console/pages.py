@@ -181,7 +181,10 @@ def console_router(
 
     def _not_found(request: Request, exc: Exception, deleted: bool = False) -> Response:
         if deleted:
-            problem = "The tenant is deleted: its database and its row are gone."
+            problem = (
+                "The tenant is deleted: its row is gone, and its own database with it "
+                "(a database of its name that was not its own is left in place: see Strays)."
+            )
         elif isinstance(exc, InvalidTenantId):
             problem = f"No tenant has this id: {exc}"
         else:

@@ -17,6 +17,14 @@ from worker.states import RunResult
 MESSAGE = Delivery.of("delete-a", 0)
 
 
+def deprovisioned_event(db, tenant_id: str) -> dict:
+    (data,) = db.execute(
+        "SELECT data FROM tenant_events WHERE tenant_id = %s AND type = 'tenant.deprovisioned'",
+        (tenant_id,),
+    ).fetchone()
+    return data
+
+
 def test_deleting_removes_the_tenants_own_database_then_the_row(db, world: World):
     alpha = world.add("alpha")
     insert(db, "acme")
@@ -28,6 +36,7 @@ def test_deleting_removes_the_tenants_own_database_then_the_row(db, world: World
     assert tenant_row(db, "acme") is None
     assert alpha.databases() == []
     assert any(name.startswith("telemetry_acme-") for name in alpha.state()["deleted_databases"])
+    assert "kept_on" not in deprovisioned_event(db, "acme")
 
 
 def test_deleting_a_tenant_older_than_its_retention_period_removes_its_database(db, world: World):
@@ -117,14 +126,39 @@ def test_a_run_that_ends_after_its_tenant_was_deleted_says_so_and_is_not_outwait
 
 
 def test_deleting_leaves_a_database_that_is_not_the_tenants(db, world: World):
-    alpha = world.add("alpha")
+    # Given a tenant whose name on its full server is another's database, and a tenant waiting
+    alpha = world.add("alpha", limit=1)
     existing_database(alpha, "acme", points=2, incarnation="another-tenant")
     insert(db, "acme", state="deprovisioning", node="alpha")
+    insert(db, "next", state="waiting_for_capacity")
 
+    # When the tenant is deleted
+    outcome = world.deprovision("acme", MESSAGE)
+
+    # Then its row goes, someone else's data stays, and so does the slot it takes: nobody is
+    # sent to a server that would refuse them
+    assert (outcome.result, outcome.unwaited) == (RunResult.DEPROVISIONED, ())
+    assert tenant_row(db, "acme") is None
+    assert alpha.databases() == ["telemetry_acme"]
+    assert tenant_row(db, "next")["influxdb_state"] == "waiting_for_capacity"
+    # And the event says where it stays: its readers do not take that data for deleted
+    assert deprovisioned_event(db, "acme")["kept_on"] == "alpha"
+
+
+def test_deleting_after_an_unanswered_create_leaves_a_database_that_writers_made(db, world: World):
+    # Given a tenant made again under a deleted one's id, whose create went to a server where
+    # a late writer of the earlier tenant had made the database (its points, no marker), and
+    # was never answered
+    alpha = world.add("alpha")
+    write_points(alpha, "telemetry_acme", "telemetry,device=d1 v=1i")
+    insert(db, "acme", state="deprovisioning", node="alpha", create_sent_to="alpha")
+
+    # When the tenant is deleted
     assert world.deprovision("acme", MESSAGE).result == RunResult.DEPROVISIONED
 
-    assert tenant_row(db, "acme") is None
-    assert alpha.databases() == ["telemetry_acme"]  # someone else's data stays
+    # Then that database stays: our create made none of it
+    assert alpha.databases() == ["telemetry_acme"]
+    assert len(alpha.rows("telemetry_acme", "telemetry")) == 1
 
 
 def test_deleting_a_tenant_whose_writers_made_its_database_again_deletes_that_one(db, world: World):

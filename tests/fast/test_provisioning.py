@@ -21,7 +21,7 @@ from worker import nodes, placement, store
 from worker.db import autocommit, get_engine
 from worker.placement import NoFreeNode, start_on_free_node, sync_nodes
 from worker.runs import Delivery, tenant_lock
-from worker.states import RunResult
+from worker.states import Reason, RunResult
 
 MESSAGE = Delivery.of("message-a", 0)
 OTHER = Delivery.of("message-b", 0)
@@ -315,6 +315,21 @@ def test_a_409_after_our_own_unanswered_create_is_ours(db, world: World):
     insert(db, "acme", state="retrying", node="alpha", create_sent_to="alpha", attempts=1)
 
     assert world.provision("acme").result == RunResult.PROVISIONED
+
+
+def test_a_409_after_our_unanswered_create_on_a_database_writers_made_is_not_ours(db, world: World):
+    # Given a database of the tenant's name that a late writer of an earlier tenant of this id
+    # made (its points, no marker), on the server our create went to and never answered
+    alpha = world.add("alpha")
+    write_points(alpha, "telemetry_acme", "telemetry,device=d1 temp=20i")
+    insert(db, "acme", state="retrying", node="alpha", create_sent_to="alpha", attempts=1)
+
+    # When the run meets it (409 on create)
+    outcome = world.provision("acme")
+
+    # Then it is not taken for the tenant's: name_taken, no marker written into it
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, Reason.NAME_TAKEN)
+    assert alpha.rows("telemetry_acme", "_init") == []
 
 
 def test_a_409_on_the_tenants_own_database_past_its_retention_period_is_ours(db, world: World):
