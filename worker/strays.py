@@ -35,10 +35,6 @@ class StrayKind(enum.StrEnum):
     ORPHAN = "orphan"  # a database of the tenant prefix whose tenant does not exist
 
 
-# InfluxDB renames a soft-deleted database NAME-YYYYMMDDTHHMMSS. The run's table holds active
-# databases only, but such a name of no tenant is a deletion's leftover, never an orphan.
-_SOFT_DELETED = "-[0-9]{8}T[0-9]{6}$"
-
 # Per listed database of the prefix (the run's table holds the lists of the servers that
 # answered, nothing else): its tenant, if any, and whether it is a stray or an orphan; NULL
 # kind: neither. A stray is not the tenant's home, is not
@@ -61,7 +57,10 @@ _FOUND = f"""
                                AND t.influxdb_adopt IS NOT DISTINCT FROM
                                    '{Adoption.UNMARKED.value}')
                      THEN '{StrayKind.STRAY.value}' END
-            WHEN l.database !~ '{_SOFT_DELETED}' THEN '{StrayKind.ORPHAN.value}'
+            -- (the run's table holds active databases only: soft-deleted ones are listed
+            -- apart, so a name ending like a deletion stamp is a tenant id's, e.g.
+            -- trial-20250101T120000)
+            ELSE '{StrayKind.ORPHAN.value}'
         END AS kind
     FROM {LISTED_TABLE} l
     LEFT JOIN tenants t ON t.tenant_id = substr(l.database, length(:prefix) + 1)

@@ -54,9 +54,10 @@ def test_strays_and_orphans_are_reported_and_the_rest_is_not(db, world: World, c
     beta.create_database("telemetry_acme")
     insert(db, "acme", state="provisioned", node="alpha", provisioned_at=T0)
     # and on beta: a database of no tenant, a row from before the worker not located yet, our
-    # own create whose answer was never seen, a soft-deleted name, a database of another prefix
-    for name in ("ghost", "old", "sent", "gone-20261128T120000"):
+    # own create whose answer was never seen, a soft-deleted one, a database of another prefix
+    for name in ("ghost", "old", "sent", "gone"):
         beta.create_database(f"telemetry_{name}")
+    beta.delete_database("telemetry_gone")  # (renamed telemetry_gone-YYYYMMDDTHHMMSS)
     beta.create_database("billing")
     insert(db, "old", adopt="unmarked")
     insert(db, "sent", create_sent_to="beta", enqueued_at=T0)
@@ -90,7 +91,24 @@ def test_strays_and_orphans_are_reported_and_the_rest_is_not(db, world: World, c
     assert "node=beta database=telemetry_acme kind=stray tenant=acme home=alpha" in warnings[0]
     assert "node=beta database=telemetry_ghost kind=orphan tenant=-" in warnings[1]
     # and nothing was deleted anywhere
-    assert len(beta.databases()) == 6
+    assert len(beta.databases()) == 5
+
+
+def test_a_leftover_of_a_deleted_tenant_whose_id_ends_like_a_deletion_stamp_is_an_orphan(
+    db, world: World
+):
+    # Given an active database of a tenant id that ends like a soft-deletion stamp, whose
+    # tenant is gone (soft-deleted databases are listed apart: this one is not one)
+    world.add("alpha").create_database("telemetry_trial-20250101T120000")
+
+    # When the reconciler runs
+    summary = run(world)
+
+    # Then it is reported as an orphan, like any other
+    assert {key: row["kind"] for key, row in recorded(db).items()} == {
+        ("alpha", "telemetry_trial-20250101T120000"): "orphan"
+    }
+    assert summary["orphans"] == 1
 
 
 def test_a_tenant_with_no_home_yet_has_strays_too(db, world: World):
