@@ -178,7 +178,9 @@ def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None
     """Publish one message for ``job`` without retrying; True when the broker took it.
 
     ``task_id`` names the message when the caller has recorded it as the owner of the
-    tenant's retry chain (``worker.runs``).
+    tenant's retry chain (``worker.runs``): the chain's next run, on the retry queue with the
+    chain's own retries. Behind a backlog of new work longer than the reconciler's grace, a
+    take-over would wait there until the next run took the chain over again, and again.
     """
     task = deprovision_tenant_influxdb if job is Job.DEPROVISION else provision_tenant_influxdb
     timeout = get_settings().broker_publish_timeout
@@ -186,6 +188,7 @@ def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None
         task.apply_async(
             args=(tenant_id,),
             task_id=task_id,
+            queue=RETRY_QUEUE if task_id is not None else None,
             retry=False,
             # RabbitMQ (publisher confirms): how long to wait for the broker's ack, and for the
             # socket to take the message; Redis ignores both (its socket timeouts bound it).
