@@ -15,9 +15,8 @@ as it happens, so operators see ``provisioning`` while it is under way. A run, i
    provably this tenant's (``worker.identity``), otherwise the tenant stops as ``name_taken``;
    then write the ``_init`` marker carrying the tenant's incarnation.
 
-Attempts are counted per episode (a new one starts with the tenant, an operator retry, a drift
-repair, the end of a capacity wait, a resume) when an attempt *starts*, so a killed run counts
-too. It knows nothing of Celery: it returns an ``Outcome``.
+Attempts count per episode (from creation, an operator retry, a drift repair, a capacity wait's
+end, a resume) as they *start*: a killed run counts. Celery is not known here: ``Outcome``s are.
 """
 
 from __future__ import annotations
@@ -109,8 +108,10 @@ class _Run(TenantRun):
             self.attempts = 0  # gone: repairing it is a new episode
         elif self.row.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY:
             self.attempts = 0
-        if self.attempts >= self.settings.max_attempts:
-            # The last attempts never finished (their worker died): a killed run counts.
+        # The last attempts never finished (their worker died): a killed run counts. The last may
+        # have done its work unsaid (its create went out): one more attempt finds out.
+        unsaid = self.attempts == self.settings.max_attempts and self.row.influxdb_create_sent_to
+        if self.attempts >= self.settings.max_attempts and not unsaid:
             return self._give_up_before_starting()
         return self._provision(node)
 
@@ -325,12 +326,11 @@ class _Run(TenantRun):
         else:  # a bug or a surprise: still recorded, still bounded by max attempts
             logger.exception("unexpected error while provisioning", extra=self.context)
             reason, message = Reason.INTERNAL_ERROR, f"{where}unexpected {type(exc).__name__}"
-        settings = self.settings
-        if attempt.number >= settings.max_attempts:
+        if attempt.number >= self.settings.max_attempts:
             return self._fail(
                 attempt, reason, f"gave up after {attempt.number} attempts: {message}"
             )
-        base, cap = settings.backoff_base_seconds, settings.backoff_cap_seconds
+        base, cap = self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds
         delay = next_backoff(attempt.number, base, cap, self.rng)
         attempt.retry_later(reason, message, delay)
         logger.warning(

@@ -454,6 +454,28 @@ def test_attempts_used_up_by_runs_that_never_finished_end_as_worker_lost(db, wor
     assert world.servers["alpha"].create_calls() == 0
 
 
+def test_a_last_attempt_that_did_its_work_unsaid_is_found_out_by_one_more(db, world: World):
+    # Given a tenant whose last allowed attempt sent its create and wrote its marker, and
+    # whose worker died before it could say so
+    alpha = world.add("alpha")
+    last = world.settings.max_attempts
+    insert(db, "acme", state="pending", node="alpha", attempts=last, create_sent_to="alpha")
+    incarnation = tenant_row(db, "acme")["influxdb_incarnation"]
+    existing_database(alpha, "acme", points=0, incarnation=incarnation)
+
+    # When its next run comes
+    outcome = world.provision("acme", MESSAGE)
+
+    # Then one more attempt finds the work done: provisioned, not failed as worker_lost
+    assert (outcome.result, outcome.attempt) == (RunResult.PROVISIONED, last + 1)
+
+    # But past that one, a run whose worker died again gives up without a call
+    insert(db, "dies", state="pending", node="alpha", attempts=last + 1, create_sent_to="alpha")
+    outcome = world.provision("dies", MESSAGE)
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, "worker_lost")
+    assert alpha.create_calls("telemetry_dies") == 0
+
+
 def test_a_repair_after_success_starts_a_new_episode(db, world: World):
     world.add("alpha").set_faults(error_rate=0.0)
     attempts = world.settings.max_attempts - 1
