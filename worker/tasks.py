@@ -17,6 +17,7 @@ from celery import Task
 from sqlalchemy.exc import DBAPIError
 
 from worker import attempts, events, locations, store
+from worker.broker_gate import BrokerGate
 from worker.celery_app import app
 from worker.clock import DATABASE_NOW, database_clock
 from worker.db import get_engine
@@ -174,6 +175,9 @@ def dispatch_webhooks() -> dict[str, Any]:
     return summary.as_dict()
 
 
+_gate = BrokerGate()  # a dead broker is tried by one request at a time (worker.broker_gate)
+
+
 def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None) -> bool:
     """Publish one message for ``job`` without retrying; True when the broker took it.
 
@@ -185,21 +189,24 @@ def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None
     task = deprovision_tenant_influxdb if job is Job.DEPROVISION else provision_tenant_influxdb
     timeout = get_settings().broker_publish_timeout
     try:
-        task.apply_async(
-            args=(tenant_id,),
-            task_id=task_id,
-            queue=RETRY_QUEUE if task_id is not None else None,
-            retry=False,
-            # RabbitMQ (publisher confirms): how long to wait for the broker's ack, and for the
-            # socket to take the message; Redis ignores both (its socket timeouts bound it).
-            confirm_timeout=timeout,
-            timeout=timeout,
-            # Celery would put the publisher's time limits in the message, and a worker obeys
-            # the message: the API's settings would govern the worker's runs. None leaves the
-            # worker's own PROVISION_SOFT_TIME_LIMIT / PROVISION_TIME_LIMIT in force.
-            time_limit=None,
-            soft_time_limit=None,
-        )
+        with _gate.publisher(app, timeout) as producer:
+            task.apply_async(
+                args=(tenant_id,),
+                task_id=task_id,
+                queue=RETRY_QUEUE if task_id is not None else None,
+                producer=producer,
+                retry=False,
+                # RabbitMQ (publisher confirms): how long to wait for the broker's ack, and for
+                # the socket to take the message; Redis ignores both (its socket timeouts bound
+                # it).
+                confirm_timeout=timeout,
+                timeout=timeout,
+                # Celery would put the publisher's time limits in the message, and a worker
+                # obeys the message: the API's settings would govern the worker's runs. None
+                # leaves the worker's own PROVISION_SOFT_TIME_LIMIT / PROVISION_TIME_LIMIT.
+                time_limit=None,
+                soft_time_limit=None,
+            )
     except Exception as exc:
         message = redact(f"{type(exc).__name__}: {exc}", get_settings().secrets())
         logger.warning(

@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -124,3 +125,42 @@ def test_api_process_creates_tenant_at_once_when_the_broker_is_down(
     assert "could not queue provision" in log
     assert OPERATOR_TOKEN not in log
     assert BROKER_PASSWORD not in log
+
+
+def test_a_burst_of_creates_all_answer_promptly_when_the_broker_is_blackholed(
+    blackholed_port, db, influx, tmp_path
+):
+    # Given a real operator API process whose broker drops connection attempts
+    broker = f"redis://:{BROKER_PASSWORD}@127.0.0.1:{blackholed_port}/0"
+    process, base = start_api(tmp_path / "api.log", {"CELERY_BROKER_URL": broker})
+    try:
+        tenant_ids = [new_tenant_id("burst") for _ in range(40)]
+
+        def create(tenant_id: str) -> tuple[int, float]:
+            started = time.monotonic()
+            response = requests.post(
+                f"{base}/operator/tenants",
+                json={"tenant_id": tenant_id, "name": "Burst"},
+                headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+                timeout=60,
+            )
+            return response.status_code, time.monotonic() - started
+
+        # When 40 operators create a tenant at the same moment
+        with ThreadPoolExecutor(len(tenant_ids)) as pool:
+            answers = list(pool.map(create, tenant_ids))
+
+        # Then each is created, and none waits behind the others' tries of a broker already
+        # found dead (Celery's pool holds 10 publishers: they went in waves of 2 s)
+        assert [status for status, _ in answers] == [201] * len(tenant_ids)
+        slowest = max(took for _, took in answers)
+        assert slowest < 2 * PUBLISH_TIMEOUT + 1.0, f"the slowest answer took {slowest:.2f}s"
+        # And each is stored as owed work, for the reconciler to queue
+        pending = db.execute(
+            "SELECT count(*) FROM tenants WHERE tenant_id = ANY(%s) "
+            "AND influxdb_state = 'pending' AND influxdb_enqueued_at IS NULL",
+            (tenant_ids,),
+        ).fetchone()[0]
+        assert pending == len(tenant_ids)
+    finally:
+        stop_process(process)

@@ -1,0 +1,61 @@
+"""Publishing to a dead broker: after a failure one request at a time tries it, and the first
+that gets through ends it (worker.broker_gate). The burst it spares is in
+tests/integration/test_broker_down.py, against a real API process and a blackholed broker."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from celery import Celery
+
+from tests.conftest import REDIS_DB, REDIS_HOST, REDIS_PORT
+from worker.broker_gate import BrokerDown, BrokerGate
+
+
+def test_after_a_failure_one_request_at_a_time_tries_the_broker_and_a_success_ends_it():
+    app = Celery(broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
+    gate = BrokerGate()
+    with gate.publisher(app, 1.0):  # up: anyone publishes
+        pass
+
+    # Given a publish that failed
+    with pytest.raises(ConnectionError), gate.publisher(app, 1.0):
+        raise ConnectionError("the broker dropped the connection")
+
+    # When one request tries the broker again
+    trying, done = threading.Event(), threading.Event()
+
+    def probe() -> None:
+        with gate.publisher(app, 1.0):
+            trying.set()
+            done.wait(5)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    assert trying.wait(5)
+
+    # Then another is not sent meanwhile: it does not wait on a broker found dead
+    with pytest.raises(BrokerDown), gate.publisher(app, 1.0):
+        pass
+
+    # And once that request got through, everyone publishes again, several at once
+    done.set()
+    prober.join(5)
+    with gate.publisher(app, 1.0), gate.publisher(app, 1.0):
+        pass
+    app.close()
+
+
+def test_a_probe_that_fails_leaves_the_broker_down_for_the_next_one():
+    app = Celery(broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
+    gate = BrokerGate()
+    for _ in range(2):  # the first failure, then a probe that fails too
+        with pytest.raises(ConnectionError), gate.publisher(app, 1.0):
+            raise ConnectionError("refused")
+    # the next request is the next probe (none holds the turn): it may try, and gets through
+    with gate.publisher(app, 1.0):
+        pass
+    with gate.publisher(app, 1.0):
+        pass
+    app.close()
