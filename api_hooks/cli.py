@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "tenantctl") -> int:
         "list": _list,
         "retry": _retry,
         "adopt": _adopt,
+        "forget": _forget,
         "reconcile": _reconcile,
         "check-influxdb": cli_servers.check_influxdb,
         "nodes": cli_servers.nodes,
@@ -97,6 +98,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     adopt.add_argument("tenant_id")
     adopt.add_argument("--node", help="the server holding it (default: the tenant's server)")
+    forget = commands.add_parser(
+        "forget",
+        help="remove a tenant being deleted whose server left the nodes file for good, "
+        "touching no server",
+    )
+    forget.add_argument("tenant_id")
     retry = commands.add_parser("retry", help="re-enqueue one tenant, or all in a state")
     target = retry.add_mutually_exclusive_group(required=True)
     target.add_argument("tenant_id", nargs="?")
@@ -216,6 +223,23 @@ def _adopt(args: argparse.Namespace) -> int:
     else:
         print("NOT queued (broker unavailable); the reconciler will queue it", file=sys.stderr)
     return EXIT_OK if queued else EXIT_NOT_QUEUED
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from api_hooks import InvalidTenantId, TenantBusy, TenantNotFound  # noqa: PLC0415
+    from api_hooks.tenants import forget_tenant  # noqa: PLC0415
+
+    try:
+        node = forget_tenant(args.tenant_id, actor=cli_actor(), route="cli")
+    except (InvalidTenantId, TenantBusy) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except TenantNotFound as exc:
+        return _fail(str(exc), EXIT_NOT_FOUND)
+    if args.json:
+        print_json({"tenant_id": args.tenant_id, "forgotten": True, "node": node})
+    else:
+        print(f"{args.tenant_id} forgotten; its database, if node {node} ever returns, stays there")
+    return EXIT_OK
 
 
 def _reconcile(args: argparse.Namespace) -> int:

@@ -284,3 +284,35 @@ def delete_tenant(
             "database": database,
         },
     }
+
+
+def forget_tenant(
+    tenant_id: str, *, actor: str | None = PYTHON_ACTOR, route: str = Route.PYTHON
+) -> str:
+    """Remove a tenant being deleted whose server left the nodes file for good, touching no
+    server; the name of that server (its database, if the server ever comes back, is an
+    orphan there). For operators (``tenantctl forget``): a deletion waits for its server
+    otherwise, and a dead one never returns. Raises TenantNotFound, and TenantBusy for a tenant
+    not being deleted or whose server is in the nodes file (its deletion goes on).
+    """
+    tenant_id = validate_tenant_id(tenant_id)
+    with get_engine().begin() as conn:
+        events.acting(conn, actor, route)
+        row = store.lock_for_request(conn, tenant_id)
+        if row is None:
+            raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+        node = row.influxdb_node
+        if row.influxdb_state != ProvisioningState.DEPROVISIONING or node is None:
+            raise TenantBusy(
+                f"tenant {tenant_id!r} is {row.influxdb_state}: only a tenant being deleted, "
+                "waiting for a server that left the nodes file, can be forgotten (delete it first)"
+            )
+        if shared_pool().node(node) is not None:
+            raise TenantBusy(
+                f"tenant {tenant_id!r} is on node {node}, which is in the nodes file: its "
+                "deletion goes on there (forget is for a server gone for good)"
+            )
+        events.record(conn, tenant_id, OperatorAction.FORGET, {"node": node})
+        events.kept_on(conn, node)  # its tenant.deprovisioned says the data may be there
+        store.remove(conn, tenant_id)
+    return str(node)

@@ -54,6 +54,7 @@ class OperatorAction(enum.StrEnum):
     RETRY = "operator.retry"
     DELETE = "operator.delete"
     ADOPT = "operator.adopt"
+    FORGET = "operator.forget"
     SIGN_IN = "operator.sign_in"
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+from api_hooks.cli import main as cli_main
 from tests.conftest import existing_database, tenant_row, wait_for, write_points
 from tests.fast.conftest import Published, World, insert
-from worker import store
+from worker import nodes, store
 from worker.db import get_engine
 from worker.reconcile import reconcile
 from worker.runs import Delivery, advisory_lock_key
@@ -334,3 +336,34 @@ def test_a_deletion_sent_again_for_a_busy_lock_still_owns_its_chain(db, world: W
     # ... and the message sent again finishes the deletion, not left to the reconciler
     assert world.deprovision("acme", Delivery.of("delete-a", 2)).result == RunResult.DEPROVISIONED
     assert tenant_row(db, "acme") is None
+
+
+def test_a_deletion_waiting_for_a_server_gone_for_good_is_forgotten_by_an_operator(
+    db, world: World, monkeypatch
+):
+    # Given a tenant being deleted on a server that left the nodes file for good: it waits
+    world.add("alpha")
+    monkeypatch.setattr(nodes, "_shared", world.pool())
+    monkeypatch.setattr(nodes, "_shared_pid", os.getpid())  # this process's pool: the world's
+    insert(db, "acme", state="deprovisioning", node="gone")
+    world.deprovision("acme", MESSAGE)
+    assert tenant_row(db, "acme")["influxdb_error_reason"] == "node_not_configured"
+
+    # When an operator forgets it
+    assert cli_main(["forget", "acme"]) == 0
+
+    # Then its row is gone, no server asked, and the events say who did it and where its data
+    # may still be
+    assert tenant_row(db, "acme") is None
+    assert world.servers["alpha"].request_count() == 0
+    listed = db.execute("SELECT type FROM tenant_events WHERE tenant_id = 'acme' ORDER BY id")
+    types = [t for (t,) in listed]
+    assert types[-2:] == ["operator.forget", "tenant.deprovisioned"]
+    assert deprovisioned_event(db, "acme")["kept_on"] == "gone"
+
+    # And a tenant whose deletion can go on, or that is not being deleted, is refused as it is
+    insert(db, "here", state="deprovisioning", node="alpha")
+    insert(db, "live", state="provisioned", node="gone")
+    assert [cli_main(["forget", t]) for t in ("here", "live", "nobody")] == [2, 2, 3]
+    assert tenant_row(db, "here")["influxdb_state"] == "deprovisioning"
+    assert tenant_row(db, "live")["influxdb_state"] == "provisioned"
