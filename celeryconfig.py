@@ -84,10 +84,10 @@ worker_send_task_events = True
 task_send_sent_event = True
 
 # Three queues, all consumed by every worker. On Redis they are polled in priority order: the
-# reconciler first (it must not expire behind a backlog), then the task's own retries (so their
-# delays stay what the backoff says, and started work finishes before new work starts), then
-# new work. A retry is an ETA message the worker holds until due, so retries never starve new
-# work for long.
+# reconciler first (it must not expire behind a backlog), then the task's own retries and the
+# messages that take over a scheduled retry's chain (so their delays stay what the backoff says,
+# and started work finishes before new work starts), then new work. A retry is an ETA message
+# the worker holds until due, so retries never starve new work for long.
 # RabbitMQ has no order between queues: it pushes from every queue the worker consumes, as the
 # worker's prefetch window (shared by the three queues on its channel: concurrency x
 # worker_prefetch_multiplier) frees up. A reconcile message behind a backlog of new work waits

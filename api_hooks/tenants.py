@@ -192,7 +192,10 @@ def request_provisioning(
         )
         details = {"previous_state": row.influxdb_state, "job": job.value}
         events.record(conn, tenant_id, OperatorAction.RETRY, details)
-    return enqueue(tenant_id, job, task_id)
+    # The message names itself only where it took over a scheduled retry's chain (it then goes
+    # with the retries); anything else is new work, queued behind what came before.
+    hands_on = row.influxdb_state != ProvisioningState.FAILED and row.influxdb_retry_chain
+    return enqueue(tenant_id, job, task_id if hands_on else None)
 
 
 def adopt_database(

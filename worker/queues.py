@@ -9,7 +9,9 @@ PRUNE_TASK = "worker.tasks.prune_attempt_log"
 WEBHOOKS_TASK = "worker.tasks.dispatch_webhooks"
 
 PROVISIONING_QUEUE = "provisioning"  # new work: created tenants, operator retries, requeues
-RETRY_QUEUE = "provisioning-retry"  # the task's own backoff retries
+# The task's own backoff retries, and a message that takes over a scheduled retry's chain (the
+# reconciler's take-over of an overdue one, an operator's retry of a retrying tenant).
+RETRY_QUEUE = "provisioning-retry"
 MAINTENANCE_QUEUE = "maintenance"  # the reconciler
 ALL_QUEUES = (MAINTENANCE_QUEUE, RETRY_QUEUE, PROVISIONING_QUEUE)  # in priority order
 # Webhook deliveries, consumed only by a worker of its own (`-Q webhooks`): a slow receiver

@@ -1,7 +1,7 @@
-"""Which queue a message goes to: new work waits behind new work; a retry chain's next run
-(the reconciler's take-over, an operator's retry) goes with the chain's own backoff retries,
-so that a backlog of new work longer than the reconciler's grace never holds it there until
-the next run takes the chain over again."""
+"""Which queue a message goes to: new work waits behind new work; a message that takes over a
+scheduled retry's chain (the reconciler's take-over, an operator's retry of a retrying tenant)
+goes with the chain's own backoff retries, so that a backlog of new work longer than the
+reconciler's grace never holds it there until the next run takes the chain over again."""
 
 from __future__ import annotations
 
@@ -64,3 +64,13 @@ def test_new_work_waits_on_provisioning_and_a_chain_s_next_run_on_the_retry_queu
         f"{retried[0][0]}:0"  # (LPUSH: the newest first)
     )
     assert len(messages(paused_worker, PROVISIONING_QUEUE)) == 1
+
+    # But an operator's retry of a failed tenant is new work: it waits behind what came first
+    db.execute(
+        "UPDATE tenants SET influxdb_state = 'failed', influxdb_retry_chain = NULL "
+        "WHERE tenant_id = %s",
+        (tenant_id,),
+    )
+    assert api.post(f"/operator/tenants/{tenant_id}/influxdb/retry").status_code == 202
+    assert [t for _, t in messages(paused_worker, PROVISIONING_QUEUE)] == [tenant_id] * 2
+    assert len(messages(paused_worker, RETRY_QUEUE)) == 2
