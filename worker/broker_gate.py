@@ -12,6 +12,7 @@ it is back. The first that succeeds ends it.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,7 +29,11 @@ class BrokerGate:
 
     def __init__(self) -> None:
         self._down = False
-        self._probe = threading.Lock()  # while down: the one request that tries
+        self._lock = threading.Lock()
+        # While down: the turn of the one request that tries, until this monotonic time. It
+        # expires, so a try that never gave it back (an exception raised into the thread, as a
+        # soft time limit is) does not keep the broker "down" in this process for good.
+        self._turn_until = 0.0
 
     @contextmanager
     def publisher(self, app: Celery, timeout: float) -> Iterator[Any]:
@@ -36,7 +41,7 @@ class BrokerGate:
         kombu's LimitExceeded when none came free in time. A failure inside marks the broker
         down; getting through marks it up."""
         probing = self._down
-        if probing and not self._probe.acquire(blocking=False):
+        if probing and not self._take_turn(3 * timeout):
             raise BrokerDown("the broker failed a moment ago; another request is trying it")
         try:
             with app.producer_pool.acquire(block=True, timeout=timeout) as producer:
@@ -50,4 +55,13 @@ class BrokerGate:
                 self._down = False
         finally:
             if probing:
-                self._probe.release()
+                with self._lock:
+                    self._turn_until = 0.0
+
+    def _take_turn(self, longest: float) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._turn_until:
+                return False
+            self._turn_until = now + longest
+            return True

@@ -5,6 +5,7 @@ tests/integration/test_broker_down.py, against a real API process and a blackhol
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from celery import Celery
@@ -57,5 +58,22 @@ def test_a_probe_that_fails_leaves_the_broker_down_for_the_next_one():
     with gate.publisher(app, 1.0):
         pass
     with gate.publisher(app, 1.0):
+        pass
+    app.close()
+
+
+def test_a_turn_never_given_back_expires():
+    app = Celery(broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
+    gate = BrokerGate()
+    with pytest.raises(ConnectionError), gate.publisher(app, 0.1):
+        raise ConnectionError("refused")
+    # Given a try whose thread lost its turn without giving it back (an exception raised into
+    # it between taking the turn and its cleanup, as a soft time limit is)
+    assert gate._take_turn(0.3)
+    with pytest.raises(BrokerDown), gate.publisher(app, 0.1):
+        pass
+    # When the turn's time is over, the next request tries the broker, and gets through
+    time.sleep(0.35)
+    with gate.publisher(app, 0.1):
         pass
     app.close()
