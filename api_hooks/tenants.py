@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api_hooks.errors import (
@@ -29,10 +30,11 @@ from worker import events, store
 from worker.clock import database_clock
 from worker.db import get_engine
 from worker.events import OperatorAction, Route
+from worker.models import influxdb_nodes
 from worker.nodes import shared_pool
 from worker.placement import lock_for_move
 from worker.queues import Job
-from worker.runs import new_chain, new_task_id
+from worker.runs import new_chain, new_task_id, tenant_lock
 from worker.settings import RETENTION_PERIOD, RETENTION_PERIOD_RULE, get_settings
 from worker.states import ProvisioningState
 from worker.tasks import enqueue, publish
@@ -296,10 +298,13 @@ def forget_tenant(
     server; the name of that server (its database, if the server ever comes back, is an
     orphan there). For operators (``tenantctl forget``): a deletion waits for its server
     otherwise, and a dead one never returns. Raises TenantNotFound, and TenantBusy for a tenant
-    not being deleted or whose server is in the nodes file (its deletion goes on).
+    not being deleted, whose server is in the nodes file (this process's, or the one the
+    workers last wrote down: its deletion goes on), or that a run holds now.
     """
     tenant_id = validate_tenant_id(tenant_id)
-    with get_engine().begin() as conn:
+    with get_engine().connect() as conn, tenant_lock(conn, tenant_id) as free:
+        if not free:
+            raise TenantBusy(f"a run holds tenant {tenant_id!r} now: try again in a moment")
         events.acting(conn, actor, route)
         row = store.lock_for_request(conn, tenant_id)
         if row is None:
@@ -310,12 +315,16 @@ def forget_tenant(
                 f"tenant {tenant_id!r} is {row.influxdb_state}: only a tenant being deleted, "
                 "waiting for a server that left the nodes file, can be forgotten (delete it first)"
             )
-        if shared_pool().node(node) is not None:
+        written_down = conn.execute(
+            select(influxdb_nodes.c.configured).where(influxdb_nodes.c.name == node)
+        ).scalar()
+        if shared_pool().node(node) is not None or written_down:
             raise TenantBusy(
-                f"tenant {tenant_id!r} is on node {node}, which is in the nodes file: its "
-                "deletion goes on there (forget is for a server gone for good)"
+                f"tenant {tenant_id!r} is on node {node}, which is in the nodes file (here, or "
+                "the workers'): its deletion goes on there (forget is for a server gone for good)"
             )
         events.record(conn, tenant_id, OperatorAction.FORGET, {"node": node})
         events.kept_on(conn, node)  # its tenant.deprovisioned says the data may be there
         store.remove(conn, tenant_id)
+        conn.commit()
     return str(node)

@@ -361,9 +361,18 @@ def test_a_deletion_waiting_for_a_server_gone_for_good_is_forgotten_by_an_operat
     assert types[-2:] == ["operator.forget", "tenant.deprovisioned"]
     assert deprovisioned_event(db, "acme")["kept_on"] == "gone"
 
-    # And a tenant whose deletion can go on, or that is not being deleted, is refused as it is
+    # And a tenant whose deletion can go on (its server in this nodes file, or in the one the
+    # workers last wrote down), or that is not being deleted, is refused as it is
     insert(db, "here", state="deprovisioning", node="alpha")
+    db.execute(
+        "INSERT INTO influxdb_nodes (name, database_limit, configured) VALUES ('theirs', 5, true)"
+    )
+    insert(db, "there", state="deprovisioning", node="theirs")
     insert(db, "live", state="provisioned", node="gone")
-    assert [cli_main(["forget", t]) for t in ("here", "live", "nobody")] == [2, 2, 3]
-    assert tenant_row(db, "here")["influxdb_state"] == "deprovisioning"
-    assert tenant_row(db, "live")["influxdb_state"] == "provisioned"
+    refused = [cli_main(["forget", t]) for t in ("here", "there", "live", "nobody")]
+    assert refused == [2, 2, 2, 3]
+    assert [tenant_row(db, t)["influxdb_state"] for t in ("here", "there", "live")] == [
+        "deprovisioning",
+        "deprovisioning",
+        "provisioned",
+    ]
