@@ -168,14 +168,21 @@ def session_route(conn: Connection, route: Route) -> Iterator[None]:
             raise
 
 
-def prune(conn: Connection, older_than: datetime, batch_size: int, stop: Callable[[], bool]) -> int:
+def prune(
+    conn: Connection,
+    older_than: datetime,
+    batch_size: int,
+    stop: Callable[[], bool],
+    held_before: datetime | None = None,
+) -> int:
     """Delete events written before ``older_than``, ``batch_size`` per transaction (each
     committed), until none is left or ``stop()``; the number deleted.
 
     A tenant's last event is kept, however old: the next one's ``seq`` follows it (also for an
     id deleted and created again), and the log's last word on every tenant stays its state.
     So is every event a configured webhook endpoint has not had yet (its dispatcher stopped,
-    its file unusable): pruned, it would never reach the receiver.
+    its file unusable): pruned, it would never reach the receiver - unless written before
+    ``held_before``: a dispatcher gone for good must not keep the whole log.
     """
     # A log restored from another cluster is shifted by its newest id (migration 0021): that
     # shift is committed before any row goes, so every session computes the same one.
@@ -183,7 +190,8 @@ def prune(conn: Connection, older_than: datetime, batch_size: int, stop: Callabl
     conn.commit()
     deleted = 0
     while not stop():
-        count = conn.execute(_PRUNE, {"older_than": older_than, "batch": batch_size}).rowcount
+        held = {"older_than": older_than, "held_before": held_before, "batch": batch_size}
+        count = conn.execute(_PRUNE, held).rowcount
         conn.commit()
         deleted += count
         if count < batch_size:
@@ -199,9 +207,9 @@ _PRUNE = text(
           AND (old.tenant_id IS NULL OR EXISTS (
               SELECT 1 FROM tenant_events newer
               WHERE newer.tenant_id = old.tenant_id AND newer.seq > old.seq))
-          AND NOT EXISTS (
+          AND (old.time < CAST(:held_before AS timestamptz) OR NOT EXISTS (
               SELECT 1 FROM webhook_endpoints e
-              WHERE e.configured AND (old.xid, old.id) > (e.cursor_xid, e.cursor_id))
+              WHERE e.configured AND (old.xid, old.id) > (e.cursor_xid, e.cursor_id)))
         ORDER BY old.time
         LIMIT :batch)
     """

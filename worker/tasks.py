@@ -122,9 +122,15 @@ def prune_attempt_log() -> dict[str, Any]:
         tombstones = locations.prune_tombstones(
             conn, now - locations.TOMBSTONE_RETENTION, PRUNE_BATCH_SIZE
         )
-        events_before = now - timedelta(days=settings.events_retention_days)
+        retention = timedelta(days=settings.events_retention_days)
+        events_before = now - retention
         pruned_events = events.prune(
-            conn, events_before, PRUNE_BATCH_SIZE, stop=lambda: time.monotonic() > deadline
+            conn,
+            events_before,
+            PRUNE_BATCH_SIZE,
+            stop=lambda: time.monotonic() > deadline,
+            # What a webhook endpoint has not had is kept one retention longer, no more.
+            held_before=now - 2 * retention,
         )
     logger.info(
         "attempt log pruned: %d rows older than %s; %d location tombstones; %d events",

@@ -766,18 +766,26 @@ def test_pruning_keeps_what_a_configured_webhook_endpoint_has_not_had(db):
         had.fetchone(),
     )
 
-    def prune() -> int:
+    def prune(held_for: str = "60 days") -> int:
         with get_engine().connect() as conn:
-            cutoff = conn.exec_driver_sql("SELECT now() - interval '30 days'").scalar()
-            return events.prune(conn, cutoff, batch_size=2, stop=lambda: False)
+            cutoff, held = conn.exec_driver_sql(
+                f"SELECT now() - interval '30 days', now() - interval '{held_for}'"
+            ).one()
+            return events.prune(conn, cutoff, 2, stop=lambda: False, held_before=held)
 
     # When the log is pruned, only what the endpoint had goes
     assert prune() == 2
     assert [e["seq"] for e in log_of(db, "acme")] == [3, 4, 5]
 
+    # And what it has not had is held one retention longer, no more (a dispatcher gone for
+    # good must not keep the whole log)
+    db.execute("UPDATE tenant_events SET time = time - interval '30 days' WHERE seq = 3")
+    assert prune() == 1
+    assert [e["seq"] for e in log_of(db, "acme")] == [4, 5]
+
     # And once the endpoint is out of the file, the rest goes too (the last word stays)
     db.execute("UPDATE webhook_endpoints SET configured = false")
-    assert prune() == 2
+    assert prune() == 1
     assert [e["seq"] for e in log_of(db, "acme")] == [5]
 
 
