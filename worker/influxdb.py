@@ -172,11 +172,11 @@ class InfluxDB3Client:
         return markers + [Marker.of_point(row) for row in rows]
 
     def holds_no_table(self, database: str) -> bool:
-        """No table at all, as a create leaves it (writes make theirs); True if it cannot tell."""
+        """No table at all, as a create leaves it (writes make theirs); False if it cannot tell."""
         try:
             return not self.query(database, identity.TABLES_QUERY)
-        except (_DatabaseNotFound, _TableNotFound):  # (the query names no other table)
-            return True
+        except (_DatabaseNotFound, _TableNotFound) as exc:  # (no information_schema: unknown)
+            return isinstance(exc, _DatabaseNotFound)
 
     def query(
         self,
