@@ -59,10 +59,13 @@ def redact_capped(text: str, secrets: Iterable[str], limit: int) -> str:
 
 
 _SECRET_QUERY_KEYS = re.compile(r"(?i)(token|password|passwd|secret|key|auth)")
-# A path segment that reads as a credential: 16+ URL characters, letters and digits mixed.
-# Receivers put their token there (Slack's /services/T…/B…/TOKEN, Discord's /webhooks/ID/TOKEN,
-# a random hook path); words (/provisioning-events) and plain numbers (an id) are kept.
-_OPAQUE_SEGMENT = re.compile(r"\A(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9._~%+=-]{16,}\Z")
+# A path segment that reads as a credential: 16+ URL characters, letters with digits or with
+# both cases. Receivers put their token there (Slack's /services/T…/B…/TOKEN, Discord's
+# /webhooks/ID/TOKEN, a random hook path); lowercase words (/provisioning-events) and plain
+# numbers (an id) are kept.
+_OPAQUE_SEGMENT = re.compile(
+    r"\A(?=.*[A-Za-z])(?=.*[0-9]|.*[a-z].*[A-Z]|.*[A-Z].*[a-z])[A-Za-z0-9._~%+=-]{16,}\Z"
+)
 
 
 def redact_url(url: str) -> str:
@@ -96,4 +99,7 @@ def url_secrets(url: str) -> tuple[str, ...]:
     found = [parts.password or ""]
     found += [s for s in parts.path.split("/") if _OPAQUE_SEGMENT.match(s)]
     found += [value for key, value in query if _SECRET_QUERY_KEYS.search(key)]
-    return tuple(s for s in found if s)
+    # As written in the URL too (percent-encoded), the way an error may quote it.
+    raw = (pair.partition("=") for pair in parts.query.split("&"))
+    found += [value for key, _, value in raw if _SECRET_QUERY_KEYS.search(key)]
+    return tuple(dict.fromkeys(s for s in found if s))

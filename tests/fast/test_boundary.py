@@ -11,7 +11,7 @@ from api_hooks.tenants import (
     validate_tenant_id,
     validate_tenant_name,
 )
-from worker.redaction import redact_url
+from worker.redaction import redact, redact_url, url_secrets
 
 
 @pytest.mark.parametrize("tenant_id", ["a", "acme", "Acme-01_x", "0day", "x" * 54])
@@ -112,7 +112,19 @@ def test_retention_periods_core_refuses(period):
             "https://ui.example.com/provisioning-events/v2",
             "https://ui.example.com/provisioning-events/v2",
         ),
+        (  # a token of letters only, both cases
+            "https://hooks.slack.com/services/T0001/B0001/xoxbQmZtKfAbRcWdYe",
+            "https://hooks.slack.com/services/T0001/B0001/[REDACTED]",
+        ),
     ],
 )
 def test_urls_are_printed_without_credentials(url, shown):
     assert redact_url(url) == shown
+
+
+def test_a_url_s_secrets_are_known_as_written_too():
+    # An error may quote the URL as written: percent-encoded, not as parse_qsl decodes it
+    url = "https://hooks.example.com/in?token=ab%2Bcd%3D%3D&region=eu"
+    assert redact(f"HTTP 502 for {url}", url_secrets(url)) == (
+        "HTTP 502 for https://hooks.example.com/in?token=[REDACTED]&region=eu"
+    )
