@@ -59,12 +59,15 @@ def redact_capped(text: str, secrets: Iterable[str], limit: int) -> str:
 
 
 _SECRET_QUERY_KEYS = re.compile(r"(?i)(token|password|passwd|secret|key|auth)")
+_SHORTEST_SECRET = 8
 # A path segment that reads as a credential: 16+ URL characters, letters with digits or with
 # both cases. Receivers put their token there (Slack's /services/T…/B…/TOKEN, Discord's
 # /webhooks/ID/TOKEN, a random hook path); lowercase words (/provisioning-events) and plain
 # numbers (an id) are kept.
+# (Lookaheads over negated classes: each scans once, linear on a hostile segment.)
 _OPAQUE_SEGMENT = re.compile(
-    r"\A(?=.*[A-Za-z])(?=.*[0-9]|.*[a-z].*[A-Z]|.*[A-Z].*[a-z])[A-Za-z0-9._~%+=-]{16,}\Z"
+    r"\A(?=[^A-Za-z]*[A-Za-z])(?:(?=[^0-9]*[0-9])|(?=[^a-z]*[a-z])(?=[^A-Z]*[A-Z]))"
+    r"[A-Za-z0-9._~%+=-]{16,}\Z"
 )
 
 
@@ -102,4 +105,6 @@ def url_secrets(url: str) -> tuple[str, ...]:
     # As written in the URL too (percent-encoded), the way an error may quote it.
     raw = (pair.partition("=") for pair in parts.query.split("&"))
     found += [value for key, _, value in raw if _SECRET_QUERY_KEYS.search(key)]
-    return tuple(dict.fromkeys(s for s in found if s))
+    # A short value (sort_key=id) is no secret worth hiding: replaced wherever it appears, it
+    # would garble every error of the endpoint.
+    return tuple(dict.fromkeys(s for s in found if len(s) >= _SHORTEST_SECRET))

@@ -122,6 +122,11 @@ def test_urls_are_printed_without_credentials(url, shown):
     assert redact_url(url) == shown
 
 
+def test_a_url_s_short_values_are_not_taken_for_secrets():
+    # Hidden wherever they appear, "2" and "id" would garble every error of the endpoint
+    assert url_secrets("https://hooks.example.com/in?api_key=2&sort_key=id") == ()
+
+
 def test_a_url_s_secrets_are_known_as_written_too():
     # An error may quote the URL as written: percent-encoded, not as parse_qsl decodes it
     url = "https://hooks.example.com/in?token=ab%2Bcd%3D%3D&region=eu"
