@@ -41,7 +41,10 @@ class BrokerGate:
         kombu's LimitExceeded when none came free in time. A failure inside marks the broker
         down; getting through marks it up."""
         probing = self._down
-        if probing and not self._take_turn(3 * timeout):
+        # A turn outlasts the slowest try: waiting for a publisher, connecting, the answer
+        # (RabbitMQ: the handshake and the confirm too), each bounded by about the timeout.
+        turn = self._take_turn(5 * timeout + 2) if probing else None
+        if probing and turn is None:
             raise BrokerDown("the broker failed a moment ago; another request is trying it")
         try:
             with app.producer_pool.acquire(block=True, timeout=timeout) as producer:
@@ -54,14 +57,15 @@ class BrokerGate:
                     raise
                 self._down = False
         finally:
-            if probing:
-                with self._lock:
+            with self._lock:
+                if turn is not None and self._turn_until == turn:  # still ours: given back
                     self._turn_until = 0.0
 
-    def _take_turn(self, longest: float) -> bool:
+    def _take_turn(self, longest: float) -> float | None:
+        """The turn, as its deadline; None while another request's turn lasts."""
         with self._lock:
             now = time.monotonic()
             if now < self._turn_until:
-                return False
+                return None
             self._turn_until = now + longest
-            return True
+            return self._turn_until

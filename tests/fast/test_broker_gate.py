@@ -69,11 +69,28 @@ def test_a_turn_never_given_back_expires():
         raise ConnectionError("refused")
     # Given a try whose thread lost its turn without giving it back (an exception raised into
     # it between taking the turn and its cleanup, as a soft time limit is)
-    assert gate._take_turn(0.3)
+    assert gate._take_turn(0.3) is not None
     with pytest.raises(BrokerDown), gate.publisher(app, 0.1):
         pass
     # When the turn's time is over, the next request tries the broker, and gets through
     time.sleep(0.35)
     with gate.publisher(app, 0.1):
+        pass
+    app.close()
+
+
+def test_a_try_that_outlived_its_turn_leaves_the_next_one_s_turn_alone():
+    app = Celery(broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
+    gate = BrokerGate()
+    with pytest.raises(ConnectionError), gate.publisher(app, 0.1):
+        raise ConnectionError("refused")
+    # Given a try whose turn ran out while it went on, another request's turn taken since,
+    # and the first try failing in the end
+    with pytest.raises(ConnectionError), gate.publisher(app, 0.1):
+        gate._turn_until = 0.0  # (its turn, run out)
+        assert gate._take_turn(60) is not None  # the next request's
+        raise ConnectionError("refused again")
+    # Then it left that request's turn alone: a third request is not sent meanwhile
+    with pytest.raises(BrokerDown), gate.publisher(app, 0.1):
         pass
     app.close()
