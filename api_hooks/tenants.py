@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -315,13 +316,20 @@ def forget_tenant(
                 f"tenant {tenant_id!r} is {row.influxdb_state}: only a tenant being deleted, "
                 "waiting for a server that left the nodes file, can be forgotten (delete it first)"
             )
-        written_down = conn.execute(
-            select(influxdb_nodes.c.configured).where(influxdb_nodes.c.name == node)
-        ).scalar()
-        if shared_pool().node(node) is not None or written_down:
+        # Gone for good: in no nodes file (here, or the one last written down), and listed by
+        # no reconcile run for an hour (a file out of date somewhere cannot make a live one so).
+        seen = conn.execute(
+            select(influxdb_nodes.c.configured, influxdb_nodes.c.observed_at).where(
+                influxdb_nodes.c.name == node
+            )
+        ).first()
+        recently = database_clock(conn)() - timedelta(hours=1)
+        alive = seen is not None and (seen.configured or (seen.observed_at or recently) > recently)
+        if shared_pool().node(node) is not None or alive:
             raise TenantBusy(
-                f"tenant {tenant_id!r} is on node {node}, which is in the nodes file (here, or "
-                "the workers'): its deletion goes on there (forget is for a server gone for good)"
+                f"tenant {tenant_id!r} is on node {node}, which is in a nodes file or answered a "
+                "listing within the hour: its deletion goes on there (forget is for a server "
+                "gone for good)"
             )
         events.record(conn, tenant_id, OperatorAction.FORGET, {"node": node})
         events.kept_on(conn, node)  # its tenant.deprovisioned says the data may be there

@@ -368,10 +368,16 @@ def test_a_deletion_waiting_for_a_server_gone_for_good_is_forgotten_by_an_operat
         "INSERT INTO influxdb_nodes (name, database_limit, configured) VALUES ('theirs', 5, true)"
     )
     insert(db, "there", state="deprovisioning", node="theirs")
+    db.execute(
+        "INSERT INTO influxdb_nodes (name, database_limit, configured, observed_at) "
+        "VALUES ('listed', 5, false, now() - interval '5 minutes')"
+    )
+    insert(db, "seen", state="deprovisioning", node="listed")  # (a file out of date somewhere)
     insert(db, "live", state="provisioned", node="gone")
-    refused = [cli_main(["forget", t]) for t in ("here", "there", "live", "nobody")]
-    assert refused == [2, 2, 2, 3]
-    assert [tenant_row(db, t)["influxdb_state"] for t in ("here", "there", "live")] == [
+    refused = [cli_main(["forget", t]) for t in ("here", "there", "seen", "live", "nobody")]
+    assert refused == [2, 2, 2, 2, 3]
+    assert [tenant_row(db, t)["influxdb_state"] for t in ("here", "there", "seen", "live")] == [
+        "deprovisioning",
         "deprovisioning",
         "deprovisioning",
         "provisioned",
