@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from celery import Celery
@@ -14,8 +15,25 @@ from tests.conftest import REDIS_DB, REDIS_HOST, REDIS_PORT
 from worker.broker_gate import BrokerDown, BrokerGate
 
 
-def test_after_a_failure_one_request_at_a_time_tries_the_broker_and_a_success_ends_it():
-    app = Celery(broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
+@pytest.fixture
+def app() -> Iterator[Celery]:
+    """A Celery app on the test run's Redis DB: its pool of publishers is kombu's own."""
+    celery = Celery(broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
+    yield celery
+    celery.close()
+
+
+def down_gate(app: Celery, timeout: float) -> BrokerGate:
+    """A gate whose last publish failed: the broker counts as down."""
+    gate = BrokerGate()
+    with pytest.raises(ConnectionError), gate.publisher(app, timeout):
+        raise ConnectionError("the broker dropped the connection")
+    return gate
+
+
+def test_after_a_failure_one_request_at_a_time_tries_the_broker_and_a_success_ends_it(
+    app: Celery,
+) -> None:
     gate = BrokerGate()
     with gate.publisher(app, 1.0):  # up: anyone publishes
         pass
@@ -45,11 +63,9 @@ def test_after_a_failure_one_request_at_a_time_tries_the_broker_and_a_success_en
     prober.join(5)
     with gate.publisher(app, 1.0), gate.publisher(app, 1.0):
         pass
-    app.close()
 
 
-def test_a_probe_that_fails_leaves_the_broker_down_for_the_next_one():
-    app = Celery(broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
+def test_a_probe_that_fails_leaves_the_broker_down_for_the_next_one(app: Celery) -> None:
     gate = BrokerGate()
     for _ in range(2):  # the first failure, then a probe that fails too
         with pytest.raises(ConnectionError), gate.publisher(app, 1.0):
@@ -59,14 +75,10 @@ def test_a_probe_that_fails_leaves_the_broker_down_for_the_next_one():
         pass
     with gate.publisher(app, 1.0):
         pass
-    app.close()
 
 
-def test_a_turn_never_given_back_expires():
-    app = Celery(broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
-    gate = BrokerGate()
-    with pytest.raises(ConnectionError), gate.publisher(app, 0.1):
-        raise ConnectionError("refused")
+def test_a_turn_never_given_back_expires(app: Celery) -> None:
+    gate = down_gate(app, 0.1)
     # Given a try whose thread lost its turn without giving it back (an exception raised into
     # it between taking the turn and its cleanup, as a soft time limit is)
     assert gate._take_turn(0.3) is not None
@@ -76,14 +88,10 @@ def test_a_turn_never_given_back_expires():
     time.sleep(0.35)
     with gate.publisher(app, 0.1):
         pass
-    app.close()
 
 
-def test_a_try_that_outlived_its_turn_leaves_the_next_one_s_turn_alone():
-    app = Celery(broker=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}")
-    gate = BrokerGate()
-    with pytest.raises(ConnectionError), gate.publisher(app, 0.1):
-        raise ConnectionError("refused")
+def test_a_try_that_outlived_its_turn_leaves_the_next_one_s_turn_alone(app: Celery) -> None:
+    gate = down_gate(app, 0.1)
     # Given a try whose turn ran out while it went on, another request's turn taken since,
     # and the first try failing in the end
     with pytest.raises(ConnectionError), gate.publisher(app, 0.1):
@@ -93,4 +101,3 @@ def test_a_try_that_outlived_its_turn_leaves_the_next_one_s_turn_alone():
     # Then it left that request's turn alone: a third request is not sent meanwhile
     with pytest.raises(BrokerDown), gate.publisher(app, 0.1):
         pass
-    app.close()

@@ -6,13 +6,11 @@ reconciler's grace never holds it there until the next run takes the chain over 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import redis
 
-from tests.conftest import ROOT, new_tenant_id, tenant_row
+from tests.conftest import cli, new_tenant_id, tenant_row
 from worker.queues import PROVISIONING_QUEUE, RETRY_QUEUE
 
 
@@ -42,15 +40,7 @@ def test_new_work_waits_on_provisioning_and_a_chain_s_next_run_on_the_retry_queu
         "influxdb_next_attempt_at = now() - interval '1 hour' WHERE tenant_id = %s",
         (tenant_id,),
     )
-    summary = subprocess.run(
-        [sys.executable, "-m", "worker", "--json", "reconcile"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert json.loads(summary.stdout)["requeued"] == 1
+    assert cli(None, "reconcile")["requeued"] == 1
 
     # Then the take-over waits on the retry queue, named as the chain's owner
     ((task_id, queued_for),) = messages(paused_worker, RETRY_QUEUE)
