@@ -52,8 +52,11 @@ class StandIn:
         self._host = host
         self._port = port
 
-        # One lock guards data, counters, switches and the set of open connections; the
-        # condition wakes hanging requests, latency sleeps and stop() waiting for handlers.
+        # One lock guards data, counters, switches and the set of open connections. Two
+        # conditions on it: one wakes stop() and the timed outage (connections closing, outage
+        # switched), the other hanging requests and latency sleeps. Apart, because hundreds of
+        # requests may hang at once: waking them all on every closed connection starved the
+        # serving threads of the lock and the GIL.
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         # Serialises start/stop/outage, which block on the serving thread.
@@ -67,7 +70,7 @@ class StandIn:
         self._catalog = Catalog(database_limit, clock or (lambda: datetime.now(UTC)))
         self._counters = Counters()
         self._api = Api(self._lock, self._catalog, self._counters, token)
-        self._faults = Faults(self._changed)
+        self._faults = Faults(threading.Condition(self._lock))
         self._listener = Listener(self._changed, self._answer, poll_interval, clock)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -89,6 +92,7 @@ class StandIn:
             with self._lock:
                 self._stopped = True
                 self._faults.disconnect()
+                self._changed.notify_all()  # the timed outage gives up
             self._listener.unbind()
             self._listener.wait_closed(_STOP_DRAIN_SECONDS)
 
