@@ -171,17 +171,17 @@ class _Deletion(TenantRun):
         """Delete the tenant's database there; False when one is there that is not its own
         (left in place)."""
         client = self.pool.client(node)
-        markers = client.read_markers(self.database)
-        if markers is None:
+        contents = client.read_contents(self.database)
+        if contents is None:
             logger.info("no database %s on node %s", self.database, node.name, extra=self.context)
             return True
+        markers = contents.markers
         judged = {
             "tenant_id": self.tenant_id,
             "incarnation": self.row.influxdb_incarnation,
             # (our create, unanswered, made it only if writes made nothing in it)
             "own_create_unanswered": self.row.influxdb_create_sent_to == node.name
-            and not markers
-            and client.holds_no_table(self.database),
+            and contents.empty,
         }
         verdict = identity.judge(markers, adoption=self.adoption, **judged)
         if verdict is identity.Verdict.UNKNOWN and self._remade_on(node):

@@ -32,7 +32,7 @@ import enum
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from worker.states import Adoption
 
@@ -94,6 +94,14 @@ class Marker:
             tenant if isinstance(tenant, str) else None,
             incarnation if isinstance(incarnation, str) and incarnation else None,
         )
+
+
+class Contents(NamedTuple):
+    """What the rule reads of a database: its markers, and whether it holds no table at all
+    (as a create leaves it; writes make theirs)."""
+
+    markers: list[Marker]
+    empty: bool
 
 
 def schema_markers(columns: Iterable[str]) -> list[Marker]:

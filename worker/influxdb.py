@@ -30,7 +30,7 @@ from worker.errors import (
     InvalidDatabaseName,
     ProvisioningError,
 )
-from worker.identity import Marker
+from worker.identity import Contents, Marker
 from worker.live_checks import LiveCheck
 from worker.redaction import REDACTION_WINDOW_BYTES, redact, redact_capped, redact_cut
 
@@ -68,16 +68,15 @@ class InfluxDB3Client:
         self._timeout = (connect_timeout, read_timeout)
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        for scheme in ("http://", "https://"):
+            self._session.mount(scheme, adapter)
         if token:
             self._session.headers["Authorization"] = f"Bearer {token}"
         # What requests would read from the environment on every call (proxies, CA bundle),
         # read once: that lookup scanned os.environ per request, ~0.5 ms of CPU each.
         self._session.trust_env = False
         self._session.proxies = requests.utils.get_environ_proxies(self.url)
-        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        if ca_bundle:
+        if ca_bundle := os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"):
             self._session.verify = ca_bundle
         self.calls = 0  # requests sent, for the reconciler's cost summary
         self._calls_lock = threading.Lock()
@@ -88,9 +87,7 @@ class InfluxDB3Client:
 
     def ensure_database(self, name: str, retention_period: str | None = None) -> bool:
         """Create ``name`` unless it exists: True when created now, False when it was there."""
-        body: dict[str, str] = {"db": name}
-        if retention_period:
-            body["retention_period"] = retention_period
+        body = {"db": name} | ({"retention_period": retention_period} if retention_period else {})
         response = self._send("POST", "/api/v3/configure/database", json_body=body)
         if response.status_code in (200, 201, 204):
             return True
@@ -100,9 +97,7 @@ class InfluxDB3Client:
 
     def delete_database(self, name: str, hard_delete_at: str | None = None) -> bool:
         """Soft-delete ``name``: True when deleted now, False when it was not there (404)."""
-        params = {"db": name}
-        if hard_delete_at:
-            params["hard_delete_at"] = hard_delete_at
+        params = {"db": name} | ({"hard_delete_at": hard_delete_at} if hard_delete_at else {})
         response = self._send("DELETE", "/api/v3/configure/database", params=params)
         if response.status_code in (200, 204):
             return True
@@ -171,12 +166,17 @@ class InfluxDB3Client:
             return markers
         return markers + [Marker.of_point(row) for row in rows]
 
-    def holds_no_table(self, database: str) -> bool:
-        """No table at all, as a create leaves it (writes make theirs); False if it cannot tell."""
+    def read_contents(self, database: str) -> Contents | None:
+        """Whether it holds any table, then (unless none: one query) its markers; None if no
+        database. A server without information_schema cannot tell: not empty."""
         try:
-            return not self.query(database, identity.TABLES_QUERY)
-        except (_DatabaseNotFound, _TableNotFound) as exc:  # (no information_schema: unknown)
-            return isinstance(exc, _DatabaseNotFound)
+            empty = not self.query(database, identity.TABLES_QUERY)
+        except (_DatabaseNotFound, _TableNotFound) as exc:
+            if isinstance(exc, _DatabaseNotFound):
+                return None
+            empty = False
+        markers = [] if empty else self.read_markers(database)
+        return None if markers is None else Contents(markers, empty)
 
     def query(
         self,

@@ -266,17 +266,16 @@ class _Run(TenantRun):
         try:
             created = client.ensure_database(self.database, self.row.influxdb_retention_period)
             if not created:
-                markers = client.read_markers(self.database)
-                if markers is None:
+                contents = client.read_contents(self.database)
+                if contents is None:
                     raise InfluxDBBadResponse("create answered 409 but the database is not there")
                 verdict = identity.judge(
-                    markers,
+                    contents.markers,
                     tenant_id=self.tenant_id,
                     incarnation=self.row.influxdb_incarnation,
                     adoption=self.adoption,
                     # (our create, unanswered, made it only if writes made nothing in it)
-                    own_create_unanswered=attempt.unanswered_before
-                    and client.holds_no_table(self.database),
+                    own_create_unanswered=attempt.unanswered_before and contents.empty,
                 )
                 if verdict is not Verdict.OURS:
                     return self._fail(

@@ -9,7 +9,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from tests.conftest import INFLUX_TOKEN
+from tests.conftest import INFLUX_TOKEN, write_points
 from tests.scripted_http import ScriptedServer
 from worker.errors import (
     DatabaseLimitReached,
@@ -23,7 +23,7 @@ from worker.errors import (
     PermanentError,
     TransientError,
 )
-from worker.identity import Marker
+from worker.identity import Contents, Marker
 from worker.influxdb import MAX_ANSWER_BYTES, InfluxDB3Client
 
 
@@ -261,6 +261,33 @@ def test_an_answer_over_the_size_cap_is_not_read(scripted):
     client = InfluxDB3Client(scripted.url, "secret-token-123456", read_timeout=5.0)
     with pytest.raises(InfluxDBBadResponse, match=f"over {MAX_ANSWER_BYTES} bytes"):
         client.list_databases()
+
+
+def test_contents_of_an_empty_database_cost_one_query(client, influx):
+    # A create makes no table: one query says so, and that there is no marker to read
+    client.ensure_database("telemetry_t")
+    before = client.calls
+    assert client.read_contents("telemetry_t") == Contents([], empty=True)
+    assert client.calls == before + 1
+    assert client.read_contents("telemetry_missing") is None
+
+    # A write makes its table: not empty, and the markers are read
+    client.write_marker("telemetry_t", "t", "inc-1", 1_700_000_000_000_000_000)
+    contents = client.read_contents("telemetry_t")
+    assert contents == Contents([Marker(None, "inc-1"), Marker("t", "inc-1")], empty=False)
+    write_points(influx, "telemetry_u", "telemetry,device=d1 value=1i")
+    assert client.read_contents("telemetry_u") == Contents([], empty=False)
+
+
+def test_a_server_without_information_schema_cannot_say_empty(scripted):
+    # (its tables query is refused as an unknown table; the markers are then read by points)
+    scripted.answer_next(
+        (400, "Error during planning: table 'information_schema.tables' not found"),
+        (400, "Error during planning: table 'information_schema.columns' not found"),
+        (400, "Error during planning: table '_init' not found"),
+    )
+    client = InfluxDB3Client(scripted.url, "secret-token-123456", read_timeout=1.0)
+    assert client.read_contents("telemetry_t") == Contents([], empty=False)
 
 
 def test_a_marker_older_than_the_retention_period_still_names_its_incarnation(client, influx):
