@@ -152,8 +152,8 @@ def test_flapping_influxdb_200_tenants(api, db, influx, custom_worker, report):
     create(api, tenant_ids)
 
     # Then all end provisioned, within the maximum attempts (a bound on waiting, not a speed
-    # target: 105-126 s alone on a 2-core machine, set by the longest chain; past 300 s in a
-    # loaded CI run)
+    # target: about 60 s alone on a 2-core machine, set by the longest chain of attempts, each
+    # of three calls that fail half the time)
     took = wait_all_provisioned(db, tenant_ids, timeout=840)
     influx.set_faults()
     rows = db.execute(
