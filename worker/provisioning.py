@@ -47,6 +47,7 @@ from worker.runs import (
     NotStarted,
     Outcome,
     TenantRun,
+    busy,
     next_backoff,
     runnable,
     tenant_lock,
@@ -72,10 +73,7 @@ def provision_tenant(
     delivery = delivery or Delivery.fresh()
     with tenant_lock(conn, tenant_id) as acquired:
         if not acquired:
-            # The holder leaves the tenant in a state the reconciler reads; a retry of this
-            # message would only start a second chain.
-            logger.info("another run holds the tenant; nothing to do")
-            return Outcome(RunResult.BUSY, tenant_id)
+            return busy(conn, tenant_id, delivery, settings.backoff_base_seconds)
         row = runnable(store.load(conn, tenant_id), tenant_id, delivery)
         if isinstance(row, Outcome):
             return row

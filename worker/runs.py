@@ -92,6 +92,16 @@ def absorbed(row: Row[Any], delivery: Delivery) -> bool:
     return not (owner == mine and later)
 
 
+def busy(conn: Connection, tenant_id: str, delivery: Delivery, wait: float) -> Outcome:
+    """Another run holds the tenant, and leaves it in a state the reconciler reads. The message
+    that owns its scheduled retry comes back in ``wait`` s (sent again, it still owns it:
+    :func:`absorbed`); any other gives up, or it would start a second chain."""
+    row = store.load(conn, tenant_id)
+    owner = row is not None and row.influxdb_retry_chain is not None and not absorbed(row, delivery)
+    logger.info("another run holds the tenant; %s", "back later" if owner else "nothing to do")
+    return Outcome(RunResult.BUSY, tenant_id, retry_in=wait if owner else None)
+
+
 def runnable(row: Row[Any] | None, tenant_id: str, delivery: Delivery) -> Row[Any] | Outcome:
     """The row, if this provisioning message may run the tenant as it stands; if not, why."""
     if row is None:

@@ -501,8 +501,32 @@ def test_a_tenant_held_by_another_run_is_left_to_it(db, world: World):
     insert(db, "acme")
     with get_engine().connect() as holder, tenant_lock(holder, "acme") as acquired:
         assert acquired
-        assert world.provision("acme", MESSAGE).result == RunResult.BUSY
+        busy = world.provision("acme", MESSAGE)
+    # (a running tenant's chain is its run's: this message gives up, sent again it would be a
+    # second chain)
+    assert (busy.result, busy.retry_in) == (RunResult.BUSY, None)
     assert alpha.create_calls() == 0
+
+
+def test_the_owner_of_a_scheduled_retry_comes_back_when_the_tenant_is_held(db, world: World):
+    # Given a tenant whose retry is scheduled (an operator's "run now" hands it on so), and
+    # another run holding the tenant when that retry arrives
+    alpha = world.add("alpha")
+    insert(db, "acme", state="retrying", retry_chain=MESSAGE.message, node="alpha", attempts=1)
+    base = world.settings.backoff_base_seconds
+    with get_engine().connect() as holder, tenant_lock(holder, "acme") as acquired:
+        assert acquired
+        # Then the owner comes back later, and again if it finds the tenant held again ...
+        for owner in (MESSAGE, Delivery.of("message-a", 1)):
+            busy = world.provision("acme", owner)
+            assert (busy.result, busy.retry_in) == (RunResult.BUSY, base)
+        # ... while any other message gives up
+        assert world.provision("acme", OTHER).retry_in is None
+    assert alpha.create_calls() == 0
+
+    # And once the holder is done, the owner sent again runs the retry (not the reconciler)
+    outcome = world.provision("acme", Delivery.of("message-a", 2))
+    assert (outcome.result, outcome.attempt) == (RunResult.PROVISIONED, 2)
 
 
 def test_failed_and_deleted_tenants_are_skipped(db, world: World):
