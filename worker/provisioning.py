@@ -73,7 +73,7 @@ def provision_tenant(
     delivery = delivery or Delivery.fresh()
     with tenant_lock(conn, tenant_id) as acquired:
         if not acquired:
-            return busy(conn, tenant_id, delivery, settings.backoff_base_seconds)
+            return busy(conn, tenant_id, delivery, settings.backoff_base_seconds, clock)
         row = runnable(store.load(conn, tenant_id), tenant_id, delivery)
         if isinstance(row, Outcome):
             return row

@@ -28,7 +28,8 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Row
 
 from worker import store
-from worker.db import advisory_lock
+from worker.clock import Clock
+from worker.db import advisory_lock, autocommit
 from worker.states import Adoption, ProvisioningState, Reason, RunResult
 
 if TYPE_CHECKING:  # only for annotations: nodes and settings need nothing from here
@@ -92,12 +93,18 @@ def absorbed(row: Row[Any], delivery: Delivery) -> bool:
     return not (owner == mine and later)
 
 
-def busy(conn: Connection, tenant_id: str, delivery: Delivery, wait: float) -> Outcome:
+def busy(
+    conn: Connection, tenant_id: str, delivery: Delivery, wait: float, clock: Clock | None
+) -> Outcome:
     """Another run holds the tenant, and leaves it in a state the reconciler reads. The message
-    that owns its scheduled retry comes back in ``wait`` s (sent again, it still owns it:
-    :func:`absorbed`); any other gives up, or it would start a second chain."""
+    that owns its scheduled retry hands it to itself sent again in ``wait`` s (a later retry:
+    :func:`absorbed`), if nothing moved since: a copy of a run's own message (delivered twice)
+    so stops that run before its attempt, never adds a message. Any other gives up."""
     row = store.load(conn, tenant_id)
     owner = row is not None and row.influxdb_retry_chain is not None and not absorbed(row, delivery)
+    if owner and row is not None:
+        with autocommit(conn):
+            owner = store.take_over(conn, row, delivery.retry, clock() if clock else row.read_at)
     logger.info("another run holds the tenant; %s", "back later" if owner else "nothing to do")
     return Outcome(RunResult.BUSY, tenant_id, retry_in=wait if owner else None)
 

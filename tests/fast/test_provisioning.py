@@ -516,13 +516,18 @@ def test_the_owner_of_a_scheduled_retry_comes_back_when_the_tenant_is_held(db, w
     base = world.settings.backoff_base_seconds
     with get_engine().connect() as holder, tenant_lock(holder, "acme") as acquired:
         assert acquired
-        # Then the owner comes back later, and again if it finds the tenant held again ...
+        # Then the owner hands the retry to itself sent again, and again if it finds the
+        # tenant held again ...
         for owner in (MESSAGE, Delivery.of("message-a", 1)):
             busy = world.provision("acme", owner)
             assert (busy.result, busy.retry_in) == (RunResult.BUSY, base)
-        # ... while any other message gives up
-        assert world.provision("acme", OTHER).retry_in is None
+            assert tenant_row(db, "acme")["influxdb_retry_chain"] == owner.retry
+        # ... while any other message gives up, a copy of one it replaced included (a copy of
+        # the holder's own message: that run, before its attempt, now finds the chain gone)
+        for other in (OTHER, MESSAGE):
+            assert world.provision("acme", other).retry_in is None
     assert alpha.create_calls() == 0
+    assert world.provision("acme", MESSAGE).result == RunResult.ABSORBED
 
     # And once the holder is done, the owner sent again runs the retry (not the reconciler)
     outcome = world.provision("acme", Delivery.of("message-a", 2))
