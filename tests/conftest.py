@@ -317,8 +317,10 @@ def start_worker(
     name: str,
     extra_env: dict[str, str] | None = None,
     pool: str = "prefork",
+    queues: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a Celery worker from the repo root and wait until it is ready."""
+    """Start a Celery worker from the repo root and wait until it is ready (``queues``: only
+    these, comma-separated)."""
     try:
         return processes.start_worker(
             log_path,
@@ -326,6 +328,7 @@ def start_worker(
             hostname=f"{name}@%h",
             env={**os.environ, **(extra_env or {})},
             pool=pool,
+            queues=queues,
         )
     except (RuntimeError, TimeoutError) as exc:
         pytest.fail(f"worker did not start ({exc}):\n{log_path.read_text(errors='replace')}")
