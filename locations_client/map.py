@@ -249,8 +249,9 @@ class _Map:
             raise LocationServiceError(f"/locations unreachable: {exc}") from None
         if len(body) > MAX_ANSWER_BYTES:
             raise LocationServiceError("/locations answered more than a page can be")
-        ahead = headers.get(NEXT_SINCE_HEADER, "")
-        return status, int(ahead) if ahead.isdigit() else None, body, asked
+        ahead = headers.get(NEXT_SINCE_HEADER, "")  # a hint: the body says it too
+        hinted = ahead.isascii() and ahead.isdigit() and len(ahead) <= 19  # ("²" is a digit)
+        return status, int(ahead) if hinted else None, body, asked
 
 
 def _parse(body: bytes, since: int) -> dict[str, Any]:

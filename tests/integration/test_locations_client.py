@@ -22,6 +22,7 @@ from locations_client import (
     NotReady,
     Stale,
 )
+from locations_client.map import NEXT_SINCE_HEADER
 from tests.conftest import (
     INFLUX_TOKEN,
     LOCATIONS_TOKEN,
@@ -156,6 +157,20 @@ GOOD_PAGE = {
     "refresh_seconds": 0.1,
     "max_staleness_seconds": 1,
 }
+
+
+@pytest.mark.parametrize("hint", ["\u00b2", "9" * 5000, "-1", ""])
+def test_a_garbled_next_page_hint_is_ignored_and_the_body_read(scripted, hint):
+    # Given a service (or a proxy) whose next-page header is no version: "²" is a digit to
+    # str.isdigit, 5000 digits too many for int()
+    scripted.headers[NEXT_SINCE_HEADER] = hint
+    scripted.answer(200, json.dumps(GOOD_PAGE))
+
+    # Then the client loads the map from the page's body, as without a hint
+    client = LocationClient(scripted.url, LOCATIONS_TOKEN, refresh_seconds=60).start()
+    assert isinstance(client.resolve("a"), Location)
+    assert client.version == 1
+    client.close()
 
 
 @pytest.mark.parametrize(
