@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{where.url}/api/v3/write_lp",
             params={"db": where.database, "precision": "ns"},
             data=lines,
-            timeout=5,  # well under the deletion wait (LOCATIONS_MAX_STALENESS_SECONDS)
+            timeout=5,  # per connect and per read: a small batch keeps the whole write well
+            # under the deletion wait (LOCATIONS_MAX_STALENESS_SECONDS)
             allow_redirects=False,
         )
         answer.raise_for_status()
