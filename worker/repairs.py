@@ -190,7 +190,7 @@ class Repairs:
                 f"its database exists on nodes {finding.detail}; adopt the right one "
                 "(tenantctl adopt TENANT --node NODE)"
             )
-            store.fail_unplaced(self.conn, row.tenant_id, Reason.NAME_TAKEN, message, self.view.now)
+            store.fail_unplaced(self.conn, row, Reason.NAME_TAKEN, message, self.view.now)
         self.summary.ambiguous += len(rows)
 
     def _to_pending(

@@ -347,15 +347,18 @@ def give_new_homes(conn: Connection, tenant_ids: Sequence[str], now: datetime) -
 
 
 def fail_unplaced(
-    conn: Connection, tenant_id: str, reason: Reason, message: str, now: datetime
+    conn: Connection, row: Row[Any], reason: Reason, message: str, now: datetime
 ) -> None:
-    """A pending row without a server that cannot be placed (found on several servers)."""
+    """A row from before the worker that cannot be placed (found on several servers), as read:
+    not one made again with its id since (a new incarnation, placed as new)."""
     conn.execute(
         sql_update(tenants)
         .where(
-            _ROW.tenant_id == tenant_id,
+            _ROW.tenant_id == row.tenant_id,
+            _ROW.influxdb_incarnation == row.influxdb_incarnation,
             _ROW.influxdb_state == ProvisioningState.PENDING,
             _ROW.influxdb_node.is_(None),
+            _ROW.influxdb_adopt == Adoption.UNMARKED,
         )
         .values(
             influxdb_state=ProvisioningState.FAILED,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -18,7 +19,7 @@ from worker.influxdb import InfluxDB3Client
 from worker.placement import sync_nodes, usage
 from worker.queues import Job
 from worker.reconcile import reconcile
-from worker.states import RunResult
+from worker.states import Reason, RunResult
 
 LONG_AGO = T0 - timedelta(hours=1)
 
@@ -148,6 +149,31 @@ def test_a_home_found_for_an_id_deleted_and_made_again_since_is_not_recorded(db,
     assert recorded == [] and tenant_row(db, "old")["influxdb_node"] is None
     with get_engine().begin() as conn:
         assert store.record_homes(conn, {"old": ("alpha", made_again)}) == ["old"]
+
+
+def test_a_row_found_twice_for_an_id_deleted_and_made_again_since_is_not_failed(db, world: World):
+    # Given a row from before the worker, found on alpha and beta by a run that then took a
+    # while: the id was deleted and made again meanwhile (a new tenant, no server)
+    world.add("alpha").create_database("telemetry_old")
+    world.add("beta").create_database("telemetry_old")
+    found = SimpleNamespace(**insert(db, "old", adopt="unmarked"))
+    db.execute("DELETE FROM tenants WHERE tenant_id = 'old'")
+    insert(db, "old")
+    message = "its database exists on nodes alpha, beta; adopt the right one"
+
+    # When the run fails the row it found ambiguous
+    with get_engine().begin() as conn:
+        store.fail_unplaced(conn, found, Reason.NAME_TAKEN, message, world.clock.now)
+
+    # Then the new tenant is untouched (it would be told to adopt the old one's data) ...
+    assert tenant_row(db, "old")["influxdb_state"] == "pending"
+    # ... while a run on the row as it stands fails it, naming both servers
+    _, summary = run(world)
+    assert summary["ambiguous"] == 0 and tenant_row(db, "old")["influxdb_state"] == "pending"
+    db.execute("UPDATE tenants SET influxdb_adopt = 'unmarked' WHERE tenant_id = 'old'")
+    _, summary = run(world)
+    assert summary["ambiguous"] == 1
+    assert tenant_row(db, "old")["influxdb_last_error"].startswith(message)
 
 
 def test_waiting_tenants_get_the_free_slots_oldest_first_with_a_fresh_budget(db, world: World):
