@@ -70,6 +70,9 @@ class View:
     # (server, database) -> when that server last soft-deleted a database of that name (the
     # listing's NAME-YYYYMMDDTHHMMSS copies, InfluxDB's clock, UTC)
     deletions: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
+    # Servers left out of the nodes file that a listing saw within the hour: unanswered, to
+    # locate a row from before the worker (its data may be there, and the server back)
+    departed: tuple[str, ...] = ()
 
     @property
     def all_answered(self) -> bool:
@@ -108,7 +111,7 @@ def find(row: Any, database: str, view: View) -> Finding | None:
 
 
 def _locate(database: str, view: View) -> Finding:
-    location = locate(database, view.listings)
+    location = locate(database, {**dict.fromkeys(view.departed), **view.listings})
     if location.home:
         return Finding(Kind.RECORD_HOME, location.home)
     if len(location.found) > 1:

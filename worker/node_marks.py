@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from worker import store
+from worker.db import autocommit
 from worker.models import influxdb_nodes, tenants
 from worker.node_config import NodeConfig
 from worker.placement import NodeUsage, usage
@@ -43,6 +44,23 @@ _ON_THEIR_WAY = select(func.count()).select_from(
     .limit(bindparam("most"))
     .subquery()
 )
+
+
+# A server out of the nodes file that a listing saw this recently may be back: what it holds
+# still counts (a file edited by mistake, a rename).
+DEPARTED_WITHIN = timedelta(hours=1)
+
+
+def departed(conn: Connection, now: datetime) -> tuple[str, ...]:
+    """Servers in no nodes file now that a listing saw within :data:`DEPARTED_WITHIN`."""
+    with autocommit(conn):  # (a run's connection: no transaction left open)
+        return tuple(
+            conn.execute(
+                select(_NODE.name)
+                .where(~_NODE.configured, _NODE.observed_at > now - DEPARTED_WITHIN)
+                .order_by(_NODE.name)
+            ).scalars()
+        )
 
 
 def mark_full(conn: Connection, node_name: str, now: datetime, limit: int | None = None) -> None:

@@ -135,8 +135,9 @@ class _Run(TenantRun):
             self._listing_errors = tuple(
                 (name, listing.error) for name, listing in listings.items() if listing.error
             )
+            gone = dict.fromkeys(node_marks.departed(self.conn, self.clock()))  # may be back
             self._location = identity.locate(
-                self.database, {n: ls.names for n, ls in listings.items()}
+                self.database, gone | {n: ls.names for n, ls in listings.items()}
             )
         return self._location
 
@@ -150,8 +151,8 @@ class _Run(TenantRun):
         # give the tenant two. Wait, with the reason shown, until the server is back.
         if self.row.influxdb_state != ProvisioningState.PROVISIONED:
             message = (
-                f"node {node_name} is not in the nodes file; the tenant stays on it and "
-                "resumes when it is configured again"
+                f"node {node_name} is not in the nodes file; the tenant waits for it (its "
+                "database is, or may be, there) and resumes when it is configured again"
             )
             self._settle(ProvisioningState.PENDING, Reason.NODE_NOT_CONFIGURED, message)
         logger.warning("node %s is not configured; waiting for it", node_name, extra=self.context)
@@ -211,6 +212,8 @@ class _Run(TenantRun):
                 "adopt the right one (tenantctl adopt TENANT --node NODE)"
             )
             return self._fail(attempt, Reason.NAME_TAKEN, message)
+        if location.unanswered and not self._listing_errors:  # a server just left the file
+            return self._wait_for_node(location.unanswered[0])
         if location.unanswered:
             attempt = self._start(None)
             name, why = self._listing_errors[0]

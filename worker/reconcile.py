@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, update
 
-from worker import events, identity, locations, store
+from worker import events, identity, locations, node_marks, store
 from worker.clock import Clock, database_clock
 from worker.db import advisory_lock
 from worker.errors import ProvisioningError
@@ -140,6 +140,7 @@ def _run(
         # last wrote, as another may have written an older file since (a one-off tenantctl run)
         sync_nodes(conn, nodes, force=True)
         listed_version = locations.settled_version(conn)
+        departed = node_marks.departed(conn, listed_at)
     errors: list[str] = []
     observed: list[tuple[NodeConfig, int]] = []
     unanswered: list[tuple[NodeConfig, Reason]] = []  # placement puts these last
@@ -190,6 +191,7 @@ def _run(
                 stuck_after=now - timedelta(seconds=settings.task_time_limit),
                 listings=seen.view_of(batch, configured),
                 deletions=seen.deletions,
+                departed=departed,
             )
             findings = []
             for row in batch:

@@ -176,6 +176,37 @@ def test_a_row_found_twice_for_an_id_deleted_and_made_again_since_is_not_failed(
     assert tenant_row(db, "old")["influxdb_last_error"].startswith(message)
 
 
+def test_a_row_from_before_the_worker_waits_for_a_server_just_left_out_of_the_file(
+    db, world: World
+):
+    # Given beta, holding the database of a row from before the worker, listed by a run and
+    # then left out of the nodes file (by mistake, or in a rename)
+    world.add("alpha")
+    world.add("beta").create_database("telemetry_old")
+    run(world)
+    world.unlisted.add("beta")
+    insert(db, "old", adopt="unmarked")
+
+    # When a run finds its database on no server of the file
+    published, summary = run(world)
+
+    # Then it is not placed as new (an empty database, its data left behind): it waits for
+    # beta, as for a server that does not answer
+    assert (summary["new_home"], summary["unlocated"]) == (0, 1)
+    assert [t for t, _, _ in published] == []
+    assert tenant_row(db, "old")["influxdb_adopt"] == "unmarked"
+    # ... and so does the worker handed it (an operator's retry), creating nothing
+    assert world.provision("old").result == RunResult.WAITING_FOR_NODE
+    assert tenant_row(db, "old")["influxdb_adopt"] == "unmarked"
+    assert world.servers["alpha"].databases() == []
+
+    # And once beta has been out of the file and unlisted for over an hour, it is placed as new
+    world.clock.advance(3601)
+    published, summary = run(world)
+    assert summary["new_home"] == 1
+    assert [t for t, _, _ in published] == ["old"]
+
+
 def test_waiting_tenants_get_the_free_slots_oldest_first_with_a_fresh_budget(db, world: World):
     world.add("alpha", limit=2)
     insert(db, "placed", state="provisioned", node="alpha", provisioned_at=T0)
