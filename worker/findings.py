@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker.identity import locate
+from worker.identity import Location, locate
 from worker.listings import deleted_since
 from worker.states import RESUMABLE_REASONS, Adoption, ProvisioningState, Reason
 
@@ -74,6 +74,10 @@ class View:
     # locate a row from before the worker (its data may be there, and the server back)
     departed: tuple[str, ...] = ()
 
+    def locate(self, database: str) -> Location:
+        """Where a row without a server has its database (a server just left: unanswered)."""
+        return locate(database, {**dict.fromkeys(self.departed), **self.listings})
+
     @property
     def all_answered(self) -> bool:
         return bool(self.listings) and all(n is not None for n in self.listings.values())
@@ -111,7 +115,7 @@ def find(row: Any, database: str, view: View) -> Finding | None:
 
 
 def _locate(database: str, view: View) -> Finding:
-    location = locate(database, {**dict.fromkeys(view.departed), **view.listings})
+    location = view.locate(database)
     if location.home:
         return Finding(Kind.RECORD_HOME, location.home)
     if len(location.found) > 1:
@@ -137,7 +141,7 @@ def _verify(row: Any, database: str, view: View) -> Finding | None:
         return None  # provisioned after we looked: the listings cannot tell
     node: str | None = row.influxdb_node
     if node is None:  # provisioned before the pool existed
-        location = locate(database, view.listings)
+        location = view.locate(database)
         if location.home:
             return Finding(Kind.RECORD_HOME, location.home)
         return Finding(Kind.DRIFT) if location.absent else None

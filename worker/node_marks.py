@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,13 +51,14 @@ _ON_THEIR_WAY = select(func.count()).select_from(
 DEPARTED_WITHIN = timedelta(hours=1)
 
 
-def departed(conn: Connection, now: datetime) -> tuple[str, ...]:
-    """Servers in no nodes file now that a listing saw within :data:`DEPARTED_WITHIN`."""
+def departed(conn: Connection, now: datetime, listed: Collection[str]) -> tuple[str, ...]:
+    """Servers out of the caller's nodes file (``listed``: the ones it has) that a listing
+    saw within :data:`DEPARTED_WITHIN` (by its own file: the stored flag may lag behind)."""
     with autocommit(conn):  # (a run's connection: no transaction left open)
         return tuple(
             conn.execute(
                 select(_NODE.name)
-                .where(~_NODE.configured, _NODE.observed_at > now - DEPARTED_WITHIN)
+                .where(_NODE.name.not_in(list(listed)), _NODE.observed_at > now - DEPARTED_WITHIN)
                 .order_by(_NODE.name)
             ).scalars()
         )

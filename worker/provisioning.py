@@ -135,7 +135,7 @@ class _Run(TenantRun):
             self._listing_errors = tuple(
                 (name, listing.error) for name, listing in listings.items() if listing.error
             )
-            gone = dict.fromkeys(node_marks.departed(self.conn, self.clock()))  # may be back
+            gone = dict.fromkeys(node_marks.departed(self.conn, self.clock(), listings))
             self._location = identity.locate(
                 self.database, gone | {n: ls.names for n, ls in listings.items()}
             )

@@ -140,7 +140,7 @@ def _run(
         # last wrote, as another may have written an older file since (a one-off tenantctl run)
         sync_nodes(conn, nodes, force=True)
         listed_version = locations.settled_version(conn)
-        departed = node_marks.departed(conn, listed_at)
+        departed = node_marks.departed(conn, listed_at, configured)
     errors: list[str] = []
     observed: list[tuple[NodeConfig, int]] = []
     unanswered: list[tuple[NodeConfig, Reason]] = []  # placement puts these last

@@ -187,18 +187,18 @@ def test_a_row_from_before_the_worker_waits_for_a_server_just_left_out_of_the_fi
     world.unlisted.add("beta")
     insert(db, "old", adopt="unmarked")
 
-    # When a run finds its database on no server of the file
+    # When the worker is handed it (an operator's retry) before any run has written the new
+    # file down, and then a run finds its database on no server of the file
+    waiting = world.provision("old")
     published, summary = run(world)
 
-    # Then it is not placed as new (an empty database, its data left behind): it waits for
+    # Then neither places it as new (an empty database, its data left behind): both wait for
     # beta, as for a server that does not answer
+    assert waiting.result == RunResult.WAITING_FOR_NODE
+    assert world.servers["alpha"].databases() == []
     assert (summary["new_home"], summary["unlocated"]) == (0, 1)
     assert [t for t, _, _ in published] == []
     assert tenant_row(db, "old")["influxdb_adopt"] == "unmarked"
-    # ... and so does the worker handed it (an operator's retry), creating nothing
-    assert world.provision("old").result == RunResult.WAITING_FOR_NODE
-    assert tenant_row(db, "old")["influxdb_adopt"] == "unmarked"
-    assert world.servers["alpha"].databases() == []
 
     # And once beta has been out of the file and unlisted for over an hour, it is placed as new
     world.clock.advance(3601)
