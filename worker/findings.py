@@ -76,7 +76,7 @@ class View:
 
     def locate(self, database: str) -> Location:
         """Where a row without a server has its database (a server just left: unanswered)."""
-        return locate(database, {**dict.fromkeys(self.departed), **self.listings})
+        return locate(database, self.listings, self.departed)
 
     @property
     def all_answered(self) -> bool:

@@ -180,8 +180,12 @@ class Location:
         return self.found[0] if len(self.found) == 1 and not self.unanswered else None
 
 
-def locate(database: str, listings: Mapping[str, Collection[str] | None]) -> Location:
-    """Where ``database`` is, from one listing per node (None: the node did not answer)."""
+def locate(
+    database: str, listings: Mapping[str, Collection[str] | None], departed: Iterable[str] = ()
+) -> Location:
+    """Where ``database`` is, from one listing per node (None: the node did not answer);
+    ``departed``: servers just left out of the nodes file (unanswered: they may be back)."""
+    listings = {**dict.fromkeys(departed), **listings}
     found = tuple(
         sorted(n for n, names in listings.items() if names is not None and database in names)
     )

@@ -171,9 +171,9 @@ class InfluxDB3Client:
         database. A server without information_schema cannot tell: not empty."""
         try:
             empty = not self.query(database, identity.TABLES_QUERY)
-        except (_DatabaseNotFound, _TableNotFound) as exc:
-            if isinstance(exc, _DatabaseNotFound):
-                return None
+        except _DatabaseNotFound:
+            return None
+        except _TableNotFound:  # no information_schema: cannot tell
             empty = False
         markers = [] if empty else self.read_markers(database)
         return None if markers is None else Contents(markers, empty)

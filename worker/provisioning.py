@@ -135,10 +135,9 @@ class _Run(TenantRun):
             self._listing_errors = tuple(
                 (name, listing.error) for name, listing in listings.items() if listing.error
             )
-            gone = dict.fromkeys(node_marks.departed(self.conn, self.clock(), listings))
-            self._location = identity.locate(
-                self.database, gone | {n: ls.names for n, ls in listings.items()}
-            )
+            names = {n: ls.names for n, ls in listings.items()}
+            gone = node_marks.departed(self.conn, self.clock(), listings)  # they may be back
+            self._location = identity.locate(self.database, names, gone)
         return self._location
 
     def _record_home(self, node_name: str) -> None:
