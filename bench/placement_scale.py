@@ -8,7 +8,10 @@ only), 500 new tenants are placed one after another with ``worker.placement.plac
 connection; each placement is timed. The query placement ran before the counts (a ``GROUP BY``
 over every placed tenant) is timed alone for comparison. Then, at the largest size, 8 processes
 place 250 tenants each at once; every server's real count must stay within its limit, and
-throughput is compared with one process placing 2,000.
+throughput is compared with one process placing 2,000. Last, at that size, a provisioning run's
+own way in: 500 starts of an attempt placed in one statement
+(``worker.placement.start_on_free_node``), with a nodes file naming all 1,000 servers and then
+10 of them (the file is a parameter of every start: its cost must not grow with the fleet).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from concurrent.futures import ProcessPoolExecutor
 from bench.config import Sizes
 from bench.harness import Context, say
 from bench.measure import Result, Timings, cpu_busy_since, cpu_ticks, fmt_seconds, verdict
+from worker import store
 from worker.db import get_engine
 from worker.node_config import NodeConfig
-from worker.placement import place_tenant, sync_nodes
+from worker.placement import place_tenant, start_on_free_node, sync_nodes
 
 BENCHMARK = "10 · placement"
 SERVERS = 1000
@@ -73,8 +77,40 @@ def run(ctx: Context, sizes: Sizes) -> list[Result]:
                 else verdict(not timings.unexpected and timings.p(50) <= 1.5 * p50s[min(p50s)]),
             )
         )
+    results.append(_starts(ctx, sizes))
     results.append(_concurrent(ctx, sizes))
     return results
+
+
+def _starts(ctx: Context, sizes: Sizes) -> Result:
+    """One-statement starts with the file naming every server, then ten of them."""
+    series: dict[int, Timings] = {}
+    for count in (SERVERS, 10):
+        ids = _new_tenants(ctx, f"start{count}", WARMUP + sizes.placement_requests)
+        timings = series[count] = Timings()
+        with get_engine().connect() as conn:
+            cpu_before = cpu_ticks()
+            for n, tenant_id in enumerate(ids):
+                start = store.update_statement(tenant_id, influxdb_attempts=1)
+                started = time.perf_counter()
+                chosen = start_on_free_node(conn, start, NODES[:count])
+                conn.commit()
+                if n >= WARMUP:
+                    timings.seconds.append(time.perf_counter() - started)
+                if chosen is None:
+                    timings.unexpected.append("not started")
+            timings.cpu_busy = cpu_busy_since(cpu_before)
+        say(f"starts, file of {count:,} servers: {timings.summary()}")
+    many, few = series[SERVERS], series[10]
+    return Result(
+        BENCHMARK,
+        f"a run's one-statement start, file of {SERVERS:,} servers vs 10 (fleet "
+        f"{max(sizes.placement_fleets):,})",
+        f"{len(many.seconds):,}",
+        f"{many.summary()} · with 10 servers: p50 {fmt_seconds(few.p(50))}",
+        "p50 ≤ 4 x the 10-server p50",
+        verdict(not many.unexpected + few.unexpected and many.p(50) <= 4 * few.p(50)),
+    )
 
 
 def _fill(ctx: Context, fleet: int) -> None:

@@ -21,11 +21,29 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, and_, bindparam, case, false, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    Text,
+    all_,
+    and_,
+    any_,
+    bindparam,
+    case,
+    column,
+    false,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from worker import store
 from worker.models import influxdb_nodes, tenants
@@ -109,16 +127,16 @@ def start_on_free_node(conn: Connection, start: Update, nodes: Sequence[NodeConf
     (nothing is placed, whatever the room). Raises NoFreeNode (then a marked node may be
     chosen)."""
     # Room by this process's limits too, not only by the rows, which another process may
-    # have written from another nodes file.
-    limits = {node.name: node.database_limit for node in nodes}
-    by_file = case(limits, value=_NODE.name, else_=_NODE.database_limit) if limits else None
-    mine: list[ColumnElement[bool]] = [_NODE.name.in_(list(limits)), ~_UNAVAILABLE]
-    mine += [] if by_file is None else [by_file > _TAKEN]
+    # have written from another nodes file: the file joined as two arrays, one parameter each
+    # whatever the number of nodes (a CASE or an IN list of 1,000 nodes cost ~5 ms a run).
+    names, limits = [n.name for n in nodes], [n.database_limit for n in nodes]
+    file = _file(names, limits)
+    mine = select(_NODE.name).join_from(influxdb_nodes, file, file.c.name == _NODE.name)
     free = (
-        _least_used(select(_NODE.name).where(*mine))
+        _least_used(mine.where(~_UNAVAILABLE, file.c.file_limit > _TAKEN))
         .limit(1)
         # Locked as found; its room is checked again on the row as it is once locked.
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=influxdb_nodes)
         .cte("free")
     )
     chosen = select(free.c.name).scalar_subquery()  # the CTE runs once, however often read
@@ -195,11 +213,19 @@ def _least_used(query: Select[Any]) -> Select[Any]:
     return query.where(*room).order_by(_UNAVAILABLE, _NODE.placed, _NODE.name)
 
 
+def _file(names: list[str], limits: list[int]) -> TableValuedAlias:
+    """This process's nodes file as a table ``(name, file_limit)``, bound as two arrays."""
+    arrays = bindparam("file_names", names, ARRAY(Text)), bindparam("file_limits", limits, _INTS)
+    columns = column("name", Text), column("file_limit", Integer)
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name="file")
+
+
+_INTS = ARRAY(Integer)
 CANDIDATES = 16  # enough for concurrent placers to pass each other by
-_CANDIDATES = _least_used(
+_CANDIDATES = _least_used(  # the names as one array parameter each, whatever their number
     select(_NODE.name, _NODE.database_limit, _UNAVAILABLE.label("unavailable")).where(
-        _NODE.name.in_(bindparam("names", expanding=True)),
-        _NODE.name.not_in(bindparam("exclude", expanding=True)),
+        _NODE.name == any_(bindparam("names", type_=ARRAY(Text))),
+        _NODE.name != all_(bindparam("exclude", type_=ARRAY(Text))),
     )
 ).limit(CANDIDATES)
 ROUNDS = 3
