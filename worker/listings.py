@@ -21,6 +21,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from itertools import islice
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, text
@@ -120,6 +121,7 @@ def on_our_clock(stamp: datetime, shift: timedelta | None) -> datetime | None:
     return when if when.year < 9999 else None  # find() adds a second to it
 
 
+COPY_CHUNK_ROWS = 10_000  # a write's rows: ~0.5 MB, whatever the length of a list
 # Hash joins over a million listed names want ~70 MB; with the default 4 MB they spill to disk.
 WORK_MEM = "128MB"
 
@@ -167,18 +169,26 @@ class RunListings:
                     if when is not None and name.startswith(self._prefix) and name.isprintable():
                         key = (node, name)
                         self.deletions[key] = max(when, self.deletions.get(key, when))
-                for name in names:
-                    # Not ours, and not storable as text (NUL, lone surrogates from a broken
-                    # server): a tenant's database name is printable.
-                    if name.isprintable():
-                        copy.write_row((node, name))
+                # Rows in COPY's text format, a chunk per write: two calls of psycopg's a row
+                # cost a million-tenant run ~0.2 s alone and more beside the listing threads.
+                # A name that is not printable is skipped: not ours, and maybe not storable
+                # (NUL, a lone surrogate from a broken server). A printable one, and a node's
+                # ([A-Za-z0-9_.-]), holds no tab or line break: only "\\" needs escaping.
+                rows = (f"{node}\t{name}\n" for name in names if name.isprintable())
+                for chunk in iter(lambda: "".join(islice(rows, COPY_CHUNK_ROWS)), ""):
+                    copy.write(chunk.replace("\\", "\\\\"))
                 self.answered.append(node)
 
             yield add
+        # Statistics for every pass that reads the lists: without them the planner takes the
+        # table for a few rows and probes the tenants' index once per listed name (seconds at
+        # a million; the first pass, ours_by_server, took 4.4 s of a 14.6 s run).
+        self._conn.execute(text(f"ANALYZE {LISTED_TABLE}"))
 
     def ours_by_server(self) -> dict[str, int]:
         """Per server listed, how many databases on its list are those of tenants placed
         there: the rest take its slots all the same (someone else's, strays)."""
+        self._conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))  # (in the copy's)
         return dict(
             self._conn.execute(
                 text(_OURS_BY_SERVER),
@@ -200,7 +210,7 @@ class RunListings:
                 text(f"INSERT INTO {_DELETED} VALUES (:node, :database, :at)"),  # noqa: S608
                 [{"node": n, "database": d, "at": at} for (n, d), at in self.deletions.items()],
             )
-        self._conn.execute(text(f"ANALYZE {LISTED_TABLE}, {_NODES}, {_DELETED}"))
+        self._conn.execute(text(f"ANALYZE {_NODES}, {_DELETED}"))  # (the lists: at the copy)
         self._conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
         kept = self._conn.execute(
             text(f"""

@@ -129,9 +129,7 @@ def record_strays(
         "listed_version": listed_version,
         "now": now,
     }
-    # Without statistics the planner takes the run's table for a few rows and probes the
-    # tenants' index once per listed name: seconds at a million.
-    conn.execute(text(f"ANALYZE {LISTED_TABLE}"))
+    # (The run's table has its statistics: RunListings.copying takes them.)
     conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))  # as the run's other passes
     new = conn.execute(text(_RECORD), params).all()
     counts: dict[str, int] = dict(

@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from tests.fast.conftest import T0
 from worker import store
 from worker.db import get_engine
 from worker.findings import COLUMNS, Kind, View, find
 from worker.listings import (
+    LISTED_TABLE,
     clock_shift,
     deleted_since,
     on_our_clock,
@@ -131,6 +133,24 @@ def test_a_name_that_cannot_be_stored_is_skipped_not_fatal(db):
 
     # Then the run goes on, and the tenant is seen where it is: nothing is owed
     assert kept == 0
+
+
+@pytest.mark.parametrize("count", [3, 25_001])  # one write, and several (10,000 rows each)
+def test_every_printable_name_is_copied_as_it_is(db, count):
+    # Given lists holding names that mean something in COPY's text format - a backslash,
+    # "\\N" (NULL), "\\t" - and names beyond ASCII, on two servers
+    odd = [PREFIX + "a\\b", "\\N", "x\\ty", "\\", "fin\\", "télé_ü", "雲"]
+    names = odd + [f"{PREFIX}n{i}" for i in range(count - 3)]
+    with get_engine().connect() as conn, run_listings(conn, PREFIX) as seen:
+        # When they are copied
+        with seen.copying() as copy_list:
+            copy_list("alpha", names)
+            copy_list("beta", ["\\N", "bad\x00name"])
+        stored = conn.execute(text(f"SELECT node, database FROM {LISTED_TABLE}")).all()
+
+    # Then each is stored as it was sent, on its server's row; the unprintable one is skipped
+    expected = [("alpha", name) for name in names] + [("beta", "\\N")]
+    assert sorted(map(tuple, stored)) == sorted(expected)
 
 
 def test_the_query_and_find_draw_the_made_again_line_in_the_same_place(db):
