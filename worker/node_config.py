@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from worker.settings_rules import SettingsError, read_file, read_secret
 
 _NODE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+MAX_LIMIT = 2**31 - 1  # influxdb_nodes.database_limit is an integer column
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,10 @@ def _nodes(entries: object, source: str) -> tuple[NodeConfig, ...]:
             raise SettingsError(f"{where}.url must start with http:// or https://")
         if "?" in url or "#" in url:  # the API's paths are appended: a query would swallow them
             raise SettingsError(f"{where}.url must not carry a ?query or #fragment")
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise SettingsError(f"{where}: database_limit must be a positive integer")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+            raise SettingsError(
+                f"{where}: database_limit must be a whole number from 1 to {MAX_LIMIT}"
+            )
         given = {f"{where}.{k}": str(v) for k, v in entry.items() if k.startswith("token") and v}
         token = read_secret(given, f"{where}.token", f"{where}.token_file")
         nodes.append(NodeConfig(name, url.rstrip("/"), token, limit))

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from worker import settings_rules as rules
-from worker.node_config import NodeConfig, parse_nodes, read_nodes_file
+from worker.node_config import MAX_LIMIT, NodeConfig, parse_nodes, read_nodes_file
 from worker.settings_rules import RETENTION_PERIOD, RETENTION_PERIOD_RULE, Broker, SettingsError
 
 # SettingsError, Broker and the retention rule are re-exported: callers import them from here.
@@ -72,7 +72,9 @@ class Settings(BaseSettings):
     """token of the `INFLUXDB_URL` server; no `Authorization` header when unset"""
     influxdb_database_prefix: rules.DatabasePrefix = var("INFLUXDB_DATABASE_PREFIX", "telemetry_")
     """database = prefix + tenant id, within InfluxDB's 64-byte name limit"""
-    influxdb_database_limit: int = var("INFLUXDB_DATABASE_LIMIT", 5, 1)
+    influxdb_database_limit: Annotated[int, Field(le=MAX_LIMIT)] = var(
+        "INFLUXDB_DATABASE_LIMIT", 5, 1
+    )
     """limit of the `INFLUXDB_URL` node (Core: 5, Enterprise default: 100)"""
     influxdb_nodes: Pool = var("INFLUXDB_NODES", ())
     """the node pool (see "The node pool"); unset: `INFLUXDB_URL` as a pool of one"""
@@ -272,6 +274,8 @@ def _message(error: ErrorDetails) -> str:
         what = f"must be {facts(field)['accepted']}"
     elif kind == "greater_than_equal":
         what = f"must be at least {rules.show(ctx['ge'])}"
+    elif kind == "less_than_equal":
+        what = f"must be at most {rules.show(ctx['le'])}"
     elif kind in ("int_parsing", "float_parsing"):
         what = "must be a whole number" if kind == "int_parsing" else "must be a number"
     elif kind == "string_too_short":  # a token

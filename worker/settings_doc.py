@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from typing import Literal, get_args, get_origin
 
-from annotated_types import Ge
+from annotated_types import Ge, Le
 from pydantic.fields import FieldInfo
 
 from worker.settings import Settings, facts
@@ -31,6 +31,8 @@ def row(field: FieldInfo) -> tuple[str, str, str, str]:
     elif minimum is not None:
         number = "a whole number" if field.annotation is int else "a number"
         accepted = f"{number} ≥ {show(minimum)}{unit}"
+        if (most := next((m.le for m in field.metadata if isinstance(m, Le)), None)) is not None:
+            accepted += f", ≤ {show(most)}"
     elif doc["file"] and not doc["accepted"]:
         accepted = "the value, or a file holding it (not both)"
     return variable, default, accepted, " ".join(str(field.description).split())

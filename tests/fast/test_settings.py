@@ -123,6 +123,10 @@ def test_values_are_converted_and_normalised():
     ("env", "message"),
     [
         ({"PROVISION_MAX_ATTEMPTS": "0"}, "PROVISION_MAX_ATTEMPTS must be at least 1 (got '0')"),
+        (
+            {"INFLUXDB_DATABASE_LIMIT": "2147483648"},
+            "INFLUXDB_DATABASE_LIMIT must be at most 2147483647 (got '2147483648')",
+        ),
         ({"PROVISION_MAX_ATTEMPTS": "2.5"}, "PROVISION_MAX_ATTEMPTS must be a whole number"),
         ({"LIVE_CHECK_TIMEOUT": "abc"}, "LIVE_CHECK_TIMEOUT must be a number (got 'abc')"),
         ({"LIVE_CHECK_TIMEOUT": "0.05"}, "LIVE_CHECK_TIMEOUT must be at least 0.1"),
@@ -330,6 +334,8 @@ def test_nodes_file_is_read_and_remembered(tmp_path):
         ('[{"name": "a", "url": "http://a/?token=s"}]', r"INFLUXDB_NODES\[0\].url must not"),
         ('[{"name": "a", "url": "http://a#s"}]', r"INFLUXDB_NODES\[0\].url must not"),
         ('[{"name": "a", "url": "http://a", "database_limit": 0}]', "database_limit"),
+        # (stored in an integer column: beyond it, every placement would fail)
+        ('[{"name": "a", "url": "http://a", "database_limit": 2147483648}]', "1 to 2147483647"),
         ('[{"name": "a", "url": "http://a", "colour": "red"}]', "unknown key"),
         ('[{"name": "a", "url": "http://a"}, {"name": "a", "url": "http://b"}]', "unique"),
         (
