@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from api_hooks.cli import main as tenantctl
 from influxdb3_standin.server import StandIn
 from tests.fast.conftest import T0, Published, World, insert
+from worker import locations
 from worker.db import get_engine
 from worker.metrics import ProvisioningCollector
 from worker.reconcile import reconcile
@@ -146,7 +147,10 @@ def test_a_server_that_leaves_the_pool_takes_its_records_with_it(db, world: Worl
     }
 
 
-def test_a_tenant_deleted_while_the_servers_are_listed_is_no_orphan_yet(db, world: World):
+@pytest.mark.parametrize("published", [False, True], ids=["pending", "published"])
+def test_a_tenant_deleted_while_the_servers_are_listed_is_no_orphan_yet(
+    db, world: World, published
+):
     # Given two tenants whose databases are on alpha, and a listing of alpha that takes 1 s
     server = world.add("alpha")
     for name in ("stays", "goes"):
@@ -154,11 +158,15 @@ def test_a_tenant_deleted_while_the_servers_are_listed_is_no_orphan_yet(db, worl
         insert(db, name, state="provisioned", node="alpha", provisioned_at=T0)
     server.set_latency(1.0)
 
-    # When "goes" is deleted (its row removed, its database not yet) while alpha is listed
+    # When "goes" is deleted (its row removed, its database not yet) while alpha is listed,
+    # the change still pending or already published (numbered after the run's version)
     running = threading.Thread(target=run, args=(world,))
     running.start()
     time.sleep(0.4)
     db.execute("DELETE FROM tenants WHERE tenant_id = 'goes'")
+    if published:
+        with get_engine().connect() as conn:
+            assert locations.publish(conn, wait=True) == 1
     running.join()
 
     # Then the list, which may predate the deletion, reports nothing of it
