@@ -126,6 +126,12 @@ COPY_CHUNK_ROWS = 10_000  # a write's rows: ~0.5 MB, whatever the length of a li
 WORK_MEM = "128MB"
 
 
+def big_joins(conn: Connection) -> None:
+    """Give the open transaction's joins over the lists :data:`WORK_MEM` (each pass's own:
+    a commit between passes ends it)."""
+    conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
+
+
 class CopyList(Protocol):
     """Copies one server's list into the run's table; ``deleted``: its soft-deleted names,
     whose stamps are its clock, ``shift`` behind the run's (the run's time minus its Date)."""
@@ -188,7 +194,7 @@ class RunListings:
     def ours_by_server(self) -> dict[str, int]:
         """Per server listed, how many databases on its list are those of tenants placed
         there: the rest take its slots all the same (someone else's, strays)."""
-        self._conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))  # (in the copy's)
+        big_joins(self._conn)  # (the copy's transaction, still open)
         return dict(
             self._conn.execute(
                 text(_OURS_BY_SERVER),
@@ -211,7 +217,7 @@ class RunListings:
                 [{"node": n, "database": d, "at": at} for (n, d), at in self.deletions.items()],
             )
         self._conn.execute(text(f"ANALYZE {_NODES}, {_DELETED}"))  # (the lists: at the copy)
-        self._conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
+        big_joins(self._conn)
         kept = self._conn.execute(
             text(f"""
                 INSERT INTO {_OWED} (tenant_id, seen_on)

@@ -213,19 +213,21 @@ def _least_used(query: Select[Any]) -> Select[Any]:
     return query.where(*room).order_by(_UNAVAILABLE, _NODE.placed, _NODE.name)
 
 
+_TEXTS, _INTS = ARRAY(Text), ARRAY(Integer)  # one parameter each, however many nodes
+
+
 def _file(names: list[str], limits: list[int]) -> TableValuedAlias:
     """This process's nodes file as a table ``(name, file_limit)``, bound as two arrays."""
-    arrays = bindparam("file_names", names, ARRAY(Text)), bindparam("file_limits", limits, _INTS)
+    arrays = bindparam("file_names", names, _TEXTS), bindparam("file_limits", limits, _INTS)
     columns = column("name", Text), column("file_limit", Integer)
     return func.unnest(*arrays).table_valued(*columns).render_derived(name="file")
 
 
-_INTS = ARRAY(Integer)
 CANDIDATES = 16  # enough for concurrent placers to pass each other by
-_CANDIDATES = _least_used(  # the names as one array parameter each, whatever their number
+_CANDIDATES = _least_used(
     select(_NODE.name, _NODE.database_limit, _UNAVAILABLE.label("unavailable")).where(
-        _NODE.name == any_(bindparam("names", type_=ARRAY(Text))),
-        _NODE.name != all_(bindparam("exclude", type_=ARRAY(Text))),
+        _NODE.name == any_(bindparam("names", type_=_TEXTS)),
+        _NODE.name != all_(bindparam("exclude", type_=_TEXTS)),
     )
 ).limit(CANDIDATES)
 ROUNDS = 3

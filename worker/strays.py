@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select, text
 
-from worker.listings import LISTED_TABLE, WORK_MEM
+from worker.listings import LISTED_TABLE, big_joins
 from worker.models import influxdb_strays
 from worker.states import Adoption
 
@@ -133,7 +133,7 @@ def record_strays(
         "now": now,
     }
     # (The run's table has its statistics: RunListings.copying takes them.)
-    conn.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))  # as the run's other passes
+    big_joins(conn)
     new = conn.execute(text(_RECORD), params).all()
     counts: dict[str, int] = dict(
         conn.execute(
