@@ -110,7 +110,7 @@ def test_a_run_that_ends_after_its_tenant_was_deleted_says_so_and_is_not_outwait
     db, world: World
 ):
     # Given a tenant whose create the server answers slowly
-    world.add("alpha").set_latency(0.5)
+    world.add("alpha").set_latency(0.2)
     insert(db, "acme")
     with ThreadPoolExecutor(1) as runner:
         run = runner.submit(world.provision, "acme")
