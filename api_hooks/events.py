@@ -117,7 +117,9 @@ class CloudEvent(BaseModel):
         description='Unique, and the global cursor: "<transaction id>-<event id>"',
         examples=["7342-120"],
     )
-    source: str = Field(description="Always `/tenant-provisioner`")
+    source: str = Field(
+        description="The deployment's `EVENTS_SOURCE` (default `/tenant-provisioner`)"
+    )
     type: str = Field(
         description="`io.tenant-provisioner.` then `tenant.<transition>` or "
         "`operator.<action>` (docs/events.md lists them)",

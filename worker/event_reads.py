@@ -25,8 +25,9 @@ from typing import Any
 
 from sqlalchemy import BindParameter, Connection, bindparam, text
 
+from worker.settings import get_settings
+
 SPECVERSION = "1.0"
-SOURCE = "/tenant-provisioner"
 TYPE_PREFIX = "io.tenant-provisioner."
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
@@ -53,12 +54,13 @@ class Page:
 
 def cloud_event(row: Any) -> dict[str, Any]:
     """One ``tenant_events`` row as a CloudEvents 1.0 JSON event: ``id`` is the global cursor
-    of the event, ``subject`` its tenant, and the extension attributes ``tenantseq``,
-    ``actor`` and ``route`` are there when known."""
+    of the event, ``source`` the deployment's (EVENTS_SOURCE: ``source`` and ``id`` together
+    are unique across deployments), ``subject`` its tenant, and the extension attributes
+    ``tenantseq``, ``actor`` and ``route`` are there when known."""
     event: dict[str, Any] = {
         "specversion": SPECVERSION,
         "id": f"{row.xid}-{row.id}",
-        "source": SOURCE,
+        "source": get_settings().events_source,
         "type": TYPE_PREFIX + row.type,
     }
     if row.tenant_id is not None:

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     """how long the attempt log keeps a row (pruned hourly; the /metrics totals stay)"""
     events_retention_days: int = var("EVENTS_RETENTION_DAYS", 30, 1, "d")
     """how long the event log keeps an event (pruned hourly; each tenant's last one stays)"""
+    events_source: rules.EventsSource = var("EVENTS_SOURCE", "/tenant-provisioner")
+    """every event's CloudEvents `source`; give each deployment its own when one receiver takes
+    events of several (`source` and `id` together tell events apart)"""
     webhooks_file: Annotated[str | None, "a file holding a JSON list of endpoints"] = var(
         "WEBHOOKS_FILE"
     )

@@ -140,5 +140,14 @@ HardDelete = Annotated[
     ),
     "now, never, default or an RFC 3339 time",
 ]
+EventsSource = Annotated[  # CloudEvents: a non-empty URI-reference
+    str,
+    Field(
+        pattern=re.compile(
+            r"\A(?=.{1,255}\Z)(?:[A-Za-z0-9_.~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+\Z"
+        )
+    ),
+    "a URI reference (RFC 3986: no spaces, `%` only as in `%2F`), at most 255 characters",
+]
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogLevel = Annotated[Level, BeforeValidator(str.upper)]  # any case

@@ -138,6 +138,31 @@ def test_a_new_endpoint_gets_what_happens_from_then_on_signed_and_in_order(db, r
     assert (row["delivered"], row["last_success_at"], row["failing_since"]) == (3, clock(), None)
 
 
+def test_a_deployment_s_own_source_is_on_every_event_it_sends_and_serves(db, receiver, monkeypatch):
+    # Given a deployment named by its own CloudEvents source (a receiver taking two deployments'
+    # events tells them apart by source and id: the ids alone may repeat)
+    monkeypatch.setenv("EVENTS_SOURCE", "https://ops.example.com/provisioner/eu")
+    get_settings.cache_clear()
+    try:
+        clock, ui = Clock(), endpoint_for(receiver)
+        assert run(clock, ui).served == ["ui"]
+        # When a tenant is created
+        insert(db, "acme", state="pending")
+        readable(db)
+        run(clock, ui)
+        # Then its event carries that source, as delivered and as served by the API
+        assert {r.event["source"] for r in receiver.snapshot()} == {
+            "https://ops.example.com/provisioner/eu"
+        }
+        with TestClient(create_app()) as api:
+            api.headers["Authorization"] = f"Bearer {OPERATOR_TOKEN}"
+            page = api.get("/operator/tenants/acme/events").json()
+        assert [e["source"] for e in page["events"]] == ["https://ops.example.com/provisioner/eu"]
+    finally:
+        monkeypatch.delenv("EVENTS_SOURCE")
+        get_settings.cache_clear()
+
+
 def test_a_filter_sends_only_its_types_and_the_cursor_passes_the_rest(db, receiver):
     clock = Clock()
     ui = endpoint_for(receiver, types=["tenant.provisioned", "tenant.failed"])
