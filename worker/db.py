@@ -118,7 +118,9 @@ def advisory_lock(conn: Connection, key: int) -> Iterator[bool]:
     finally:
         if acquired is not False:
             _unlock(conn, key)  # raises only after invalidating the connection
-        info[_ADVISORY_LOCKS] -= 1  # surely not held now: the pool's reset need not look
+        # Surely not held now: the pool's reset need not look. (A session the unlock had to
+        # make again, its own cut, started the count afresh: SQLAlchemy clears ``info``.)
+        info[_ADVISORY_LOCKS] = max(0, info.get(_ADVISORY_LOCKS, 0) - 1)
 
 
 def _unlock(conn: Connection, key: int) -> None:
@@ -134,8 +136,21 @@ def _unlock(conn: Connection, key: int) -> None:
         raise
 
 
+def holds_lock(conn: Connection, key: int) -> bool:
+    """Whether ``conn``'s session still holds the advisory lock ``key``, before an act only its
+    holder may do: raises if the session was cut (Postgres freed the lock with it), and is
+    False on a session made again since, which holds nothing."""
+    return bool(conn.execute(_HELD, {"k": key}).scalar())
+
+
 _LOCK = text("SELECT pg_try_advisory_lock(:k)")
 _UNLOCK = text("SELECT pg_advisory_unlock(:k)")
+# A bigint key is held as classid (its high 32 bits) and objid (its low 32 bits), objsubid 1.
+_HELD = text(
+    "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid() AND objsubid = 1"
+    " AND ((classid::bigint << 32) | objid::bigint) = :k)"
+)
 # How many advisory locks the connection may hold (taken, or being taken, not surely released).
 _ADVISORY_LOCKS = "tenant_provisioner.advisory_locks"
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import new_tenant_id
-from worker.db import advisory_lock, autocommit, get_engine
+from worker.db import advisory_lock, autocommit, get_engine, holds_lock
 from worker.runs import advisory_lock_key, tenant_lock
 
 
@@ -109,3 +109,19 @@ def test_a_connection_lost_inside_autocommit_raises_its_own_error_and_does_not_r
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
         assert conn.in_transaction()
         assert conn.connection.driver_connection.autocommit is False
+
+
+def test_a_lock_whose_session_is_cut_ends_in_its_database_error_and_is_held_no_more(db):
+    # Given a run holding a tenant's lock, and another tenant's not held
+    key = advisory_lock_key(new_tenant_id("lock"))
+    with get_engine().connect() as conn:
+        with pytest.raises(OperationalError), advisory_lock(conn, key) as acquired:
+            assert acquired and holds_lock(conn, key)
+            assert not holds_lock(conn, advisory_lock_key(new_tenant_id("other")))
+            # When its session is cut (a failover, an idle timeout, an operator's kill)
+            pid = conn.connection.dbapi_connection.info.backend_pid
+            db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            # Then asking raises the database's error: the run stops there (and is retried)
+            holds_lock(conn, key)
+        # And that error is what the run ends with, the release's new session holding nothing
+        assert not holds_lock(conn, key)
