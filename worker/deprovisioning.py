@@ -14,6 +14,9 @@ when the tenant's database is gone, so that re-creating the id always starts emp
 - a server that left the nodes file: the deletion waits for it (reason ``node_not_configured``);
 - the database is deleted only once every location client has learnt that the tenant is not
   ready (``worker.locations``): a writer still holding its old location would re-create it.
+- the delete by name goes only while the run's session still holds the tenant's lock: a run
+  cut from Postgres stops before it, as a second run may have finished the deletion and the id
+  been made again on that server since.
 
 Interrupted deletions are found by the reconciler (state ``deprovisioning``).
 """
@@ -30,12 +33,21 @@ from sqlalchemy import Connection
 from worker import events, identity, locations, store
 from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
+from worker.db import holds_lock
 from worker.errors import PermanentError, ProvisioningError
 from worker.listings import clock_shift, deleted_since, on_our_clock, soft_deleted
 from worker.node_config import NodeConfig
 from worker.node_marks import slot_freed
 from worker.nodes import NodePool, list_everywhere
-from worker.runs import Delivery, Outcome, TenantRun, absorbed, next_backoff, tenant_lock
+from worker.runs import (
+    Delivery,
+    Outcome,
+    TenantRun,
+    absorbed,
+    advisory_lock_key,
+    next_backoff,
+    tenant_lock,
+)
 from worker.settings import Settings
 from worker.states import Adoption, AttemptOutcome, ProvisioningState, Reason, RunResult
 
@@ -197,6 +209,11 @@ class _Deletion(TenantRun):
                 extra=self.context,
             )
             return False
+        # A name is deleted only under the tenant's lock. A session cut while the server was
+        # read took the lock with it: a second run may have deleted the tenant since, and its
+        # id been made again here, so the name may be a new tenant's database by now.
+        if not holds_lock(self.conn, advisory_lock_key(self.tenant_id)):  # (raises when cut)
+            raise RuntimeError("the tenant's lock was lost (its session made again) mid-run")
         deleted = client.delete_database(self.database, self.settings.influxdb_hard_delete_at)
         logger.info(
             "%s %s on node %s",

@@ -7,6 +7,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from sqlalchemy.exc import DBAPIError
+
 from api_hooks.cli import main as cli_main
 from tests.conftest import existing_database, tenant_row, wait_for, write_points
 from tests.fast.conftest import Published, World, insert
@@ -125,6 +128,36 @@ def test_a_run_that_ends_after_its_tenant_was_deleted_says_so_and_is_not_outwait
     row = tenant_row(db, "acme")
     assert (row["influxdb_state"], row["influxdb_attempt_started_at"]) == ("deprovisioning", None)
     assert world.deprovision("acme", MESSAGE).result == RunResult.DEPROVISIONED
+
+
+def test_a_run_cut_from_postgres_while_it_reads_the_server_deletes_nothing(db, world: World):
+    # Given a provisioned tenant being deleted, on a server that answers slowly
+    alpha = world.add("alpha")
+    insert(db, "acme")
+    world.provision("acme")
+    db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
+    attempts = tenant_row(db, "acme")["influxdb_attempts"]
+    alpha.set_latency(0.3)
+    with ThreadPoolExecutor(1) as runner:
+        run = runner.submit(world.deprovision, "acme", MESSAGE)
+        # When its run's Postgres session is cut while it reads what the server holds (the
+        # tenant's lock goes with it: a second run may delete the tenant, and the id be made
+        # again on that server, before this run would send its delete by name)
+        wait_for(lambda: tenant_row(db, "acme")["influxdb_attempts"] > attempts, 10, 0.01)
+        (holder,) = db.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+        db.execute("SELECT pg_terminate_backend(%s)", (holder,))
+
+        # Then it stops before deleting anything (to be retried, as for any lost session)
+        with pytest.raises(DBAPIError):
+            run.result(20)
+    assert alpha.databases() == ["telemetry_acme"]
+    # And the next run, holding the lock, deletes it
+    alpha.set_latency(0)
+    assert world.deprovision("acme", Delivery.of("delete-a", 1)).result == RunResult.DEPROVISIONED
+    assert (alpha.databases(), tenant_row(db, "acme")) == ([], None)
 
 
 def test_deleting_leaves_a_database_that_is_not_the_tenants(db, world: World):
