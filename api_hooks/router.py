@@ -136,7 +136,7 @@ def operator_router(require_operator: Callable[..., Any]) -> APIRouter:
         response_description="Stored as pending; its provisioning is queued",
         responses=error_responses(
             {
-                409: "A tenant with this id exists",
+                409: "A tenant with this id exists (the detail says when it is being deleted)",
                 413: TOO_LARGE,
                 415: NOT_JSON,
                 422: "The body is not valid: not JSON, nested too deep, a field missing or "

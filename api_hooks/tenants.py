@@ -150,7 +150,13 @@ def create_tenant(
         with get_engine().connect() as conn:
             store.create(conn, tenant_id, name, retention, actor=actor, route=route, data=details)
     except IntegrityError as exc:
-        raise TenantExists(f"tenant {tenant_id!r} already exists") from exc
+        message = f"tenant {tenant_id!r} already exists"
+        with get_engine().connect() as conn:
+            row = store.load(conn, tenant_id)
+        if row is not None and row.influxdb_state == ProvisioningState.DEPROVISIONING:
+            # Its id is free once its database is gone: say so, not just "exists".
+            message += ": it is being deleted; create it again once its deletion has finished"
+        raise TenantExists(message) from exc
     # Only after the commit: a worker must find the row the message names.
     queued = publish(tenant_id, Job.PROVISION)
     if not queued:

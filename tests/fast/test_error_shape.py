@@ -2,7 +2,7 @@
 and also when the UI mounts the router in an app of its own.
 
 In-process (TestClient), without Redis or a worker: every request here is refused before
-anything is looked up, but for the last, which reads a row of the test's Postgres.
+anything is looked up, but for the last ones, which read rows of the test's Postgres.
 """
 
 from __future__ import annotations
@@ -247,3 +247,24 @@ def test_the_same_origin_and_reads_from_anywhere_are_served(client, db, broker):
         "/operator/tenants/acme/stats?live=false", headers={"Sec-Fetch-Site": "cross-site"}
     )
     assert read.status_code == 200, read.text
+
+
+def test_409_for_an_id_still_being_deleted_says_so(client, db):
+    # Given a tenant being deleted, and one that is not
+    for tenant_id, state in (("acme", "deprovisioning"), ("beta", "provisioned")):
+        db.execute(
+            "INSERT INTO tenants (tenant_id, name, influxdb_state) VALUES (%s, 'n', %s)",
+            (tenant_id, state),
+        )
+
+    # When each id is created again, then the answer says why it cannot be, yet
+    again = client.post("/operator/tenants", json={"tenant_id": "acme", "name": "Acme"})
+    assert error_detail(again, 409) == (
+        "tenant 'acme' already exists: it is being deleted; create it again once its deletion "
+        "has finished"
+    )
+    again = client.post("/operator/tenants", json={"tenant_id": "beta", "name": "Beta"})
+    assert error_detail(again, 409) == "tenant 'beta' already exists"
+    assert db.execute(
+        "SELECT count(*) FROM tenant_events WHERE type LIKE 'operator.%'"
+    ).fetchone() == (0,)
