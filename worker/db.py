@@ -107,7 +107,7 @@ def advisory_lock(conn: Connection, key: int) -> Iterator[bool]:
     surely not taken, and the connection counts the locks it may hold, so that the pool's reset
     drops every lock it might still hold when it goes back (and skips that when it holds none).
     """
-    info = conn.connection.info
+    info, session = conn.connection.info, conn.connection.dbapi_connection
     info[_ADVISORY_LOCKS] = info.get(_ADVISORY_LOCKS, 0) + 1  # counted before it may be held
     acquired: bool | None = None  # None: unknown (an interrupt landed around the query)
     try:
@@ -118,9 +118,11 @@ def advisory_lock(conn: Connection, key: int) -> Iterator[bool]:
     finally:
         if acquired is not False:
             _unlock(conn, key)  # raises only after invalidating the connection
-        # Surely not held now: the pool's reset need not look. (A session the unlock had to
-        # make again, its own cut, started the count afresh: SQLAlchemy clears ``info``.)
-        info[_ADVISORY_LOCKS] = max(0, info.get(_ADVISORY_LOCKS, 0) - 1)
+        # Surely not held now: the pool's reset need not look. Counted down only on the session
+        # that counted it up: after a cut, the unlock ran on a session made again, holding none,
+        # and ``info`` (cleared, or another connection's by now) is not this block's to lower.
+        if not conn.invalidated and conn.connection.dbapi_connection is session:
+            info[_ADVISORY_LOCKS] -= 1
 
 
 def _unlock(conn: Connection, key: int) -> None:
@@ -140,7 +142,8 @@ def holds_lock(conn: Connection, key: int) -> bool:
     """Whether ``conn``'s session still holds the advisory lock ``key``, before an act only its
     holder may do: raises if the session was cut (Postgres freed the lock with it), and is
     False on a session made again since, which holds nothing."""
-    return bool(conn.execute(_HELD, {"k": key}).scalar())
+    with autocommit(conn):  # (no transaction left open across what the holder does next)
+        return bool(conn.execute(_HELD, {"k": key}).scalar())
 
 
 _LOCK = text("SELECT pg_try_advisory_lock(:k)")

@@ -4,14 +4,25 @@ an interrupt between taking a tenant's lock and releasing it never leaves the te
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import new_tenant_id
-from worker.db import advisory_lock, autocommit, get_engine, holds_lock
+from worker.db import _drop_advisory_locks, advisory_lock, autocommit, get_engine, holds_lock
 from worker.runs import advisory_lock_key, tenant_lock
+
+
+def holders(db: Any, key: int) -> int:
+    """How many sessions hold the advisory lock ``key`` (a bigint key: its two halves, 1)."""
+    (count,) = db.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+        "AND ((classid::bigint << 32) | objid::bigint) = %s",
+        (key,),
+    ).fetchone()
+    return int(count)
 
 
 def test_a_pooled_connection_goes_back_to_the_pool_holding_no_advisory_lock(db):
@@ -125,3 +136,36 @@ def test_a_lock_whose_session_is_cut_ends_in_its_database_error_and_is_held_no_m
             holds_lock(conn, key)
         # And that error is what the run ends with, the release's new session holding nothing
         assert not holds_lock(conn, key)
+
+
+def test_a_release_on_a_session_made_again_leaves_another_run_s_lock_counted(db):
+    # Given two runs sharing a pool of one: the first holds a lock, its session is cut, and its
+    # connection goes back to the pool, where the second run takes it, and a lock of its own
+    engine = create_engine(get_engine().url, pool_size=1, max_overflow=1, pool_pre_ping=True)
+    event.listen(engine, "reset", _drop_advisory_locks)
+    first_key = advisory_lock_key(new_tenant_id("first"))
+    second_key = advisory_lock_key(new_tenant_id("second"))
+    try:
+        with engine.connect() as first:
+            first_lock = advisory_lock(first, first_key)
+            assert first_lock.__enter__()
+            cut = first.connection.dbapi_connection.info.backend_pid
+            db.execute("SELECT pg_terminate_backend(%s)", (cut,))
+            with pytest.raises(OperationalError) as error:
+                first.execute(text("SELECT 1"))
+            second = engine.connect()
+            assert second.connection.dbapi_connection.info.backend_pid != cut
+            second_lock = advisory_lock(second, second_key)
+            assert second_lock.__enter__()
+
+            # When the first run's release ends, on a session it had to make again
+            assert first_lock.__exit__(error.type, error.value, error.tb) is False
+
+            # Then the second run's lock still counts: its connection, back in the pool without
+            # its release (an interrupt), is made to drop it, and no session holds it any more
+            second.close()
+            assert holders(db, second_key) == 0
+        with contextlib.suppress(Exception):  # the abandoned release, on a connection now closed
+            second_lock.__exit__(None, None, None)
+    finally:
+        engine.dispose()
