@@ -147,7 +147,8 @@ EventsSource = Annotated[  # CloudEvents: a non-empty URI-reference
             r"\A(?=.{1,255}\Z)(?:[A-Za-z0-9_.~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+\Z"
         )
     ),
-    "a URI reference (RFC 3986: no spaces, `%` only as in `%2F`), at most 255 characters",
+    "a URI reference such as `https://ops.example.com/eu` or `urn:acme:eu`, in RFC 3986's "
+    "characters (no spaces; `%` only as in `%2F`), at most 255",
 ]
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogLevel = Annotated[Level, BeforeValidator(str.upper)]  # any case

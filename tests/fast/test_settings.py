@@ -138,7 +138,7 @@ def test_values_are_converted_and_normalised():
             "FLOWER_URL must be an http(s) URL without credentials",
         ),
         ({"INFLUXDB_DATABASE_PREFIX": "much_too_long_"}, "INFLUXDB_DATABASE_PREFIX must be 1 to"),
-        ({"EVENTS_SOURCE": "prod eu"}, "EVENTS_SOURCE must be a URI reference (RFC 3986"),
+        ({"EVENTS_SOURCE": "prod eu"}, "EVENTS_SOURCE must be a URI reference such as"),
         (
             {"INFLUXDB_TOKEN": "a", "INFLUXDB_TOKEN_FILE": "/x"},
             "set either INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE, not both",
