@@ -33,7 +33,6 @@ from sqlalchemy import Connection
 from worker import events, identity, locations, store
 from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
-from worker.db import holds_lock
 from worker.errors import PermanentError, ProvisioningError
 from worker.listings import clock_shift, deleted_since, on_our_clock, soft_deleted
 from worker.node_config import NodeConfig
@@ -44,7 +43,7 @@ from worker.runs import (
     Outcome,
     TenantRun,
     absorbed,
-    advisory_lock_key,
+    holds_tenant_lock,
     next_backoff,
     tenant_lock,
 )
@@ -212,7 +211,7 @@ class _Deletion(TenantRun):
         # A name is deleted only under the tenant's lock. A session cut while the server was
         # read took the lock with it: a second run may have deleted the tenant since, and its
         # id been made again here, so the name may be a new tenant's database by now.
-        if not holds_lock(self.conn, advisory_lock_key(self.tenant_id)):  # (raises when cut)
+        if not holds_tenant_lock(self.conn, self.tenant_id):  # (raises when cut)
             raise RuntimeError("the tenant's lock was lost (its session made again) mid-run")
         deleted = client.delete_database(self.database, self.settings.influxdb_hard_delete_at)
         logger.info(

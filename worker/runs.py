@@ -29,7 +29,7 @@ from sqlalchemy.engine import Row
 
 from worker import store
 from worker.clock import Clock
-from worker.db import advisory_lock, autocommit
+from worker.db import advisory_lock, autocommit, holds_lock
 from worker.states import Adoption, ProvisioningState, Reason, RunResult
 
 if TYPE_CHECKING:  # only for annotations: nodes and settings need nothing from here
@@ -229,3 +229,9 @@ def tenant_lock(conn: Connection, tenant_id: str) -> Iterator[bool]:
     """Hold the tenant's lock for the block; yields False when another run holds it."""
     with advisory_lock(conn, advisory_lock_key(tenant_id)) as acquired:
         yield acquired
+
+
+def holds_tenant_lock(conn: Connection, tenant_id: str) -> bool:
+    """Whether this run's session still holds the tenant's lock (``tenant_lock``'s): raises if
+    the session was cut, False on one made again since (``worker.db.holds_lock``)."""
+    return holds_lock(conn, advisory_lock_key(tenant_id))
