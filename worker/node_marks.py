@@ -9,7 +9,9 @@
 - **Unavailable**: its listing failed, or it refused our token or a connection. It comes after
   every answering server with room (``worker.placement``) until a listing succeeds.
 - **What a listing saw** (``observed_databases``), and the un-wait: when room appears, as many
-  tenants waiting for capacity as there are free slots (:func:`room`) go back to ``pending``.
+  tenants waiting for capacity as there are free slots (:func:`room`) go back to ``pending``,
+  oldest first, each with its slot reserved: room goes to the oldest waiter, never to a newer
+  tenant whose run happens to come first.
 """
 
 from __future__ import annotations
@@ -26,20 +28,21 @@ from worker import store
 from worker.db import autocommit
 from worker.models import influxdb_nodes, tenants
 from worker.node_config import NodeConfig
-from worker.placement import NodeUsage, usage
-from worker.states import Adoption, ProvisioningState, Reason
+from worker.placement import NodeUsage, place_tenant, usage
+from worker.states import ProvisioningState, Reason
 
 logger = logging.getLogger(__name__)
 _NODE = influxdb_nodes.c
 _T = tenants.c
-# Tenants on their way to a slot, up to :most: pending or retrying and not placed yet (one an
-# un-wait sent, a new one), not a row from before the worker (it is located first).
+# Tenants an un-wait sent that hold no slot yet (none was left to reserve), up to :most:
+# pending or retrying, not placed, their reason still the wait's. A new tenant is not counted:
+# a slot freed goes to the oldest waiting tenant, not to whichever run comes first.
 _ON_THEIR_WAY = select(func.count()).select_from(
     select(_T.tenant_id)
     .where(
         _T.influxdb_state.in_([ProvisioningState.PENDING, ProvisioningState.RETRYING]),
         _T.influxdb_node.is_(None),
-        _T.influxdb_adopt.is_distinct_from(Adoption.UNMARKED),
+        _T.influxdb_error_reason == Reason.DATABASE_LIMIT,
     )
     .limit(bindparam("most"))
     .subquery()
@@ -114,14 +117,19 @@ def slot_freed(
 def unwait(conn: Connection, nodes: Iterable[NodeConfig], now: datetime) -> list[str]:
     """The oldest tenants waiting for capacity go back to ``pending``, as many as the ``nodes``
     that answer have :func:`room` for by our count (one whose listing failed, or that refused
-    our token, gets none), less the tenants already on their way to a slot: a tenant sent
-    earlier whose run has not come yet (a broker down, a backlog) is not sent for again.
-    Commits. Returns their ids: the caller queues them."""
+    our token, gets none), each with a slot reserved for it at once, oldest first: a tenant
+    created since, whose run comes before theirs (a broker backlog), finds the room taken and
+    waits behind them. A tenant sent earlier whose run has not come yet holds its slot, and is
+    not sent for again. Commits. Returns their ids: the caller queues them."""
+    nodes = tuple(nodes)
     free = sum(room(u) for u in usage(conn, nodes) if not u.unavailable)
     if free > 0:
         free -= conn.execute(_ON_THEIR_WAY, {"most": free}).scalar_one()
     moved = store.end_waits(conn, free, now) if free > 0 else []
     conn.commit()
+    for tenant_id in moved:
+        if place_tenant(conn, tenant_id, nodes, exclude=set()) is None:
+            break  # the room went meanwhile: the others are placed by their own runs
     return moved
 
 

@@ -104,7 +104,8 @@ def usage(
 def place_tenant(
     conn: Connection, tenant_id: str, nodes: Iterable[NodeConfig], exclude: set[str]
 ) -> str | None:
-    """Reserve a slot for ``tenant_id`` on the least-used node with room (ties: by name).
+    """Reserve a slot for ``tenant_id`` on the least-used node with room (ties: by name), if
+    it is still pending and not placed (else nothing is reserved).
 
     Commits. Returns the node's name, or None when no node outside ``exclude`` has room.
     """

@@ -20,7 +20,7 @@ someone deletes a database by hand. One run:
    locate rows from before the worker (adopt where found, new home where confirmed absent),
    resume tenants that failed for a transient reason once their server answers again;
 4. moves the oldest ``waiting_for_capacity`` tenants back to ``pending``, as many as the pool
-   has free slots (a server was added, or a slot freed);
+   has free slots (a server was added, or a slot freed), each with its slot reserved;
 5. publishes all of those after their transaction commits, and records when;
 6. logs one summary line and stores totals for ``/metrics``.
 """

@@ -136,11 +136,7 @@ def request_retry(conn: Connection, row: Row[Any], chain: str, now: datetime) ->
         values = {"influxdb_retry_chain": chain}
     else:
         return
-    conn.execute(
-        sql_update(tenants)
-        .where(_ROW.tenant_id == row.tenant_id)
-        .values(**values, influxdb_updated_at=now)
-    )
+    conn.execute(update_statement(row.tenant_id, **values, influxdb_updated_at=now))
 
 
 def request_adoption(conn: Connection, tenant_id: str, node: str, now: datetime) -> None:
@@ -241,8 +237,9 @@ def settle(
 
 
 def reserve_slot(conn: Connection, tenant_id: str, node: str) -> None:
-    """Placement's reservation: the tenant holds a slot on ``node`` from now on."""
-    conn.execute(sql_update(tenants).where(_ROW.tenant_id == tenant_id).values(influxdb_node=node))
+    """Placement's reservation: the tenant, pending and not placed, holds a slot on ``node``."""
+    unplaced = {"influxdb_state": ProvisioningState.PENDING, "influxdb_node": None}
+    conn.execute(update_statement(tenant_id, expect=unplaced, influxdb_node=node))
 
 
 def remove(conn: Connection, tenant_id: str) -> None:

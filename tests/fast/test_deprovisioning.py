@@ -314,6 +314,32 @@ def test_a_slot_freed_by_a_deletion_places_the_oldest_waiting_tenant_at_once(db,
     assert tenant_row(db, "older")["influxdb_node"] == "n1"
 
 
+def test_a_slot_freed_is_the_oldest_waiting_tenant_s_even_when_a_newer_run_comes_first(
+    db, world: World
+):
+    # Given a server of one slot holding acme, a tenant waiting for that slot, and a tenant
+    # created after it whose run has not come yet (a backlog)
+    alpha = world.add("alpha", limit=1)
+    for tenant_id in ("acme", "waiting"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    assert tenant_row(db, "waiting")["influxdb_state"] == "waiting_for_capacity"
+    insert(db, "newer", at=world.clock.advance(1))
+
+    # When acme is deleted, and the newer tenant's run comes before the waiting one's
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "acme", world.clock())
+    assert world.deprovision("acme").unwaited == ("waiting",)
+    assert world.provision("newer").result is RunResult.WAITING_FOR_CAPACITY
+
+    # Then the slot was kept for the waiting tenant, and the newer one waits behind it
+    # without asking the server for a database
+    assert tenant_row(db, "waiting")["influxdb_node"] == "alpha"
+    assert world.provision("waiting").result is RunResult.PROVISIONED
+    assert alpha.databases() == ["telemetry_waiting"]
+    assert tenant_row(db, "newer")["influxdb_state"] == "waiting_for_capacity"
+
+
 def test_a_deletion_frees_the_tenant_s_lock_before_it_un_waits_others(db, world: World):
     # Given a server of one slot holding acme, and a tenant waiting for that slot
     world.add("alpha", limit=1)
