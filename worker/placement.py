@@ -48,6 +48,7 @@ from sqlalchemy.sql.selectable import TableValuedAlias
 from worker import store
 from worker.models import influxdb_nodes, tenants
 from worker.node_config import NodeConfig
+from worker.states import ProvisioningState, Reason
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,17 @@ def place_tenant(
         store.reserve_slot(conn, tenant_id, name)  # the trigger counts it
         conn.commit()  # releases the node's row with the reservation made
     return name
+
+
+def reserved_only(row: Any) -> bool:
+    """The tenant's node is a slot the un-wait reserved (``worker.node_marks``), and nothing of
+    it was sent there since: no attempt started, no create unanswered."""
+    return bool(
+        row.influxdb_state == ProvisioningState.PENDING
+        and row.influxdb_attempts == 0
+        and row.influxdb_error_reason == Reason.DATABASE_LIMIT
+        and row.influxdb_create_sent_to is None
+    )
 
 
 class NoFreeNode(Exception):

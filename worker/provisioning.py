@@ -5,9 +5,10 @@ run per tenant, one retry chain per tenant: ``worker.runs``). Every state change
 as it happens, so operators see ``provisioning`` while it is under way. A run, in order:
 
 1. **Home first.** A tenant whose server left the nodes file stays there: nothing is created
-   anywhere else (``waiting_for_node``). A row that predates the worker (``Adoption.UNMARKED``)
-   and has no server yet is *located* - every server listed once - before anything is placed;
-   a server that cannot answer means "unknown", and the run retries rather than place it.
+   anywhere else (``waiting_for_node``); only a slot an un-wait reserved there is let go. A
+   row that predates the worker (``Adoption.UNMARKED``) and has no server yet is *located* -
+   every server listed once - before anything is placed; a server that cannot answer means
+   "unknown", and the run retries rather than place it.
 2. **Place** a tenant without a home on the least-used server with room (or wait for capacity),
    in the statement that starts the attempt (``placement.start_on_free_node``); when every
    server with room is held by another placer, after waiting for one (``choose_node``).
@@ -98,7 +99,10 @@ class _Run(TenantRun):
         node: NodeConfig | None = None
         if self.row.influxdb_node is not None:
             node = self.pool.node(self.row.influxdb_node)
-            if node is None:
+            if node is None and placement.reserved_only(self.row):  # nothing was sent there
+                self._write(influxdb_node=None, influxdb_updated_at=self.clock())
+                self.node_name = None
+            elif node is None:
                 return self._wait_for_node(self.row.influxdb_node)
         if self.row.influxdb_state == ProvisioningState.PROVISIONED:
             if self._still_there(node):
@@ -343,12 +347,8 @@ class _Run(TenantRun):
 
     def _fail(self, attempt: AttemptRecord, reason: Reason, message: str) -> Outcome:
         attempt.fail(reason, message)
-        logger.error(
-            "provisioning failed (%s): %s",
-            reason,
-            message,
-            extra={**self.context, "attempt": attempt.number},
-        )
+        context = {**self.context, "attempt": attempt.number}
+        logger.error("provisioning failed (%s): %s", reason, message, extra=context)
         return Outcome(RunResult.FAILED, self.tenant_id, attempt.number, reason)
 
     def _give_up_before_starting(self) -> Outcome:

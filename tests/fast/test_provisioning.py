@@ -426,6 +426,27 @@ def test_a_row_from_before_the_worker_found_nowhere_gets_a_new_home(db, world: W
     assert tenant_row(db, "acme")["influxdb_node"] == "alpha"
 
 
+def test_a_slot_reserved_on_a_server_that_left_the_nodes_file_is_let_go(db, world: World):
+    # Given alpha full with acme, and "waiting" waiting; acme's deletion reserves its slot
+    alpha = world.add("alpha", limit=1)
+    for tenant_id in ("acme", "waiting"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "acme", world.clock())
+    assert world.deprovision("acme").unwaited == ("waiting",)
+    assert tenant_row(db, "waiting")["influxdb_node"] == "alpha"
+
+    # When alpha leaves the nodes file for beta before the waiting tenant's run comes
+    world.unlisted.add("alpha")
+    beta = world.add("beta")
+
+    # Then nothing of it was ever sent to alpha: it is placed on beta, not kept waiting
+    assert world.provision("waiting").result == RunResult.PROVISIONED
+    assert tenant_row(db, "waiting")["influxdb_node"] == "beta"
+    assert (alpha.databases(), beta.databases()) == ([], ["telemetry_waiting"])
+
+
 def test_a_server_that_left_the_nodes_file_keeps_its_tenants(db, world: World):
     world.add("alpha")
     beta = world.add("beta")
