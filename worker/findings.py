@@ -14,6 +14,7 @@ from typing import Any
 
 from worker.identity import Location, locate
 from worker.listings import deleted_since
+from worker.placement import reserved_only
 from worker.states import RESUMABLE_REASONS, Adoption, ProvisioningState, Reason
 
 # The columns of a tenants row that find() reads: all a reconcile batch needs to load.
@@ -30,6 +31,8 @@ COLUMNS = (
     "influxdb_adopt",
     "influxdb_retry_chain",
     "influxdb_incarnation",
+    "influxdb_attempts",
+    "influxdb_create_sent_to",
 )
 
 
@@ -86,8 +89,8 @@ class View:
 def find(row: Any, database: str, view: View) -> Finding | None:
     """What ``row`` (a tenants row) is owed, or None."""
     node: str | None = row.influxdb_node
-    if node is not None and node not in view.listings:
-        return Finding(Kind.NODE_MISSING, node)
+    if node is not None and node not in view.listings and not reserved_only(row):
+        return Finding(Kind.NODE_MISSING, node)  # (a mere reservation: its run lets it go)
     state = row.influxdb_state
     queued_long_ago = (
         row.influxdb_enqueued_at is None or row.influxdb_enqueued_at < view.now - view.grace

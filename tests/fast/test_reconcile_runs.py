@@ -626,6 +626,30 @@ def test_a_run_writes_the_nodes_file_down_whatever_another_process_wrote_since(d
     assert rows == [("alpha", 5, True), ("beta", 5, True)]
 
 
+def test_a_slot_reserved_on_a_server_that_left_the_file_is_sent_on_when_its_message_is_lost(
+    db, world: World
+):
+    # Given a slot on alpha reserved for "waiting" by acme's deletion, whose message to it was
+    # lost (a broker down), and then alpha left the nodes file for beta
+    world.add("alpha", limit=1)
+    for tenant_id in ("acme", "waiting"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "acme", world.clock())
+    assert world.deprovision("acme").unwaited == ("waiting",)
+    world.unlisted.add("alpha")
+    world.add("beta")
+
+    # When reconcile runs, then it sends the tenant on (its run lets the slot go), where a
+    # tenant whose database may be on alpha waits for it
+    world.clock.advance(60)
+    published, _ = run(world)
+    assert published == [("waiting", Job.PROVISION, None)]
+    assert world.provision("waiting").result == RunResult.PROVISIONED
+    assert tenant_row(db, "waiting")["influxdb_node"] == "beta"
+
+
 def test_databases_that_are_not_ours_take_slots_an_un_wait_does_not_count_free(db, world: World):
     # Given alpha, 5 databases at most, holding 3 made by hand and 2 tenants', and 4 tenants
     # waiting for room; a reconcile run has listed it
