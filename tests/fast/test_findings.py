@@ -44,6 +44,8 @@ def row(tenant_id: str = "acme", **columns: Any) -> SimpleNamespace:
         "influxdb_error_reason": None,
         "influxdb_adopt": None,
         "influxdb_retry_chain": None,
+        "influxdb_attempts": 0,
+        "influxdb_create_sent_to": None,
     }
     values.update({f"influxdb_{k}": v for k, v in columns.items()})
     return SimpleNamespace(**values)
