@@ -23,7 +23,7 @@ from api_hooks.tenants import validate_tenant_id
 from worker import store
 from worker.db import get_engine
 from worker.nodes import shared_pool
-from worker.placement import NodeUsage, node_rows, tenants_per_node, usage
+from worker.placement import NodeUsage, node_rows, reserved_only, tenants_per_node, usage
 from worker.redaction import redact_url
 from worker.settings import get_settings
 from worker.states import RESUMABLE_REASONS, STATES, Adoption, ProvisioningState, Reason
@@ -157,11 +157,14 @@ def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
 
 def _not_counted(row: Row[Any]) -> str | None:
     """Why a database of the tenant's name is not looked at, where it cannot be the tenant's
-    own: none is made while it waits for capacity, and one being deleted that was never
+    own: none is made while it waits for capacity (nor until a slot reserved as the wait ended
+    is used), and one being deleted that was never
     proven its own is not (a name_taken tenant deleted: another's data; its deletion clears
     ``provisioned_at``, ``worker.store.request_deletion``)."""
     if row.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY:
         return "waiting for capacity: no database made yet"
+    if reserved_only(row):  # its wait just ended; its run has not come yet
+        return "a slot is reserved for it on a node: no database made yet"
     if row.influxdb_state == ProvisioningState.DEPROVISIONING and not row.influxdb_provisioned_at:
         return "being deleted, never proven the owner of a database of its name: not counted"
     if row.influxdb_node is None and not _may_hold_one(row):

@@ -33,7 +33,7 @@ from worker.db import get_engine
 from worker.events import OperatorAction, Route
 from worker.models import influxdb_nodes
 from worker.nodes import shared_pool
-from worker.placement import lock_for_move
+from worker.placement import lock_for_move, reserved_only
 from worker.queues import Job
 from worker.runs import new_chain, new_task_id, tenant_lock
 from worker.settings import RETENTION_PERIOD, RETENTION_PERIOD_RULE, get_settings
@@ -247,7 +247,7 @@ def adopt_database(
                 "waiting tenant can adopt a database (a provisioned one only to move off a "
                 "server that left the nodes file)"
             )
-        home = node or row.influxdb_node
+        home = node or (None if reserved_only(row) else row.influxdb_node)  # a slot: not a home
         if home is None:
             raise UnknownNode(
                 f"tenant {tenant_id!r} has no server yet: name the node that holds its database"

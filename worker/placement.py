@@ -48,7 +48,6 @@ from sqlalchemy.sql.selectable import TableValuedAlias
 from worker import store
 from worker.models import influxdb_nodes, tenants
 from worker.node_config import NodeConfig
-from worker.states import ProvisioningState, Reason
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +118,9 @@ def place_tenant(
 
 def reserved_only(row: Any) -> bool:
     """The tenant's node is a slot the un-wait reserved (``worker.node_marks``), and nothing of
-    it was sent there since: no attempt started, no create unanswered."""
-    return bool(
-        row.influxdb_state == ProvisioningState.PENDING
-        and row.influxdb_attempts == 0
-        and row.influxdb_error_reason == Reason.DATABASE_LIMIT
-        and row.influxdb_create_sent_to is None
-    )
+    it was sent there since: no attempt started, no create unanswered (``store.RESERVED_ONLY``;
+    asked to delete such a tenant, the store lets the slot go at once)."""
+    return all(getattr(row, name) == value for name, value in store.RESERVED_ONLY.items())
 
 
 class NoFreeNode(Exception):

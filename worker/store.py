@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func, select, text
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, delete, func, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
@@ -30,6 +30,11 @@ MAX_STORED_ERROR = 500
 _ROW = tenants.c
 _DELETING = _ROW.influxdb_state == ProvisioningState.DEPROVISIONING
 _NAME_TAKEN = _ROW.influxdb_error_reason == Reason.NAME_TAKEN
+_WAITING = _ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY
+# A slot the un-wait reserved, and nothing of the tenant's sent there since: the values below.
+RESERVED_ONLY = {"influxdb_state": ProvisioningState.PENDING, "influxdb_attempts": 0}
+RESERVED_ONLY |= {"influxdb_error_reason": Reason.DATABASE_LIMIT, "influxdb_create_sent_to": None}
+_RESERVED_ONLY = and_(*(_ROW[name].is_not_distinct_from(v) for name, v in RESERVED_ONLY.items()))
 _NOW = DATABASE_NOW.label("read_at")  # a run's clock starts from it (worker.clock)
 _CREATE = text("SELECT tenant_create(:id, :name, :retention, :actor, :route, CAST(:data AS jsonb))")
 
@@ -171,6 +176,7 @@ def request_deletion(conn: Connection, tenant_id: str, now: datetime) -> bool:
             influxdb_delete_after=case((_DELETING, _ROW.influxdb_delete_after), else_=None),
             influxdb_attempts=0,
             influxdb_provisioned_at=case((_NAME_TAKEN, None), else_=_ROW.influxdb_provisioned_at),
+            influxdb_node=case((_RESERVED_ONLY, None), else_=_ROW.influxdb_node),  # nothing there
             influxdb_error_reason=None,
             influxdb_last_error=None,
             influxdb_next_attempt_at=None,
@@ -375,7 +381,7 @@ def end_waits(conn: Connection, count: int, now: datetime) -> list[str]:
     oldest = list(
         conn.execute(
             select(_ROW.tenant_id)
-            .where(_ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY)
+            .where(_WAITING)
             .order_by(_ROW.created_at, _ROW.tenant_id)
             .limit(count)
             .with_for_update(skip_locked=True)
@@ -385,10 +391,7 @@ def end_waits(conn: Connection, count: int, now: datetime) -> list[str]:
         return []
     moved = conn.execute(
         sql_update(tenants)
-        .where(
-            _ROW.tenant_id.in_(oldest),
-            _ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY,
-        )
+        .where(_ROW.tenant_id.in_(oldest), _WAITING)
         .values(
             influxdb_state=ProvisioningState.PENDING, influxdb_attempts=0, influxdb_updated_at=now
         )

@@ -340,6 +340,30 @@ def test_a_slot_freed_is_the_oldest_waiting_tenant_s_even_when_a_newer_run_comes
     assert tenant_row(db, "newer")["influxdb_state"] == "waiting_for_capacity"
 
 
+def test_a_tenant_deleted_while_it_only_holds_a_reserved_slot_is_deleted_at_once(db, world: World):
+    # Given a slot on alpha reserved for "waiting" (its run has not come), and then alpha left
+    # the nodes file
+    alpha = world.add("alpha", limit=1)
+    for tenant_id in ("acme", "waiting"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "acme", world.clock())
+    assert world.deprovision("acme").unwaited == ("waiting",)
+    world.unlisted.add("alpha")
+    world.add("beta")
+    requests = alpha.request_count()
+
+    # When the waiting tenant is deleted before its run comes
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "waiting", world.clock())
+
+    # Then nothing of it is on any server: it is deleted without waiting for alpha or asking it
+    assert world.deprovision("waiting").result == RunResult.DEPROVISIONED
+    assert tenant_row(db, "waiting") is None
+    assert alpha.request_count() == requests
+
+
 def test_a_deletion_frees_the_tenant_s_lock_before_it_un_waits_others(db, world: World):
     # Given a server of one slot holding acme, and a tenant waiting for that slot
     world.add("alpha", limit=1)

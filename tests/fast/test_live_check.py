@@ -21,6 +21,8 @@ from worker.db import get_engine
         # created, its run not come yet (a broker down): the pool of one is not asked
         ({"state": "pending"}, "not placed on a node yet"),
         ({"state": "retrying", "error_reason": "unreachable"}, "not placed on a node yet"),
+        # its wait for capacity over, a slot reserved on the server, its run not come yet
+        ({"state": "pending", "node": "default", "error_reason": "database_limit"}, "reserved"),
     ],
 )
 def test_a_database_of_its_name_that_cannot_be_its_own_is_not_counted(db, influx, columns, why):

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from api_hooks.errors import TenantBusy
+from api_hooks.errors import TenantBusy, UnknownNode
 from api_hooks.tenants import adopt_database
 from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row, write_points
 from tests.fast.conftest import SEED, World, insert
@@ -748,6 +748,20 @@ def test_an_adoption_made_while_the_run_places_the_tenant_is_kept(db, world: Wor
     assert len(beta.rows("telemetry_acme", "telemetry")) == 3
     placed = db.execute("SELECT name, placed FROM influxdb_nodes ORDER BY name").fetchall()
     assert placed == [("alpha", 0), ("beta", 1)]
+
+
+def test_a_slot_only_reserved_is_no_server_to_adopt_from(db, world: World):
+    # Given a tenant whose wait for capacity ended with a slot reserved on alpha, its run not
+    # come yet, and on alpha a database of its name that someone else made
+    alpha = world.add("alpha")
+    existing_database(alpha, "acme", points=2, incarnation="someone-else")
+    insert(db, "acme", state="pending", node="alpha", error_reason="database_limit")
+
+    # When the operator adopts without naming the node, then it is told to name it: nothing
+    # of the tenant's is on alpha, a database there is not its own for having a slot
+    with pytest.raises(UnknownNode, match="name the node"):
+        adopt_database("acme")
+    assert tenant_row(db, "acme")["influxdb_adopt"] is None
 
 
 def test_an_adoption_made_while_the_run_waits_for_capacity_is_kept(db, world: World, database):
