@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
-from worker import events, identity, locations, store
+from worker import events, identity, locations, placement, store
 from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import PermanentError, ProvisioningError
@@ -84,7 +84,7 @@ def deprovision_tenant(
     # id is not turned away (BUSY) while this run un-waits others for the slot it freed.
     if outcome.result is RunResult.DEPROVISIONED and deletion.freed_on is not None:
         unwaited = slot_freed(conn, deletion.freed_on, pool.nodes(), clock())
-        outcome = replace(outcome, unwaited=tuple(unwaited))
+        outcome = replace(outcome, unwaited=(*deletion.handed_to, *unwaited))
     return outcome
 
 
@@ -100,6 +100,7 @@ class _Deletion(TenantRun):
     """One deletion run of one tenant, under its lock."""
 
     freed_on: NodeConfig | None = None  # the server whose slot a finished deletion freed
+    handed_to: tuple[str, ...] = ()  # the waiting tenant that slot went to, in the same commit
 
     def run(self) -> Outcome:
         node_name: str | None = self.row.influxdb_node
@@ -138,6 +139,8 @@ class _Deletion(TenantRun):
             node=self.row.influxdb_node,
             task_id=self.delivery.task_id,
         )
+        if not left:
+            self.handed_to = self._hand_over()
         self.conn.commit()
         if left:  # not this tenant's: it stays, and so does the slot it takes
             logger.warning(
@@ -151,6 +154,24 @@ class _Deletion(TenantRun):
         logger.info("tenant deprovisioned; its slot and id are free", extra=self.context)
         self.freed_on = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
         return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
+
+    def _hand_over(self) -> tuple[str, ...]:
+        """The slot this deletion frees goes to the oldest tenant waiting for capacity in the
+        transaction that frees it (the node's row stays locked to its commit): no placer sees
+        it free, so a newer tenant cannot take it first. Other room is the un-wait's."""
+        node = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
+        if node is None or not placement.has_room(self.conn, node):
+            return ()
+        moved = tuple(store.end_waits(self.conn, 1, self.clock()))
+        for tenant_id in moved:
+            store.reserve_slot(self.conn, tenant_id, node.name)
+            logger.info(
+                "its slot on node %s goes to %s, the oldest waiting tenant",
+                node.name,
+                tenant_id,
+                extra=self.context,
+            )
+        return moved
 
     def _attempt_surely_over(self) -> datetime | None:
         """While an attempt's run has not said it ended (migration 0022), when its time limit

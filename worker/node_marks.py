@@ -10,8 +10,8 @@
   every answering server with room (``worker.placement``) until a listing succeeds.
 - **What a listing saw** (``observed_databases``), and the un-wait: when room appears, as many
   tenants waiting for capacity as there are free slots (:func:`room`) go back to ``pending``,
-  oldest first, each with its slot reserved: room goes to the oldest waiter, never to a newer
-  tenant whose run happens to come first.
+  oldest first, each with its slot reserved (a deletion hands its own slot over before anyone
+  sees it free: ``worker.deprovisioning``).
 """
 
 from __future__ import annotations

@@ -123,6 +123,13 @@ def reserved_only(row: Any) -> bool:
     return all(getattr(row, name) == value for name, value in store.RESERVED_ONLY.items())
 
 
+def has_room(conn: Connection, node: NodeConfig) -> bool:
+    """Whether ``node`` has a slot free by our count (ours and the others' databases) under
+    this process's limit, whatever its full mark (a deletion there has just freed one)."""
+    taken = conn.execute(select(_TAKEN).where(_NODE.name == node.name)).scalar()
+    return taken is not None and taken < node.database_limit
+
+
 class NoFreeNode(Exception):
     """No node with room was free at once (none has room, or another placer holds each one
     that has): the caller goes the long way, :func:`choose_node` and then the start alone."""

@@ -340,6 +340,44 @@ def test_a_slot_freed_is_the_oldest_waiting_tenant_s_even_when_a_newer_run_comes
     assert tenant_row(db, "newer")["influxdb_state"] == "waiting_for_capacity"
 
 
+def test_a_slot_freed_is_never_seen_free_by_a_newer_tenant_s_run(db, world: World):
+    # Given a server of one slot holding acme, a tenant waiting for it, and a newer tenant
+    alpha = world.add("alpha", limit=1)
+    for tenant_id in ("acme", "waiting"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    insert(db, "newer", at=world.clock.advance(1))
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "acme", world.clock())
+
+    # When the newer tenant's run comes the moment acme's row is gone (on another worker),
+    # before the deletion goes on to un-wait anyone
+    newer: list[RunResult] = []
+
+    class RightAfterTheRowWent(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("tenant deprovisioned; its slot and id are free"):
+                newer.append(world.provision("newer").result)
+
+    handler, logger = RightAfterTheRowWent(), logging.getLogger("worker.deprovisioning")
+    kept = logger.level, logger.disabled
+    logger.disabled = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        outcome = world.deprovision("acme")
+    finally:
+        logger.removeHandler(handler)
+        logger.disabled = kept[1]
+        logger.setLevel(kept[0])
+
+    # Then the slot was already the waiting tenant's: the newer one waits behind it
+    assert newer == [RunResult.WAITING_FOR_CAPACITY]
+    assert outcome.unwaited == ("waiting",)
+    assert world.provision("waiting").result is RunResult.PROVISIONED
+    assert alpha.databases() == ["telemetry_waiting"]
+
+
 def test_a_tenant_deleted_while_it_only_holds_a_reserved_slot_is_deleted_at_once(db, world: World):
     # Given a slot on alpha reserved for "waiting" (its run has not come), and then alpha left
     # the nodes file
@@ -365,20 +403,23 @@ def test_a_tenant_deleted_while_it_only_holds_a_reserved_slot_is_deleted_at_once
 
 
 def test_a_deletion_frees_the_tenant_s_lock_before_it_un_waits_others(db, world: World):
-    # Given a server of one slot holding acme, and a tenant waiting for that slot
+    # Given a server of one slot holding acme, two tenants waiting for room, and beta, one
+    # slot, added to the nodes file since (no reconcile run has un-waited anyone for it)
     world.add("alpha", limit=1)
-    for tenant_id in ("acme", "waiting"):
-        insert(db, tenant_id)
+    for tenant_id in ("acme", "first", "waiting"):
+        insert(db, tenant_id, at=world.clock.advance(1))
         world.provision(tenant_id)
     assert tenant_row(db, "waiting")["influxdb_state"] == "waiting_for_capacity"
+    world.add("beta", limit=1)
     db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
 
-    # When acme's deletion frees the slot, and un-waits the waiting tenant
+    # When acme's deletion frees its slot (handed to the first waiting tenant as the row goes)
+    # and then un-waits the other for the room it sees on beta
     key, free_then = advisory_lock_key("acme"), []
 
     class AtTheUnwait(logging.Handler):  # where the deletion says it un-waits
         def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("a slot freed on node alpha"):
+            if record.getMessage().startswith("a slot freed on node alpha: 1 waiting"):
                 took = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
                 db.execute("SELECT pg_advisory_unlock(%s)", (key,))
                 free_then.append(took == (True,) and tenant_row(db, "acme") is None)
@@ -397,8 +438,15 @@ def test_a_deletion_frees_the_tenant_s_lock_before_it_un_waits_others(db, world:
 
     # Then by then the row was gone and the id's lock free: a run of a tenant made again
     # with the id is not turned away (BUSY) while the deletion un-waits others
-    assert (outcome.result, outcome.unwaited) == (RunResult.DEPROVISIONED, ("waiting",))
+    assert (outcome.result, outcome.unwaited) == (RunResult.DEPROVISIONED, ("first", "waiting"))
     assert free_then == [True]
+    assert (
+        tenant_row(db, "first")["influxdb_node"],
+        tenant_row(db, "waiting")["influxdb_node"],
+    ) == (
+        "alpha",
+        "beta",
+    )
 
 
 def test_a_deletion_sent_again_for_a_busy_lock_still_owns_its_chain(db, world: World):
