@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from api_hooks.errors import (
@@ -27,7 +29,7 @@ from api_hooks.shapes import (
     CreatedTenant,
     DeletedTenant,
 )
-from worker import events, store
+from worker import events, node_marks, store
 from worker.clock import database_clock
 from worker.db import get_engine
 from worker.events import OperatorAction, Route
@@ -252,10 +254,24 @@ def adopt_database(
             raise UnknownNode(
                 f"tenant {tenant_id!r} has no server yet: name the node that holds its database"
             )
-        store.request_adoption(conn, tenant_id, home, database_clock(conn)())
+        now = database_clock(conn)()
+        store.request_adoption(conn, tenant_id, home, now)
         details = {"node": home, "previous_state": row.influxdb_state}
         events.record(conn, tenant_id, OperatorAction.ADOPT, details)
+        handed = _hand_on(conn, row, now) if row.influxdb_node != home else ()
+    for waiting in handed:
+        enqueue(waiting, Job.PROVISION)
     return enqueue(tenant_id, Job.PROVISION)
+
+
+def _hand_on(conn: Connection, row: Row[Any], now: datetime) -> tuple[str, ...]:
+    """Where the request let go of a slot only reserved for the tenant (its capacity wait had
+    just ended), the slot goes to the next tenant in line in the request's transaction, as a
+    deletion's does (``worker.node_marks.hand_over``): their ids, to queue once committed."""
+    if row.influxdb_node is None or not reserved_only(row):
+        return ()
+    node = shared_pool().node(row.influxdb_node)
+    return node_marks.hand_over(conn, node, now) if node else ()
 
 
 _ADOPTABLE_STATES = frozenset(
@@ -282,11 +298,15 @@ def delete_tenant(
     database = get_settings().database_name(tenant_id)
     with get_engine().begin() as conn:
         events.acting(conn, actor, route)
-        found = store.request_deletion(conn, tenant_id, database_clock(conn)())
+        row, now = store.lock_for_request(conn, tenant_id), database_clock(conn)()
+        found = store.request_deletion(conn, tenant_id, now)
         if found:
             events.record(conn, tenant_id, OperatorAction.DELETE, {"database": database})
+        handed = _hand_on(conn, row, now) if row is not None else ()
     if not found:
         raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
+    for waiting in handed:
+        enqueue(waiting, Job.PROVISION)
     queued = enqueue(tenant_id, Job.DEPROVISION)
     return {
         "tenant_id": tenant_id,

@@ -30,13 +30,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
-from worker import events, identity, locations, placement, store
+from worker import events, identity, locations, node_marks, store
 from worker.attempts import log_attempt
 from worker.clock import Clock, database_clock
 from worker.errors import PermanentError, ProvisioningError
 from worker.listings import clock_shift, deleted_since, on_our_clock, soft_deleted
 from worker.node_config import NodeConfig
-from worker.node_marks import slot_freed
 from worker.nodes import NodePool, list_everywhere
 from worker.runs import (
     Delivery,
@@ -83,7 +82,7 @@ def deprovision_tenant(
     # The id is free once the row is gone, and its lock with it: a tenant made again with the
     # id is not turned away (BUSY) while this run un-waits others for the slot it freed.
     if outcome.result is RunResult.DEPROVISIONED and deletion.freed_on is not None:
-        unwaited = slot_freed(conn, deletion.freed_on, pool.nodes(), clock())
+        unwaited = node_marks.slot_freed(conn, deletion.freed_on, pool.nodes(), clock())
         outcome = replace(outcome, unwaited=(*deletion.handed_to, *unwaited))
     return outcome
 
@@ -156,22 +155,10 @@ class _Deletion(TenantRun):
         return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
 
     def _hand_over(self) -> tuple[str, ...]:
-        """The slot this deletion frees goes to the oldest tenant waiting for capacity in the
-        transaction that frees it (the node's row stays locked to its commit): no placer sees
-        it free, so a newer tenant cannot take it first. Other room is the un-wait's."""
+        """The slot this deletion frees, to the next tenant in line in the transaction that
+        frees it (``node_marks.hand_over``): a newer tenant cannot take it first."""
         node = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
-        if node is None or not placement.has_room(self.conn, node):
-            return ()
-        moved = tuple(store.end_waits(self.conn, 1, self.clock()))
-        for tenant_id in moved:
-            store.reserve_slot(self.conn, tenant_id, node.name)
-            logger.info(
-                "its slot on node %s goes to %s, the oldest waiting tenant",
-                node.name,
-                tenant_id,
-                extra=self.context,
-            )
-        return moved
+        return node_marks.hand_over(self.conn, node, self.clock()) if node else ()
 
     def _attempt_surely_over(self) -> datetime | None:
         """While an attempt's run has not said it ended (migration 0022), when its time limit

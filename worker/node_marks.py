@@ -28,24 +28,29 @@ from worker import store
 from worker.db import autocommit
 from worker.models import influxdb_nodes, tenants
 from worker.node_config import NodeConfig
-from worker.placement import NodeUsage, place_tenant, usage
+from worker.placement import NodeUsage, has_room, place_tenant, usage
 from worker.states import ProvisioningState, Reason
 
 logger = logging.getLogger(__name__)
 _NODE = influxdb_nodes.c
 _T = tenants.c
-# Tenants an un-wait sent that hold no slot yet (none was left to reserve), up to :most:
-# pending or retrying, not placed, their reason still the wait's. A new tenant is not counted:
-# a slot freed goes to the oldest waiting tenant, not to whichever run comes first.
+# Tenants an un-wait sent that hold no slot yet (none was left to reserve): pending or
+# retrying, not placed, their reason still the wait's. A new tenant is not one: a slot freed
+# goes to the oldest tenant in line, not to whichever run comes first.
+_SENT_UNPLACED = (
+    _T.influxdb_state.in_([ProvisioningState.PENDING, ProvisioningState.RETRYING]),
+    _T.influxdb_node.is_(None),
+    _T.influxdb_error_reason == Reason.DATABASE_LIMIT,
+)
 _ON_THEIR_WAY = select(func.count()).select_from(
+    select(_T.tenant_id).where(*_SENT_UNPLACED).limit(bindparam("most")).subquery()
+)
+_FIRST_SENT_UNPLACED = (
     select(_T.tenant_id)
-    .where(
-        _T.influxdb_state.in_([ProvisioningState.PENDING, ProvisioningState.RETRYING]),
-        _T.influxdb_node.is_(None),
-        _T.influxdb_error_reason == Reason.DATABASE_LIMIT,
-    )
-    .limit(bindparam("most"))
-    .subquery()
+    .where(*_SENT_UNPLACED, _T.influxdb_state == ProvisioningState.PENDING)
+    .order_by(_T.created_at, _T.tenant_id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
 )
 
 
@@ -93,6 +98,20 @@ def mark_unavailable(conn: Connection, node_name: str, reason: Reason, now: date
     )
     conn.commit()
     logger.warning("node %s: %s; placing elsewhere first until it lists again", node_name, reason)
+
+
+def hand_over(conn: Connection, node: NodeConfig, now: datetime) -> tuple[str, ...]:
+    """A slot on ``node`` freed in the open transaction (the slot count's trigger holds the
+    node's row to its commit: no placer sees it free) goes to the next tenant in line: the
+    first an un-wait sent that got no slot, else the oldest waiting for capacity, which goes
+    back to ``pending``. Commits nothing. Its id, to queue once committed; () if no room."""
+    if not has_room(conn, node):
+        return ()
+    moved = list(conn.execute(_FIRST_SENT_UNPLACED).scalars()) or store.end_waits(conn, 1, now)
+    for tenant_id in moved:
+        store.reserve_slot(conn, tenant_id, node.name)
+        logger.info("a slot freed on node %s goes to %s, next in line", node.name, tenant_id)
+    return tuple(moved)
 
 
 def slot_freed(

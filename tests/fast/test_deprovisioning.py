@@ -11,10 +11,12 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from api_hooks.cli import main as cli_main
+from api_hooks.tenants import delete_tenant
 from tests.conftest import existing_database, tenant_row, wait_for, write_points
-from tests.fast.conftest import Published, World, insert
+from tests.fast.conftest import T0, Published, World, insert
 from worker import nodes, store
 from worker.db import get_engine
+from worker.placement import sync_nodes
 from worker.reconcile import reconcile
 from worker.runs import Delivery, advisory_lock_key
 from worker.states import RunResult
@@ -400,6 +402,46 @@ def test_a_tenant_deleted_while_it_only_holds_a_reserved_slot_is_deleted_at_once
     assert world.deprovision("waiting").result == RunResult.DEPROVISIONED
     assert tenant_row(db, "waiting") is None
     assert alpha.request_count() == requests
+
+
+def test_a_slot_freed_goes_first_to_a_tenant_sent_earlier_that_got_none(db, world: World):
+    # Given a server of one slot holding acme; "first" was sent on by an un-wait but got no
+    # slot (a newer tenant took that room), its run not come yet; "second" still waits
+    world.add("alpha", limit=1)
+    for tenant_id in ("acme", "first", "second"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    db.execute("UPDATE tenants SET influxdb_state = 'pending' WHERE tenant_id = 'first'")
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "acme", world.clock())
+
+    # When acme's deletion frees its slot, then it goes to "first", sent before "second"
+    assert world.deprovision("acme").unwaited == ("first",)
+    assert tenant_row(db, "first")["influxdb_node"] == "alpha"
+    assert tenant_row(db, "second")["influxdb_state"] == "waiting_for_capacity"
+    assert world.provision("first").result is RunResult.PROVISIONED
+
+
+def test_deleting_a_tenant_that_only_holds_a_reserved_slot_hands_the_slot_on(db, influx, broker):
+    # Given the one server ("default", 5 slots) full: four tenants, and "first", whose wait
+    # for capacity ended with the last slot reserved for it, its run not come; "second" waits
+    with get_engine().connect() as conn:
+        sync_nodes(conn, nodes.shared_pool().nodes(), force=True)
+    for number in range(4):
+        insert(db, f"t{number}", state="provisioned", node="default", provisioned_at=T0)
+    insert(db, "first", state="pending", node="default", error_reason="database_limit")
+    insert(db, "second", state="waiting_for_capacity", at=T0 + timedelta(seconds=1))
+
+    # When the operator deletes "first" before its run comes
+    try:
+        delete_tenant("first")
+    finally:
+        broker.flushdb()
+
+    # Then the slot went on to "second" in the same request: a newer tenant cannot take it
+    second = tenant_row(db, "second")
+    assert (second["influxdb_state"], second["influxdb_node"]) == ("pending", "default")
+    assert tenant_row(db, "first")["influxdb_node"] is None
 
 
 def test_a_deletion_frees_the_tenant_s_lock_before_it_un_waits_others(db, world: World):
