@@ -764,6 +764,36 @@ def test_a_slot_only_reserved_is_no_server_to_adopt_from(db, world: World):
     assert tenant_row(db, "acme")["influxdb_adopt"] is None
 
 
+def test_adopting_elsewhere_for_a_tenant_holding_a_reserved_slot_hands_the_slot_on(
+    db, world: World, broker, monkeypatch
+):
+    # Given alpha and beta, one slot each, full; "first" and "second" waiting; acme's deletion
+    # reserved alpha for "first", whose run has not come; first's data is on beta (a copy)
+    alpha, beta = world.add("alpha", limit=1), world.add("beta", limit=1)
+    for tenant_id in ("acme", "other", "first", "second"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "acme", world.clock())
+    assert world.deprovision("acme").unwaited == ("first",)
+    beta.set_database_limit(2)  # (the copy made by hand; the nodes file still says 1)
+    existing_database(beta, "first", points=2)
+    monkeypatch.setattr(nodes, "_shared", world.pool())  # the hooks' pool is the world's
+    monkeypatch.setattr(nodes, "_shared_pid", os.getpid())
+
+    # When the operator adopts first's database on beta
+    try:
+        adopt_database("first", "beta")
+    finally:
+        broker.flushdb()
+
+    # Then the slot it let go of on alpha went on to "second" in the same request
+    second = tenant_row(db, "second")
+    assert (second["influxdb_state"], second["influxdb_node"]) == ("pending", "alpha")
+    assert world.provision("second").result is RunResult.PROVISIONED
+    assert alpha.databases() == ["telemetry_second"]
+
+
 def test_an_adoption_made_while_the_run_waits_for_capacity_is_kept(db, world: World, database):
     # Given a pending tenant, every server full, and on beta a database of the tenant's name,
     # with data, made by someone else
