@@ -19,6 +19,7 @@ import pytest
 
 from influxdb3_standin import StandIn
 from tests.conftest import INFLUX_TOKEN, STOP_POLL, tenant_row
+from worker import store
 from worker.db import get_engine
 from worker.deprovisioning import deprovision_tenant
 from worker.node_config import NodeConfig
@@ -167,3 +168,16 @@ def insert(db: Any, tenant_id: str, *, at: datetime = T0, **columns: Any) -> dic
     row = tenant_row(db, tenant_id)
     assert row is not None
     return row
+
+
+def slot_reserved(db: Any, world: World, waiting: str = "waiting") -> StandIn:
+    """Given alpha, one slot, held by acme, and ``waiting`` waiting for it; acme deleted: the
+    slot is reserved for ``waiting``, whose run has not come yet. Returns alpha."""
+    alpha = world.add("alpha", limit=1)
+    for tenant_id in ("acme", waiting):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    with get_engine().begin() as conn:
+        assert store.request_deletion(conn, "acme", world.clock())
+    assert world.deprovision("acme").unwaited == (waiting,)
+    return alpha

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from api_hooks.cli import main as cli_main
 from api_hooks.tenants import delete_tenant
 from tests.conftest import existing_database, tenant_row, wait_for, write_points
-from tests.fast.conftest import T0, Published, World, insert
+from tests.fast.conftest import T0, Published, World, insert, slot_reserved
 from worker import nodes, store
 from worker.db import get_engine
 from worker.placement import sync_nodes
@@ -383,13 +383,7 @@ def test_a_slot_freed_is_never_seen_free_by_a_newer_tenant_s_run(db, world: Worl
 def test_a_tenant_deleted_while_it_only_holds_a_reserved_slot_is_deleted_at_once(db, world: World):
     # Given a slot on alpha reserved for "waiting" (its run has not come), and then alpha left
     # the nodes file
-    alpha = world.add("alpha", limit=1)
-    for tenant_id in ("acme", "waiting"):
-        insert(db, tenant_id, at=world.clock.advance(1))
-        world.provision(tenant_id)
-    with get_engine().begin() as conn:
-        assert store.request_deletion(conn, "acme", world.clock())
-    assert world.deprovision("acme").unwaited == ("waiting",)
+    alpha = slot_reserved(db, world)
     world.unlisted.add("alpha")
     world.add("beta")
     requests = alpha.request_count()

@@ -16,7 +16,7 @@ import pytest
 from api_hooks.errors import TenantBusy, UnknownNode
 from api_hooks.tenants import adopt_database
 from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row, write_points
-from tests.fast.conftest import SEED, World, insert
+from tests.fast.conftest import SEED, World, insert, slot_reserved
 from worker import nodes, placement, store
 from worker.db import autocommit, get_engine
 from worker.placement import NoFreeNode, start_on_free_node, sync_nodes
@@ -428,13 +428,7 @@ def test_a_row_from_before_the_worker_found_nowhere_gets_a_new_home(db, world: W
 
 def test_a_slot_reserved_on_a_server_that_left_the_nodes_file_is_let_go(db, world: World):
     # Given alpha full with acme, and "waiting" waiting; acme's deletion reserves its slot
-    alpha = world.add("alpha", limit=1)
-    for tenant_id in ("acme", "waiting"):
-        insert(db, tenant_id, at=world.clock.advance(1))
-        world.provision(tenant_id)
-    with get_engine().begin() as conn:
-        assert store.request_deletion(conn, "acme", world.clock())
-    assert world.deprovision("acme").unwaited == ("waiting",)
+    alpha = slot_reserved(db, world)
     assert tenant_row(db, "waiting")["influxdb_node"] == "alpha"
 
     # When alpha leaves the nodes file for beta before the waiting tenant's run comes

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.conftest import INFLUX_TOKEN, tenant_row, wait_for, write_points
-from tests.fast.conftest import T0, Published, World, blocked_by, insert
+from tests.fast.conftest import T0, Published, World, blocked_by, insert, slot_reserved
 from worker import store
 from worker.db import get_engine
 from worker.influxdb import InfluxDB3Client
@@ -631,13 +631,7 @@ def test_a_slot_reserved_on_a_server_that_left_the_file_is_sent_on_when_its_mess
 ):
     # Given a slot on alpha reserved for "waiting" by acme's deletion, whose message to it was
     # lost (a broker down), and then alpha left the nodes file for beta
-    world.add("alpha", limit=1)
-    for tenant_id in ("acme", "waiting"):
-        insert(db, tenant_id, at=world.clock.advance(1))
-        world.provision(tenant_id)
-    with get_engine().begin() as conn:
-        assert store.request_deletion(conn, "acme", world.clock())
-    assert world.deprovision("acme").unwaited == ("waiting",)
+    slot_reserved(db, world)
     world.unlisted.add("alpha")
     world.add("beta")
 
