@@ -249,14 +249,16 @@ ROUNDS = 3
 _synced: tuple[NodeConfig, ...] | None = None  # the nodes file this process last wrote down
 
 
-def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = False) -> None:
+def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = False) -> bool:
     """Write the nodes file's names and limits into ``influxdb_nodes`` when they changed
     since this process last did (the file changes rarely; every process converges on it).
     ``force``: whatever this process last wrote - another may have written an older file
-    since (the reconciler does, each run); rows that already agree are not written."""
+    since (the reconciler does, each run); rows that already agree are not written. True
+    when a row was written (a server added, removed, or its limit changed)."""
     global _synced  # noqa: PLW0603 - a per-process cache of what was written
     if (nodes is _synced or nodes == _synced) and not force:
-        return
+        return False
+    written: Sequence[Any] = ()  # the rows written (a multi-row INSERT's rowcount is -1)
     # One statement, every row it changes taken in name order, as every write of several
     # nodes' rows takes them (no deadlock): the file's servers, and those that left it.
     listed = {node.name for node in nodes}
@@ -270,7 +272,7 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
         limit = func.coalesce(upsert.excluded.database_limit, _NODE.database_limit)
         # A limit changed in the file: the one a 422 named is learnt anew.
         changed = and_(_NODE.database_limit.is_not(None), limit != _NODE.database_limit)
-        conn.execute(
+        written = conn.execute(
             upsert.on_conflict_do_update(
                 index_elements=["name"],
                 set_={
@@ -282,10 +284,11 @@ def sync_nodes(conn: Connection, nodes: tuple[NodeConfig, ...], force: bool = Fa
                     _NODE.configured.is_distinct_from(upsert.excluded.configured),
                     _NODE.database_limit.is_distinct_from(limit),
                 ),
-            )
-        )
+            ).returning(_NODE.name)
+        ).all()
     conn.commit()
     _synced = nodes
+    return bool(written)
 
 
 def tenants_per_node(rows: dict[str, Row[Any]]) -> dict[str, int]:

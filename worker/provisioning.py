@@ -88,12 +88,15 @@ class _Run(TenantRun):
     _location: identity.Location | None = None  # one listing per server per run
     _listing_errors: tuple[tuple[str, ProvisioningError], ...] = ()
     _again = False  # a second run, on the row as an operator changed it under the first
+    _sent: tuple[str, ...] = ()  # waiting tenants given the room this run wrote down
 
     def run(self) -> Outcome:
         try:
-            return self._run()
+            outcome = self._run()
         except NotStarted:  # a guarded write found the row changed since it was read
-            return self._not_started()
+            outcome = self._not_started()
+        sent = self._sent  # (only when this run wrote the nodes file down)
+        return replace(outcome, unwaited=(*sent, *outcome.unwaited)) if sent else outcome
 
     def _run(self) -> Outcome:
         node: NodeConfig | None = None
@@ -173,7 +176,8 @@ class _Run(TenantRun):
                 node = located
             if node is None:
                 nodes = self.pool.nodes()
-                placement.sync_nodes(self.conn, nodes)
+                if placement.sync_nodes(self.conn, nodes):  # room added: the waiting go first
+                    self._sent += tuple(node_marks.unwait(self.conn, nodes, self.clock()))
                 try:  # placed and started in one statement, when a node is free at once
                     attempt = self._start(None, [n for n in nodes if n.name not in refused])
                 except placement.NoFreeNode:
@@ -336,13 +340,9 @@ class _Run(TenantRun):
         base, cap = self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds
         delay = next_backoff(attempt.number, base, cap, self.rng)
         attempt.retry_later(reason, message, delay)
-        logger.warning(
-            "attempt failed (%s), retrying in %.1fs: %s",
-            reason,
-            delay,
-            message,
-            extra={**self.context, "attempt": attempt.number},
-        )
+        context = {**self.context, "attempt": attempt.number}
+        retrying = "attempt failed (%s), retrying in %.1fs: %s"
+        logger.warning(retrying, reason, delay, message, extra=context)
         return Outcome(RunResult.RETRYING, self.tenant_id, attempt.number, reason, retry_in=delay)
 
     def _fail(self, attempt: AttemptRecord, reason: Reason, message: str) -> Outcome:

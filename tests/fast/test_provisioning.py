@@ -426,6 +426,25 @@ def test_a_row_from_before_the_worker_found_nowhere_gets_a_new_home(db, world: W
     assert tenant_row(db, "acme")["influxdb_node"] == "alpha"
 
 
+def test_room_added_to_the_nodes_file_goes_to_the_waiting_before_a_newer_tenant(db, world: World):
+    # Given alpha, one slot, full with acme, and "waiting" waiting for room
+    world.add("alpha", limit=1)
+    for tenant_id in ("acme", "waiting"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+
+    # When beta, one slot, joins the nodes file, and a newer tenant's run is the first to
+    # write the file down (before any reconcile run)
+    beta = world.add("beta", limit=1)
+    insert(db, "newer", at=world.clock.advance(1))
+    outcome = world.provision("newer")
+
+    # Then that run gave beta's slot to the waiting tenant (sent on), and the newer one waits
+    assert (outcome.result, outcome.unwaited) == (RunResult.WAITING_FOR_CAPACITY, ("waiting",))
+    assert world.provision("waiting").result is RunResult.PROVISIONED
+    assert beta.databases() == ["telemetry_waiting"]
+
+
 def test_a_slot_reserved_on_a_server_that_left_the_nodes_file_is_let_go(db, world: World):
     # Given alpha full with acme, and "waiting" waiting; acme's deletion reserves its slot
     alpha = slot_reserved(db, world)
