@@ -82,6 +82,8 @@ def _run(task: Task, tenant_id: str, service: Callable[..., Outcome]) -> dict[st
             )
             logger.warning("database error, retrying in %.1fs: %s", delay, type(exc).__name__)
             raise task.retry(countdown=delay, exc=exc, queue=RETRY_QUEUE) from exc
+        for waiting in outcome.unwaited:  # room given to them: placed now, not at the reconcile
+            enqueue(waiting, Job.PROVISION)  # (before a retry of this run's own, which raises)
         if outcome.retry_in is not None:
             countdown = outcome.retry_in
             if outcome.result is RunResult.BUSY:  # wait for the lock holder, longer each time
@@ -91,8 +93,6 @@ def _run(task: Task, tenant_id: str, service: Callable[..., Outcome]) -> dict[st
                     settings.backoff_cap_seconds,
                 )
             raise task.retry(countdown=countdown, queue=RETRY_QUEUE)
-        for waiting in outcome.unwaited:  # a freed slot: placed now, not at the next reconcile
-            enqueue(waiting, Job.PROVISION)
         return outcome.as_dict()
 
 
