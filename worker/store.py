@@ -31,8 +31,7 @@ _ROW = tenants.c
 _DELETING = _ROW.influxdb_state == ProvisioningState.DEPROVISIONING
 _NAME_TAKEN = _ROW.influxdb_error_reason == Reason.NAME_TAKEN
 _WAITING = _ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY
-# A slot the un-wait reserved, and nothing of the tenant's sent there since: the values below.
-RESERVED_ONLY = {"influxdb_state": ProvisioningState.PENDING, "influxdb_attempts": 0}
+RESERVED_ONLY = {"influxdb_state": ProvisioningState.PENDING, "influxdb_attempts": 0}  # (placement)
 RESERVED_ONLY |= {"influxdb_error_reason": Reason.DATABASE_LIMIT, "influxdb_create_sent_to": None}
 _RESERVED_ONLY = and_(*(_ROW[name].is_not_distinct_from(v) for name, v in RESERVED_ONLY.items()))
 _NOW = DATABASE_NOW.label("read_at")  # a run's clock starts from it (worker.clock)
@@ -141,7 +140,9 @@ def request_retry(conn: Connection, row: Row[Any], chain: str, now: datetime) ->
         values = {"influxdb_retry_chain": chain}
     else:
         return
-    conn.execute(update_statement(row.tenant_id, **values, influxdb_updated_at=now))
+    deleting = row.influxdb_state == ProvisioningState.DEPROVISIONING  # a deletion's chain too
+    values["influxdb_updated_at"] = now
+    conn.execute(update_statement(row.tenant_id, deleting=deleting, **values))
 
 
 def request_adoption(conn: Connection, tenant_id: str, node: str, now: datetime) -> None:
@@ -183,9 +184,8 @@ def request_deletion(conn: Connection, tenant_id: str, now: datetime) -> bool:
             influxdb_retry_chain=None,
             influxdb_updated_at=now,
         )
-        .returning(_ROW.tenant_id)
-    ).first()
-    return found is not None
+    )
+    return bool(found.rowcount)
 
 
 # -- the runs ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from api_hooks.cli import main as cli_main
-from api_hooks.tenants import delete_tenant
+from api_hooks.tenants import delete_tenant, request_provisioning
 from tests.conftest import existing_database, tenant_row, wait_for, write_points
 from tests.fast.conftest import T0, Published, World, insert, slot_reserved
 from worker import nodes, store
@@ -483,6 +483,26 @@ def test_a_deletion_frees_the_tenant_s_lock_before_it_un_waits_others(db, world:
         "alpha",
         "beta",
     )
+
+
+def test_an_operator_retry_of_a_deletion_waiting_its_turn_takes_its_chain(db, world, broker):
+    # Given a deletion whose wait for the location clients scheduled its retry (delete-a:1)
+    world.add("alpha")
+    insert(db, "acme")
+    world.provision("acme")
+    db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
+    world.overrides["locations_max_staleness_seconds"] = 10.0
+    assert world.deprovision("acme", MESSAGE).result == RunResult.WAITING_FOR_CLIENTS
+
+    # When the operator asks for it to run now
+    try:
+        assert request_provisioning("acme")
+    finally:
+        broker.flushdb()
+
+    # Then the operator's message carries the deletion's chain from now on, not the schedule
+    chain = tenant_row(db, "acme")["influxdb_retry_chain"]
+    assert chain not in (None, "delete-a:1") and chain.endswith(":0")
 
 
 def test_a_deletion_sent_again_for_a_busy_lock_still_owns_its_chain(db, world: World):
