@@ -163,7 +163,7 @@ def _not_counted(row: Row[Any]) -> str | None:
     ``provisioned_at``, ``worker.store.request_deletion``)."""
     if row.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY:
         return "waiting for capacity: no database made yet"
-    if row.influxdb_node is not None and reserved_only(row):  # its run has not come yet
+    if reserved_only(row):  # its run has not come yet
         return "a slot is reserved for it on a node: no database made yet"
     if row.influxdb_state == ProvisioningState.DEPROVISIONING and not row.influxdb_provisioned_at:
         return "being deleted, never proven the owner of a database of its name: not counted"

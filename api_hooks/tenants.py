@@ -268,7 +268,7 @@ def _hand_on(conn: Connection, row: Row[Any], now: datetime) -> tuple[str, ...]:
     """Where the request let go of a slot only reserved for the tenant (its capacity wait had
     just ended), the slot goes to the next tenant in line in the request's transaction, as a
     deletion's does (``worker.node_marks.hand_over``): their ids, to queue once committed."""
-    if row.influxdb_node is None or not reserved_only(row):
+    if not reserved_only(row):
         return ()
     node = shared_pool().node(row.influxdb_node)
     return node_marks.hand_over(conn, node, now) if node else ()

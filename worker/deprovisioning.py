@@ -138,8 +138,9 @@ class _Deletion(TenantRun):
             node=self.row.influxdb_node,
             task_id=self.delivery.task_id,
         )
-        if not left:
-            self.handed_to = self._hand_over()
+        freed = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
+        if freed is not None and not left:  # to the next in line, before anyone sees it free
+            self.handed_to = node_marks.hand_over(self.conn, freed, self.clock())
         self.conn.commit()
         if left:  # not this tenant's: it stays, and so does the slot it takes
             logger.warning(
@@ -151,14 +152,8 @@ class _Deletion(TenantRun):
             )
             return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
         logger.info("tenant deprovisioned; its slot and id are free", extra=self.context)
-        self.freed_on = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
+        self.freed_on = freed
         return Outcome(RunResult.DEPROVISIONED, self.tenant_id, attempt)
-
-    def _hand_over(self) -> tuple[str, ...]:
-        """The slot this deletion frees, to the next tenant in line in the transaction that
-        frees it (``node_marks.hand_over``): a newer tenant cannot take it first."""
-        node = self.pool.node(self.row.influxdb_node) if self.row.influxdb_node else None
-        return node_marks.hand_over(self.conn, node, self.clock()) if node else ()
 
     def _attempt_surely_over(self) -> datetime | None:
         """While an attempt's run has not said it ended (migration 0022), when its time limit

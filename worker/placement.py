@@ -48,6 +48,7 @@ from sqlalchemy.sql.selectable import TableValuedAlias
 from worker import store
 from worker.models import influxdb_nodes, tenants
 from worker.node_config import NodeConfig
+from worker.states import RESERVED_ONLY
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +119,10 @@ def place_tenant(
 
 def reserved_only(row: Any) -> bool:
     """The tenant's node is a slot the un-wait reserved (``worker.node_marks``), and nothing of
-    it was sent there since: no attempt started, no create unanswered (``store.RESERVED_ONLY``;
-    asked to delete such a tenant, the store lets the slot go at once)."""
-    return all(getattr(row, name) == value for name, value in store.RESERVED_ONLY.items())
+    it was sent there since (``states.RESERVED_ONLY``; asked to delete such a tenant, the store
+    lets the slot go at once)."""
+    values = RESERVED_ONLY.items()
+    return row.influxdb_node is not None and all(getattr(row, k) == v for k, v in values)
 
 
 def has_room(conn: Connection, node: NodeConfig) -> bool:

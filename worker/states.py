@@ -117,3 +117,14 @@ class Adoption(enum.StrEnum):
     # unmarked one on its server was made since, by its writers, and is theirs. Cleared with
     # the server, as ``ANY`` is: placed as new, never located.
     REMADE = "remade"
+
+
+# A tenant whose ``influxdb_node`` is only a slot an un-wait reserved, nothing of it sent there
+# since (no attempt started, no create unanswered): these column values, with a node set.
+# ``worker.placement.reserved_only`` reads a row by it; ``worker.store`` a deletion's SQL.
+RESERVED_ONLY = {
+    "influxdb_state": ProvisioningState.PENDING,
+    "influxdb_attempts": 0,
+    "influxdb_error_reason": Reason.DATABASE_LIMIT,
+    "influxdb_create_sent_to": None,
+}

@@ -24,15 +24,13 @@ from worker.clock import DATABASE_NOW
 from worker.db import autocommit
 from worker.models import tenants
 from worker.redaction import redact_capped
-from worker.states import STATES, Adoption, ProvisioningState, Reason
+from worker.states import RESERVED_ONLY, STATES, Adoption, ProvisioningState, Reason
 
 MAX_STORED_ERROR = 500
 _ROW = tenants.c
 _DELETING = _ROW.influxdb_state == ProvisioningState.DEPROVISIONING
 _NAME_TAKEN = _ROW.influxdb_error_reason == Reason.NAME_TAKEN
 _WAITING = _ROW.influxdb_state == ProvisioningState.WAITING_FOR_CAPACITY
-RESERVED_ONLY = {"influxdb_state": ProvisioningState.PENDING, "influxdb_attempts": 0}  # (placement)
-RESERVED_ONLY |= {"influxdb_error_reason": Reason.DATABASE_LIMIT, "influxdb_create_sent_to": None}
 _RESERVED_ONLY = and_(*(_ROW[name].is_not_distinct_from(v) for name, v in RESERVED_ONLY.items()))
 _NOW = DATABASE_NOW.label("read_at")  # a run's clock starts from it (worker.clock)
 _CREATE = text("SELECT tenant_create(:id, :name, :retention, :actor, :route, CAST(:data AS jsonb))")
