@@ -7,6 +7,7 @@ built by the factory only, so importing this module needs no settings.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.routing import BaseRoute
 
 from api_hooks.auth import bearer_auth
 from api_hooks.console import standalone_console
@@ -69,12 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # The operator console: HTML pages behind a sign-in with the same token (not in OpenAPI).
     application.router.routes.extend(
-        standalone_console(
+        _console_routes(
             settings.operator_token,
             settings.console_session_minutes,
             settings.console_session_idle_minutes,
-            secure_cookies=settings.behind_tls,
-        ).routes
+            settings.behind_tls,
+        )
     )
     return application
 
@@ -108,13 +110,7 @@ def _assemble(
     application.add_exception_handler(RequestValidationError, plain_validation_error)
     for unreachable in UNREACHABLE:
         application.add_exception_handler(unreachable, registry_unavailable_error)
-    # The routers' routes as they were built, prefixes and dependencies included: include_router
-    # would build each route again (half of building the app). They do not see the app's
-    # dependency_overrides (nothing here uses them); routes are added before the OpenAPI
-    # document is first built, so it has them all.
-    application.router.routes.extend(operator_router(bearer_token_auth(operator_token)).routes)
-    # For the services that write and read telemetry: a read-only credential of their own.
-    application.router.routes.extend(locations_router(locations_token_auth(locations_token)).routes)
+    application.router.routes.extend(_api_routes(operator_token, locations_token))
     scrape = CachedScrape(registry)
     require_scraper = bearer_auth(
         metrics_token,
@@ -142,6 +138,30 @@ def _assemble(
         return Health(status="ok")
 
     return application
+
+
+# The routers' routes as they were built, prefixes and dependencies included (include_router
+# would build each route again), and built once per process for each set of the settings they
+# read: building them is most of building an app. What they count while serving - failed
+# credentials - is kept in the serving app's state (api_hooks.throttle.throttle_of), so two
+# apps of one process share code, never counts. They do not see an app's dependency_overrides
+# (nothing here uses them); they are added before the OpenAPI document is first built.
+@functools.lru_cache(maxsize=16)
+def _api_routes(operator_token: str, locations_token: str | None) -> tuple[BaseRoute, ...]:
+    """``/operator`` and ``/locations`` (a read-only credential of the telemetry services)."""
+    operator = operator_router(bearer_token_auth(operator_token)).routes
+    return (*operator, *locations_router(locations_token_auth(locations_token)).routes)
+
+
+@functools.lru_cache(maxsize=16)
+def _console_routes(
+    operator_token: str, session_minutes: int, idle_minutes: int, behind_tls: bool
+) -> tuple[BaseRoute, ...]:
+    """The console behind its sign-in (``api_hooks.console.standalone_console``)."""
+    console = standalone_console(
+        operator_token, session_minutes, idle_minutes, secure_cookies=behind_tls
+    )
+    return tuple(console.routes)
 
 
 class CachedScrape:

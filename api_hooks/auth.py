@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api_hooks.throttle import Throttle, client_of, throttled
+from api_hooks.throttle import client_of, throttle_of, throttled
 
 
 def bearer_auth(
@@ -30,7 +30,6 @@ def bearer_auth(
     configured, nobody. ``scheme_name`` names the scheme in the OpenAPI document. It returns
     ``identity``: who the holder of this token is (``api_hooks.actors``)."""
     expected = (expected_token or "").encode()
-    throttle = Throttle()
     # auto_error=False: every refusal is ours (401 with our message), not HTTPBearer's.
     scheme = HTTPBearer(
         scheme_name=scheme_name,
@@ -47,7 +46,7 @@ def bearer_auth(
         supplied = credentials.credentials.encode() if credentials is not None else b""
         if expected and hmac.compare_digest(supplied, expected):
             return identity  # never throttled: its address may be everyone's (a proxy's)
-        if (wait := throttle.refuse(client_of(request))) is not None:
+        if (wait := throttle_of(request, variable).refuse(client_of(request))) is not None:
             raise throttled(wait)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, detail=refusal, headers={"WWW-Authenticate": "Bearer"}

@@ -8,8 +8,9 @@ are refused: a right one always passes, whatever its address did (behind a proxy
 may share one address, and a stranger's five guesses must not lock out the data plane's location
 clients or the operator), and a token of 32 characters or more is not guessed by trying.
 Successes are not counted, and a client refused by its own limit adds nothing to the overall
-count. In memory, per process: what an attacker gets is multiplied by the API's processes,
-not unlimited.
+count. In memory, one set per app (:func:`throttle_of`; an app's routes may be shared with
+another app of the process, its throttles are not): what an attacker gets is multiplied by the
+API's processes, not unlimited.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ THROTTLED = (
     "Too many failed credentials from this address, or from all together: wait Retry-After s"
 )
 MAX_CLIENTS = 10_000  # addresses remembered; the least recently failed are forgotten first
+_MADE = threading.Lock()  # two first failures at once make one throttle
 
 
 class Throttle:
@@ -90,6 +92,17 @@ class Throttle:
             while times and times[0] <= now - self._window:
                 times.popleft()
         return times
+
+
+def throttle_of(request: Request, credential: str) -> Throttle:
+    """The throttle of ``credential`` (a variable's name) in the app serving ``request``, made on
+    its first failure and kept in the app's state: the routes' code is built once per process
+    (``api_hooks.app``), the failures they count belong to their app."""
+    state = request.app.state
+    with _MADE:
+        throttles: dict[str, Throttle] = getattr(state, "throttles", None) or {}
+        state.throttles = throttles
+        return throttles.setdefault(credential, Throttle())
 
 
 def client_of(request: Request) -> str:

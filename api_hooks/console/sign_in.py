@@ -15,7 +15,7 @@ from api_hooks.console.guard import CSRF_FIELD, safe_next
 from api_hooks.console.pages import MAX_FORM_BYTES, PREFIX
 from api_hooks.console.render import Pages
 from api_hooks.console.sessions import SESSION_COOKIE, ConsoleSessions
-from api_hooks.throttle import Throttle, client_of
+from api_hooks.throttle import client_of, throttle_of
 
 SIGN_IN_ROUTE = "console_sign_in"
 SIGN_OUT_ROUTE = "console_sign_out"
@@ -28,7 +28,6 @@ def sign_in_router(
     ``secure_cookies``: the deployment is behind TLS (API_BEHIND_TLS), so the session cookie is
     ``Secure`` whatever scheme the proxy forwarded; otherwise it follows the request's."""
     router = APIRouter(prefix=PREFIX, include_in_schema=False, max_body_size=MAX_FORM_BYTES)
-    throttle = Throttle()
 
     @router.get("/sign-in", name=SIGN_IN_ROUTE, response_class=HTMLResponse)
     def sign_in_form(
@@ -56,7 +55,7 @@ def sign_in_router(
             )
         if not token or not sessions.token_matches(token):
             # (the right token is never throttled: its address may be everyone's, a proxy's)
-            if (wait := throttle.refuse(client)) is not None:
+            if (wait := throttle_of(request, "console sign-in").refuse(client)) is not None:
                 throttled = pages.render(
                     request,
                     "sign_in.html",

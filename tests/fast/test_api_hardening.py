@@ -117,6 +117,30 @@ def test_without_tls_the_cookie_follows_the_scheme(db):
     assert "Secure" not in cookie
 
 
+def test_two_apps_of_one_process_share_routes_never_their_counts_of_failed_credentials(db):
+    # Given two apps of the same settings in one process (their routes are built once)
+    first, second = app_with(), app_with()
+    stats = [route_of(client, "/operator/tenants/{tenant_id}/stats") for client in (first, second)]
+    assert stats[0] is stats[1]
+    with first, second:
+        # When one address fails every credential in the first until it is throttled
+        for _ in range(5):
+            assert first.get("/operator/tenants/a/stats", headers=bearer("x")).status_code == 401
+            assert first.get("/locations", headers=bearer("x")).status_code == 401
+            assert sign_in(first, CONSOLE, "guess").status_code == 401
+        assert first.get("/operator/tenants/a/stats", headers=bearer("x")).status_code == 429
+        assert first.get("/locations", headers=bearer("x")).status_code == 429
+        assert sign_in(first, CONSOLE, "guess").status_code == 429
+        # Then the second app has counted none of it
+        assert second.get("/operator/tenants/a/stats", headers=bearer("x")).status_code == 401
+        assert second.get("/locations", headers=bearer("x")).status_code == 401
+        assert sign_in(second, CONSOLE, "guess").status_code == 401
+
+
+def route_of(client: TestClient, path: str) -> Any:
+    return next(route for route in client.app.routes if getattr(route, "path", "") == path)  # type: ignore[attr-defined]
+
+
 def test_api_behind_tls_takes_only_0_or_1():
     with pytest.raises(SettingsError, match="API_BEHIND_TLS must be one of 0, 1"):
         Settings.from_env({**os.environ, "API_BEHIND_TLS": "yes"})
