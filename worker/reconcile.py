@@ -10,7 +10,8 @@ someone deletes a database by hand. One run:
    its markers are read before it is taken back) - recording what it saw (a server seen with
    room is no longer "full"), and copies each list into a temporary table as it arrives
    (``worker.listings``); from those lists it records the strays and orphans
-   (``worker.strays``: reported, never deleted);
+   (``worker.strays``: reported, never deleted); where this run wrote a changed nodes file
+   down (room added), it un-waits the oldest waiting tenants for it now, as in 4;
 3. passes over, in one query, every row provably owed nothing (a provisioned tenant whose
    database is on its server's list, not deleted there since: nearly all of a healthy fleet),
    reads the rest in keyset-paginated batches and asks ``worker.findings`` what each is owed;
@@ -135,16 +136,16 @@ def _run(
     nodes = pool.nodes()
     configured = [node.name for node in nodes]
     listed_at = clock()
+    sender = _Sender(publish, summary, clock)
     with engine.connect() as conn:  # what the listings may predate: changes after this
         # The nodes file's limits, before the listings are judged: written whatever this process
         # last wrote, as another may have written an older file since (a one-off tenantctl run)
-        sync_nodes(conn, nodes, force=True)
+        added = sync_nodes(conn, nodes, force=True)  # room, maybe: see below
         listed_version = locations.settled_version(conn)
         departed = node_marks.departed(conn, listed_at, configured)
     errors: list[str] = []
     observed: list[tuple[NodeConfig, int]] = []
     unanswered: list[tuple[NodeConfig, Reason]] = []  # placement puts these last
-    sender = _Sender(publish, summary, clock)
     with (
         engine.connect() as conn,
         events.session_route(conn, events.Route.RECONCILER),  # whose transitions these are
@@ -171,6 +172,8 @@ def _run(
         now, prefix = clock(), settings.influxdb_database_prefix
         found = record_strays(conn, seen.answered, configured, prefix, listed_version, now)
         summary.strays, summary.orphans = found.strays, found.orphans
+        if added:  # room added in the file: the waiting go first, as soon as the servers that
+            _unwait(conn, nodes, clock, summary, sender)  # answer are known, not at the end
         if errors:
             summary.influxdb_error = redact(
                 "; ".join(sorted(errors)), settings.secrets() + pool.secrets()
@@ -202,10 +205,21 @@ def _run(
             sender.send(conn, owed)
         # Before free slots are counted: a count that drifted would place too few or too many.
         summary.counts_repaired = len(repair_counts(conn))
-        unwaited = unwait(conn, pool.nodes(), clock())
-        summary.unwaited = len(unwaited)
-        sender.send(conn, [(tenant_id, Job.PROVISION, None) for tenant_id in unwaited])
+        _unwait(conn, pool.nodes(), clock, summary, sender)
     return summary
+
+
+def _unwait(
+    conn: Connection,
+    nodes: tuple[NodeConfig, ...],
+    clock: Clock,
+    summary: ReconcileSummary,
+    sender: _Sender,
+) -> None:
+    """Send the oldest waiting tenants on, as many as there is room for (``unwait``)."""
+    unwaited = unwait(conn, nodes, clock())
+    summary.unwaited += len(unwaited)
+    sender.send(conn, [(tenant_id, Job.PROVISION, None) for tenant_id in unwaited])
 
 
 class _Sender:

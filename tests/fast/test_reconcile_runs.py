@@ -296,6 +296,34 @@ def test_a_run_adopting_onto_a_node_does_not_deadlock_with_a_worker_placing_ther
     assert tenant_row(db, "b-old")["influxdb_node"] == "alpha"
 
 
+def test_room_added_to_the_nodes_file_goes_to_the_waiting_as_the_run_writes_it(db, world: World):
+    # Given alpha, one slot, full with acme, and "waiting" waiting for room
+    world.add("alpha", limit=1)
+    for tenant_id in ("acme", "waiting"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+
+    # When beta, one slot, joins the nodes file, a reconcile run is the first to write it down,
+    # and a newer tenant's run comes while that run is still at work (inside its batch)
+    beta = world.add("beta", limit=1)
+    insert(db, "newer", at=world.clock.advance(1))
+    scene = _Interleaving(db, world)
+    scene.start()
+    newer = world.provision("newer")
+    scene.release()
+    scene.run.join(timeout=20)
+
+    # Then beta's slot went to the waiting tenant as the run wrote the file: the newer one waits
+    assert newer.result is RunResult.WAITING_FOR_CAPACITY
+    assert scene.outcome["summary"]["unwaited"] == 1
+    sent = db.execute(
+        "SELECT route FROM tenant_events WHERE tenant_id = 'waiting' ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    assert sent == ("reconciler",)  # the run's own transition, as at its end
+    assert world.provision("waiting").result is RunResult.PROVISIONED
+    assert beta.databases() == ["telemetry_waiting"]
+
+
 def test_a_run_adopting_onto_two_nodes_does_not_deadlock_with_a_placer(db, world: World):
     # Given a run that will adopt "b-old" onto alpha and "c-old" onto beta, waiting inside its
     # batch, and a placer that holds beta's row, then writes b-old's (as a placement does)
