@@ -28,6 +28,7 @@ THROTTLED = (
 )
 MAX_CLIENTS = 10_000  # addresses remembered; the least recently failed are forgotten first
 _MADE = threading.Lock()  # two first failures at once make one throttle
+_STATE = "tenant_provisioner_throttles"  # an app's throttles, by credential (throttle_of)
 
 
 class Throttle:
@@ -95,13 +96,16 @@ class Throttle:
 
 
 def throttle_of(request: Request, credential: str) -> Throttle:
-    """The throttle of ``credential`` (a variable's name) in the app serving ``request``, made on
-    its first failure and kept in the app's state: the routes' code is built once per process
-    (``api_hooks.app``), the failures they count belong to their app."""
+    """The throttle of ``credential`` (the variable holding the token, or "console sign-in") in
+    the app serving ``request``, made on its first failure and kept in the app's state (under a
+    name of ours: the UI mounts our routers in its own app): the routes' code is built once per
+    process (``api_hooks.app``), the failures they count belong to their app."""
     state = request.app.state
     with _MADE:
-        throttles: dict[str, Throttle] = getattr(state, "throttles", None) or {}
-        state.throttles = throttles
+        throttles: dict[str, Throttle] | None = getattr(state, _STATE, None)
+        if throttles is None:
+            throttles = {}
+            setattr(state, _STATE, throttles)
         return throttles.setdefault(credential, Throttle())
 
 
