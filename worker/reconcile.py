@@ -172,8 +172,6 @@ def _run(
         now, prefix = clock(), settings.influxdb_database_prefix
         found = record_strays(conn, seen.answered, configured, prefix, listed_version, now)
         summary.strays, summary.orphans = found.strays, found.orphans
-        if added:  # room added in the file: the waiting go first, as soon as the servers that
-            _unwait(conn, nodes, clock, summary, sender)  # answer are known, not at the end
         if errors:
             summary.influxdb_error = redact(
                 "; ".join(sorted(errors)), settings.secrets() + pool.secrets()
@@ -184,6 +182,8 @@ def _run(
         summary.scanned = sum(counts.values())
         summary.failed = counts[ProvisioningState.FAILED]
         summary.waiting = counts[ProvisioningState.WAITING_FOR_CAPACITY]
+        if added:  # room added in the file: the waiting go first, as soon as the servers that
+            _unwait(conn, nodes, clock, summary, sender)  # answer are known, not at the end
         summary.examined = seen.select_owed(configured, listed_at)
         for batch in seen.batches(settings.reconcile_batch_size, COLUMNS):
             now = clock()
@@ -203,8 +203,6 @@ def _run(
             owed = Repairs(conn, view, summary).apply(findings)
             conn.commit()  # state changes are durable before any message goes out
             sender.send(conn, owed)
-        # Before free slots are counted: a count that drifted would place too few or too many.
-        summary.counts_repaired = len(repair_counts(conn))
         _unwait(conn, pool.nodes(), clock, summary, sender)
     return summary
 
@@ -217,6 +215,9 @@ def _unwait(
     sender: _Sender,
 ) -> None:
     """Send the oldest waiting tenants on, as many as there is room for (``unwait``)."""
+    # Before free slots are counted: a count that drifted would place too few or too many
+    # (an emptied or restored influxdb_nodes: every slot looks free until repaired).
+    summary.counts_repaired += len(repair_counts(conn))
     unwaited = unwait(conn, nodes, clock())
     summary.unwaited += len(unwaited)
     sender.send(conn, [(tenant_id, Job.PROVISION, None) for tenant_id in unwaited])
@@ -228,20 +229,22 @@ class _Sender:
     def __init__(self, publish: Publish, summary: ReconcileSummary, clock: Clock) -> None:
         self._publish, self._summary, self._clock = publish, summary, clock
         self._broker_up = True
+        self._missed: set[str] = set()  # a tenant owed twice in one run is one not queued
 
     def send(self, conn: Connection, owed: list[Owed]) -> None:
         if not owed:
             return
         if not self._broker_up:  # do not wait out a publish timeout per tenant
-            self._summary.not_queued += len(owed)
-            return
-        published = [t for t, job, task_id in owed if self._publish(t, job, task_id)]
-        self._broker_up = len(published) == len(owed)
-        store.mark_enqueued(conn, published, self._clock())
-        conn.commit()
-        self._summary.requeued += len(published)
-        self._summary.requeued_ids.extend(published)
-        self._summary.not_queued += len(owed) - len(published)
+            self._missed.update(tenant_id for tenant_id, _, _ in owed)
+        else:
+            published = [t for t, job, task_id in owed if self._publish(t, job, task_id)]
+            self._broker_up = len(published) == len(owed)
+            store.mark_enqueued(conn, published, self._clock())
+            conn.commit()
+            self._summary.requeued += len(published)
+            self._summary.requeued_ids.extend(published)
+            self._missed.update({t for t, _, _ in owed} - set(published))
+        self._summary.not_queued = len(self._missed)
 
 
 def _sure(row: Any, finding: Finding | None, pool: NodePool, database: str) -> Finding | None:

@@ -324,6 +324,48 @@ def test_room_added_to_the_nodes_file_goes_to_the_waiting_as_the_run_writes_it(d
     assert beta.databases() == ["telemetry_waiting"]
 
 
+def test_room_is_counted_after_lost_slot_counts_are_repaired(db, world: World):
+    # Given alpha, three slots, holding t1 and t2, and w1 and w2 waiting (alpha was full then)
+    world.add("alpha", limit=3)
+    for tenant_id in ("t1", "t2"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    for tenant_id in ("w1", "w2"):
+        insert(db, tenant_id, state="waiting_for_capacity", at=world.clock.advance(1))
+
+    # When the nodes table is emptied behind our back (restored from an older backup), so the
+    # next run writes the nodes file down again with no slot counted taken
+    db.execute("DELETE FROM influxdb_nodes")
+    published, summary = run(world)
+
+    # Then the one free slot went to the oldest: the counts were repaired before the room
+    assert (published, summary["unwaited"]) == ([("w1", Job.PROVISION, None)], 1)
+    assert summary["counts_repaired"] == 1
+    assert tenant_row(db, "w2")["influxdb_state"] == "waiting_for_capacity"
+
+
+def test_a_tenant_the_broker_refused_twice_in_one_run_is_one_not_queued(db, world: World):
+    # Given alpha full with acme, "waiting" waiting for room, and a broker refusing everything
+    world.add("alpha", limit=1)
+    for tenant_id in ("acme", "waiting"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    refused: list[str] = []
+
+    def refusing(tenant_id: str, job: Job, task_id: str | None = None) -> bool:
+        refused.append(tenant_id)
+        return False
+
+    # When beta joins the nodes file: the run un-waits "waiting" as it writes the file down,
+    # then finds it owed a message again in its batch
+    world.add("beta", limit=1)
+    summary = reconcile(get_engine(), world.pool(), world.settings, refusing, clock=world.clock)
+
+    # Then it is counted once among the work the broker did not take (and asked for once)
+    assert (refused, summary.unwaited, summary.not_queued) == (["waiting"], 1, 1)
+    assert tenant_row(db, "waiting")["influxdb_state"] == "pending"
+
+
 def test_a_run_adopting_onto_two_nodes_does_not_deadlock_with_a_placer(db, world: World):
     # Given a run that will adopt "b-old" onto alpha and "c-old" onto beta, waiting inside its
     # batch, and a placer that holds beta's row, then writes b-old's (as a placement does)
