@@ -170,13 +170,19 @@ def insert(db: Any, tenant_id: str, *, at: datetime = T0, **columns: Any) -> dic
     return row
 
 
-def slot_reserved(db: Any, world: World, waiting: str = "waiting") -> StandIn:
-    """Given alpha, one slot, held by acme, and ``waiting`` waiting for it; acme deleted: the
-    slot is reserved for ``waiting``, whose run has not come yet. Returns alpha."""
+def full_with_one_waiting(db: Any, world: World, waiting: str = "waiting") -> StandIn:
+    """Given alpha, one slot, held by acme, and ``waiting`` waiting for room. Returns alpha."""
     alpha = world.add("alpha", limit=1)
     for tenant_id in ("acme", waiting):
         insert(db, tenant_id, at=world.clock.advance(1))
         world.provision(tenant_id)
+    return alpha
+
+
+def slot_reserved(db: Any, world: World, waiting: str = "waiting") -> StandIn:
+    """Given alpha, one slot, held by acme, and ``waiting`` waiting for it; acme deleted: the
+    slot is reserved for ``waiting``, whose run has not come yet. Returns alpha."""
+    alpha = full_with_one_waiting(db, world, waiting)
     with get_engine().begin() as conn:
         assert store.request_deletion(conn, "acme", world.clock())
     assert world.deprovision("acme").unwaited == (waiting,)

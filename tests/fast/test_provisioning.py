@@ -16,7 +16,7 @@ import pytest
 from api_hooks.errors import TenantBusy, UnknownNode
 from api_hooks.tenants import adopt_database
 from tests.conftest import INFLUX_TOKEN, existing_database, tenant_row, write_points
-from tests.fast.conftest import SEED, World, insert, slot_reserved
+from tests.fast.conftest import SEED, World, full_with_one_waiting, insert, slot_reserved
 from worker import nodes, placement, store
 from worker.db import autocommit, get_engine
 from worker.placement import NoFreeNode, start_on_free_node, sync_nodes
@@ -428,10 +428,7 @@ def test_a_row_from_before_the_worker_found_nowhere_gets_a_new_home(db, world: W
 
 def test_room_added_to_the_nodes_file_goes_to_the_waiting_before_a_newer_tenant(db, world: World):
     # Given alpha, one slot, full with acme, and "waiting" waiting for room
-    world.add("alpha", limit=1)
-    for tenant_id in ("acme", "waiting"):
-        insert(db, tenant_id, at=world.clock.advance(1))
-        world.provision(tenant_id)
+    full_with_one_waiting(db, world)
 
     # When beta, one slot, joins the nodes file, and a newer tenant's run is the first to
     # write the file down (before any reconcile run)

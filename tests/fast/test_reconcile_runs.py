@@ -12,7 +12,15 @@ import psycopg
 import pytest
 
 from tests.conftest import INFLUX_TOKEN, tenant_row, wait_for, write_points
-from tests.fast.conftest import T0, Published, World, blocked_by, insert, slot_reserved
+from tests.fast.conftest import (
+    T0,
+    Published,
+    World,
+    blocked_by,
+    full_with_one_waiting,
+    insert,
+    slot_reserved,
+)
 from worker import store
 from worker.db import get_engine
 from worker.influxdb import InfluxDB3Client
@@ -298,10 +306,7 @@ def test_a_run_adopting_onto_a_node_does_not_deadlock_with_a_worker_placing_ther
 
 def test_room_added_to_the_nodes_file_goes_to_the_waiting_as_the_run_writes_it(db, world: World):
     # Given alpha, one slot, full with acme, and "waiting" waiting for room
-    world.add("alpha", limit=1)
-    for tenant_id in ("acme", "waiting"):
-        insert(db, tenant_id, at=world.clock.advance(1))
-        world.provision(tenant_id)
+    full_with_one_waiting(db, world)
 
     # When beta, one slot, joins the nodes file, a reconcile run is the first to write it down,
     # and a newer tenant's run comes while that run is still at work (inside its batch)
@@ -346,10 +351,7 @@ def test_room_is_counted_after_lost_slot_counts_are_repaired(db, world: World):
 
 def test_a_tenant_the_broker_refused_twice_in_one_run_is_one_not_queued(db, world: World):
     # Given alpha full with acme, "waiting" waiting for room, and a broker refusing everything
-    world.add("alpha", limit=1)
-    for tenant_id in ("acme", "waiting"):
-        insert(db, tenant_id, at=world.clock.advance(1))
-        world.provision(tenant_id)
+    full_with_one_waiting(db, world)
     refused: list[str] = []
 
     def refusing(tenant_id: str, job: Job, task_id: str | None = None) -> bool:
