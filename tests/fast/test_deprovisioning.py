@@ -6,6 +6,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import DBAPIError
@@ -485,14 +486,20 @@ def test_a_deletion_frees_the_tenant_s_lock_before_it_un_waits_others(db, world:
     )
 
 
-def test_an_operator_retry_of_a_deletion_waiting_its_turn_takes_its_chain(db, world, broker):
-    # Given a deletion whose wait for the location clients scheduled its retry (delete-a:1)
+def deletion_waiting_its_turn(db: Any, world: World) -> None:
+    """Given acme provisioned on alpha, then deleted: its run waits for the location clients
+    (10 s), its retry scheduled as delete-a:1."""
     world.add("alpha")
     insert(db, "acme")
     world.provision("acme")
     db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
     world.overrides["locations_max_staleness_seconds"] = 10.0
     assert world.deprovision("acme", MESSAGE).result == RunResult.WAITING_FOR_CLIENTS
+
+
+def test_an_operator_retry_of_a_deletion_waiting_its_turn_takes_its_chain(db, world, broker):
+    # Given a deletion whose wait for the location clients scheduled its retry (delete-a:1)
+    deletion_waiting_its_turn(db, world)
 
     # When the operator asks for it to run now
     try:
@@ -507,12 +514,7 @@ def test_an_operator_retry_of_a_deletion_waiting_its_turn_takes_its_chain(db, wo
 
 def test_a_deletion_sent_again_for_a_busy_lock_still_owns_its_chain(db, world: World):
     # Given a deletion whose wait for the location clients scheduled its retry (delete-a:1)
-    world.add("alpha")
-    insert(db, "acme")
-    world.provision("acme")
-    db.execute("UPDATE tenants SET influxdb_state = 'deprovisioning' WHERE tenant_id = 'acme'")
-    world.overrides["locations_max_staleness_seconds"] = 10.0
-    assert world.deprovision("acme", MESSAGE).result == RunResult.WAITING_FOR_CLIENTS
+    deletion_waiting_its_turn(db, world)
     assert tenant_row(db, "acme")["influxdb_retry_chain"] == "delete-a:1"
     world.clock.advance(10)
 
