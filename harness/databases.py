@@ -38,6 +38,18 @@ def alembic(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Comp
     )
 
 
+def migrate_in_process() -> None:
+    """Upgrade the database of this process's DATABASE_URL to head, in this process: the
+    ``alembic`` command's own start (a Python process importing the whole stack) is about 2
+    CPU-s on a slow 2-core machine, paid once per test process. Logging is left as it is."""
+    from alembic import command  # noqa: PLC0415 - only the processes that migrate need it
+    from alembic.config import Config  # noqa: PLC0415
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["configure_logger"] = False  # migrations/env.py: keep the caller's logging
+    command.upgrade(config, "head")
+
+
 def migrate(env: Mapping[str, str] | None = None) -> None:
     """Upgrade the database of ``env``'s DATABASE_URL to head; RuntimeError with Alembic's
     output if it fails."""

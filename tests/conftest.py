@@ -187,7 +187,7 @@ def database() -> Iterator[str]:
     """A fresh Postgres database migrated to head with Alembic; dropped after the run."""
     databases.create(TEST_DATABASE)
     try:
-        databases.migrate()
+        databases.migrate_in_process()
         yield TEST_DATABASE
     finally:
         from worker.db import get_engine  # noqa: PLC0415

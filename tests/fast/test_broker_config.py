@@ -1,10 +1,11 @@
 """celeryconfig per broker: RabbitMQ gets durable queues, persistent messages and publisher
-confirms; Redis keeps its own options. Each configuration is imported in a process of its own,
-as the worker and the API import it (its values are read from the environment at import)."""
+confirms; Redis keeps its own options. Its values are read from the environment at import, so
+each configuration is the module executed afresh on an environment of its own, as a worker or
+the API imports it; one process started for real shows a broker it cannot use stops it."""
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,38 +15,44 @@ import pytest
 
 from tests.conftest import ROOT
 from worker.queues import ALL_QUEUES
-
-SHOW_CONFIG = """
-import json, celeryconfig as c
-print(json.dumps({
-    "transport": c.broker_transport_options,
-    "connect_timeout": c.broker_connection_timeout,
-    "delivery_mode": c.task_default_delivery_mode,
-    "queues": [
-        {"name": q.name, "durable": q.durable, "exchange": q.exchange.name,
-         "exchange_durable": q.exchange.durable, "routing_key": q.routing_key}
-        for q in c.task_queues
-    ],
-}))
-"""
+from worker.settings import SettingsError, get_settings
 
 
-def config_for(broker_url: str) -> dict[str, Any]:
-    shown = subprocess.run(
-        [sys.executable, "-c", SHOW_CONFIG],
-        cwd=ROOT,
-        env={**os.environ, "CELERY_BROKER_URL": broker_url, "CELERY_PUBLISH_TIMEOUT": "1.5"},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
+def config_for(monkeypatch: pytest.MonkeyPatch, broker_url: str) -> dict[str, Any]:
+    """What celeryconfig says on ``broker_url``: the module executed in a namespace of its own
+    (never the ``celeryconfig`` this process imported), on settings read again from the
+    environment; the process's settings are read afresh afterwards as well."""
+    monkeypatch.setenv("CELERY_BROKER_URL", broker_url)
+    monkeypatch.setenv("CELERY_PUBLISH_TIMEOUT", "1.5")
+    spec = importlib.util.spec_from_file_location(
+        "celeryconfig_under_test", ROOT / "celeryconfig.py"
     )
-    assert shown.returncode == 0, shown.stderr
-    return dict(json.loads(shown.stdout))
+    assert spec is not None and spec.loader is not None
+    config = importlib.util.module_from_spec(spec)
+    get_settings.cache_clear()
+    try:
+        spec.loader.exec_module(config)
+    finally:
+        get_settings.cache_clear()  # the next reader sees the environment monkeypatch restores
+    return {
+        "transport": config.broker_transport_options,
+        "connect_timeout": config.broker_connection_timeout,
+        "delivery_mode": config.task_default_delivery_mode,
+        "queues": [
+            {
+                "name": q.name,
+                "durable": q.durable,
+                "exchange": q.exchange.name,
+                "exchange_durable": q.exchange.durable,
+                "routing_key": q.routing_key,
+            }
+            for q in config.task_queues
+        ],
+    }
 
 
-def test_rabbitmq_gets_confirms_durable_queues_and_persistent_messages():
-    config = config_for("amqp://tp:pw@rabbit:5672/tp")
+def test_rabbitmq_gets_confirms_durable_queues_and_persistent_messages(monkeypatch):
+    config = config_for(monkeypatch, "amqp://tp:pw@rabbit:5672/tp")
 
     # Publishing waits for the broker's ack, after one bounded connection attempt
     assert config["transport"] == {"confirm_publish": True, "max_retries": 0}
@@ -59,8 +66,8 @@ def test_rabbitmq_gets_confirms_durable_queues_and_persistent_messages():
         assert queue["exchange"] == queue["routing_key"] == queue["name"]
 
 
-def test_redis_keeps_its_own_options_and_queue_order():
-    config = config_for("redis://127.0.0.1:6379/3")
+def test_redis_keeps_its_own_options_and_queue_order(monkeypatch):
+    config = config_for(monkeypatch, "redis://127.0.0.1:6379/3")
     transport = config["transport"]
     assert transport["queue_order_strategy"] == "priority"
     assert transport["visibility_timeout"] == int(os.environ["CELERY_VISIBILITY_TIMEOUT"])
@@ -70,9 +77,23 @@ def test_redis_keeps_its_own_options_and_queue_order():
 
 
 @pytest.mark.parametrize("broker_url", ["kafka://broker:9092", "rabbit:5672"])
-def test_a_process_refuses_a_broker_it_cannot_use(broker_url):
-    with pytest.raises(AssertionError, match="CELERY_BROKER_URL must be a redis://"):
-        config_for(broker_url)
+def test_a_broker_it_cannot_use_is_refused_by_name(monkeypatch, broker_url):
+    with pytest.raises(SettingsError, match="CELERY_BROKER_URL must be a redis://"):
+        config_for(monkeypatch, broker_url)
+
+
+def test_a_process_importing_the_configuration_stops_on_a_broker_it_cannot_use():
+    started = subprocess.run(
+        [sys.executable, "-c", "import celeryconfig"],
+        cwd=ROOT,
+        env={**os.environ, "CELERY_BROKER_URL": "kafka://broker:9092"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    assert "CELERY_BROKER_URL must be a redis://" in started.stderr
 
 
 def test_webhooks_have_a_durable_queue_of_their_own_that_no_default_worker_consumes():
