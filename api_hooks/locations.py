@@ -55,7 +55,10 @@ class LocationsPage(BaseModel):
     """The changes after ``since`` (all of the map from 0), in version order."""
 
     locations: list[LocationBody]
-    next_since: int = Field(description="Ask from here next (the last version in this page)")
+    next_since: int = Field(
+        description="Ask from here next: the last version in this page, or the map's version "
+        "on the last page"
+    )
     more: bool = Field(description="More changes follow: ask again at once with next_since")
     version: int = Field(description="The map's version now")
     nodes: list[NodeBody] = Field(description="Every configured server: use these URLs")
@@ -101,7 +104,8 @@ def locations_router(require_reader: Callable[..., Any]) -> APIRouter:
         summary="The location map, or its changes since a version",
         responses=error_responses(
             {
-                400: "since or limit is not a whole number in range, or since is ahead of this map",
+                400: "since, limit or whole is not a whole number in range, or since is ahead "
+                "of this map",
                 410: "Tombstones after since were pruned: load the whole map again (since=0)",
             }
         ),
@@ -113,19 +117,29 @@ def locations_router(require_reader: Callable[..., Any]) -> APIRouter:
         limit: Annotated[
             str, Query(description=f"At most this many locations (1 to {MAX_PAGE})")
         ] = str(DEFAULT_PAGE),
+        whole: Annotated[
+            str,
+            Query(
+                description="1: since is where the last page of a whole load (from 0) ended, "
+                "not a map you hold; never 410 (tombstones pruned meanwhile are nothing to a "
+                "map loaded from nothing). Pass it on every page after the first of a whole load"
+            ),
+        ] = "0",
     ) -> Response:
         """The locations changed after ``since``, in version order, at most ``limit``; an
         unchanged map answers an empty page at once. Page on with ``next_since`` while
-        ``more``; the cost grows with the changes, not with the tenants."""
+        ``more`` (and ``whole=1`` when loading the whole map); the cost grows with the
+        changes, not with the tenants."""
         after = _whole_number("since", since, 0, None)
         size = _whole_number("limit", limit, 1, MAX_PAGE)
+        loading = _whole_number("whole", whole, 0, 1) == 1
         settings = get_settings()
         nodes = shared_pool().nodes()  # one reading of the nodes file for the whole answer
         with get_engine().connect() as conn:
             locations.publish(conn)
             try:
                 page = locations.changes(
-                    conn, after, size, nodes, settings.influxdb_database_prefix
+                    conn, after, size, nodes, settings.influxdb_database_prefix, whole=loading
                 )
             except locations.SinceInFuture as exc:
                 raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from exc

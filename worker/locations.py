@@ -182,49 +182,52 @@ _PAGE = text(
 # recovery or the promotion of a replica; a server still in recovery has none to give yet).
 # A plain role may read all three.
 _DATABASE_IDENTITY = text(
-    "SELECT pg_is_in_recovery(), concat_ws('.', "
+    "SELECT concat_ws('.', "
     "(SELECT system_identifier FROM pg_control_system()), "
     "(SELECT oid FROM pg_database WHERE datname = current_database()), "
     "CASE WHEN NOT pg_is_in_recovery() THEN left(pg_walfile_name(pg_current_wal_lsn()), 8) END)"
 )
-_IDENTITY_KEY = "tenant_provisioner.database_identity"
 _identity_refused: list[str] = []  # the error, once a server refused: every connection agrees
 
 
 def database_identity(conn: Connection) -> str:
     """What identifies the database behind ``conn`` across restores (``_DATABASE_IDENTITY``),
-    read once per connection (a restore or a failover ends the connections to what was there;
-    a server in recovery is asked again each time). Empty, with one warning, for the rest of
-    the process once the server refuses (the stored epoch alone is left): every connection
-    serves the same epoch, and a client is not sent from one map to another by the pool."""
+    read for every answer: a connection pooler in front of Postgres keeps our connections open
+    across a failover, so nothing read once per connection can be trusted to tell (three
+    cheap catalog reads beside a page's). Empty, with one warning, for the rest of the process
+    once the server refuses (the stored epoch alone is left): every connection serves the same
+    epoch, and a client is not sent from one map to another by the pool."""
     if _identity_refused:
         return ""
-    info = conn.connection.info
-    known = info.get(_IDENTITY_KEY)
-    if known is None:
-        try:
-            with conn.begin_nested():
-                in_recovery, known = conn.execute(_DATABASE_IDENTITY).one()
-        except (ProgrammingError, NotSupportedError) as exc:  # not allowed or not there; a
-            # lost connection raises on: a passing fault must not change the epoch
-            _identity_refused.append(type(exc.orig).__name__)
-            logger.warning(
-                "cannot tell this database's identity (%s): after a restore, give the location "
-                "map a new epoch by hand (docs/operating.md)",
-                _identity_refused[0],
-            )
-            return ""
-        if not in_recovery:
-            info[_IDENTITY_KEY] = known
+    try:
+        with conn.begin_nested():
+            known = conn.execute(_DATABASE_IDENTITY).scalar_one()
+    except (ProgrammingError, NotSupportedError) as exc:  # not allowed or not there; a
+        # lost connection raises on: a passing fault must not change the epoch
+        _identity_refused.append(type(exc.orig).__name__)
+        logger.warning(
+            "cannot tell this database's identity (%s): after a restore, give the location "
+            "map a new epoch by hand (docs/operating.md)",
+            _identity_refused[0],
+        )
+        return ""
     return str(known)
 
 
 def changes(
-    conn: Connection, since: int, limit: int, nodes: Sequence[NodeConfig], prefix: str
+    conn: Connection,
+    since: int,
+    limit: int,
+    nodes: Sequence[NodeConfig],
+    prefix: str,
+    *,
+    whole: bool = False,
 ) -> Page:
     """The locations changed after version ``since``, at most ``limit``, in version order,
     served with ``nodes`` (one read of the nodes file per answer). ``since`` 0 reads the whole
-    map. Raises SinceTooOld and SinceInFuture."""
+    map; ``whole``: ``since`` is where a page of a whole load ended, not a map its reader
+    holds, and tombstones pruned after it are nothing to that reader (its map starts empty).
+    Raises SinceTooOld and SinceInFuture."""
     row = conn.execute(
         _PAGE,
         {
@@ -241,9 +244,12 @@ def changes(
     current = max(int(row.latest or 0), horizon)
     if since > current:
         raise SinceInFuture(f"since {since} is ahead of this map's version ({current})")
-    if 0 < since < horizon:
+    if 0 < since < horizon and not whole:
         raise SinceTooOld(f"since {since} is older than the tombstones kept; load the map again")
-    next_since = int(row.last) if row.last is not None else since
+    # The last page takes its reader to the map's version, not only to its last row: what lies
+    # between are pruned tombstones, and a reader left below the horizon would be answered 410,
+    # load the whole map again, end below it again, at every refresh.
+    next_since = int(row.last) if row.more else current
     # The stored epoch (an operator may renew it) and the database's identity: a restore
     # brings the stored one back, not the identity.
     epoch = ".".join(filter(None, (row.epoch, database_identity(conn))))

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from api_hooks.app import create_app
 from harness import databases
@@ -167,6 +167,44 @@ def test_a_deleted_tenant_leaves_a_tombstone_and_a_pruned_one_sends_clients_back
     assert page(service, 0)["locations"] == []
 
 
+@pytest.mark.parametrize("limit", [1, 100])
+def test_a_map_loaded_after_its_newest_change_was_pruned_is_followed_by_changes_not_410(
+    db, service, limit
+):
+    # Given a map whose newest change is a deletion, its tombstone since pruned: the horizon
+    # is above every row left
+    insert(db, "stays")
+    insert(db, "stays-too")
+    insert(db, "goes")
+    page(service)
+    db.execute("DELETE FROM tenants WHERE tenant_id = 'goes'")
+    page(service)  # (publishes the tombstone)
+    with get_engine().connect() as conn:
+        assert locations.prune_tombstones(conn, T0 + timedelta(days=3650), 100) == 1
+
+    # When a client loads the whole map, page by page: every page after the first is asked
+    # from a version below the horizon, which a map it held would have to load again for
+    since, seen = 0, []
+    while True:
+        body = page(service, since, limit=limit, whole=1)
+        seen += [loc["tenant_id"] for loc in body["locations"]]
+        since = body["next_since"]
+        if not body["more"]:
+            break
+    if limit == 1:
+        stays = by_tenant(page(service, 0, limit=1))["stays"]["version"]
+        assert service.get("/locations", params={"since": stays}).status_code == 410
+
+    # Then the load is whole, its last page takes it to the map's version, and the next
+    # refresh is a delta: left at its last row's version, below the horizon, it would be sent
+    # (410) to load the whole map again at every refresh
+    assert sorted(seen) == ["stays", "stays-too"]
+    assert since == body["version"]
+    answer = service.get("/locations", params={"since": since})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["locations"] == []
+
+
 @pytest.mark.parametrize(
     ("since", "limit"),
     [
@@ -271,6 +309,26 @@ def test_a_database_restored_from_a_dump_serves_another_epoch(db, service, scrat
     # And the database it was dumped from serves its epoch unchanged, on a new connection too
     get_engine().dispose()
     assert page(service)["epoch"] == loaded["epoch"]
+
+
+def test_the_database_s_identity_is_read_for_every_answer_not_once_per_connection(db, service):
+    # Behind a connection pooler our connections outlive a failover or a restore: an epoch
+    # remembered per connection would stay the old history's, and a client would apply the
+    # new primary's reissued versions as if they were the ones it had read
+    read_on: list[object] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_control_system" in statement:
+            read_on.append(conn.connection.dbapi_connection)
+
+    event.listen(get_engine(), "before_cursor_execute", seen)
+    try:
+        first, second = page(service), page(service)
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", seen)
+    assert first["epoch"] == second["epoch"]
+    assert len(read_on) == 2, "the identity must be read again for the second answer"
+    assert read_on[0] is read_on[1]  # (on the one pooled connection: what a cache would keep)
 
 
 def test_where_the_server_will_not_tell_the_database_s_identity_the_stored_epoch_is_served(
