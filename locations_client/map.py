@@ -98,6 +98,11 @@ class _Map:
         if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
             raise ValueError(f"the location service URL must be http(s): {base_url!r}")
         self._url = base_url.rstrip("/") + "/locations"
+        token = token.strip()  # read from a file, it may end in a newline
+        if not token or not all("!" <= c <= "~" for c in token):
+            # (never shown: an invalid header value would be, in urllib's error)
+            raise ValueError("the location service token must be printable ASCII, no spaces")
+        self._token = token
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         self._timeout, self._page_size = timeout, page_size
         self._entries: dict[str, Location | NotReady] = {}
@@ -167,7 +172,7 @@ class _Map:
         # While one page is parsed the next is already on its way (its version is in the
         # answer's headers): the server's work and ours overlap on a whole-map load.
         with ThreadPoolExecutor(1, thread_name_prefix="locations-page") as fetching:
-            coming = fetching.submit(self._fetch, since)
+            coming = fetching.submit(self._fetch, since, reload)
             while True:
                 status, ahead, body, self._asked_at = coming.result()
                 if status in (410, 400):
@@ -177,7 +182,7 @@ class _Map:
                     self._identity = None
                     return None
                 if ahead is not None:
-                    coming = fetching.submit(self._fetch, ahead)
+                    coming = fetching.submit(self._fetch, ahead, reload)
                 page = _parse(body, since)
                 if self._identity_changed(page):
                     self._identity = None  # the next pass loads it whole, with the new one
@@ -195,7 +200,7 @@ class _Map:
                 if not page["more"]:
                     break
                 if ahead != since:  # no header, or not this page's: ask from the body's
-                    coming = fetching.submit(self._fetch, since)
+                    coming = fetching.submit(self._fetch, since, reload)
         if building is not None:
             self._entries = building
         self.version = since
@@ -228,11 +233,13 @@ class _Map:
         # One string per server name, not one per tenant: a million locations share a few.
         return Location(tenant_id, self._names[node], url, item["incarnation"], self._prefix)
 
-    def _fetch(self, since: int) -> tuple[int, int | None, bytes, float]:
+    def _fetch(self, since: int, whole: bool) -> tuple[int, int | None, bytes, float]:
         """One page's status, the version the page after it starts from (when more follow
-        and the service says so in its headers), its body, unparsed, and when it was asked."""
+        and the service says so in its headers), its body, unparsed, and when it was asked.
+        ``whole``: a page of a whole load, which tombstones pruned meanwhile do not concern."""
         asked = _clock()
-        query = urllib.parse.urlencode({"since": since, "limit": self._page_size})
+        params = {"since": since, "limit": self._page_size} | ({"whole": 1} if whole else {})
+        query = urllib.parse.urlencode(params)
         # http(s) only: checked in __init__
         request = urllib.request.Request(f"{self._url}?{query}", headers=self._headers)  # noqa: S310
         opener = urllib.request.build_opener(_NoRedirect)
@@ -246,7 +253,8 @@ class _Map:
             detail = _detail(exc.read(4096))
             raise LocationServiceError(f"/locations answered {exc.code}: {detail}") from None
         except (OSError, ValueError) as exc:  # refused, timed out, reset, bad URL
-            raise LocationServiceError(f"/locations unreachable: {exc}") from None
+            why = str(exc).replace(self._token, "[token]")  # whatever urllib quoted of ours
+            raise LocationServiceError(f"/locations unreachable: {why}") from None
         if len(body) > MAX_ANSWER_BYTES:
             raise LocationServiceError("/locations answered more than a page can be")
         ahead = headers.get(NEXT_SINCE_HEADER, "")  # a hint: the body says it too
@@ -282,7 +290,8 @@ def _check(page: Any, since: int) -> None:
     for key, kind in (("more", bool), ("database_prefix", str), ("epoch", str)):
         _typed(page.get(key), kind, key)
     for key in ("refresh_seconds", "max_staleness_seconds"):
-        _typed(page.get(key), (int, float), key)
+        if not _finite(_typed(page.get(key), (int, float), key)):  # (JSON may say NaN, 1e999)
+            raise ValueError(f"{key} is not a finite number")
     _typed(page.get("next_since"), int, "next_since")
     if page["next_since"] < since or (page["more"] and page["next_since"] == since):
         raise ValueError(f"next_since {page['next_since']} does not move on from {since}")
@@ -320,9 +329,17 @@ def _typed(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
     return value
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
 def _bounded(value: float, low: float, high: float) -> float:
-    """A hint from the service, kept sane: a zero, negative or NaN interval would spin."""
-    return high if math.isnan(value) else min(max(float(value), low), high)
+    """A hint from the service (finite: ``_check``), kept sane: a zero or negative interval
+    would spin."""
+    return min(max(float(value), low), high)
 
 
 def _detail(body: bytes) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -113,9 +114,11 @@ def test_with_the_service_down_the_client_keeps_its_map_and_says_how_stale(db, t
 def test_a_client_behind_pruned_tombstones_reloads_the_whole_map(db, service):
     db.execute(
         "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_node) VALUES "
-        "('stays', 'n', 'provisioned', 'default'), ('goes', 'n', 'provisioned', 'default')"
+        "('stays', 'n', 'provisioned', 'default'), ('stays-too', 'n', 'provisioned', "
+        "'default'), ('goes', 'n', 'provisioned', 'default')"
     )
-    client = LocationClient(service, LOCATIONS_TOKEN, refresh_seconds=3600).start()
+    # (a page a tenant: the pages of the reload start below the pruned tombstone's version)
+    client = LocationClient(service, LOCATIONS_TOKEN, refresh_seconds=3600, page_size=1).start()
     assert isinstance(client.resolve("goes"), Location)
 
     # When "goes" is deleted and its tombstone pruned before the client looked again
@@ -127,10 +130,14 @@ def test_a_client_behind_pruned_tombstones_reloads_the_whole_map(db, service):
         now = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
         assert locations.prune_tombstones(conn, now, 100) == 1
 
-    # Then its next refresh answers 410, and the whole map is loaded again
+    # Then its next refresh answers 410, and the whole map is loaded again, page by page
     client.refresh()
     assert client.resolve("goes") is UNKNOWN
     assert isinstance(client.resolve("stays"), Location)
+    assert isinstance(client.resolve("stays-too"), Location)
+    # and the refresh after it asks for changes: a delta, not another whole load
+    assert client.refresh() == 0
+    assert client.last_error is None
     client.close()
 
 
@@ -182,6 +189,8 @@ def test_a_garbled_next_page_hint_is_ignored_and_the_body_read(scripted, hint):
         {"locations": [{**GOOD_PAGE["locations"][0], "deleted": "no"}]},
         {"nodes": [{"name": 1}]},
         {"refresh_seconds": "fast"},
+        {"refresh_seconds": 10**400},  # beyond any float
+        {"max_staleness_seconds": math.nan},  # (Python's json reads NaN)
         {"epoch": None},
     ],
     ids=[
@@ -191,6 +200,8 @@ def test_a_garbled_next_page_hint_is_ignored_and_the_body_read(scripted, hint):
         "deleted-text",
         "node-name",
         "refresh-text",
+        "refresh-huge",
+        "staleness-nan",
         "epoch",
     ],
 )
@@ -407,6 +418,23 @@ def test_a_client_started_without_waiting_loads_its_map_at_once_not_an_interval_
             await aclient.close()
 
     asyncio.run(story())
+
+
+def test_a_token_read_with_its_newline_is_sent_without_it(scripted):
+    scripted.answer(200, json.dumps(GOOD_PAGE))
+    client = LocationClient(scripted.url, f"{LOCATIONS_TOKEN}\n").start()
+    assert isinstance(client.resolve("a"), Location)
+    assert scripted.requests[0][2]["Authorization"] == f"Bearer {LOCATIONS_TOKEN}"
+    client.close()
+
+
+@pytest.mark.parametrize("token", [f"{LOCATIONS_TOKEN[:16]}\n{LOCATIONS_TOKEN[16:]}", "", " "])
+def test_a_token_no_header_can_carry_is_refused_at_once_and_never_shown(token):
+    # (urllib's own error would quote the whole header, token and all, in every refresh's
+    # warning and in last_error)
+    with pytest.raises(ValueError, match="token must be printable ASCII") as raised:
+        LocationClient("http://127.0.0.1:9", token)
+    assert LOCATIONS_TOKEN[:16] not in str(raised.value)
 
 
 def test_a_url_that_is_not_http_is_refused():
