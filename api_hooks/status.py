@@ -136,6 +136,16 @@ def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
         live_status = {"exists": None, "telemetry_count": None, "error": why, "latency_ms": 0.0}
     elif live:
         live_status = _live_check(node, database)
+        if live_status["exists"] and not _proven(row):
+            # Of its name, on its server, but no run has read the marker that makes it its own
+            # yet (a 409 whose contents could not be read, an answer that never came): its
+            # rows may be another tenant's, or an earlier one's of the id.
+            live_status = {
+                **live_status,
+                "telemetry_count": None,
+                "error": "not yet proven this tenant's (its run has not read the database's "
+                "marker): its rows are not counted",
+            }
     stalled = row.influxdb_state == ProvisioningState.FAILED and reason in RESUMABLE_REASONS
     return {
         "database": database,
@@ -171,6 +181,13 @@ def _not_counted(row: Row[Any]) -> str | None:
         # (a pool of one would otherwise be asked: one of its name there is not yet its own)
         return "not placed on a node yet: a database of its name is not counted"
     return None
+
+
+def _proven(row: Row[Any]) -> bool:
+    """Whether a database of the tenant's name on its server is its own: it was provisioned
+    there once (the marker read or written), or an operator or the upgrade said whatever is
+    there is theirs (``Adoption``)."""
+    return bool(row.influxdb_provisioned_at or row.influxdb_adopt in tuple(Adoption))
 
 
 def _may_hold_one(row: Row[Any]) -> bool:

@@ -61,6 +61,35 @@ def test_a_name_taken_tenant_once_provisioned_is_not_counted_once_it_is_deleted(
     assert "never proven" in live["error"]
 
 
+@pytest.mark.parametrize(
+    ("state", "reason"), [("retrying", "timeout"), ("failed", "timeout"), ("provisioning", None)]
+)
+def test_a_database_on_its_server_not_yet_proven_its_own_is_shown_not_counted(
+    db, influx, state, reason
+):
+    # Given a tenant placed on the server, whose create found a database of its name there
+    # (409) and whose run could not read its contents yet: someone else's, with 2 points
+    existing_database(influx, "acme", points=2, incarnation="someone-else")
+    insert(db, "acme", state=state, node="default", error_reason=reason)
+
+    # Then the live check says the name exists there, but counts none of its rows as the
+    # tenant's, and says why
+    live = tenant_influxdb_status("acme")["live"]
+    assert (live["exists"], live["telemetry_count"]) == (True, None)
+    assert "not yet proven this tenant's" in live["error"]
+
+
+@pytest.mark.parametrize("columns", [{"provisioned_at": T0}, {"adopt": "any"}])
+def test_a_tenant_retrying_on_a_database_proven_or_declared_its_own_is_counted(
+    db, influx, columns
+):
+    existing_database(influx, "acme", points=2)
+    insert(db, "acme", state="retrying", node="default", error_reason="timeout", **columns)
+
+    live = tenant_influxdb_status("acme")["live"]
+    assert (live["exists"], live["telemetry_count"], live["error"]) == (True, 2, None)
+
+
 @pytest.mark.parametrize("state", ["pending", "retrying", "provisioning"])
 def test_a_name_taken_tenant_retried_by_an_operator_is_not_counted(db, influx, state):
     # Given someone else's database of the tenant's name, and the tenant retried after it
