@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -405,6 +406,42 @@ def test_a_deadline_that_passes_while_connecting_cuts_the_answer_once_connected(
     # request went out (without that, the drip would go on, and end as a "delivered" 204)
     assert (attempt.status, attempt.error) == (None, "no answer within 0.2s / 0.3s")
     assert receiver.snapshot() == []
+
+
+def test_a_tls_handshake_dripped_by_the_receiver_is_cut_at_the_deadline(monkeypatch):
+    # Given an https receiver that accepts the connection, then drips its handshake: a TLS
+    # record announcing 16 KiB, a byte every 0.1 s (never a wait of the connect timeout)
+    listener = socket.create_server(("127.0.0.1", 0))
+    cut = threading.Event()
+
+    def drip() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            try:
+                connection.sendall(b"\x16\x03\x03\x40\x00")
+                for _ in range(300):  # 30 s
+                    time.sleep(0.1)
+                    connection.sendall(b"\x00")
+            except OSError:
+                cut.set()
+
+    dripping = threading.Thread(target=drip, daemon=True)
+    dripping.start()
+    monkeypatch.setattr(webhook_sending, "CONNECT_TIMEOUT", 0.2)  # deadline: 0.2 + 0.3 s
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/hooks"
+    (endpoint,) = parse_endpoints(json.dumps([{"name": "tls", "url": url, "secret": SECRET}]), "t")
+
+    # When one event is posted, then it fails within its deadline, not when the handshake
+    # ends: CPython bounds a handshake as a whole by the socket's timeout (the connect
+    # timeout), not each wait for a byte, as the HTTP client's timeouts are
+    started = time.monotonic()
+    with Sender(1) as sender:
+        sending = sender.submit(webhook_sending.post, sender.session(), endpoint, "m", {}, 0, 0.3)
+        attempt = sending.result(timeout=30)
+    assert (attempt.status, attempt.error) == (None, "no answer within 0.2s / 0.3s")
+    assert time.monotonic() - started < 1.0
+    assert cut.wait(10), "the receiver's connection was not shut"
+    listener.close()
 
 
 def test_failing_past_the_window_disables_the_endpoint_and_enabling_resumes_it(db, receiver):
