@@ -80,9 +80,7 @@ def test_a_database_on_its_server_not_yet_proven_its_own_is_shown_not_counted(
 
 
 @pytest.mark.parametrize("columns", [{"provisioned_at": T0}, {"adopt": "any"}])
-def test_a_tenant_retrying_on_a_database_proven_or_declared_its_own_is_counted(
-    db, influx, columns
-):
+def test_a_tenant_retrying_on_a_database_proven_or_declared_its_own_is_counted(db, influx, columns):
     existing_database(influx, "acme", points=2)
     insert(db, "acme", state="retrying", node="default", error_reason="timeout", **columns)
 
