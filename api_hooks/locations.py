@@ -122,7 +122,8 @@ def locations_router(require_reader: Callable[..., Any]) -> APIRouter:
             Query(
                 description="1: since is where the last page of a whole load (from 0) ended, "
                 "not a map you hold; never 410 (tombstones pruned meanwhile are nothing to a "
-                "map loaded from nothing). Pass it on every page after the first of a whole load"
+                "map loaded from nothing). Pass it on the pages of a whole load (the first too: it "
+                "changes nothing there)"
             ),
         ] = "0",
     ) -> Response:

@@ -184,10 +184,17 @@ def _not_counted(row: Row[Any]) -> str | None:
 
 
 def _proven(row: Row[Any]) -> bool:
-    """Whether a database of the tenant's name on its server is its own: it was provisioned
-    there once (the marker read or written), or an operator or the upgrade said whatever is
-    there is theirs (``Adoption``)."""
-    return bool(row.influxdb_provisioned_at or row.influxdb_adopt in tuple(Adoption))
+    """Whether a database of the tenant's name on its server is its own: it is provisioned
+    there (or being deleted from there, provisioned once), or an operator, the upgrade or a
+    drift repair said whatever is there is theirs (``Adoption``). Not ``provisioned_at``
+    alone: it outlives a move to another server (a 422, a wait for capacity), where a
+    database of the name may be another's."""
+    if row.influxdb_adopt in tuple(Adoption):
+        return True
+    if row.influxdb_state == ProvisioningState.PROVISIONED:
+        return True
+    deleting = row.influxdb_state == ProvisioningState.DEPROVISIONING
+    return deleting and bool(row.influxdb_provisioned_at)
 
 
 def _may_hold_one(row: Row[Any]) -> bool:
