@@ -137,14 +137,14 @@ def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
     elif live:
         live_status = _live_check(node, database)
         if live_status["exists"] and not _proven(row):
-            # Of its name, on its server, but no run has read the marker that makes it its own
-            # yet (a 409 whose contents could not be read, an answer that never came): its
-            # rows may be another tenant's, or an earlier one's of the id.
+            # Of its name, on its server, but not proven its own there (a 409 whose contents
+            # could not be read yet, a tenant moved here after a 422 elsewhere): its rows may be
+            # another tenant's, or an earlier one's of the id.
             live_status = {
                 **live_status,
                 "telemetry_count": None,
-                "error": "not yet proven this tenant's (its run has not read the database's "
-                "marker): its rows are not counted",
+                "error": "not yet proven this tenant's on this node (no run has read its "
+                "marker here): its rows are not counted",
             }
     stalled = row.influxdb_state == ProvisioningState.FAILED and reason in RESUMABLE_REASONS
     return {

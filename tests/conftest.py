@@ -394,7 +394,7 @@ def _as_new(held: list[psycopg.Connection[Any]], database: str) -> psycopg.Conne
     """The process's connection as a new one would be: out of any transaction, with no session
     setting, role, lock, temporary table, prepared statement or LISTEN left (DISCARD ALL);
     connected again if a test broke or closed it. A new backend per test cost the fast layer
-    about 8 of its 50 CPU-s (a backend's first queries load the catalog caches)."""
+    4 to 5 of its 45 to 50 CPU-s (stop 50's A/B): its first queries load the catalog caches."""
     if held:
         conn = held[0]
         try:
