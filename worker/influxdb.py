@@ -72,8 +72,7 @@ class InfluxDB3Client:
             self._session.mount(scheme, adapter)
         if token:
             self._session.headers["Authorization"] = f"Bearer {token}"
-        # What requests would read from the environment on every call (proxies, CA bundle),
-        # read once: that lookup scanned os.environ per request, ~0.5 ms of CPU each.
+        # Read once what requests reads from os.environ per call (proxies, CA): 0.5 ms each.
         self._session.trust_env = False
         self._session.proxies = requests.utils.get_environ_proxies(self.url)
         if ca_bundle := os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"):
@@ -125,8 +124,11 @@ class InfluxDB3Client:
             name, gone = entry.get("iox::database"), entry.get("deleted", False)
             if not isinstance(name, str) or not isinstance(gone, bool):
                 raise InfluxDBBadResponse("list databases: an entry without a name or flag")
-            if name != INTERNAL_DATABASE:
-                listed[int(gone)].append(name)
+            listed[int(gone)].append(name)
+        # Without _internal (always listed) it is no listing: `[]` would say all were deleted.
+        if INTERNAL_DATABASE not in listed[0]:
+            raise InfluxDBBadResponse(f"list databases: no {INTERNAL_DATABASE}: not InfluxDB 3's")
+        listed[0].remove(INTERNAL_DATABASE)
         return Listed(*listed, response.headers.get("Date"))
 
     def write_marker(
@@ -290,9 +292,8 @@ class InfluxDB3Client:
         except (requests.ConnectTimeout, requests.ReadTimeout) as exc:
             kind = "connect" if isinstance(exc, requests.ConnectTimeout) else "read"
             limit = (timeout or self._timeout)[0 if kind == "connect" else 1]
-            error: ProvisioningError = InfluxDBTimeout(
-                f"{method} {path}: {kind} timeout after {limit:g}s"
-            )
+            timed_out = f"{method} {path}: {kind} timeout after {limit:g}s"
+            error: ProvisioningError = InfluxDBTimeout(timed_out)
             error.request_sent = kind == "read"
             raise error from exc
         except requests.RequestException as exc:
@@ -335,8 +336,7 @@ class InfluxDB3Client:
         status = response.status_code
         message = f"{action}: HTTP {status}: {self._error_text(response)}"
         lowered = message.lower()
-        # 400 for a malformed header says so ("Authorization header was malformed"); a word
-        # alone could be an echoed line of ours (a tenant id such as authorizer-co)
+        # A malformed header's 400 says so; one word could be an echoed id (authorizer-co)
         if status == 401 or (status == 400 and "authorization header" in lowered):
             return InfluxDBUnauthorized(message)
         if status >= 500 or status in (408, 429):  # 408/429: a proxy in front, try later

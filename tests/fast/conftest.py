@@ -69,6 +69,8 @@ class World:
     servers: dict[str, StandIn] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
     unlisted: set[str] = field(default_factory=set)
+    # A node's address answered by something else (a test's scripted server on its port)
+    urls: dict[str, str] = field(default_factory=dict)
     clock: Clock = field(default_factory=Clock)
     # No wait before a deletion deletes (a test of that wait sets it): the clock moves only
     # when told, so every deletion would otherwise wait for ever.
@@ -92,7 +94,7 @@ class World:
     @property
     def settings(self) -> Settings:
         nodes = tuple(
-            NodeConfig(name, server.url, INFLUX_TOKEN, self.limits[name])
+            NodeConfig(name, self.urls.get(name, server.url), INFLUX_TOKEN, self.limits[name])
             for name, server in self.servers.items()
             if name not in self.unlisted
         )

@@ -128,6 +128,10 @@ def test_live_check_never_raises_and_is_bounded(client, influx):
         (200, '{"not": "a list"}', TransientError, "bad_response"),
         (200, '[{"name": "x"}]', TransientError, "bad_response"),
         (200, '[{"iox::database": "x", "deleted": "yes"}]', TransientError, "bad_response"),
+        # InfluxDB 3 always lists _internal: without it, not a listing of all there is
+        (200, "[]", TransientError, "bad_response"),
+        (200, '[{"iox::database": "telemetry_a"}]', TransientError, "bad_response"),
+        (200, '[{"iox::database": "_internal", "deleted": true}]', TransientError, "bad_response"),
         (200, "[" * 5000, TransientError, "bad_response"),  # too deep for json: RecursionError
         (503, "[" * 5000, TransientError, "server_error"),  # error bodies are parsed too
         (502, "<html>Bad Gateway</html>", TransientError, "server_error"),
@@ -200,7 +204,7 @@ def test_a_token_split_by_the_first_cut_of_an_error_body_is_not_stored_in_part(s
 
 
 def test_no_token_means_no_authorization_header(scripted):
-    scripted.answer(200, "[]")
+    scripted.answer(200, '[{"iox::database": "_internal"}]')
     InfluxDB3Client(scripted.url).list_databases()
     InfluxDB3Client(scripted.url, "tok-abcdef").list_databases()
     assert "Authorization" not in scripted.requests[0][2]
@@ -224,7 +228,7 @@ def test_the_environments_proxy_is_still_used_read_once(scripted, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", scripted.url)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    scripted.answer(200, '[{"iox::database": "telemetry_a"}]')
+    scripted.answer(200, '[{"iox::database": "_internal"}, {"iox::database": "telemetry_a"}]')
     client = InfluxDB3Client("http://influxdb.invalid:8181", "token-abc", read_timeout=1.0)
     monkeypatch.delenv("HTTP_PROXY")  # read once: a later change does not matter
 

@@ -27,6 +27,7 @@ from worker.influxdb import InfluxDB3Client
 from worker.placement import sync_nodes, usage
 from worker.queues import Job
 from worker.reconcile import reconcile
+from worker.runs import Delivery
 from worker.states import Reason, RunResult
 
 LONG_AGO = T0 - timedelta(hours=1)
@@ -73,6 +74,50 @@ def test_drift_starts_a_new_episode_and_a_stuck_attempt_does_not(db, world: Worl
     drifted, stuck = tenant_row(db, "drifted"), tenant_row(db, "stuck")
     assert (drifted["influxdb_state"], drifted["influxdb_attempts"]) == ("pending", 0)
     assert (stuck["influxdb_error_reason"], stuck["influxdb_attempts"]) == ("worker_lost", 4)
+
+
+@pytest.mark.parametrize(
+    "listing",
+    ["[]", '[{"iox::database": "telemetry_elsewhere"}]'],
+    ids=["nothing", "not-internal"],
+)
+def test_a_listing_without_internal_is_no_listing_not_every_database_deleted(
+    db, world: World, scripted, listing
+):
+    # Given two tenants provisioned on alpha, a row from before the worker whose data is on
+    # alpha too, and beta with room
+    alpha = world.add("alpha")
+    for tenant_id in ("acme", "globex"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        assert world.provision(tenant_id).result == RunResult.PROVISIONED
+    write_points(alpha, "telemetry_old", "telemetry,device=d1 v=1i")
+    insert(db, "old", adopt="unmarked", at=world.clock.advance(1))
+    world.add("beta")
+    world.clock.advance(3600)
+
+    # When alpha's address answers a listing InfluxDB 3 never gives (it always lists
+    # _internal): a server whose catalog is not loaded yet, or something else on its port
+    scripted.answer(200, listing)
+    world.urls["alpha"] = scripted.url
+    _, summary = run(world)
+    outcome = world.provision("old", Delivery.of("old-message", 0))
+
+    # Then alpha did not answer: nothing there is drift, and the old row finds no home
+    # elsewhere (a second database would split its telemetry)
+    assert (summary["drift"], summary["new_home"]) == (0, 0)
+    for tenant_id in ("acme", "globex"):
+        assert tenant_row(db, tenant_id)["influxdb_state"] == "provisioned"
+    assert outcome.result != RunResult.PROVISIONED
+    assert tenant_row(db, "old")["influxdb_node"] is None
+    assert world.servers["beta"].databases() == []
+
+    # And once alpha answers again, the old row's next run finds its database there
+    del world.urls["alpha"]
+    world.clock.advance(outcome.retry_in or 0)
+    retry = Delivery.of("old-message", 1)
+    assert world.provision("old", retry).result == RunResult.PROVISIONED
+    assert tenant_row(db, "old")["influxdb_node"] == "alpha"
+    assert world.servers["beta"].databases() == []
 
 
 def test_a_stalled_tenant_resumes_when_its_server_answers(db, world: World):
