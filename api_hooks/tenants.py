@@ -7,6 +7,7 @@ timeout and never raises for InfluxDB's sake.
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from datetime import datetime, timedelta
@@ -14,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from api_hooks.errors import (
     InvalidRetentionPeriod,
@@ -49,6 +50,8 @@ _TENANT_ID_FIRST = re.compile(r"[A-Za-z0-9]")
 _TENANT_ID_REST = re.compile(r"[A-Za-z0-9_-]*")
 # Who acts when a hook is called directly, without saying (see docs/events.md, "Actors").
 PYTHON_ACTOR = "python"
+
+logger = logging.getLogger(__name__)
 
 
 def validate_tenant_id(tenant_id: object) -> str:
@@ -162,9 +165,14 @@ def create_tenant(
     # Only after the commit: a worker must find the row the message names.
     queued = publish(tenant_id, Job.PROVISION)
     if not queued:
-        # "Never queued" is the reconciler's cue to enqueue it at its next run.
-        with get_engine().begin() as conn:
-            store.mark_enqueued(conn, [tenant_id], None)
+        # "Never queued" is the reconciler's cue to enqueue it at its next run. Postgres lost
+        # too: the tenant is stored all the same (a 503 would say nothing was), and its row's
+        # enqueued_at, the insert's, sends it a grace later.
+        try:
+            with get_engine().begin() as conn:
+                store.mark_enqueued(conn, [tenant_id], None)
+        except DBAPIError:
+            logger.warning("tenant %s: stored, not queued; the reconciler sends it", tenant_id)
     return {
         "tenant_id": tenant_id,
         "name": name,

@@ -164,3 +164,45 @@ def test_a_burst_of_creates_all_answer_promptly_when_the_broker_is_blackholed(
         assert pending == len(tenant_ids)
     finally:
         stop_process(process)
+
+
+def test_a_tenant_stored_while_the_broker_and_then_postgres_fail_is_reported_created(
+    db, influx, tmp_path
+):
+    # Given a real operator API process whose broker is not running, and a Postgres that
+    # goes away (SQLSTATE 57P01, an administrator's shutdown) once the tenant is stored: at
+    # the moment the API marks the tenant "never queued"
+    broker = f"redis://:{BROKER_PASSWORD}@127.0.0.1:{free_port()}/0"
+    process, base = start_api(tmp_path / "api.log", {"CELERY_BROKER_URL": broker})
+    db.execute(
+        "CREATE FUNCTION gone_after_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'terminating connection' USING ERRCODE = '57P01'; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER gone_after_insert BEFORE UPDATE OF influxdb_enqueued_at ON tenants "
+        "FOR EACH ROW WHEN (NEW.influxdb_enqueued_at IS NULL) EXECUTE FUNCTION gone_after_insert()"
+    )
+    try:
+        tenant_id = new_tenant_id()
+
+        # When the operator creates a tenant
+        response = requests.post(
+            f"{base}/operator/tenants",
+            json={"tenant_id": tenant_id, "name": "Cut"},
+            headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+            timeout=10,
+        )
+
+        # Then it is told the truth: created, not queued (not a 503 "nothing was changed",
+        # which a retry would meet with 409)
+        assert response.status_code == 201, response.text
+        assert response.json()["influxdb"]["queued"] is False
+        # And the tenant is stored as owed work, its enqueued_at the insert's: the reconciler
+        # sends it once that is older than its grace
+        row = tenant_row(db, tenant_id)
+        assert row["influxdb_state"] == "pending"
+        assert row["influxdb_enqueued_at"] is not None
+    finally:
+        db.execute("DROP TRIGGER gone_after_insert ON tenants")
+        db.execute("DROP FUNCTION gone_after_insert()")
+        stop_process(process)
