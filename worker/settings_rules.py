@@ -15,9 +15,15 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-# As InfluxDB 3 Core's configure API takes them (docs/settings.md, "Rules").
-RETENTION_PERIOD = re.compile(r"\A[1-9][0-9]{0,5}(?:h|d|w|mo|y)\Z")
-RETENTION_PERIOD_RULE = "a positive number (at most 6 digits) followed by h, d, w, mo or y"
+# As InfluxDB 3 Core's configure API takes them (docs/settings.md, "Rules"), under 292 years:
+# it counts a period in signed 64-bit nanoseconds, and a longer one wraps round and hides the
+# data it should keep (999y), so each unit has its own number of digits.
+RETENTION_PERIOD = re.compile(
+    r"\A(?:[1-9][0-9]{0,5}h|[1-9][0-9]{0,4}d|[1-9][0-9]{0,3}w|[1-9][0-9]{0,2}mo|[1-9][0-9]?y)\Z"
+)
+RETENTION_PERIOD_RULE = (
+    "a positive number followed by h, d, w, mo or y, at most 999999h, 99999d, 9999w, 999mo or 99y"
+)
 
 
 class SettingsError(ValueError):

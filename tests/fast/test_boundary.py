@@ -80,7 +80,10 @@ def test_names_that_could_mislead_or_break_a_page_are_refused(name, rule):
         validate_tenant_name(name)
 
 
-@pytest.mark.parametrize("period", ["1h", "12h", "30d", "2w", "3mo", "1y", "999999d"])
+@pytest.mark.parametrize(
+    "period",
+    ["1h", "12h", "30d", "2w", "3mo", "1y", "999999h", "99999d", "9999w", "999mo", "99y"],
+)
 def test_retention_periods_core_accepts(period):
     assert validate_retention_period(period) == period
 
@@ -90,6 +93,16 @@ def test_retention_periods_core_accepts(period):
 )
 def test_retention_periods_core_refuses(period):
     with pytest.raises(InvalidRetentionPeriod, match="h, d, w, mo or y"):
+        validate_retention_period(period)
+
+
+# InfluxDB 3 counts a period in signed 64-bit nanoseconds: past 292 years it wraps round, and
+# the cutoff lands in the future (999y hides every point) or near now (585y keeps 21 days).
+@pytest.mark.parametrize("period", ["1000000h", "100000d", "10000w", "1000mo", "100y", "999y"])
+def test_retention_periods_influxdb_would_wrap_are_refused_naming_the_limits(period):
+    with pytest.raises(
+        InvalidRetentionPeriod, match="at most 999999h, 99999d, 9999w, 999mo or 99y"
+    ):
         validate_retention_period(period)
 
 
