@@ -92,9 +92,7 @@ def find(row: Any, database: str, view: View) -> Finding | None:
     if node is not None and node not in view.listings and not reserved_only(row):
         return Finding(Kind.NODE_MISSING, node)  # (a mere reservation: its run lets it go)
     state = row.influxdb_state
-    queued_long_ago = (
-        row.influxdb_enqueued_at is None or row.influxdb_enqueued_at < view.now - view.grace
-    )
+    queued_long_ago = _lost(row.influxdb_enqueued_at, row.influxdb_updated_at, view)
     overdue = row.influxdb_next_attempt_at is None or (
         row.influxdb_next_attempt_at < view.now - view.grace
     )
@@ -115,6 +113,21 @@ def find(row: Any, database: str, view: View) -> Finding | None:
     if state == ProvisioningState.PROVISIONED:
         return _verify(row, database, view)
     return None
+
+
+# The longest a message re-sent behind a backlog waits before it is sent again, in graces.
+MAX_RESEND_GRACES = 16
+
+
+def _lost(sent_at: datetime | None, since: datetime, view: View) -> bool:
+    """Whether owed work's message, sent at ``sent_at`` for a row in its state ``since``,
+    counts as lost: never sent, or sent longer ago than the grace, or than the row had waited
+    when it was sent (at most ``MAX_RESEND_GRACES`` graces). A message queued behind a backlog
+    longer than the grace is sent again after one grace, then two, four...: not once a run."""
+    if sent_at is None:
+        return True
+    waited = min(max(sent_at - since, view.grace), MAX_RESEND_GRACES * view.grace)
+    return sent_at < view.now - waited
 
 
 def _locate(database: str, view: View) -> Finding:

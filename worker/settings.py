@@ -108,7 +108,8 @@ class Settings(BaseSettings):
     reconcile_requeue_after_seconds: float = var(
         "RECONCILE_REQUEUE_AFTER_SECONDS", None, 0, "s", default_from="RECONCILE_INTERVAL_SECONDS"
     )
-    """grace before queued work counts as lost (re-publishing is harmless: one chain per tenant)"""
+    """grace before queued work counts as lost; once re-sent, as long again as it had waited, at
+    most 16 graces (re-publishing is harmless: one chain per tenant)"""
     reconcile_batch_size: int = var("RECONCILE_BATCH_SIZE", 500, 1)
     """rows per keyset batch"""
     attempts_retention_days: int = var("PROVISIONING_ATTEMPTS_RETENTION_DAYS", 30, 1, "d")

@@ -51,6 +51,46 @@ def test_lost_work_is_published_once_per_run_and_recorded(db, world: World):
     assert tenant_row(db, "never-queued")["influxdb_enqueued_at"] == T0
 
 
+def test_work_queued_behind_a_backlog_is_sent_again_ever_less_often_not_every_run(db, world: World):
+    # Given 50 tenants created at T0 whose messages wait behind a backlog longer than the
+    # grace (60 s, the run interval): no worker has reached them
+    world.overrides["reconcile_requeue_after_seconds"] = 60.0
+    world.add("alpha", limit=1000)
+    for i in range(50):
+        insert(db, f"t{i:02d}", enqueued_at=T0)
+
+    # When the reconciler runs once a minute for 16 minutes
+    sent_at = []
+    for minute in range(1, 17):
+        world.clock.advance(60 + (1 if minute == 1 else 0))
+        published, _ = run(world)
+        if published:
+            assert len(published) == 50
+            sent_at.append(minute)
+
+    # Then each is sent after one grace, and again only once it has waited as long again as
+    # it had when last sent (at 1 min, then 3, 7, 15): not 16 times, for a backlog fed 50
+    # messages a minute would grow without end
+    assert sent_at == [1, 3, 7, 15]
+
+
+def test_a_message_lost_again_and_again_is_sent_at_least_every_16_graces(db, world: World):
+    # Given a tenant created a day ago whose messages keep being lost (grace: 60 s)
+    world.overrides["reconcile_requeue_after_seconds"] = 60.0
+    world.add("alpha")
+    insert(db, "acme", enqueued_at=T0, at=T0)
+    world.clock.advance(24 * 3600)
+
+    # When the reconciler has sent it once, a day late
+    assert [t for t, _, _ in run(world)[0]] == ["acme"]
+
+    # Then it is sent again within 16 graces (16 minutes), not a day later
+    world.clock.advance(16 * 60 - 1)
+    assert run(world)[0] == []
+    world.clock.advance(2)
+    assert [t for t, _, _ in run(world)[0]] == ["acme"]
+
+
 def test_an_overdue_retry_chain_is_taken_over_by_a_new_message(db, world: World):
     world.add("alpha")
     insert(db, "acme", state="retrying", next_attempt_at=LONG_AGO, retry_chain="lost:3")
