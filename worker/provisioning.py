@@ -95,7 +95,9 @@ class _Run(TenantRun):
             outcome = self._run()
         except NotStarted:  # a guarded write found the row changed since it was read
             outcome = self._not_started()
-        sent = self._sent  # (only when this run wrote the nodes file down)
+        # The waiting given the room this run wrote down (its own tenant: if another runs it)
+        own = outcome.result is RunResult.ABSORBED
+        sent = tuple(t for t in self._sent if own or t != self.tenant_id)
         return replace(outcome, unwaited=(*sent, *outcome.unwaited)) if sent else outcome
 
     def _run(self) -> Outcome:

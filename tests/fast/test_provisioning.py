@@ -926,3 +926,24 @@ def wait_for_a_lock_wait(db, timeout: float = 10.0) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("the run never waited for the node's row")
+
+
+def test_a_run_that_gives_room_it_wrote_down_to_its_own_tenant_does_not_queue_it_again(
+    db, world: World
+):
+    # Given alpha full, and a tenant waiting for room
+    world.add("alpha", limit=1)
+    insert(db, "acme", at=world.clock.advance(1))
+    world.provision("acme")
+    insert(db, "waiting", at=world.clock.advance(1))
+    assert world.provision("waiting").result is RunResult.WAITING_FOR_CAPACITY
+
+    # When beta is added to the file, and the first run to see it is one of the waiting
+    # tenant's own messages (an operator's retry): it writes the room down, un-waits the
+    # oldest waiting - its own tenant - and goes on to provision it
+    world.add("beta", limit=1)
+    outcome = world.provision("waiting", Delivery.of("operator-retry", 0))
+
+    # Then the tenant is provisioned, and no second message is queued for it
+    assert (outcome.result, outcome.unwaited) == (RunResult.PROVISIONED, ())
+    assert tenant_row(db, "waiting")["influxdb_node"] == "beta"
