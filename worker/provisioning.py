@@ -95,9 +95,8 @@ class _Run(TenantRun):
             outcome = self._run()
         except NotStarted:  # a guarded write found the row changed since it was read
             outcome = self._not_started()
-        # The waiting given the room this run wrote down (its own tenant: if another runs it)
-        own = outcome.result is RunResult.ABSORBED
-        sent = tuple(t for t in self._sent if own or t != self.tenant_id)
+        own = outcome.result is RunResult.ABSORBED  # its own tenant: if another message runs it
+        sent = tuple(t for t in self._sent if own or t != self.tenant_id)  # given room written
         return replace(outcome, unwaited=(*sent, *outcome.unwaited)) if sent else outcome
 
     def _run(self) -> Outcome:
