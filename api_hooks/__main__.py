@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from api_hooks.app import create_app, openapi_document, render_openapi
+from worker.db import serve_requests
 from worker.logs import configure_logging
 from worker.settings import get_settings
 
@@ -37,6 +38,7 @@ def main() -> None:
         return
     settings = get_settings()
     configure_logging(settings.log_level)
+    serve_requests()  # a request behind a held lock or a busy pool answers 503, never hangs
     # Built after logging is configured, so start-up errors are formatted.
     uvicorn.run(
         create_app(settings), host=args.host, port=args.port, log_config=None, access_log=True

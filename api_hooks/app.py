@@ -32,7 +32,7 @@ from api_hooks.locations import locations_router, locations_token_auth
 from api_hooks.router import bearer_token_auth, operator_router
 from api_hooks.schemas import Health
 from api_hooks.throttle import THROTTLED
-from worker.db import get_engine
+from worker.db import get_engine, serve_requests
 from worker.metrics import ProvisioningCollector
 from worker.nodes import shared_pool
 from worker.settings import Settings, SettingsError, get_settings
@@ -79,6 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     )
     return application
+
+
+def serve() -> FastAPI:
+    """The API process's app (``uvicorn api_hooks.app:serve --factory``): :func:`create_app`,
+    with this process's waits for a Postgres lock or pooled connection bounded (503, not a hang:
+    ``worker.db.serve_requests``)."""
+    serve_requests()
+    return create_app()
 
 
 def openapi_document() -> dict[str, Any]:

@@ -20,9 +20,12 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 logger = logging.getLogger(__name__)
-UNREACHABLE = (OperationalError, InterfaceError)  # the connection, not the statement
+# The connection, not the statement; or a wait past its bound (a lock: lock_timeout is an
+# OperationalError; a pooled connection: PoolTimeout)
+UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 # Where FastAPI found the bad value ("loc"[0]) in the words an operator knows.
 _SOURCES = {
@@ -91,7 +94,10 @@ def registry_unavailable(exc: Exception) -> HTTPException:
     logger.warning("Postgres cannot be reached: %s", getattr(exc, "orig", None) or exc)
     return HTTPException(
         status.HTTP_503_SERVICE_UNAVAILABLE,
-        detail="the tenant registry (Postgres) cannot be reached; nothing was changed, try again",
+        detail=(
+            "the tenant registry (Postgres) cannot be reached or is busy; nothing was changed, "
+            "try again"
+        ),
         headers={"Retry-After": "5"},
     )
 

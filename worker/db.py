@@ -21,6 +21,16 @@ logger = logging.getLogger(__name__)
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _pool_size = 5  # connections kept per process; a prefork child runs one task at a time
+_request_wait: float | None = None  # seconds; None: a worker's waits, unbounded
+
+
+def serve_requests(seconds: float = 3.0) -> None:
+    """This process answers requests (the API): from its next engine on, a wait for a row or
+    table lock, or for a pooled connection, gives up after ``seconds`` (a 503), so a request
+    queued behind a migration's lock or a pool held by others answers instead of hanging.
+    Not for workers: their placers wait on a server's row by design."""
+    global _request_wait  # noqa: PLW0603 - one engine per process, by design
+    _request_wait = seconds
 
 
 def size_pool(connections: int) -> None:
@@ -36,8 +46,12 @@ def get_engine() -> Engine:
     if _engine is None or _engine_pid != os.getpid():
         if _engine is not None:
             _engine.dispose(close=False)  # the parent's connections stay the parent's
+        bounds: dict[str, Any] = {}
+        if _request_wait is not None:
+            bounds = {"options": f"-c lock_timeout={int(_request_wait * 1000)}"}
         _engine = create_engine(
             get_settings().database_url,
+            pool_timeout=_request_wait or 30,
             # Survive Postgres restarts and terminated backends. Its ping runs in autocommit
             # (one round trip, no transaction left open), so ``autocommit`` can follow it.
             pool_pre_ping=True,
@@ -52,6 +66,7 @@ def get_engine() -> Engine:
                 "keepalives_idle": 30,
                 "keepalives_interval": 10,
                 "keepalives_count": 3,
+                **bounds,
             },
         )
         event.listen(_engine, "reset", _drop_advisory_locks)

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 
@@ -51,3 +53,48 @@ def test_every_way_in_answers_503_try_again_without_postgres(api_without_postgre
     # A wrong token is still refused first, without a word about Postgres
     wrong = requests.get(f"{base}/locations", headers={"Authorization": "Bearer x"}, timeout=15)
     assert wrong.status_code == 401
+
+
+def test_a_request_behind_a_held_table_lock_answers_503_in_seconds_not_hangs(db, tmp_path):
+    # Given a real API process, and a tenant it created
+    process, base = start_api(tmp_path / "api.log")
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    try:
+        made = {"tenant_id": "held-1", "name": "Held"}
+        created = requests.post(f"{base}/operator/tenants", json=made, headers=operator, timeout=10)
+        assert created.status_code == 201, created.text
+
+        # When a migration holds the tenants table in SHARE mode (reads go on, writes wait)
+        dsn = db.info.dsn
+        with psycopg.connect(dsn) as migration:
+            migration.execute("LOCK TABLE tenants IN SHARE MODE")
+            started = time.monotonic()
+            answer = requests.post(
+                f"{base}/operator/tenants",
+                json={"tenant_id": "held-2", "name": "Held"},
+                headers=operator,
+                timeout=30,
+            )
+            took = time.monotonic() - started
+            # A read meanwhile is not held by the writes waiting
+            stats = requests.get(
+                f"{base}/operator/tenants/held-1/stats?live=false", headers=operator, timeout=30
+            )
+            migration.rollback()
+
+        # Then the create answers 503 "try again" within its 3 s bound, not when the lock goes
+        assert answer.status_code == 503, answer.text
+        assert "nothing was changed" in answer.json()["detail"]
+        assert answer.headers["Retry-After"] == "5"
+        assert took < 6, f"took {took:.1f}s"
+        assert stats.status_code == 200, stats.text
+        # And nothing was stored: the create is free to be sent again, and succeeds
+        again = requests.post(
+            f"{base}/operator/tenants",
+            json={"tenant_id": "held-2", "name": "Held"},
+            headers=operator,
+            timeout=10,
+        )
+        assert again.status_code == 201, again.text
+    finally:
+        stop_process(process)
