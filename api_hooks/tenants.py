@@ -79,7 +79,8 @@ def validate_tenant_name(name: object) -> str:
 
     Names are free text shown to operators, so text that could mislead or break a page is
     refused: control characters, line separators, invisible format characters (bidi
-    overrides such as U+202E among them) and lone surrogates (not UTF-8).
+    overrides such as U+202E among them; tag characters outside a flag), lone surrogates (not
+    UTF-8), and a name with nothing visible in it.
     """
     if not isinstance(name, str):
         raise InvalidTenantName("name must be a string")
@@ -88,7 +89,7 @@ def validate_tenant_name(name: object) -> str:
         raise InvalidTenantName("name must not be empty")
     if len(stripped) > TENANT_NAME_MAX_LENGTH:
         raise InvalidTenantName(f"name must be at most {TENANT_NAME_MAX_LENGTH} characters")
-    for ch in stripped:
+    for at, ch in enumerate(stripped):
         category = unicodedata.category(ch)
         if category == "Cs":
             raise InvalidTenantName("name must be valid Unicode text (it holds a lone surrogate)")
@@ -96,11 +97,15 @@ def validate_tenant_name(name: object) -> str:
             raise InvalidTenantName(
                 f"name must not contain control characters or line breaks (U+{ord(ch):04X})"
             )
-        if category == "Cf" and not _allowed_format(ch):
+        if category == "Cf" and not _allowed_format(ch, stripped[at - 1] if at else ""):
             raise InvalidTenantName(
                 "name must not contain invisible formatting or bidirectional control "
                 f"characters (U+{ord(ch):04X})"
             )
+    if not any(unicodedata.category(ch)[0] in "LNPS" and ch not in _BLANK for ch in stripped):
+        raise InvalidTenantName(
+            "name must show at least one letter, digit, punctuation mark or symbol"
+        )
     return stripped
 
 
@@ -108,9 +113,17 @@ def validate_tenant_name(name: object) -> str:
 _SPACES = " \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
 
 
-def _allowed_format(ch: str) -> bool:
-    # Joiners and emoji tag characters are format characters that emoji sequences need.
-    return ch in "\u200c\u200d" or "\U000e0020" <= ch <= "\U000e007f"
+# Letters and symbols drawn as nothing: Hangul fillers, the blank Braille pattern.
+_BLANK = "\u115f\u1160\u3164\uffa0\u2800"
+
+
+def _allowed_format(ch: str, before: str) -> bool:
+    # Joiners, and the tag characters of a flag (after U+1F3F4, each after the one before; a
+    # run of them after any other character hides text a page does not show).
+    if ch in "\u200c\u200d":
+        return True
+    tag = "\U000e0020" <= ch <= "\U000e007f"
+    return tag and (before == "\U0001f3f4" or "\U000e0020" <= before <= "\U000e007e")
 
 
 def validate_retention_period(retention_period: object) -> str | None:
