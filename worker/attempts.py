@@ -186,6 +186,11 @@ class AttemptRecord:
         if not self.unanswered_before:
             self.create_sent_to = None
 
+    @property
+    def released(self) -> bool:
+        """Whether this attempt gives its slot back with its outcome (``release_node``)."""
+        return self._release
+
     def release_node(self) -> None:
         """This attempt's create was refused and no earlier one is unanswered: nothing of the
         tenant's is on the server, and its slot goes back with the outcome."""

@@ -10,11 +10,9 @@ as it happens, so operators see ``provisioning`` while it is under way. A run, i
    every server listed once - before anything is placed; a server that cannot answer means
    "unknown", and the run retries rather than place it.
 2. **Place** a tenant without a home on the least-used server with room (or wait for capacity),
-   in the statement that starts the attempt (``placement.start_on_free_node``); when every
-   server with room is held by another placer, after waiting for one (``choose_node``).
-3. **Attempt** on that server: create the database; a 409 is success only when the database is
-   provably this tenant's (``worker.identity``), otherwise the tenant stops as ``name_taken``;
-   then write the ``_init`` marker carrying the tenant's incarnation.
+   as its attempt starts (``placement.start_on_free_node``; ``choose_node`` waits out a placer).
+3. **Attempt** there: create the database (a 409 is success only when it is provably this
+   tenant's, ``worker.identity``; else ``name_taken``), then write the ``_init`` marker.
 
 Attempts count per episode (from creation, an operator retry, a drift repair, a capacity wait's
 end, a resume) as they *start*: a killed run counts. Celery is not known here: ``Outcome``s are.
@@ -350,7 +348,9 @@ class _Run(TenantRun):
         attempt.fail(reason, message)
         context = {**self.context, "attempt": attempt.number}
         logger.error("provisioning failed (%s): %s", reason, message, extra=context)
-        return Outcome(RunResult.FAILED, self.tenant_id, attempt.number, reason)
+        room = attempt.released  # a slot given back: the oldest waiting's, not the next created's
+        moved = node_marks.unwait(self.conn, self.pool.nodes(), self.clock()) if room else []
+        return Outcome(RunResult.FAILED, self.tenant_id, attempt.number, reason, None, (*moved,))
 
     def _give_up_before_starting(self) -> Outcome:
         reason = Reason.parse(self.row.influxdb_error_reason) or Reason.WORKER_LOST
@@ -381,9 +381,8 @@ class _Run(TenantRun):
         return Outcome(RunResult.FAILED, self.tenant_id, self.attempts, reason)
 
     def _wait_for_capacity(self) -> Outcome:
-        # Capacity is a state, not a retry loop: the reconciler places waiting tenants, oldest
-        # first, when a server is added or a slot frees; the wait ends the episode. Room freed
-        # while this run chose (its un-wait saw no wait yet) is seen once the wait is written.
+        # Capacity is a state, not a retry loop: the wait ends the episode. Room freed while
+        # this run chose (its un-wait saw no wait yet) is seen once the wait is written.
         nodes = self.pool.nodes()
         self._settle(
             ProvisioningState.WAITING_FOR_CAPACITY,

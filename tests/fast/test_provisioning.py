@@ -947,3 +947,30 @@ def test_a_run_that_gives_room_it_wrote_down_to_its_own_tenant_does_not_queue_it
     # Then the tenant is provisioned, and no second message is queued for it
     assert (outcome.result, outcome.unwaited) == (RunResult.PROVISIONED, ())
     assert tenant_row(db, "waiting")["influxdb_node"] == "beta"
+
+
+def test_a_slot_given_back_by_a_refused_create_goes_to_the_oldest_waiting_not_the_next_new(
+    db, world: World
+):
+    # Given alpha's one slot held by acme's run, whose retention period the server will refuse
+    # (a row written by hand: minutes, which InfluxDB 3 takes in no form), and a tenant waiting
+    world.add("alpha", limit=1)
+    insert(db, "acme", at=world.clock.advance(1), retention_period="90m")
+    insert(db, "waiting", at=world.clock.advance(1))
+    with get_engine().connect() as conn:
+        sync_nodes(conn, world.pool().nodes())
+        assert placement.place_tenant(conn, "acme", world.pool().nodes(), set()) == "alpha"
+        conn.commit()
+    assert world.provision("waiting").result is RunResult.WAITING_FOR_CAPACITY
+
+    # When acme's create is refused (400): it fails for good and gives its slot back
+    outcome = world.provision("acme", MESSAGE)
+    assert (outcome.result, outcome.reason) == (RunResult.FAILED, Reason.REJECTED)
+
+    # Then the slot goes to the waiting tenant, queued now with the slot reserved for it
+    assert outcome.unwaited == ("waiting",)
+    assert tenant_row(db, "waiting")["influxdb_node"] == "alpha"
+    # And a tenant created next finds no room: it waits behind the older one
+    insert(db, "newer", at=world.clock.advance(1))
+    assert world.provision("newer").result is RunResult.WAITING_FOR_CAPACITY
+    assert world.provision("waiting").result is RunResult.PROVISIONED
