@@ -393,6 +393,8 @@ def end_waits(conn: Connection, count: int, now: datetime) -> list[str]:
         .values(
             influxdb_state=ProvisioningState.PENDING, influxdb_attempts=0, influxdb_updated_at=now
         )
-        .returning(_ROW.tenant_id, _ROW.created_at)
-    ).all()
-    return [row.tenant_id for row in sorted(moved, key=lambda r: (r.created_at, r.tenant_id))]
+        .returning(_ROW.tenant_id)
+    ).scalars()
+    # In the select's order: a UI's table may hold a NULL created_at (last in Postgres' order;
+    # a sort in Python would raise)
+    return sorted(moved, key=oldest.index)

@@ -91,6 +91,24 @@ def test_a_message_lost_again_and_again_is_sent_at_least_every_16_graces(db, wor
     assert [t for t, _, _ in run(world)[0]] == ["acme"]
 
 
+def test_waiting_rows_the_ui_made_without_a_creation_time_are_un_waited_last(db, world: World):
+    # Given alpha full, and two tenants waiting: one a row the UI made with no created_at
+    # (its table's column may be nullable)
+    world.add("alpha", limit=1)
+    for tenant_id in ("acme", "undated", "dated"):
+        insert(db, tenant_id, at=world.clock.advance(1))
+        world.provision(tenant_id)
+    db.execute("UPDATE tenants SET created_at = NULL WHERE tenant_id = 'undated'")
+
+    # When room is added (beta, two slots) and the reconciler runs
+    world.add("beta", limit=2)
+    published, summary = run(world)
+
+    # Then the run ends (it raised at every run before), and both go on, the dated one first
+    assert summary["unwaited"] == 2
+    assert [t for t, _, _ in published][:2] == ["dated", "undated"]
+
+
 def test_an_overdue_retry_chain_is_taken_over_by_a_new_message(db, world: World):
     world.add("alpha")
     insert(db, "acme", state="retrying", next_attempt_at=LONG_AGO, retry_chain="lost:3")
