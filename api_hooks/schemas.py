@@ -82,8 +82,8 @@ class TenantStats(BaseModel):
     body of the UI's own tenant stats, so the UI can return it unchanged."""
 
     tenant_id: str
-    name: str = Field(description="The display name")
-    status: str = Field(description="The UI's own tenant status, e.g. active")
+    name: str | None = Field(description="The display name (null in a row the UI made so)")
+    status: str | None = Field(description="The UI's own tenant status, e.g. active")
     influxdb: InfluxDBStatus
 
 

@@ -108,8 +108,9 @@ class TenantStatsBody(TypedDict):
     """A tenant's stats as the UI's ``get_tenant_stats`` returns them, ``influxdb`` block too."""
 
     tenant_id: str
-    name: Annotated[str, Field(description="The display name")]
-    status: Annotated[str, Field(description="The UI's own tenant status, e.g. active")]
+    # Null where the UI's own table holds a NULL (a row it made before this worker, say)
+    name: Annotated[str | None, Field(description="The display name")]
+    status: Annotated[str | None, Field(description="The UI's own tenant status, e.g. active")]
     influxdb: InfluxDBStatus
 
 

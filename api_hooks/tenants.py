@@ -13,6 +13,7 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -168,6 +169,8 @@ def create_tenant(
         with get_engine().connect() as conn:
             store.create(conn, tenant_id, name, retention, actor=actor, route=route, data=details)
     except IntegrityError as exc:
+        if not isinstance(exc.orig, UniqueViolation):  # the UI's table has a rule of its own:
+            raise  # a NOT NULL column, a foreign key; not "exists" (a retry would fail again)
         message = f"tenant {tenant_id!r} already exists"
         with get_engine().connect() as conn:
             row = store.load(conn, tenant_id)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import pytest
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import IntegrityError
 
 from api_hooks.app import create_app
 from api_hooks.bodies import MAX_BODY_BYTES
@@ -173,6 +174,42 @@ def test_the_stats_body_is_the_hooks_answer_field_for_field(client, db):
     assert response.json() == tenant_stats("acme", live=False)
     assert response.json()["influxdb"] == tenant_influxdb_status("acme", live=False)
     assert (response.json()["name"], response.json()["status"]) == ("Acme", "active")
+
+
+def test_the_stats_of_a_row_the_ui_made_without_a_name_or_status_are_served(client, db):
+    # Given the UI's own table, whose name may be NULL, and a row of its with neither a name
+    # nor a status
+    db.execute(
+        "ALTER TABLE tenants ALTER COLUMN name DROP NOT NULL, ALTER COLUMN status DROP NOT NULL"
+    )
+    try:
+        db.execute("INSERT INTO tenants (tenant_id, name, status) VALUES ('old', NULL, NULL)")
+        response = client.get("/operator/tenants/old/stats?live=false")
+        hook = tenant_stats("old", live=False)
+    finally:
+        db.execute("DELETE FROM tenants WHERE tenant_id = 'old'")
+        db.execute(
+            "ALTER TABLE tenants ALTER COLUMN name SET NOT NULL, ALTER COLUMN status SET NOT NULL"
+        )
+
+    # Then the stats say so (null), as the hook does: not a 500
+    assert response.status_code == 200, response.text
+    assert (response.json()["name"], response.json()["status"]) == (None, None)
+    assert response.json() == hook
+
+
+def test_a_create_the_uis_table_refuses_for_its_own_rule_is_not_called_exists(client, db):
+    # Given the UI's table with a rule of its own: a NOT NULL column we do not fill
+    db.execute("ALTER TABLE tenants ADD COLUMN plan text NOT NULL DEFAULT 'free'")
+    db.execute("ALTER TABLE tenants ALTER COLUMN plan DROP DEFAULT")
+    try:
+        # When a new id is created, then the table's error is raised, not "already exists"
+        # (a 409 would tell the UI to stop; the id is free)
+        with pytest.raises(IntegrityError, match="plan"):
+            client.post("/operator/tenants", json={"tenant_id": "brandnew", "name": "New"})
+    finally:
+        db.execute("ALTER TABLE tenants DROP COLUMN plan")
+    assert db.execute("SELECT count(*) FROM tenants").fetchone() == (0,)
 
 
 def ui_require_admin(session: Annotated[str, Query()]) -> None:
