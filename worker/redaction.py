@@ -71,6 +71,12 @@ _OPAQUE_SEGMENT = re.compile(
 )
 
 
+def _secret_query(key: str, value: str) -> bool:
+    """A query value to hide: its key names a secret, or it reads as one whatever its key
+    (Azure's ``sig=``, Azure Functions' ``code=``, a signed URL's signature)."""
+    return bool(_SECRET_QUERY_KEYS.search(key) or _OPAQUE_SEGMENT.match(value))
+
+
 def redact_url(url: str) -> str:
     """``url`` fit to print: the userinfo password, secret-looking query values and
     credential-looking path segments replaced."""
@@ -85,7 +91,7 @@ def redact_url(url: str) -> str:
         netloc = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{REDACTED}@{host}"
     path = "/".join(REDACTED if _OPAQUE_SEGMENT.match(s) else s for s in parts.path.split("/"))
     query = "&".join(
-        f"{key}={REDACTED}" if _SECRET_QUERY_KEYS.search(key) else f"{key}={value}"
+        f"{key}={REDACTED}" if _secret_query(key, value) else f"{key}={value}"
         for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     )
     return urllib.parse.urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
@@ -101,10 +107,10 @@ def url_secrets(url: str) -> tuple[str, ...]:
         return ()
     found = [parts.password or ""]
     found += [s for s in parts.path.split("/") if _OPAQUE_SEGMENT.match(s)]
-    found += [value for key, value in query if _SECRET_QUERY_KEYS.search(key)]
+    found += [value for key, value in query if _secret_query(key, value)]
     # As written in the URL too (percent-encoded), the way an error may quote it.
     raw = (pair.partition("=") for pair in parts.query.split("&"))
-    found += [value for key, _, value in raw if _SECRET_QUERY_KEYS.search(key)]
+    found += [value for key, _, value in raw if _secret_query(key, value)]
     # A short value (sort_key=id) is no secret worth hiding: replaced wherever it appears, it
     # would garble every error of the endpoint.
     return tuple(dict.fromkeys(s for s in found if len(s) >= _SHORTEST_SECRET))

@@ -137,6 +137,16 @@ def test_retention_periods_influxdb_would_wrap_are_refused_naming_the_limits(per
             "https://hooks.slack.com/services/T0001/B0001/xoxbQmZtKfAbRcWdYe",
             "https://hooks.slack.com/services/T0001/B0001/[REDACTED]",
         ),
+        (  # a value that reads as a secret, whatever its key: Azure Logic Apps' signature
+            "https://prod.logic.azure.com/workflows/abc/invoke?api-version=2016-10-01&sv=1.0"
+            "&sig=Xk3vQ9mZt2KfA41bR0cYwE7",
+            "https://prod.logic.azure.com/workflows/abc/invoke?api-version=2016-10-01&sv=1.0"
+            "&sig=[REDACTED]",
+        ),
+        (  # Azure Functions' function key
+            "https://fn.azurewebsites.net/api/hook?code=aB3dE6fG9hJ2kL5mN8pQ1r==",
+            "https://fn.azurewebsites.net/api/hook?code=[REDACTED]",
+        ),
     ],
 )
 def test_urls_are_printed_without_credentials(url, shown):
@@ -146,6 +156,12 @@ def test_urls_are_printed_without_credentials(url, shown):
 def test_a_url_s_short_values_are_not_taken_for_secrets():
     # Hidden wherever they appear, "2" and "id" would garble every error of the endpoint
     assert url_secrets("https://hooks.example.com/in?api_key=2&sort_key=id") == ()
+
+
+def test_a_query_value_that_reads_as_a_secret_is_known_whatever_its_key():
+    # The dispatcher removes these from stored errors and logs: the page hides them too
+    url = "https://prod.logic.azure.com/workflows/abc/invoke?sv=1.0&sig=Xk3vQ9mZt2KfA41bR0cYwE7"
+    assert url_secrets(url) == ("Xk3vQ9mZt2KfA41bR0cYwE7",)
 
 
 def test_a_url_s_secrets_are_known_as_written_too():
