@@ -233,7 +233,7 @@ async def tenant_stream(
             await to_thread.run_sync(hub.wait_started, 1.0)
         # Where the reader is now, taken before reading the tenant's events: any event this
         # read misses committed after the reader's last look, so it lies after this cursor.
-        cursor = hub.end()
+        cursor, sent = hub.end(), loop.time()
         while True:
             ready.clear()
             try:
@@ -243,6 +243,7 @@ async def tenant_stream(
             for event in page:
                 after_seq = max(after_seq, int(event.get("tenantseq", 0)))
                 yield event
+                sent = loop.time()
             while True:
                 try:
                     events, cursor = hub.take(cursor)
@@ -251,10 +252,13 @@ async def tenant_stream(
                     break
                 if any(e.get("subject") == tenant_id for e in events):
                     break
+                # A keepalive KEEPALIVE_SECONDS after the last thing sent, however often other
+                # tenants' events wake this: the caller's checks run at each (its session's)
                 try:
-                    await asyncio.wait_for(ready.wait(), KEEPALIVE_SECONDS)
+                    await asyncio.wait_for(ready.wait(), sent + KEEPALIVE_SECONDS - loop.time())
                 except TimeoutError:
                     yield {}
+                    sent = loop.time()
                 ready.clear()
     finally:
         if token is not None:

@@ -10,6 +10,7 @@ import getpass
 import json
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -421,6 +422,40 @@ def test_an_open_timeline_is_checked_again_so_a_sign_out_ends_it(db, console, qu
     # and the browser's reconnect is sent to the sign-in page, not given the stream
     again = console.get(timeline, headers={"Last-Event-ID": "1"})
     assert again.status_code == 303 and "sign-in" in again.headers["location"]
+
+
+def test_an_open_timeline_is_rechecked_on_time_however_busy_the_other_tenants_are(
+    db, console, queue, monkeypatch
+):
+    # Given quiet's timeline open, rechecked every 0.5 s, kept alive every 0.3 s, while other
+    # tenants are made every 0.05 s, for 3 s at most (each wakes the stream; none is quiet's)
+    monkeypatch.setattr(stream, "KEEPALIVE_SECONDS", 0.3)
+    monkeypatch.setattr(live, "RECHECK_SECONDS", 0.5)
+    create_tenant("quiet", "Quiet", actor="alice")
+    busy_until, ended = time.monotonic() + 3, threading.Event()
+
+    def others() -> None:
+        for n in range(100):
+            if ended.is_set() or time.monotonic() > busy_until:
+                return
+            create_tenant(f"other-{n}", "Other", actor="bob")
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=others)
+    feeder.start()
+    try:
+        started = time.monotonic()
+        with console.stream("GET", f"{CONSOLE}/tenants/quiet/timeline") as opened:
+            body = b"".join(opened.iter_bytes())
+        took = time.monotonic() - started
+    finally:
+        ended.set()
+        feeder.join()
+
+    # Then it ended for its recheck within a keepalive of it, not once the others went quiet
+    # (a sign-out would otherwise hold the stream as long as the system is busy)
+    assert b"event: recheck" in body
+    assert took < 2, f"took {took:.1f}s"
 
 
 def test_a_burst_of_stream_requests_cannot_pass_the_budget_before_any_body_starts(monkeypatch):
