@@ -357,6 +357,17 @@ def test_a_token_shorter_than_32_characters_stops_the_process_naming_it(variable
     assert getattr(Settings.from_env({variable: "x" * 32}), variable.lower()) == "x" * 32
 
 
+@pytest.mark.parametrize("variable", ["LOCATIONS_TOKEN", "METRICS_TOKEN"])
+def test_a_reader_s_token_that_is_the_operator_token_stops_the_process(variable):
+    # The locations and metrics tokens only read: the operator's would make their holders
+    # (every writer, the scraper) operators
+    shared = "o" * 40
+    with pytest.raises(SettingsError, match=f"{variable} must not be OPERATOR_TOKEN") as refused:
+        Settings.from_env({"OPERATOR_TOKEN": shared, variable: shared})
+    assert shared not in str(refused.value)
+    assert Settings.from_env({"OPERATOR_TOKEN": shared, variable: "r" * 40})
+
+
 def test_a_malformed_database_url_is_refused_without_repeating_its_password():
     with pytest.raises(SettingsError) as refused:
         Settings.from_env({"DATABASE_URL": "postgresql://user:s3cretpw@db:abc/x"})
