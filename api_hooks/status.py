@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.engine import Row
 
-from api_hooks.errors import TenantNotFound
+from api_hooks.errors import InvalidTenantId, TenantNotFound
 from api_hooks.shapes import (
     InfluxDBStatus,
     LiveStatus,
@@ -109,12 +109,27 @@ def _report(name: str, slots: NodeUsage | None, row: Any, tenants: int) -> NodeR
 
 
 def _row(tenant_id: str) -> Row[Any]:
-    tenant_id = validate_tenant_id(tenant_id)
+    try:
+        tenant_id = validate_tenant_id(tenant_id)
+    except InvalidTenantId:
+        # A row the UI made before this worker may have an id outside the rule (acme.corp):
+        # shown as it is (no database can be made for it), never looked for when absurd.
+        printable = isinstance(tenant_id, str) and tenant_id.isprintable()
+        if not printable or len(tenant_id) > OLDER_ID_MAX_LENGTH:
+            raise
+        with get_engine().connect() as conn:
+            row = store.load(conn, tenant_id)
+        if row is None:
+            raise
+        return row
     with get_engine().connect() as conn:
         row = store.load(conn, tenant_id)
     if row is None:
         raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
     return row
+
+
+OLDER_ID_MAX_LENGTH = 255  # an older row's id looked up as it is (the rule's ids: 54)
 
 
 def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
@@ -130,6 +145,13 @@ def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
             "telemetry_count": None,
             "error": f"name_taken: the database {database} on node {node} is not this "
             "tenant's; not counted",
+            "latency_ms": 0.0,
+        }
+    elif live and (rule := _unnameable(row.tenant_id)):
+        live_status = {
+            "exists": None,
+            "telemetry_count": None,
+            "error": f"the id cannot name an InfluxDB database ({rule}): none is made for it",
             "latency_ms": 0.0,
         }
     elif live and (why := _not_counted(row)):
@@ -163,6 +185,15 @@ def _influxdb_status(row: Row[Any], live: bool) -> InfluxDBStatus:
         "updated_at": _iso(row.influxdb_updated_at),
         "live": live_status,
     }
+
+
+def _unnameable(tenant_id: str) -> str | None:
+    """The rule an older row's id breaks, or None."""
+    try:
+        validate_tenant_id(tenant_id)
+    except InvalidTenantId as exc:
+        return str(exc)
+    return None
 
 
 def _not_counted(row: Row[Any]) -> str | None:

@@ -24,7 +24,7 @@ from api_hooks.console.render import Pages
 from api_hooks.console.webhooks import webhooks_route
 from api_hooks.errors import InvalidTenantId, TenantNotFound
 from api_hooks.status import node_report, tenant_stats
-from api_hooks.tenants import delete_tenant, request_provisioning
+from api_hooks.tenants import delete_tenant, request_provisioning, validate_tenant_id
 from worker.db import get_engine
 from worker.event_reads import timeline
 from worker.events import Route
@@ -116,8 +116,8 @@ def console_router(
     def tenant(
         request: Request, tenant_id: str, done: Annotated[str | None, Query()] = None
     ) -> Response:
-        try:
-            stats = tenant_stats(tenant_id, live=True)
+        try:  # (an older row's id outside the rule: listed, not paged; nothing can be done)
+            stats = tenant_stats(validate_tenant_id(tenant_id), live=True)
         except (InvalidTenantId, TenantNotFound) as exc:
             return _not_found(request, exc, deleted=done == "delete-queued")
         with get_engine().connect() as conn:
@@ -149,7 +149,7 @@ def console_router(
     )
     def delete_confirm(request: Request, tenant_id: str) -> Response:
         try:
-            stats = tenant_stats(tenant_id, live=False)
+            stats = tenant_stats(validate_tenant_id(tenant_id), live=False)
         except (InvalidTenantId, TenantNotFound) as exc:
             return _not_found(request, exc)
         return pages.render(request, "delete.html", stats=stats)
@@ -164,7 +164,7 @@ def console_router(
         if refused := pages.csrf.refusal(request, {CSRF_FIELD: csrf_token}):
             return pages.render(request, "refused.html", status.HTTP_403_FORBIDDEN, problem=refused)
         try:
-            stats = tenant_stats(tenant_id, live=False)
+            stats = tenant_stats(validate_tenant_id(tenant_id), live=False)
         except (InvalidTenantId, TenantNotFound) as exc:
             return _not_found(request, exc)
         if (confirm or "").strip() != stats["tenant_id"]:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api_hooks.app import create_app
 from api_hooks.bodies import MAX_BODY_BYTES
+from api_hooks.dropin import check_tenant_influxdb
 from api_hooks.router import operator_router
 from api_hooks.status import tenant_influxdb_status, tenant_stats
 from tests.conftest import OPERATOR_TOKEN
@@ -66,10 +67,41 @@ def test_401_without_the_operator_token(anonymous, method, path, authorization):
 
 
 @pytest.mark.parametrize(("method", "path"), TENANT_ROUTES)
-def test_404_for_a_malformed_tenant_id_names_the_rule(client, method, path):
+def test_404_for_a_malformed_tenant_id_names_the_rule(client, db, method, path):
     response = client.request(method, path.format("no.dots"))
     detail = error_detail(response, 404)
     assert detail.startswith("no such tenant: tenant_id may contain only")
+
+
+def test_an_older_row_whose_id_breaks_the_rule_is_shown_not_found_and_not_looked_for(
+    client, db, influx
+):
+    # Given a row the UI made before this worker, its id one no InfluxDB database can be
+    # named after, which its run failed
+    db.execute(
+        "INSERT INTO tenants (tenant_id, name, influxdb_state, influxdb_error_reason) "
+        "VALUES ('acme.corp', 'Acme', 'failed', 'invalid_name')"
+    )
+    calls = influx.request_count()
+
+    # When its stats are asked for, as the UI's stats page and the drop-in check ask
+    response = client.get("/operator/tenants/acme.corp/stats")
+    check = check_tenant_influxdb("acme.corp")
+
+    # Then they are shown (not 404), with the rule it breaks, and InfluxDB is not asked
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["tenant_id"], body["influxdb"]["state"]) == ("acme.corp", "failed")
+    assert body["influxdb"]["live"]["exists"] is None
+    assert "cannot name an InfluxDB database" in body["influxdb"]["live"]["error"]
+    assert (check["state"], check["exists"]) == ("failed", None)
+    assert influx.request_count() == calls
+    # And its changes still answer 404 with the rule: nothing can be done for it here
+    assert error_detail(client.post("/operator/tenants/acme.corp/influxdb/retry"), 404)
+    # And an id no row has, or no row could have, is not found as before
+    assert error_detail(client.get("/operator/tenants/globex.corp/stats"), 404).startswith(
+        "no such tenant: tenant_id may contain only"
+    )
 
 
 @pytest.mark.parametrize("value", ["maybe", "", "2"])
