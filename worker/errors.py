@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from worker.states import Reason
 
 
@@ -87,3 +89,14 @@ class InfluxDBRejected(PermanentError):
     """InfluxDB refused the request with an unexpected 4xx: retrying sends the same request."""
 
     reason = Reason.REJECTED
+
+
+def late_as_timeout(exc: Exception) -> Exception:
+    """Celery's soft time limit, raised into a call to InfluxDB, as the timeout it amounts to
+    (the request may have landed; ``internal_error`` would fail the tenant for good, where a
+    slow server's timeout is retried and resumed); any other exception as it is."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return InfluxDBTimeout(
+            "the run's soft time limit (PROVISION_SOFT_TIME_LIMIT) passed mid-call"
+        )
+    return exc

@@ -37,6 +37,7 @@ from worker.errors import (
     PermanentError,
     ProvisioningError,
     TransientError,
+    late_as_timeout,
 )
 from worker.identity import Verdict
 from worker.node_config import NodeConfig
@@ -313,7 +314,7 @@ class _Run(TenantRun):
     def _after_error(
         self, attempt: AttemptRecord, node: NodeConfig | None, exc: Exception, created: bool | None
     ) -> Outcome:
-        where = f"node {node.name}: " if node else ""
+        exc, where = late_as_timeout(exc), f"node {node.name}: " if node else ""
         if node is not None and isinstance(exc, InfluxDBUnauthorized | InfluxDBUnreachable):
             # Others first: new tenants go to the servers that answer.
             node_marks.mark_unavailable(self.conn, node.name, exc.reason, self.clock())

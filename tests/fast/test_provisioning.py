@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
 from api_hooks.errors import TenantBusy, UnknownNode
 from api_hooks.tenants import adopt_database
@@ -974,3 +976,32 @@ def test_a_slot_given_back_by_a_refused_create_goes_to_the_oldest_waiting_not_th
     insert(db, "newer", at=world.clock.advance(1))
     assert world.provision("newer").result is RunResult.WAITING_FOR_CAPACITY
     assert world.provision("waiting").result is RunResult.PROVISIONED
+
+
+def test_a_soft_time_limit_during_an_influxdb_call_is_a_timeout_retried_not_a_failure(
+    db, world: World
+):
+    # Given a slow server (1 s an answer), and the run's soft time limit firing in the middle
+    # of its create: Celery's pool child raises SoftTimeLimitExceeded from a signal handler,
+    # as this one does
+    world.add("alpha").set_latency(1.0)
+    insert(db, "acme")
+
+    def soft_limit(signum: int, frame: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, soft_limit)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        outcome = world.provision("acme", MESSAGE)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    # Then it is a timeout (the create may have landed: its server kept), retried and
+    # resumable, not an internal_error that fails the tenant for good
+    assert (outcome.result, outcome.reason) == (RunResult.RETRYING, Reason.TIMEOUT)
+    row = tenant_row(db, "acme")
+    assert (row["influxdb_state"], row["influxdb_error_reason"]) == ("retrying", "timeout")
+    assert row["influxdb_create_sent_to"] == "alpha"
+    assert "soft time limit" in row["influxdb_last_error"]
