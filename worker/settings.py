@@ -201,17 +201,20 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "PROVISION_BACKOFF_BASE_SECONDS must not exceed PROVISION_BACKOFF_CAP_SECONDS"
             )
-        held = 2 * (self.backoff_cap_seconds + self.task_time_limit)
+        # The longest a retry waits unacknowledged: a backoff, or a deletion's wait for clients
+        wait = max(self.backoff_cap_seconds, self.locations_max_staleness_seconds)
+        held, longest = 2 * (wait + self.task_time_limit), "the longer of "
+        longest += "PROVISION_BACKOFF_CAP_SECONDS and LOCATIONS_MAX_STALENESS_SECONDS"
         if self.broker is Broker.REDIS and held > self.broker_visibility_timeout:
             raise SettingsError(
-                "CELERY_VISIBILITY_TIMEOUT must be at least twice PROVISION_BACKOFF_CAP_SECONDS + "
+                f"CELERY_VISIBILITY_TIMEOUT must be at least twice {longest} + "
                 "PROVISION_TIME_LIMIT, or Redis re-delivers waiting retries"
             )
         if self.broker is Broker.RABBITMQ and held > self.broker_consumer_timeout:
             raise SettingsError(
                 "RABBITMQ_CONSUMER_TIMEOUT (the server's consumer_timeout) must be at least twice "
-                "PROVISION_BACKOFF_CAP_SECONDS + PROVISION_TIME_LIMIT, or RabbitMQ closes the "
-                "worker's channel while retries wait"
+                f"{longest} + PROVISION_TIME_LIMIT, or RabbitMQ closes the worker's channel while "
+                "retries wait"
             )
         return self
 

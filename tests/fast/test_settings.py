@@ -167,6 +167,8 @@ def test_error_messages_name_the_variable_and_the_bound(env, message):
         ({"INFLUXDB_TOKEN_FILE": "/nonexistent/token"}, "INFLUXDB_TOKEN_FILE"),
         ({"INFLUXDB_DATABASE_PREFIX": "_bad"}, "INFLUXDB_DATABASE_PREFIX"),
         ({"PROVISION_BACKOFF_CAP_SECONDS": "3000"}, "CELERY_VISIBILITY_TIMEOUT"),
+        # a deletion waits that long for the location clients, unacknowledged, as a retry
+        ({"LOCATIONS_MAX_STALENESS_SECONDS": "7200"}, "CELERY_VISIBILITY_TIMEOUT"),
         ({"PROVISION_SOFT_TIME_LIMIT": "95"}, "PROVISION_SOFT_TIME_LIMIT"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
         ({"INFLUXDB_NODES": "[]", "INFLUXDB_NODES_FILE": "/x"}, "INFLUXDB_NODES_FILE"),
