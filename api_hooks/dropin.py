@@ -43,8 +43,9 @@ def provision_tenant_influxdb(tenant_id: str) -> bool:
 
 def check_tenant_influxdb(tenant_id: str) -> InfluxDBCheck:
     """The inline check's answer - ``exists``, ``telemetry_count``, ``error`` - plus the
-    provisioning state; bounded by LIVE_CHECK_TIMEOUT. Raises TenantNotFound (an older row
-    whose id breaks the rule, ``acme.corp``, is shown, its ``error`` naming the rule)."""
+    provisioning state; bounded by LIVE_CHECK_TIMEOUT. Raises TenantNotFound, or
+    InvalidTenantId for a malformed id no row has (an older row whose id breaks the rule,
+    ``acme.corp``, is shown, its ``error`` naming the rule)."""
     status = tenant_influxdb_status(tenant_id, live=True)
     live = status["live"]
     assert live is not None  # asked for: always there

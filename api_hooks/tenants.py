@@ -17,6 +17,7 @@ from psycopg.errors import UniqueViolation
 from sqlalchemy import Connection, select
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api_hooks.errors import (
     InvalidRetentionPeriod,
@@ -169,11 +170,13 @@ def create_tenant(
         with get_engine().connect() as conn:
             store.create(conn, tenant_id, name, retention, actor=actor, route=route, data=details)
     except IntegrityError as exc:
-        if not isinstance(exc.orig, UniqueViolation):  # the UI's table has a rule of its own:
-            raise  # a NOT NULL column, a foreign key; not "exists" (a retry would fail again)
-        message = f"tenant {tenant_id!r} already exists"
         with get_engine().connect() as conn:
             row = store.load(conn, tenant_id)
+        if row is None or not isinstance(exc.orig, UniqueViolation):
+            # A rule of the UI's own table (a NOT NULL column, a foreign key, a unique name):
+            # the id is free, and "exists" would be wrong (a retry fails the same way)
+            raise
+        message = f"tenant {tenant_id!r} already exists"
         if row is not None and row.influxdb_state == ProvisioningState.DEPROVISIONING:
             # Its id is free once its database is gone: say so, not just "exists".
             message += ": it is being deleted; create it again once its deletion has finished"
@@ -187,7 +190,7 @@ def create_tenant(
         try:
             with get_engine().begin() as conn:
                 store.mark_enqueued(conn, [tenant_id], None)
-        except DBAPIError:
+        except (DBAPIError, PoolTimeout):
             logger.warning("tenant %s: stored, not queued; the reconciler sends it", tenant_id)
     return {
         "tenant_id": tenant_id,

@@ -46,9 +46,6 @@ def get_engine() -> Engine:
     if _engine is None or _engine_pid != os.getpid():
         if _engine is not None:
             _engine.dispose(close=False)  # the parent's connections stay the parent's
-        bounds: dict[str, Any] = {}
-        if _request_wait is not None:
-            bounds = {"options": f"-c lock_timeout={int(_request_wait * 1000)}"}
         _engine = create_engine(
             get_settings().database_url,
             pool_timeout=_request_wait or 30,
@@ -66,13 +63,26 @@ def get_engine() -> Engine:
                 "keepalives_idle": 30,
                 "keepalives_interval": 10,
                 "keepalives_count": 3,
-                **bounds,
             },
         )
         event.listen(_engine, "reset", _drop_advisory_locks)
+        if _request_wait is not None:
+            _bound_lock_waits(_engine, _request_wait)
         watch_server_warnings(_engine)
         _engine_pid = os.getpid()
     return _engine
+
+
+def _bound_lock_waits(engine: Engine, seconds: float) -> None:
+    """Each new connection's lock waits end after ``seconds`` (a SET of its own: the options
+    of DATABASE_URL or PGOPTIONS, which ``connect_args`` would replace, stay as they are)."""
+
+    def on_connect(dbapi_connection: psycopg.Connection[Any], _record: Any) -> None:
+        autocommit, dbapi_connection.autocommit = dbapi_connection.autocommit, True
+        dbapi_connection.execute(f"SET lock_timeout = {int(seconds * 1000)}")
+        dbapi_connection.autocommit = autocommit
+
+    event.listen(engine, "connect", on_connect)
 
 
 def watch_server_warnings(engine: Engine) -> None:

@@ -194,9 +194,11 @@ class Settings(BaseSettings):
                 "LOCATIONS_MAX_STALENESS_SECONDS must be at least twice "
                 "LOCATIONS_REFRESH_SECONDS: a deletion must outwait every client's refresh"
             )
-        for name, token in (("LOCATIONS", self.locations_token), ("METRICS", self.metrics_token)):
-            if token is not None and token == self.operator_token:  # a reader made an operator
-                raise SettingsError(f"{name}_TOKEN must not be OPERATOR_TOKEN: give it its own")
+        if self.locations_token and self.locations_token == self.operator_token:
+            # (METRICS_TOKEN may be: unset, the scrape takes the operator token anyway)
+            raise SettingsError(
+                "LOCATIONS_TOKEN must not be OPERATOR_TOKEN: writers would be operators"
+            )
         if self.backoff_base_seconds > self.backoff_cap_seconds:
             raise SettingsError(
                 "PROVISION_BACKOFF_BASE_SECONDS must not exceed PROVISION_BACKOFF_CAP_SECONDS"

@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Task
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from worker import attempts, events, locations, store
 from worker.broker_gate import BrokerGate
@@ -237,6 +238,6 @@ def enqueue(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None
         try:
             with get_engine().begin() as conn:
                 store.mark_enqueued(conn, [tenant_id], DATABASE_NOW)
-        except DBAPIError:
+        except (DBAPIError, PoolTimeout):  # (a request's wait for a pooled connection, bounded)
             logger.warning("queued, but could not record when", exc_info=True)
         return True

@@ -244,6 +244,20 @@ def test_a_create_the_uis_table_refuses_for_its_own_rule_is_not_called_exists(cl
     assert db.execute("SELECT count(*) FROM tenants").fetchone() == (0,)
 
 
+def test_a_create_refused_by_a_unique_rule_of_the_uis_own_is_not_called_exists(client, db, broker):
+    # Given the UI's table with a unique rule of its own: one tenant a name
+    db.execute("CREATE UNIQUE INDEX ui_unique_name ON tenants (name)")
+    try:
+        taken = client.post("/operator/tenants", json={"tenant_id": "first", "name": "Same"})
+        assert taken.status_code == 201, taken.text
+        # When a new id is created with a name taken, then the table's error is raised, not
+        # "tenant 'second' already exists" (no tenant has that id)
+        with pytest.raises(IntegrityError, match="ui_unique_name"):
+            client.post("/operator/tenants", json={"tenant_id": "second", "name": "Same"})
+    finally:
+        db.execute("DROP INDEX ui_unique_name")
+
+
 def ui_require_admin(session: Annotated[str, Query()]) -> None:
     """Stands for the UI's own auth dependency, with a parameter of its own."""
     if session != "admin":
