@@ -41,7 +41,8 @@ from worker.nodes import shared_pool
 from worker.placement import lock_for_move, reserved_only
 from worker.queues import Job
 from worker.runs import new_chain, new_task_id, tenant_lock
-from worker.settings import RETENTION_PERIOD, RETENTION_PERIOD_RULE, get_settings
+from worker.settings import RETENTION_PERIOD_RULE, get_settings
+from worker.settings_rules import retention_period_ok
 from worker.states import ProvisioningState
 from worker.tasks import enqueue, publish
 
@@ -137,7 +138,7 @@ def validate_retention_period(retention_period: object) -> str | None:
     """
     if retention_period is None:
         return get_settings().influxdb_retention_period
-    if not isinstance(retention_period, str) or not RETENTION_PERIOD.match(retention_period):
+    if not isinstance(retention_period, str) or not retention_period_ok(retention_period):
         raise InvalidRetentionPeriod(
             f"retention_period must be {RETENTION_PERIOD_RULE}, e.g. 30d, 12h, 2w, 3mo or 1y "
             "(InfluxDB 3 Core takes no minutes and no compound values such as 1d12h)"

@@ -15,15 +15,28 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-# As InfluxDB 3 Core's configure API takes them (docs/settings.md, "Rules"), under 292 years:
-# it counts a period in signed 64-bit nanoseconds, and a longer one wraps round and hides the
-# data it should keep (999y), so each unit has its own number of digits.
-RETENTION_PERIOD = re.compile(
-    r"\A(?:[1-9][0-9]{0,5}h|[1-9][0-9]{0,4}d|[1-9][0-9]{0,3}w|[1-9][0-9]{0,2}mo|[1-9][0-9]?y)\Z"
-)
+# As InfluxDB 3 Core's configure API takes them (docs/settings.md, "Rules"): one number, one
+# unit. Core counts a period in signed 64-bit nanoseconds: past 2^63 ns (292 years) it wraps
+# round and hides the data it should keep (999y). The most of each unit under that (a month
+# and a year as long as Core may count them: 30.44 and 365.25 days):
+RETENTION_PERIOD = re.compile(r"\A([1-9][0-9]{0,6})(h|d|w|mo|y)\Z")
+RETENTION_LIMITS = {"h": 2562047, "d": 106751, "w": 15250, "mo": 3506, "y": 292}
 RETENTION_PERIOD_RULE = (
-    "a positive number followed by h, d, w, mo or y, at most 999999h, 99999d, 9999w, 999mo or 99y"
+    "a positive number followed by h, d, w, mo or y, at most 292 years "
+    "(2562047h, 106751d, 15250w, 3506mo or 292y)"
 )
+
+
+def retention_period_ok(text: str) -> bool:
+    """Whether ``text`` is a retention period Core takes and keeps data for."""
+    match = RETENTION_PERIOD.match(text)
+    return match is not None and int(match[1]) <= RETENTION_LIMITS[match[2]]
+
+
+def _retention(value: str | None) -> str | None:
+    if value is not None and not retention_period_ok(value):
+        raise ValueError(f"must be {RETENTION_PERIOD_RULE}")
+    return value
 
 
 class SettingsError(ValueError):
@@ -133,7 +146,7 @@ DatabasePrefix = Annotated[
 ]
 Retention = Annotated[
     str | None,
-    Field(pattern=RETENTION_PERIOD),
+    AfterValidator(_retention),
     f"a retention period such as 30d or 12h: {RETENTION_PERIOD_RULE}",
 ]
 HardDelete = Annotated[

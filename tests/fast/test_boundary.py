@@ -90,14 +90,27 @@ def test_names_that_could_mislead_or_break_a_page_are_refused(name, rule):
 
 @pytest.mark.parametrize(
     "period",
-    ["1h", "12h", "30d", "2w", "3mo", "1y", "999999h", "99999d", "9999w", "999mo", "99y"],
+    [
+        "1h",
+        "12h",
+        "30d",
+        "2w",
+        "3mo",
+        "1y",
+        "100y",
+        "2562047h",
+        "106751d",
+        "15250w",
+        "3506mo",
+        "292y",
+    ],
 )
 def test_retention_periods_core_accepts(period):
     assert validate_retention_period(period) == period
 
 
 @pytest.mark.parametrize(
-    "period", ["0d", "90m", "45s", "1d12h", "1h 30m", "30d\n", " 30d", "1000000d", "30D", 30, ""]
+    "period", ["0d", "90m", "45s", "1d12h", "1h 30m", "30d\n", " 30d", "10000000d", "30D", 30, ""]
 )
 def test_retention_periods_core_refuses(period):
     with pytest.raises(InvalidRetentionPeriod, match="h, d, w, mo or y"):
@@ -106,11 +119,11 @@ def test_retention_periods_core_refuses(period):
 
 # InfluxDB 3 counts a period in signed 64-bit nanoseconds: past 292 years it wraps round, and
 # the cutoff lands in the future (999y hides every point) or near now (585y keeps 21 days).
-@pytest.mark.parametrize("period", ["1000000h", "100000d", "10000w", "1000mo", "100y", "999y"])
+@pytest.mark.parametrize(
+    "period", ["2562048h", "106752d", "15251w", "3507mo", "293y", "585y", "999y", "9999999y"]
+)
 def test_retention_periods_influxdb_would_wrap_are_refused_naming_the_limits(period):
-    with pytest.raises(
-        InvalidRetentionPeriod, match="at most 999999h, 99999d, 9999w, 999mo or 99y"
-    ):
+    with pytest.raises(InvalidRetentionPeriod, match=r"at most 292 years \(2562047h, 106751d"):
         validate_retention_period(period)
 
 
