@@ -71,10 +71,17 @@ _OPAQUE_SEGMENT = re.compile(
 )
 
 
+# A query value that reads as a credential whatever its key (Azure's sig=, Azure Functions'
+# code=): 16+ characters of base64 or URL text (decoded: + is a space) with upper- and
+# lower-case letters and digits. A name (provisioning-alerts-2024) or a UUID is kept.
+_OPAQUE_VALUE = re.compile(
+    r"\A(?=[^A-Z]*[A-Z])(?=[^a-z]*[a-z])(?=[^0-9]*[0-9])[A-Za-z0-9._~%+=/ -]{16,}\Z"
+)
+
+
 def _secret_query(key: str, value: str) -> bool:
-    """A query value to hide: its key names a secret, or it reads as one whatever its key
-    (Azure's ``sig=``, Azure Functions' ``code=``, a signed URL's signature)."""
-    return bool(_SECRET_QUERY_KEYS.search(key) or _OPAQUE_SEGMENT.match(value))
+    """A query value to hide: its key names a secret, or it reads as one whatever its key."""
+    return bool(_SECRET_QUERY_KEYS.search(key) or _OPAQUE_VALUE.match(value))
 
 
 def redact_url(url: str) -> str:

@@ -156,9 +156,15 @@ def test_retention_periods_influxdb_would_wrap_are_refused_naming_the_limits(per
             "https://prod.logic.azure.com/workflows/abc/invoke?api-version=2016-10-01&sv=1.0"
             "&sig=[REDACTED]",
         ),
-        (  # Azure Functions' function key
-            "https://fn.azurewebsites.net/api/hook?code=aB3dE6fG9hJ2kL5mN8pQ1r==",
+        (  # Azure Functions' function key, base64 with / and + (a space once decoded)
+            "https://fn.azurewebsites.net/api/hook?code=aB3d/E6fG9h+J2kL5mN8pQ1r==",
             "https://fn.azurewebsites.net/api/hook?code=[REDACTED]",
+        ),
+        (  # names and ids are no secrets, whatever their length: kept
+            "https://hooks.example.com/in?channel=provisioning-alerts-2024"
+            "&run=123e4567-e89b-12d3-a456-426614174000",
+            "https://hooks.example.com/in?channel=provisioning-alerts-2024"
+            "&run=123e4567-e89b-12d3-a456-426614174000",
         ),
     ],
 )
@@ -175,6 +181,9 @@ def test_a_query_value_that_reads_as_a_secret_is_known_whatever_its_key():
     # The dispatcher removes these from stored errors and logs: the page hides them too
     url = "https://prod.logic.azure.com/workflows/abc/invoke?sv=1.0&sig=Xk3vQ9mZt2KfA41bR0cYwE7"
     assert url_secrets(url) == ("Xk3vQ9mZt2KfA41bR0cYwE7",)
+    # as decoded and as written, / and + (%2B) in it
+    url = "https://fn.azurewebsites.net/api/hook?code=aB3d/E6fG9h%2BJ2kL5mN8pQ1r%3D%3D"
+    assert url_secrets(url) == ("aB3d/E6fG9h+J2kL5mN8pQ1r==", "aB3d/E6fG9h%2BJ2kL5mN8pQ1r%3D%3D")
 
 
 def test_a_url_s_secrets_are_known_as_written_too():
