@@ -100,7 +100,7 @@ def validate_tenant_name(name: object) -> str:
             raise InvalidTenantName(
                 f"name must not contain control characters or line breaks (U+{ord(ch):04X})"
             )
-        if category == "Cf" and not _allowed_format(ch, stripped[at - 1] if at else ""):
+        if category == "Cf" and not _allowed_format(ch, at, stripped):
             raise InvalidTenantName(
                 "name must not contain invisible formatting or bidirectional control "
                 f"characters (U+{ord(ch):04X})"
@@ -120,13 +120,24 @@ _SPACES = " \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u
 _BLANK = "\u115f\u1160\u3164\uffa0\u2800"
 
 
-def _allowed_format(ch: str, before: str) -> bool:
-    # Joiners, and the tag characters of a flag (after U+1F3F4, each after the one before; a
-    # run of them after any other character hides text a page does not show).
+# Tag characters are drawn as nothing: allowed only as a flag's (U+1F3F4, up to six letters,
+# the cancel tag U+E007F), where any other run would carry text a page does not show.
+_TAG_RUN = re.compile("[\U000e0020-\U000e007f]+")
+_FLAG_TAGS = re.compile("[\U000e0020-\U000e007e]{1,6}\U000e007f")
+
+
+def _allowed_format(ch: str, at: int, name: str) -> bool:
+    # Joiners (emoji sequences need them), and a flag's tags
     if ch in "\u200c\u200d":
         return True
-    tag = "\U000e0020" <= ch <= "\U000e007f"
-    return tag and (before == "\U0001f3f4" or "\U000e0020" <= before <= "\U000e007e")
+    run = _TAG_RUN.match(name, at)
+    if run is None:
+        return False
+    start = at
+    while start > 0 and _TAG_RUN.match(name[start - 1]):
+        start -= 1
+    flag = start > 0 and name[start - 1] == "\U0001f3f4"
+    return flag and bool(_FLAG_TAGS.fullmatch(name, start, run.end()))
 
 
 def validate_retention_period(retention_period: object) -> str | None:

@@ -81,6 +81,9 @@ def test_names_are_free_text(name, stored):
         # tag characters hide text, except in a flag (U+1F3F4 then tags, ended by U+E007F)
         ("\U000e0061\U000e0062", "invisible formatting"),
         ("Acme\U000e0065\U000e0076\U000e0069\U000e006c", "invisible formatting"),
+        # after a flag too, past a flag's six letters and cancel tag
+        ("Acme \U0001f3f4" + "".join(chr(0xE0000 + ord(c)) for c in "evil corp"), "invisible"),
+        ("\U0001f3f4\U000e0067\U000e0062\U000e007f\U000e0061", "invisible formatting"),
     ],
 )
 def test_names_that_could_mislead_or_break_a_page_are_refused(name, rule):
