@@ -6,14 +6,16 @@ timeout, in waves: 40 operators creating tenants at once answered after 8 to 12 
 other route sharing the threads stalled. Here a publish waits for a publisher at most that
 timeout, and after a failure the broker counts as down: the requests that come meanwhile do not
 try it (the reconciler queues what they stored), except one at a time, which finds out whether
-it is back. The first that succeeds ends it.
+it is back, on a thread of its own (``try_aside``: a stalled name lookup, which no timeout of
+ours reaches, holds that thread, not the request). The first that succeeds ends it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,6 +62,36 @@ class BrokerGate:
             with self._lock:
                 if turn is not None and self._turn_until == turn:  # still ours: given back
                     self._turn_until = 0.0
+
+    @property
+    def down(self) -> bool:
+        """Whether the last publish failed (the next tries are probes, one at a time)."""
+        return self._down
+
+    def try_aside(self, send: Callable[[], None], wait: float) -> None:
+        """While down: run ``send`` (which takes its turn in :meth:`publisher`) on a thread of
+        its own, and wait for it at most ``wait`` s (TimeoutError past it): a try that hangs
+        where no timeout of ours reaches (a stalled name lookup) holds that thread only, not the
+        request; the next requests meanwhile find its turn taken and answer at once."""
+        if time.monotonic() < self._turn_until:  # (publisher() checks again, under the lock)
+            raise BrokerDown("the broker failed a moment ago; another request is trying it")
+        done: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                send()
+            except BaseException as exc:  # handed to the waiting request
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        threading.Thread(target=run, name="broker-probe", daemon=True).start()
+        try:
+            done.result(timeout=wait)
+        except TimeoutError:
+            if done.done():  # its own (a socket's timeout)
+                raise
+            raise BrokerDown(f"no answer within {wait:g}s; the try goes on aside") from None
 
     def _take_turn(self, longest: float) -> float | None:
         """The turn, as its deadline; None while another request's turn lasts."""

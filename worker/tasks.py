@@ -195,7 +195,8 @@ def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None
     """
     task = deprovision_tenant_influxdb if job is Job.DEPROVISION else provision_tenant_influxdb
     timeout = get_settings().broker_publish_timeout
-    try:
+
+    def send() -> None:
         with _gate.publisher(app, timeout) as producer:
             task.apply_async(
                 args=(tenant_id,),
@@ -214,6 +215,12 @@ def publish(tenant_id: str, job: Job = Job.PROVISION, task_id: str | None = None
                 time_limit=None,
                 soft_time_limit=None,
             )
+
+    try:
+        if _gate.down:  # a probe: on a thread of its own, this one waiting one timeout at most
+            _gate.try_aside(send, timeout)
+        else:
+            send()
     except Exception as exc:
         message = redact(f"{type(exc).__name__}: {exc}", get_settings().secrets())
         logger.warning(

@@ -101,3 +101,52 @@ def test_a_try_that_outlived_its_turn_leaves_the_next_one_s_turn_alone(app: Cele
     # Then it left that request's turn alone: a third request is not sent meanwhile
     with pytest.raises(BrokerDown), gate.publisher(app, 0.1):
         pass
+
+
+def test_a_probe_that_hangs_where_no_timeout_reaches_holds_no_request(app: Celery) -> None:
+    # Given a broker found down, and a try that hangs where no timeout of ours reaches it (a
+    # stalled name lookup of the broker's host)
+    gate = down_gate(app, 0.2)
+    release = threading.Event()
+
+    def stalled() -> None:
+        with gate.publisher(app, 0.2):
+            release.wait(5)
+
+    # When a request tries it aside, then it answers within its wait, not when the try ends
+    started = time.monotonic()
+    with pytest.raises(BrokerDown, match=r"no answer within 0\.2s"):
+        gate.try_aside(stalled, 0.2)
+    assert time.monotonic() - started < 1
+    # And the requests meanwhile answer at once: the stalled try holds the turn
+    started = time.monotonic()
+    with pytest.raises(BrokerDown):
+        gate.try_aside(stalled, 0.2)
+    assert time.monotonic() - started < 0.1
+    # And once the try gets through, the broker is up for everyone
+    release.set()
+    deadline = time.monotonic() + 5
+    while gate.down and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not gate.down
+
+
+def test_a_probe_tried_aside_that_gets_through_answers_at_once(app: Celery) -> None:
+    gate = down_gate(app, 1.0)
+
+    def through() -> None:
+        with gate.publisher(app, 1.0):
+            pass
+
+    gate.try_aside(through, 1.0)
+    assert not gate.down
+    # and one that fails says why, to the request that waited for it
+    gate = down_gate(app, 1.0)
+
+    def refused() -> None:
+        with gate.publisher(app, 1.0):
+            raise ConnectionError("refused")
+
+    with pytest.raises(ConnectionError, match="refused"):
+        gate.try_aside(refused, 1.0)
+    assert gate.down
