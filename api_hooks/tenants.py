@@ -106,20 +106,14 @@ def validate_tenant_name(name: object) -> str:
                 f"characters (U+{ord(ch):04X})"
             )
     if not any(unicodedata.category(ch)[0] in "LNPS" and ch not in _BLANK for ch in stripped):
-        raise InvalidTenantName(
-            "name must show at least one letter, digit, punctuation mark or symbol"
-        )
+        raise InvalidTenantName("name must show a letter, digit, punctuation mark or symbol")
     return stripped
 
 
 # Unicode's space separators (category Zs): what may surround a name and is dropped.
 _SPACES = " \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
-
-
 # Letters and symbols drawn as nothing: Hangul fillers, the blank Braille pattern.
 _BLANK = "\u115f\u1160\u3164\uffa0\u2800"
-
-
 # Tag characters are drawn as nothing: allowed only as a flag's (U+1F3F4, up to six letters,
 # the cancel tag U+E007F), where any other run would carry text a page does not show.
 _TAG_RUN = re.compile("[\U000e0020-\U000e007f]+")

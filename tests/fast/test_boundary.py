@@ -74,10 +74,10 @@ def test_names_are_free_text(name, stored):
         ("\ud800", "lone surrogate"),
         (None, "must be a string"),
         # drawn as nothing: a name the operator cannot see or tell apart
-        ("\u200d", "at least one letter"),
-        ("\u200c\u200d\u200c", "at least one letter"),
-        ("\u3164", "at least one letter"),  # a Hangul filler: a letter drawn as nothing
-        ("\u2800\u2800", "at least one letter"),  # the blank Braille pattern
+        ("\u200d", "must show a letter"),
+        ("\u200c\u200d\u200c", "must show a letter"),
+        ("\u3164", "must show a letter"),  # a Hangul filler: a letter drawn as nothing
+        ("\u2800\u2800", "must show a letter"),  # the blank Braille pattern
         # tag characters hide text, except in a flag (U+1F3F4 then tags, ended by U+E007F)
         ("\U000e0061\U000e0062", "invisible formatting"),
         ("Acme\U000e0065\U000e0076\U000e0069\U000e006c", "invisible formatting"),
