@@ -96,7 +96,7 @@ class Throttle:
 
 
 def throttle_of(request: Request, credential: str) -> Throttle:
-    """The throttle of ``credential`` (the variable holding the token, or "console sign-in") in
+    """The throttle of ``credential`` (the variable holding the token guessed) in
     the app serving ``request``, made on its first failure and kept in the app's state (under a
     name of ours: the UI mounts our routers in its own app): the routes' code is built once per
     process (``api_hooks.app``), the failures they count belong to their app."""

@@ -54,8 +54,9 @@ def sign_in_router(
                 problem=refused,
             )
         if not token or not sessions.token_matches(token):
-            # (the right token is never throttled: its address may be everyone's, a proxy's)
-            if (wait := throttle_of(request, "console sign-in").refuse(client)) is not None:
+            # (the right token is never throttled: its address may be everyone's, a proxy's;
+            # guesses of it here and at /operator are one count: one credential)
+            if (wait := throttle_of(request, "OPERATOR_TOKEN").refuse(client)) is not None:
                 throttled = pages.render(
                     request,
                     "sign_in.html",
