@@ -451,9 +451,16 @@ def test_runs_cut_by_the_soft_time_limit_leave_no_tenant_busy(
     request.addfinalizer(lambda: stop_process(beat))
     for tenant_id in tenant_ids:
         cli(pool, "retry", tenant_id)
-    wait_for(lambda: "SoftTimeLimitExceeded" in worker.log(), timeout=30, what="interrupts")
+
+    # (inside an InfluxDB call the interrupt is recorded as the timeout it amounts to; inside
+    # a Postgres call it ends the run with Celery's exception)
+    def interrupted() -> int:
+        log = worker.log()
+        return log.count("SoftTimeLimitExceeded") + log.count("soft time limit (PROVISION_SOFT")
+
+    wait_for(lambda: interrupted() > 0, timeout=30, what="interrupts")
     time.sleep(6)
-    interrupts = worker.log().count("SoftTimeLimitExceeded")
+    interrupts = interrupted()
     report(f"injected: {interrupts} soft time limit interrupts inside runs holding tenant locks")
 
     # When the server is fast again, every tenant finishes: no lock outlived its run
