@@ -110,20 +110,18 @@ def _report(name: str, slots: NodeUsage | None, row: Any, tenants: int) -> NodeR
 
 def _row(tenant_id: str) -> Row[Any]:
     try:
-        tenant_id = validate_tenant_id(tenant_id)
-    except InvalidTenantId:
+        tenant_id, outside_the_rule = validate_tenant_id(tenant_id), None
+    except InvalidTenantId as exc:
         # A row the UI made before this worker may have an id outside the rule (acme.corp):
         # shown as it is (no database can be made for it), never looked for when absurd.
         printable = isinstance(tenant_id, str) and tenant_id.isprintable()
         if not printable or len(tenant_id) > OLDER_ID_MAX_LENGTH:
             raise
-        with get_engine().connect() as conn:
-            row = store.load(conn, tenant_id)
-        if row is None:
-            raise
-        return row
+        outside_the_rule = exc
     with get_engine().connect() as conn:
         row = store.load(conn, tenant_id)
+    if row is None and outside_the_rule is not None:
+        raise outside_the_rule
     if row is None:
         raise TenantNotFound(f"tenant {tenant_id!r} does not exist")
     return row

@@ -92,6 +92,7 @@ def validate_tenant_name(name: object) -> str:
         raise InvalidTenantName("name must not be empty")
     if len(stripped) > TENANT_NAME_MAX_LENGTH:
         raise InvalidTenantName(f"name must be at most {TENANT_NAME_MAX_LENGTH} characters")
+    flags = _flag_tags(stripped)
     for at, ch in enumerate(stripped):
         category = unicodedata.category(ch)
         if category == "Cs":
@@ -100,7 +101,8 @@ def validate_tenant_name(name: object) -> str:
             raise InvalidTenantName(
                 f"name must not contain control characters or line breaks (U+{ord(ch):04X})"
             )
-        if category == "Cf" and not _allowed_format(ch, at, stripped):
+        # (joiners: emoji sequences need them; tag characters: only a flag's)
+        if category == "Cf" and ch not in "\u200c\u200d" and at not in flags:
             raise InvalidTenantName(
                 "name must not contain invisible formatting or bidirectional control "
                 f"characters (U+{ord(ch):04X})"
@@ -120,18 +122,15 @@ _TAG_RUN = re.compile("[\U000e0020-\U000e007f]+")
 _FLAG_TAGS = re.compile("[\U000e0020-\U000e007e]{1,6}\U000e007f")
 
 
-def _allowed_format(ch: str, at: int, name: str) -> bool:
-    # Joiners (emoji sequences need them), and a flag's tags
-    if ch in "\u200c\u200d":
-        return True
-    run = _TAG_RUN.match(name, at)
-    if run is None:
-        return False
-    start = at
-    while start > 0 and _TAG_RUN.match(name[start - 1]):
-        start -= 1
-    flag = start > 0 and name[start - 1] == "\U0001f3f4"
-    return flag and bool(_FLAG_TAGS.fullmatch(name, start, run.end()))
+def _flag_tags(name: str) -> set[int]:
+    """Where a flag's tag characters stand in ``name``: runs right after U+1F3F4 of one to six
+    tag letters and the cancel tag."""
+    return {
+        at
+        for run in _TAG_RUN.finditer(name)
+        if run.start() and name[run.start() - 1] == "\U0001f3f4" and _FLAG_TAGS.fullmatch(run[0])
+        for at in range(*run.span())
+    }
 
 
 def validate_retention_period(retention_period: object) -> str | None:
